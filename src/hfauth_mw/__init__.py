@@ -1,0 +1,100 @@
+"""hfauth-mw: accept Hugging Face access tokens in any ASGI or WSGI service.
+
+Everything public is importable from here; the ``_``-prefixed modules are
+private and may change.
+"""
+
+from ._asgi import HFAuthMiddleware, HubUser, get_request_auth
+from ._authenticator import Authenticator
+from ._cache import TokenCache
+from ._credentials import Credentials, parse_credentials
+from ._exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    HFAuthError,
+    InsufficientScope,
+    InvalidRequest,
+    InvalidToken,
+    MalformedAnswer,
+    MissingCredentials,
+    SourceUnavailable,
+    TokenStoreError,
+    TooManyFailures,
+)
+from ._guard import Guard, RepoRule, RequestAuth, require_read, require_write
+from ._outcome import IntrospectionSource, Invalid, Valid
+from ._principal import (
+    ANONYMOUS,
+    OrgMembership,
+    Principal,
+    ResourceGroup,
+    ScopedGrant,
+    principal_from_whoami,
+)
+from ._rules import (
+    AccessPolicy,
+    Decision,
+    Entity,
+    Repo,
+    Visibility,
+    can_read,
+    can_write,
+    has_permission,
+)
+from ._sources import ChainSource, HubWhoamiSource, LocalStoreSource, OAuthIntrospectionSource
+from ._store import FineGrainedEntry, IssuedToken, LocalTokenStore, OrgGrant, TokenRecord
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ANONYMOUS",
+    "AccessPolicy",
+    "AuthenticationError",
+    "Authenticator",
+    "ChainSource",
+    "ConfigurationError",
+    "Credentials",
+    "Decision",
+    "Entity",
+    "FineGrainedEntry",
+    "Guard",
+    "HFAuthError",
+    "HFAuthMiddleware",
+    "HubUser",
+    "HubWhoamiSource",
+    "InsufficientScope",
+    "IntrospectionSource",
+    "Invalid",
+    "InvalidRequest",
+    "InvalidToken",
+    "IssuedToken",
+    "LocalStoreSource",
+    "LocalTokenStore",
+    "MalformedAnswer",
+    "MissingCredentials",
+    "OAuthIntrospectionSource",
+    "OrgGrant",
+    "OrgMembership",
+    "Principal",
+    "Repo",
+    "RepoRule",
+    "RequestAuth",
+    "ResourceGroup",
+    "ScopedGrant",
+    "SourceUnavailable",
+    "TokenCache",
+    "TokenRecord",
+    "TokenStoreError",
+    "TooManyFailures",
+    "Valid",
+    "Visibility",
+    "__version__",
+    "can_read",
+    "can_write",
+    "get_request_auth",
+    "has_permission",
+    "parse_credentials",
+    "principal_from_whoami",
+    "require_read",
+    "require_write",
+]

@@ -1,0 +1,271 @@
+"""The ASGI middleware, for Starlette, FastAPI and any ASGI application.
+
+Security caveats, plainly:
+
+* Everything not listed in ``public_paths`` needs a valid token (default deny).
+* When the token source cannot answer, requests get 503 with ``Retry-After``:
+  never 401, never let through.
+* The middleware decides from the request line and headers only; checks that
+  depend on the body or on the route's own logic belong in the route, through
+  ``request.scope["hfauth"]`` (a :class:`~hfauth_mw.RequestAuth`).
+* Responses to authenticated requests get ``Vary: Authorization`` and, unless
+  the app set one, ``Cache-Control: private``, so shared caches do not serve
+  one caller's answer to another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.authentication import AuthCredentials, BaseUser
+
+from ._authenticator import Authenticator
+from ._cache import TokenCache
+from ._credentials import DEFAULT_MAX_HEADER_BYTES
+from ._exceptions import AuthenticationError, ConfigurationError
+from ._guard import Guard, RepoRule, RequestAuth
+from ._outcome import IntrospectionSource
+from ._principal import Principal
+from ._rules import AccessPolicy
+from ._sources import HubWhoamiSource
+
+__all__ = ["HFAuthMiddleware", "HubUser", "get_request_auth"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: WebSocket close code for a refused handshake (RFC 6455: policy violation).
+WS_POLICY_VIOLATION = 1008
+
+
+class HubUser(BaseUser):
+    """``request.user`` for Starlette: the principal behind Starlette's user API."""
+
+    __slots__ = ("principal",)
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+
+    @property
+    def is_authenticated(self) -> bool:
+        return not self.principal.is_anonymous
+
+    @property
+    def display_name(self) -> str:
+        return self.principal.name
+
+    @property
+    def identity(self) -> str:
+        return self.principal.id or self.principal.name
+
+    def __repr__(self) -> str:
+        return f"HubUser({self.principal.name!r}, role={self.principal.token_role!r})"
+
+
+def starlette_scopes(principal: Principal) -> list[str]:
+    """The scopes ``starlette.authentication.requires`` sees.
+
+    ``authenticated`` for any valid token, ``role:<token role>``, then the
+    fine-grained global permissions and OAuth scopes. A new list per request:
+    shared mutable scope lists have leaked between requests in other libraries.
+    """
+    if principal.is_anonymous:
+        return []
+    scopes = ["authenticated"]
+    if principal.token_role:
+        scopes.append(f"role:{principal.token_role}")
+    scopes.extend(sorted(principal.global_permissions | principal.oauth_scopes))
+    return scopes
+
+
+def get_request_auth(scope_or_request: Any) -> RequestAuth:
+    """The :class:`~hfauth_mw.RequestAuth` of a request (a Starlette request or an ASGI scope)."""
+    scope = getattr(scope_or_request, "scope", scope_or_request)
+    auth = scope.get("hfauth") if isinstance(scope, MutableMapping) else None
+    if not isinstance(auth, RequestAuth):
+        raise RuntimeError(
+            "No hfauth-mw authentication on this request: is HFAuthMiddleware installed, "
+            "and is this path outside public_paths?"
+        )
+    return auth
+
+
+def app_path(scope: Scope) -> str:
+    """The path inside the application, whether or not the server put root_path in path."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):
+        return path[len(root_path) :] or "/"
+    return path
+
+
+class HFAuthMiddleware:
+    """Pure ASGI middleware accepting Hugging Face access tokens.
+
+    ``app.add_middleware(HFAuthMiddleware, hub_url="https://huggingface.co")``
+
+    Give exactly one of ``authenticator`` (shared with other adapters),
+    ``source`` (any introspection source) or ``hub_url`` (default
+    ``https://huggingface.co``). The remaining options are :class:`Guard`'s.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        hub_url: str | None = None,
+        source: IntrospectionSource | None = None,
+        authenticator: Authenticator | None = None,
+        cache: TokenCache | None = None,
+        realm: str = "hfauth-mw",
+        public_paths: Iterable[str] = (),
+        allow_anonymous: bool = False,
+        allow_basic: bool = True,
+        query_param: str | None = None,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        rules: Sequence[RepoRule] = (),
+        method_policy: bool = True,
+        policy: AccessPolicy | None = None,
+        private_responses: bool = True,
+    ) -> None:
+        self.app = app
+        self.authenticator = build_authenticator(hub_url, source, authenticator, cache)
+        self.guard = Guard(
+            self.authenticator,
+            realm=realm,
+            public_paths=public_paths,
+            allow_anonymous=allow_anonymous,
+            allow_basic=allow_basic,
+            query_param=query_param,
+            max_header_bytes=max_header_bytes,
+            rules=rules,
+            method_policy=method_policy,
+            policy=policy,
+        )
+        self.private_responses = private_responses
+        self._query_param = query_param.encode() if query_param else None
+
+    def __repr__(self) -> str:
+        return f"HFAuthMiddleware({self.guard!r})"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type != "http" and scope_type != "websocket":
+            await self.app(scope, receive, send)
+            return
+        path = app_path(scope)
+        if self.guard.is_public(path):
+            await self.app(scope, receive, send)
+            return
+        try:
+            credentials = self.guard.credentials(
+                [value for name, value in scope["headers"] if name == b"authorization"],
+                self._query_tokens(scope),
+            )
+            auth = await self.authenticator.run_async(
+                self.guard.flow(scope.get("method", "GET"), path, credentials)
+            )
+        except AuthenticationError as error:
+            if scope_type == "http":
+                await self._refuse_http(error, send)
+            else:
+                await self._refuse_websocket(scope, error, send)
+            return
+        scope["user"] = HubUser(auth.principal)
+        scope["auth"] = AuthCredentials(starlette_scopes(auth.principal))
+        scope["hfauth"] = auth
+        if scope_type == "http" and self.private_responses and auth.scheme is not None:
+            send = _private_responses(send)
+        await self.app(scope, receive, send)
+
+    def _query_tokens(self, scope: Scope) -> list[str]:
+        if self._query_param is None or not scope.get("query_string"):
+            return []
+        name = self._query_param.decode()
+        query: bytes = scope["query_string"]
+        return [
+            v for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if k == name
+        ]
+
+    async def _refuse_http(self, error: AuthenticationError, send: Send) -> None:
+        response = self.guard.error_response(error)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": _encode_headers(response.headers, len(response.body)),
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def _refuse_websocket(self, scope: Scope, error: AuthenticationError, send: Send) -> None:
+        response = self.guard.error_response(error)
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": response.status,
+                    "headers": _encode_headers(response.headers, len(response.body)),
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": response.body})
+        else:
+            reason = (error.error or "unauthorized")[:120]
+            await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": reason})
+
+
+def build_authenticator(
+    hub_url: str | None,
+    source: IntrospectionSource | None,
+    authenticator: Authenticator | None,
+    cache: TokenCache | None,
+) -> Authenticator:
+    """Resolve the ``hub_url`` / ``source`` / ``authenticator`` options of an adapter."""
+    given = [
+        name
+        for name, value in (
+            ("hub_url", hub_url),
+            ("source", source),
+            ("authenticator", authenticator),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise ConfigurationError(
+            f"give only one of hub_url, source and authenticator (got {', '.join(given)})"
+        )
+    if authenticator is not None:
+        if cache is not None:
+            raise ConfigurationError(
+                "cache belongs to the authenticator: pass it to Authenticator()"
+            )
+        return authenticator
+    if source is None:
+        source = HubWhoamiSource(hub_url) if hub_url is not None else HubWhoamiSource()
+    return Authenticator(source, cache=cache)
+
+
+def _encode_headers(
+    headers: list[tuple[str, str]], content_length: int
+) -> list[tuple[bytes, bytes]]:
+    encoded = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    encoded.append((b"content-length", str(content_length).encode("latin-1")))
+    return encoded
+
+
+def _private_responses(send: Send) -> Send:
+    async def send_private(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(name.lower() == b"cache-control" for name, _ in headers):
+                headers.append((b"cache-control", b"private"))
+            headers.append((b"vary", b"Authorization"))
+            message["headers"] = headers
+        await send(message)
+
+    return send_private

@@ -1,0 +1,167 @@
+"""The introspection cache: bounded, TTL'd, thread-safe, with single flight.
+
+Design, and why:
+
+* Keys are ``namespace + SHA-256(token)``: a cache dump or a debugger never
+  shows a token, and two sources never read each other's answers.
+* Positive answers live in a ``TLRUCache`` whose per-entry lifetime is the
+  shorter of ``ttl`` and the token's own remaining life, so nothing outlives
+  the token's expiry (RFC 7662 section 4).
+* Negative answers live in a separate, smaller-TTL ``TTLCache``, so a flood of
+  random tokens evicts other random tokens, never good entries.
+* "Unavailable" is never stored: the next request asks again.
+* Single flight: the first request for a cold token becomes the leader and
+  introspects; every other request for that token waits on the leader's
+  :class:`concurrent.futures.Future`, which threads wait on directly and
+  coroutines through :func:`asyncio.wrap_future`, so one mechanism serves
+  sync and async callers alike.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from cachetools import TLRUCache, TTLCache
+
+from ._exceptions import ConfigurationError
+from ._outcome import Invalid, Outcome, Valid
+
+__all__ = [
+    "DEFAULT_MAXSIZE",
+    "DEFAULT_NEGATIVE_MAXSIZE",
+    "DEFAULT_NEGATIVE_TTL",
+    "DEFAULT_TTL",
+    "Leader",
+    "TokenCache",
+]
+
+#: 60 s: a revoked token stops working within a minute while a busy token costs
+#: the Hub one call a minute. Reference gateways use 30 s; the Hub's whoami-v2
+#: is heavily rate-limited, so we lean to fewer calls.
+DEFAULT_TTL = 60.0
+#: 10 s: long enough that a client retrying a bad token does not reach the Hub
+#: on every try, short enough that a token created a moment ago soon works.
+DEFAULT_NEGATIVE_TTL = 10.0
+#: About 10,000 entries (APIcast's bound); a principal is well under 2 KiB.
+DEFAULT_MAXSIZE = 10_000
+DEFAULT_NEGATIVE_MAXSIZE = 10_000
+#: TTLs above an hour mean revocations go unseen for too long.
+MAX_TTL = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Leader:
+    """Returned by :meth:`TokenCache.begin` to the one request that must introspect."""
+
+    key: bytes
+    future: Future[Outcome]
+
+
+class TokenCache:
+    """Bounded positive and negative caches of introspection outcomes.
+
+    ``timer`` measures TTLs (monotonic by default); ``clock`` is wall-clock
+    time, used only to compare with token expiry times. Tests inject both.
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: float = DEFAULT_TTL,
+        negative_ttl: float = DEFAULT_NEGATIVE_TTL,
+        maxsize: int = DEFAULT_MAXSIZE,
+        negative_maxsize: int = DEFAULT_NEGATIVE_MAXSIZE,
+        timer: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 <= ttl <= MAX_TTL:
+            raise ConfigurationError(f"ttl must be between 0 and {MAX_TTL:g} seconds, got {ttl}")
+        if not 0 <= negative_ttl <= ttl or negative_ttl > MAX_TTL:
+            raise ConfigurationError(
+                f"negative_ttl must be between 0 and ttl ({ttl:g} s), got {negative_ttl}"
+            )
+        if maxsize < 1 or negative_maxsize < 1:
+            raise ConfigurationError("maxsize and negative_maxsize must be at least 1")
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.timer = timer
+        self.clock = clock
+        self._positive: TLRUCache[bytes, Valid] = TLRUCache(maxsize, self._valid_until, timer)
+        self._negative: TTLCache[bytes, Invalid] = TTLCache(negative_maxsize, negative_ttl, timer)
+        self._inflight: dict[bytes, Future[Outcome]] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenCache(ttl={self.ttl:g}, negative_ttl={self.negative_ttl:g}, "
+            f"size={len(self._positive)}/{self._positive.maxsize}, "
+            f"negative_size={len(self._negative)}/{self._negative.maxsize})"
+        )
+
+    def _valid_until(self, _key: bytes, value: Valid, now: float) -> float:
+        expires_at = value.principal.expires_at
+        if expires_at is None:
+            return now + self.ttl
+        return now + min(self.ttl, expires_at.timestamp() - self.clock())
+
+    def get(self, key: bytes) -> Outcome | None:
+        """The cached outcome for ``key``, or ``None``."""
+        with self._lock:
+            return self._positive.get(key) or self._negative.get(key)
+
+    def begin(self, key: bytes) -> Outcome | Leader | Future[Outcome]:
+        """Start a lookup: a cached outcome, the leadership of a new flight, or
+        the running flight to wait for."""
+        with self._lock:
+            cached = self._positive.get(key) or self._negative.get(key)
+            if cached is not None:
+                return cached
+            running = self._inflight.get(key)
+            if running is not None:
+                return running
+            future: Future[Outcome] = Future()
+            self._inflight[key] = future
+            return Leader(key, future)
+
+    def complete(self, leader: Leader, outcome: Outcome) -> None:
+        """Store the leader's outcome and wake every waiter."""
+        with self._lock:
+            if isinstance(outcome, Valid):
+                if self.ttl > 0:
+                    self._positive[leader.key] = outcome
+            elif self.negative_ttl > 0:
+                self._negative[leader.key] = outcome
+            self._inflight.pop(leader.key, None)
+        if not leader.future.done():
+            leader.future.set_result(outcome)
+
+    def abandon(self, leader: Leader, error: BaseException) -> None:
+        """End a flight that could not get an outcome; waiters get ``error``. Nothing is stored."""
+        with self._lock:
+            self._inflight.pop(leader.key, None)
+        if not leader.future.done():
+            leader.future.set_exception(error)
+
+    def invalidate(self, key: bytes) -> None:
+        """Forget what is known about one key (positive and negative)."""
+        with self._lock:
+            self._positive.pop(key, None)
+            self._negative.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._positive.clear()
+            self._negative.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._positive) + len(self._negative)
+
+    @property
+    def inflight(self) -> int:
+        """How many introspections are running now."""
+        return len(self._inflight)

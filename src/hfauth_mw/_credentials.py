@@ -1,0 +1,136 @@
+"""Reading a token out of a request: ``Authorization`` (Bearer or Basic) or,
+when the server opts in, one query-string parameter.
+
+Everything here is pure: headers in, :class:`Credentials` or an
+:class:`~hfauth_mw.InvalidRequest` out. Tokens are never normalised: no case
+folding, no trimming inside, no decoding beyond what Basic itself requires.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ._exceptions import InvalidRequest
+from ._principal import fingerprint_of, token_digest
+
+__all__ = ["DEFAULT_MAX_HEADER_BYTES", "Credentials", "parse_credentials"]
+
+#: OWASP advises refusing oversized Authorization headers before any hashing.
+DEFAULT_MAX_HEADER_BYTES = 8192
+
+# RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9!#$%&'*+\-.^_`|~]*)(?: +(.*))?", re.DOTALL)
+
+Scheme = Literal["bearer", "basic", "query"]
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A token taken from a request, with the SHA-256 digest used as its only key.
+
+    ``username`` is the Basic user name, kept for logs and never trusted: the
+    Hub ignores it, and so do the access rules.
+    """
+
+    token: str = field(repr=False)
+    scheme: Scheme
+    digest: bytes = field(repr=False)
+    username: str | None = None
+
+    @classmethod
+    def from_token(
+        cls, token: str, scheme: Scheme = "bearer", username: str | None = None
+    ) -> Credentials:
+        return cls(token=token, scheme=scheme, digest=token_digest(token), username=username)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short SHA-256 fingerprint, safe to log."""
+        return fingerprint_of(self.digest)
+
+    def __repr__(self) -> str:
+        return f"Credentials(scheme={self.scheme!r}, fingerprint={self.fingerprint!r})"
+
+    __str__ = __repr__
+
+
+def _decode_header(raw: bytes | str, max_bytes: int) -> str:
+    if len(raw) > max_bytes:
+        raise InvalidRequest(f"The Authorization header is longer than {max_bytes} bytes")
+    if isinstance(raw, str):
+        raw = raw.encode("latin-1", errors="replace")
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidRequest("The Authorization header is not ASCII") from None
+
+
+def _parse_basic(value: str) -> Credentials:
+    try:
+        decoded = base64.b64decode(value.encode("ascii"), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("The Basic credentials are not valid base64 of UTF-8 text") from None
+    username, colon, password = decoded.partition(":")
+    if not colon:
+        raise InvalidRequest("The Basic credentials have no ':' between user name and token")
+    if not password:
+        raise InvalidRequest("The Basic credentials carry an empty token")
+    if not _B64TOKEN.fullmatch(password):
+        raise InvalidRequest("The Basic password is not a well-formed access token")
+    return Credentials.from_token(password, "basic", username)
+
+
+def _parse_authorization(header: str, allow_basic: bool) -> Credentials:
+    match = _SCHEME.fullmatch(header)
+    if match is None:
+        raise InvalidRequest("The Authorization header is malformed")
+    scheme, value = match.group(1).lower(), match.group(2)
+    if scheme not in ("bearer", "basic") or (scheme == "basic" and not allow_basic):
+        accepted = "Bearer or Basic" if allow_basic else "Bearer"
+        raise InvalidRequest(f"Unsupported authorization scheme; use {accepted}")
+    if not value:
+        raise InvalidRequest("The Authorization header carries an empty token")
+    if scheme == "basic":
+        return _parse_basic(value)
+    if not _B64TOKEN.fullmatch(value):
+        raise InvalidRequest("The Bearer token is not well formed (RFC 6750 b64token)")
+    return Credentials.from_token(value, "bearer")
+
+
+def parse_credentials(
+    authorization: Sequence[bytes | str],
+    *,
+    query_tokens: Sequence[str] = (),
+    allow_basic: bool = True,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> Credentials | None:
+    """Return the request's credentials, ``None`` when it carries none.
+
+    ``authorization`` holds every ``Authorization`` header value of the request;
+    ``query_tokens`` every value of the opted-in query parameter (empty when the
+    server did not opt in). Raises :class:`~hfauth_mw.InvalidRequest` for two
+    headers, a token sent two ways, an unknown scheme, bad base64 or an empty or
+    malformed token.
+    """
+    if len(authorization) > 1:
+        raise InvalidRequest("The request has more than one Authorization header")
+    if len(query_tokens) > 1:
+        raise InvalidRequest("The access token appears more than once in the query string")
+    if authorization and query_tokens:
+        raise InvalidRequest("The access token was sent both in a header and in the query string")
+    if authorization:
+        return _parse_authorization(_decode_header(authorization[0], max_header_bytes), allow_basic)
+    if query_tokens:
+        token = query_tokens[0]
+        if len(token) > max_header_bytes:
+            raise InvalidRequest(f"The access token is longer than {max_header_bytes} bytes")
+        if not _B64TOKEN.fullmatch(token):
+            raise InvalidRequest("The access token in the query string is not well formed")
+        return Credentials.from_token(token, "query")
+    return None

@@ -1,0 +1,135 @@
+"""Exceptions raised by hfauth-mw.
+
+The hierarchy::
+
+    HFAuthError                      base of everything this library raises
+    ├── ConfigurationError           bad options, raised once at start-up (also a ValueError)
+    ├── TokenStoreError              the local token store cannot be read or written
+    ├── MalformedAnswer              an introspection answer has the wrong shape (a ValueError);
+    │                                sources turn it into SourceUnavailable
+    └── AuthenticationError          a request cannot go on; carries its HTTP answer
+        ├── InvalidRequest           400 invalid_request: malformed or ambiguous credentials
+        ├── MissingCredentials       401, no error code: a protected route and no credentials
+        ├── InvalidToken             401 invalid_token: unknown, revoked, expired or inactive
+        ├── InsufficientScope        403 insufficient_scope: valid token, not enough rights
+        ├── TooManyFailures          429: too many failed authentications from one client
+        └── SourceUnavailable        503 + Retry-After: the introspection source cannot answer
+
+No message or attribute of any of these ever holds a token: they carry a short
+SHA-256 fingerprint at most. ``AuthenticationError.description`` is written for
+the client and goes into the ``error_description`` of the answer.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "HFAuthError",
+    "InsufficientScope",
+    "InvalidRequest",
+    "InvalidToken",
+    "MalformedAnswer",
+    "MissingCredentials",
+    "SourceUnavailable",
+    "TokenStoreError",
+    "TooManyFailures",
+]
+
+
+class HFAuthError(Exception):
+    """Base class of every exception raised by hfauth-mw."""
+
+
+class ConfigurationError(HFAuthError, ValueError):
+    """An option given to a middleware, source or cache is invalid."""
+
+
+class TokenStoreError(HFAuthError):
+    """The local token store could not be opened, read or written."""
+
+
+class MalformedAnswer(HFAuthError, ValueError):
+    """An introspection answer does not have the documented shape."""
+
+
+class AuthenticationError(HFAuthError):
+    """A request cannot go on; subclasses say which HTTP answer it gets."""
+
+    status_code: int = 401
+    error: str | None = None
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+
+class InvalidRequest(AuthenticationError):
+    """The credentials are malformed or ambiguous (400 ``invalid_request``)."""
+
+    status_code = 400
+    error = "invalid_request"
+
+
+class MissingCredentials(AuthenticationError):
+    """A protected route was called without credentials (401, no error code)."""
+
+    status_code = 401
+    error = None
+
+    def __init__(self, description: str = "Authentication required") -> None:
+        super().__init__(description)
+
+
+class InvalidToken(AuthenticationError):
+    """The token is unknown, revoked, expired or inactive (401 ``invalid_token``)."""
+
+    status_code = 401
+    error = "invalid_token"
+
+    def __init__(
+        self, description: str = "The access token is invalid, revoked or expired"
+    ) -> None:
+        super().__init__(description)
+
+
+class InsufficientScope(AuthenticationError):
+    """The token is valid but lacks a right the route needs (403 ``insufficient_scope``).
+
+    ``scope`` names what was needed, e.g. ``"repo.write"``.
+    """
+
+    status_code = 403
+    error = "insufficient_scope"
+
+    def __init__(self, description: str, scope: str) -> None:
+        super().__init__(description)
+        self.scope = scope
+
+
+class TooManyFailures(AuthenticationError):
+    """A client failed authentication too often (429 with ``Retry-After``)."""
+
+    status_code = 429
+    error = None
+
+    def __init__(self, description: str, retry_after: int) -> None:
+        super().__init__(description)
+        self.retry_after = retry_after
+
+
+class SourceUnavailable(AuthenticationError):
+    """The introspection source could not answer (503 with ``Retry-After``).
+
+    Raised for timeouts, connection errors, 429 and 5xx answers and answers of
+    the wrong shape. It never means the token is invalid and is never cached.
+    """
+
+    status_code = 503
+    error = None
+
+    def __init__(
+        self, description: str = "The token could not be checked", retry_after: int = 5
+    ) -> None:
+        super().__init__(description)
+        self.retry_after = max(1, int(retry_after))

@@ -1,0 +1,340 @@
+"""What every adapter shares: the per-request decision and the error answers.
+
+A :class:`Guard` holds the validated options. For each request an adapter
+asks :meth:`Guard.is_public`, then drives :meth:`Guard.flow` with the
+authenticator's sync or async driver, and renders any
+:class:`~hfauth_mw.AuthenticationError` with :meth:`Guard.error_response`.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from ._authenticator import Authenticator
+from ._credentials import DEFAULT_MAX_HEADER_BYTES, Credentials, parse_credentials
+from ._exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    InsufficientScope,
+    MissingCredentials,
+    SourceUnavailable,
+    TooManyFailures,
+)
+from ._outcome import WaitFor
+from ._principal import ANONYMOUS, Principal
+from ._rules import AccessPolicy, Decision, Entity, Repo
+
+__all__ = ["SAFE_METHODS", "Guard", "RepoRule", "RequestAuth", "require_read", "require_write"]
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+Access = Literal["read", "write"]
+_REPO_TYPES = frozenset({"model", "dataset", "space"})
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_UNSAFE_PATH = re.compile(r"(?:^|/)\.{1,2}(?:/|$)|//")
+_HEADER_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
+@dataclass(frozen=True, slots=True)
+class RepoRule:
+    """Requests matching ``method`` and ``path`` need ``access`` on a repository
+    built from the path's ``{owner}`` and ``{name}`` (and optional ``{type}``:
+    ``model``/``models``/``dataset``/``datasets``/``space``/``spaces``).
+
+    Use :func:`require_read` and :func:`require_write` to build them.
+    """
+
+    methods: frozenset[str]
+    template: str
+    access: Access
+    repo_type: str = "model"
+    pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = _PLACEHOLDER.findall(self.template)
+        if not self.template.startswith("/") or not {"owner", "name"} <= set(names):
+            raise ConfigurationError(
+                f"rule path {self.template!r} must start with '/' "
+                "and contain {owner} and {name}"
+            )
+        if len(names) != len(set(names)) or not set(names) <= {"owner", "name", "type"}:
+            raise ConfigurationError(
+                f"rule path {self.template!r} may use {{owner}}, {{name}} and {{type}}, once each"
+            )
+        if self.repo_type not in _REPO_TYPES:
+            raise ConfigurationError(f"repo_type must be one of {sorted(_REPO_TYPES)}")
+        regex, position = "", 0
+        for match in _PLACEHOLDER.finditer(self.template):
+            regex += re.escape(self.template[position : match.start()])
+            regex += f"(?P<{match.group(1)}>[^/]+)"
+            position = match.end()
+        regex += re.escape(self.template[position:])
+        object.__setattr__(self, "pattern", re.compile(regex))
+
+    def repo_for(self, method: str, path: str) -> Repo | None:
+        if "*" not in self.methods and method not in self.methods:
+            return None
+        match = self.pattern.fullmatch(path)
+        if match is None:
+            return None
+        values = match.groupdict()
+        repo_type = values.get("type") or self.repo_type
+        repo_type = repo_type[:-1] if repo_type.endswith("s") else repo_type
+        if repo_type not in _REPO_TYPES:
+            return None
+        try:
+            return Repo.parse(f"{repo_type}:{values['owner']}/{values['name']}")
+        except ValueError:
+            return None
+
+
+def _rule(spec: str, access: Access, repo_type: str) -> RepoRule:
+    method, _, path = spec.strip().partition(" ")
+    if not path:
+        raise ConfigurationError(f"rule {spec!r} must look like 'POST /models/{{owner}}/{{name}}'")
+    methods = frozenset(m.strip().upper() for m in method.split(","))
+    return RepoRule(methods, path.strip(), access, repo_type)
+
+
+def require_read(spec: str, *, repo_type: str = "model") -> RepoRule:
+    """``require_read("POST /v1/models/{owner}/{name}/infer")``: read access on that repo."""
+    return _rule(spec, "read", repo_type)
+
+
+def require_write(spec: str, *, repo_type: str = "model") -> RepoRule:
+    """``require_write("PUT /v1/models/{owner}/{name}")``: write access on that repo."""
+    return _rule(spec, "write", repo_type)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAuth:
+    """What the middleware attached to a request: the caller and the rules.
+
+    Route code uses it to check access on repositories it picks itself::
+
+        auth.require(Repo.parse("model:acme/sentiment"), "write")
+    """
+
+    principal: Principal
+    policy: AccessPolicy
+    scheme: str | None = None
+
+    def can_read(self, repo: Repo | str) -> Decision:
+        return self.policy.can_read(self.principal, _as_repo(repo))
+
+    def can_write(self, repo: Repo | str) -> Decision:
+        return self.policy.can_write(self.principal, _as_repo(repo))
+
+    def has_permission(self, permission: str, entity: Entity | Repo | None = None) -> Decision:
+        return self.policy.has_permission(self.principal, permission, entity)
+
+    def require(self, repo: Repo | str, access: Access = "read") -> Decision:
+        """Return the decision if allowed; raise the matching 401/403 error if not."""
+        decision = self.policy.check(self.principal, _as_repo(repo), access)
+        if not decision:
+            raise denial(self.principal, decision)
+        return decision
+
+    def require_permission(self, permission: str, entity: Entity | Repo | None = None) -> Decision:
+        decision = self.has_permission(permission, entity)
+        if not decision:
+            raise denial(self.principal, decision)
+        return decision
+
+
+def _as_repo(repo: Repo | str) -> Repo:
+    return repo if isinstance(repo, Repo) else Repo.parse(repo)
+
+
+def denial(principal: Principal, decision: Decision) -> AuthenticationError:
+    """The error for a denied decision: 401 for anonymous callers, else 403."""
+    if principal.is_anonymous:
+        return MissingCredentials(decision.reason)
+    return InsufficientScope(decision.reason, scope=decision.needed)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorResponse:
+    """A rendered error: status, headers (latin-1 safe) and a JSON body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class Guard:
+    """The validated options of a middleware and the per-request decision.
+
+    Options (all validated here, once):
+
+    ``realm``: the realm of the ``WWW-Authenticate`` challenges.
+    ``public_paths``: paths served without credentials; ``"/health"`` is
+    exact, ``"/docs/*"`` is a prefix. Paths with ``.``/``..`` segments or
+    ``//`` are never public.
+    ``allow_anonymous``: requests without credentials go on as the anonymous
+    principal; bad credentials are still refused.
+    ``allow_basic``: accept the token as the HTTP Basic password.
+    ``query_param``: name of a query parameter that may carry the token (off:
+    RFC 6750 says SHOULD NOT).
+    ``rules``: :class:`RepoRule` list, first match wins.
+    ``method_policy``: for requests no rule matches, safe methods need any
+    valid token and other methods a token that can write.
+    ``policy``: the :class:`~hfauth_mw.AccessPolicy` telling which repos are
+    public or gated and who created what.
+    """
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        *,
+        realm: str = "hfauth-mw",
+        public_paths: Iterable[str] = (),
+        allow_anonymous: bool = False,
+        allow_basic: bool = True,
+        query_param: str | None = None,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        rules: Sequence[RepoRule] = (),
+        method_policy: bool = True,
+        policy: AccessPolicy | None = None,
+    ) -> None:
+        if not isinstance(authenticator, Authenticator):
+            raise ConfigurationError("authenticator must be an hfauth_mw.Authenticator")
+        if not realm or _HEADER_UNSAFE.search(realm):
+            raise ConfigurationError(
+                "realm must be non-empty, without quotes or control characters"
+            )
+        if not 256 <= max_header_bytes <= 65536:
+            raise ConfigurationError("max_header_bytes must be between 256 and 65536")
+        if query_param is not None and not re.fullmatch(r"[A-Za-z0-9_\-.]+", query_param):
+            raise ConfigurationError(f"query_param {query_param!r} is not a valid parameter name")
+        if not all(isinstance(rule, RepoRule) for rule in rules):
+            raise ConfigurationError("rules must be built with require_read() or require_write()")
+        self.authenticator = authenticator
+        self.realm = realm
+        self.exact_public, self.prefix_public = _split_public_paths(public_paths)
+        self.allow_anonymous = allow_anonymous
+        self.allow_basic = allow_basic
+        self.query_param = query_param
+        self.max_header_bytes = max_header_bytes
+        self.rules = tuple(rules)
+        self.method_policy = method_policy
+        self.policy = policy if policy is not None else AccessPolicy()
+        challenge = f'Bearer realm="{realm}"'
+        self._challenges = [("www-authenticate", challenge)]
+        if allow_basic:
+            self._challenges.append(("www-authenticate", f'Basic realm="{realm}"'))
+
+    def __repr__(self) -> str:
+        return (
+            f"Guard(realm={self.realm!r}, source={self.authenticator.source!r}, "
+            f"allow_anonymous={self.allow_anonymous}, rules={len(self.rules)})"
+        )
+
+    # --- per request -----------------------------------------------------------------
+
+    def is_public(self, path: str) -> bool:
+        if path in self.exact_public:
+            return not _UNSAFE_PATH.search(path)
+        if self.prefix_public and path.startswith(self.prefix_public):
+            return not _UNSAFE_PATH.search(path)
+        return False
+
+    def credentials(
+        self, authorization: Sequence[bytes | str], query_tokens: Sequence[str] = ()
+    ) -> Credentials | None:
+        return parse_credentials(
+            authorization,
+            query_tokens=query_tokens if self.query_param else (),
+            allow_basic=self.allow_basic,
+            max_header_bytes=self.max_header_bytes,
+        )
+
+    def flow(
+        self, method: str, path: str, credentials: Credentials | None
+    ) -> Generator[httpx.Request | WaitFor, Any, RequestAuth]:
+        """Authenticate and authorize one request; raises AuthenticationError."""
+        if credentials is None:
+            if not self.allow_anonymous:
+                raise MissingCredentials()
+            principal = ANONYMOUS
+        else:
+            principal = yield from self.authenticator.flow(credentials)
+        self.authorize(method, path, principal)
+        return RequestAuth(principal, self.policy, credentials.scheme if credentials else None)
+
+    def authorize(self, method: str, path: str, principal: Principal) -> None:
+        for rule in self.rules:
+            repo = rule.repo_for(method, path)
+            if repo is not None:
+                decision = self.policy.check(principal, repo, rule.access)
+                if not decision:
+                    raise denial(principal, decision)
+                return
+        if (
+            self.method_policy
+            and method not in SAFE_METHODS
+            and not _can_write_somewhere(principal)
+        ):
+            role = principal.token_role or principal.auth_type
+            raise denial(
+                principal,
+                Decision(
+                    False,
+                    f"write denied: {method} needs a token that can write (token role {role})",
+                    "repo.write",
+                ),
+            )
+
+    # --- answers ---------------------------------------------------------------------
+
+    def error_response(self, error: AuthenticationError) -> ErrorResponse:
+        description = _HEADER_UNSAFE.sub("'", error.description)
+        headers = [("content-type", "application/json"), ("cache-control", "no-store")]
+        if error.status_code == 401 and error.error is None:
+            headers += self._challenges
+        elif error.error is not None:
+            params = f'Bearer realm="{self.realm}", error="{error.error}"'
+            if isinstance(error, InsufficientScope):
+                params += f', scope="{_HEADER_UNSAFE.sub("", error.scope)}"'
+            params += f', error_description="{description}"'
+            headers.append(("www-authenticate", params))
+        if isinstance(error, SourceUnavailable | TooManyFailures):
+            headers.append(("retry-after", str(error.retry_after)))
+        body: dict[str, Any] = {
+            "error": error.error or _BODY_ERROR.get(error.status_code, "unauthorized"),
+            "error_description": error.description,
+        }
+        if isinstance(error, InsufficientScope):
+            body["scope"] = error.scope
+        return ErrorResponse(error.status_code, headers, json.dumps(body).encode("utf-8"))
+
+
+_BODY_ERROR = {401: "unauthorized", 429: "too_many_requests", 503: "temporarily_unavailable"}
+
+
+def _can_write_somewhere(principal: Principal) -> bool:
+    if principal.token_role == "write":
+        return True
+    if principal.token_role == "fineGrained":
+        return any("repo.write" in grant.permissions for grant in principal.scoped)
+    return False
+
+
+def _split_public_paths(paths: Iterable[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+    exact, prefixes = set(), []
+    for path in paths:
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ConfigurationError(f"public path {path!r} must start with '/'")
+        if path.endswith("*"):
+            prefixes.append(path[:-1])
+        elif "*" in path:
+            raise ConfigurationError(f"public path {path!r}: '*' is allowed only at the end")
+        else:
+            exact.add(path)
+    return frozenset(exact), tuple(prefixes)

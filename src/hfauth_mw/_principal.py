@@ -1,0 +1,300 @@
+"""Who the caller is: an immutable record of what the introspection source said.
+
+The whoami-v2 parser lives here too, because the local token store keeps the
+same shape and the hub emulator serves it: one parser for every source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ._exceptions import MalformedAnswer
+
+__all__ = [
+    "ANONYMOUS",
+    "OrgMembership",
+    "Principal",
+    "ResourceGroup",
+    "ScopedGrant",
+    "fingerprint_of",
+    "principal_from_whoami",
+    "token_digest",
+]
+
+#: Length of the hex fingerprint shown in logs, reprs and answers: 48 bits is
+#: enough to tell tokens apart in a log, and far too little to recover one.
+FINGERPRINT_LENGTH = 12
+
+ORG_ROLES = ("no_access", "read", "contributor", "write", "admin")
+TOKEN_ROLES = ("read", "write", "fineGrained")
+
+
+def token_digest(token: str) -> bytes:
+    """The SHA-256 digest of a token: the only form in which a token is kept."""
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def fingerprint_of(digest: bytes) -> str:
+    """A short, log-safe fingerprint of a token, from its SHA-256 digest."""
+    return digest.hex()[:FINGERPRINT_LENGTH]
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceGroup:
+    """A resource group of an organization and the user's role in it."""
+
+    id: str
+    name: str | None
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrgMembership:
+    """An organization the user belongs to and their ``roleInOrg``."""
+
+    name: str
+    role: str
+    id: str | None = None
+    plan: str | None = None
+    is_enterprise: bool = False
+    resource_groups: tuple[ResourceGroup, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ScopedGrant:
+    """One fine-grained ``scoped`` entry: permissions on one entity.
+
+    ``entity_type`` is one of ``model``, ``dataset``, ``space``, ``user``,
+    ``org``, ``collection``, ``resource-group``, ... (kept as the Hub sent it);
+    repository names are ``owner/name``.
+    """
+
+    entity_type: str
+    entity_name: str | None
+    permissions: frozenset[str]
+    entity_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller, as the introspection source described them.
+
+    Immutable and safe to log: it holds a short token fingerprint, never the
+    token. ``token_role`` is ``read``, ``write``, ``fineGrained``, or ``None``
+    when the source does not say (OAuth tokens through whoami-v2).
+    """
+
+    name: str
+    type: str = "user"
+    id: str | None = None
+    fullname: str | None = None
+    email: str | None = None
+    auth_type: str = "access_token"
+    token_role: str | None = None
+    token_name: str | None = None
+    orgs: tuple[OrgMembership, ...] = ()
+    scoped: tuple[ScopedGrant, ...] = ()
+    global_permissions: frozenset[str] = frozenset()
+    can_read_gated_repos: bool = False
+    expires_at: datetime | None = None
+    oauth_scopes: frozenset[str] = frozenset()
+    fingerprint: str = ""
+    source: str = ""
+    is_anonymous: bool = field(default=False, compare=False)
+
+    @property
+    def is_authenticated(self) -> bool:
+        return not self.is_anonymous
+
+    def org(self, name: str) -> OrgMembership | None:
+        """The user's membership of organization ``name``, if any."""
+        for membership in self.orgs:
+            if membership.name == name:
+                return membership
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping of the principal (no token, no secret)."""
+        return {
+            "name": self.name,
+            "type": self.type,
+            "id": self.id,
+            "fullname": self.fullname,
+            "email": self.email,
+            "auth_type": self.auth_type,
+            "token_role": self.token_role,
+            "token_name": self.token_name,
+            "token_fingerprint": self.fingerprint or None,
+            "orgs": [
+                {
+                    "name": org.name,
+                    "role": org.role,
+                    "id": org.id,
+                    "plan": org.plan,
+                    "is_enterprise": org.is_enterprise,
+                    "resource_groups": [
+                        {"id": group.id, "name": group.name, "role": group.role}
+                        for group in org.resource_groups
+                    ],
+                }
+                for org in self.orgs
+            ],
+            "scoped": [
+                {
+                    "entity": {
+                        "type": grant.entity_type,
+                        "name": grant.entity_name,
+                        "id": grant.entity_id,
+                    },
+                    "permissions": sorted(grant.permissions),
+                }
+                for grant in self.scoped
+            ],
+            "global": sorted(self.global_permissions),
+            "can_read_gated_repos": self.can_read_gated_repos,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "oauth_scopes": sorted(self.oauth_scopes),
+            "source": self.source,
+            "is_anonymous": self.is_anonymous,
+        }
+
+
+ANONYMOUS = Principal(name="anonymous", type="anonymous", auth_type="none", is_anonymous=True)
+
+
+# --- the whoami-v2 parser -------------------------------------------------------------
+# Liberal in what it accepts (unknown fields ignored, optional fields may be
+# missing), strict where a wrong type could turn into a grant: such answers
+# raise MalformedAnswer, which sources report as "unavailable", never "valid".
+
+
+def _mapping(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise MalformedAnswer(f"{where} is not an object")
+    return value
+
+
+def _optional_str(data: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise MalformedAnswer(f"{where}.{key} is not a string")
+    return value
+
+
+def _required_str(data: Mapping[str, Any], key: str, where: str) -> str:
+    value = _optional_str(data, key, where)
+    if not value:
+        raise MalformedAnswer(f"{where}.{key} is missing")
+    return value
+
+
+def _list(data: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise MalformedAnswer(f"{where}.{key} is not a list")
+    return value
+
+
+def _strings(data: Mapping[str, Any], key: str, where: str) -> frozenset[str]:
+    items = _list(data, key, where)
+    if not all(isinstance(item, str) for item in items):
+        raise MalformedAnswer(f"{where}.{key} holds a non-string")
+    return frozenset(items)
+
+
+def _bool(data: Mapping[str, Any], key: str, where: str) -> bool:
+    value = data.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise MalformedAnswer(f"{where}.{key} is not a boolean")
+    return value
+
+
+def parse_timestamp(value: object, where: str) -> datetime | None:
+    """Parse an ISO 8601 timestamp (``Z`` allowed); naive values are taken as UTC."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise MalformedAnswer(f"{where} is not a timestamp")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise MalformedAnswer(f"{where} is not an ISO 8601 timestamp") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _org(value: object, index: int) -> OrgMembership:
+    where = f"orgs[{index}]"
+    data = _mapping(value, where)
+    groups = []
+    for group_index, group_value in enumerate(_list(data, "resourceGroups", where)):
+        group_where = f"{where}.resourceGroups[{group_index}]"
+        group = _mapping(group_value, group_where)
+        groups.append(
+            ResourceGroup(
+                id=_required_str(group, "id", group_where),
+                name=_optional_str(group, "name", group_where),
+                role=_optional_str(group, "role", group_where) or "no_access",
+            )
+        )
+    return OrgMembership(
+        name=_required_str(data, "name", where),
+        # A membership without a role grants nothing rather than something.
+        role=_optional_str(data, "roleInOrg", where) or "no_access",
+        id=_optional_str(data, "id", where),
+        plan=_optional_str(data, "plan", where),
+        is_enterprise=_bool(data, "isEnterprise", where),
+        resource_groups=tuple(groups),
+    )
+
+
+def _grant(value: object, index: int) -> ScopedGrant:
+    where = f"fineGrained.scoped[{index}]"
+    data = _mapping(value, where)
+    entity = _mapping(data.get("entity"), f"{where}.entity")
+    return ScopedGrant(
+        entity_type=_required_str(entity, "type", f"{where}.entity"),
+        entity_name=_optional_str(entity, "name", f"{where}.entity"),
+        entity_id=_optional_str(entity, "_id", f"{where}.entity"),
+        permissions=_strings(data, "permissions", where),
+    )
+
+
+def principal_from_whoami(data: object, *, fingerprint: str = "", source: str = "") -> Principal:
+    """Build a :class:`Principal` from a whoami-v2 answer.
+
+    Raises :class:`MalformedAnswer` when the answer is not the documented shape.
+    """
+    root = _mapping(data, "answer")
+    auth = _mapping(root.get("auth") or {}, "auth")
+    access_token = _mapping(auth.get("accessToken") or {}, "auth.accessToken")
+    fine_grained = _mapping(access_token.get("fineGrained") or {}, "fineGrained")
+    return Principal(
+        name=_required_str(root, "name", "answer"),
+        type=_optional_str(root, "type", "answer") or "user",
+        id=_optional_str(root, "id", "answer"),
+        fullname=_optional_str(root, "fullname", "answer"),
+        email=_optional_str(root, "email", "answer"),
+        auth_type=_optional_str(auth, "type", "auth") or "access_token",
+        token_role=_optional_str(access_token, "role", "auth.accessToken"),
+        token_name=_optional_str(access_token, "displayName", "auth.accessToken"),
+        orgs=tuple(_org(org, index) for index, org in enumerate(_list(root, "orgs", "answer"))),
+        scoped=tuple(
+            _grant(grant, index)
+            for index, grant in enumerate(_list(fine_grained, "scoped", "fineGrained"))
+        ),
+        global_permissions=_strings(fine_grained, "global", "fineGrained"),
+        can_read_gated_repos=_bool(fine_grained, "canReadGatedRepos", "fineGrained"),
+        expires_at=parse_timestamp(auth.get("expiresAt"), "auth.expiresAt"),
+        fingerprint=fingerprint,
+        source=source,
+    )

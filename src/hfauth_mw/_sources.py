@@ -1,0 +1,394 @@
+"""Introspection sources: the Hub's whoami-v2, RFC 7662 endpoints, the local
+token store, and a chain of them.
+
+Each source is sans-IO (see ``_outcome``): it builds requests and reads
+responses; it never opens a socket itself. Every request it builds carries an
+explicit timeout.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import ipaddress
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import quote_plus, urlsplit
+
+import httpx
+
+from ._credentials import Credentials
+from ._exceptions import ConfigurationError, MalformedAnswer, SourceUnavailable
+from ._outcome import Flow, IntrospectionSource, Invalid, Outcome, Valid
+from ._principal import Principal, principal_from_whoami
+
+__all__ = [
+    "DEFAULT_HUB_URL",
+    "DEFAULT_TIMEOUT",
+    "ChainSource",
+    "HubWhoamiSource",
+    "LocalStoreSource",
+    "OAuthIntrospectionSource",
+    "TokenLookup",
+]
+
+DEFAULT_HUB_URL = "https://huggingface.co"
+#: Gateways use 1-2 s (Envoy ext_authz: 200 ms). The Hub is far away for most
+#: servers, so 2 s to connect and 3 s to read; a slower answer is a 503, not a wait.
+DEFAULT_TIMEOUT = httpx.Timeout(3.0, connect=2.0, pool=1.0)
+#: A whoami-v2 answer is a few KiB; more than this is not an answer.
+DEFAULT_MAX_ANSWER_BYTES = 256 * 1024
+#: Bounds on Retry-After we pass on: at least 1 s, never ask clients to wait hours.
+MIN_RETRY_AFTER, MAX_RETRY_AFTER, DEFAULT_RETRY_AFTER = 1, 300, 5
+
+_RATELIMIT_RESET = re.compile(r"(?:^|[;,\s])t=(\d+)")
+_USER_AGENT = "hfauth-mw"
+
+
+def retry_after_from(headers: httpx.Headers, now: float | None = None) -> int:
+    """Seconds to wait, from ``Retry-After`` (seconds or HTTP date) or ``RateLimit`` (t=)."""
+    seconds: float | None = None
+    value = headers.get("retry-after")
+    if value is not None:
+        value = value.strip()
+        if value.isdigit():
+            seconds = int(value)
+        else:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+                seconds = when.timestamp() - (time.time() if now is None else now)
+            except (TypeError, ValueError, IndexError, OverflowError):
+                seconds = None
+    if seconds is None:
+        match = _RATELIMIT_RESET.search(headers.get("ratelimit", ""))
+        if match:
+            seconds = int(match.group(1))
+    if seconds is None:
+        return DEFAULT_RETRY_AFTER
+    return int(min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, seconds)))
+
+
+def unavailable_for(response: httpx.Response, source: str) -> SourceUnavailable:
+    """The 503 that stands for an upstream answer that says nothing about the token."""
+    status = response.status_code
+    if status == 429:
+        description = f"The token source {source!r} is rate limiting us; try again later"
+    else:
+        description = f"The token source {source!r} answered HTTP {status}; try again later"
+    return SourceUnavailable(description, retry_after=retry_after_from(response.headers))
+
+
+def decode_json(response: httpx.Response, source: str) -> Any:
+    content_type = response.headers.get("content-type", "")
+    if "json" not in content_type:
+        raise SourceUnavailable(f"The token source {source!r} answered something other than JSON")
+    try:
+        return json.loads(response.content)
+    except (ValueError, RecursionError):
+        raise SourceUnavailable(f"The token source {source!r} answered malformed JSON") from None
+
+
+def check_base_url(url: str, *, allow_insecure_http: bool, what: str) -> str:
+    """Refuse URLs that would send tokens in clear text to another machine."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{what} must be an http(s) URL, got {url!r}")
+    if parts.username or parts.password:
+        raise ConfigurationError(f"{what} must not carry credentials in the URL")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise ConfigurationError(
+            f"{what} {url!r} is plain http on a non-loopback host: tokens would cross the "
+            "network in clear text. Use https, or pass allow_insecure_http=True."
+        )
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _timeout_extension(timeout: httpx.Timeout) -> dict[str, Any]:
+    return {"timeout": timeout.as_dict()}
+
+
+def _wait_timeout(timeout: httpx.Timeout) -> float:
+    parts = (timeout.connect, timeout.read, timeout.write, timeout.pool)
+    return sum(part for part in parts if part is not None) + 1.0
+
+
+class HubWhoamiSource:
+    """Validates tokens with ``GET {hub_url}/api/whoami-v2``, as the Hub's clients do.
+
+    200 is a valid token; 401 an invalid one. Everything else (429, 5xx, a
+    redirect, a timeout, an answer that is not the documented JSON) means the
+    Hub could not tell, and becomes :class:`~hfauth_mw.SourceUnavailable`.
+
+    ``hub_url`` may be huggingface.co, a private hub or a local emulator. Plain
+    ``http`` is refused unless the host is loopback or ``allow_insecure_http``
+    is set, because the token travels in every request.
+    """
+
+    def __init__(
+        self,
+        hub_url: str = DEFAULT_HUB_URL,
+        *,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        allow_insecure_http: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self.hub_url = check_base_url(
+            hub_url, allow_insecure_http=allow_insecure_http, what="hub_url"
+        )
+        self.whoami_url = f"{self.hub_url}/api/whoami-v2"
+        self.timeout = timeout
+        self.max_answer_bytes = max_answer_bytes
+        self._name = name or f"hub:{self.hub_url}"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def wait_timeout(self) -> float:
+        return _wait_timeout(self.timeout)
+
+    def __repr__(self) -> str:
+        return f"HubWhoamiSource({self.hub_url!r})"
+
+    def flow(self, credentials: Credentials) -> Flow:
+        response = yield httpx.Request(
+            "GET",
+            self.whoami_url,
+            headers={
+                "Authorization": f"Bearer {credentials.token}",
+                "Accept": "application/json",
+                "User-Agent": _USER_AGENT,
+            },
+            extensions=_timeout_extension(self.timeout),
+        )
+        if response.status_code == 401:
+            return Invalid("the hub does not know this token")
+        if response.status_code != 200:
+            raise unavailable_for(response, self.name)
+        answer = decode_json(response, self.name)
+        try:
+            principal = principal_from_whoami(
+                answer, fingerprint=credentials.fingerprint, source=self.name
+            )
+        except MalformedAnswer as exc:
+            raise SourceUnavailable(
+                f"The token source {self.name!r} answered an unexpected shape ({exc})"
+            ) from None
+        return Valid(principal)
+
+
+#: Default RFC 7662 scope -> token role mapping; the highest role wins.
+DEFAULT_SCOPE_ROLES: Mapping[str, str] = {
+    "read": "read",
+    "read-repos": "read",
+    "repo.content.read": "read",
+    "write": "write",
+    "write-repos": "write",
+    "repo.write": "write",
+}
+_ROLE_RANK = {"read": 1, "write": 2}
+
+
+class OAuthIntrospectionSource:
+    """Validates tokens at an RFC 7662 introspection endpoint.
+
+    The request is ``POST url`` with ``token=<token>&token_type_hint=access_token``,
+    authenticated with HTTP Basic ``client_id:client_secret`` (RFC 7662 section 2.1).
+
+    The answer must carry a boolean ``active``; a missing or non-boolean one is
+    an upstream error (503), never "inactive". ``username`` (else ``sub``)
+    names the principal; ``exp`` caps caching; ``scope`` is split on spaces and
+    mapped to a token role through ``scope_roles`` (default
+    :data:`DEFAULT_SCOPE_ROLES`): the highest role listed wins, and a token with
+    no mapped scope gets no role and can read public repositories only.
+    Introspected principals have ``auth_type == "oauth2_introspection"``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str,
+        client_secret: str,
+        scope_roles: Mapping[str, str] = DEFAULT_SCOPE_ROLES,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        allow_insecure_http: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self.url = check_base_url(url, allow_insecure_http=allow_insecure_http, what="url")
+        if not client_id or not client_secret:
+            raise ConfigurationError("client_id and client_secret are both required")
+        unknown = sorted(set(scope_roles.values()) - set(_ROLE_RANK))
+        if unknown:
+            raise ConfigurationError(f"scope_roles maps to unknown roles {unknown}; use read/write")
+        self.client_id = client_id
+        # RFC 6749 section 2.3.1: form-encode both before joining them for Basic.
+        pair = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()
+        self._auth_header = "Basic " + base64.b64encode(pair).decode("ascii")
+        self.scope_roles = dict(scope_roles)
+        self.timeout = timeout
+        self._name = name or f"rfc7662:{self.url}"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def wait_timeout(self) -> float:
+        return _wait_timeout(self.timeout)
+
+    def __repr__(self) -> str:
+        return (
+            f"OAuthIntrospectionSource({self.url!r}, client_id={self.client_id!r}, "
+            "client_secret='***')"
+        )
+
+    def flow(self, credentials: Credentials) -> Flow:
+        response = yield httpx.Request(
+            "POST",
+            self.url,
+            data={"token": credentials.token, "token_type_hint": "access_token"},
+            headers={
+                "Authorization": self._auth_header,
+                "Accept": "application/json",
+                "User-Agent": _USER_AGENT,
+            },
+            extensions=_timeout_extension(self.timeout),
+        )
+        if response.status_code != 200:
+            # RFC 7662 answers 200 for inactive tokens; any other status concerns us, not the token.
+            raise unavailable_for(response, self.name)
+        try:
+            return self.parse_answer(decode_json(response, self.name), credentials)
+        except MalformedAnswer as exc:
+            raise SourceUnavailable(
+                f"The token source {self.name!r} answered an unexpected shape ({exc})"
+            ) from None
+
+    def parse_answer(self, answer: object, credentials: Credentials) -> Outcome:
+        """Map an RFC 7662 answer to an outcome; raises MalformedAnswer on a bad shape."""
+        if not isinstance(answer, Mapping):
+            raise MalformedAnswer("answer is not an object")
+        active = answer.get("active")
+        if not isinstance(active, bool):
+            raise MalformedAnswer("'active' is missing or not a boolean")
+        if not active:
+            return Invalid("the introspection endpoint says the token is inactive")
+        name = answer.get("username") or answer.get("sub")
+        if not isinstance(name, str) or not name:
+            raise MalformedAnswer("an active token has neither 'username' nor 'sub'")
+        exp = answer.get("exp")
+        if exp is not None and (isinstance(exp, bool) or not isinstance(exp, int | float)):
+            raise MalformedAnswer("'exp' is not a number")
+        scope = answer.get("scope", "")
+        if not isinstance(scope, str):
+            raise MalformedAnswer("'scope' is not a string")
+        scopes = frozenset(scope.split())
+        roles = [self.scope_roles[s] for s in scopes if s in self.scope_roles]
+        sub = answer.get("sub")
+        return Valid(
+            Principal(
+                name=name,
+                id=sub if isinstance(sub, str) else None,
+                auth_type="oauth2_introspection",
+                token_role=max(roles, key=_ROLE_RANK.__getitem__) if roles else None,
+                expires_at=datetime.fromtimestamp(exp, UTC) if exp is not None else None,
+                oauth_scopes=scopes,
+                fingerprint=credentials.fingerprint,
+                source=self.name,
+            )
+        )
+
+
+class TokenLookup(Protocol):
+    """What :class:`LocalStoreSource` needs of a store: a whoami-v2 answer by digest."""
+
+    def lookup(self, digest: bytes) -> dict[str, Any] | None: ...
+
+
+class LocalStoreSource:
+    """Validates tokens against a local store of SHA-256 digests (no network).
+
+    The store answers in the whoami-v2 shape, so the principal is built by the
+    same parser as the Hub's. Lookups are local SQLite reads of well under a
+    millisecond and run inline, also on the event loop; the cache in front
+    keeps them off the hot path.
+    """
+
+    def __init__(self, store: TokenLookup, *, name: str = "local") -> None:
+        self.store = store
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def wait_timeout(self) -> float:
+        return 5.0
+
+    def __repr__(self) -> str:
+        return f"LocalStoreSource({self.store!r})"
+
+    def flow(self, credentials: Credentials) -> Flow:
+        answer = self.store.lookup(credentials.digest)
+        if answer is None:
+            return Invalid("the local store does not know this token")
+        try:
+            return Valid(
+                principal_from_whoami(answer, fingerprint=credentials.fingerprint, source=self.name)
+            )
+        except MalformedAnswer as exc:
+            raise SourceUnavailable(
+                f"The local token store holds a malformed entry ({exc})"
+            ) from None
+        yield  # a flow that needs no network: never reached, makes this a generator
+
+
+class ChainSource:
+    """Asks sources in order; the first that knows the token answers.
+
+    Strict on trouble: if a source is unavailable, the chain is unavailable,
+    even if a later source might know the token, so that the answer never
+    depends on which upstream happens to be down. Put the local store first.
+    """
+
+    def __init__(self, *sources: IntrospectionSource, name: str | None = None) -> None:
+        if not sources:
+            raise ConfigurationError("ChainSource needs at least one source")
+        self.sources: Sequence[IntrospectionSource] = sources
+        self._name = name or "chain(" + ",".join(source.name for source in sources) + ")"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def wait_timeout(self) -> float:
+        return sum(source.wait_timeout for source in self.sources)
+
+    def __repr__(self) -> str:
+        return f"ChainSource{tuple(self.sources)!r}"
+
+    def flow(self, credentials: Credentials) -> Flow:
+        outcome: Outcome = Invalid("no source knows this token")
+        for source in self.sources:
+            outcome = yield from source.flow(credentials)
+            if isinstance(outcome, Valid):
+                return outcome
+        return outcome

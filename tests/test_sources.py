@@ -1,0 +1,454 @@
+"""Source parsers, unit-tested through httpx.MockTransport-free flows.
+
+Each flow is driven by hand (send the response it asks for): the parsers are
+pure. The same sources are proven over real loopback HTTP in
+test_authenticator.py and test_asgi.py.
+"""
+
+import json
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hfauth_mw import (
+    ChainSource,
+    ConfigurationError,
+    Credentials,
+    HubWhoamiSource,
+    Invalid,
+    LocalStoreSource,
+    OAuthIntrospectionSource,
+    SourceUnavailable,
+    Valid,
+)
+from hfauth_mw._sources import retry_after_from
+
+TOKEN = "hf_" + "b" * 34
+CREDENTIALS = Credentials.from_token(TOKEN)
+
+WHOAMI_WRITE = {
+    "type": "user",
+    "id": "62f264b9f3c90f4b6514a269",
+    "name": "hub.js",
+    "fullname": "@huggingface/hub CI bot",
+    "email": "ci@example.org",
+    "emailVerified": True,
+    "isPro": False,
+    "orgs": [],
+    "auth": {
+        "type": "access_token",
+        "accessToken": {
+            "displayName": "ci-hub.js",
+            "role": "write",
+            "createdAt": "2024-05-01T10:00:00.000Z",
+        },
+    },
+}
+WHOAMI_FINE_GRAINED = {
+    "type": "user",
+    "id": "u1",
+    "name": "alice",
+    "orgs": [
+        {
+            "type": "org",
+            "id": "o1",
+            "name": "acme",
+            "roleInOrg": "write",
+            "plan": "team",
+            "resourceGroups": [{"id": "rg1", "name": "research", "role": "read"}],
+        }
+    ],
+    "auth": {
+        "type": "access_token",
+        "accessToken": {
+            "displayName": "prod-inference",
+            "role": "fineGrained",
+            "fineGrained": {
+                "canReadGatedRepos": True,
+                "global": ["inference.serverless.write"],
+                "scoped": [
+                    {
+                        "entity": {"_id": "m1", "type": "model", "name": "acme/sentiment"},
+                        "permissions": ["repo.content.read"],
+                    },
+                    {"entity": {"_id": "rg", "type": "resource-group"}, "permissions": ["x"]},
+                ],
+            },
+        },
+    },
+    "someFutureField": {"ignored": True},
+}
+WHOAMI_OAUTH = {"name": "alice", "auth": {"type": "oauth", "expiresAt": "2030-01-01T00:00:00Z"}}
+
+
+def drive(source, *responses):
+    """Run a source flow, answering its requests in turn; returns (requests, outcome)."""
+    flow = source.flow(CREDENTIALS)
+    requests = []
+    try:
+        request = next(flow)
+        for response in responses:
+            requests.append(request)
+            request = flow.send(response)
+    except StopIteration as done:
+        return requests, done.value
+    raise AssertionError("flow asked for more requests than given")
+
+
+def answer(status: int, body=None, headers=None, raw: bytes | None = None) -> httpx.Response:
+    if raw is not None:
+        return httpx.Response(status, content=raw, headers=headers or {})
+    return httpx.Response(status, json=body, headers=headers or {})
+
+
+def test_whoami_request_carries_token_and_timeout():
+    source = HubWhoamiSource("https://hub.example")
+    requests, _ = drive(source, answer(200, WHOAMI_WRITE))
+    (request,) = requests
+    assert str(request.url) == "https://hub.example/api/whoami-v2"
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    assert request.extensions["timeout"]["connect"] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("body", "name", "role", "orgs", "scoped", "gated"),
+    [
+        pytest.param(WHOAMI_WRITE, "hub.js", "write", (), 0, False, id="classic-write"),
+        pytest.param(
+            WHOAMI_FINE_GRAINED, "alice", "fineGrained", ("acme",), 2, True, id="fine-grained"
+        ),
+        pytest.param(WHOAMI_OAUTH, "alice", None, (), 0, False, id="oauth-no-access-token"),
+    ],
+)
+def test_whoami_answers(body, name, role, orgs, scoped, gated):
+    _, outcome = drive(HubWhoamiSource(), answer(200, body))
+    assert isinstance(outcome, Valid)
+    principal = outcome.principal
+    assert (principal.name, principal.token_role) == (name, role)
+    assert tuple(org.name for org in principal.orgs) == orgs
+    assert len(principal.scoped) == scoped
+    assert principal.can_read_gated_repos is gated
+    assert principal.fingerprint == CREDENTIALS.fingerprint
+    assert TOKEN not in repr(principal) and TOKEN not in json.dumps(principal.to_dict())
+
+
+def test_oauth_expiry_is_parsed():
+    _, outcome = drive(HubWhoamiSource(), answer(200, WHOAMI_OAUTH))
+    assert outcome.principal.expires_at == datetime(2030, 1, 1, tzinfo=UTC)
+    assert outcome.principal.auth_type == "oauth"
+
+
+def test_whoami_401_is_invalid():
+    body = {"error": "Invalid credentials in Authorization header"}
+    _, outcome = drive(HubWhoamiSource(), answer(401, body))
+    assert isinstance(outcome, Invalid)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        pytest.param(answer(429, {"error": "slow down"}), id="429"),
+        pytest.param(answer(500, {}), id="500"),
+        pytest.param(answer(502, raw=b"<html>bad gateway</html>"), id="502-html"),
+        pytest.param(answer(503, {}), id="503"),
+        pytest.param(answer(504, {}), id="504"),
+        pytest.param(answer(403, {}), id="403"),
+        pytest.param(answer(404, {}), id="404"),
+        pytest.param(answer(302, headers={"location": "https://evil.example"}), id="redirect"),
+        pytest.param(
+            answer(200, raw=b"not json", headers={"content-type": "text/plain"}), id="text"
+        ),
+        pytest.param(
+            answer(200, raw=b"{not json", headers={"content-type": "application/json"}),
+            id="bad-json",
+        ),
+        pytest.param(answer(200, []), id="json-list"),
+        pytest.param(answer(200, {"type": "user"}), id="no-name"),
+        pytest.param(answer(200, {"name": 42}), id="name-not-string"),
+        pytest.param(answer(200, {"name": "a", "orgs": "acme"}), id="orgs-not-list"),
+        pytest.param(
+            answer(200, {"name": "a", "orgs": [{"roleInOrg": "admin"}]}), id="org-no-name"
+        ),
+        pytest.param(
+            answer(200, {"name": "a", "auth": {"accessToken": {"role": ["write"]}}}),
+            id="role-not-string",
+        ),
+        pytest.param(
+            answer(
+                200,
+                {"name": "a", "auth": {"accessToken": {"fineGrained": {"global": [1]}}}},
+            ),
+            id="global-not-strings",
+        ),
+        pytest.param(
+            answer(200, {"name": "a", "auth": {"expiresAt": "tomorrow"}}), id="bad-expiry"
+        ),
+    ],
+)
+def test_whoami_trouble_is_unavailable_never_invalid(response):
+    with pytest.raises(SourceUnavailable) as caught:
+        drive(HubWhoamiSource(), response)
+    assert caught.value.status_code == 503
+    assert TOKEN not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param({}, 5, id="default"),
+        pytest.param({"retry-after": "17"}, 17, id="seconds"),
+        pytest.param({"retry-after": "0"}, 1, id="at-least-one"),
+        pytest.param({"retry-after": "99999"}, 300, id="capped"),
+        pytest.param({"retry-after": "soon"}, 5, id="garbage"),
+        pytest.param({"ratelimit": '"api";r=0;t=42'}, 42, id="ratelimit-header"),
+        pytest.param({"retry-after": "Thu, 01 Jan 2099 00:00:00 GMT"}, 300, id="http-date"),
+    ],
+)
+def test_retry_after(headers, expected):
+    assert retry_after_from(httpx.Headers(headers)) == expected
+
+
+def test_429_passes_on_retry_after():
+    with pytest.raises(SourceUnavailable) as caught:
+        drive(HubWhoamiSource(), answer(429, {}, headers={"retry-after": "30"}))
+    assert caught.value.retry_after == 30
+
+
+@pytest.mark.parametrize(
+    ("url", "options"),
+    [
+        pytest.param("http://hub.example", {}, id="plain-http-remote"),
+        pytest.param("ftp://hub.example", {}, id="not-http"),
+        pytest.param("https://user:pw@hub.example", {}, id="credentials-in-url"),
+        pytest.param("hub.example", {}, id="no-scheme"),
+    ],
+)
+def test_unsafe_hub_urls_refused(url, options):
+    with pytest.raises(ConfigurationError):
+        HubWhoamiSource(url, **options)
+
+
+@pytest.mark.parametrize(
+    ("url", "options"),
+    [
+        pytest.param("http://127.0.0.1:9999", {}, id="loopback-v4"),
+        pytest.param("http://[::1]:9999", {}, id="loopback-v6"),
+        pytest.param("http://localhost:9999", {}, id="localhost"),
+        pytest.param("http://hub.internal", {"allow_insecure_http": True}, id="opt-in"),
+        pytest.param("https://huggingface.co/", {}, id="trailing-slash"),
+    ],
+)
+def test_acceptable_hub_urls(url, options):
+    source = HubWhoamiSource(url, **options)
+    assert source.whoami_url.endswith("/api/whoami-v2")
+    assert "//api" not in source.whoami_url
+
+
+# --- RFC 7662 -------------------------------------------------------------------------
+
+INTROSPECT = OAuthIntrospectionSource(
+    "https://auth.example/introspect", client_id="mw", client_secret="s3cret"
+)
+
+
+def test_rfc7662_request():
+    requests, _ = drive(INTROSPECT, answer(200, {"active": False}))
+    (request,) = requests
+    assert request.method == "POST"
+    assert request.headers["authorization"].startswith("Basic ")
+    assert b"token=" + TOKEN.encode() in request.content
+    assert b"token_type_hint=access_token" in request.content
+    assert "s3cret" not in repr(INTROSPECT)
+
+
+@pytest.mark.parametrize(
+    ("body", "name", "role"),
+    [
+        pytest.param(
+            {"active": True, "username": "alice", "scope": "read"}, "alice", "read", id="read"
+        ),
+        pytest.param(
+            {"active": True, "sub": "u-1", "scope": "read write"}, "u-1", "write", id="highest-wins"
+        ),
+        pytest.param({"active": True, "sub": "u-1", "scope": "openid"}, "u-1", None, id="no-role"),
+        pytest.param({"active": True, "sub": "u-1"}, "u-1", None, id="no-scope"),
+        pytest.param(
+            {"active": True, "sub": "u", "scope": "repo.write", "exp": 1900000000},
+            "u",
+            "write",
+            id="exp",
+        ),
+    ],
+)
+def test_rfc7662_active(body, name, role):
+    _, outcome = drive(INTROSPECT, answer(200, body))
+    assert isinstance(outcome, Valid)
+    assert (outcome.principal.name, outcome.principal.token_role) == (name, role)
+    assert outcome.principal.auth_type == "oauth2_introspection"
+    if "exp" in body:
+        assert outcome.principal.expires_at.timestamp() == body["exp"]
+
+
+def test_rfc7662_inactive_is_invalid():
+    _, outcome = drive(INTROSPECT, answer(200, {"active": False}))
+    assert isinstance(outcome, Invalid)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({}, id="no-active"),
+        pytest.param({"active": "true"}, id="active-string"),
+        pytest.param({"active": 1}, id="active-int"),
+        pytest.param({"active": True}, id="no-subject"),
+        pytest.param({"active": True, "sub": "u", "exp": "soon"}, id="exp-string"),
+        pytest.param({"active": True, "sub": "u", "exp": True}, id="exp-bool"),
+        pytest.param({"active": True, "sub": "u", "scope": ["read"]}, id="scope-list"),
+        pytest.param(["active"], id="not-object"),
+    ],
+)
+def test_rfc7662_malformed_is_unavailable(body):
+    with pytest.raises(SourceUnavailable):
+        drive(INTROSPECT, answer(200, body))
+
+
+def test_rfc7662_error_status_is_unavailable():
+    with pytest.raises(SourceUnavailable):
+        drive(INTROSPECT, answer(401, {"error": "invalid_client"}))
+
+
+def test_rfc7662_bad_scope_roles():
+    with pytest.raises(ConfigurationError):
+        OAuthIntrospectionSource(
+            "https://a.example", client_id="a", client_secret="b", scope_roles={"x": "admin"}
+        )
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(
+    body=st.one_of(
+        json_values,
+        st.fixed_dictionaries(
+            {"active": st.booleans()},
+            optional={
+                "sub": json_values,
+                "username": json_values,
+                "scope": json_values,
+                "exp": json_values,
+            },
+        ),
+    )
+)
+def test_rfc7662_never_crashes_and_never_grants_from_garbage(body):
+    try:
+        _, outcome = drive(INTROSPECT, answer(200, body))
+    except SourceUnavailable:
+        return
+    if isinstance(outcome, Valid):
+        assert body["active"] is True
+        assert isinstance(body.get("username") or body.get("sub"), str)
+
+
+whoami_like = st.fixed_dictionaries(
+    {"name": st.one_of(st.text(max_size=10), json_values)},
+    optional={
+        "orgs": st.one_of(
+            json_values,
+            st.lists(
+                st.fixed_dictionaries({"name": json_values}, optional={"roleInOrg": json_values})
+            ),
+        ),
+        "auth": st.one_of(
+            json_values,
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "type": json_values,
+                    "expiresAt": json_values,
+                    "accessToken": st.fixed_dictionaries(
+                        {}, optional={"role": json_values, "fineGrained": json_values}
+                    ),
+                },
+            ),
+        ),
+    },
+)
+
+
+@given(body=st.one_of(json_values, whoami_like))
+def test_whoami_never_crashes_and_never_grants_from_garbage(body):
+    try:
+        _, outcome = drive(HubWhoamiSource(), answer(200, body))
+    except SourceUnavailable:
+        return
+    assert isinstance(outcome, Valid)
+    principal = outcome.principal
+    assert isinstance(principal.name, str) and principal.name
+    assert principal.token_role is None or isinstance(principal.token_role, str)
+    for org in principal.orgs:
+        assert isinstance(org.role, str)
+
+
+# --- local store and chain -----------------------------------------------------------
+
+
+class DictStore:
+    def __init__(self, answers):
+        self.answers = answers
+
+    def lookup(self, digest):
+        return self.answers.get(digest)
+
+
+def test_local_store_source():
+    source = LocalStoreSource(DictStore({CREDENTIALS.digest: WHOAMI_WRITE}))
+    requests, outcome = drive(source)
+    assert requests == []
+    assert outcome.principal.name == "hub.js"
+    assert outcome.principal.source == "local"
+    _, unknown = drive(LocalStoreSource(DictStore({})))
+    assert isinstance(unknown, Invalid)
+
+
+def test_local_store_malformed_entry_is_unavailable():
+    with pytest.raises(SourceUnavailable):
+        drive(LocalStoreSource(DictStore({CREDENTIALS.digest: {"orgs": 1}})))
+
+
+def test_chain_first_that_knows_answers():
+    local = LocalStoreSource(DictStore({}))
+    chain = ChainSource(local, HubWhoamiSource())
+    requests, outcome = drive(chain, answer(200, WHOAMI_WRITE))
+    assert len(requests) == 1
+    assert outcome.principal.name == "hub.js"
+
+
+def test_chain_stops_at_first_valid():
+    local = LocalStoreSource(DictStore({CREDENTIALS.digest: WHOAMI_FINE_GRAINED}))
+    requests, outcome = drive(ChainSource(local, HubWhoamiSource()))
+    assert requests == []
+    assert outcome.principal.name == "alice"
+
+
+def test_chain_unavailable_is_unavailable():
+    chain = ChainSource(
+        HubWhoamiSource(), LocalStoreSource(DictStore({CREDENTIALS.digest: WHOAMI_WRITE}))
+    )
+    with pytest.raises(SourceUnavailable):
+        drive(chain, answer(503, {}))
+
+
+def test_chain_needs_sources():
+    with pytest.raises(ConfigurationError):
+        ChainSource()
