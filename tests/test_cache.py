@@ -83,7 +83,8 @@ def test_abandon_stores_nothing_and_wakes_waiters(clock):
     cache = TokenCache(timer=clock, clock=clock)
     leader = cache.begin(b"k")
     follower = cache.begin(b"k")
-    assert isinstance(leader, Leader) and isinstance(follower, Future)
+    assert isinstance(leader, Leader)
+    assert isinstance(follower, Future)
     error = RuntimeError("upstream down")
     cache.abandon(leader, error)
     assert follower.exception(timeout=0) is error

@@ -132,7 +132,8 @@ def test_whoami_answers(body, name, role, orgs, scoped, gated):
     assert len(principal.scoped) == scoped
     assert principal.can_read_gated_repos is gated
     assert principal.fingerprint == CREDENTIALS.fingerprint
-    assert TOKEN not in repr(principal) and TOKEN not in json.dumps(principal.to_dict())
+    assert TOKEN not in repr(principal)
+    assert TOKEN not in json.dumps(principal.to_dict())
 
 
 def test_oauth_expiry_is_parsed():
@@ -328,7 +329,11 @@ def test_rfc7662_bad_scope_roles():
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
     ),
@@ -394,7 +399,8 @@ def test_whoami_never_crashes_and_never_grants_from_garbage(body):
         return
     assert isinstance(outcome, Valid)
     principal = outcome.principal
-    assert isinstance(principal.name, str) and principal.name
+    assert isinstance(principal.name, str)
+    assert principal.name
     assert principal.token_role is None or isinstance(principal.token_role, str)
     for org in principal.orgs:
         assert isinstance(org.role, str)

@@ -1,0 +1,486 @@
+"""Access rules: may this principal read or write this repository, or use this permission?
+
+Pure functions, no I/O: every answer is a :class:`Decision` whose ``reason`` is
+one line, starts with ``read``/``write``/``permission`` ``allowed:``/``denied:``
+and never holds a token or anything shaped like one. Where the Hub's behaviour
+is not confirmed, these rules accept any input and grant the smaller right.
+
+The rules follow the Hub's documented combination (see docs/access-rules.md):
+the token role says what the *token* may do, the org role caps what it may do
+in that org, fine-grained tokens reach only what they list. The server knows
+what we cannot see (visibility, gate acceptance, who created a repository) and
+passes it in, through :class:`AccessPolicy` callbacks or keyword arguments.
+
+Differences from HF's own dataset-viewer admin check, which accepts an org
+action for a fine-grained token with a ``scoped`` entry on the org holding
+``repo.write``, or for a classic ``write`` token whose user has ``roleInOrg``
+``read``, ``write`` or ``admin``:
+
+* a classic write token writes to an org only with org role ``write`` or
+  ``admin`` (``contributor``: only repositories the user created), never with
+  ``read``, because the Hub caps read members at read;
+* a fine-grained org entry holding ``repo.write`` is capped by the same org
+  role: it writes nothing while the user is a ``read`` member of that org.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from ._principal import Principal, ScopedGrant
+
+__all__ = [
+    "READ_PERMISSION",
+    "WRITE_PERMISSION",
+    "AccessPolicy",
+    "Decision",
+    "Entity",
+    "Repo",
+    "RepoType",
+    "Visibility",
+    "can_read",
+    "can_write",
+    "has_permission",
+]
+
+RepoType = Literal["model", "dataset", "space"]
+Access = Literal["read", "write"]
+
+REPO_TYPES: tuple[RepoType, ...] = ("model", "dataset", "space")
+READ_PERMISSION = "repo.content.read"
+WRITE_PERMISSION = "repo.write"
+
+_TOKEN_ROLES = frozenset({"read", "write", "fineGrained"})
+_ORG_ROLES = frozenset({"no_access", "read", "contributor", "write", "admin"})
+_ORG_READ_ROLES = frozenset({"read", "contributor", "write", "admin"})
+_ORG_WRITE_ROLES = frozenset({"write", "admin"})
+_WANTED: dict[Access, frozenset[str]] = {
+    "read": frozenset({READ_PERMISSION, WRITE_PERMISSION}),
+    "write": frozenset({WRITE_PERMISSION}),
+}
+
+# Anything shaped like a Hub token (user, OAuth, legacy org) is cut out of reasons.
+_SECRET_LIKE = re.compile(
+    r"\b(?:hf_oauth_[A-Za-z0-9_.\-]{8,}|hf_[A-Za-z0-9]{16,}|api_org_[A-Za-z0-9]{8,})"
+)
+_BAD_NAME_CHARS = re.compile(r"[/\s\x00-\x1f\x7f-\x9f]")
+_MAX_VALUE = 96
+
+
+class Visibility(enum.Enum):
+    """What the server says about a repository. ``GATED`` is public but gated."""
+
+    PRIVATE = "private"
+    PUBLIC = "public"
+    GATED = "gated"
+
+
+def _line(text: str) -> str:
+    """One printable line with anything shaped like a token cut out."""
+    return "".join(
+        char if char.isprintable() else "?" for char in _SECRET_LIKE.sub("<redacted>", text)
+    )
+
+
+def _safe(value: object) -> str:
+    """A value made fit for a one-line reason: printable, short, no token."""
+    text = _line(str(value))
+    return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 3] + "..."
+
+
+def _check_name(value: object, what: str, text: str) -> str:
+    if (
+        not isinstance(value, str)
+        or not value
+        or not value.isprintable()
+        or _BAD_NAME_CHARS.search(value)
+    ):
+        raise ValueError(
+            f"invalid repository {_safe(text)!r}: the {what} must be non-empty and "
+            "hold no '/', whitespace or control characters"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Repo:
+    """A Hub repository: type, owner (user or org) and name."""
+
+    type: RepoType
+    owner: str
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.type not in REPO_TYPES:
+            raise ValueError(
+                f"unknown repository type {_safe(self.type)!r}: expected model, dataset or space"
+            )
+        _check_name(self.owner, "owner", f"{self.owner}/{self.name}")
+        _check_name(self.name, "name", f"{self.owner}/{self.name}")
+
+    @property
+    def id(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    @classmethod
+    def parse(cls, text: str) -> Repo:
+        """Parse ``"model:owner/name"``, ``"dataset:o/n"``, ``"space:o/n"`` or ``"owner/name"``.
+
+        A bare ``owner/name`` is a model, as on the Hub. Raises :class:`ValueError`.
+        """
+        if not isinstance(text, str):
+            raise ValueError(f"a repository must be given as text, not {type(text).__name__}")
+        kind, colon, rest = text.partition(":")
+        if not colon:
+            kind, rest = "model", text
+        if kind not in REPO_TYPES:
+            raise ValueError(
+                f"invalid repository {_safe(text)!r}: unknown type {_safe(kind)!r}, "
+                "expected model, dataset or space"
+            )
+        owner, slash, name = rest.partition("/")
+        if not slash:
+            raise ValueError(f"invalid repository {_safe(text)!r}: expected 'owner/name'")
+        return cls(kind, _check_name(owner, "owner", text), _check_name(name, "name", text))
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """What a permission applies to: ``org acme``, ``model acme/x``, ``collection ...``."""
+
+    type: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{_safe(self.type)} {_safe(self.name)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer of a rule, with a one-line reason that holds no secret."""
+
+    allowed: bool
+    reason: str
+    needed: str
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+def _decide(allowed: bool, reason: str, needed: str) -> Decision:
+    return Decision(allowed, _line(reason), _line(needed))
+
+
+# --- who the token speaks for ------------------------------------------------------------
+
+
+def _token_role(principal: Principal) -> str | None:
+    """``read``, ``write`` or ``fineGrained``; ``None`` when the role grants nothing."""
+    role = principal.token_role
+    if role in _TOKEN_ROLES:
+        return role
+    if role is None and principal.auth_type == "oauth":
+        # whoami-v2 reports no role and no scopes for OAuth tokens: read, no more.
+        return "read"
+    return None
+
+
+def _role_text(principal: Principal) -> str:
+    if principal.token_role is None and principal.auth_type == "oauth":
+        return "token role read (OAuth token, scopes not reported)"
+    if principal.token_role is None:
+        return "token role is missing"
+    if principal.token_role in _TOKEN_ROLES:
+        return f"token role {principal.token_role}"
+    return f"token role {_safe(principal.token_role)!r} is not recognised"
+
+
+@dataclass(frozen=True, slots=True)
+class _Reach:
+    """How far the user's own rights go in one namespace (the org cap)."""
+
+    allowed: bool
+    member: bool  # the namespace is the user's own or one of their orgs
+    detail: str
+
+
+def _reach(
+    principal: Principal,
+    owner: str,
+    access: Access,
+    *,
+    caller_created: bool = False,
+    user: bool = True,
+    org: bool = True,
+) -> _Reach:
+    if user and owner == principal.name:
+        return _Reach(True, True, "own namespace")
+    membership = principal.org(owner) if org else None
+    if membership is None:
+        return _Reach(False, False, f"not a member of {_safe(owner)}")
+    role = membership.role
+    where = f"role {_safe(role)} in org {_safe(owner)}"
+    if role in _ORG_WRITE_ROLES or (access == "read" and role in _ORG_READ_ROLES):
+        return _Reach(True, True, where)
+    if access == "write" and role == "contributor":
+        if caller_created:
+            return _Reach(True, True, f"{where}, repository created by the user")
+        return _Reach(False, True, f"{where} allows writing only repos the user created")
+    if access == "write" and role == "read":
+        return _Reach(False, True, f"{where} caps the token")
+    suffix = "" if role in _ORG_ROLES else " is not recognised"
+    return _Reach(False, True, f"{where}{suffix}")
+
+
+def _entity_reach(
+    principal: Principal, entity: Entity, access: Access, caller_created: bool = False
+) -> _Reach | None:
+    """The reach in the entity's namespace; ``None`` when the name tells no namespace."""
+    if entity.type == "org":
+        return _reach(principal, entity.name, access, user=False)
+    if entity.type == "user":
+        return _reach(principal, entity.name, access, org=False)
+    owner, slash, _ = entity.name.partition("/")
+    if slash and owner:
+        return _reach(principal, owner, access, caller_created=caller_created)
+    return None
+
+
+def _covers_namespace(principal: Principal, grant: ScopedGrant, owner: str) -> bool:
+    """A ``user``/``org`` entry that applies to the repositories of ``owner``."""
+    if grant.entity_type == "user":
+        return grant.entity_name == principal.name == owner
+    return grant.entity_type == "org" and grant.entity_name == owner
+
+
+def _grants(
+    principal: Principal, entity: Entity, wanted: frozenset[str]
+) -> tuple[ScopedGrant | None, ScopedGrant | None]:
+    """The first entry on ``entity`` itself and the first namespace entry covering it."""
+    owner = entity.name.partition("/")[0] if entity.type in REPO_TYPES else None
+    exact: ScopedGrant | None = None
+    namespace: ScopedGrant | None = None
+    for grant in principal.scoped:
+        if not grant.permissions & wanted:
+            continue
+        if grant.entity_type == entity.type and grant.entity_name == entity.name:
+            exact = exact or grant
+        elif owner is not None and _covers_namespace(principal, grant, owner):
+            namespace = namespace or grant
+    return exact, namespace
+
+
+def _fine_grained(
+    principal: Principal,
+    entity: Entity,
+    *,
+    verb: str,
+    needed: str,
+    wanted: frozenset[str],
+    access: Access,
+    caller_created: bool = False,
+) -> Decision:
+    """A fine-grained token: only what it lists, capped by the org role."""
+    exact, namespace = _grants(principal, entity, wanted)
+    grant = exact or namespace
+    if grant is None:
+        return _decide(
+            False, f"{verb} denied: fine-grained token lists no {_safe(needed)} on {entity}", needed
+        )
+    listed = _safe(min(grant.permissions & wanted))
+    on = entity if grant is exact else f"{_safe(grant.entity_type)} {_safe(grant.entity_name)}"
+    granted = f"{verb} allowed: fine-grained token lists {listed} on {on}"
+    reach = _entity_reach(principal, entity, access, caller_created)
+    if reach is None:  # an entity of no known namespace: the entry is all we have
+        return _decide(True, granted, needed)
+    if reach.allowed:
+        return _decide(True, f"{granted}, {reach.detail}", needed)
+    if reach.member:
+        return _decide(False, f"{verb} denied: {reach.detail}", needed)
+    if exact is not None and access == "read" and entity.type in REPO_TYPES:
+        # The Hub issued an entry on someone else's repository (a collaborator).
+        return _decide(True, f"{granted}, outside the user's namespace and orgs", needed)
+    return _decide(
+        False, f"{verb} denied: {entity} is outside the user's namespace and orgs", needed
+    )
+
+
+# --- the public rules --------------------------------------------------------------------
+
+
+def can_read(
+    principal: Principal, repo: Repo, *, visibility: Visibility = Visibility.PRIVATE
+) -> Decision:
+    """May ``principal`` read the contents of ``repo``? Needs ``repo.content.read``."""
+    visibility = Visibility(visibility)
+    needed = READ_PERMISSION
+    if visibility is Visibility.PUBLIC:
+        return _decide(True, "read allowed: public repository", needed)
+    if principal.is_anonymous:
+        return _decide(False, "read denied: authentication required", needed)
+    role = _token_role(principal)
+    entity = Entity(repo.type, repo.id)
+    if role is None:
+        return _decide(False, f"read denied: {_role_text(principal)}", needed)
+    if role == "fineGrained":
+        if visibility is Visibility.GATED and not principal.can_read_gated_repos:
+            return _decide(
+                False,
+                "read denied: gated repository, fine-grained token lacks canReadGatedRepos",
+                needed,
+            )
+        return _fine_grained(
+            principal, entity, verb="read", needed=needed, wanted=_WANTED["read"], access="read"
+        )
+    if visibility is Visibility.GATED:
+        return _decide(True, "read allowed: gated repository, classic token", needed)
+    reach = _reach(principal, repo.owner, "read")
+    if reach.allowed:
+        return _decide(True, f"read allowed: {entity}, {reach.detail}", needed)
+    if reach.member:
+        return _decide(False, f"read denied: {reach.detail}", needed)
+    return _decide(
+        False, f"read denied: {entity} is private and outside the user's namespace and orgs", needed
+    )
+
+
+def can_write(principal: Principal, repo: Repo, *, caller_created: bool = False) -> Decision:
+    """May ``principal`` write to ``repo``? Needs ``repo.write``.
+
+    ``caller_created`` matters only for org ``contributor`` members, who may
+    write only repositories they created; only the server can tell.
+    """
+    needed = WRITE_PERMISSION
+    if principal.is_anonymous:
+        return _decide(False, "write denied: authentication required", needed)
+    role = _token_role(principal)
+    entity = Entity(repo.type, repo.id)
+    if role is None or role == "read":
+        return _decide(False, f"write denied: {_role_text(principal)}", needed)
+    if role == "fineGrained":
+        return _fine_grained(
+            principal,
+            entity,
+            verb="write",
+            needed=needed,
+            wanted=_WANTED["write"],
+            access="write",
+            caller_created=caller_created is True,
+        )
+    reach = _reach(principal, repo.owner, "write", caller_created=caller_created is True)
+    if reach.allowed:
+        return _decide(True, f"write allowed: {entity}, {reach.detail}", needed)
+    return _decide(False, f"write denied: {reach.detail}", needed)
+
+
+def has_permission(
+    principal: Principal, permission: str, entity: Entity | Repo | None = None
+) -> Decision:
+    """Does ``principal`` hold ``permission`` (an opaque name), on ``entity`` if given?
+
+    Permissions ending in ``.read`` need read rights in the entity's namespace,
+    every other permission needs write rights there (the org cap).
+    """
+    if not isinstance(permission, str):
+        raise TypeError(f"a permission is a string, not {type(permission).__name__}")
+    target = Entity(entity.type, entity.id) if isinstance(entity, Repo) else entity
+    needed = permission
+    name = _safe(permission)
+    access: Access = "read" if permission.endswith(".read") else "write"
+    if principal.is_anonymous:
+        return _decide(False, "permission denied: authentication required", needed)
+    role = _token_role(principal)
+    if role is None:
+        return _decide(False, f"permission denied: {_role_text(principal)}", needed)
+    if role == "fineGrained":
+        if permission in principal.global_permissions:
+            return _decide(
+                True, f"permission allowed: {name} is a global permission of the token", needed
+            )
+        if target is None:
+            return _decide(
+                False, f"permission denied: fine-grained token lists no global {name}", needed
+            )
+        return _fine_grained(
+            principal,
+            target,
+            verb="permission",
+            needed=needed,
+            wanted=frozenset({permission}),
+            access=access,
+        )
+    if role == "read" and access == "write":
+        return _decide(
+            False, f"permission denied: token role read grants only *.read, not {name}", needed
+        )
+    if target is None:
+        return _decide(True, f"permission allowed: {name}, classic {role} token", needed)
+    reach = _entity_reach(principal, target, access)
+    if reach is None:
+        return _decide(
+            False, f"permission denied: {name} on {target}, whose namespace is unknown", needed
+        )
+    if reach.allowed:
+        return _decide(
+            True,
+            f"permission allowed: {name} on {target}, classic {role} token, {reach.detail}",
+            needed,
+        )
+    return _decide(False, f"permission denied: {name} on {target}: {reach.detail}", needed)
+
+
+class AccessPolicy:
+    """Binds the server's knowledge about repos to the pure rules.
+
+    ``visibility(repo)`` says whether a repository is private, public or gated
+    (default: every repository is private); ``caller_created(principal, repo)``
+    says whether the caller created it (default: never; it is asked only for
+    authenticated principals). Exceptions raised by the callbacks propagate:
+    a server that cannot tell must not be answered "allowed".
+    """
+
+    __slots__ = ("_caller_created", "_visibility")
+
+    def __init__(
+        self,
+        *,
+        visibility: Callable[[Repo], Visibility] | None = None,
+        caller_created: Callable[[Principal, Repo], bool] | None = None,
+    ) -> None:
+        self._visibility = visibility
+        self._caller_created = caller_created
+
+    def _visibility_of(self, repo: Repo) -> Visibility:
+        return (
+            Visibility.PRIVATE if self._visibility is None else Visibility(self._visibility(repo))
+        )
+
+    def _created_by(self, principal: Principal, repo: Repo) -> bool:
+        if self._caller_created is None or principal.is_anonymous:
+            return False
+        return self._caller_created(principal, repo) is True
+
+    def can_read(self, principal: Principal, repo: Repo) -> Decision:
+        return can_read(principal, repo, visibility=self._visibility_of(repo))
+
+    def can_write(self, principal: Principal, repo: Repo) -> Decision:
+        return can_write(principal, repo, caller_created=self._created_by(principal, repo))
+
+    def has_permission(
+        self, principal: Principal, permission: str, entity: Entity | Repo | None = None
+    ) -> Decision:
+        return has_permission(principal, permission, entity)
+
+    def check(self, principal: Principal, repo: Repo, access: Literal["read", "write"]) -> Decision:
+        if access == "read":
+            return self.can_read(principal, repo)
+        if access == "write":
+            return self.can_write(principal, repo)
+        raise ValueError(f"access must be 'read' or 'write', not {_safe(access)!r}")

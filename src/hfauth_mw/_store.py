@@ -1,0 +1,745 @@
+"""A local token store on SQLite that keeps only SHA-256 digests of tokens.
+
+Each stored token carries the facts a whoami-v2 answer holds (user, token role,
+fine-grained grants, expiry), and :meth:`LocalTokenStore.lookup` answers in the
+Hub's exact whoami-v2 shape, so the same parser and the same access rules serve
+the Hub and this store.
+
+Security caveats, stated plainly:
+
+* The store never holds a token, only ``sha256(token)``. The digest is not
+  salted: that is safe for the tokens :meth:`LocalTokenStore.create_token`
+  makes (34 random letters and digits, about 202 bits), but a *guessable*
+  token imported with :meth:`LocalTokenStore.add_token` (``"hf_test"``,
+  ``"secret"``) can be recovered from the file by trying candidates. Import
+  only random tokens outside tests, and keep the file private: it is created
+  with mode ``0600`` when this class creates it.
+* Expired tokens are still answered by :meth:`LocalTokenStore.lookup`, with
+  ``auth.expiresAt`` set: the caller decides with its own clock. A token is
+  only gone once revoked.
+* Nothing is cached in the process: every call reads the file, so a token
+  created or revoked by another process (the CLI, say) counts at the next call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sqlite3
+import string
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ._exceptions import ConfigurationError, TokenStoreError
+from ._principal import ORG_ROLES, TOKEN_ROLES, fingerprint_of, token_digest
+
+__all__ = [
+    "FineGrainedEntry",
+    "IssuedToken",
+    "LocalTokenStore",
+    "OrgGrant",
+    "TokenRecord",
+]
+
+#: Version of the on-disk schema, kept in ``PRAGMA user_version``.
+SCHEMA_VERSION = 1
+
+#: Seconds a connection waits for another writer before giving up.
+BUSY_TIMEOUT_SECONDS = 5.0
+
+#: Idle connections kept for reuse; more are opened under load and closed after.
+_MAX_IDLE_CONNECTIONS = 8
+
+_TOKEN_ALPHABET = string.ascii_letters + string.digits
+_TOKEN_PREFIX = "hf_"  # the public prefix of Hub tokens, not a secret
+_TOKEN_RANDOM_LENGTH = 34
+
+_REPO_ENTITY_TYPES = frozenset({"model", "dataset", "space"})
+_NAMESPACE_ENTITY_TYPES = frozenset({"user", "org"})
+_HEX = re.compile(r"[0-9a-f]+")
+_BLANK = re.compile(r"\s")
+_MIN_PREFIX = 8
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    name      TEXT PRIMARY KEY,
+    id        TEXT NOT NULL,
+    fullname  TEXT,
+    email     TEXT,
+    orgs      TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    digest                BLOB PRIMARY KEY,
+    user                  TEXT NOT NULL REFERENCES users(name),
+    role                  TEXT NOT NULL,
+    display_name          TEXT,
+    created_at            TEXT NOT NULL,
+    expires_at            TEXT,
+    can_read_gated_repos  INTEGER NOT NULL DEFAULT 0,
+    global_permissions    TEXT NOT NULL DEFAULT '[]',
+    fine_grained          TEXT NOT NULL DEFAULT '[]'
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens(user);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OrgGrant:
+    """The user's role in an organization: ``no_access``, ``read``,
+    ``contributor``, ``write`` or ``admin`` (the Hub's ``roleInOrg``)."""
+
+    name: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class FineGrainedEntry:
+    """One ``scoped`` entry of a fine-grained token.
+
+    ``entity_type`` is ``model``, ``dataset``, ``space``, ``user``, ``org``, ...;
+    repository names are ``owner/name``. Permission names are opaque strings such
+    as ``repo.content.read`` or ``repo.write``.
+    """
+
+    entity_type: str
+    entity_name: str
+    permissions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """What the store shows about a token: its fingerprint and facts, never the token."""
+
+    fingerprint: str
+    user: str
+    role: str
+    display_name: str | None
+    created_at: datetime
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A token just created: ``token`` is shown once and never stored.
+
+    ``repr()`` and ``str()`` leave the token out; read ``.token`` explicitly.
+    """
+
+    token: str = field(repr=False)
+    record: TokenRecord
+
+
+def _stable_id(name: str) -> str:
+    """A Hub-looking 24-hex id derived from a name (same name, same id)."""
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()[:24]
+
+
+def _entity_id(entity_type: str, name: str) -> str:
+    # Users and orgs share one namespace on the Hub, so their ids come from the
+    # bare name (a ``user`` entity gets the user's own id); other entities are
+    # keyed by type too.
+    if entity_type in _NAMESPACE_ENTITY_TYPES:
+        return _stable_id(name)
+    return _stable_id(f"{entity_type}:{name}")
+
+
+def _hub_timestamp(value: datetime) -> str:
+    """The Hub's timestamp format: UTC, milliseconds, ``Z``."""
+    utc = value.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def _parse_stored_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def _now() -> datetime:
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+# --- validation --------------------------------------------------------------------
+
+
+def _check_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{what} must be a non-empty string")
+    if "/" in value or _BLANK.search(value):
+        raise ConfigurationError(f"{what} {value!r} must not contain '/' or whitespace")
+    return value
+
+
+def _check_org(org: object) -> OrgGrant:
+    if not isinstance(org, OrgGrant):
+        raise ConfigurationError("orgs must hold OrgGrant values")
+    _check_name(org.name, "organization name")
+    if org.role not in ORG_ROLES:
+        raise ConfigurationError(
+            f"role {org.role!r} in organization {org.name!r} is not one of {', '.join(ORG_ROLES)}"
+        )
+    return org
+
+
+def _check_permissions(permissions: object, where: str) -> tuple[str, ...]:
+    if isinstance(permissions, str) or not isinstance(permissions, Sequence):
+        raise ConfigurationError(f"{where}: permissions must be a sequence of strings")
+    for permission in permissions:
+        if not isinstance(permission, str) or not permission or _BLANK.search(permission):
+            raise ConfigurationError(
+                f"{where}: permission {permission!r} must be a non-empty string without spaces"
+            )
+    return tuple(permissions)
+
+
+def _check_entry(entry: object) -> FineGrainedEntry:
+    if not isinstance(entry, FineGrainedEntry):
+        raise ConfigurationError("fine_grained must hold FineGrainedEntry values")
+    kind, name = entry.entity_type, entry.entity_name
+    if not isinstance(kind, str) or not kind or _BLANK.search(kind):
+        raise ConfigurationError(f"fine-grained entity type {kind!r} is not a valid type")
+    if not isinstance(name, str) or not name or _BLANK.search(name):
+        raise ConfigurationError(f"fine-grained {kind} entity needs a name without whitespace")
+    if kind in _REPO_ENTITY_TYPES:
+        owner, _, repo = name.partition("/")
+        if not owner or not repo or "/" in repo:
+            raise ConfigurationError(
+                f"fine-grained {kind} entity {name!r} must be named 'owner/name'"
+            )
+    elif kind in _NAMESPACE_ENTITY_TYPES:
+        _check_name(name, f"fine-grained {kind} entity name")
+    where = f"fine-grained entry {kind} {name!r}"
+    permissions = _check_permissions(entry.permissions, where)
+    if not permissions:
+        raise ConfigurationError(f"{where} needs at least one permission")
+    return FineGrainedEntry(kind, name, permissions)
+
+
+def _check_time(value: object, what: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise ConfigurationError(f"{what} must be a datetime")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ConfigurationError(
+            f"{what} must be timezone-aware (for example datetime.now(UTC) + timedelta(days=30))"
+        )
+    utc = value.astimezone(UTC)
+    # Kept to the millisecond, the precision of the Hub's timestamps.
+    return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+
+
+def _check_optional_text(value: object, what: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigurationError(f"{what} must be a string or None")
+    return value
+
+
+def _check_token_text(token: object) -> str:
+    # The message never quotes the token: it may be a real secret.
+    if not isinstance(token, str) or not token:
+        raise ConfigurationError("the token to import must be a non-empty string")
+    if any(ch.isspace() or not ch.isprintable() for ch in token):
+        raise ConfigurationError(
+            "the token to import must not contain whitespace or control characters"
+        )
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class _TokenFacts:
+    user: str
+    role: str
+    orgs: tuple[OrgGrant, ...] | None
+    fine_grained: tuple[FineGrainedEntry, ...]
+    global_permissions: tuple[str, ...]
+    can_read_gated_repos: bool
+    expires_at: datetime | None
+    display_name: str | None
+    fullname: str | None
+    email: str | None
+
+
+def _validate(
+    *,
+    user: str,
+    role: str,
+    orgs: Sequence[OrgGrant],
+    fine_grained: Sequence[FineGrainedEntry],
+    global_permissions: Sequence[str],
+    can_read_gated_repos: bool,
+    expires_at: datetime | None,
+    display_name: str | None,
+    fullname: str | None,
+    email: str | None,
+) -> _TokenFacts:
+    _check_name(user, "user name")
+    if role not in TOKEN_ROLES:
+        raise ConfigurationError(f"token role {role!r} is not one of {', '.join(TOKEN_ROLES)}")
+    org_grants = tuple(_check_org(org) for org in orgs)
+    if len({org.name for org in org_grants}) != len(org_grants):
+        raise ConfigurationError("orgs lists the same organization twice")
+    entries = tuple(_check_entry(entry) for entry in fine_grained)
+    global_perms = _check_permissions(global_permissions, "global_permissions")
+    if not isinstance(can_read_gated_repos, bool):
+        raise ConfigurationError("can_read_gated_repos must be True or False")
+    if role != "fineGrained":
+        if entries or global_perms or can_read_gated_repos:
+            raise ConfigurationError(
+                f"fine_grained, global_permissions and can_read_gated_repos need "
+                f"role='fineGrained', not role={role!r}"
+            )
+    elif not entries and not global_perms:
+        raise ConfigurationError(
+            "a fineGrained token needs at least one fine_grained entry or global permission"
+        )
+    return _TokenFacts(
+        user=user,
+        role=role,
+        # An empty sequence means "keep the user's organizations as they are".
+        orgs=org_grants or None,
+        fine_grained=entries,
+        global_permissions=global_perms,
+        can_read_gated_repos=can_read_gated_repos,
+        expires_at=_check_time(expires_at, "expires_at"),
+        display_name=_check_optional_text(display_name, "display_name"),
+        fullname=_check_optional_text(fullname, "fullname"),
+        email=_check_optional_text(email, "email"),
+    )
+
+
+def _record(row: sqlite3.Row) -> TokenRecord:
+    return TokenRecord(
+        fingerprint=fingerprint_of(bytes(row["digest"])),
+        user=row["user"],
+        role=row["role"],
+        display_name=row["display_name"],
+        created_at=_parse_stored_time(row["created_at"]),
+        expires_at=_parse_stored_time(row["expires_at"]) if row["expires_at"] else None,
+    )
+
+
+class LocalTokenStore:
+    """Tokens kept as SHA-256 digests in a SQLite file, answered in whoami-v2 shape.
+
+    Thread-safe: each call borrows a connection from a small pool, so no
+    connection is used by two threads at once. Several processes may share one
+    file (WAL journal, busy timeout); nothing is cached, so a revocation made
+    elsewhere takes effect at the next :meth:`lookup`.
+
+    Errors of SQLite become :class:`~hfauth_mw.TokenStoreError` naming the file;
+    no message ever holds a token.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = Path(path)
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+        if not self._path.exists():
+            try:
+                # Private from the start: the digests of guessable tokens are secrets too.
+                os.close(os.open(self._path, os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError as exc:
+                raise TokenStoreError(
+                    f"cannot create token store {self._path}: {exc.strerror}"
+                ) from None
+        with self._connection() as conn:
+            self._create_schema(conn)
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file of this store."""
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"LocalTokenStore({str(self._path)!r})"
+
+    # --- connections ------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path,
+            timeout=BUSY_TIMEOUT_SECONDS,
+            isolation_level=None,  # autocommit; writes use explicit BEGIN IMMEDIATE
+            check_same_thread=False,  # the pool hands a connection to one thread at a time
+        )
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise TokenStoreError(f"token store {self._path} is closed")
+            conn = self._idle.pop() if self._idle else None
+        broken = False
+        try:
+            if conn is None:
+                conn = self._open()
+            yield conn
+        except sqlite3.Error as exc:
+            # SQLite messages name tables and columns, never bound values, so
+            # they cannot carry a token (only digests are ever bound anyway).
+            broken = True
+            raise TokenStoreError(f"token store {self._path}: {exc}") from None
+        finally:
+            if conn is not None:
+                self._release(conn, broken=broken)
+
+    def _release(self, conn: sqlite3.Connection, *, broken: bool) -> None:
+        with self._lock:
+            keep = (
+                not broken
+                and not conn.in_transaction
+                and not self._closed
+                and len(self._idle) < _MAX_IDLE_CONNECTIONS
+            )
+            if keep:
+                self._idle.append(conn)
+        if not keep:
+            conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise TokenStoreError(
+                f"token store {self._path} has schema version {version}; "
+                f"this hfauth-mw reads version {SCHEMA_VERSION} (upgrade hfauth-mw)"
+            )
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the store's connections. Later calls raise TokenStoreError."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def __enter__(self) -> LocalTokenStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- writing ----------------------------------------------------------------------
+
+    def create_token(
+        self,
+        *,
+        user: str,
+        role: str = "read",
+        orgs: Sequence[OrgGrant] = (),
+        fine_grained: Sequence[FineGrainedEntry] = (),
+        global_permissions: Sequence[str] = (),
+        can_read_gated_repos: bool = False,
+        expires_at: datetime | None = None,
+        display_name: str | None = None,
+        fullname: str | None = None,
+        email: str | None = None,
+    ) -> IssuedToken:
+        """Make a new random token (``hf_`` + 34 letters/digits) and store its digest.
+
+        The token is in the returned :class:`IssuedToken` and nowhere else: show
+        it once. ``orgs``, ``fullname`` and ``email`` describe the *user* and are
+        shared by all their tokens: a non-empty ``orgs`` replaces the user's
+        organizations, an empty one keeps them (see :meth:`set_orgs` to clear);
+        ``fullname``/``email`` of ``None`` keep what is stored.
+        """
+        facts = _validate(
+            user=user,
+            role=role,
+            orgs=orgs,
+            fine_grained=fine_grained,
+            global_permissions=global_permissions,
+            can_read_gated_repos=can_read_gated_repos,
+            expires_at=expires_at,
+            display_name=display_name,
+            fullname=fullname,
+            email=email,
+        )
+        token = _TOKEN_PREFIX + "".join(
+            secrets.choice(_TOKEN_ALPHABET) for _ in range(_TOKEN_RANDOM_LENGTH)
+        )
+        return IssuedToken(token=token, record=self._insert(token_digest(token), facts))
+
+    def add_token(
+        self,
+        token: str,
+        *,
+        user: str,
+        role: str = "read",
+        orgs: Sequence[OrgGrant] = (),
+        fine_grained: Sequence[FineGrainedEntry] = (),
+        global_permissions: Sequence[str] = (),
+        can_read_gated_repos: bool = False,
+        expires_at: datetime | None = None,
+        display_name: str | None = None,
+        fullname: str | None = None,
+        email: str | None = None,
+    ) -> TokenRecord:
+        """Store the digest of a token you already have (tests, fixed demo seeds).
+
+        Same options as :meth:`create_token`. The token is taken exactly as
+        given (never trimmed or case-folded). Raises TokenStoreError when the
+        token is already in the store.
+
+        Caveat: a guessable token's digest can be reversed by trying guesses;
+        import only random tokens outside tests.
+        """
+        facts = _validate(
+            user=user,
+            role=role,
+            orgs=orgs,
+            fine_grained=fine_grained,
+            global_permissions=global_permissions,
+            can_read_gated_repos=can_read_gated_repos,
+            expires_at=expires_at,
+            display_name=display_name,
+            fullname=fullname,
+            email=email,
+        )
+        return self._insert(token_digest(_check_token_text(token)), facts)
+
+    def _insert(self, digest: bytes, facts: _TokenFacts) -> TokenRecord:
+        created_at = _now()
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM tokens WHERE digest = ?", (digest,)).fetchone():
+                raise TokenStoreError(
+                    f"token store {self._path} already holds the token with fingerprint "
+                    f"{fingerprint_of(digest)}"
+                )
+            self._upsert_user(conn, facts.user, facts.orgs, facts.fullname, facts.email)
+            conn.execute(
+                "INSERT INTO tokens (digest, user, role, display_name, created_at, expires_at,"
+                " can_read_gated_repos, global_permissions, fine_grained)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    digest,
+                    facts.user,
+                    facts.role,
+                    facts.display_name,
+                    created_at.isoformat(),
+                    facts.expires_at.isoformat() if facts.expires_at else None,
+                    int(facts.can_read_gated_repos),
+                    json.dumps(list(facts.global_permissions)),
+                    json.dumps(
+                        [
+                            {
+                                "type": entry.entity_type,
+                                "name": entry.entity_name,
+                                "permissions": list(entry.permissions),
+                            }
+                            for entry in facts.fine_grained
+                        ]
+                    ),
+                ),
+            )
+        return TokenRecord(
+            fingerprint=fingerprint_of(digest),
+            user=facts.user,
+            role=facts.role,
+            display_name=facts.display_name,
+            created_at=created_at,
+            expires_at=facts.expires_at,
+        )
+
+    @staticmethod
+    def _upsert_user(
+        conn: sqlite3.Connection,
+        user: str,
+        orgs: tuple[OrgGrant, ...] | None,
+        fullname: str | None,
+        email: str | None,
+    ) -> None:
+        orgs_json = (
+            json.dumps([{"name": org.name, "role": org.role} for org in orgs])
+            if orgs is not None
+            else None
+        )
+        conn.execute(
+            "INSERT INTO users (name, id, fullname, email, orgs) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET"
+            " fullname = coalesce(excluded.fullname, users.fullname),"
+            " email = coalesce(excluded.email, users.email),"
+            " orgs = CASE WHEN ? IS NULL THEN users.orgs ELSE excluded.orgs END",
+            (user, _stable_id(user), fullname, email, orgs_json or "[]", orgs_json),
+        )
+
+    def set_orgs(self, user: str, orgs: Sequence[OrgGrant]) -> None:
+        """Replace the organizations of ``user`` (an empty sequence clears them).
+
+        The user gets a row even without tokens; their tokens see the change at
+        the next :meth:`lookup`.
+        """
+        _check_name(user, "user name")
+        grants = tuple(_check_org(org) for org in orgs)
+        if len({org.name for org in grants}) != len(grants):
+            raise ConfigurationError("orgs lists the same organization twice")
+        with self._write() as conn:
+            self._upsert_user(conn, user, grants, None, None)
+
+    def revoke(self, fingerprint: str) -> int:
+        """Delete the token whose digest starts with ``fingerprint`` (at least 8 hex digits).
+
+        Returns the number of tokens deleted (0 or 1). A prefix matching several
+        tokens raises TokenStoreError and deletes nothing.
+        """
+        if not isinstance(fingerprint, str):
+            raise ConfigurationError("fingerprint must be a string of hex digits")
+        prefix = fingerprint.strip().lower()
+        if len(prefix) < _MIN_PREFIX or len(prefix) > 64 or not _HEX.fullmatch(prefix):
+            raise ConfigurationError(
+                f"fingerprint {fingerprint!r} must be {_MIN_PREFIX} to 64 hexadecimal digits"
+            )
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT digest FROM tokens WHERE substr(lower(hex(digest)), 1, ?) = ? LIMIT 2",
+                (len(prefix), prefix),
+            ).fetchall()
+            if len(rows) > 1:
+                raise TokenStoreError(
+                    f"fingerprint {prefix!r} matches several tokens in {self._path}; "
+                    "give more digits"
+                )
+            if not rows:
+                return 0
+            return conn.execute("DELETE FROM tokens WHERE digest = ?", (rows[0][0],)).rowcount
+
+    # --- reading ----------------------------------------------------------------------
+
+    def list_tokens(self, user: str | None = None) -> list[TokenRecord]:
+        """The stored tokens (all, or ``user``'s), oldest first. No token text."""
+        query = (
+            "SELECT digest, user, role, display_name, created_at, expires_at FROM tokens"
+            " WHERE ? IS NULL OR user = ? ORDER BY created_at, digest"
+        )
+        with self._connection() as conn:
+            rows = conn.execute(query, (user, user)).fetchall()
+        return [_record(row) for row in rows]
+
+    def lookup(self, digest: bytes) -> dict[str, Any] | None:
+        """The whoami-v2 answer for the token with this SHA-256 digest, or None.
+
+        Expired tokens are answered too, with ``auth.expiresAt`` in the past:
+        the caller must compare it with its own clock.
+        """
+        if not isinstance(digest, bytes) or len(digest) != hashlib.sha256().digest_size:
+            raise ConfigurationError("lookup needs a 32-byte SHA-256 digest")
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT t.*, u.id AS user_id, u.fullname, u.email, u.orgs"
+                " FROM tokens AS t JOIN users AS u ON u.name = t.user"
+                " WHERE t.digest = ?",
+                (digest,),
+            ).fetchone()
+        # The index search above compares digests, not tokens. Its timing can at
+        # most reveal how many leading bytes of some stored digest an attacker's
+        # candidate digest shares, and knowing digest bytes does not help find a
+        # token that hashes to them (SHA-256 preimage resistance). The final
+        # equality is still checked in constant time.
+        if row is None or not hmac.compare_digest(bytes(row["digest"]), digest):
+            return None
+        return self._answer(row)
+
+    @staticmethod
+    def _answer(row: sqlite3.Row) -> dict[str, Any]:
+        user: str = row["user"]
+        fingerprint = fingerprint_of(bytes(row["digest"]))
+        access_token: dict[str, Any] = {
+            # The Hub always names a token; an unnamed local one gets a stable name.
+            "displayName": row["display_name"] or f"token-{fingerprint}",
+            "role": row["role"],
+            "createdAt": _hub_timestamp(_parse_stored_time(row["created_at"])),
+        }
+        if row["role"] == "fineGrained":
+            fine_grained: dict[str, Any] = {
+                "canReadGatedRepos": bool(row["can_read_gated_repos"]),
+                "global": json.loads(row["global_permissions"]),
+                "scoped": [
+                    {
+                        "entity": {
+                            "_id": _entity_id(entry["type"], entry["name"]),
+                            "type": entry["type"],
+                            "name": entry["name"],
+                        },
+                        "permissions": entry["permissions"],
+                    }
+                    for entry in json.loads(row["fine_grained"])
+                ],
+            }
+            access_token["fineGrained"] = fine_grained
+        auth: dict[str, Any] = {"type": "access_token", "accessToken": access_token}
+        if row["expires_at"]:
+            auth["expiresAt"] = _hub_timestamp(_parse_stored_time(row["expires_at"]))
+        answer: dict[str, Any] = {
+            "type": "user",
+            "id": row["user_id"],
+            "name": user,
+            "fullname": row["fullname"] or user,
+        }
+        if row["email"]:
+            answer["email"] = row["email"]
+            answer["emailVerified"] = True
+        answer.update(
+            {
+                "isPro": False,
+                "canPay": False,
+                "periodEnd": None,
+                "avatarUrl": f"/avatars/{row['user_id']}.svg",
+                "orgs": [
+                    {
+                        "type": "org",
+                        "id": _stable_id(org["name"]),
+                        "name": org["name"],
+                        "fullname": org["name"],
+                        "roleInOrg": org["role"],
+                        "resourceGroups": [],
+                    }
+                    for org in json.loads(row["orgs"])
+                ],
+                "auth": auth,
+            }
+        )
+        return answer

@@ -1,0 +1,482 @@
+"""The ASGI middleware in a real Starlette app, against the hub emulator over loopback."""
+
+import asyncio
+import base64
+import json
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.authentication import requires
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket
+
+from hfauth_mw import (
+    AccessPolicy,
+    Authenticator,
+    ConfigurationError,
+    FineGrainedEntry,
+    HFAuthMiddleware,
+    HubWhoamiSource,
+    OrgGrant,
+    Repo,
+    TokenCache,
+    Visibility,
+    get_request_auth,
+    require_read,
+    require_write,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def whoami(request: Request) -> JSONResponse:
+    return JSONResponse(
+        {
+            "user": request.user.display_name,
+            "authenticated": request.user.is_authenticated,
+            "scopes": request.auth.scopes,
+        }
+    )
+
+
+async def ok(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+@requires("authenticated")
+async def needs_auth(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+async def route_check(request: Request) -> JSONResponse:
+    auth = get_request_auth(request)
+    decision = auth.can_write(Repo.parse("model:acme/sentiment"))
+    return JSONResponse({"allowed": decision.allowed, "reason": decision.reason})
+
+
+async def stream(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text(f"hello {websocket.user.display_name}")
+    await websocket.close()
+
+
+ROUTES = [
+    Route("/health", ok),
+    Route("/docs/{page}", ok),
+    Route("/whoami", whoami),
+    Route("/needs-auth", needs_auth),
+    Route("/route-check", route_check),
+    Route("/v1/models/{owner}/{name}/infer", ok, methods=["POST"]),
+    Route("/v1/models/{owner}/{name}", ok, methods=["PUT"]),
+    Route("/anything", ok, methods=["GET", "POST", "DELETE"]),
+    WebSocketRoute("/v1/models/{owner}/{name}/stream", stream),
+]
+RULES = [
+    require_read("POST /v1/models/{owner}/{name}/infer"),
+    require_write("PUT /v1/models/{owner}/{name}"),
+    require_read("GET /v1/models/{owner}/{name}/stream"),
+]
+PUBLIC = {Repo.parse("model:acme/public-demo"): Visibility.PUBLIC}
+
+
+@pytest.fixture
+def tokens(hub_store):
+    acme_write = [OrgGrant("acme", "write")]
+    return {
+        "writer": hub_store.create_token(user="alice", role="write", orgs=acme_write).token,
+        "reader": hub_store.create_token(user="bob", role="read", orgs=acme_write).token,
+        "capped": hub_store.create_token(
+            user="dave", role="write", orgs=[OrgGrant("acme", "read")]
+        ).token,
+        "fine": hub_store.create_token(
+            user="carol",
+            role="fineGrained",
+            orgs=acme_write,
+            fine_grained=[
+                FineGrainedEntry("model", "acme/sentiment", ("repo.content.read",)),
+            ],
+        ).token,
+    }
+
+
+@pytest.fixture
+def make_app(hub_emulator, clock):
+    def make(**options) -> Starlette:
+        app = Starlette(routes=ROUTES)
+        options.setdefault("public_paths", ["/health", "/docs/*"])
+        options.setdefault("rules", RULES)
+        options.setdefault(
+            "policy", AccessPolicy(visibility=lambda repo: PUBLIC.get(repo, Visibility.PRIVATE))
+        )
+        if "source" not in options and "authenticator" not in options:
+            options["authenticator"] = Authenticator(
+                HubWhoamiSource(hub_emulator.url), cache=TokenCache(timer=clock, clock=clock)
+            )
+        app.add_middleware(HFAuthMiddleware, **options)
+        return app
+
+    return make
+
+
+@pytest.fixture
+async def client(make_app):
+    transport = httpx.ASGITransport(make_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def basic(token: str, user: str = "x") -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()}
+
+
+async def test_no_token_gets_challenge(client):
+    response = await client.get("/whoami")
+    assert response.status_code == 401
+    assert response.headers.get_list("www-authenticate") == [
+        'Bearer realm="hfauth-mw"',
+        'Basic realm="hfauth-mw"',
+    ]
+    assert response.json()["error"] == "unauthorized"
+    assert response.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        pytest.param("/health", 200, id="exact"),
+        pytest.param("/docs/intro", 200, id="prefix"),
+        pytest.param("/health/", 401, id="exact-is-exact"),
+        pytest.param("/healthz", 401, id="not-a-prefix"),
+        pytest.param("/docs/../whoami", 401, id="dot-dot-never-public"),
+        pytest.param("/docs//x", 401, id="double-slash-never-public"),
+    ],
+)
+async def test_public_paths(client, path, status):
+    response = await client.get(path)
+    assert response.status_code == status
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "path", "status", "error"),
+    [
+        pytest.param(
+            "reader", "POST", "/v1/models/acme/sentiment/infer", 200, None, id="read-infer"
+        ),
+        pytest.param(
+            "reader", "PUT", "/v1/models/acme/sentiment", 403, "insufficient_scope", id="read-put"
+        ),
+        pytest.param("writer", "PUT", "/v1/models/acme/sentiment", 200, None, id="write-put"),
+        pytest.param("writer", "PUT", "/v1/models/alice/own", 200, None, id="write-own"),
+        pytest.param(
+            "writer", "PUT", "/v1/models/other/x", 403, "insufficient_scope", id="write-foreign"
+        ),
+        pytest.param(
+            "capped",
+            "PUT",
+            "/v1/models/acme/sentiment",
+            403,
+            "insufficient_scope",
+            id="org-read-caps",
+        ),
+        pytest.param(
+            "capped", "POST", "/v1/models/acme/sentiment/infer", 200, None, id="org-read-reads"
+        ),
+        pytest.param(
+            "fine", "POST", "/v1/models/acme/sentiment/infer", 200, None, id="fine-listed"
+        ),
+        pytest.param(
+            "fine",
+            "POST",
+            "/v1/models/acme/other/infer",
+            403,
+            "insufficient_scope",
+            id="fine-unlisted",
+        ),
+        pytest.param(
+            "fine",
+            "PUT",
+            "/v1/models/acme/sentiment",
+            403,
+            "insufficient_scope",
+            id="fine-no-write",
+        ),
+        pytest.param("reader", "POST", "/v1/models/acme/public-demo/infer", 200, None, id="public"),
+        pytest.param(
+            "reader", "POST", "/anything", 403, "insufficient_scope", id="method-policy-post"
+        ),
+        pytest.param("reader", "GET", "/anything", 200, None, id="method-policy-get"),
+        pytest.param("writer", "DELETE", "/anything", 200, None, id="method-policy-write"),
+    ],
+)
+async def test_access_rules_enforced(client, tokens, who, method, path, status, error):
+    response = await client.request(method, path, headers=bearer(tokens[who]))
+    assert response.status_code == status, response.text
+    if error:
+        body = response.json()
+        assert body["error"] == error
+        challenge = response.headers["www-authenticate"]
+        assert 'error="insufficient_scope"' in challenge
+        assert f'scope="{body["scope"]}"' in challenge
+        assert body["error_description"].split(":")[0] in {"read denied", "write denied"}
+
+
+async def test_basic_password_is_the_token(client, tokens):
+    response = await client.put("/v1/models/acme/sentiment", headers=basic(tokens["writer"]))
+    assert response.status_code == 200
+
+
+async def test_made_up_token_is_invalid(client):
+    response = await client.get("/whoami", headers=bearer("hf_" + "Z" * 34))
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_token"
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param([("authorization", "Token abc")], id="unknown-scheme"),
+        pytest.param(
+            [("authorization", "Bearer a"), ("authorization", "Bearer b")], id="two-headers"
+        ),
+        pytest.param([("authorization", "Basic %%%")], id="bad-base64"),
+        pytest.param([("authorization", "Bearer " + "a" * 9000)], id="oversized"),
+    ],
+)
+async def test_malformed_credentials_are_400(client, headers):
+    response = await client.get("/whoami", headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+    assert 'error="invalid_request"' in response.headers["www-authenticate"]
+
+
+async def test_hub_down_is_503_with_retry_after(make_app, hub_emulator, tokens):
+    hub_emulator.fail_next(503, headers={"Retry-After": "12"})
+    transport = httpx.ASGITransport(make_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "12"
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert "www-authenticate" not in response.headers
+
+
+async def test_hub_429_is_503_not_401(make_app, hub_emulator, tokens):
+    hub_emulator.fail_next(429, headers={"RateLimit": '"api";r=0;t=60'})
+    transport = httpx.ASGITransport(make_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "60"
+
+
+async def test_hub_stopped_is_503(make_app, hub_emulator, tokens):
+    app = make_app()
+    hub_emulator.stop()
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
+
+
+async def test_starlette_user_and_scopes(client, tokens):
+    response = await client.get("/whoami", headers=bearer(tokens["writer"]))
+    assert response.json() == {
+        "user": "alice",
+        "authenticated": True,
+        "scopes": ["authenticated", "role:write"],
+    }
+    assert (await client.get("/needs-auth", headers=bearer(tokens["reader"]))).status_code == 200
+
+
+async def test_authenticated_responses_are_private(client, tokens):
+    response = await client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.headers["cache-control"] == "private"
+    assert "Authorization" in response.headers["vary"]
+
+
+async def test_route_helpers_explain_decisions(client, tokens):
+    response = await client.get("/route-check", headers=bearer(tokens["reader"]))
+    assert response.json() == {"allowed": False, "reason": "write denied: token role read"}
+
+
+async def test_anonymous_mode(make_app, tokens):
+    transport = httpx.ASGITransport(make_app(allow_anonymous=True))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        anonymous = await client.get("/whoami")
+        assert anonymous.json()["authenticated"] is False
+        assert (await client.post("/v1/models/acme/public-demo/infer")).status_code == 200
+        private = await client.post("/v1/models/acme/sentiment/infer")
+        assert private.status_code == 401
+        assert "www-authenticate" in private.headers
+        assert (await client.get("/needs-auth")).status_code == 403  # Starlette's own requires()
+        bad = await client.get("/whoami", headers=bearer("hf_" + "Q" * 34))
+        assert bad.status_code == 401
+
+
+async def test_query_param_opt_in(make_app, tokens):
+    transport = httpx.ASGITransport(make_app(query_param="access_token"))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        ok = await client.get("/whoami", params={"access_token": tokens["reader"]})
+        assert ok.status_code == 200
+        both = await client.get(
+            "/whoami", params={"access_token": tokens["reader"]}, headers=bearer(tokens["reader"])
+        )
+        assert both.status_code == 400
+
+
+async def test_query_param_ignored_by_default(client, tokens):
+    response = await client.get("/whoami", params={"access_token": tokens["reader"]})
+    assert response.status_code == 401
+
+
+async def test_method_policy_can_be_switched_off(make_app, tokens):
+    transport = httpx.ASGITransport(make_app(method_policy=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.post("/anything", headers=bearer(tokens["reader"]))
+    assert response.status_code == 200
+
+
+async def test_concurrent_requests_with_cold_token_make_one_call(make_app, hub_emulator, tokens):
+    transport = httpx.ASGITransport(make_app())
+    hub_emulator.delay = 30
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        requests = [
+            asyncio.create_task(client.get("/whoami", headers=bearer(tokens["writer"])))
+            for _ in range(100)
+        ]
+        assert await asyncio.to_thread(hub_emulator.wait_for_held, 1)
+        hub_emulator.release_held()
+        responses = await asyncio.gather(*requests)
+    assert [response.status_code for response in responses] == [200] * 100
+    assert hub_emulator.whoami_calls == 1
+
+
+async def test_root_path_aware(make_app, tokens):
+    app = make_app()
+
+    async def mounted(scope, receive, send):
+        scope = dict(scope, root_path="/api", path="/api" + scope["path"])
+        await app(scope, receive, send)
+
+    transport = httpx.ASGITransport(mounted)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/health")).status_code == 200
+        response = await client.put("/v1/models/acme/sentiment", headers=bearer(tokens["reader"]))
+        assert response.status_code == 403
+
+
+async def test_lifespan_and_other_scopes_pass_through(make_app):
+    seen = []
+
+    async def inner(scope, receive, send):
+        seen.append(scope["type"])
+
+    middleware = HFAuthMiddleware(inner, hub_url="https://huggingface.co")
+    for scope_type in ("lifespan", "something-new"):
+        await middleware({"type": scope_type}, None, None)
+    assert seen == ["lifespan", "something-new"]
+
+
+def test_websocket_denied_with_http_response(make_app):
+    client = TestClient(make_app())
+    from starlette.testclient import WebSocketDenialResponse
+
+    with (
+        pytest.raises(WebSocketDenialResponse) as caught,
+        client.websocket_connect("/v1/models/acme/sentiment/stream"),
+    ):
+        pass
+    assert caught.value.status_code == 401
+    assert "bearer" in caught.value.headers["www-authenticate"].lower()
+
+
+def test_websocket_allowed_for_reader(make_app, tokens):
+    client = TestClient(make_app())
+    with client.websocket_connect(
+        "/v1/models/acme/sentiment/stream", headers=bearer(tokens["reader"])
+    ) as websocket:
+        assert websocket.receive_text() == "hello bob"
+
+
+def test_websocket_forbidden_for_unlisted_repo(make_app, tokens):
+    client = TestClient(make_app())
+    from starlette.testclient import WebSocketDenialResponse
+
+    with (
+        pytest.raises(WebSocketDenialResponse) as caught,
+        client.websocket_connect("/v1/models/acme/other/stream", headers=bearer(tokens["fine"])),
+    ):
+        pass
+    assert caught.value.status_code == 403
+
+
+async def test_websocket_closed_1008_without_denial_extension(make_app):
+    app = make_app()
+    sent = []
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "path": "/v1/models/acme/sentiment/stream",
+        "root_path": "",
+        "headers": [],
+        "query_string": b"",
+        "extensions": {},
+    }
+    await app(scope, receive, send)
+    assert sent[0]["type"] == "websocket.close"
+    assert sent[0]["code"] == 1008
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"hub_url": "https://a.example", "source": object()}, id="two-sources"),
+        pytest.param({"realm": 'a"b'}, id="quote-in-realm"),
+        pytest.param({"public_paths": ["health"]}, id="relative-public-path"),
+        pytest.param({"public_paths": ["/a*b"]}, id="star-inside"),
+        pytest.param({"rules": ["POST /x"]}, id="rule-not-built"),
+        pytest.param({"query_param": "a b"}, id="bad-query-param"),
+        pytest.param({"max_header_bytes": 10}, id="tiny-header-cap"),
+        pytest.param({"hub_url": "http://hub.example"}, id="plain-http"),
+    ],
+)
+def test_bad_options_fail_at_startup(options):
+    with pytest.raises(ConfigurationError):
+        HFAuthMiddleware(Starlette(), **options)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param("POST /v1/models/{owner}", id="no-name"),
+        pytest.param("/v1/models/{owner}/{name}", id="no-method"),
+        pytest.param("GET /v1/{owner}/{name}/{owner}", id="twice"),
+        pytest.param("GET /v1/{owner}/{name}/{other}", id="unknown-placeholder"),
+    ],
+)
+def test_bad_rules(spec):
+    with pytest.raises(ConfigurationError):
+        require_read(spec)
+
+
+def test_error_bodies_are_json(make_app):
+    client = TestClient(make_app())
+    response = client.get("/whoami", headers={"Authorization": "Token x"})
+    assert json.loads(response.content)["error"] == "invalid_request"
+    assert int(response.headers["content-length"]) == len(response.content)

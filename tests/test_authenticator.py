@@ -1,0 +1,216 @@
+"""The authenticator against the hub emulator over real loopback HTTP."""
+
+import asyncio
+import threading
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from hfauth_mw import (
+    Authenticator,
+    ChainSource,
+    Credentials,
+    HubWhoamiSource,
+    InvalidToken,
+    LocalStoreSource,
+    SourceUnavailable,
+    TokenCache,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def make_authenticator(hub_emulator, clock):
+    def make(**cache_options) -> Authenticator:
+        source = HubWhoamiSource(hub_emulator.url, timeout=httpx.Timeout(5.0))
+        return Authenticator(source, cache=TokenCache(timer=clock, clock=clock, **cache_options))
+
+    return make
+
+
+@pytest.fixture
+def alice(hub_store):
+    return Credentials.from_token(hub_store.create_token(user="alice", role="write").token)
+
+
+async def test_sequential_requests_make_one_upstream_call(make_authenticator, hub_emulator, alice):
+    authenticator = make_authenticator()
+    for _ in range(200):
+        principal = await authenticator.authenticate(alice)
+        assert principal.name == "alice"
+    assert hub_emulator.whoami_calls == 1
+
+
+async def test_concurrent_cold_token_makes_one_upstream_call(
+    make_authenticator, hub_emulator, alice
+):
+    authenticator = make_authenticator()
+    hub_emulator.delay = 30  # held until released: the flight stays open while all pile up
+    tasks = [asyncio.create_task(authenticator.authenticate(alice)) for _ in range(100)]
+    assert await asyncio.to_thread(hub_emulator.wait_for_held, 1)
+    await asyncio.sleep(0)
+    hub_emulator.release_held()
+    principals = await asyncio.gather(*tasks)
+    assert {principal.name for principal in principals} == {"alice"}
+    assert hub_emulator.whoami_calls == 1
+
+
+def test_threads_with_cold_token_make_one_upstream_call(make_authenticator, hub_emulator, alice):
+    authenticator = make_authenticator()
+    hub_emulator.delay = 30
+    results: list[str] = []
+    barrier = threading.Barrier(50)
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(authenticator.authenticate_sync(alice).name)
+
+    threads = [threading.Thread(target=worker) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    assert hub_emulator.wait_for_held(1)
+    hub_emulator.release_held()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert results == ["alice"] * 50
+    assert hub_emulator.whoami_calls == 1
+
+
+async def test_revoked_token_refused_once_ttl_passed(
+    make_authenticator, hub_emulator, hub_store, alice, clock
+):
+    authenticator = make_authenticator(ttl=60)
+    await authenticator.authenticate(alice)
+    hub_store.revoke(alice.fingerprint)
+    clock.advance(59)
+    assert (await authenticator.authenticate(alice)).name == "alice"  # still cached
+    clock.advance(1)
+    with pytest.raises(InvalidToken):
+        await authenticator.authenticate(alice)
+    assert hub_emulator.whoami_calls == 2
+
+
+async def test_invalid_tokens_are_cached_negatively(make_authenticator, hub_emulator, clock):
+    authenticator = make_authenticator(negative_ttl=10)
+    bogus = Credentials.from_token("hf_" + "x" * 34)
+    for _ in range(5):
+        with pytest.raises(InvalidToken):
+            await authenticator.authenticate(bogus)
+    assert hub_emulator.whoami_calls == 1
+    clock.advance(10)
+    with pytest.raises(InvalidToken):
+        await authenticator.authenticate(bogus)
+    assert hub_emulator.whoami_calls == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "retry_after"),
+    [
+        pytest.param(429, {"Retry-After": "42"}, 42, id="429-retry-after"),
+        pytest.param(429, {"RateLimit": '"api";r=0;t=120'}, 120, id="429-ratelimit"),
+        pytest.param(500, {}, 5, id="500"),
+        pytest.param(502, {}, 5, id="502"),
+        pytest.param(503, {"Retry-After": "7"}, 7, id="503"),
+        pytest.param(504, {}, 5, id="504"),
+    ],
+)
+async def test_upstream_errors_are_unavailable_and_not_cached(
+    make_authenticator, hub_emulator, alice, status, headers, retry_after
+):
+    authenticator = make_authenticator()
+    hub_emulator.fail_next(status, headers=headers, times=1)
+    with pytest.raises(SourceUnavailable) as caught:
+        await authenticator.authenticate(alice)
+    assert caught.value.retry_after == retry_after
+    assert (await authenticator.authenticate(alice)).name == "alice"
+    assert hub_emulator.whoami_calls == 2
+
+
+async def test_hub_down_is_unavailable(hub_store, clock, alice):
+    from hfauth_mw.testing import HubEmulator
+
+    emulator = HubEmulator(hub_store).start()
+    url = emulator.url
+    emulator.stop()
+    authenticator = Authenticator(HubWhoamiSource(url), cache=TokenCache(timer=clock, clock=clock))
+    with pytest.raises(SourceUnavailable, match="cannot be reached"):
+        await authenticator.authenticate(alice)
+    with pytest.raises(SourceUnavailable):
+        authenticator.authenticate_sync(alice)
+
+
+async def test_slow_hub_times_out(hub_emulator, clock, alice):
+    hub_emulator.delay = 30
+    source = HubWhoamiSource(hub_emulator.url, timeout=httpx.Timeout(0.2))
+    authenticator = Authenticator(source, cache=TokenCache(timer=clock, clock=clock))
+    with pytest.raises(SourceUnavailable, match="timed out"):
+        await authenticator.authenticate(alice)
+    hub_emulator.release_held()
+
+
+async def test_oversized_answer_is_unavailable(hub_emulator, clock, alice):
+    hub_emulator.fail_next(
+        200, headers={"Content-Type": "application/json"}, body=b" " * 300_000, times=1
+    )
+    authenticator = Authenticator(
+        HubWhoamiSource(hub_emulator.url), cache=TokenCache(timer=clock, clock=clock)
+    )
+    with pytest.raises(SourceUnavailable, match="more than we accept"):
+        await authenticator.authenticate(alice)
+
+
+async def test_expired_token_is_invalid_even_when_cached(make_authenticator, hub_store, clock):
+    expires = datetime.fromtimestamp(clock() + 30, UTC)
+    issued = hub_store.create_token(user="erin", role="read", expires_at=expires)
+    credentials = Credentials.from_token(issued.token)
+    authenticator = make_authenticator(ttl=60)
+    assert (await authenticator.authenticate(credentials)).name == "erin"
+    clock.advance(30)
+    with pytest.raises(InvalidToken):
+        await authenticator.authenticate(credentials)
+
+
+async def test_cancelled_leader_does_not_strand_waiters(make_authenticator, hub_emulator, alice):
+    authenticator = make_authenticator()
+    hub_emulator.delay = 30
+    leader = asyncio.create_task(authenticator.authenticate(alice))
+    assert await asyncio.to_thread(hub_emulator.wait_for_held, 1)
+    follower = asyncio.create_task(authenticator.authenticate(alice))
+    await asyncio.sleep(0)
+    leader.cancel()
+    with pytest.raises(SourceUnavailable):
+        await follower
+    hub_emulator.clear_faults()
+    assert (await authenticator.authenticate(alice)).name == "alice"
+
+
+async def test_invalidate_forces_a_new_check(make_authenticator, hub_emulator, alice):
+    authenticator = make_authenticator()
+    await authenticator.authenticate(alice)
+    authenticator.invalidate(alice.token)
+    await authenticator.authenticate(alice)
+    assert hub_emulator.whoami_calls == 2
+
+
+async def test_local_store_first_in_chain_answers_without_network(
+    hub_store, hub_emulator, clock, tmp_path
+):
+    from hfauth_mw import LocalTokenStore
+
+    local_store = LocalTokenStore(tmp_path / "local.sqlite3")
+    local = Credentials.from_token(local_store.create_token(user="svc", role="read").token)
+    remote = Credentials.from_token(hub_store.create_token(user="alice", role="write").token)
+    chain = ChainSource(LocalStoreSource(local_store), HubWhoamiSource(hub_emulator.url))
+    authenticator = Authenticator(chain, cache=TokenCache(timer=clock, clock=clock))
+    assert (await authenticator.authenticate(local)).name == "svc"
+    assert hub_emulator.whoami_calls == 0
+    assert (await authenticator.authenticate(remote)).name == "alice"
+    assert hub_emulator.whoami_calls == 1
+
+
+def test_repr_never_holds_secrets(make_authenticator, alice):
+    authenticator = make_authenticator()
+    authenticator.authenticate_sync(alice)
+    assert alice.token not in repr(authenticator)

@@ -1,0 +1,1436 @@
+"""Tests of the access rules (src/hfauth_mw/_rules.py): one table row per rule."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import pytest
+
+from hfauth_mw import _rules
+from hfauth_mw._principal import (
+    ANONYMOUS,
+    OrgMembership,
+    Principal,
+    ResourceGroup,
+    ScopedGrant,
+    principal_from_whoami,
+)
+from hfauth_mw._rules import (
+    AccessPolicy,
+    Decision,
+    Entity,
+    Repo,
+    Visibility,
+    can_read,
+    can_write,
+    has_permission,
+)
+
+FINGERPRINT = "0f1e2d3c4b5a"
+EMAIL = "alice@example.org"
+TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"
+OAUTH_TOKEN = "hf_oauth_eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+ORG_TOKEN = "api_org_" + "AbCdEfGhIjKlMnOpQrStUvWxYz0123"
+
+PUBLIC = Visibility.PUBLIC
+GATED = Visibility.GATED
+PRIVATE = Visibility.PRIVATE
+
+OWN = Repo("model", "alice", "m")
+ACME = Repo("model", "acme", "x")
+ACME_DS = Repo("dataset", "acme", "d")
+BOB = Repo("model", "bob", "y")
+OTHER = Repo("space", "other", "s")
+
+
+def org(name: str, role: str, *groups: ResourceGroup) -> OrgMembership:
+    return OrgMembership(name=name, role=role, resource_groups=tuple(groups))
+
+
+def grant(entity_type: str, entity_name: str | None, *permissions: str) -> ScopedGrant:
+    return ScopedGrant(entity_type, entity_name, frozenset(permissions))
+
+
+def user(
+    role: str | None = "write",
+    *orgs: OrgMembership,
+    scoped: tuple[ScopedGrant, ...] = (),
+    global_: tuple[str, ...] = (),
+    gated: bool = False,
+    auth_type: str = "access_token",
+) -> Principal:
+    return Principal(
+        name="alice",
+        email=EMAIL,
+        auth_type=auth_type,
+        token_role=role,
+        token_name="prod-inference",
+        orgs=orgs,
+        scoped=scoped,
+        global_permissions=frozenset(global_),
+        can_read_gated_repos=gated,
+        fingerprint=FINGERPRINT,
+        source="test",
+    )
+
+
+def fine(
+    *orgs: OrgMembership,
+    scoped: tuple[ScopedGrant, ...] = (),
+    global_: tuple[str, ...] = (),
+    gated: bool = False,
+) -> Principal:
+    return user("fineGrained", *orgs, scoped=scoped, global_=global_, gated=gated)
+
+
+READ = user("read")
+WRITE = user("write")
+OAUTH = user(None, auth_type="oauth")
+UNKNOWN = user("admin")
+FINE = fine()
+
+# --- whoami-v2 shaped answers: the parser + rules path ---------------------------------
+
+WHOAMI_FINE: dict[str, Any] = {
+    "type": "user",
+    "id": "u1",
+    "name": "alice",
+    "fullname": "Alice",
+    "orgs": [
+        {
+            "type": "org",
+            "id": "o1",
+            "name": "acme",
+            "fullname": "Acme",
+            "roleInOrg": "write",
+            "plan": "team",
+            "resourceGroups": [{"id": "rg1", "name": "research", "role": "read"}],
+        }
+    ],
+    "auth": {
+        "type": "access_token",
+        "accessToken": {
+            "displayName": "prod-inference",
+            "role": "fineGrained",
+            "createdAt": "2025-01-01T00:00:00.000Z",
+            "fineGrained": {
+                "canReadGatedRepos": True,
+                "global": ["inference.serverless.write", "discussion.write"],
+                "scoped": [
+                    {
+                        "entity": {"_id": "m1", "type": "model", "name": "acme/sentiment"},
+                        "permissions": ["repo.content.read"],
+                    },
+                    {
+                        "entity": {"_id": "u1", "type": "user", "name": "alice"},
+                        "permissions": ["repo.content.read", "repo.write"],
+                    },
+                ],
+            },
+        },
+    },
+}
+WHOAMI_WRITE: dict[str, Any] = {
+    "type": "user",
+    "id": "62f264b9f3c90f4b6514a269",
+    "name": "hub.js",
+    "email": "ci@example.org",
+    "orgs": [],
+    "auth": {
+        "type": "access_token",
+        "accessToken": {"displayName": "ci-hub.js", "role": "write"},
+    },
+}
+WHOAMI_OAUTH: dict[str, Any] = {
+    "type": "user",
+    "name": "alice",
+    "orgs": [{"name": "acme", "roleInOrg": "admin"}],
+    "auth": {"type": "oauth", "expiresAt": "2030-01-01T00:00:00Z"},
+}
+WHOAMI_ROLELESS_ORG: dict[str, Any] = {
+    "name": "alice",
+    "orgs": [{"name": "acme"}],  # no roleInOrg: the parser says no_access
+    "auth": {"type": "access_token", "accessToken": {"role": "write"}},
+}
+
+P_FINE = principal_from_whoami(WHOAMI_FINE, fingerprint=FINGERPRINT)
+P_WRITE = principal_from_whoami(WHOAMI_WRITE, fingerprint=FINGERPRINT)
+P_OAUTH = principal_from_whoami(WHOAMI_OAUTH, fingerprint=FINGERPRINT)
+P_ROLELESS_ORG = principal_from_whoami(WHOAMI_ROLELESS_ORG, fingerprint=FINGERPRINT)
+SENTIMENT = Repo("model", "acme", "sentiment")
+
+# --- read -------------------------------------------------------------------------------
+
+READ_ROWS = [
+    # anonymous
+    pytest.param(
+        ANONYMOUS, ACME, PUBLIC, True, "read allowed: public repository", id="anon-public"
+    ),
+    pytest.param(
+        ANONYMOUS, ACME, GATED, False, "read denied: authentication required", id="anon-gated"
+    ),
+    pytest.param(
+        ANONYMOUS, ACME, PRIVATE, False, "read denied: authentication required", id="anon-private"
+    ),
+    # public: every authenticated principal
+    pytest.param(READ, BOB, PUBLIC, True, "read allowed: public repository", id="read-public"),
+    pytest.param(
+        FINE, BOB, PUBLIC, True, "read allowed: public repository", id="fine-no-entry-public"
+    ),
+    pytest.param(
+        UNKNOWN, BOB, PUBLIC, True, "read allowed: public repository", id="unknown-role-public"
+    ),
+    pytest.param(
+        user("read", org("acme", "no_access")),
+        ACME,
+        PUBLIC,
+        True,
+        "read allowed: public repository",
+        id="no-access-org-public",
+    ),
+    # gated
+    pytest.param(
+        READ, BOB, GATED, True, "read allowed: gated repository, classic token", id="read-gated"
+    ),
+    pytest.param(
+        WRITE, BOB, GATED, True, "read allowed: gated repository, classic token", id="write-gated"
+    ),
+    pytest.param(
+        OAUTH, BOB, GATED, True, "read allowed: gated repository, classic token", id="oauth-gated"
+    ),
+    pytest.param(
+        fine(scoped=(grant("model", "acme/x", "repo.content.read"),)),
+        ACME,
+        GATED,
+        False,
+        "read denied: gated repository, fine-grained token lacks canReadGatedRepos",
+        id="fine-gated-without-canReadGatedRepos",
+    ),
+    pytest.param(
+        fine(
+            org("acme", "read"), scoped=(grant("model", "acme/x", "repo.content.read"),), gated=True
+        ),
+        ACME,
+        GATED,
+        True,
+        "read allowed: fine-grained token lists repo.content.read on model acme/x",
+        id="fine-gated-with-canReadGatedRepos-and-entry",
+    ),
+    pytest.param(
+        fine(gated=True),
+        ACME,
+        GATED,
+        False,
+        "read denied: fine-grained token lists no repo.content.read on model acme/x",
+        id="fine-gated-with-canReadGatedRepos-no-entry",
+    ),
+    pytest.param(
+        UNKNOWN,
+        BOB,
+        GATED,
+        False,
+        "read denied: token role 'admin' is not recognised",
+        id="unknown-role-gated",
+    ),
+    # unknown roles are strict
+    pytest.param(
+        UNKNOWN,
+        OWN,
+        PRIVATE,
+        False,
+        "read denied: token role 'admin' is not recognised",
+        id="unknown-role-admin-own-private",
+    ),
+    pytest.param(
+        user("contributor", org("acme", "admin")),
+        ACME,
+        PRIVATE,
+        False,
+        "read denied: token role 'contributor' is not recognised",
+        id="unknown-role-contributor",
+    ),
+    pytest.param(
+        user(None),
+        OWN,
+        PRIVATE,
+        False,
+        "read denied: token role is missing",
+        id="missing-role-non-oauth",
+    ),
+    # private, classic
+    pytest.param(
+        READ, OWN, PRIVATE, True, "read allowed: model alice/m, own namespace", id="read-own"
+    ),
+    pytest.param(
+        WRITE, OWN, PRIVATE, True, "read allowed: model alice/m, own namespace", id="write-own"
+    ),
+    pytest.param(
+        user("read", org("acme", "read")),
+        ACME,
+        PRIVATE,
+        True,
+        "read allowed: model acme/x, role read in org acme",
+        id="read-token-org-read",
+    ),
+    pytest.param(
+        user("read", org("acme", "admin")),
+        ACME_DS,
+        PRIVATE,
+        True,
+        "read allowed: dataset acme/d, role admin in org acme",
+        id="read-token-org-admin",
+    ),
+    pytest.param(
+        user("write", org("acme", "contributor")),
+        ACME,
+        PRIVATE,
+        True,
+        "read allowed: model acme/x, role contributor in org acme",
+        id="write-token-org-contributor",
+    ),
+    pytest.param(
+        user("write", org("acme", "write")),
+        ACME,
+        PRIVATE,
+        True,
+        "read allowed: model acme/x, role write in org acme",
+        id="write-token-org-write",
+    ),
+    pytest.param(
+        user("read", org("acme", "no_access")),
+        ACME,
+        PRIVATE,
+        False,
+        "read denied: role no_access in org acme",
+        id="read-token-org-no-access",
+    ),
+    pytest.param(
+        user("write", org("acme", "owner")),
+        ACME,
+        PRIVATE,
+        False,
+        "read denied: role owner in org acme is not recognised",
+        id="org-role-unknown",
+    ),
+    pytest.param(
+        READ,
+        BOB,
+        PRIVATE,
+        False,
+        "read denied: model bob/y is private and outside the user's namespace and orgs",
+        id="read-outside",
+    ),
+    pytest.param(
+        user("write", org("acme", "admin")),
+        OTHER,
+        PRIVATE,
+        False,
+        "read denied: space other/s is private and outside the user's namespace and orgs",
+        id="write-outside",
+    ),
+    pytest.param(
+        user("read", org("acme", "no_access", ResourceGroup("rg1", "research", "admin"))),
+        ACME,
+        PRIVATE,
+        False,
+        "read denied: role no_access in org acme",
+        id="classic-resource-group-not-applied",
+    ),
+    pytest.param(
+        OAUTH, OWN, PRIVATE, True, "read allowed: model alice/m, own namespace", id="oauth-own"
+    ),
+    pytest.param(OAUTH, BOB, PRIVATE, False, "is private and outside", id="oauth-outside"),
+    # private, fine-grained
+    pytest.param(
+        fine(scoped=(grant("model", "alice/m", "repo.content.read"),)),
+        OWN,
+        PRIVATE,
+        True,
+        "read allowed: fine-grained token lists repo.content.read on model alice/m, own namespace",
+        id="fine-repo-entry-read",
+    ),
+    pytest.param(
+        fine(scoped=(grant("model", "alice/m", "repo.write"),)),
+        OWN,
+        PRIVATE,
+        True,
+        "read allowed: fine-grained token lists repo.write on model alice/m",
+        id="fine-repo-entry-write-reads",
+    ),
+    pytest.param(
+        FINE,
+        OWN,
+        PRIVATE,
+        False,
+        "read denied: fine-grained token lists no repo.content.read on model alice/m",
+        id="fine-own-namespace-not-implied",
+    ),
+    pytest.param(
+        fine(scoped=(grant("model", "alice/m", "discussion.write", "repo.access.read"),)),
+        OWN,
+        PRIVATE,
+        False,
+        "lists no repo.content.read",
+        id="fine-entry-other-permissions",
+    ),
+    pytest.param(
+        fine(org("acme", "write"), scoped=(grant("dataset", "acme/x", "repo.content.read"),)),
+        ACME,
+        PRIVATE,
+        False,
+        "lists no repo.content.read on model acme/x",
+        id="fine-entry-type-must-match",
+    ),
+    pytest.param(
+        fine(scoped=(grant("user", "alice", "repo.content.read"),)),
+        OWN,
+        PRIVATE,
+        True,
+        "read allowed: fine-grained token lists repo.content.read on user alice, own namespace",
+        id="fine-user-entry-own",
+    ),
+    pytest.param(
+        fine(scoped=(grant("user", "bob", "repo.content.read"),)),
+        BOB,
+        PRIVATE,
+        False,
+        "read denied: fine-grained token lists no repo.content.read on model bob/y",
+        id="fine-user-entry-other-user",
+    ),
+    pytest.param(
+        fine(org("acme", "read"), scoped=(grant("org", "acme", "repo.content.read"),)),
+        ACME,
+        PRIVATE,
+        True,
+        (
+            "read allowed: fine-grained token lists repo.content.read on org acme, "
+            "role read in org acme"
+        ),
+        id="fine-org-entry-member",
+    ),
+    pytest.param(
+        fine(org("acme", "no_access"), scoped=(grant("org", "acme", "repo.content.read"),)),
+        ACME,
+        PRIVATE,
+        False,
+        "read denied: role no_access in org acme",
+        id="fine-org-entry-capped-no-access",
+    ),
+    pytest.param(
+        fine(org("acme", "superuser"), scoped=(grant("org", "acme", "repo.write"),)),
+        ACME,
+        PRIVATE,
+        False,
+        "read denied: role superuser in org acme is not recognised",
+        id="fine-org-entry-capped-unknown-role",
+    ),
+    pytest.param(
+        fine(scoped=(grant("org", "acme", "repo.content.read"),)),
+        ACME,
+        PRIVATE,
+        False,
+        "read denied: model acme/x is outside the user's namespace and orgs",
+        id="fine-org-entry-not-member",
+    ),
+    pytest.param(
+        fine(org("acme", "no_access"), scoped=(grant("model", "acme/x", "repo.content.read"),)),
+        ACME,
+        PRIVATE,
+        False,
+        "read denied: role no_access in org acme",
+        id="fine-repo-entry-org-cap",
+    ),
+    pytest.param(
+        fine(scoped=(grant("model", "bob/y", "repo.content.read"),)),
+        BOB,
+        PRIVATE,
+        True,
+        (
+            "read allowed: fine-grained token lists repo.content.read on model bob/y, "
+            "outside the user's namespace and orgs"
+        ),
+        id="fine-repo-entry-collaborator",
+    ),
+    pytest.param(
+        fine(org("acme", "no_access", ResourceGroup("rg1", "research", "admin"))),
+        ACME,
+        PRIVATE,
+        False,
+        "lists no repo.content.read",
+        id="fine-resource-group-role-not-inherited",
+    ),
+    pytest.param(
+        fine(org("acme", "read"), scoped=(grant("resource-group", None, "repo.write"),)),
+        ACME,
+        PRIVATE,
+        False,
+        "lists no repo.content.read",
+        id="fine-resource-group-entry-not-inherited",
+    ),
+    # through the whoami-v2 parser
+    pytest.param(
+        P_FINE,
+        SENTIMENT,
+        PRIVATE,
+        True,
+        (
+            "read allowed: fine-grained token lists repo.content.read on model acme/sentiment, "
+            "role write in org acme"
+        ),
+        id="whoami-fine-repo-entry",
+    ),
+    pytest.param(
+        P_FINE,
+        ACME,
+        PRIVATE,
+        False,
+        "lists no repo.content.read on model acme/x",
+        id="whoami-fine-org-repo-not-listed",
+    ),
+    pytest.param(
+        P_FINE,
+        ACME,
+        GATED,
+        False,
+        "lists no repo.content.read on model acme/x",
+        id="whoami-fine-gated-needs-entry",
+    ),
+    pytest.param(
+        P_FINE,
+        Repo("dataset", "alice", "d"),
+        PRIVATE,
+        True,
+        "on user alice, own namespace",
+        id="whoami-fine-user-entry",
+    ),
+    pytest.param(
+        P_WRITE, Repo("model", "hub.js", "x"), PRIVATE, True, "own namespace", id="whoami-write-own"
+    ),
+    pytest.param(P_OAUTH, ACME, PRIVATE, True, "role admin in org acme", id="whoami-oauth-org"),
+    pytest.param(
+        P_ROLELESS_ORG,
+        ACME,
+        PRIVATE,
+        False,
+        "read denied: role no_access in org acme",
+        id="whoami-org-without-role",
+    ),
+]
+
+
+@pytest.mark.parametrize(("principal", "repo", "visibility", "allowed", "reason"), READ_ROWS)
+def test_can_read(
+    principal: Principal, repo: Repo, visibility: Visibility, allowed: bool, reason: str
+) -> None:
+    decision = can_read(principal, repo, visibility=visibility)
+    assert decision.allowed is allowed
+    assert bool(decision) is allowed
+    assert reason in decision.reason
+    assert decision.reason.startswith("read allowed:" if allowed else "read denied:")
+    assert decision.needed == "repo.content.read"
+
+
+# --- write ------------------------------------------------------------------------------
+
+WRITE_ROWS = [
+    pytest.param(ANONYMOUS, ACME, False, False, "write denied: authentication required", id="anon"),
+    pytest.param(READ, OWN, False, False, "write denied: token role read", id="read-token-own"),
+    pytest.param(
+        user("read", org("acme", "admin")),
+        ACME,
+        True,
+        False,
+        "write denied: token role read",
+        id="read-token-org-admin",
+    ),
+    pytest.param(
+        OAUTH,
+        OWN,
+        False,
+        False,
+        "write denied: token role read (OAuth token, scopes not reported)",
+        id="oauth-as-read",
+    ),
+    pytest.param(
+        UNKNOWN,
+        OWN,
+        False,
+        False,
+        "write denied: token role 'admin' is not recognised",
+        id="unknown-role-admin",
+    ),
+    pytest.param(
+        user(None), OWN, False, False, "write denied: token role is missing", id="missing-role"
+    ),
+    pytest.param(
+        WRITE, OWN, False, True, "write allowed: model alice/m, own namespace", id="write-own"
+    ),
+    pytest.param(
+        user("write", org("acme", "write")),
+        ACME,
+        False,
+        True,
+        "write allowed: model acme/x, role write in org acme",
+        id="write-org-write",
+    ),
+    pytest.param(
+        user("write", org("acme", "admin")),
+        ACME_DS,
+        False,
+        True,
+        "write allowed: dataset acme/d, role admin in org acme",
+        id="write-org-admin",
+    ),
+    pytest.param(
+        user("write", org("acme", "contributor")),
+        ACME,
+        False,
+        False,
+        "write denied: role contributor in org acme allows writing only repos the user created",
+        id="write-org-contributor-not-creator",
+    ),
+    pytest.param(
+        user("write", org("acme", "contributor")),
+        ACME,
+        True,
+        True,
+        "write allowed: model acme/x, role contributor in org acme, repository created by the user",
+        id="write-org-contributor-creator",
+    ),
+    pytest.param(
+        user("write", org("acme", "read")),
+        ACME,
+        False,
+        False,
+        "write denied: role read in org acme caps the token",
+        id="write-token-org-read",
+    ),
+    pytest.param(
+        user("write", org("acme", "read")),
+        ACME,
+        True,
+        False,
+        "write denied: role read in org acme caps the token",
+        id="write-token-org-read-creator",
+    ),
+    pytest.param(
+        user("write", org("acme", "no_access")),
+        ACME,
+        True,
+        False,
+        "write denied: role no_access in org acme",
+        id="write-org-no-access",
+    ),
+    pytest.param(
+        user("write", org("acme", "owner")),
+        ACME,
+        True,
+        False,
+        "write denied: role owner in org acme is not recognised",
+        id="write-org-unknown-role",
+    ),
+    pytest.param(
+        user("write", org("acme", "admin")),
+        OTHER,
+        False,
+        False,
+        "write denied: not a member of other",
+        id="write-not-member",
+    ),
+    pytest.param(
+        user("write", org("acme", "no_access", ResourceGroup("rg1", None, "write"))),
+        ACME,
+        True,
+        False,
+        "write denied: role no_access in org acme",
+        id="write-resource-group-not-applied",
+    ),
+    # fine-grained
+    pytest.param(
+        fine(scoped=(grant("model", "alice/m", "repo.write"),)),
+        OWN,
+        False,
+        True,
+        "write allowed: fine-grained token lists repo.write on model alice/m, own namespace",
+        id="fine-repo-entry-own",
+    ),
+    pytest.param(
+        fine(scoped=(grant("model", "alice/m", "repo.content.read"),)),
+        OWN,
+        False,
+        False,
+        "write denied: fine-grained token lists no repo.write on model alice/m",
+        id="fine-read-entry-does-not-write",
+    ),
+    pytest.param(
+        fine(scoped=(grant("user", "alice", "repo.write"),)),
+        OWN,
+        False,
+        True,
+        "write allowed: fine-grained token lists repo.write on user alice, own namespace",
+        id="fine-user-entry-own",
+    ),
+    pytest.param(
+        fine(org("acme", "write"), scoped=(grant("org", "acme", "repo.write"),)),
+        ACME,
+        False,
+        True,
+        "on org acme, role write in org acme",
+        id="fine-org-entry-org-write",
+    ),
+    pytest.param(
+        fine(org("acme", "admin"), scoped=(grant("model", "acme/x", "repo.write"),)),
+        ACME,
+        False,
+        True,
+        "on model acme/x, role admin in org acme",
+        id="fine-repo-entry-org-admin",
+    ),
+    pytest.param(
+        fine(org("acme", "read"), scoped=(grant("org", "acme", "repo.write"),)),
+        ACME,
+        True,
+        False,
+        "write denied: role read in org acme caps the token",
+        id="fine-org-entry-capped-read",
+    ),
+    pytest.param(
+        fine(org("acme", "contributor"), scoped=(grant("org", "acme", "repo.write"),)),
+        ACME,
+        False,
+        False,
+        "write denied: role contributor in org acme allows writing only repos the user created",
+        id="fine-org-entry-contributor-not-creator",
+    ),
+    pytest.param(
+        fine(org("acme", "contributor"), scoped=(grant("org", "acme", "repo.write"),)),
+        ACME,
+        True,
+        True,
+        "repository created by the user",
+        id="fine-org-entry-contributor-creator",
+    ),
+    pytest.param(
+        fine(org("acme", "no_access"), scoped=(grant("model", "acme/x", "repo.write"),)),
+        ACME,
+        False,
+        False,
+        "write denied: role no_access in org acme",
+        id="fine-repo-entry-org-no-access",
+    ),
+    pytest.param(
+        fine(scoped=(grant("model", "bob/y", "repo.write"),)),
+        BOB,
+        False,
+        False,
+        "write denied: model bob/y is outside the user's namespace and orgs",
+        id="fine-repo-entry-outside-strict",
+    ),
+    pytest.param(
+        fine(scoped=(grant("org", "acme", "repo.write"),)),
+        ACME,
+        False,
+        False,
+        "write denied: model acme/x is outside the user's namespace and orgs",
+        id="fine-org-entry-not-member",
+    ),
+    pytest.param(
+        fine(org("acme", "write"), scoped=(grant("resource-group", "research", "repo.write"),)),
+        ACME,
+        False,
+        False,
+        "write denied: fine-grained token lists no repo.write on model acme/x",
+        id="fine-resource-group-not-inherited",
+    ),
+    pytest.param(
+        fine(org("acme", "write", ResourceGroup("rg1", "research", "admin"))),
+        ACME,
+        False,
+        False,
+        "lists no repo.write",
+        id="fine-resource-group-role-not-inherited",
+    ),
+    # through the whoami-v2 parser
+    pytest.param(
+        P_FINE,
+        SENTIMENT,
+        False,
+        False,
+        "lists no repo.write on model acme/sentiment",
+        id="whoami-fine-read-entry-only",
+    ),
+    pytest.param(
+        P_FINE,
+        Repo("space", "alice", "demo"),
+        False,
+        True,
+        "on user alice, own namespace",
+        id="whoami-fine-user-entry",
+    ),
+    pytest.param(
+        P_WRITE, Repo("model", "hub.js", "x"), False, True, "own namespace", id="whoami-write-own"
+    ),
+    pytest.param(
+        P_WRITE,
+        ACME,
+        False,
+        False,
+        "write denied: not a member of acme",
+        id="whoami-write-not-member",
+    ),
+    pytest.param(
+        P_OAUTH, ACME, True, False, "write denied: token role read (OAuth", id="whoami-oauth"
+    ),
+]
+
+
+@pytest.mark.parametrize(("principal", "repo", "created", "allowed", "reason"), WRITE_ROWS)
+def test_can_write(
+    principal: Principal, repo: Repo, created: bool, allowed: bool, reason: str
+) -> None:
+    decision = can_write(principal, repo, caller_created=created)
+    assert decision.allowed is allowed
+    assert bool(decision) is allowed
+    assert reason in decision.reason
+    assert decision.reason.startswith("write allowed:" if allowed else "write denied:")
+    assert decision.needed == "repo.write"
+
+
+# --- permissions ------------------------------------------------------------------------
+
+ORG_ACME = Entity("org", "acme")
+
+PERMISSION_ROWS = [
+    pytest.param(
+        ANONYMOUS,
+        "repo.content.read",
+        None,
+        False,
+        "permission denied: authentication required",
+        id="anon",
+    ),
+    pytest.param(
+        UNKNOWN,
+        "repo.content.read",
+        None,
+        False,
+        "token role 'admin' is not recognised",
+        id="unknown-role",
+    ),
+    # classic write: the user's full rights, capped by the org role
+    pytest.param(
+        WRITE,
+        "inference.serverless.write",
+        None,
+        True,
+        "permission allowed: inference.serverless.write, classic write token",
+        id="write-any",
+    ),
+    pytest.param(
+        WRITE, "made.up.permission", None, True, "made.up.permission", id="write-unknown-name"
+    ),
+    pytest.param(
+        user("write", org("acme", "read")),
+        "org.read",
+        ORG_ACME,
+        True,
+        "permission allowed: org.read on org acme, classic write token, role read in org acme",
+        id="write-org-read-member-read-perm",
+    ),
+    pytest.param(
+        user("write", org("acme", "read")),
+        "repo.write",
+        ORG_ACME,
+        False,
+        "permission denied: repo.write on org acme: role read in org acme caps the token",
+        id="write-org-read-member-capped",
+    ),
+    pytest.param(
+        user("write", org("acme", "admin")),
+        "repo.write",
+        ORG_ACME,
+        True,
+        "role admin in org acme",
+        id="write-org-admin",
+    ),
+    pytest.param(
+        WRITE,
+        "org.read",
+        ORG_ACME,
+        False,
+        "permission denied: org.read on org acme: not a member of acme",
+        id="write-org-not-member",
+    ),
+    pytest.param(
+        user("write", org("acme", "no_access")),
+        "org.read",
+        ORG_ACME,
+        False,
+        "role no_access in org acme",
+        id="write-org-no-access",
+    ),
+    pytest.param(
+        WRITE,
+        "repo.write",
+        OWN,
+        True,
+        "on model alice/m, classic write token, own namespace",
+        id="write-repo-object-own",
+    ),
+    pytest.param(WRITE, "repo.write", BOB, False, "not a member of bob", id="write-repo-outside"),
+    pytest.param(
+        WRITE,
+        "user.webhooks.write",
+        Entity("user", "alice"),
+        True,
+        "own namespace",
+        id="write-user-self",
+    ),
+    pytest.param(
+        WRITE,
+        "user.webhooks.read",
+        Entity("user", "bob"),
+        False,
+        "permission denied:",
+        id="write-user-other",
+    ),
+    pytest.param(
+        WRITE,
+        "collection.write",
+        Entity("collection", "alice/faves-123"),
+        True,
+        "own namespace",
+        id="write-collection-own",
+    ),
+    pytest.param(
+        WRITE,
+        "collection.write",
+        Entity("collection", "65f0c0ffee"),
+        False,
+        "whose namespace is unknown",
+        id="write-entity-without-namespace",
+    ),
+    # classic read and OAuth-as-read: *.read only
+    pytest.param(
+        READ,
+        "collection.read",
+        None,
+        True,
+        "permission allowed: collection.read, classic read token",
+        id="read-read-perm",
+    ),
+    pytest.param(
+        READ,
+        "repo.write",
+        None,
+        False,
+        "permission denied: token role read grants only *.read, not repo.write",
+        id="read-write-perm",
+    ),
+    pytest.param(
+        user("read", org("acme", "admin")),
+        "org.write",
+        ORG_ACME,
+        False,
+        "token role read grants only *.read",
+        id="read-token-org-admin-write-perm",
+    ),
+    pytest.param(
+        user("read", org("acme", "admin")),
+        "org.read",
+        ORG_ACME,
+        True,
+        "role admin in org acme",
+        id="read-token-org-admin-read-perm",
+    ),
+    pytest.param(
+        user("read", org("acme", "no_access")),
+        "org.read",
+        ORG_ACME,
+        False,
+        "role no_access in org acme",
+        id="read-token-org-no-access",
+    ),
+    pytest.param(
+        OAUTH, "user.webhooks.read", None, True, "classic read token", id="oauth-read-perm"
+    ),
+    pytest.param(
+        OAUTH, "discussion.write", None, False, "grants only *.read", id="oauth-write-perm"
+    ),
+    # fine-grained
+    pytest.param(
+        fine(global_=("inference.serverless.write",)),
+        "inference.serverless.write",
+        None,
+        True,
+        "permission allowed: inference.serverless.write is a global permission of the token",
+        id="fine-global",
+    ),
+    pytest.param(
+        fine(scoped=(grant("user", "alice", "repo.write"),)),
+        "repo.write",
+        None,
+        False,
+        "permission denied: fine-grained token lists no global repo.write",
+        id="fine-not-global",
+    ),
+    pytest.param(
+        fine(global_=("discussion.write",)),
+        "discussion.write",
+        ACME,
+        True,
+        "is a global permission",
+        id="fine-global-with-entity",
+    ),
+    pytest.param(
+        fine(org("acme", "read"), scoped=(grant("org", "acme", "org.read"),)),
+        "org.read",
+        ORG_ACME,
+        True,
+        "permission allowed: fine-grained token lists org.read on org acme",
+        id="fine-org-entry",
+    ),
+    pytest.param(
+        fine(org("acme", "read"), scoped=(grant("org", "acme", "repo.write"),)),
+        "repo.write",
+        ORG_ACME,
+        False,
+        "permission denied: role read in org acme caps the token",
+        id="fine-org-entry-capped",
+    ),
+    pytest.param(
+        fine(org("acme", "admin"), scoped=(grant("org", "acme", "repo.write"),)),
+        "repo.write",
+        ORG_ACME,
+        True,
+        "role admin in org acme",
+        id="fine-org-entry-admin",
+    ),
+    pytest.param(
+        fine(scoped=(grant("org", "acme", "org.read"),)),
+        "org.read",
+        ORG_ACME,
+        False,
+        "permission denied: org acme is outside the user's namespace and orgs",
+        id="fine-org-entry-not-member",
+    ),
+    pytest.param(
+        fine(org("acme", "write"), scoped=(grant("org", "acme", "discussion.write"),)),
+        "discussion.write",
+        ACME,
+        True,
+        "lists discussion.write on org acme, role write in org acme",
+        id="fine-namespace-entry-covers-repo",
+    ),
+    pytest.param(
+        fine(org("acme", "read"), scoped=(grant("org", "acme", "discussion.write"),)),
+        "discussion.write",
+        ACME,
+        False,
+        "role read in org acme caps the token",
+        id="fine-namespace-entry-capped-on-repo",
+    ),
+    pytest.param(
+        fine(scoped=(grant("model", "bob/y", "repo.access.read"),)),
+        "repo.access.read",
+        BOB,
+        True,
+        "outside the user's namespace and orgs",
+        id="fine-repo-entry-collaborator-read",
+    ),
+    pytest.param(
+        fine(scoped=(grant("model", "bob/y", "discussion.write"),)),
+        "discussion.write",
+        BOB,
+        False,
+        "permission denied: model bob/y is outside",
+        id="fine-repo-entry-outside-write",
+    ),
+    pytest.param(
+        fine(scoped=(grant("collection", "65f0c0ffee", "collection.write"),)),
+        "collection.write",
+        Entity("collection", "65f0c0ffee"),
+        True,
+        "lists collection.write on collection 65f0c0ffee",
+        id="fine-exact-entry-opaque-entity",
+    ),
+    pytest.param(
+        fine(scoped=(grant("collection", "65f0c0ffee", "collection.read"),)),
+        "collection.write",
+        Entity("collection", "65f0c0ffee"),
+        False,
+        "lists no collection.write",
+        id="fine-entry-lacks-perm",
+    ),
+    pytest.param(
+        fine(scoped=(grant("user", "alice", "user.webhooks.read"),)),
+        "user.webhooks.read",
+        Entity("user", "alice"),
+        True,
+        "own namespace",
+        id="fine-user-entry-self",
+    ),
+    pytest.param(
+        fine(scoped=(grant("user", "bob", "user.webhooks.read"),)),
+        "user.webhooks.read",
+        Entity("user", "bob"),
+        False,
+        "permission denied:",
+        id="fine-user-entry-other",
+    ),
+    pytest.param(
+        fine(scoped=(grant("model", "alice/m", "repo.write"),)),
+        "something.new",
+        OWN,
+        False,
+        "lists no something.new",
+        id="fine-unknown-permission-no-crash",
+    ),
+    pytest.param(
+        P_FINE,
+        "inference.serverless.write",
+        None,
+        True,
+        "global permission",
+        id="whoami-fine-global",
+    ),
+    pytest.param(
+        P_FINE,
+        "repo.write",
+        Repo("dataset", "alice", "d"),
+        True,
+        "on user alice, own namespace",
+        id="whoami-fine-user-entry",
+    ),
+    pytest.param(
+        P_FINE, "repo.write", SENTIMENT, False, "lists no repo.write", id="whoami-fine-no-write"
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("principal", "permission", "entity", "allowed", "reason"), PERMISSION_ROWS
+)
+def test_has_permission(
+    principal: Principal,
+    permission: str,
+    entity: Entity | Repo | None,
+    allowed: bool,
+    reason: str,
+) -> None:
+    decision = has_permission(principal, permission, entity)
+    assert decision.allowed is allowed
+    assert bool(decision) is allowed
+    assert reason in decision.reason
+    assert decision.reason.startswith("permission allowed:" if allowed else "permission denied:")
+    assert decision.needed == permission
+
+
+def test_has_permission_rejects_a_non_string_permission() -> None:
+    with pytest.raises(TypeError):
+        has_permission(WRITE, None)  # type: ignore[arg-type]
+
+
+def test_repo_and_entity_give_the_same_answer() -> None:
+    principal = fine(org("acme", "write"), scoped=(grant("org", "acme", "repo.write"),))
+    by_repo = has_permission(principal, "repo.write", ACME)
+    by_entity = has_permission(principal, "repo.write", Entity("model", "acme/x"))
+    assert by_repo == by_entity
+    assert by_repo.allowed
+
+
+# --- Repo.parse -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("model:acme/x", Repo("model", "acme", "x"), id="model"),
+        pytest.param("dataset:acme/d", Repo("dataset", "acme", "d"), id="dataset"),
+        pytest.param("space:acme/s-1.v2", Repo("space", "acme", "s-1.v2"), id="space"),
+        pytest.param("acme/x", Repo("model", "acme", "x"), id="bare-is-model"),
+        pytest.param("hub.js/My_Model", Repo("model", "hub.js", "My_Model"), id="case-kept"),
+    ],
+)
+def test_repo_parse_valid(text: str, expected: Repo) -> None:
+    repo = Repo.parse(text)
+    assert repo == expected
+    assert repo.id == f"{expected.owner}/{expected.name}"
+    assert Repo.parse(str(repo)) == repo
+
+
+def test_repo_str_and_id() -> None:
+    repo = Repo("dataset", "acme", "d")
+    assert str(repo) == "dataset:acme/d"
+    assert repo.id == "acme/d"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("acme", id="no-slash"),
+        pytest.param("acme/", id="empty-name"),
+        pytest.param("/x", id="empty-owner"),
+        pytest.param("acme/x/y", id="extra-slash"),
+        pytest.param("models:acme/x", id="plural-type"),
+        pytest.param("Model:acme/x", id="type-case"),
+        pytest.param(":acme/x", id="empty-type"),
+        pytest.param("dataset:", id="type-only"),
+        pytest.param("collection:acme/x", id="not-a-repo-type"),
+        pytest.param("acme co/x", id="space-in-owner"),
+        pytest.param("acme/x\n", id="newline"),
+        pytest.param("acme/\tx", id="tab"),
+        pytest.param("acme/x\x00", id="nul"),
+        pytest.param("acme/x\u200b", id="zero-width"),
+        pytest.param(" acme/x", id="leading-space"),
+    ],
+)
+def test_repo_parse_invalid(text: str) -> None:
+    with pytest.raises(ValueError, match="repository"):
+        Repo.parse(text)
+
+
+def test_repo_parse_rejects_non_text() -> None:
+    with pytest.raises(ValueError, match="text"):
+        Repo.parse(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kind", "owner", "name"),
+    [
+        pytest.param("bucket", "acme", "x", id="bad-type"),
+        pytest.param("model", "", "x", id="empty-owner"),
+        pytest.param("model", "a/b", "x", id="slash-owner"),
+        pytest.param("model", "acme", "x y", id="space-name"),
+    ],
+)
+def test_repo_constructor_validates(kind: str, owner: str, name: str) -> None:
+    with pytest.raises(ValueError, match="repository"):
+        Repo(kind, owner, name)  # type: ignore[arg-type]
+
+
+def test_repo_parse_error_does_not_echo_a_token() -> None:
+    with pytest.raises(ValueError, match="expected 'owner/name'") as info:
+        Repo.parse(TOKEN)
+    assert TOKEN not in str(info.value)
+
+
+# --- reasons hold no secret -------------------------------------------------------------
+
+SECRET_LIKE = re.compile(r"hf_[A-Za-z0-9]{6,}|api_org_|eyJ")
+
+
+def _all_decisions() -> list[Decision]:
+    decisions = []
+    for row in READ_ROWS:
+        principal, repo, visibility, *_ = row.values
+        decisions.append(can_read(principal, repo, visibility=visibility))
+    for row in WRITE_ROWS:
+        principal, repo, created, *_ = row.values
+        decisions.append(can_write(principal, repo, caller_created=created))
+    for row in PERMISSION_ROWS:
+        principal, permission, entity, *_ = row.values
+        decisions.append(has_permission(principal, permission, entity))
+    return decisions
+
+
+def test_no_reason_holds_a_secret_and_every_reason_is_one_line() -> None:
+    decisions = _all_decisions()
+    assert len(decisions) == len(READ_ROWS) + len(WRITE_ROWS) + len(PERMISSION_ROWS)
+    for decision in decisions:
+        assert FINGERPRINT not in decision.reason
+        assert EMAIL not in decision.reason
+        assert "prod-inference" not in decision.reason  # the token's display name
+        assert not SECRET_LIKE.search(decision.reason)
+        assert "\n" not in decision.reason
+        assert "\r" not in decision.reason
+        assert decision.reason.split(":")[0] in {
+            "read allowed",
+            "read denied",
+            "write allowed",
+            "write denied",
+            "permission allowed",
+            "permission denied",
+        }
+
+
+@pytest.mark.parametrize(
+    "decide",
+    [
+        pytest.param(lambda: can_read(user(TOKEN), OWN), id="token-as-role-read"),
+        pytest.param(lambda: can_write(user(TOKEN), OWN), id="token-as-role-write"),
+        pytest.param(lambda: has_permission(READ, TOKEN), id="token-as-permission"),
+        pytest.param(lambda: has_permission(READ, OAUTH_TOKEN + ".write"), id="oauth-token"),
+        pytest.param(lambda: has_permission(READ, ORG_TOKEN), id="legacy-org-token"),
+        pytest.param(
+            lambda: has_permission(WRITE, "x.read", Entity("org", TOKEN)), id="token-as-org"
+        ),
+        pytest.param(
+            lambda: has_permission(FINE, "x.write", Entity("collection", TOKEN)), id="fine"
+        ),
+        pytest.param(
+            lambda: can_read(user("write", org(TOKEN, "no_access")), Repo("model", TOKEN, "x")),
+            id="token-as-org-name",
+        ),
+        pytest.param(
+            lambda: can_read(user("ad\nmin\x1b[31m"), OWN), id="control-characters-in-role"
+        ),
+    ],
+)
+def test_hostile_values_are_redacted_and_kept_on_one_line(decide: Any) -> None:
+    decision = decide()
+    assert not decision.allowed
+    for secret in (TOKEN, OAUTH_TOKEN, ORG_TOKEN):
+        assert secret not in decision.reason
+        assert secret not in decision.needed
+    assert not SECRET_LIKE.search(decision.reason)
+    assert decision.reason.isprintable()
+
+
+def test_permission_names_that_merely_start_with_hf_are_kept() -> None:
+    decision = has_permission(WRITE, "hf_inference.write")
+    assert decision.needed == "hf_inference.write"
+    assert "hf_inference.write" in decision.reason
+
+
+def test_long_values_are_shortened() -> None:
+    decision = can_read(user("r" * 5000), OWN)
+    assert not decision.allowed
+    assert len(decision.reason) < 200
+
+
+# --- Decision ---------------------------------------------------------------------------
+
+
+def test_decision_is_frozen_and_truthy_when_allowed() -> None:
+    allowed = Decision(True, "read allowed: public repository", "repo.content.read")
+    denied = Decision(False, "read denied: authentication required", "repo.content.read")
+    assert allowed
+    assert not denied
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        allowed.allowed = False  # type: ignore[misc]
+
+
+def test_visibility_accepts_its_string_value() -> None:
+    assert can_read(ANONYMOUS, ACME, visibility="public").allowed  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="visible"):
+        can_read(ANONYMOUS, ACME, visibility="visible")  # type: ignore[arg-type]
+
+
+def test_module_exports() -> None:
+    assert set(_rules.__all__) >= {
+        "AccessPolicy",
+        "Decision",
+        "Entity",
+        "Repo",
+        "RepoType",
+        "Visibility",
+        "can_read",
+        "can_write",
+        "has_permission",
+    }
+    for name in _rules.__all__:
+        assert hasattr(_rules, name), name
+
+
+# --- AccessPolicy -----------------------------------------------------------------------
+
+
+def _fail(*_args: object) -> bool:
+    raise AssertionError("callback must not be called")
+
+
+def test_policy_defaults_every_repo_private_and_caller_never_creator() -> None:
+    policy = AccessPolicy()
+    assert not policy.can_read(ANONYMOUS, ACME)
+    assert policy.can_read(READ, OWN)
+    assert not policy.can_read(READ, BOB)
+    contributor = user("write", org("acme", "contributor"))
+    decision = policy.can_write(contributor, ACME)
+    assert not decision
+    assert "only repos the user created" in decision.reason
+
+
+def test_policy_uses_the_visibility_callback() -> None:
+    seen: list[Repo] = []
+
+    def visibility(repo: Repo) -> Visibility:
+        seen.append(repo)
+        return {"x": PUBLIC, "y": GATED}.get(repo.name, PRIVATE)
+
+    policy = AccessPolicy(visibility=visibility)
+    assert policy.can_read(ANONYMOUS, ACME).reason == "read allowed: public repository"
+    assert not policy.can_read(ANONYMOUS, BOB)
+    assert policy.can_read(READ, BOB).reason == "read allowed: gated repository, classic token"
+    assert not policy.can_read(FINE, BOB)
+    assert seen == [ACME, BOB, BOB, BOB]
+
+
+def test_policy_visibility_callback_may_return_the_string_value() -> None:
+    policy = AccessPolicy(visibility=lambda repo: "public")  # type: ignore[arg-type,return-value]
+    assert policy.can_read(ANONYMOUS, ACME)
+
+
+def test_policy_uses_the_caller_created_callback() -> None:
+    contributor = user("write", org("acme", "contributor"))
+    calls: list[tuple[str, str]] = []
+
+    def created(principal: Principal, repo: Repo) -> bool:
+        calls.append((principal.name, repo.id))
+        return repo.name == "x"
+
+    policy = AccessPolicy(caller_created=created)
+    assert policy.can_write(contributor, ACME)
+    assert not policy.can_write(contributor, Repo("model", "acme", "other"))
+    assert calls == [("alice", "acme/x"), ("alice", "acme/other")]
+
+
+def test_policy_grants_only_on_a_true_creator_answer() -> None:
+    contributor = user("write", org("acme", "contributor"))
+    policy = AccessPolicy(caller_created=lambda principal, repo: "yes")  # type: ignore[arg-type,return-value]
+    assert not policy.can_write(contributor, ACME)
+
+
+def test_policy_does_not_ask_about_anonymous_callers() -> None:
+    policy = AccessPolicy(caller_created=_fail)
+    assert not policy.can_write(ANONYMOUS, ACME)
+
+
+def test_policy_callback_errors_propagate() -> None:
+    def broken(repo: Repo) -> Visibility:
+        raise RuntimeError("metadata store down")
+
+    policy = AccessPolicy(visibility=broken)
+    with pytest.raises(RuntimeError, match="metadata store down"):
+        policy.can_read(ANONYMOUS, ACME)
+
+
+@pytest.mark.parametrize(
+    ("access", "principal", "allowed", "prefix"),
+    [
+        pytest.param("read", READ, True, "read allowed:", id="read"),
+        pytest.param("write", READ, False, "write denied:", id="write-read-token"),
+        pytest.param("write", WRITE, True, "write allowed:", id="write"),
+    ],
+)
+def test_policy_check_dispatches(
+    access: str, principal: Principal, allowed: bool, prefix: str
+) -> None:
+    decision = AccessPolicy().check(principal, OWN, access)  # type: ignore[arg-type]
+    assert decision.allowed is allowed
+    assert decision.reason.startswith(prefix)
+
+
+def test_policy_check_rejects_other_access() -> None:
+    with pytest.raises(ValueError, match="access"):
+        AccessPolicy().check(READ, OWN, "admin")  # type: ignore[arg-type]
+
+
+def test_policy_has_permission() -> None:
+    policy = AccessPolicy(visibility=_fail, caller_created=_fail)
+    assert policy.has_permission(WRITE, "repo.write", OWN)
+    assert not policy.has_permission(READ, "repo.write")
+    assert policy.has_permission(fine(global_=("post.write",)), "post.write").allowed

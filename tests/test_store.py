@@ -1,0 +1,548 @@
+"""Tests of the local SQLite token store."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hfauth_mw._exceptions import ConfigurationError, TokenStoreError
+from hfauth_mw._principal import fingerprint_of, principal_from_whoami, token_digest
+from hfauth_mw._store import (
+    FineGrainedEntry,
+    IssuedToken,
+    LocalTokenStore,
+    OrgGrant,
+    TokenRecord,
+)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "tokens.sqlite3"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[LocalTokenStore]:
+    with LocalTokenStore(db_path) as token_store:
+        yield token_store
+
+
+def _ambiguous_pair() -> tuple[str, str]:
+    """Two tokens whose digests share their first 8 hex digits (a birthday search)."""
+    seen: dict[str, str] = {}
+    index = 0
+    while True:
+        token = f"hf_collide_{index}"
+        prefix = token_digest(token).hex()[:8]
+        if prefix in seen:
+            return seen[prefix], token
+        seen[prefix] = token
+        index += 1
+
+
+# --- round trips ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        pytest.param(
+            {"user": "alice"},
+            {"name": "alice", "token_role": "read", "orgs": (), "scoped": ()},
+            id="read-minimal",
+        ),
+        pytest.param(
+            {
+                "user": "bob",
+                "role": "write",
+                "orgs": [OrgGrant("acme", "write"), OrgGrant("labs", "read")],
+                "display_name": "ci",
+                "fullname": "Bob B.",
+                "email": "bob@example.org",
+            },
+            {
+                "name": "bob",
+                "token_role": "write",
+                "token_name": "ci",
+                "fullname": "Bob B.",
+                "email": "bob@example.org",
+                "org_roles": {"acme": "write", "labs": "read"},
+            },
+            id="write-with-orgs",
+        ),
+        pytest.param(
+            {
+                "user": "carol",
+                "role": "fineGrained",
+                "fine_grained": [
+                    FineGrainedEntry("model", "acme/sentiment", ("repo.content.read",)),
+                    FineGrainedEntry("user", "carol", ("repo.content.read", "repo.write")),
+                ],
+                "global_permissions": ["inference.serverless.write"],
+                "can_read_gated_repos": True,
+            },
+            {
+                "name": "carol",
+                "token_role": "fineGrained",
+                "can_read_gated_repos": True,
+                "global_permissions": frozenset({"inference.serverless.write"}),
+                "grants": {
+                    ("model", "acme/sentiment"): frozenset({"repo.content.read"}),
+                    ("user", "carol"): frozenset({"repo.content.read", "repo.write"}),
+                },
+            },
+            id="fine-grained",
+        ),
+        pytest.param(
+            {"user": "dave", "role": "fineGrained", "global_permissions": ["discussion.write"]},
+            {"name": "dave", "token_role": "fineGrained", "grants": {}},
+            id="fine-grained-global-only",
+        ),
+    ],
+)
+def test_create_lookup_round_trip(
+    store: LocalTokenStore, kwargs: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    issued = store.create_token(**kwargs)
+    assert re.fullmatch(r"hf_[A-Za-z0-9]{34}", issued.token)
+    digest = token_digest(issued.token)
+    assert issued.record.fingerprint == fingerprint_of(digest)
+
+    answer = store.lookup(digest)
+    assert answer is not None
+    principal = principal_from_whoami(answer, fingerprint=issued.record.fingerprint)
+
+    org_roles = expected.pop("org_roles", None)
+    grants = expected.pop("grants", None)
+    for attribute, value in expected.items():
+        assert getattr(principal, attribute) == value, attribute
+    if org_roles is not None:
+        assert {org.name: org.role for org in principal.orgs} == org_roles
+    if grants is not None:
+        assert {
+            (grant.entity_type, grant.entity_name): grant.permissions for grant in principal.scoped
+        } == grants
+    assert principal.id == answer["id"]
+    assert re.fullmatch(r"[0-9a-f]{24}", answer["id"])
+    assert principal.auth_type == "access_token"
+    assert principal.expires_at is None
+
+
+def test_classic_answer_shape(store: LocalTokenStore) -> None:
+    store.add_token("hf_classic", user="alice", role="write", display_name="laptop")
+    answer = store.lookup(token_digest("hf_classic"))
+    assert answer is not None
+    assert answer["type"] == "user"
+    assert answer["name"] == "alice"
+    assert answer["orgs"] == []
+    assert "email" not in answer
+    auth = answer["auth"]
+    assert set(auth) == {"type", "accessToken"}
+    assert auth["type"] == "access_token"
+    assert set(auth["accessToken"]) == {"displayName", "role", "createdAt"}
+    assert auth["accessToken"]["displayName"] == "laptop"
+    assert auth["accessToken"]["role"] == "write"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", auth["accessToken"]["createdAt"])
+
+
+def test_fine_grained_answer_shape(store: LocalTokenStore) -> None:
+    store.add_token(
+        "hf_fine",
+        user="alice",
+        role="fineGrained",
+        orgs=[OrgGrant("acme", "write")],
+        fine_grained=[
+            FineGrainedEntry("model", "acme/sentiment", ("repo.content.read",)),
+            FineGrainedEntry("user", "alice", ("repo.content.read", "repo.write")),
+        ],
+        global_permissions=["inference.serverless.write", "discussion.write"],
+        can_read_gated_repos=True,
+        display_name="prod-inference",
+    )
+    answer = store.lookup(token_digest("hf_fine"))
+    assert answer is not None
+    assert answer["orgs"][0]["name"] == "acme"
+    assert answer["orgs"][0]["roleInOrg"] == "write"
+    assert answer["orgs"][0]["type"] == "org"
+    access_token = answer["auth"]["accessToken"]
+    assert access_token["role"] == "fineGrained"
+    assert access_token["fineGrained"] == {
+        "canReadGatedRepos": True,
+        "global": ["inference.serverless.write", "discussion.write"],
+        "scoped": [
+            {
+                "entity": {
+                    "_id": access_token["fineGrained"]["scoped"][0]["entity"]["_id"],
+                    "type": "model",
+                    "name": "acme/sentiment",
+                },
+                "permissions": ["repo.content.read"],
+            },
+            {
+                # A user entity carries the user's own id, as on the Hub.
+                "entity": {"_id": answer["id"], "type": "user", "name": "alice"},
+                "permissions": ["repo.content.read", "repo.write"],
+            },
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [pytest.param(timedelta(days=-1), id="expired"), pytest.param(timedelta(days=30), id="future")],
+)
+def test_expiry_is_answered_not_enforced(store: LocalTokenStore, offset: timedelta) -> None:
+    expires_at = datetime.now(UTC).replace(microsecond=0) + offset
+    record = store.add_token("hf_expiring", user="alice", expires_at=expires_at)
+    assert record.expires_at == expires_at
+    answer = store.lookup(token_digest("hf_expiring"))
+    assert answer is not None
+    assert answer["auth"]["expiresAt"].endswith("Z")
+    assert principal_from_whoami(answer).expires_at == expires_at
+    assert store.list_tokens()[0].expires_at == expires_at
+
+
+def test_unknown_digest(store: LocalTokenStore) -> None:
+    store.add_token("hf_known", user="alice")
+    assert store.lookup(token_digest("hf_unknown")) is None
+
+
+def test_lookup_rejects_non_digest(store: LocalTokenStore) -> None:
+    with pytest.raises(ConfigurationError):
+        store.lookup(b"short")
+
+
+# --- users ---------------------------------------------------------------------------
+
+
+def test_orgs_are_per_user_replaced_or_kept(store: LocalTokenStore) -> None:
+    store.add_token("hf_one", user="alice", orgs=[OrgGrant("acme", "write")], fullname="Alice")
+    store.add_token("hf_two", user="alice")  # no orgs: keeps them
+    for token in ("hf_one", "hf_two"):
+        answer = store.lookup(token_digest(token))
+        assert answer is not None
+        assert [org["name"] for org in answer["orgs"]] == ["acme"]
+        assert answer["fullname"] == "Alice"
+
+    store.add_token("hf_three", user="alice", orgs=[OrgGrant("labs", "admin")])
+    answer = store.lookup(token_digest("hf_one"))
+    assert answer is not None
+    assert [(org["name"], org["roleInOrg"]) for org in answer["orgs"]] == [("labs", "admin")]
+
+    store.set_orgs("alice", [])
+    answer = store.lookup(token_digest("hf_two"))
+    assert answer is not None
+    assert answer["orgs"] == []
+
+
+# --- list and revoke -----------------------------------------------------------------
+
+
+def test_list_shows_no_token_text(store: LocalTokenStore) -> None:
+    alice = store.create_token(user="alice", display_name="a")
+    bob = store.create_token(user="bob", role="write")
+    records = store.list_tokens()
+    assert [record.user for record in records] == ["alice", "bob"]
+    assert all(isinstance(record, TokenRecord) for record in records)
+    text = repr(records) + str(records)
+    for issued in (alice, bob):
+        assert issued.token not in text
+        assert issued.token[3:] not in text
+    assert [record.fingerprint for record in store.list_tokens("bob")] == [bob.record.fingerprint]
+    assert store.list_tokens("nobody") == []
+
+
+def test_issued_token_repr_hides_token(store: LocalTokenStore) -> None:
+    issued = store.create_token(user="alice")
+    assert isinstance(issued, IssuedToken)
+    for text in (repr(issued), str(issued), f"{issued}"):
+        assert issued.token not in text
+        assert issued.record.fingerprint in text
+
+
+@pytest.mark.parametrize(
+    "make_prefix",
+    [
+        pytest.param(lambda digest_hex: digest_hex[:8], id="8-hex"),
+        pytest.param(lambda digest_hex: digest_hex[:12], id="fingerprint"),
+        pytest.param(lambda digest_hex: digest_hex, id="full-digest"),
+        pytest.param(lambda digest_hex: digest_hex[:10].upper(), id="upper-case"),
+    ],
+)
+def test_revoke_by_prefix(store: LocalTokenStore, make_prefix: Any) -> None:
+    keep = store.create_token(user="alice")
+    gone = store.create_token(user="alice")
+    assert store.revoke(make_prefix(token_digest(gone.token).hex())) == 1
+    assert store.lookup(token_digest(gone.token)) is None
+    assert store.lookup(token_digest(keep.token)) is not None
+    assert [record.fingerprint for record in store.list_tokens()] == [keep.record.fingerprint]
+    assert store.revoke(make_prefix(token_digest(gone.token).hex())) == 0
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        pytest.param("abc", id="too-short"),
+        pytest.param("xyz12345", id="not-hex"),
+        pytest.param("a" * 65, id="too-long"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_revoke_rejects_bad_prefix(store: LocalTokenStore, prefix: str) -> None:
+    with pytest.raises(ConfigurationError, match="hexadecimal"):
+        store.revoke(prefix)
+
+
+def test_revoke_ambiguous_prefix_revokes_nothing(store: LocalTokenStore) -> None:
+    first, second = _ambiguous_pair()
+    store.add_token(first, user="alice")
+    store.add_token(second, user="alice")
+    prefix = token_digest(first).hex()[:8]
+    with pytest.raises(TokenStoreError, match="several tokens") as caught:
+        store.revoke(prefix)
+    assert first not in str(caught.value)
+    assert second not in str(caught.value)
+    assert store.lookup(token_digest(first)) is not None
+    assert store.lookup(token_digest(second)) is not None
+    assert store.revoke(token_digest(first).hex()[:16]) == 1
+    assert store.lookup(token_digest(second)) is not None
+
+
+# --- several processes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change",
+    [pytest.param("revoke", id="revoke"), pytest.param("create", id="create")],
+)
+def test_other_instance_sees_changes_immediately(
+    store: LocalTokenStore, db_path: Path, change: str
+) -> None:
+    other = LocalTokenStore(db_path)  # stands for another process on the same file
+    try:
+        existing = store.create_token(user="alice")
+        # Warm up the other instance's connection before the change.
+        assert other.lookup(token_digest(existing.token)) is not None
+        if change == "revoke":
+            assert store.revoke(existing.record.fingerprint) == 1
+            assert other.lookup(token_digest(existing.token)) is None
+            assert other.list_tokens() == []
+        else:
+            fresh = store.create_token(user="bob", role="write")
+            answer = other.lookup(token_digest(fresh.token))
+            assert answer is not None
+            assert answer["name"] == "bob"
+            assert len(other.list_tokens()) == 2
+    finally:
+        other.close()
+
+
+# --- secrecy -------------------------------------------------------------------------
+
+
+def test_file_never_holds_token_text(store: LocalTokenStore, db_path: Path) -> None:
+    issued = [store.create_token(user=f"user{index}", role="write") for index in range(5)]
+    store.add_token("hf_imported_secret_value", user="alice", display_name="imported")
+    store.revoke(issued[0].record.fingerprint)
+    tokens = [item.token for item in issued] + ["hf_imported_secret_value"]
+
+    def blob() -> bytes:
+        return b"".join(path.read_bytes() for path in db_path.parent.glob(db_path.name + "*"))
+
+    while_open = blob()
+    store.close()
+    after_close = blob()
+    for data in (while_open, after_close):
+        assert token_digest(tokens[1]) in data  # the store really wrote its digests
+        for token in tokens:
+            assert token.encode() not in data
+            assert token[3:].encode() not in data
+    assert db_path.stat().st_mode & 0o077 == 0
+
+
+def test_duplicate_token_is_refused_without_echoing_it(store: LocalTokenStore) -> None:
+    store.add_token("hf_duplicate_secret", user="alice")
+    with pytest.raises(TokenStoreError, match="already holds") as caught:
+        store.add_token("hf_duplicate_secret", user="bob")
+    assert "hf_duplicate_secret" not in str(caught.value)
+    assert str(store.path) in str(caught.value)
+    assert [record.user for record in store.list_tokens()] == ["alice"]
+
+
+# --- validation ----------------------------------------------------------------------
+
+_NAIVE = datetime(2030, 1, 1)  # deliberately naive
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"user": ""}, "user name", id="empty-user"),
+        pytest.param({"user": "acme/alice"}, "user name", id="slash-in-user"),
+        pytest.param({"user": "al ice"}, "user name", id="space-in-user"),
+        pytest.param({"user": "alice", "role": "admin"}, "token role", id="unknown-role"),
+        pytest.param(
+            {"user": "alice", "orgs": [OrgGrant("acme", "owner")]}, "acme", id="bad-org-role"
+        ),
+        pytest.param(
+            {"user": "alice", "orgs": [OrgGrant("acme", "read"), OrgGrant("acme", "write")]},
+            "twice",
+            id="duplicate-org",
+        ),
+        pytest.param(
+            {
+                "user": "alice",
+                "role": "write",
+                "fine_grained": [FineGrainedEntry("model", "a/b", ("repo.write",))],
+            },
+            "fineGrained",
+            id="entries-on-classic-token",
+        ),
+        pytest.param(
+            {"user": "alice", "global_permissions": ["discussion.write"]},
+            "fineGrained",
+            id="global-on-classic-token",
+        ),
+        pytest.param(
+            {"user": "alice", "can_read_gated_repos": True},
+            "fineGrained",
+            id="gated-on-classic-token",
+        ),
+        pytest.param(
+            {"user": "alice", "role": "fineGrained"},
+            "at least one",
+            id="empty-fine-grained",
+        ),
+        pytest.param(
+            {
+                "user": "alice",
+                "role": "fineGrained",
+                "fine_grained": [FineGrainedEntry("model", "no-owner", ("repo.write",))],
+            },
+            "owner/name",
+            id="repo-without-owner",
+        ),
+        pytest.param(
+            {
+                "user": "alice",
+                "role": "fineGrained",
+                "fine_grained": [FineGrainedEntry("model", "a/b", ())],
+            },
+            "at least one permission",
+            id="entry-without-permissions",
+        ),
+        pytest.param(
+            {
+                "user": "alice",
+                "role": "fineGrained",
+                "fine_grained": [FineGrainedEntry("model", "a/b", "repo.write")],  # type: ignore[arg-type]
+            },
+            "sequence of strings",
+            id="permissions-as-string",
+        ),
+        pytest.param({"user": "alice", "expires_at": _NAIVE}, "timezone-aware", id="naive-expiry"),
+    ],
+)
+def test_validation_errors(store: LocalTokenStore, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        store.create_token(**kwargs)
+    with pytest.raises(ConfigurationError, match=message) as caught:
+        store.add_token("hf_validation_secret", **kwargs)
+    assert "hf_validation_secret" not in str(caught.value)
+    assert store.list_tokens() == []
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("hf_with space", id="space"),
+        pytest.param("hf_new\nline", id="newline"),
+    ],
+)
+def test_add_token_rejects_unusable_tokens(store: LocalTokenStore, token: str) -> None:
+    with pytest.raises(ConfigurationError, match="token to import") as caught:
+        store.add_token(token, user="alice")
+    if token:
+        assert token not in str(caught.value)
+
+
+# --- errors and lifecycle ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        pytest.param("missing-directory", id="missing-directory"),
+        pytest.param("not-a-database", id="not-a-database"),
+    ],
+)
+def test_sqlite_errors_become_token_store_errors(tmp_path: Path, setup: str) -> None:
+    if setup == "missing-directory":
+        path = tmp_path / "nowhere" / "tokens.sqlite3"
+    else:
+        path = tmp_path / "garbage.sqlite3"
+        path.write_bytes(b"this is not a database file, just some text" * 100)
+    with pytest.raises(TokenStoreError) as caught:
+        LocalTokenStore(path)
+    assert str(path) in str(caught.value)
+
+
+def test_closed_store_refuses_calls(db_path: Path) -> None:
+    token_store = LocalTokenStore(db_path)
+    token_store.close()
+    with pytest.raises(TokenStoreError, match="closed"):
+        token_store.list_tokens()
+    token_store.close()  # idempotent
+
+
+def test_reopen_keeps_tokens(db_path: Path) -> None:
+    with LocalTokenStore(db_path) as first:
+        record = first.add_token("hf_persist", user="alice", role="write")
+    with LocalTokenStore(db_path) as second:
+        assert second.list_tokens() == [record]
+
+
+# --- threads -------------------------------------------------------------------------
+
+
+def test_concurrent_lookups_from_eight_threads(store: LocalTokenStore) -> None:
+    issued = [store.create_token(user=f"user{index}", role="write") for index in range(8)]
+    start = threading.Barrier(8)
+
+    def work(index: int) -> int:
+        start.wait()
+        hits = 0
+        for round_number in range(50):
+            item = issued[(index + round_number) % len(issued)]
+            answer = store.lookup(token_digest(item.token))
+            assert answer is not None
+            assert answer["name"] == item.record.user
+            assert store.lookup(token_digest(item.token + "x")) is None
+            hits += 1
+        return hits
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(work, range(8)))
+    assert results == [50] * 8
+
+
+def test_concurrent_writes_and_reads(store: LocalTokenStore) -> None:
+    start = threading.Barrier(8)
+
+    def work(index: int) -> str:
+        start.wait()
+        issued = store.create_token(user=f"user{index}")
+        assert store.lookup(token_digest(issued.token)) is not None
+        return issued.record.fingerprint
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        fingerprints = set(pool.map(work, range(8)))
+    assert {record.fingerprint for record in store.list_tokens()} == fingerprints
