@@ -117,13 +117,19 @@ async def test_invalid_tokens_are_cached_negatively(make_authenticator, hub_emul
     ],
 )
 async def test_upstream_errors_are_unavailable_and_not_cached(
-    make_authenticator, hub_emulator, alice, status, headers, retry_after
+    make_authenticator, hub_emulator, alice, clock, status, headers, retry_after
 ):
     authenticator = make_authenticator()
     hub_emulator.fail_next(status, headers=headers, times=1)
     with pytest.raises(SourceUnavailable) as caught:
         await authenticator.authenticate(alice)
     assert caught.value.retry_after == retry_after
+    if "Retry-After" in headers or "RateLimit" in headers:
+        # The hub said when to come back: not one call before then.
+        with pytest.raises(SourceUnavailable):
+            await authenticator.authenticate(alice)
+        assert hub_emulator.whoami_calls == 1
+        clock.advance(retry_after)
     assert (await authenticator.authenticate(alice)).name == "alice"
     assert hub_emulator.whoami_calls == 2
 

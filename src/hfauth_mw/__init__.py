@@ -31,6 +31,7 @@ from ._principal import (
     ScopedGrant,
     principal_from_whoami,
 )
+from ._protection import FailureLimiter, UpstreamBreaker
 from ._rules import (
     AccessPolicy,
     Decision,
@@ -56,6 +57,7 @@ __all__ = [
     "Credentials",
     "Decision",
     "Entity",
+    "FailureLimiter",
     "FineGrainedEntry",
     "Guard",
     "HFAuthError",
@@ -86,6 +88,7 @@ __all__ = [
     "TokenRecord",
     "TokenStoreError",
     "TooManyFailures",
+    "UpstreamBreaker",
     "Valid",
     "Visibility",
     "__version__",

@@ -16,7 +16,7 @@ Security caveats, plainly:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from starlette.authentication import AuthCredentials, BaseUser
@@ -28,6 +28,7 @@ from ._exceptions import AuthenticationError, ConfigurationError
 from ._guard import Guard, RepoRule, RequestAuth
 from ._outcome import IntrospectionSource
 from ._principal import Principal
+from ._protection import FailureLimiter
 from ._rules import AccessPolicy
 from ._sources import HubWhoamiSource
 
@@ -131,6 +132,7 @@ class HFAuthMiddleware:
         rules: Sequence[RepoRule] = (),
         method_policy: bool = True,
         policy: AccessPolicy | None = None,
+        limiter: FailureLimiter | Literal["default"] | None = "default",
         private_responses: bool = True,
     ) -> None:
         self.app = app
@@ -146,6 +148,7 @@ class HFAuthMiddleware:
             rules=rules,
             method_policy=method_policy,
             policy=policy,
+            limiter=limiter,
         )
         self.private_responses = private_responses
         self._query_param = query_param.encode() if query_param else None
@@ -162,13 +165,23 @@ class HFAuthMiddleware:
         if self.guard.is_public(path):
             await self.app(scope, receive, send)
             return
+        authorization = []
+        forwarded_for = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization.append(value)
+            elif name == b"x-forwarded-for":
+                forwarded_for = value.decode("latin-1")
+        peer = scope.get("client")
         try:
-            credentials = self.guard.credentials(
-                [value for name, value in scope["headers"] if name == b"authorization"],
-                self._query_tokens(scope),
-            )
             auth = await self.authenticator.run_async(
-                self.guard.flow(scope.get("method", "GET"), path, credentials)
+                self.guard.request_flow(
+                    scope.get("method", "GET"),
+                    path,
+                    authorization,
+                    self._query_tokens(scope),
+                    self.guard.client_address(peer[0] if peer else None, forwarded_for),
+                )
             )
         except AuthenticationError as error:
             if scope_type == "http":

@@ -23,11 +23,12 @@ from ._credentials import Credentials
 from ._exceptions import ConfigurationError, InvalidToken, SourceUnavailable
 from ._outcome import Flow, IntrospectionSource, Invalid, Outcome, Valid, WaitFor
 from ._principal import Principal, token_digest
+from ._protection import UpstreamBreaker
 from ._sources import DEFAULT_MAX_ANSWER_BYTES
 
 __all__ = ["AuthFlow", "Authenticator"]
 
-logger = logging.getLogger("hfauth_mw")
+audit_logger = logging.getLogger("hfauth_mw.audit")
 
 AuthFlow = Generator[httpx.Request | WaitFor, Any, Principal]
 T = TypeVar("T")
@@ -91,6 +92,7 @@ class Authenticator:
         cache: TokenCache | None = None,
         client: httpx.Client | None = None,
         async_client: httpx.AsyncClient | None = None,
+        breaker: UpstreamBreaker | None = None,
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         if not isinstance(source, IntrospectionSource):
@@ -100,8 +102,10 @@ class Authenticator:
         self._client = client
         self._async_client = async_client
         self.max_answer_bytes = max_answer_bytes
+        self.breaker = breaker if breaker is not None else UpstreamBreaker(timer=self.cache.timer)
         self._namespace = source.name.encode("utf-8") + b"\x00"
-        self.upstream_calls = 0
+        self._stats = dict.fromkeys(("upstream_calls", "upstream_errors", "stale_served"), 0)
+        self._stats_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Authenticator({self.source!r}, {self.cache!r})"
@@ -127,18 +131,62 @@ class Authenticator:
         return self._settle(outcome)
 
     def _lead(self, leader: Leader, source_flow: Flow) -> Generator[httpx.Request, Any, Outcome]:
-        self.upstream_calls += 1
+        try:
+            self.breaker.acquire()
+        except SourceUnavailable as refused:
+            return self._fall_back(leader, refused)
+        self._count("upstream_calls")
         try:
             outcome = yield from source_flow
-        except SourceUnavailable as exc:
-            self.cache.abandon(leader, exc)
-            raise
+        except SourceUnavailable as failure:
+            self.breaker.release(
+                failure,
+                upstream_retry_after=failure.retry_after if failure.upstream_asked else None,
+            )
+            self._count("upstream_errors")
+            return self._fall_back(leader, failure)
         except BaseException:
-            # A cancelled request (GeneratorExit) or a bug: waiters must not hang.
+            # A cancelled request (GeneratorExit) or a bug: free the slot, and
+            # make sure waiters do not hang.
+            self.breaker.release(None)
             self.cache.abandon(leader, SourceUnavailable())
             raise
+        self.breaker.release(None)
         self.cache.complete(leader, outcome)
         return outcome
+
+    def _fall_back(self, leader: Leader, failure: SourceUnavailable) -> Outcome:
+        """Serve the stale answer if stale-if-error allows, else fail the flight."""
+        if leader.stale is not None and self.cache.stale_if_error > 0:
+            self._count("stale_served")
+            audit_logger.warning(
+                "stale answer served for token %s: %s",
+                leader.stale.principal.fingerprint,
+                failure.description,
+                extra={
+                    "hfauth_event": "stale",
+                    "hfauth_fingerprint": leader.stale.principal.fingerprint,
+                    "hfauth_source": self.source.name,
+                },
+            )
+            self.cache.complete(leader, leader.stale, store=False)
+            return leader.stale
+        self.cache.abandon(leader, failure)
+        raise failure
+
+    def _count(self, name: str) -> None:
+        with self._stats_lock:
+            self._stats[name] += 1
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start: upstream calls and errors, stale answers served,
+        calls refused by the breaker, and cache sizes."""
+        with self._stats_lock:
+            counters = dict(self._stats)
+        counters["breaker_rejected"] = self.breaker.rejected
+        counters["cached"] = len(self.cache)
+        counters["inflight"] = self.cache.inflight
+        return counters
 
     def _settle(self, outcome: Outcome) -> Principal:
         if isinstance(outcome, Invalid):

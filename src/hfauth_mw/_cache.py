@@ -10,6 +10,10 @@ Design, and why:
 * Negative answers live in a separate, smaller-TTL ``TTLCache``, so a flood of
   random tokens evicts other random tokens, never good entries.
 * "Unavailable" is never stored: the next request asks again.
+* Stale-if-error (off by default): a positive answer is kept up to
+  ``stale_if_error`` seconds past its freshness, never past the token's
+  expiry, and served only when the source fails. Negative answers are never
+  served stale.
 * Single flight: the first request for a cold token becomes the leader and
   introspects; every other request for that token waits on the leader's
   :class:`concurrent.futures.Future`, which threads wait on directly and
@@ -55,10 +59,21 @@ MAX_TTL = 3600.0
 
 @dataclass(frozen=True, slots=True)
 class Leader:
-    """Returned by :meth:`TokenCache.begin` to the one request that must introspect."""
+    """Returned by :meth:`TokenCache.begin` to the one request that must introspect.
+
+    ``stale`` is the expired positive answer the leader may fall back on if
+    the source fails and stale-if-error is on; ``None`` otherwise.
+    """
 
     key: bytes
     future: Future[Outcome]
+    stale: Valid | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    outcome: Valid
+    fresh_until: float
 
 
 class TokenCache:
@@ -75,6 +90,7 @@ class TokenCache:
         negative_ttl: float = DEFAULT_NEGATIVE_TTL,
         maxsize: int = DEFAULT_MAXSIZE,
         negative_maxsize: int = DEFAULT_NEGATIVE_MAXSIZE,
+        stale_if_error: float = 0.0,
         timer: Callable[[], float] = time.monotonic,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -86,11 +102,17 @@ class TokenCache:
             )
         if maxsize < 1 or negative_maxsize < 1:
             raise ConfigurationError("maxsize and negative_maxsize must be at least 1")
+        if not 0 <= stale_if_error <= MAX_TTL:
+            raise ConfigurationError(
+                f"stale_if_error must be between 0 (off) and {MAX_TTL:g} seconds, "
+                f"got {stale_if_error}"
+            )
         self.ttl = ttl
+        self.stale_if_error = stale_if_error
         self.negative_ttl = negative_ttl
         self.timer = timer
         self.clock = clock
-        self._positive: TLRUCache[bytes, Valid] = TLRUCache(maxsize, self._valid_until, timer)
+        self._positive: TLRUCache[bytes, _Entry] = TLRUCache(maxsize, self._keep_until, timer)
         self._negative: TTLCache[bytes, Invalid] = TTLCache(negative_maxsize, negative_ttl, timer)
         self._inflight: dict[bytes, Future[Outcome]] = {}
         self._lock = threading.Lock()
@@ -102,42 +124,62 @@ class TokenCache:
             f"negative_size={len(self._negative)}/{self._negative.maxsize})"
         )
 
-    def _valid_until(self, _key: bytes, value: Valid, now: float) -> float:
-        expires_at = value.principal.expires_at
+    def _lifetime(self, outcome: Valid) -> float:
+        """Seconds the answer is fresh: the TTL, capped by the token's remaining life."""
+        expires_at = outcome.principal.expires_at
         if expires_at is None:
-            return now + self.ttl
-        return now + min(self.ttl, expires_at.timestamp() - self.clock())
+            return self.ttl
+        return min(self.ttl, expires_at.timestamp() - self.clock())
+
+    def _keep_until(self, _key: bytes, entry: _Entry, now: float) -> float:
+        # Kept past freshness only for stale-if-error, and never past the token's expiry.
+        expires_at = entry.outcome.principal.expires_at
+        keep = entry.fresh_until + self.stale_if_error
+        if expires_at is not None:
+            keep = min(keep, now + expires_at.timestamp() - self.clock())
+        return keep
 
     def get(self, key: bytes) -> Outcome | None:
-        """The cached outcome for ``key``, or ``None``."""
+        """The fresh cached outcome for ``key``, or ``None``."""
         with self._lock:
-            return self._positive.get(key) or self._negative.get(key)
+            entry = self._positive.get(key)
+            if entry is not None and self.timer() < entry.fresh_until:
+                return entry.outcome
+            return self._negative.get(key)
 
     def begin(self, key: bytes) -> Outcome | Leader | Future[Outcome]:
         """Start a lookup: a cached outcome, the leadership of a new flight, or
         the running flight to wait for."""
         with self._lock:
-            cached = self._positive.get(key) or self._negative.get(key)
-            if cached is not None:
-                return cached
+            entry = self._positive.get(key)
+            if entry is not None and self.timer() < entry.fresh_until:
+                return entry.outcome
+            negative = self._negative.get(key)
+            if negative is not None:
+                return negative
             running = self._inflight.get(key)
             if running is not None:
                 return running
             future: Future[Outcome] = Future()
             self._inflight[key] = future
-            return Leader(key, future)
+            return Leader(key, future, entry.outcome if entry is not None else None)
 
-    def complete(self, leader: Leader, outcome: Outcome) -> None:
-        """Store the leader's outcome and wake every waiter."""
+    def complete(self, leader: Leader, outcome: Outcome, *, store: bool = True) -> None:
+        """Store the leader's outcome (unless ``store`` is false) and wake every waiter."""
         with self._lock:
-            if isinstance(outcome, Valid):
-                if self.ttl > 0:
-                    self._positive[leader.key] = outcome
-            elif self.negative_ttl > 0:
-                self._negative[leader.key] = outcome
+            if store:
+                self._store(leader.key, outcome)
             self._inflight.pop(leader.key, None)
         if not leader.future.done():
             leader.future.set_result(outcome)
+
+    def _store(self, key: bytes, outcome: Outcome) -> None:
+        if isinstance(outcome, Invalid):
+            if self.negative_ttl > 0:
+                self._negative[key] = outcome
+        elif self.ttl > 0:
+            now = self.timer()
+            self._positive[key] = _Entry(outcome, now + self._lifetime(outcome))
 
     def abandon(self, leader: Leader, error: BaseException) -> None:
         """End a flight that could not get an outcome; waiters get ``error``. Nothing is stored."""

@@ -129,7 +129,13 @@ class SourceUnavailable(AuthenticationError):
     error = None
 
     def __init__(
-        self, description: str = "The token could not be checked", retry_after: int = 5
+        self,
+        description: str = "The token could not be checked",
+        retry_after: int = 5,
+        *,
+        upstream_asked: bool = False,
     ) -> None:
         super().__init__(description)
         self.retry_after = max(1, int(retry_after))
+        #: True when the upstream itself said when to come back (Retry-After, RateLimit).
+        self.upstream_asked = upstream_asked

@@ -10,7 +10,9 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,12 +25,15 @@ from ._exceptions import (
     AuthenticationError,
     ConfigurationError,
     InsufficientScope,
+    InvalidRequest,
+    InvalidToken,
     MissingCredentials,
     SourceUnavailable,
     TooManyFailures,
 )
 from ._outcome import WaitFor
 from ._principal import ANONYMOUS, Principal
+from ._protection import FailureLimiter, client_address
 from ._rules import AccessPolicy, Decision, Entity, Repo
 
 __all__ = ["SAFE_METHODS", "Guard", "RepoRule", "RequestAuth", "require_read", "require_write"]
@@ -39,6 +44,10 @@ _REPO_TYPES = frozenset({"model", "dataset", "space"})
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _UNSAFE_PATH = re.compile(r"(?:^|/)\.{1,2}(?:/|$)|//")
 _HEADER_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
+
+#: One event per decision: allowed (INFO), denied (INFO), unavailable (WARNING).
+#: Fields are in ``extra`` (``hfauth_*``); no token, only its fingerprint.
+audit_logger = logging.getLogger("hfauth_mw.audit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +196,8 @@ class Guard:
     valid token and other methods a token that can write.
     ``policy``: the :class:`~hfauth_mw.AccessPolicy` telling which repos are
     public or gated and who created what.
+    ``limiter``: the brute-force guard (:class:`~hfauth_mw.FailureLimiter`,
+    on by default: 30 failures per minute per client); ``None`` turns it off.
     """
 
     def __init__(
@@ -202,6 +213,7 @@ class Guard:
         rules: Sequence[RepoRule] = (),
         method_policy: bool = True,
         policy: AccessPolicy | None = None,
+        limiter: FailureLimiter | Literal["default"] | None = "default",
     ) -> None:
         if not isinstance(authenticator, Authenticator):
             raise ConfigurationError("authenticator must be an hfauth_mw.Authenticator")
@@ -225,6 +237,9 @@ class Guard:
         self.rules = tuple(rules)
         self.method_policy = method_policy
         self.policy = policy if policy is not None else AccessPolicy()
+        self.limiter = (
+            FailureLimiter(timer=authenticator.cache.timer) if limiter == "default" else limiter
+        )
         challenge = f'Bearer realm="{realm}"'
         self._challenges = [("www-authenticate", challenge)]
         if allow_basic:
@@ -258,15 +273,107 @@ class Guard:
     def flow(
         self, method: str, path: str, credentials: Credentials | None
     ) -> Generator[httpx.Request | WaitFor, Any, RequestAuth]:
-        """Authenticate and authorize one request; raises AuthenticationError."""
+        """Authenticate and authorize one request whose credentials are already
+        parsed; raises AuthenticationError. No audit event, no brute-force guard:
+        adapters use :meth:`request_flow`."""
+        principal = yield from self._principal(credentials)
+        self.authorize(method, path, principal)
+        return RequestAuth(principal, self.policy, credentials.scheme if credentials else None)
+
+    def _principal(
+        self, credentials: Credentials | None
+    ) -> Generator[httpx.Request | WaitFor, Any, Principal]:
         if credentials is None:
             if not self.allow_anonymous:
                 raise MissingCredentials()
-            principal = ANONYMOUS
-        else:
-            principal = yield from self.authenticator.flow(credentials)
-        self.authorize(method, path, principal)
+            return ANONYMOUS
+        return (yield from self.authenticator.flow(credentials))
+
+    def request_flow(
+        self,
+        method: str,
+        path: str,
+        authorization: Sequence[bytes | str],
+        query_tokens: Sequence[str] = (),
+        client: str | None = None,
+    ) -> Generator[httpx.Request | WaitFor, Any, RequestAuth]:
+        """The whole decision for one request, from its raw headers.
+
+        Applies the brute-force guard to ``client`` (the address adapters
+        resolve with :meth:`client_address`), parses the credentials,
+        authenticates, authorizes, and writes one audit event. Raises
+        :class:`~hfauth_mw.AuthenticationError` when the request must stop.
+        """
+        started = time.perf_counter()
+        credentials: Credentials | None = None
+        principal: Principal | None = None
+        try:
+            if self.limiter is not None:
+                self.limiter.check(client)
+            credentials = self.credentials(authorization, query_tokens)
+            principal = yield from self._principal(credentials)
+            self.authorize(method, path, principal)
+        except AuthenticationError as error:
+            if self.limiter is not None and isinstance(error, InvalidToken | InvalidRequest):
+                self.limiter.failed(client)
+            self._audit(error, method, path, client, credentials, principal, started)
+            raise
+        if audit_logger.isEnabledFor(logging.INFO):
+            self._audit(None, method, path, client, credentials, principal, started)
         return RequestAuth(principal, self.policy, credentials.scheme if credentials else None)
+
+    def client_address(self, peer: str | None, forwarded_for: str | None) -> str | None:
+        """The address the brute-force guard keys on (see :func:`client_address`)."""
+        if self.limiter is None:
+            return None
+        return client_address(peer, forwarded_for, self.limiter.trusted_proxies)
+
+    def _audit(
+        self,
+        error: AuthenticationError | None,
+        method: str,
+        path: str,
+        client: str | None,
+        credentials: Credentials | None,
+        principal: Principal | None,
+        started: float,
+    ) -> None:
+        if error is None:
+            event, status, level, reason = "allowed", 200, logging.INFO, "allowed"
+        elif isinstance(error, SourceUnavailable):
+            event, status, level, reason = "unavailable", 503, logging.WARNING, error.description
+        else:
+            event, status, level = "denied", error.status_code, logging.INFO
+            reason = error.description
+        if not audit_logger.isEnabledFor(level):
+            return
+        fingerprint = credentials.fingerprint if credentials else None
+        name = principal.name if principal else None
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        audit_logger.log(
+            level,
+            "%s %s %s: %s (user %s, token %s, %.1f ms)",
+            event,
+            method,
+            path,
+            reason,
+            name or "-",
+            fingerprint or "-",
+            latency_ms,
+            extra={
+                "hfauth_event": event,
+                "hfauth_status": status,
+                "hfauth_method": method,
+                "hfauth_path": path,
+                "hfauth_client": client,
+                "hfauth_fingerprint": fingerprint,
+                "hfauth_principal": name,
+                "hfauth_token_role": principal.token_role if principal else None,
+                "hfauth_source": self.authenticator.source.name,
+                "hfauth_reason": reason,
+                "hfauth_latency_ms": latency_ms,
+            },
+        )
 
     def authorize(self, method: str, path: str, principal: Principal) -> None:
         for rule in self.rules:

@@ -50,7 +50,15 @@ _USER_AGENT = "hfauth-mw"
 
 
 def retry_after_from(headers: httpx.Headers, now: float | None = None) -> int:
-    """Seconds to wait, from ``Retry-After`` (seconds or HTTP date) or ``RateLimit`` (t=)."""
+    """Seconds to wait, from ``Retry-After`` (seconds or HTTP date) or ``RateLimit`` (t=).
+
+    :data:`DEFAULT_RETRY_AFTER` when the upstream said nothing usable.
+    """
+    seconds = _upstream_retry_after(headers, now)
+    return DEFAULT_RETRY_AFTER if seconds is None else seconds
+
+
+def _upstream_retry_after(headers: httpx.Headers, now: float | None = None) -> int | None:
     seconds: float | None = None
     value = headers.get("retry-after")
     if value is not None:
@@ -68,7 +76,7 @@ def retry_after_from(headers: httpx.Headers, now: float | None = None) -> int:
         if match:
             seconds = int(match.group(1))
     if seconds is None:
-        return DEFAULT_RETRY_AFTER
+        return None
     return int(min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, seconds)))
 
 
@@ -79,7 +87,12 @@ def unavailable_for(response: httpx.Response, source: str) -> SourceUnavailable:
         description = f"The token source {source!r} is rate limiting us; try again later"
     else:
         description = f"The token source {source!r} answered HTTP {status}; try again later"
-    return SourceUnavailable(description, retry_after=retry_after_from(response.headers))
+    asked = _upstream_retry_after(response.headers)
+    return SourceUnavailable(
+        description,
+        retry_after=DEFAULT_RETRY_AFTER if asked is None else asked,
+        upstream_asked=asked is not None,
+    )
 
 
 def decode_json(response: httpx.Response, source: str) -> Any:

@@ -87,7 +87,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     can_read_gated_repos  INTEGER NOT NULL DEFAULT 0,
     global_permissions    TEXT NOT NULL DEFAULT '[]',
     fine_grained          TEXT NOT NULL DEFAULT '[]'
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens(user);
 """
 
@@ -333,7 +333,8 @@ class LocalTokenStore:
     Thread-safe: each call borrows a connection from a small pool, so no
     connection is used by two threads at once. Several processes may share one
     file (WAL journal, busy timeout); nothing is cached, so a revocation made
-    elsewhere takes effect at the next :meth:`lookup`.
+    elsewhere takes effect at the next :meth:`lookup`. WAL needs a local file
+    system: do not put the file on NFS or SMB shares.
 
     Errors of SQLite become :class:`~hfauth_mw.TokenStoreError` naming the file;
     no message ever holds a token.
@@ -653,7 +654,7 @@ class LocalTokenStore:
         """The stored tokens (all, or ``user``'s), oldest first. No token text."""
         query = (
             "SELECT digest, user, role, display_name, created_at, expires_at FROM tokens"
-            " WHERE ? IS NULL OR user = ? ORDER BY created_at, digest"
+            " WHERE ? IS NULL OR user = ? ORDER BY created_at, rowid"
         )
         with self._connection() as conn:
             rows = conn.execute(query, (user, user)).fetchall()

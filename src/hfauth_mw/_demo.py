@@ -1,0 +1,369 @@
+"""The demo: a toy model-inference server guarded by hfauth-mw, and its seeded users.
+
+:func:`build_app` is the whole server (``examples/inference_server.py`` runs
+it; ``hfauth-mw demo`` runs it too, so it lives inside the package). It uses
+only the public API of ``hfauth_mw`` and Starlette, and reads top to bottom:
+
+* ``GET /health``: public, no token.
+* ``GET /v1/whoami``: the caller, as the token source described them.
+* ``GET /v1/models``: the demo models the caller may read.
+* ``GET /v1/models/{owner}/{name}``: a model's card (read access).
+* ``POST /v1/models/{owner}/{name}/infer``: run the toy model (read access).
+* ``PUT /v1/models/{owner}/{name}``: replace the toy "weights" (write access).
+* ``WS /v1/models/{owner}/{name}/stream``: the output, word by word (read access).
+
+:func:`seed_demo_store` fills a :class:`~hfauth_mw.LocalTokenStore` with four
+users whose tokens show the Hub's rules at work. Their tokens are derived
+from a random seed kept next to the store (mode 0600), so reseeding gives the
+same tokens and no secret-looking token is ever written in the source tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import string
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from . import (
+    AccessPolicy,
+    FineGrainedEntry,
+    HFAuthMiddleware,
+    IntrospectionSource,
+    LocalTokenStore,
+    OrgGrant,
+    Repo,
+    Visibility,
+    get_request_auth,
+    require_read,
+    require_write,
+)
+from ._principal import token_digest
+
+__all__ = [
+    "DEMO_MODELS",
+    "DEMO_USERS",
+    "DemoModel",
+    "DemoUser",
+    "build_app",
+    "seed_demo_store",
+]
+
+#: Longest ``inputs`` text the toy models accept.
+MAX_INPUT_CHARS = 10_000
+
+
+# --- the toy models ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DemoModel:
+    """A model the demo serves: a Hub repository id, a toy task, a visibility."""
+
+    id: str
+    task: str = "echo"  # sentiment | reverse | echo
+    visibility: Visibility = Visibility.PRIVATE
+
+    @property
+    def repo(self) -> Repo:
+        return Repo.parse(f"model:{self.id}")
+
+
+DEMO_MODELS: tuple[DemoModel, ...] = (
+    DemoModel("acme/sentiment", "sentiment"),
+    DemoModel("alice/tiny-lm", "reverse"),
+    DemoModel("bob/echo", "echo"),
+    DemoModel("acme/public-demo", "sentiment", Visibility.PUBLIC),
+)
+
+_POSITIVE = frozenset({"good", "great", "love", "happy", "excellent", "nice", "fast", "fun"})
+_NEGATIVE = frozenset({"bad", "awful", "hate", "sad", "terrible", "slow", "broken", "boring"})
+
+
+@dataclass(slots=True)
+class _LoadedModel:
+    """A toy model in memory: its task and replaceable "weights"."""
+
+    spec: DemoModel
+    weights: dict[str, Any] = field(default_factory=dict)
+    revision: int = 0
+
+    def run(self, text: str) -> dict[str, Any]:
+        words = text.split()
+        if self.spec.task == "sentiment":
+            positive = _word_set(self.weights.get("positive"), _POSITIVE)
+            negative = _word_set(self.weights.get("negative"), _NEGATIVE)
+            lowered = [word.strip(".,!?;:").lower() for word in words]
+            score = sum(w in positive for w in lowered) - sum(w in negative for w in lowered)
+            label = "POSITIVE" if score > 0 else "NEGATIVE" if score < 0 else "NEUTRAL"
+            return {"label": label, "score": score, "outputs": f"{label} (score {score})"}
+        if self.spec.task == "reverse":
+            return {"outputs": " ".join(reversed(words))}
+        return {"outputs": text}
+
+    def card(self) -> dict[str, Any]:
+        return {
+            "id": self.spec.id,
+            "task": self.spec.task,
+            "visibility": self.spec.visibility.value,
+            "revision": self.revision,
+        }
+
+
+def _word_set(value: object, builtin: frozenset[str]) -> frozenset[str]:
+    """The built-in words plus the ones the uploaded "weights" add."""
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return builtin | {item.lower() for item in value}
+    return builtin
+
+
+# --- the application -----------------------------------------------------------------------
+
+
+def build_app(
+    source: IntrospectionSource,
+    *,
+    repos: Iterable[DemoModel] = DEMO_MODELS,
+    gated: Iterable[str] = (),
+    realm: str = "hfauth-mw demo",
+) -> Starlette:
+    """The toy inference server, guarded by :class:`~hfauth_mw.HFAuthMiddleware`.
+
+    ``source`` checks tokens (``HubWhoamiSource(url)`` or
+    ``LocalStoreSource(LocalTokenStore(path))``); ``repos`` are the models to
+    serve; ``gated`` names repositories (``owner/name``) to treat as gated.
+    """
+    models = {spec.id: _LoadedModel(spec) for spec in repos}
+    gated_ids = {Repo.parse(text).id for text in gated}
+
+    def visibility(repo: Repo) -> Visibility:
+        # What only the server knows: which repositories are public or gated.
+        if repo.id in gated_ids:
+            return Visibility.GATED
+        model = models.get(repo.id)
+        return model.spec.visibility if model and repo.type == "model" else Visibility.PRIVATE
+
+    def find(owner: str, name: str) -> _LoadedModel | None:
+        return models.get(f"{owner}/{name}")
+
+    def not_found(owner: str, name: str) -> JSONResponse:
+        return JSONResponse(
+            {"error": "not_found", "error_description": f"no model {owner}/{name} here"},
+            status_code=404,
+        )
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def whoami(request: Request) -> JSONResponse:
+        return JSONResponse(get_request_auth(request).principal.to_dict())
+
+    async def list_models(request: Request) -> JSONResponse:
+        auth = get_request_auth(request)
+        visible = []
+        for model in models.values():
+            if auth.can_read(model.spec.repo):
+                card = model.card()
+                card["can_write"] = bool(auth.can_write(model.spec.repo))
+                visible.append(card)
+        return JSONResponse({"models": visible})
+
+    async def model_card(request: Request) -> JSONResponse:
+        owner, name = request.path_params["owner"], request.path_params["name"]
+        model = find(owner, name)
+        return JSONResponse(model.card()) if model else not_found(owner, name)
+
+    async def infer(request: Request) -> JSONResponse:
+        owner, name = request.path_params["owner"], request.path_params["name"]
+        model = find(owner, name)
+        if model is None:
+            return not_found(owner, name)
+        text = await _inputs(request)
+        if text is None:
+            return _bad_request('send JSON {"inputs": "some text"}')
+        return JSONResponse({"model": model.spec.id, "revision": model.revision, **model.run(text)})
+
+    async def upload(request: Request) -> JSONResponse:
+        owner, name = request.path_params["owner"], request.path_params["name"]
+        model = find(owner, name)
+        if model is None:
+            return not_found(owner, name)
+        try:
+            weights = await request.json()
+        except ValueError:
+            weights = None
+        if not isinstance(weights, dict):
+            return _bad_request("send the new weights as a JSON object")
+        model.weights = weights
+        model.revision += 1
+        return JSONResponse({"model": model.spec.id, "revision": model.revision, "updated": True})
+
+    async def stream(websocket: WebSocket) -> None:
+        owner, name = websocket.path_params["owner"], websocket.path_params["name"]
+        model = find(owner, name)
+        if model is None:
+            await websocket.close(code=4404, reason=f"no model {owner}/{name} here")
+            return
+        await websocket.accept()
+        message = await websocket.receive_json()
+        text = message.get("inputs") if isinstance(message, dict) else None
+        if not isinstance(text, str) or len(text) > MAX_INPUT_CHARS:
+            await websocket.close(code=1007, reason='send JSON {"inputs": "some text"}')
+            return
+        for word in str(model.run(text)["outputs"]).split():
+            await websocket.send_json({"token": word})
+        await websocket.send_json({"done": True})
+        await websocket.close()
+
+    app = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/v1/whoami", whoami),
+            Route("/v1/models", list_models),
+            Route("/v1/models/{owner}/{name}", model_card, methods=["GET"]),
+            Route("/v1/models/{owner}/{name}", upload, methods=["PUT"]),
+            Route("/v1/models/{owner}/{name}/infer", infer, methods=["POST"]),
+            WebSocketRoute("/v1/models/{owner}/{name}/stream", stream),
+        ]
+    )
+    # Default deny: every path but /health needs a valid token. The rules add
+    # per-repository checks; GET /v1/models and /v1/whoami need any valid token.
+    app.add_middleware(
+        HFAuthMiddleware,
+        source=source,
+        realm=realm,
+        public_paths=["/health"],
+        rules=[
+            require_read("POST /v1/models/{owner}/{name}/infer"),
+            require_write("PUT /v1/models/{owner}/{name}"),
+            require_read("GET /v1/models/{owner}/{name}/stream"),  # the WebSocket
+            require_read("GET /v1/models/{owner}/{name}"),
+        ],
+        policy=AccessPolicy(visibility=visibility),
+    )
+    return app
+
+
+async def _inputs(request: Request) -> str | None:
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    text = body.get("inputs") if isinstance(body, dict) else None
+    if not isinstance(text, str) or len(text) > MAX_INPUT_CHARS:
+        return None
+    return text
+
+
+def _bad_request(description: str) -> JSONResponse:
+    return JSONResponse({"error": "bad_request", "error_description": description}, 400)
+
+
+# --- the demo users --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DemoUser:
+    """A seeded user and their one token."""
+
+    name: str
+    role: str
+    what: str
+    orgs: tuple[OrgGrant, ...] = ()
+    fine_grained: tuple[FineGrainedEntry, ...] = ()
+
+
+DEMO_USERS: tuple[DemoUser, ...] = (
+    DemoUser(
+        "alice",
+        "write",
+        "write token, org acme role write: reads and writes alice/* and acme/*",
+        orgs=(OrgGrant("acme", "write"),),
+    ),
+    DemoUser("bob", "read", "read token: reads bob/* and public models, writes nothing"),
+    DemoUser(
+        "carol",
+        "fineGrained",
+        "fine-grained token, repo.content.read on model acme/sentiment only",
+        orgs=(OrgGrant("acme", "read"),),
+        fine_grained=(FineGrainedEntry("model", "acme/sentiment", ("repo.content.read",)),),
+    ),
+    DemoUser(
+        "dave",
+        "write",
+        "write token, but org acme role read: reads acme/*, cannot write it",
+        orgs=(OrgGrant("acme", "read"),),
+    ),
+)
+
+_ALPHABET = string.ascii_letters + string.digits
+_SEED_SUFFIX = ".demo-seed"
+
+
+def _seed_for(store_path: Path) -> bytes:
+    """The store's random seed, made on first use and kept in a 0600 file beside it."""
+    seed_path = store_path.with_name(store_path.name + _SEED_SUFFIX)
+    try:
+        fd = os.open(seed_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        seed = bytes.fromhex(seed_path.read_text().strip())
+        if len(seed) < 16:
+            raise ValueError(f"demo seed file {seed_path} is damaged; delete it") from None
+        return seed
+    seed = secrets.token_bytes(32)
+    with os.fdopen(fd, "w") as file:
+        file.write(seed.hex() + "\n")
+    return seed
+
+
+def _derive_token(seed: bytes, user: str) -> str:
+    """``hf_`` + 34 letters/digits from HMAC-SHA256(seed, user) (256 bits -> ~202 used)."""
+    number = int.from_bytes(hmac.new(seed, user.encode(), hashlib.sha256).digest(), "big")
+    chars = []
+    for _ in range(34):
+        number, index = divmod(number, len(_ALPHABET))
+        chars.append(_ALPHABET[index])
+    return "hf_" + "".join(chars)
+
+
+def seed_demo_store(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Fill the store at ``path`` with the demo users; return ``{user: token}``.
+
+    Idempotent: the tokens come from a random per-store seed (``<path>.demo-seed``),
+    so every call returns the same tokens and adds only what is missing; the
+    users' organizations are reset to the demo's. The parent directory is created.
+    """
+    store_path = Path(path)
+    store_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    seed = _seed_for(store_path)
+    tokens: dict[str, str] = {}
+    with LocalTokenStore(store_path) as store:
+        for user in DEMO_USERS:
+            token = _derive_token(seed, user.name)
+            if store.lookup(token_digest(token)) is None:
+                store.add_token(
+                    token,
+                    user=user.name,
+                    role=user.role,
+                    fine_grained=user.fine_grained,
+                    display_name=f"demo-{user.name}",
+                )
+            store.set_orgs(user.name, user.orgs)
+            tokens[user.name] = token
+    return tokens
+
+
+def describe_users() -> Mapping[str, str]:
+    """``{user: what their token can do}`` for the demo's banner."""
+    return {user.name: user.what for user in DEMO_USERS}

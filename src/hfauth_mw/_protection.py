@@ -1,0 +1,202 @@
+"""Protecting the upstream and ourselves: circuit breaker, concurrency bound,
+rate-limit back-off, and the per-client brute-force guard.
+
+All state is bounded and guarded by a lock; all time comes from an injected
+``timer`` so tests never sleep.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from cachetools import TTLCache
+
+from ._exceptions import ConfigurationError, SourceUnavailable, TooManyFailures
+
+__all__ = ["FailureLimiter", "UpstreamBreaker", "client_address"]
+
+
+class UpstreamBreaker:
+    """Decides whether we may call the upstream now.
+
+    * At most ``max_concurrent`` calls at once; one more gets 503 at once
+      rather than a queue (bounded memory, and the caller learns fast).
+    * After ``failure_threshold`` failures in a row the breaker opens for
+      ``cooldown`` seconds: requests get 503 at once instead of piling onto a
+      dead upstream. Then one trial call goes through (half-open): success
+      closes the breaker, failure opens it again.
+    * A ``Retry-After`` or ``RateLimit`` reset from the upstream opens it until
+      that moment, so we never call a rate-limiting hub before it said to.
+
+    Defaults: 32 concurrent calls, 5 failures, 10 s cool-down.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrent: int = 32,
+        failure_threshold: int = 5,
+        cooldown: float = 10.0,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_concurrent < 1 or failure_threshold < 1 or cooldown <= 0:
+            raise ConfigurationError(
+                "max_concurrent and failure_threshold must be at least 1 and cooldown positive"
+            )
+        self.max_concurrent = max_concurrent
+        self.failure_threshold = failure_threshold
+        self.cooldown = cooldown
+        self.timer = timer
+        self._lock = threading.Lock()
+        self._running = 0
+        self._failures = 0
+        self._open_until = -math.inf
+        self._trial_running = False
+        self.rejected = 0
+
+    def __repr__(self) -> str:
+        return f"UpstreamBreaker(state={self.state!r}, running={self._running})"
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` or ``half-open``."""
+        with self._lock:
+            if self.timer() < self._open_until:
+                return "open"
+            return "half-open" if self._failures >= self.failure_threshold else "closed"
+
+    def acquire(self) -> None:
+        """Take a slot for one upstream call, or raise SourceUnavailable."""
+        with self._lock:
+            now = self.timer()
+            if now < self._open_until:
+                self.rejected += 1
+                raise SourceUnavailable(
+                    "The token source is failing; not asking it again yet",
+                    retry_after=math.ceil(self._open_until - now),
+                )
+            if self._failures >= self.failure_threshold:
+                if self._trial_running:
+                    self.rejected += 1
+                    raise SourceUnavailable("The token source is being re-tried; try again soon")
+                self._trial_running = True
+            if self._running >= self.max_concurrent:
+                self.rejected += 1
+                raise SourceUnavailable(
+                    "Too many token checks are running; try again soon", retry_after=1
+                )
+            self._running += 1
+
+    def release(
+        self, error: SourceUnavailable | None, *, upstream_retry_after: int | None = None
+    ) -> None:
+        """Give the slot back, recording how the call went."""
+        with self._lock:
+            self._running -= 1
+            self._trial_running = False
+            now = self.timer()
+            if error is None:
+                self._failures = 0
+                self._open_until = -math.inf
+                return
+            self._failures += 1
+            until = -math.inf
+            if self._failures >= self.failure_threshold:
+                until = now + self.cooldown
+            if upstream_retry_after is not None:
+                until = max(until, now + upstream_retry_after)
+            self._open_until = max(self._open_until, until)
+
+
+def client_address(
+    peer: str | None, forwarded_for: str | None, trusted_proxies: frozenset[str]
+) -> str | None:
+    """The client's address: the peer, unless the peer is a trusted proxy.
+
+    Behind trusted proxies, ``X-Forwarded-For`` is read from the right and the
+    first address that is not a trusted proxy is the client. Entries that are
+    not IP addresses end the walk (they cannot be trusted).
+    """
+    if peer is None or peer not in trusted_proxies or not forwarded_for:
+        return peer
+    client = peer
+    for hop in reversed([part.strip() for part in forwarded_for.split(",")]):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return client
+        client = hop
+        if hop not in trusted_proxies:
+            return hop
+    return client
+
+
+class FailureLimiter:
+    """Per-client limit on failed authentications (the brute-force guard).
+
+    A client with ``max_failures`` failed authentications (bad or malformed
+    credentials) within ``window`` seconds gets 429 with ``Retry-After`` until
+    the window ends, whatever it sends. At most ``maxsize`` clients are
+    tracked (the oldest are forgotten first), so memory stays bounded under a
+    flood from many addresses.
+
+    Defaults: 30 failures per 60 s, 10,000 clients. Behind a reverse proxy,
+    every client has the proxy's address unless ``trusted_proxies`` names it:
+    set it, or one sprayer can lock out everyone behind the proxy.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_failures: int = 30,
+        window: float = 60.0,
+        maxsize: int = 10_000,
+        trusted_proxies: Iterable[str] = (),
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_failures < 1 or window <= 0 or maxsize < 1:
+            raise ConfigurationError("max_failures and maxsize must be at least 1, window positive")
+        proxies = frozenset(trusted_proxies)
+        for proxy in proxies:
+            try:
+                ipaddress.ip_address(proxy)
+            except ValueError:
+                raise ConfigurationError(f"trusted proxy {proxy!r} is not an IP address") from None
+        self.max_failures = max_failures
+        self.window = window
+        self.trusted_proxies = proxies
+        self.timer = timer
+        # Each client's first failure in a window opens its entry; the entry
+        # (and its count) expires with the window.
+        self._counts: TTLCache[str, list[float]] = TTLCache(maxsize, window, timer)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FailureLimiter(max_failures={self.max_failures}, window={self.window:g})"
+
+    def check(self, client: str | None) -> None:
+        """Raise TooManyFailures if ``client`` is locked out."""
+        if client is None:
+            return
+        with self._lock:
+            entry = self._counts.get(client)
+            if entry is None or entry[0] < self.max_failures:
+                return
+            retry_after = max(1, math.ceil(entry[1] + self.window - self.timer()))
+        raise TooManyFailures(
+            "Too many failed authentications from this client; try again later", retry_after
+        )
+
+    def failed(self, client: str | None) -> None:
+        if client is None:
+            return
+        with self._lock:
+            entry = self._counts.get(client)
+            if entry is None:
+                self._counts[client] = [1, self.timer()]
+            else:
+                entry[0] += 1

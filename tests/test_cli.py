@@ -1,0 +1,613 @@
+"""The ``hfauth-mw`` command line: in-process through ``main()`` and as the real console script.
+
+Real parts only: real SQLite stores in ``tmp_path``, a real HubEmulator on a
+loopback port, real subprocesses of ``.venv/bin/hfauth-mw``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+import pytest
+
+from hfauth_mw import LocalTokenStore
+from hfauth_mw._cli import main
+from hfauth_mw.testing import HubEmulator
+
+TOKEN_LINE = re.compile(r"^hf_[A-Za-z0-9]{34}$")
+ANY_TOKEN = re.compile(r"hf_[A-Za-z0-9]{34}")
+CONSOLE_SCRIPT = Path(sys.executable).parent / "hfauth-mw"
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+class Cli(Protocol):
+    def __call__(self, *argv: str, stdin: str = "", env: dict[str, str] | None = None) -> Run: ...
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HFAUTH_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """Run ``main(argv)`` in-process; ``stdin`` text and ``env`` are optional."""
+
+    def run(*argv: str, stdin: str = "", env: dict[str, str] | None = None) -> Run:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        try:
+            code = main(list(argv))
+        finally:
+            for name in env or {}:
+                monkeypatch.delenv(name, raising=False)
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "tokens.sqlite3"
+
+
+def create(cli: Cli, store_path: Path, *args: str) -> str:
+    result = cli("token", "create", "--store", str(store_path), *args)
+    assert result.code == 0, result.err
+    return str(result.out.strip())
+
+
+@pytest.fixture
+def alice(cli: Cli, store_path: Path) -> str:
+    return create(cli, store_path, "--user", "alice", "--role", "write", "--org", "acme:write")
+
+
+@pytest.fixture
+def carol(cli: Cli, store_path: Path) -> str:
+    return create(
+        cli,
+        store_path,
+        "--user",
+        "carol",
+        "--grant",
+        "model:acme/sentiment:repo.content.read",
+        "--global",
+        "inference.serverless.write",
+        "--gated",
+        "--name",
+        "prod-inference",
+    )
+
+
+@pytest.fixture
+def emulator(store_path: Path) -> Iterator[HubEmulator]:
+    with LocalTokenStore(store_path) as store, HubEmulator(store) as hub:
+        yield hub
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HFAUTH_STORE")}
+    env.update(extra)
+    return env
+
+
+# --- token create -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "summary"),
+    [
+        pytest.param(["--user", "bob"], "read token", id="default-read"),
+        pytest.param(
+            ["--user", "alice", "--role", "write", "--org", "acme:write"], "write token", id="write"
+        ),
+        pytest.param(
+            ["--user", "carol", "--grant", "model:acme/sentiment:repo.content.read,repo.write"],
+            "fineGrained token",
+            id="grant-implies-fine-grained",
+        ),
+        pytest.param(
+            ["--user", "erin", "--role", "fineGrained", "--global", "inference.serverless.write"],
+            "fineGrained token",
+            id="global-only",
+        ),
+        pytest.param(["--user", "dan", "--expires", "12h"], "expires 20", id="expires-relative"),
+        pytest.param(
+            ["--user", "dan", "--expires", "2999-01-01T00:00:00Z"],
+            "expires 2999-01-01",
+            id="expires-iso",
+        ),
+        pytest.param(["--user", "dan", "--name", "laptop"], "name 'laptop'", id="display-name"),
+    ],
+)
+def test_create_prints_only_the_token(
+    cli: Cli, store_path: Path, args: list[str], summary: str
+) -> None:
+    result = cli("token", "create", "--store", str(store_path), *args)
+    assert result.code == 0, result.err
+    assert TOKEN_LINE.match(result.out.rstrip("\n"))
+    assert result.out.count("\n") == 1
+    assert summary in result.err
+    assert "shown once" in result.err
+    assert not ANY_TOKEN.search(result.err)
+    fingerprint = re.search(r"token ([0-9a-f]{12}) for", result.err)
+    assert fingerprint is not None
+    with LocalTokenStore(store_path) as store:
+        assert [r.fingerprint for r in store.list_tokens()] == [fingerprint.group(1)]
+
+
+def test_create_uses_hfauth_store_env(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "from-env.sqlite3"
+    result = cli("token", "create", "--user", "bob", env={"HFAUTH_STORE": str(path)})
+    assert result.code == 0
+    assert path.is_file()
+
+
+def test_create_default_store_is_in_cwd(cli: Cli, tmp_path: Path) -> None:
+    assert cli("token", "create", "--user", "bob").code == 0
+    assert (tmp_path / "hfauth-tokens.sqlite3").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--user", "a", "--org", "acme"], "NAME:ROLE", id="org-without-role"),
+        pytest.param(["--user", "a", "--org", "acme:boss"], "not one of", id="org-unknown-role"),
+        pytest.param(
+            ["--user", "a", "--grant", "model:acme/x"], "TYPE:NAME:PERM", id="grant-shape"
+        ),
+        pytest.param(
+            ["--user", "a", "--role", "write", "--grant", "model:acme/x:repo.write"],
+            "need --role fineGrained",
+            id="grant-on-classic",
+        ),
+        pytest.param(
+            ["--user", "a", "--role", "fineGrained"], "needs at least one", id="empty-fine"
+        ),
+        pytest.param(
+            ["--user", "a", "--expires", "soon"], "duration like 30d", id="expires-garbage"
+        ),
+        pytest.param(["--user", "a", "--expires", "2001-01-01"], "in the past", id="expires-past"),
+        pytest.param(["--user", "a", "--role", "admin"], "invalid choice", id="role-unknown"),
+        pytest.param(["--user", "a/b"], "must not contain", id="user-with-slash"),
+        pytest.param([], "--user", id="user-missing"),
+    ],
+)
+def test_create_usage_errors(cli: Cli, store_path: Path, args: list[str], message: str) -> None:
+    result = cli("token", "create", "--store", str(store_path), *args)
+    assert result.code == 2
+    assert result.out == ""
+    assert message in result.err
+    assert result.err.strip().splitlines()[-1].startswith(("hfauth-mw", "usage"))
+
+
+# --- token list / revoke ---------------------------------------------------------------------
+
+
+def test_list_shows_fingerprints_never_tokens(
+    cli: Cli, store_path: Path, alice: str, carol: str
+) -> None:
+    result = cli("token", "list", "--store", str(store_path))
+    assert result.code == 0
+    header, *rows = result.out.splitlines()
+    assert header.split() == ["FINGERPRINT", "USER", "ROLE", "NAME", "CREATED", "EXPIRES"]
+    assert len(rows) == 2
+    assert any("alice" in row and "write" in row for row in rows)
+    assert any("carol" in row and "fineGrained" in row and "prod-inference" in row for row in rows)
+    for token in (alice, carol):
+        assert token not in result.out + result.err
+    assert not ANY_TOKEN.search(result.out)
+
+
+def test_list_json_and_user_filter(cli: Cli, store_path: Path, alice: str, carol: str) -> None:
+    result = cli("token", "list", "--store", str(store_path), "--user", "carol", "--json")
+    assert result.code == 0
+    records = json.loads(result.out)
+    assert [(r["user"], r["role"], r["name"], r["expired"]) for r in records] == [
+        ("carol", "fineGrained", "prod-inference", False)
+    ]
+    assert set(records[0]) == {
+        "fingerprint",
+        "user",
+        "role",
+        "name",
+        "created",
+        "expires",
+        "expired",
+    }
+    assert carol not in result.out
+
+
+def test_list_marks_expired_tokens(cli: Cli, store_path: Path) -> None:
+    with LocalTokenStore(store_path) as store:
+        store.create_token(user="old", expires_at=datetime.now(UTC) - timedelta(days=1))
+    result = cli("token", "list", "--store", str(store_path))
+    assert "(expired)" in result.out
+
+
+def test_list_missing_store_fails_without_creating_it(cli: Cli, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.sqlite3"
+    result = cli("token", "list", "--store", str(missing))
+    assert result.code == 1
+    assert "no token store" in result.err
+    assert not missing.exists()
+
+
+def test_revoke_by_prefix(cli: Cli, store_path: Path, alice: str, carol: str) -> None:
+    listed = json.loads(cli("token", "list", "--store", str(store_path), "--json").out)
+    fingerprint = next(r["fingerprint"] for r in listed if r["user"] == "alice")
+    result = cli("token", "revoke", "--store", str(store_path), fingerprint[:8])
+    assert result.code == 0, result.err
+    assert f"Revoked write token {fingerprint} of alice" in result.out
+    remaining = json.loads(cli("token", "list", "--store", str(store_path), "--json").out)
+    assert [r["user"] for r in remaining] == ["carol"]
+    inspected = cli("inspect", "--store", str(store_path), env={"HF_TOKEN": alice})
+    assert inspected.code == 3
+
+
+@pytest.mark.parametrize(
+    ("fingerprint", "code", "message"),
+    [
+        pytest.param("00000000", 1, "no token with fingerprint", id="unknown"),
+        pytest.param("abc", 2, "hexadecimal digits", id="too-short"),
+        pytest.param("zzzzzzzzzz", 2, "hexadecimal digits", id="not-hex"),
+    ],
+)
+def test_revoke_errors(
+    cli: Cli, store_path: Path, alice: str, fingerprint: str, code: int, message: str
+) -> None:
+    result = cli("token", "revoke", "--store", str(store_path), fingerprint)
+    assert (result.code, result.out) == (code, "")
+    assert message in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
+# --- inspect ----------------------------------------------------------------------------------
+
+
+def test_inspect_via_env_against_store(cli: Cli, store_path: Path, alice: str) -> None:
+    result = cli(
+        "inspect",
+        "--store",
+        str(store_path),
+        "--repo",
+        "acme/sentiment",
+        "--repo",
+        "model:bob/echo",
+        "--public",
+        "model:bob/echo",
+        env={"HF_TOKEN": alice},
+    )
+    assert result.code == 0, result.err
+    assert alice not in result.out + result.err
+    out = result.out
+    assert re.search(r"user:\s+alice \(user\)", out)
+    assert re.search(r"token role:\s+write", out)
+    assert re.search(r"orgs:\s+acme \(write\)", out)
+    assert re.search(r"fingerprint:\s+[0-9a-f]{12}", out)
+    assert "model:acme/sentiment (private)" in out
+    assert "read:  allowed  read allowed: model acme/sentiment, role write in org acme" in out
+    assert "write: allowed  write allowed: model acme/sentiment" in out
+    assert "model:bob/echo (public)" in out
+    assert "read allowed: public repository" in out
+    assert "write: denied   write denied: not a member of bob" in out
+
+
+def test_inspect_via_stdin_fine_grained(cli: Cli, store_path: Path, carol: str) -> None:
+    result = cli(
+        "inspect",
+        "--store",
+        str(store_path),
+        "--repo",
+        "acme/sentiment",
+        "--repo",
+        "acme/other",
+        stdin=carol + "\n",
+    )
+    assert result.code == 0, result.err
+    out = result.out
+    assert re.search(r"token role:\s+fineGrained", out)
+    assert re.search(r"token name:\s+prod-inference", out)
+    assert re.search(r"fine-grained:\s+model acme/sentiment: repo.content.read", out)
+    assert re.search(r"global:\s+inference.serverless.write", out)
+    assert re.search(r"gated repos:\s+yes", out)
+    assert "read allowed: fine-grained token lists repo.content.read on model acme/sentiment" in out
+    assert "read denied: fine-grained token lists no repo.content.read on model acme/other" in out
+    assert carol not in out + result.err
+
+
+def test_inspect_json(cli: Cli, store_path: Path, carol: str) -> None:
+    result = cli(
+        "inspect",
+        "--store",
+        str(store_path),
+        "--json",
+        "--repo",
+        "acme/sentiment",
+        "--gated",
+        "acme/sentiment",
+        stdin=carol,
+    )
+    assert result.code == 0, result.err
+    document = json.loads(result.out)
+    assert (document["name"], document["token_role"], document["token_name"]) == (
+        "carol",
+        "fineGrained",
+        "prod-inference",
+    )
+    assert document["global"] == ["inference.serverless.write"]
+    assert document["can_read_gated_repos"] is True
+    [decision] = document["decisions"]
+    assert decision["repo"] == "model:acme/sentiment"
+    assert decision["visibility"] == "gated"
+    assert decision["read"]["allowed"] is True
+    assert decision["write"] == {
+        "allowed": False,
+        "reason": decision["write"]["reason"],
+        "needed": "repo.write",
+    }
+    assert decision["write"]["reason"].startswith("write denied:")
+    assert carol not in result.out
+
+
+def test_inspect_against_hub_emulator(cli: Cli, emulator: HubEmulator, alice: str) -> None:
+    result = cli(
+        "inspect", "--hub-url", emulator.url, "--json", "--repo", "acme/x", env={"HF_TOKEN": alice}
+    )
+    assert result.code == 0, result.err
+    document = json.loads(result.out)
+    assert document["name"] == "alice"
+    assert document["source"] == f"hub:{emulator.url}"
+    assert document["decisions"][0]["write"]["allowed"] is True
+    assert emulator.whoami_calls == 1
+
+
+def test_inspect_prefers_hf_token_over_stdin(
+    cli: Cli, store_path: Path, alice: str, carol: str
+) -> None:
+    result = cli(
+        "inspect", "--store", str(store_path), "--json", stdin=carol, env={"HF_TOKEN": alice}
+    )
+    assert json.loads(result.out)["name"] == "alice"
+
+
+@pytest.mark.parametrize(
+    ("where", "token", "code", "message"),
+    [
+        pytest.param("store", "made-up", 3, "invalid token", id="store-unknown-token"),
+        pytest.param("store", "expired", 3, "expired", id="store-expired-token"),
+        pytest.param("hub", "made-up", 3, "invalid token", id="hub-unknown-token"),
+        pytest.param("hub", "alice", 4, "answered HTTP 503", id="hub-503"),
+        pytest.param("hub", "alice", 4, "rate limiting", id="hub-429"),
+        pytest.param("closed", "alice", 4, "cannot be reached", id="hub-closed-port"),
+        pytest.param("missing-store", "alice", 4, "no token store", id="store-missing"),
+    ],
+)
+def test_inspect_failures(
+    cli: Cli,
+    store_path: Path,
+    emulator: HubEmulator,
+    alice: str,
+    where: str,
+    token: str,
+    code: int,
+    message: str,
+) -> None:
+    if token == "made-up":
+        secret = "hf_" + "Q" * 34
+    elif token == "expired":
+        with LocalTokenStore(store_path) as store:
+            secret = store.create_token(
+                user="old", expires_at=datetime.now(UTC) - timedelta(minutes=1)
+            ).token
+    else:
+        secret = alice
+    if message == "answered HTTP 503":
+        emulator.fail_next(503, times=1)
+    if message == "rate limiting":
+        emulator.fail_next(429, headers={"RateLimit": '"api";r=0;t=30'}, times=1)
+    options = {
+        "store": ["--store", str(store_path)],
+        "missing-store": ["--store", str(store_path.with_name("missing.sqlite3"))],
+        "hub": ["--hub-url", emulator.url],
+        "closed": ["--hub-url", f"http://127.0.0.1:{closed_port()}"],
+    }[where]
+    result = cli("inspect", *options, env={"HF_TOKEN": secret})
+    assert result.code == code
+    assert result.out == ""
+    assert message in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert secret not in result.err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["--token", "TOKEN"], id="token-option"),
+        pytest.param(["TOKEN"], id="positional"),
+        pytest.param(["--hf-token=TOKEN"], id="equals-option"),
+    ],
+)
+def test_token_on_the_command_line_is_impossible(
+    cli: Cli, store_path: Path, alice: str, argv: list[str]
+) -> None:
+    result = cli("inspect", "--store", str(store_path), *[a.replace("TOKEN", alice) for a in argv])
+    assert result.code == 2
+    assert result.out == ""
+    assert alice not in result.err
+    assert "HF_TOKEN" in result.err
+
+
+def test_inspect_without_a_token(cli: Cli, store_path: Path, alice: str) -> None:
+    result = cli("inspect", "--store", str(store_path), stdin="")
+    assert result.code == 2
+    assert "set HF_TOKEN or pipe the token" in result.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(
+            ["inspect"], "one of the arguments --hub-url --store is required", id="no-source"
+        ),
+        pytest.param(
+            ["inspect", "--store", "x", "--hub-url", "http://127.0.0.1:1"],
+            "not allowed with",
+            id="two-sources",
+        ),
+        pytest.param(
+            ["inspect", "--store", "x", "--repo", "bad"], "expected 'owner/name'", id="bad-repo"
+        ),
+        pytest.param(
+            ["inspect", "--hub-url", "http://hub.example.com"],
+            "plain http on a non-loopback",
+            id="clear-http",
+        ),
+        pytest.param(["hub-emulator", "--host", "0.0.0.0"], "--allow-remote", id="emulator-remote"),
+        pytest.param([], "required", id="no-command"),
+        pytest.param(["token"], "required", id="no-token-action"),
+    ],
+)
+def test_usage_errors(cli: Cli, argv: list[str], message: str) -> None:
+    result = cli(*argv, stdin="hf_" + "Z" * 34)
+    assert result.code == 2
+    assert message in result.err
+
+
+def test_help_lists_every_command(cli: Cli) -> None:
+    result = cli("--help")
+    assert result.code == 0
+    for command in ("token", "inspect", "hub-emulator", "demo"):
+        assert command in result.out
+
+
+# --- the real console script ------------------------------------------------------------------
+
+
+def test_console_script_create_then_inspect_through_emulator(tmp_path: Path) -> None:
+    store = tmp_path / "cli.sqlite3"
+    created = subprocess.run(
+        [str(CONSOLE_SCRIPT), "token", "create", "--store", str(store), "--user", "alice",
+         "--role", "write", "--org", "acme:read"],
+        capture_output=True, text=True, env=subprocess_env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert TOKEN_LINE.match(token)
+    assert created.stdout == token + "\n"
+    assert token not in created.stderr
+
+    hub = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "hub-emulator", "--store", str(store), "--public", "acme/open"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        assert hub.stdout is not None
+        url = hub.stdout.readline().strip()  # printed once the emulator listens
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url), url
+        inspected = subprocess.run(
+            [str(CONSOLE_SCRIPT), "inspect", "--hub-url", url, "--repo", "acme/sentiment",
+             "--repo", "acme/open", "--public", "acme/open"],
+            input=token + "\n", capture_output=True, text=True, env=subprocess_env(),
+            timeout=60, check=False,
+        )  # fmt: skip
+        auth_check = httpx.get(
+            f"{url}/api/models/acme/open/auth-check", headers={"Authorization": f"Bearer {token}"}
+        )
+        invalid = subprocess.run(
+            [str(CONSOLE_SCRIPT), "inspect", "--hub-url", url],
+            input="hf_" + "X" * 34 + "\n", capture_output=True, text=True,
+            env=subprocess_env(), timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        _, hub_err = hub.communicate(timeout=10)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "model:acme/sentiment (private)" in inspected.stdout
+    assert "write: denied   write denied: role read in org acme caps the token" in inspected.stdout
+    assert "read:  allowed  read allowed: public repository" in inspected.stdout
+    assert token not in inspected.stdout + inspected.stderr
+    assert auth_check.status_code == 200
+    assert invalid.returncode == 3
+    assert "invalid token" in invalid.stderr
+    assert hub.returncode == 0
+    assert token not in hub_err
+
+
+def test_console_script_closed_port_exits_4(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(CONSOLE_SCRIPT), "inspect", "--hub-url", f"http://127.0.0.1:{closed_port()}"],
+        input="hf_" + "Y" * 34 + "\n", capture_output=True, text=True,
+        env=subprocess_env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 4
+    assert result.stdout == ""
+    assert result.stderr.startswith("hfauth-mw: error: ")
+
+
+def test_console_script_demo_serves_what_it_prints(tmp_path: Path) -> None:
+    store = tmp_path / "demo" / "tokens.sqlite3"
+    demo = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "demo", "--port", "0", "--store", str(store)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        banner = []
+        for line in demo.stdout:  # the socket listens before the banner is printed
+            banner.append(line)
+            if line.startswith("curl -s") and "/v1/models" in line and "whoami" not in line:
+                break
+        text = "".join(banner)
+        base = re.search(r"on (http://127\.0\.0\.1:\d+)", text)
+        assert base is not None, text
+        comment = next(i for i, line in enumerate(banner) if line.startswith("# bob (read token)"))
+        bob_line = banner[comment + 1]
+        bob = re.search(r"Bearer (hf_[A-Za-z0-9]{34})", bob_line)
+        assert bob is not None
+        with httpx.Client(base_url=base.group(1), trust_env=False) as client:
+            health = client.get("/health")
+            no_token = client.post("/v1/models/bob/echo/infer", json={"inputs": "x"})
+            read = client.post(
+                "/v1/models/bob/echo/infer",
+                json={"inputs": "x"},
+                headers={"Authorization": f"Bearer {bob.group(1)}"},
+            )
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.communicate(timeout=10)
+    expected = ["-> 401", "-> 200", "-> 403 insufficient_scope", "invalid_token", "carol", "dave"]
+    assert all(snippet in text for snippet in expected)
+    assert (health.status_code, no_token.status_code, read.status_code) == (200, 401, 200)
+    assert demo.returncode == 0
