@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Iterator
+
 import pytest
 
 pytest_plugins = ["hfauth_mw.testing"]
@@ -26,3 +30,57 @@ def clock() -> FakeClock:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# Every test token is Hub-shaped (hf_ + letters/digits), created by the store or
+# made up; none may reach a log record, whatever the path (including errors).
+_TOKEN_SHAPED = re.compile(r"hf_[A-Za-z0-9]{16,}")
+
+
+class _RecordEverything(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def record_text(record: logging.LogRecord) -> str:
+    """Everything a log record could show: message, arguments, extra fields, traceback."""
+    parts = [record.getMessage(), repr(record.args), repr(vars(record))]
+    if record.exc_info and record.exc_info[1] is not None:
+        parts.append(repr(record.exc_info[1]))
+        parts.append(logging.Formatter().formatException(record.exc_info))
+    return "\n".join(parts)
+
+
+@pytest.fixture(autouse=True)
+def no_token_in_logs() -> Iterator[list[logging.LogRecord]]:
+    """Capture all logging at DEBUG during each test and fail if a token appears."""
+    handler = _RecordEverything()
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler.records
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+    leaks = [record for record in handler.records if _TOKEN_SHAPED.search(record_text(record))]
+    assert not leaks, f"token-shaped text in {len(leaks)} log record(s) from {leaks[0].name}"
+
+
+@pytest.fixture
+def client_logs_urls_with_tokens() -> Iterator[None]:
+    """For tests that put a token in a query string on purpose: the *test client*
+    (httpx) logs request URLs at INFO, which is exactly why RFC 6750 advises
+    against query tokens. Our own code never sends one in a URL."""
+    httpx_logger = logging.getLogger("httpx")
+    previous = httpx_logger.level
+    httpx_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        httpx_logger.setLevel(previous)

@@ -323,6 +323,7 @@ async def test_anonymous_mode(make_app, tokens):
         assert bad.status_code == 401
 
 
+@pytest.mark.usefixtures("client_logs_urls_with_tokens")
 async def test_query_param_opt_in(make_app, tokens):
     transport = httpx.ASGITransport(make_app(query_param="access_token"))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
@@ -334,6 +335,7 @@ async def test_query_param_opt_in(make_app, tokens):
         assert both.status_code == 400
 
 
+@pytest.mark.usefixtures("client_logs_urls_with_tokens")
 async def test_query_param_ignored_by_default(client, tokens):
     response = await client.get("/whoami", params={"access_token": tokens["reader"]})
     assert response.status_code == 401

@@ -220,3 +220,79 @@ def test_repr_never_holds_secrets(make_authenticator, alice):
     authenticator = make_authenticator()
     authenticator.authenticate_sync(alice)
     assert alice.token not in repr(authenticator)
+
+
+# --- stale-if-error, breaker --------------------------------------------------------------
+
+
+async def test_stale_if_error_serves_recent_answer_while_hub_fails(
+    make_authenticator, hub_emulator, alice, clock, no_token_in_logs
+):
+    authenticator = make_authenticator(ttl=60, stale_if_error=30)
+    await authenticator.authenticate(alice)
+    hub_emulator.fail_next(503)
+    clock.advance(60 + 29)
+    assert (await authenticator.authenticate(alice)).name == "alice"
+    assert authenticator.stats()["stale_served"] == 1
+    stale_events = [r for r in no_token_in_logs if getattr(r, "hfauth_event", None) == "stale"]
+    assert len(stale_events) == 1
+    assert stale_events[0].hfauth_fingerprint == alice.fingerprint
+    clock.advance(1)  # 30 s past freshness: no longer served
+    with pytest.raises(SourceUnavailable):
+        await authenticator.authenticate(alice)
+
+
+async def test_stale_is_off_by_default(make_authenticator, hub_emulator, alice, clock):
+    authenticator = make_authenticator(ttl=60)
+    await authenticator.authenticate(alice)
+    hub_emulator.fail_next(503)
+    clock.advance(60)
+    with pytest.raises(SourceUnavailable):
+        await authenticator.authenticate(alice)
+
+
+async def test_stale_never_past_token_expiry(make_authenticator, hub_emulator, hub_store, clock):
+    expires = datetime.fromtimestamp(clock() + 70, UTC)
+    credentials = Credentials.from_token(
+        hub_store.create_token(user="erin", role="read", expires_at=expires).token
+    )
+    authenticator = make_authenticator(ttl=60, stale_if_error=30)
+    await authenticator.authenticate(credentials)
+    hub_emulator.fail_next(503)
+    clock.advance(65)
+    assert (await authenticator.authenticate(credentials)).name == "erin"
+    clock.advance(5)  # token expired: stale window left, but never past expiry
+    with pytest.raises((InvalidToken, SourceUnavailable)):
+        await authenticator.authenticate(credentials)
+
+
+async def test_negative_answers_are_never_served_stale(make_authenticator, hub_emulator, clock):
+    authenticator = make_authenticator(ttl=60, negative_ttl=10, stale_if_error=30)
+    bogus = Credentials.from_token("hf_" + "n" * 34)
+    with pytest.raises(InvalidToken):
+        await authenticator.authenticate(bogus)
+    hub_emulator.fail_next(503)
+    clock.advance(10)
+    with pytest.raises(SourceUnavailable):
+        await authenticator.authenticate(bogus)
+
+
+async def test_breaker_stops_calls_to_a_failing_hub(hub_emulator, hub_store, clock):
+    from hfauth_mw import UpstreamBreaker
+
+    authenticator = Authenticator(
+        HubWhoamiSource(hub_emulator.url),
+        cache=TokenCache(timer=clock, clock=clock),
+        breaker=UpstreamBreaker(failure_threshold=3, cooldown=10, timer=clock),
+    )
+    hub_emulator.fail_next(500)
+    tokens = [hub_store.create_token(user=f"u{i}").token for i in range(10)]
+    for token in tokens:
+        with pytest.raises(SourceUnavailable):
+            await authenticator.authenticate(Credentials.from_token(token))
+    assert hub_emulator.whoami_calls == 3
+    assert authenticator.stats()["breaker_rejected"] == 7
+    hub_emulator.clear_faults()
+    clock.advance(10)
+    assert (await authenticator.authenticate(Credentials.from_token(tokens[0]))).name == "u0"
+    assert hub_emulator.whoami_calls == 4

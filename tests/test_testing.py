@@ -235,9 +235,12 @@ def test_keep_alive_connection_serves_several_requests(
     assert hub_emulator.whoami_calls == 2
 
 
+@pytest.mark.usefixtures("client_logs_urls_with_tokens")
+@pytest.mark.usefixtures("client_logs_urls_with_tokens")  # the query-string token below
 def test_nothing_is_logged(
     hub_store: LocalTokenStore, client: httpx.Client, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    # http.server writes request lines to stderr by default; the emulator must not.
     issued = hub_store.create_token(user="alice")
     client.get("/api/whoami-v2", headers=bearer(issued.token))
     client.get("/api/whoami-v2", headers=bearer("hf_not_a_known_token_value"))

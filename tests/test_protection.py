@@ -1,0 +1,142 @@
+import pytest
+
+from hfauth_mw import ConfigurationError, FailureLimiter, SourceUnavailable, TooManyFailures
+from hfauth_mw import UpstreamBreaker
+from hfauth_mw._protection import client_address
+
+FAIL = SourceUnavailable("down")
+
+
+def test_breaker_opens_after_threshold_and_half_opens_after_cooldown(clock):
+    breaker = UpstreamBreaker(failure_threshold=3, cooldown=10, timer=clock)
+    for _ in range(3):
+        breaker.acquire()
+        breaker.release(FAIL)
+    assert breaker.state == "open"
+    with pytest.raises(SourceUnavailable) as caught:
+        breaker.acquire()
+    assert caught.value.retry_after == 10
+    clock.advance(10)
+    assert breaker.state == "half-open"
+    breaker.acquire()  # the one trial call
+    with pytest.raises(SourceUnavailable):
+        breaker.acquire()  # nobody else while the trial runs
+    breaker.release(None)
+    assert breaker.state == "closed"
+    breaker.acquire()
+    breaker.release(None)
+
+
+def test_failed_trial_reopens(clock):
+    breaker = UpstreamBreaker(failure_threshold=1, cooldown=5, timer=clock)
+    breaker.acquire()
+    breaker.release(FAIL)
+    clock.advance(5)
+    breaker.acquire()
+    breaker.release(FAIL)
+    assert breaker.state == "open"
+
+
+def test_success_resets_the_failure_count(clock):
+    breaker = UpstreamBreaker(failure_threshold=2, timer=clock)
+    for outcome in (FAIL, None, FAIL, None, FAIL):
+        breaker.acquire()
+        breaker.release(outcome)
+    assert breaker.state == "closed"
+
+
+def test_upstream_retry_after_is_honoured(clock):
+    breaker = UpstreamBreaker(failure_threshold=100, timer=clock)
+    breaker.acquire()
+    breaker.release(FAIL, upstream_retry_after=30)
+    clock.advance(29)
+    with pytest.raises(SourceUnavailable) as caught:
+        breaker.acquire()
+    assert caught.value.retry_after == 1
+    clock.advance(1)
+    breaker.acquire()
+
+
+def test_concurrency_bound(clock):
+    breaker = UpstreamBreaker(max_concurrent=2, timer=clock)
+    breaker.acquire()
+    breaker.acquire()
+    with pytest.raises(SourceUnavailable):
+        breaker.acquire()
+    assert breaker.rejected == 1
+    breaker.release(None)
+    breaker.acquire()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"max_concurrent": 0}, id="no-concurrency"),
+        pytest.param({"failure_threshold": 0}, id="no-threshold"),
+        pytest.param({"cooldown": 0}, id="no-cooldown"),
+    ],
+)
+def test_breaker_bad_options(options):
+    with pytest.raises(ConfigurationError):
+        UpstreamBreaker(**options)
+
+
+def test_limiter_locks_out_after_max_failures_until_window_ends(clock):
+    limiter = FailureLimiter(max_failures=3, window=60, timer=clock)
+    for _ in range(3):
+        limiter.check("10.0.0.1")
+        limiter.failed("10.0.0.1")
+    with pytest.raises(TooManyFailures) as caught:
+        limiter.check("10.0.0.1")
+    assert caught.value.status_code == 429
+    assert caught.value.retry_after == 60
+    limiter.check("10.0.0.2")  # others are not affected
+    clock.advance(59)
+    with pytest.raises(TooManyFailures) as caught:
+        limiter.check("10.0.0.1")
+    assert caught.value.retry_after == 1
+    clock.advance(1)
+    limiter.check("10.0.0.1")
+
+
+def test_limiter_memory_is_bounded(clock):
+    limiter = FailureLimiter(maxsize=100, timer=clock)
+    for index in range(10_000):
+        limiter.failed(f"client-{index}")
+    assert len(limiter._counts) == 100
+
+
+def test_limiter_ignores_unknown_clients(clock):
+    limiter = FailureLimiter(max_failures=1, timer=clock)
+    limiter.failed(None)
+    limiter.check(None)
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "trusted", "expected"),
+    [
+        pytest.param("1.2.3.4", None, set(), "1.2.3.4", id="direct"),
+        pytest.param("1.2.3.4", "9.9.9.9", set(), "1.2.3.4", id="untrusted-peer-header-ignored"),
+        pytest.param("10.0.0.1", "9.9.9.9", {"10.0.0.1"}, "9.9.9.9", id="trusted-proxy"),
+        pytest.param(
+            "10.0.0.1", "6.6.6.6, 9.9.9.9", {"10.0.0.1"}, "9.9.9.9", id="rightmost-untrusted"
+        ),
+        pytest.param(
+            "10.0.0.1",
+            "9.9.9.9, 10.0.0.2",
+            {"10.0.0.1", "10.0.0.2"},
+            "9.9.9.9",
+            id="two-proxies",
+        ),
+        pytest.param("10.0.0.1", "junk, 9.9.9.9", {"10.0.0.1"}, "9.9.9.9", id="junk-left"),
+        pytest.param("10.0.0.1", "junk", {"10.0.0.1"}, "10.0.0.1", id="junk-only"),
+        pytest.param(None, "9.9.9.9", set(), None, id="no-peer"),
+    ],
+)
+def test_client_address(peer, forwarded, trusted, expected):
+    assert client_address(peer, forwarded, frozenset(trusted)) == expected
+
+
+def test_limiter_refuses_non_ip_proxies():
+    with pytest.raises(ConfigurationError):
+        FailureLimiter(trusted_proxies=["proxy.internal"])
