@@ -1,7 +1,12 @@
 import pytest
 
-from hfauth_mw import ConfigurationError, FailureLimiter, SourceUnavailable, TooManyFailures
-from hfauth_mw import UpstreamBreaker
+from hfauth_mw import (
+    ConfigurationError,
+    FailureLimiter,
+    SourceUnavailable,
+    TooManyFailures,
+    UpstreamBreaker,
+)
 from hfauth_mw._protection import client_address
 
 FAIL = SourceUnavailable("down")
