@@ -38,7 +38,7 @@ from ._exceptions import (
     TokenStoreError,
 )
 from ._outcome import IntrospectionSource
-from ._principal import Principal
+from ._principal import ORG_ROLES, Principal
 from ._rules import AccessPolicy, Decision, Repo, Visibility
 from ._sources import HubWhoamiSource, LocalStoreSource
 from ._store import FineGrainedEntry, LocalTokenStore, OrgGrant, TokenRecord
@@ -70,13 +70,13 @@ def _redact(text: str) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that never echoes a token back (``unrecognized arguments: hf_...``)."""
+    """argparse with one-line errors that never echo a token back."""
 
     def error(self, message: str) -> NoReturn:
         hint = ""
         if _SECRET_LIKE.search(message):
             hint = " (tokens are never taken from the command line: use HF_TOKEN or stdin)"
-        self.print_usage(sys.stderr)
+        hint = hint or f" (see {self.prog} --help)"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {_redact(message)}{hint}\n")
 
 
@@ -98,10 +98,20 @@ def _repo(text: str) -> Repo:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _user(text: str) -> str:
+    if not text or "/" in text or any(ch.isspace() for ch in text):
+        raise argparse.ArgumentTypeError(f"user name {text!r} must not contain '/' or whitespace")
+    return text
+
+
 def _org(text: str) -> OrgGrant:
     name, colon, role = text.partition(":")
     if not colon or not name or not role:
         raise argparse.ArgumentTypeError(f"expected NAME:ROLE (e.g. acme:write), got {text!r}")
+    if role not in ORG_ROLES:
+        raise argparse.ArgumentTypeError(
+            f"org role {role!r} is not one of {', '.join(ORG_ROLES)} (in {text!r})"
+        )
     return OrgGrant(name, role)
 
 
@@ -166,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(TOKEN=$(hfauth-mw token create ...)); a summary goes to stderr.",
     )
     create.add_argument("--store", metavar="PATH", help=store_help)
-    create.add_argument("--user", required=True, metavar="NAME", help="the user the token is for")
+    create.add_argument(
+        "--user", required=True, type=_user, metavar="NAME", help="the user the token is for"
+    )
     create.add_argument(
         "--role",
         choices=("read", "write", "fineGrained"),

@@ -178,6 +178,12 @@ def _mapping(value: object, where: str) -> Mapping[str, Any]:
     return value
 
 
+def _optional_mapping(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    # Absent or null is "not there"; any other non-object (even a falsy one) is malformed.
+    value = data.get(key)
+    return {} if value is None else _mapping(value, f"{where}.{key}")
+
+
 def _optional_str(data: Mapping[str, Any], key: str, where: str) -> str | None:
     value = data.get(key)
     if value is None:
@@ -275,9 +281,9 @@ def principal_from_whoami(data: object, *, fingerprint: str = "", source: str = 
     Raises :class:`MalformedAnswer` when the answer is not the documented shape.
     """
     root = _mapping(data, "answer")
-    auth = _mapping(root.get("auth") or {}, "auth")
-    access_token = _mapping(auth.get("accessToken") or {}, "auth.accessToken")
-    fine_grained = _mapping(access_token.get("fineGrained") or {}, "fineGrained")
+    auth = _optional_mapping(root, "auth", "answer")
+    access_token = _optional_mapping(auth, "accessToken", "auth")
+    fine_grained = _optional_mapping(access_token, "fineGrained", "auth.accessToken")
     return Principal(
         name=_required_str(root, "name", "answer"),
         type=_optional_str(root, "type", "answer") or "user",
