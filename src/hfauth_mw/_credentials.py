@@ -12,7 +12,7 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from hashlib import sha256
 from typing import Literal
 
 from ._exceptions import InvalidRequest
@@ -25,34 +25,53 @@ DEFAULT_MAX_HEADER_BYTES = 8192
 
 # RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_BEARER_BYTES = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*)")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9!#$%&'*+\-.^_`|~]*)(?: +(.*))?", re.DOTALL)
 
 Scheme = Literal["bearer", "basic", "query"]
 
 
-@dataclass(frozen=True, slots=True)
 class Credentials:
     """A token taken from a request, with the SHA-256 digest used as its only key.
 
-    ``username`` is the Basic user name, kept for logs and never trusted: the
-    Hub ignores it, and so do the access rules.
+    Read-only by convention (a plain slotted class: it is built on every
+    request, and frozen dataclasses cost a microsecond more). ``username`` is
+    the Basic user name, kept for logs and never trusted: the Hub ignores it,
+    and so do the access rules.
     """
 
-    token: str = field(repr=False)
-    scheme: Scheme
-    digest: bytes = field(repr=False)
-    username: str | None = None
+    __slots__ = ("digest", "scheme", "token", "username")
+
+    def __init__(
+        self, token: str, scheme: Scheme, digest: bytes, username: str | None = None
+    ) -> None:
+        self.token = token
+        self.scheme = scheme
+        self.digest = digest
+        self.username = username
 
     @classmethod
     def from_token(
         cls, token: str, scheme: Scheme = "bearer", username: str | None = None
     ) -> Credentials:
-        return cls(token=token, scheme=scheme, digest=token_digest(token), username=username)
+        return cls(token, scheme, token_digest(token), username)
 
     @property
     def fingerprint(self) -> str:
         """A short SHA-256 fingerprint, safe to log."""
         return fingerprint_of(self.digest)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Credentials):
+            return NotImplemented
+        return (self.digest, self.scheme, self.username) == (
+            other.digest,
+            other.scheme,
+            other.username,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.digest, self.scheme, self.username))
 
     def __repr__(self) -> str:
         return f"Credentials(scheme={self.scheme!r}, fingerprint={self.fingerprint!r})"
@@ -118,6 +137,14 @@ def parse_credentials(
     headers, a token sent two ways, an unknown scheme, bad base64 or an empty or
     malformed token.
     """
+    if len(authorization) == 1 and not query_tokens:
+        # The common case, without decoding or copying: one well-formed Bearer header.
+        raw = authorization[0]
+        if isinstance(raw, bytes) and len(raw) <= max_header_bytes:
+            match = _BEARER_BYTES.fullmatch(raw)
+            if match is not None:
+                token = match.group(1)
+                return Credentials(token.decode("ascii"), "bearer", sha256(token).digest())
     if len(authorization) > 1:
         raise InvalidRequest("The request has more than one Authorization header")
     if len(query_tokens) > 1:

@@ -184,6 +184,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "hfauth-mw-hub-emulator"
     sys_version = ""
     timeout = 60  # an idle keep-alive connection is closed after a minute
+    # Headers and body go out in two writes; with Nagle on, a keep-alive client
+    # delaying its ACK stalls every answer by ~40 ms.
+    disable_nagle_algorithm = True
 
     # Never log: request lines can carry tokens in query strings, and headers
     # carry them always. log_request and log_error both end here.
@@ -269,6 +272,7 @@ class HubEmulator:
     """
 
     _POLL_INTERVAL: ClassVar[float] = 0.05
+    _DRAIN_TIMEOUT: ClassVar[float] = 5.0
 
     def __init__(
         self,
@@ -339,6 +343,8 @@ class HubEmulator:
             self._stopping = True
             self._generation += 1
             self._held.notify_all()
+            # Give released requests a moment to leave the hold before the cut.
+            self._held.wait_for(lambda: self._holding == 0, timeout=self._DRAIN_TIMEOUT)
         server.close_connections()
         server.server_close()
         thread.join()
@@ -495,6 +501,7 @@ class HubEmulator:
                 self._held.wait_for(lambda: self._generation != generation, timeout=seconds)
             finally:
                 self._holding -= 1
+                self._held.notify_all()
 
     # --- answering ----------------------------------------------------------------------
 
