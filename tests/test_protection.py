@@ -1,3 +1,5 @@
+from contextlib import nullcontext
+
 import pytest
 
 from hfauth_mw import (
@@ -104,11 +106,17 @@ def test_limiter_locks_out_after_max_failures_until_window_ends(clock):
     limiter.check("10.0.0.1")
 
 
-def test_limiter_memory_is_bounded(clock):
-    limiter = FailureLimiter(maxsize=100, timer=clock)
+@pytest.mark.parametrize(
+    "max_failures", [pytest.param(1, id="all-locked-out"), pytest.param(30, id="counting")]
+)
+def test_limiter_memory_is_bounded(clock, max_failures):
+    limiter = FailureLimiter(max_failures=max_failures, maxsize=100, timer=clock)
     for index in range(10_000):
         limiter.failed(f"client-{index}")
     assert len(limiter._counts) == 100
+    assert len(limiter._blocked) <= 100
+    with pytest.raises(TooManyFailures) if max_failures == 1 else nullcontext():
+        limiter.check("client-9999")
 
 
 def test_limiter_ignores_unknown_clients(clock):

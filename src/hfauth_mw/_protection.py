@@ -171,8 +171,12 @@ class FailureLimiter:
         self.trusted_proxies = proxies
         self.timer = timer
         # Each client's first failure in a window opens its entry; the entry
-        # (and its count) expires with the window.
+        # (and its count) expires with the window. Locked-out clients are also
+        # in ``_blocked`` (client -> end of lockout), a plain dict that every
+        # request reads without the lock: the check costs one dict lookup.
         self._counts: TTLCache[str, list[float]] = TTLCache(maxsize, window, timer)
+        self._blocked: dict[str, float] = {}
+        self._maxsize = maxsize
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -182,21 +186,38 @@ class FailureLimiter:
         """Raise TooManyFailures if ``client`` is locked out."""
         if client is None:
             return
-        with self._lock:
-            entry = self._counts.get(client)
-            if entry is None or entry[0] < self.max_failures:
-                return
-            retry_after = max(1, math.ceil(entry[1] + self.window - self.timer()))
+        until = self._blocked.get(client)
+        if until is None:
+            return
+        remaining = until - self.timer()
+        if remaining <= 0:
+            with self._lock:
+                if self._blocked.get(client) == until:
+                    del self._blocked[client]
+            return
         raise TooManyFailures(
-            "Too many failed authentications from this client; try again later", retry_after
+            "Too many failed authentications from this client; try again later",
+            max(1, math.ceil(remaining)),
         )
 
     def failed(self, client: str | None) -> None:
         if client is None:
             return
         with self._lock:
+            now = self.timer()
             entry = self._counts.get(client)
             if entry is None:
-                self._counts[client] = [1, self.timer()]
-            else:
-                entry[0] += 1
+                entry = self._counts[client] = [0, now]
+            entry[0] += 1
+            if entry[0] >= self.max_failures:
+                if len(self._blocked) >= self._maxsize:
+                    self._forget_expired_lockouts(now)
+                self._blocked[client] = entry[1] + self.window
+
+    def _forget_expired_lockouts(self, now: float) -> None:
+        expired = [client for client, until in self._blocked.items() if until <= now]
+        for client in expired:
+            del self._blocked[client]
+        if len(self._blocked) >= self._maxsize:
+            # Still full of live lockouts: drop the oldest (dicts keep insertion order).
+            del self._blocked[next(iter(self._blocked))]
