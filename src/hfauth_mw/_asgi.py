@@ -42,6 +42,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: WebSocket close code for a refused handshake (RFC 6455: policy violation).
 WS_POLICY_VIOLATION = 1008
+#: Bound on the table of per-principal Starlette users (about the cache's size).
+_MAX_VIEWS = 10_000
+_CACHE_CONTROL_PRIVATE = (b"cache-control", b"private")
+_VARY_AUTHORIZATION = (b"vary", b"Authorization")
 
 
 class HubUser(BaseUser):
@@ -152,6 +156,7 @@ class HFAuthMiddleware:
         )
         self.private_responses = private_responses
         self._query_param = query_param.encode() if query_param else None
+        self._views: dict[int, tuple[Principal, HubUser, tuple[str, ...]]] = {}
 
     def __repr__(self) -> str:
         return f"HFAuthMiddleware({self.guard!r})"
@@ -189,12 +194,25 @@ class HFAuthMiddleware:
             else:
                 await self._refuse_websocket(scope, error, send)
             return
-        scope["user"] = HubUser(auth.principal)
-        scope["auth"] = AuthCredentials(starlette_scopes(auth.principal))
+        user, scopes = self._starlette_view(auth.principal)
+        scope["user"] = user
+        scope["auth"] = AuthCredentials(scopes)  # copies scopes into a new list
         scope["hfauth"] = auth
         if scope_type == "http" and self.private_responses and auth.scheme is not None:
             send = _private_responses(send)
         await self.app(scope, receive, send)
+
+    def _starlette_view(self, principal: Principal) -> tuple[HubUser, tuple[str, ...]]:
+        # Cached principals come back as the same object: build their Starlette
+        # user and scopes once. Keyed by id(); the entry holds the principal, so
+        # the id cannot be reused while it is in the table.
+        entry = self._views.get(id(principal))
+        if entry is None or entry[0] is not principal:
+            if len(self._views) >= _MAX_VIEWS:
+                self._views.clear()
+            entry = (principal, HubUser(principal), tuple(starlette_scopes(principal)))
+            self._views[id(principal)] = entry
+        return entry[1], entry[2]
 
     def _query_tokens(self, scope: Scope) -> list[str]:
         if self._query_param is None or not scope.get("query_string"):
@@ -276,8 +294,8 @@ def _private_responses(send: Send) -> Send:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", ()))
             if not any(name.lower() == b"cache-control" for name, _ in headers):
-                headers.append((b"cache-control", b"private"))
-            headers.append((b"vary", b"Authorization"))
+                headers.append(_CACHE_CONTROL_PRIVATE)
+            headers.append(_VARY_AUTHORIZATION)
             message["headers"] = headers
         await send(message)
 
