@@ -22,6 +22,7 @@ from ._exceptions import (
     TooManyFailures,
 )
 from ._guard import Guard, RepoRule, RequestAuth, require_read, require_write
+from ._metrics import register_prometheus
 from ._outcome import IntrospectionSource, Invalid, Valid
 from ._principal import (
     ANONYMOUS,
@@ -42,8 +43,10 @@ from ._rules import (
     can_write,
     has_permission,
 )
+from ._shared import SharedCache, SharedCacheUnavailable
 from ._sources import ChainSource, HubWhoamiSource, LocalStoreSource, OAuthIntrospectionSource
 from ._store import FineGrainedEntry, IssuedToken, LocalTokenStore, OrgGrant, TokenRecord
+from ._wsgi import HFAuthWSGIMiddleware
 
 __version__ = "0.1.0"
 
@@ -62,6 +65,7 @@ __all__ = [
     "Guard",
     "HFAuthError",
     "HFAuthMiddleware",
+    "HFAuthWSGIMiddleware",
     "HubUser",
     "HubWhoamiSource",
     "InsufficientScope",
@@ -83,6 +87,8 @@ __all__ = [
     "RequestAuth",
     "ResourceGroup",
     "ScopedGrant",
+    "SharedCache",
+    "SharedCacheUnavailable",
     "SourceUnavailable",
     "TokenCache",
     "TokenRecord",
@@ -98,6 +104,7 @@ __all__ = [
     "has_permission",
     "parse_credentials",
     "principal_from_whoami",
+    "register_prometheus",
     "require_read",
     "require_write",
 ]

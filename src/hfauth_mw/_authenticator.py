@@ -1,37 +1,70 @@
 """The authenticator: a source, a cache, and the sync and async drivers.
 
 :meth:`Authenticator.flow` is the whole decision for one token, written once
-as a generator that yields :data:`~hfauth_mw._outcome.Work` (an HTTP request
-to send, or another request's flight to wait for). :meth:`authenticate` and
-:meth:`authenticate_sync` only do that I/O.
+as a generator that yields :data:`Work`: an HTTP request to send, another
+request's flight to wait for, and, with a shared cache, a shared-tier
+operation (:mod:`hfauth_mw._shared`) or a pause. :meth:`authenticate` and
+:meth:`authenticate_sync` only do that I/O; a Redis failure comes back to the
+flow as :class:`~hfauth_mw._shared.SharedDown` and the flow decides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import secrets
 import threading
+import time
 import weakref
 from collections.abc import Callable, Generator
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 
 from ._cache import Leader, TokenCache
 from ._credentials import Credentials
 from ._exceptions import ConfigurationError, InvalidToken, SourceUnavailable
+from ._metrics import Metrics
 from ._outcome import Flow, IntrospectionSource, Invalid, Outcome, Valid, WaitFor
-from ._principal import Principal, token_digest
+from ._principal import Principal, fingerprint_of, token_digest
 from ._protection import UpstreamBreaker
+from ._shared import (
+    CLAIM_HIT,
+    CLAIM_LEAD,
+    Pause,
+    SharedCache,
+    SharedCacheUnavailable,
+    SharedClaim,
+    SharedDown,
+    SharedKeys,
+    SharedOp,
+    SharedRelease,
+    SharedStore,
+)
 from ._sources import DEFAULT_MAX_ANSWER_BYTES
 
-__all__ = ["AuthFlow", "Authenticator"]
+__all__ = ["AuthFlow", "Authenticator", "Work"]
 
 audit_logger = logging.getLogger("hfauth_mw.audit")
+shared_logger = logging.getLogger("hfauth_mw.shared")
 
+#: Everything a flow may yield. The drivers below handle all of it.
+Work = httpx.Request | WaitFor | SharedOp | Pause
+#: The type :meth:`Authenticator.flow` is declared with. It names only HTTP
+#: requests and waits so that code typed against it (the guard, the adapters)
+#: keeps type-checking; with a shared cache the flow also yields
+#: :data:`SharedOp` and :class:`Pause` items, which :meth:`Authenticator.run_sync`
+#: and :meth:`Authenticator.run_async` handle. Drive flows with those. (Once
+#: every caller is annotated with :data:`Work`, this alias can become
+#: ``Generator[Work, Any, Principal]``.)
 AuthFlow = Generator[httpx.Request | WaitFor, Any, Principal]
+FullFlow = Generator[Work, Any, Principal]
 T = TypeVar("T")
+
+# How a token was looked up in the shared tier.
+_SHARED_DOWN, _SHARED_HIT, _SHARED_LOCKED, _SHARED_UNLOCKED = range(4)
 
 # One pooled client per process (and, for async, per event loop: httpx async
 # connections belong to the loop that opened them). Timeouts are set per
@@ -83,6 +116,13 @@ class Authenticator:
     ``client`` / ``async_client`` default to one pooled httpx client per
     process (per event loop for async). Give your own to add proxies or
     certificates; timeouts still come from the source.
+
+    ``shared`` (off by default) adds a shared cache tier
+    (:class:`~hfauth_mw.SharedCache`, Redis) behind the in-process cache, for
+    many workers and replicas: about one upstream call per token per TTL
+    across all of them, and :meth:`revoke` reaching every process within a
+    second. When Redis fails, requests fall back to the in-process cache and
+    the source (never "valid" by default, never an error of their own).
     """
 
     def __init__(
@@ -94,6 +134,7 @@ class Authenticator:
         async_client: httpx.AsyncClient | None = None,
         breaker: UpstreamBreaker | None = None,
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        shared: SharedCache | None = None,
     ) -> None:
         if not isinstance(source, IntrospectionSource):
             raise ConfigurationError(f"source must be an introspection source, got {source!r}")
@@ -104,11 +145,22 @@ class Authenticator:
         self.max_answer_bytes = max_answer_bytes
         self.breaker = breaker if breaker is not None else UpstreamBreaker(timer=self.cache.timer)
         self._namespace = source.name.encode("utf-8") + b"\x00"
-        self._stats = dict.fromkeys(("upstream_calls", "upstream_errors", "stale_served"), 0)
-        self._stats_lock = threading.Lock()
+        self.metrics = Metrics()
+        if shared is not None and not isinstance(shared, SharedCache):
+            raise ConfigurationError(f"shared must be a SharedCache, got {shared!r}")
+        self.shared = shared
+        # A cold token's lock outlives the leader's flight (the source's own bound).
+        self._lock_ttl = (shared.lock_ttl or source.wait_timeout) if shared else 0.0
+        # In-process waiters wait for the leader, who may first wait on another process.
+        self._wait_timeout = source.wait_timeout + (
+            self._lock_ttl + shared.max_poll_interval if shared else 0.0
+        )
+        if shared is not None:
+            shared.attach(self.cache, self._namespace)
 
     def __repr__(self) -> str:
-        return f"Authenticator({self.source!r}, {self.cache!r})"
+        shared = f", {self.shared!r}" if self.shared is not None else ""
+        return f"Authenticator({self.source!r}, {self.cache!r}{shared})"
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -119,16 +171,153 @@ class Authenticator:
 
     # --- the sans-IO core ------------------------------------------------------------
 
-    def flow(self, credentials: Credentials) -> AuthFlow:
-        """The decision for one token, as a generator of work for a driver."""
-        step = self.cache.begin(self.cache_key(credentials.digest))
-        if isinstance(step, Leader):
-            outcome = yield from self._lead(step, self.source.flow(credentials))
-        elif isinstance(step, Valid | Invalid):
-            outcome = step
+    def _flow(self, credentials: Credentials) -> FullFlow:
+        step = self.cache.begin(self._namespace + credentials.digest)
+        if isinstance(step, Valid | Invalid):
+            outcome: Outcome = step
+        elif isinstance(step, Leader):
+            outcome = yield from self._resolve(step, credentials)
         else:
-            outcome = yield WaitFor(step)
+            try:
+                outcome = yield WaitFor(step)
+            except SourceUnavailable:
+                next(self.metrics.unavailable)
+                raise
         return self._settle(outcome)
+
+    #: The decision for one token, as a generator of work for a driver
+    #: (:meth:`run_sync` / :meth:`run_async`). See :data:`AuthFlow` for its type.
+    flow = cast("Callable[[Authenticator, Credentials], AuthFlow]", _flow)
+
+    def _resolve(self, leader: Leader, credentials: Credentials) -> Generator[Work, Any, Outcome]:
+        """Answer a token the in-process cache does not have (timed, counted)."""
+        started = time.perf_counter()
+        try:
+            if self.shared is None:
+                return (yield from self._lead(leader, self.source.flow(credentials)))
+            return (yield from self._lead_shared(self.shared, leader, credentials))
+        except SourceUnavailable:
+            next(self.metrics.unavailable)
+            raise
+        finally:
+            self.metrics.latency.observe(time.perf_counter() - started)
+
+    # --- the shared tier -------------------------------------------------------------
+
+    def _lead_shared(
+        self, shared: SharedCache, leader: Leader, credentials: Credentials
+    ) -> Generator[Work, Any, Outcome]:
+        """Lead this process's flight through the shared tier: read another
+        process's answer, or take the cluster-wide lock and introspect, or wait
+        for whoever holds it (bounded), or, if Redis fails, go to the source."""
+        shared.start()
+        keys = shared.keys(self._namespace, credentials.digest)
+        owner = secrets.token_hex(8)
+        try:
+            state, found = yield from self._claim(shared, leader, keys, owner, credentials)
+        except BaseException:
+            self.cache.abandon(leader, SourceUnavailable())
+            raise
+        if found is not None:
+            return found
+        try:
+            outcome = yield from self._lead(leader, self.source.flow(credentials))
+        except SourceUnavailable:
+            if state == _SHARED_LOCKED:
+                # Let a waiter take over now rather than at the lock's expiry.
+                yield from self._shared_call(shared, SharedRelease(keys, owner))
+            raise
+        if state == _SHARED_DOWN:
+            return outcome
+        ttl = self._shared_ttl(outcome) if outcome is not leader.stale else 0.0
+        if ttl > 0:
+            value = shared.encode(keys, outcome, ttl, self.clock())
+            stored = yield from self._shared_call(
+                shared, SharedStore(keys, owner, value, math.ceil(ttl * 1000))
+            )
+            if stored:
+                self.metrics.count("shared_stores")
+        elif state == _SHARED_LOCKED:
+            yield from self._shared_call(shared, SharedRelease(keys, owner))
+        return outcome
+
+    def _shared_ttl(self, outcome: Outcome) -> float:
+        """Same rules as in-process: positive capped by expiry, negative short."""
+        if isinstance(outcome, Invalid):
+            return self.cache.negative_ttl
+        return self.cache.lifetime(outcome) if self.cache.ttl > 0 else 0.0
+
+    def _claim(
+        self,
+        shared: SharedCache,
+        leader: Leader,
+        keys: SharedKeys,
+        owner: str,
+        credentials: Credentials,
+    ) -> Generator[Work, Any, tuple[int, Outcome | None]]:
+        """Read the shared answer or take the lock, polling while another process
+        holds it: until the lock must have expired, then take over."""
+        lock_ms = math.ceil(self._lock_ttl * 1000)
+        deadline = self.cache.timer() + self._lock_ttl + shared.max_poll_interval
+        interval = shared.poll_interval
+        waited = False
+        while True:
+            result = yield from self._shared_call(shared, SharedClaim(keys, owner, lock_ms))
+            if result is None:
+                return _SHARED_DOWN, None
+            state, value = result
+            if state == CLAIM_HIT:
+                decoded = shared.decode(keys, value, credentials.fingerprint, self.clock())
+                if decoded is None:  # damaged or forged: ask the source, overwrite it
+                    return _SHARED_UNLOCKED, None
+                outcome, remaining = decoded
+                self.metrics.count("shared_hits")
+                self.cache.complete(leader, outcome, max_age=remaining)
+                return _SHARED_HIT, outcome
+            if state == CLAIM_LEAD:
+                self.metrics.count("shared_misses")
+                if waited:
+                    self.metrics.count("shared_takeovers")
+                return _SHARED_LOCKED, None
+            if not waited:
+                waited = True
+                self.metrics.count("shared_waits")
+            if self.cache.timer() >= deadline:
+                self.metrics.count("shared_misses")
+                return _SHARED_UNLOCKED, None
+            yield Pause(interval)
+            interval = min(interval * 2, shared.max_poll_interval)
+
+    def _shared_call(self, shared: SharedCache, op: SharedOp) -> Generator[Work, Any, Any]:
+        """One shared-tier operation behind the Redis breaker; None if Redis is
+        unavailable (refused by the breaker, or the driver reported failure)."""
+        try:
+            shared.breaker.acquire()
+        except SourceUnavailable:
+            self.metrics.count("shared_skipped")
+            return None
+        failure: SharedDown | None = None
+        try:
+            result = yield op
+            if isinstance(result, SharedDown):
+                failure = result
+                return None
+            return result
+        finally:
+            if failure is None:
+                shared.breaker.release(None)
+            else:
+                shared.breaker.release(SourceUnavailable("Redis failed"))
+                self.metrics.count("shared_errors")
+                shared_logger.warning(
+                    "shared cache (Redis) call failed (%s); answering from this process's "
+                    "cache and the source (breaker %s)",
+                    failure.reason,
+                    shared.breaker.state,
+                    extra={"hfauth_event": "shared_error", "hfauth_source": self.source.name},
+                )
+
+    # --- the source ------------------------------------------------------------------
 
     def _lead(self, leader: Leader, source_flow: Flow) -> Generator[httpx.Request, Any, Outcome]:
         try:
@@ -175,25 +364,47 @@ class Authenticator:
         raise failure
 
     def _count(self, name: str) -> None:
-        with self._stats_lock:
-            self._stats[name] += 1
+        self.metrics.count(name)
 
     def stats(self) -> dict[str, int]:
-        """Counters since start: upstream calls and errors, stale answers served,
-        calls refused by the breaker, and cache sizes."""
-        with self._stats_lock:
-            counters = dict(self._stats)
+        """Counters since start (one process), all integers:
+
+        * in-process cache: ``local_hits`` (positive and negative),
+          ``local_misses`` (flights started), ``local_joins`` (requests that
+          waited for another request's flight), ``cached``, ``inflight``;
+        * shared tier: ``shared_hits``, ``shared_misses`` (this process had to
+          introspect), ``shared_waits`` (waited for another process),
+          ``shared_takeovers`` (took over an abandoned lock), ``shared_stores``,
+          ``shared_errors`` (Redis calls that failed), ``shared_skipped``
+          (calls the Redis breaker refused), ``revocations_received``,
+          ``revocations_dropped``, ``revocations_sent``;
+        * source: ``upstream_calls``, ``upstream_errors``, ``stale_served``,
+          ``breaker_rejected``;
+        * ``decisions_valid|invalid|expired|unavailable``: one per request;
+        * ``resolve_count``, ``resolve_sum_us`` and cumulative
+          ``resolve_le_<N>ms`` buckets: time to answer an in-process miss.
+        """
+        counters = self.metrics.counters()
+        counters["local_hits"] = self.cache.hits + self.cache.negative_hits
+        counters["local_misses"] = self.cache.misses
+        counters["local_joins"] = self.cache.joins
         counters["breaker_rejected"] = self.breaker.rejected
         counters["cached"] = len(self.cache)
         counters["inflight"] = self.cache.inflight
+        shared = self.shared.stats() if self.shared is not None else {}
+        for name in ("revocations_received", "revocations_dropped"):
+            counters[name] = shared.get(name, 0)
         return counters
 
     def _settle(self, outcome: Outcome) -> Principal:
         if isinstance(outcome, Invalid):
+            next(self.metrics.invalid)
             raise InvalidToken()
         expires_at = outcome.principal.expires_at
         if expires_at is not None and expires_at.timestamp() <= self.clock():
+            next(self.metrics.expired)
             raise InvalidToken("The access token has expired")
+        next(self.metrics.valid)
         return outcome.principal
 
     # --- drivers ---------------------------------------------------------------------
@@ -206,7 +417,7 @@ class Authenticator:
         """The principal for ``credentials``, for async code."""
         return await self.run_async(self.flow(credentials))
 
-    def run_sync(self, flow: Generator[httpx.Request | WaitFor, Any, T]) -> T:
+    def run_sync(self, flow: Generator[Work, Any, T]) -> T:
         """Drive any flow built on :meth:`flow` with blocking I/O."""
         client = self._client or shared_sync_client()
         try:
@@ -224,12 +435,17 @@ class Authenticator:
         finally:
             flow.close()
 
-    def _do_sync(self, client: httpx.Client, work: httpx.Request | WaitFor) -> object:
+    def _do_sync(self, client: httpx.Client, work: Work) -> object:
         if isinstance(work, WaitFor):
             try:
-                return work.future.result(timeout=self.source.wait_timeout)
+                return work.future.result(timeout=self._wait_timeout)
             except FutureTimeout:
                 raise SourceUnavailable("Timed out waiting for the token check") from None
+        if isinstance(work, SharedOp):
+            return self._shared_backend().execute(work)
+        if isinstance(work, Pause):
+            time.sleep(work.seconds)
+            return None
         try:
             response = client.send(work, stream=True)
             try:
@@ -244,7 +460,7 @@ class Authenticator:
             raise _transport_failure(exc, self.source.name) from None
         return _with_body(response, bytes(body))
 
-    async def run_async(self, flow: Generator[httpx.Request | WaitFor, Any, T]) -> T:
+    async def run_async(self, flow: Generator[Work, Any, T]) -> T:
         """Drive any flow built on :meth:`flow` with async I/O."""
         client = self._async_client or shared_async_client()
         try:
@@ -262,16 +478,21 @@ class Authenticator:
         finally:
             flow.close()
 
-    async def _do_async(self, client: httpx.AsyncClient, work: httpx.Request | WaitFor) -> object:
+    async def _do_async(self, client: httpx.AsyncClient, work: Work) -> object:
         if isinstance(work, WaitFor):
             try:
                 # shield: a cancelled waiter must not cancel the leader's flight.
                 return await asyncio.wait_for(
                     asyncio.shield(asyncio.wrap_future(work.future)),
-                    timeout=self.source.wait_timeout,
+                    timeout=self._wait_timeout,
                 )
             except TimeoutError:
                 raise SourceUnavailable("Timed out waiting for the token check") from None
+        if isinstance(work, SharedOp):
+            return await self._shared_backend().execute_async(work)
+        if isinstance(work, Pause):
+            await asyncio.sleep(work.seconds)
+            return None
         try:
             response = await client.send(work, stream=True)
             try:
@@ -286,14 +507,56 @@ class Authenticator:
             raise _transport_failure(exc, self.source.name) from None
         return _with_body(response, bytes(body))
 
+    def _shared_backend(self) -> Any:
+        if self.shared is None:  # a flow built on another authenticator
+            raise SourceUnavailable("This authenticator has no shared cache")
+        return self.shared.backend
+
     # --- cache control ---------------------------------------------------------------
 
     def invalidate(self, token: str) -> None:
-        """Forget the cached answer for ``token`` (e.g. after revoking it)."""
+        """Forget the cached answer for ``token`` in this process only.
+
+        With a shared cache, use :meth:`revoke` to reach every process.
+        """
         self.cache.invalidate(self.cache_key(token_digest(token)))
 
     def clear(self) -> None:
         self.cache.clear()
+
+    def revoke_flow(self, token: str) -> Generator[Work, Any, int]:
+        """The flow behind :meth:`revoke` and :meth:`arevoke`."""
+        digest = token_digest(token)
+        self.cache.invalidate(self.cache_key(digest))
+        if self.shared is None:
+            return 0
+        op = self.shared.revoke_op(fingerprint_of(digest))
+        result = yield from self._shared_call(self.shared, op)
+        if result is None:
+            raise SharedCacheUnavailable(
+                "Redis could not be reached: the revocation reached this process only; "
+                "other processes keep the token up to their cache TTL"
+            )
+        self.metrics.count("revocations_sent")
+        return int(result)
+
+    def revoke(self, token: str) -> int:
+        """Forget ``token`` here and, with a shared cache, everywhere (blocking).
+
+        Drops the in-process entry; with a shared cache also marks the token
+        revoked in Redis (its positive answers are no longer read or written
+        there for ``revocation_ttl``) and broadcasts it so that every process
+        drops its in-process entry, normally within milliseconds and always
+        within a second while its subscription is up. Returns how many
+        processes were listening. Raises :class:`~hfauth_mw.SharedCacheUnavailable`
+        if Redis cannot be reached. Revoke the token at its source too: this
+        only clears caches.
+        """
+        return self.run_sync(self.revoke_flow(token))
+
+    async def arevoke(self, token: str) -> int:
+        """:meth:`revoke` for async code."""
+        return await self.run_async(self.revoke_flow(token))
 
 
 def _with_body(response: httpx.Response, body: bytes) -> httpx.Response:

@@ -19,6 +19,11 @@ Design, and why:
   :class:`concurrent.futures.Future`, which threads wait on directly and
   coroutines through :func:`asyncio.wrap_future`, so one mechanism serves
   sync and async callers alike.
+* Counters (hits, negative hits, misses, joined flights) are plain integers
+  updated inside the lock :meth:`TokenCache.begin` already holds: exact, and
+  free on the hot path.
+* A *generation* number changes on every invalidation; a flight that started
+  before one does not store its answer (it may predate a revocation).
 """
 
 from __future__ import annotations
@@ -63,11 +68,13 @@ class Leader:
 
     ``stale`` is the expired positive answer the leader may fall back on if
     the source fails and stale-if-error is on; ``None`` otherwise.
+    ``generation`` is the cache's invalidation generation when the flight began.
     """
 
     key: bytes
     future: Future[Outcome]
     stale: Valid | None = None
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +123,13 @@ class TokenCache:
         self._negative: TTLCache[bytes, Invalid] = TTLCache(negative_maxsize, negative_ttl, timer)
         self._inflight: dict[bytes, Future[Outcome]] = {}
         self._lock = threading.Lock()
+        self._generation = 0
+        #: Lookups answered with a fresh positive / a negative entry, flights
+        #: started (misses) and flights joined, since start.
+        self.hits = 0
+        self.negative_hits = 0
+        self.misses = 0
+        self.joins = 0
 
     def __repr__(self) -> str:
         return (
@@ -124,7 +138,7 @@ class TokenCache:
             f"negative_size={len(self._negative)}/{self._negative.maxsize})"
         )
 
-    def _lifetime(self, outcome: Valid) -> float:
+    def lifetime(self, outcome: Valid) -> float:
         """Seconds the answer is fresh: the TTL, capped by the token's remaining life."""
         expires_at = outcome.principal.expires_at
         if expires_at is None:
@@ -153,33 +167,54 @@ class TokenCache:
         with self._lock:
             entry = self._positive.get(key)
             if entry is not None and self.timer() < entry.fresh_until:
+                self.hits += 1
                 return entry.outcome
             negative = self._negative.get(key)
             if negative is not None:
+                self.negative_hits += 1
                 return negative
             running = self._inflight.get(key)
             if running is not None:
+                self.joins += 1
                 return running
+            self.misses += 1
             future: Future[Outcome] = Future()
             self._inflight[key] = future
-            return Leader(key, future, entry.outcome if entry is not None else None)
+            return Leader(
+                key, future, entry.outcome if entry is not None else None, self._generation
+            )
 
-    def complete(self, leader: Leader, outcome: Outcome, *, store: bool = True) -> None:
-        """Store the leader's outcome (unless ``store`` is false) and wake every waiter."""
+    def complete(
+        self,
+        leader: Leader,
+        outcome: Outcome,
+        *,
+        store: bool = True,
+        max_age: float | None = None,
+    ) -> None:
+        """Store the leader's outcome (unless ``store`` is false, or the cache was
+        invalidated since the flight began) and wake every waiter.
+
+        ``max_age`` caps how long a positive answer stays fresh here (for an
+        answer read from a shared tier, where it already aged).
+        """
         with self._lock:
-            if store:
-                self._store(leader.key, outcome)
+            if store and leader.generation == self._generation:
+                self._store(leader.key, outcome, max_age)
             self._inflight.pop(leader.key, None)
         if not leader.future.done():
             leader.future.set_result(outcome)
 
-    def _store(self, key: bytes, outcome: Outcome) -> None:
+    def _store(self, key: bytes, outcome: Outcome, max_age: float | None = None) -> None:
         if isinstance(outcome, Invalid):
             if self.negative_ttl > 0:
                 self._negative[key] = outcome
         elif self.ttl > 0:
             now = self.timer()
-            self._positive[key] = _Entry(outcome, now + self._lifetime(outcome))
+            lifetime = self.lifetime(outcome)
+            if max_age is not None:
+                lifetime = min(lifetime, max_age)
+            self._positive[key] = _Entry(outcome, now + lifetime)
 
     def abandon(self, leader: Leader, error: BaseException) -> None:
         """End a flight that could not get an outcome; waiters get ``error``. Nothing is stored."""
@@ -191,13 +226,33 @@ class TokenCache:
     def invalidate(self, key: bytes) -> None:
         """Forget what is known about one key (positive and negative)."""
         with self._lock:
+            self._generation += 1
             self._positive.pop(key, None)
             self._negative.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:
+            self._generation += 1
             self._positive.clear()
             self._negative.clear()
+
+    def drop_matching(self, predicate: Callable[[bytes], bool]) -> int:
+        """Forget every entry whose key satisfies ``predicate``; returns how many.
+
+        In-flight lookups that began before the call will not store their
+        answers. ``predicate`` runs outside the lock, on a snapshot of the keys.
+        """
+        with self._lock:
+            self._generation += 1
+            keys = [*self._positive.keys(), *self._negative.keys()]
+        doomed = [key for key in keys if predicate(key)]
+        dropped = 0
+        with self._lock:
+            for key in doomed:
+                dropped += (self._positive.pop(key, None) is not None) + (
+                    self._negative.pop(key, None) is not None
+                )
+        return dropped
 
     def __len__(self) -> int:
         with self._lock:

@@ -236,6 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
         "(at least 8 hex digits, as shown by `token list`).",
     )
     revoke.add_argument("--store", metavar="PATH", help=store_help)
+    revoke.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="also broadcast the revocation to every process sharing this Redis "
+        "(they drop the token from their caches within a second)",
+    )
+    revoke.add_argument(
+        "--redis-secret-env",
+        metavar="VAR",
+        default="HFAUTH_REDIS_SECRET",
+        help="environment variable holding the deployment secret (default: HFAUTH_REDIS_SECRET)",
+    )
+    revoke.add_argument(
+        "--redis-prefix", metavar="PREFIX", default="hfauth", help=argparse.SUPPRESS
+    )
     revoke.add_argument("fingerprint", metavar="FINGERPRINT")
     revoke.set_defaults(run=cmd_token_revoke)
 
@@ -417,6 +432,11 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     prefix = args.fingerprint.strip().lower()
+    broadcast = None
+    if args.redis_url:  # checked before anything changes
+        from ._shared import revocation_broadcaster
+
+        broadcast = revocation_broadcaster(args.redis_url, args.redis_secret_env, args.redis_prefix)
     with _existing_store(args) as store:
         # Fingerprints are the first 12 hex digits of the digest; the store checks the rest.
         matches = [r for r in store.list_tokens() if r.fingerprint.startswith(prefix[:12])]
@@ -430,6 +450,9 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     else:
         what = f"token {prefix}"
     print(f"Revoked {what} from {_store_path(args)}.")
+    if broadcast is not None:
+        reached = broadcast(matches[0].fingerprint if len(matches) == 1 else prefix)
+        print(f"Broadcast the revocation through Redis: {reached} process(es) listening.")
     return EXIT_OK
 
 

@@ -13,9 +13,9 @@ import json
 import logging
 import re
 import time
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import httpx
 
@@ -34,9 +34,18 @@ from ._exceptions import (
 from ._outcome import WaitFor
 from ._principal import ANONYMOUS, Principal
 from ._protection import FailureLimiter, client_address
-from ._rules import AccessPolicy, Decision, Entity, Repo
+from ._rules import READ_PERMISSION, WRITE_PERMISSION, AccessPolicy, Decision, Entity, Repo
 
-__all__ = ["SAFE_METHODS", "Guard", "RepoRule", "RequestAuth", "require_read", "require_write"]
+__all__ = [
+    "SAFE_METHODS",
+    "Guard",
+    "GuardOptions",
+    "RepoRequirement",
+    "RepoRule",
+    "RequestAuth",
+    "require_read",
+    "require_write",
+]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 Access = Literal["read", "write"]
@@ -161,6 +170,43 @@ def _as_repo(repo: Repo | str) -> Repo:
     return repo if isinstance(repo, Repo) else Repo.parse(repo)
 
 
+@dataclass(frozen=True, slots=True)
+class RepoRequirement:
+    """What a route decorator or dependency needs: ``access`` on the repository
+    ``repo_type:{owner}/{name}`` built from the route's ``owner_arg`` and
+    ``name_arg`` parameters. Validated once, when the route is declared."""
+
+    access: Access
+    repo_type: str = "model"
+    owner_arg: str = "owner"
+    name_arg: str = "name"
+
+    def __post_init__(self) -> None:
+        if self.access not in ("read", "write"):
+            raise ConfigurationError(f"access must be 'read' or 'write', not {self.access!r}")
+        if self.repo_type not in _REPO_TYPES:
+            raise ConfigurationError(f"repo_type must be one of {sorted(_REPO_TYPES)}")
+
+    @property
+    def needed(self) -> str:
+        """The permission this needs: ``repo.content.read`` or ``repo.write``."""
+        return WRITE_PERMISSION if self.access == "write" else READ_PERMISSION
+
+    def check(self, auth: RequestAuth, params: Mapping[str, object]) -> Decision:
+        """The decision if ``auth`` may; else raise the 401/403 error. An owner or
+        name that is not a valid repository id is denied."""
+        for arg in (self.owner_arg, self.name_arg):
+            if arg not in params:
+                raise RuntimeError(f"hfauth-mw: the route has no {arg!r} parameter")
+        owner, name = params[self.owner_arg], params[self.name_arg]
+        try:
+            repo = Repo.parse(f"{self.repo_type}:{owner}/{name}")
+        except ValueError:
+            reason = f"{self.access} denied: not a valid {self.repo_type} repository id"
+            raise denial(auth.principal, Decision(False, reason, self.needed)) from None
+        return auth.require(repo, self.access)
+
+
 def denial(principal: Principal, decision: Decision) -> AuthenticationError:
     """The error for a denied decision: 401 for anonymous callers, else 403."""
     if principal.is_anonymous:
@@ -175,6 +221,21 @@ class ErrorResponse:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+
+
+class GuardOptions(TypedDict, total=False):
+    """The keyword options of :class:`Guard`, shared by every adapter's signature."""
+
+    realm: str
+    public_paths: Iterable[str]
+    allow_anonymous: bool
+    allow_basic: bool
+    query_param: str | None
+    max_header_bytes: int
+    rules: Sequence[RepoRule]
+    method_policy: bool
+    policy: AccessPolicy | None
+    limiter: FailureLimiter | Literal["default"] | None
 
 
 class Guard:

@@ -1,0 +1,299 @@
+"""The applications under test, shared by the in-process and the end-to-end runs.
+
+Every protected variant serves the same route (``GET /v1/ping`` -> ``pong``)
+and accepts the same token; every comparator looks the token up the way
+people write it today (SHA-256 of the token, then a dict lookup), so the
+rows differ only in the authentication layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PATH = "/v1/ping"
+HOST = "127.0.0.1"
+#: Other tokens in the comparators' dicts, so they look up in a realistic table.
+EXTRA_TOKENS = 999
+
+ASGIApp = Callable[..., Any]
+
+
+def sha256(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+@dataclass
+class Fixture:
+    """A token store on disk with one classic read token, and the same token
+    in the ``{sha256: user}`` dict the comparators use."""
+
+    store_path: Path
+    token: str
+    tokens: dict[bytes, str] = field(repr=False)
+
+    @property
+    def authorization(self) -> bytes:
+        return f"Bearer {self.token}".encode("latin-1")
+
+
+def make_fixture(directory: Path) -> Fixture:
+    from hfauth_mw import LocalTokenStore, OrgGrant
+
+    path = directory / "bench-tokens.sqlite3"
+    with LocalTokenStore(path) as store:
+        issued = store.create_token(
+            user="alice",
+            role="read",
+            orgs=[OrgGrant("acme", "read")],
+            display_name="bench",
+            fullname="Alice Bench",
+            email="alice@example.com",
+        )
+    tokens = {sha256(f"hf_{secrets.token_hex(17)}"): f"user{i}" for i in range(EXTRA_TOKENS)}
+    tokens[sha256(issued.token)] = "alice"
+    return Fixture(path, issued.token, tokens)
+
+
+# --- comparators ----------------------------------------------------------------------
+
+
+class StaticKeyMiddleware:
+    """A static API key, checked the way vLLM's ``--api-key`` does it.
+
+    Modelled on vLLM's pure-ASGI ``AuthenticationMiddleware``
+    (``vllm/entrypoints/openai/api_server.py``): skip OPTIONS, build the
+    path with ``URL(scope=...)``, read ``Authorization`` through ``Headers``,
+    compare SHA-256 digests in constant time, protect ``/v1`` paths.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.key_digests = [sha256(api_key)]
+
+    def _verify(self, headers: Any) -> bool:
+        value = headers.get("authorization")
+        if not value:
+            return False
+        scheme, _, param = value.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        digest = sha256(param)
+        match = False
+        for expected in self.key_digests:
+            match |= secrets.compare_digest(digest, expected)
+        return match
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from starlette.datastructures import URL, Headers
+        from starlette.responses import JSONResponse
+
+        if scope["type"] not in ("http", "websocket") or scope.get("method") == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        root_path = scope.get("root_path", "")
+        path = URL(scope=scope).path.removeprefix(root_path)
+        if path.startswith("/v1") and not self._verify(Headers(scope=scope)):
+            await JSONResponse({"error": "Unauthorized"}, status_code=401)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class MinimalKeyMiddleware:
+    """The floor: scan the raw header list, one constant-time compare, nothing else."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode("latin-1")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"authorization" and secrets.compare_digest(value, self.expected):
+                    break
+            else:
+                await send({"type": "http.response.start", "status": 401, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+                return
+        await self.app(scope, receive, send)
+
+
+def _digest_backend(tokens: dict[bytes, str]) -> Any:
+    from starlette.authentication import (
+        AuthCredentials,
+        AuthenticationBackend,
+        AuthenticationError,
+        SimpleUser,
+    )
+
+    class DigestBackend(AuthenticationBackend):
+        """Starlette backend: SHA-256 of the Bearer token, then a dict lookup."""
+
+        async def authenticate(self, conn: Any) -> Any:
+            header = conn.headers.get("authorization")
+            if header is None:
+                raise AuthenticationError("missing token")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token:
+                raise AuthenticationError("not a Bearer token")
+            user = tokens.get(sha256(token))
+            if user is None:
+                raise AuthenticationError("unknown token")
+            return AuthCredentials(["authenticated"]), SimpleUser(user)
+
+    return DigestBackend()
+
+
+def _refuse(conn: Any, exc: Exception) -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": str(exc)}, status_code=401)
+
+
+# --- ASGI apps ------------------------------------------------------------------------
+
+
+def _starlette(middleware: list[Any]) -> ASGIApp:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def ping(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("pong")
+
+    return Starlette(routes=[Route(PATH, ping)], middleware=middleware)
+
+
+def bare_starlette(fixture: Fixture) -> ASGIApp:
+    return _starlette([])
+
+
+def hfauth_starlette(fixture: Fixture, cache: Any = None) -> ASGIApp:
+    from starlette.middleware import Middleware
+
+    from hfauth_mw import HFAuthMiddleware, LocalStoreSource, LocalTokenStore
+
+    source = LocalStoreSource(LocalTokenStore(fixture.store_path))
+    return _starlette([Middleware(HFAuthMiddleware, source=source, cache=cache)])
+
+
+def starlette_auth(fixture: Fixture) -> ASGIApp:
+    from starlette.middleware import Middleware
+    from starlette.middleware.authentication import AuthenticationMiddleware
+
+    backend = _digest_backend(fixture.tokens)
+    return _starlette([Middleware(AuthenticationMiddleware, backend=backend, on_error=_refuse)])
+
+
+def static_key(fixture: Fixture) -> ASGIApp:
+    from starlette.middleware import Middleware
+
+    return _starlette([Middleware(StaticKeyMiddleware, api_key=fixture.token)])
+
+
+def minimal_key(fixture: Fixture) -> ASGIApp:
+    from starlette.middleware import Middleware
+
+    return _starlette([Middleware(MinimalKeyMiddleware, api_key=fixture.token)])
+
+
+def _fastapi(dependencies: list[Any]) -> ASGIApp:
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get(PATH, dependencies=dependencies)
+    async def ping() -> PlainTextResponse:
+        return PlainTextResponse("pong")
+
+    return app
+
+
+def bare_fastapi(fixture: Fixture) -> ASGIApp:
+    return _fastapi([])
+
+
+def fastapi_bearer(fixture: Fixture) -> ASGIApp:
+    from fastapi import Depends, HTTPException
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+    bearer = HTTPBearer()
+    tokens = fixture.tokens
+
+    async def caller(credentials: HTTPAuthorizationCredentials = Depends(bearer)) -> str:  # noqa: B008
+        user = tokens.get(sha256(credentials.credentials))
+        if user is None:
+            raise HTTPException(status_code=401, detail="unknown token")
+        return user
+
+    return _fastapi([Depends(caller)])
+
+
+# --- WSGI apps ------------------------------------------------------------------------
+
+
+def _flask(protect: Callable[[Any], Any] | None = None) -> Any:
+    from flask import Flask
+
+    app = Flask("bench")
+
+    def ping() -> str:
+        return "pong"
+
+    view = protect(ping) if protect is not None else ping
+    app.add_url_rule(PATH, "ping", view, methods=["GET"])
+    return app
+
+
+def bare_flask(fixture: Fixture) -> Any:
+    return _flask()
+
+
+def wsgi_middleware_class() -> Any:
+    """The WSGI middleware class exported by hfauth_mw, or None while it does not exist."""
+    import hfauth_mw
+
+    return getattr(hfauth_mw, "HFAuthWSGIMiddleware", None)
+
+
+def hfauth_flask(fixture: Fixture, cache: Any = None) -> Any:
+    from hfauth_mw import LocalStoreSource, LocalTokenStore
+
+    middleware = wsgi_middleware_class()
+    if middleware is None:
+        raise RuntimeError("hfauth_mw exports no HFAuthWSGIMiddleware yet")
+    app = _flask()
+    source = LocalStoreSource(LocalTokenStore(fixture.store_path))
+    app.wsgi_app = middleware(app.wsgi_app, source=source, cache=cache)  # type: ignore[method-assign]
+    return app
+
+
+def flask_httpauth(fixture: Fixture) -> Any:
+    from flask_httpauth import HTTPTokenAuth
+
+    auth = HTTPTokenAuth(scheme="Bearer")
+    tokens = fixture.tokens
+
+    @auth.verify_token
+    def verify(token: str) -> str | None:
+        return tokens.get(sha256(token)) if token else None
+
+    return _flask(auth.login_required)
+
+
+#: Name -> builder, for the end-to-end server (``bench.server``).
+ASGI_APPS: dict[str, Callable[[Fixture], ASGIApp]] = {
+    "bare": bare_starlette,
+    "hfauth": hfauth_starlette,
+    "starlette-auth": starlette_auth,
+    "static-key": static_key,
+    "minimal-key": minimal_key,
+    "bare-fastapi": bare_fastapi,
+    "fastapi-bearer": fastapi_bearer,
+}

@@ -1,0 +1,253 @@
+"""End to end: uvicorn (1 worker, loopback) serving each app in turn, loaded by wrk."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from .apps import HOST, PATH, Fixture
+from .report import Section, fmt, ratio
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: (key in bench.apps.ASGI_APPS, label)
+E2E_APPS = [
+    ("bare", "bare Starlette"),
+    ("hfauth", "hfauth-mw, cached token"),
+    ("static-key", "static key, vLLM-style"),
+    ("starlette-auth", "Starlette AuthenticationMiddleware"),
+]
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+_LATENCY = re.compile(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+_ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors:.*", re.MULTILINE)
+
+
+@dataclass
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass
+class Server:
+    key: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+    loads: list[Load] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _start(key: str, fixture: Fixture, logdir: Path) -> Server:
+    port = free_port()
+    env = dict(
+        os.environ,
+        HFAUTH_BENCH_APP=key,
+        HFAUTH_BENCH_STORE=str(fixture.store_path),
+        HFAUTH_BENCH_TOKEN=fixture.token,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
+    log = logdir / f"uvicorn-{key}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "bench.server:create",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "--lifespan",
+                "off",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return Server(key, port, process, log)
+
+
+def _wait_ready(server: Server, fixture: Fixture, timeout: float = 15.0) -> None:
+    url = f"http://{HOST}:{server.port}{PATH}"
+    deadline = time.monotonic() + timeout
+    with httpx.Client(trust_env=False, timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                break
+            try:
+                good = client.get(url, headers={"Authorization": f"Bearer {fixture.token}"})
+            except httpx.HTTPError:
+                time.sleep(0.1)
+                continue
+            bad = client.get(url)
+            refused = bad.status_code in (401, 403) or server.key.startswith("bare")
+            if good.status_code != 200 or not refused:
+                raise RuntimeError(
+                    f"uvicorn {server.key}: {good.status_code} with the token and "
+                    f"{bad.status_code} without: the app is not what the benchmark expects"
+                )
+            return
+    tail = server.log.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"uvicorn {server.key} did not come up on port {server.port}:\n{tail}")
+
+
+def _stop(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def _servers(keys: list[str], fixture: Fixture, logdir: Path) -> Iterator[dict[str, Server]]:
+    servers: dict[str, Server] = {}
+    try:
+        for key in keys:
+            servers[key] = _start(key, fixture, logdir)
+        for server in servers.values():
+            _wait_ready(server, fixture)
+        yield servers
+    finally:
+        for server in servers.values():
+            _stop(server)
+
+
+def _wrk(
+    wrk: str, server: Server, fixture: Fixture, *, seconds: float, threads: int, connections: int
+) -> Load:
+    command = [
+        wrk,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-H",
+        f"Authorization: Bearer {fixture.token}",
+        f"http://{HOST}:{server.port}{PATH}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
+    output = done.stdout
+    rps = _RPS.search(output)
+    latencies = {q: float(v) * _UNITS[u] for q, v, u in _LATENCY.findall(output)}
+    errors = [m.group(0) for m in _ERRORS.finditer(output)]
+    if done.returncode != 0 or rps is None or "99" not in latencies or errors:
+        raise RuntimeError(f"wrk against {server.key} failed:\n{output}\n{done.stderr}")
+    return Load(float(rps.group(1)), latencies["50"], latencies["99"])
+
+
+def server_stack() -> str:
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"uvicorn {importlib.metadata.version('uvicorn')} ({http}, {loop} loop)"
+
+
+def run_e2e(
+    fixture: Fixture, *, seconds: float, rounds: int, threads: int = 2, connections: int = 32
+) -> Section:
+    section = Section(
+        "e2e",
+        "End to end: uvicorn + wrk over loopback",
+        intro=(
+            f"Each app served by its own uvicorn process (1 worker, 127.0.0.1), loaded in turn by "
+            f"`wrk -t{threads} -c{connections} --latency` with the Bearer token, {rounds} "
+            f"rounds of {seconds:g} s per app in alternating order (ABBA), after a 1 s warm-up. "
+            "wrk and the server share the machine's CPUs."
+        ),
+    )
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        section.skipped = "wrk is not on PATH (Debian/Ubuntu: apt-get install wrk)"
+        return section
+    if importlib.util.find_spec("uvicorn") is None:
+        section.skipped = "uvicorn is not installed (pip install uvicorn)"
+        return section
+    section.intro += f" Server: {server_stack()}."
+    keys = [key for key, _ in E2E_APPS]
+    with (
+        tempfile.TemporaryDirectory(prefix="hfauth-bench-") as logdir,
+        _servers(keys, fixture, Path(logdir)) as servers,
+    ):
+        for server in servers.values():
+            _wrk(wrk, server, fixture, seconds=1, threads=threads, connections=connections)
+        for index in range(rounds):
+            order = keys if index % 2 == 0 else keys[::-1]
+            for key in order:
+                load = _wrk(
+                    wrk,
+                    servers[key],
+                    fixture,
+                    seconds=seconds,
+                    threads=threads,
+                    connections=connections,
+                )
+                servers[key].loads.append(load)
+        results = {
+            key: Load(
+                sum(load.rps for load in server.loads) / len(server.loads),
+                sum(load.p50_ms for load in server.loads) / len(server.loads),
+                sum(load.p99_ms for load in server.loads) / len(server.loads),
+            )
+            for key, server in servers.items()
+        }
+    bare = results["bare"]
+    section.headers = ["App", "requests/s", "x bare rps", "p50 ms", "p99 ms", "x bare p99"]
+    for key, label in E2E_APPS:
+        load = results[key]
+        section.rows.append(
+            [
+                label,
+                fmt(load.rps, 0),
+                fmt(ratio(load.rps, bare.rps), 3),
+                fmt(load.p50_ms, 2),
+                fmt(load.p99_ms, 2),
+                fmt(ratio(load.p99_ms, bare.p99_ms), 2),
+            ]
+        )
+    per_round = ", ".join(
+        f"{key}: " + "/".join(fmt(load.rps, 0) for load in servers[key].loads) for key in keys
+    )
+    section.notes.append(f"requests/s per round: {per_round}")
+    section.data["results"] = results
+    section.data["plot"] = {
+        "kind": "barh",
+        "title": "uvicorn + wrk: requests/s",
+        "xlabel": "requests per second (higher is better)",
+        "labels": [label for _, label in E2E_APPS],
+        "values": [results[key].rps for key, _ in E2E_APPS],
+    }
+    return section

@@ -1,0 +1,222 @@
+"""Timing helpers: interleaved rounds of raw ASGI and WSGI calls, and statistics.
+
+Each round times one batch of every variant, in an order shuffled per round
+(seeded), so drift (CPU frequency, other processes) spreads over all rows
+instead of biasing the ones that run last. Figures are medians of the
+per-round means, in microseconds per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .apps import HOST, PATH
+
+_RECEIVE_MESSAGE = {"type": "http.request", "body": b"", "more_body": False}
+
+
+@dataclass
+class Timing:
+    """Per-request times of one variant, one sample per round (µs)."""
+
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def spread(self) -> float:
+        """Half the interquartile range: a noise indicator for the median."""
+        if len(self.samples) < 4:
+            return (max(self.samples) - min(self.samples)) / 2
+        q1, _, q3 = statistics.quantiles(self.samples, n=4)
+        return (q3 - q1) / 2
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile, ``q`` in 0..100."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+# --- ASGI -----------------------------------------------------------------------------
+
+
+def asgi_scope(authorization: bytes | None, path: str = PATH) -> dict[str, Any]:
+    headers = [
+        (b"host", f"{HOST}:8000".encode()),
+        (b"user-agent", b"bench/1.0"),
+        (b"accept", b"*/*"),
+    ]
+    if authorization is not None:
+        headers.append((b"authorization", authorization))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": (HOST, 50000),
+        "server": (HOST, 8000),
+        "state": {},
+    }
+
+
+async def _receive() -> dict[str, Any]:
+    return _RECEIVE_MESSAGE
+
+
+async def _discard(message: Any) -> None:
+    return None
+
+
+async def asgi_call(app: Any, scope: Mapping[str, Any]) -> tuple[int, bytes]:
+    """One request: (status, body)."""
+    status, body = 0, bytearray()
+
+    async def send(message: Any) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            body.extend(message.get("body", b""))
+
+    await app(dict(scope), _receive, send)
+    return status, bytes(body)
+
+
+async def asgi_batch(app: Any, scope: Mapping[str, Any], n: int) -> float:
+    """Mean µs per request over ``n`` sequential requests."""
+    receive, send, copy = _receive, _discard, dict
+    start = time.perf_counter_ns()
+    for _ in range(n):
+        await app(copy(scope), receive, send)
+    return (time.perf_counter_ns() - start) / n / 1000
+
+
+def run_asgi_rounds(
+    apps: Mapping[str, Any],
+    scope: Mapping[str, Any],
+    *,
+    rounds: int,
+    batch: int,
+    warmup: int,
+    seed: int = 5,
+) -> dict[str, Timing]:
+    async def main() -> dict[str, Timing]:
+        for app in apps.values():
+            await asgi_batch(app, scope, warmup)
+        timings = {name: Timing() for name in apps}
+        order = list(apps)
+        shuffle = random.Random(seed).shuffle
+        for _ in range(rounds):
+            shuffle(order)
+            for name in order:
+                timings[name].samples.append(await asgi_batch(apps[name], scope, batch))
+        return timings
+
+    return asyncio.run(main())
+
+
+# --- WSGI -----------------------------------------------------------------------------
+
+
+def wsgi_environ(authorization: str | None, path: str = PATH) -> dict[str, Any]:
+    from werkzeug.test import EnvironBuilder
+
+    headers = {"User-Agent": "bench/1.0", "Accept": "*/*"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    builder = EnvironBuilder(path=path, method="GET", headers=headers, base_url=f"http://{HOST}")
+    try:
+        return builder.get_environ()
+    finally:
+        builder.close()
+
+
+def _start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
+    return _write
+
+
+def _write(data: bytes) -> None:
+    return None
+
+
+def wsgi_call(app: Any, environ: Mapping[str, Any]) -> tuple[int, bytes]:
+    status = [""]
+
+    def start_response(line: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
+        status[0] = line
+        return _write
+
+    result = app(dict(environ), start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return int(status[0].split(" ", 1)[0]), body
+
+
+def wsgi_batch(app: Any, environ: Mapping[str, Any], n: int) -> float:
+    start_response, copy = _start_response, dict
+    start = time.perf_counter_ns()
+    for _ in range(n):
+        result = app(copy(environ), start_response)
+        for _chunk in result:
+            pass
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return (time.perf_counter_ns() - start) / n / 1000
+
+
+def run_wsgi_rounds(
+    apps: Mapping[str, Any],
+    environ: Mapping[str, Any],
+    *,
+    rounds: int,
+    batch: int,
+    warmup: int,
+    seed: int = 5,
+) -> dict[str, Timing]:
+    for app in apps.values():
+        wsgi_batch(app, environ, warmup)
+    timings = {name: Timing() for name in apps}
+    order = list(apps)
+    shuffle = random.Random(seed).shuffle
+    for _ in range(rounds):
+        shuffle(order)
+        for name in order:
+            timings[name].samples.append(wsgi_batch(apps[name], environ, batch))
+    return timings
+
+
+# --- micro timings --------------------------------------------------------------------
+
+
+def micro(fn: Callable[[], object], *, n: int, repeat: int) -> float:
+    """Median over ``repeat`` runs of the mean ns per call of ``fn`` (loop overhead included)."""
+    results = []
+    for _ in range(repeat):
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            fn()
+        results.append((time.perf_counter_ns() - start) / n)
+    return statistics.median(results)

@@ -1,0 +1,358 @@
+"""``python -m bench``: run every section, print the table and the targets, write the docs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .report import (
+    Section,
+    Target,
+    fmt,
+    machine_info,
+    markdown,
+    plot,
+    print_section,
+    print_targets,
+    ratio,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("asgi", "wsgi", "breakdown", "e2e", "stampede", "cache")
+
+
+@dataclass(frozen=True)
+class Settings:
+    asgi_rounds: int
+    asgi_batch: int
+    wsgi_rounds: int
+    wsgi_batch: int
+    warmup: int
+    micro_n: int
+    micro_repeat: int
+    e2e_seconds: float
+    e2e_rounds: int
+    stampede_requests: int
+    stampede_delay: float
+    cache_entries: int
+    cache_traced: int
+    cache_sizes: tuple[int, ...]
+    cache_probes: int
+    cache_rounds: int
+    zipf_requests: int
+
+
+FULL = Settings(
+    asgi_rounds=21,
+    asgi_batch=1000,
+    wsgi_rounds=15,
+    wsgi_batch=1000,
+    warmup=300,
+    micro_n=20_000,
+    micro_repeat=5,
+    e2e_seconds=3.0,
+    e2e_rounds=2,
+    stampede_requests=1000,
+    stampede_delay=0.05,
+    cache_entries=100_000,
+    cache_traced=10_000,
+    cache_sizes=(1_000, 10_000, 100_000),
+    cache_probes=20_000,
+    cache_rounds=7,
+    zipf_requests=100_000,
+)
+
+SMOKE = Settings(
+    asgi_rounds=3,
+    asgi_batch=20,
+    wsgi_rounds=3,
+    wsgi_batch=20,
+    warmup=5,
+    micro_n=200,
+    micro_repeat=2,
+    e2e_seconds=1.0,
+    e2e_rounds=1,
+    stampede_requests=20,
+    stampede_delay=0.05,
+    cache_entries=2_000,
+    cache_traced=500,
+    cache_sizes=(100, 1_000, 2_000),
+    cache_probes=2_000,
+    cache_rounds=2,
+    zipf_requests=5_000,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="hfauth-mw benchmarks (issue 5): prints a table, writes docs/benchmarks.md.",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few iterations of everything but the end-to-end run, to test the harness",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "docs" / "benchmarks.md",
+        help="markdown report to write (default: docs/benchmarks.md); the plot goes beside it",
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only, write no files")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw the plot")
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})",
+    )
+    parser.add_argument(
+        "--e2e-seconds", type=float, help="seconds per wrk round (default 3, 2 rounds per app)"
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        nargs="?",
+        const=50_000,
+        metavar="REQUESTS",
+        help="print a cProfile of the cached path (default 50,000 requests) and exit",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="exit with status 1 when a target fails"
+    )
+    args = parser.parse_args(argv)
+    args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    return args
+
+
+def _missing(module: str, pip_name: str) -> str | None:
+    if importlib.util.find_spec(module) is None:
+        return f"{module} is not installed (pip install {pip_name})"
+    return None
+
+
+def targets(by_key: dict[str, Section]) -> list[Target]:
+    out: list[Target] = []
+    asgi = by_key.get("asgi")
+    if asgi and not asgi.skipped:
+        over = asgi.data["overhead"]
+        ours, theirs, static = over["hfauth"], over["starlette-auth"], over["static-key"]
+        r = ratio(ours, theirs)
+        out.append(
+            Target(
+                "ASGI cached-token overhead vs Starlette AuthenticationMiddleware",
+                f"{fmt(ours, 2)} µs vs {fmt(theirs, 2)} µs = {fmt(r, 2)}x",
+                "<= 0.5x",
+                r is not None and r <= 0.5,
+            )
+        )
+        r = ratio(ours, static)
+        out.append(
+            Target(
+                "ASGI cached-token overhead vs static-key check (vLLM-style)",
+                f"{fmt(ours, 2)} µs vs {fmt(static, 2)} µs = {fmt(r, 2)}x",
+                "<= 2x",
+                r is not None and r <= 2.0,
+            )
+        )
+    else:
+        out.append(Target("ASGI overhead targets", "not measured", "", None))
+    e2e = by_key.get("e2e")
+    if e2e and not e2e.skipped:
+        results = e2e.data["results"]
+        share = ratio(results["hfauth"].rps, results["bare"].rps)
+        out.append(
+            Target(
+                "uvicorn end to end: requests/s vs bare app",
+                f"{fmt(results['hfauth'].rps, 0)} vs {fmt(results['bare'].rps, 0)} "
+                f"= {fmt((share or 0) * 100, 1)}%",
+                ">= 90%",
+                share is not None and share >= 0.9,
+            )
+        )
+    else:
+        reason = e2e.skipped if e2e else "not run"
+        out.append(
+            Target("uvicorn end to end: requests/s vs bare app", f"{reason}", ">= 90%", None)
+        )
+    stampede = by_key.get("stampede")
+    if stampede and not stampede.skipped:
+        data = stampede.data
+        out.append(
+            Target(
+                "Cold stampede: upstream calls",
+                str(data["upstream"]),
+                "exactly 1",
+                data["upstream"] == 1 and data["statuses"] == [200],
+            )
+        )
+        out.append(
+            Target(
+                "Cold stampede: p99 latency",
+                f"{fmt(data['p99'], 1)} ms ({fmt(ratio(data['p99'], data['delay_ms']), 2)}x "
+                f"the {fmt(data['delay_ms'], 0)} ms upstream)",
+                f"< {fmt(2 * data['delay_ms'], 0)} ms (2x)",
+                data["p99"] < 2 * data["delay_ms"],
+            )
+        )
+    else:
+        out.append(Target("Cold stampede targets", "not measured", "", None))
+    cache = by_key.get("cache")
+    if cache and not cache.skipped:
+        data = cache.data
+        out.append(
+            Target(
+                "Memory per cached classic-token principal",
+                f"{fmt(data['per_entry'], 0)} bytes",
+                "<= 2048 bytes",
+                data["per_entry"] <= 2048,
+            )
+        )
+        sizes = sorted(data["lookups"])
+        out.append(
+            Target(
+                f"Lookup time flat from {sizes[0]:,} to {sizes[-1]:,} entries (Zipf keys)",
+                " / ".join(f"{fmt(data['lookups'][s], 0)} ns" for s in sizes)
+                + f" (max/min {fmt(data['spread'], 2)}; uniform keys "
+                + " / ".join(f"{fmt(data['uniform'][s], 0)}" for s in sizes)
+                + f" ns, max/min {fmt(data['uniform_spread'], 2)})",
+                "max/min <= 1.20",
+                data["spread"] <= 1.2,
+            )
+        )
+    else:
+        out.append(Target("Cache scale targets", "not measured", "", None))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = SMOKE if args.smoke else FULL
+    mode = "smoke" if args.smoke else "full"
+    started = time.perf_counter()
+    print(f"hfauth-mw benchmarks ({mode} run)", flush=True)
+
+    from .apps import make_fixture
+
+    errors = 0
+    sections: list[Section] = []
+    with tempfile.TemporaryDirectory(prefix="hfauth-bench-") as tmp:
+        directory = Path(tmp)
+        fixture = make_fixture(directory)
+
+        if args.profile:
+            from .breakdown import profile
+
+            print(profile(fixture, requests=args.profile))
+            return 0
+
+        from .breakdown import run_breakdown
+        from .cache_scale import run_cache_scale
+        from .e2e import run_e2e
+        from .overhead import run_asgi, run_wsgi
+        from .stampede import run_stampede
+
+        s = settings
+        runners: dict[str, tuple[str, Callable[[], Section], str | None]] = {
+            "asgi": (
+                "In-process ASGI overhead per request",
+                lambda: run_asgi(
+                    fixture, rounds=s.asgi_rounds, batch=s.asgi_batch, warmup=s.warmup
+                ),
+                None,
+            ),
+            "wsgi": (
+                "In-process WSGI overhead per request",
+                lambda: run_wsgi(
+                    fixture, rounds=s.wsgi_rounds, batch=s.wsgi_batch, warmup=s.warmup
+                ),
+                _missing("flask", "flask"),
+            ),
+            "breakdown": (
+                "Where the cached path spends its time",
+                lambda: run_breakdown(fixture, n=s.micro_n, repeat=s.micro_repeat),
+                None,
+            ),
+            "e2e": (
+                "End to end: uvicorn + wrk over loopback",
+                lambda: run_e2e(
+                    fixture, seconds=args.e2e_seconds or s.e2e_seconds, rounds=s.e2e_rounds
+                ),
+                "smoke run (no wrk, no uvicorn)" if args.smoke else None,
+            ),
+            "stampede": (
+                "Cold stampede",
+                lambda: run_stampede(
+                    directory, requests=s.stampede_requests, delay=s.stampede_delay
+                ),
+                None,
+            ),
+            "cache": (
+                "Scale of the cache",
+                lambda: run_cache_scale(
+                    entries=s.cache_entries,
+                    traced=s.cache_traced,
+                    sizes=list(s.cache_sizes),
+                    probes=s.cache_probes,
+                    rounds=s.cache_rounds,
+                    zipf_requests=s.zipf_requests,
+                ),
+                None,
+            ),
+        }
+        for key in SECTIONS:
+            if key not in args.sections:
+                continue
+            title, run, skip = runners[key]
+            section_start = time.perf_counter()
+            if skip is not None:
+                section = Section(key, title, skipped=skip)
+            else:
+                try:
+                    section = run()
+                except Exception as exc:
+                    errors += 1
+                    traceback.print_exc()
+                    section = Section(key, title, skipped=f"failed to run: {exc!r}")
+            section.seconds = time.perf_counter() - section_start
+            print_section(section)
+            sections.append(section)
+
+    results = targets({section.key: section for section in sections})
+    print_targets(results)
+    total = time.perf_counter() - started
+    if not args.no_write:
+        out: Path = args.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image = None if args.no_plot else plot(sections, out.with_suffix(".png"))
+        command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+        out.write_text(
+            markdown(
+                sections,
+                results,
+                machine_info(),
+                plot=image,
+                command=command.strip(),
+                total_seconds=total,
+                mode=mode,
+            ),
+            encoding="utf-8",
+        )
+        print(f"\nwrote {out}" + (f" and {out.with_name(image)}" if image else ""))
+    print(f"total {total:.1f} s")
+    if errors:
+        return 1
+    if args.strict and any(target.ok is False for target in results):
+        return 1
+    return 0

@@ -1,0 +1,46 @@
+"""A toy model server as a minimal Django project that accepts Hugging Face tokens.
+
+Run it against a local token store (no network)::
+
+    TOKEN=$(.venv/bin/hfauth-mw token create --store tokens.sqlite3 --user alice \\
+        --role write --org acme:write)
+    .venv/bin/python examples/django_app/manage.py --store tokens.sqlite3
+    curl -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+        -d '{"inputs": "hello there"}' http://127.0.0.1:8002/v1/models/acme/sentiment/infer
+
+or against the real Hub::
+
+    .venv/bin/python examples/django_app/manage.py --hub-url https://huggingface.co
+
+``--store``/``--hub-url`` set ``HFAUTH_STORE``/``HFAUTH_HUB_URL`` for
+``toyhub/settings.py``; with no Django command, ``runserver 127.0.0.1:8002``
+runs. Any other Django command works as usual (``manage.py check``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--store", metavar="PATH")
+    parser.add_argument("--hub-url", metavar="URL")
+    args, rest = parser.parse_known_args()
+    if args.store:
+        os.environ["HFAUTH_STORE"] = str(Path(args.store).resolve())
+    if args.hub_url:
+        os.environ["HFAUTH_HUB_URL"] = args.hub_url
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "toyhub.settings")
+
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line([sys.argv[0], *(rest or ["runserver", "127.0.0.1:8002"])])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The toy model server's Django project (see ``../manage.py``)."""

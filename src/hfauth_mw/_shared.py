@@ -1,0 +1,595 @@
+"""The shared cache tier, sans-IO: work items, keys, signed values, revocation.
+
+Several processes (workers of one server, replicas on several hosts) share
+introspection answers through a store, today Redis (:mod:`hfauth_mw._redis`).
+Everything that decides lives here and in
+:meth:`~hfauth_mw.Authenticator.flow`; the store's backend only runs the work
+items below and reports failures as :class:`SharedDown`.
+
+What is kept where, and why:
+
+* **Keys** are ``{prefix}:{<tag>}:<source>:<id>`` where ``id`` is
+  HMAC-SHA256(secret-derived key, source name + SHA-256(token)) and ``tag`` is
+  a keyed hash of the token's 12-digit fingerprint (the ``{...}`` hash tag
+  keeps all keys of one token in one Redis Cluster slot). Neither the token
+  nor its plain SHA-256 is ever sent to Redis, so a Redis dump cannot be
+  matched against a list of leaked-token hashes without the secret.
+* **Values** are ``+`` (valid) or ``-`` (invalid), then an HMAC-SHA256 over
+  the key and the body, then a JSON body holding the principal in the
+  whoami-v2 shape (read back by the same parser as the Hub's answers) and an
+  absolute expiry. A value that fails the check, does not parse or has
+  expired is ignored. Someone who can write to Redis but lacks the secret
+  cannot forge a principal or move one to another token; they can delete
+  entries (the source is then asked again).
+* **TTL**: the same rules as the in-process cache: positive answers for the
+  cache's ``ttl`` capped by the token's expiry, negative answers for
+  ``negative_ttl``, "unavailable" never.
+* **Single flight**: one round trip either reads the answer or takes a
+  ``SET NX PX`` lock for the token; the lock holder introspects and writes the
+  answer (releasing the lock); the others poll for it with bounded back-off.
+  A lock lives ``lock_ttl`` seconds (default: the source's own wait bound),
+  so a crashed leader delays the others by at most that long; then one of
+  them takes over.
+* **Revocation**: :meth:`SharedCache.revoke` sets a tombstone on the token's
+  tag (positive answers for it are then neither read nor written by any
+  process for ``revocation_ttl``) and publishes the tag; each process's
+  subscriber thread drops matching in-process entries. A process whose
+  subscription broke drops its whole in-process cache when it reconnects,
+  because it may have missed revocations.
+
+Security caveats, stated plainly: Redis then holds the principals (user and
+org names, e-mail addresses, token names and permissions) for up to the TTL:
+give it a password or ACL user, TLS (``rediss://``) when it leaves the host,
+and no public interface. The secret protects keys and values; anyone who holds
+it and can reach Redis can mint principals. Rotate it by deploying a new one
+everywhere (the old entries are then ignored and expire).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from ._cache import MAX_TTL, TokenCache
+from ._exceptions import ConfigurationError, HFAuthError, MalformedAnswer
+from ._outcome import Invalid, Outcome, Valid
+from ._principal import FINGERPRINT_LENGTH, Principal, fingerprint_of, principal_from_whoami
+from ._protection import UpstreamBreaker
+
+__all__ = [
+    "CLAIM_HIT",
+    "CLAIM_LEAD",
+    "CLAIM_WAIT",
+    "MIN_SECRET_BYTES",
+    "Pause",
+    "SharedBackend",
+    "SharedCache",
+    "SharedCacheUnavailable",
+    "SharedClaim",
+    "SharedDown",
+    "SharedKeys",
+    "SharedOp",
+    "SharedRelease",
+    "SharedRevoke",
+    "SharedStore",
+    "principal_to_whoami",
+    "revocation_broadcaster",
+]
+
+logger = logging.getLogger("hfauth_mw.shared")
+
+#: A deployment secret shorter than this is refused (it keys every HMAC).
+MIN_SECRET_BYTES = 16
+_VALUE_VERSION = 1
+_MAC_BYTES = 32
+_TAG_HEX = 32
+_POSITIVE, _NEGATIVE = b"+", b"-"
+
+CLAIM_WAIT, CLAIM_HIT, CLAIM_LEAD = 0, 1, 2
+
+
+class SharedCacheUnavailable(HFAuthError):
+    """The shared cache (Redis) could not be reached for an explicit operation
+    such as a revocation broadcast. Request handling never raises this: it
+    falls back to the in-process cache and the source."""
+
+
+# --- work items -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SharedKeys:
+    """The store keys of one token under one source: its answer, its lock, its tombstone."""
+
+    entry: str
+    lock: str
+    tomb: str
+
+
+@dataclass(frozen=True, slots=True)
+class SharedClaim:
+    """Work item: read the token's shared answer, else try to take its lock (one round trip).
+
+    The driver answers ``(CLAIM_HIT, value)``, ``(CLAIM_LEAD, None)`` (the lock
+    is ours) or ``(CLAIM_WAIT, None)`` (someone else holds it). A positive
+    value under a tombstone is not a hit.
+    """
+
+    keys: SharedKeys
+    owner: str
+    lock_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SharedStore:
+    """Work item: store a value for ``ttl_ms`` (a positive one only if the
+    token has no tombstone) and release our lock. The driver answers a bool:
+    whether the value was stored."""
+
+    keys: SharedKeys
+    owner: str
+    value: bytes
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SharedRelease:
+    """Work item: release our lock on the token (if it is still ours)."""
+
+    keys: SharedKeys
+    owner: str
+
+
+@dataclass(frozen=True, slots=True)
+class SharedRevoke:
+    """Work item: set a tombstone on ``tomb`` and publish ``tag`` on ``channel``.
+    The driver answers how many subscribers got the message."""
+
+    tomb: str
+    tomb_ms: int
+    channel: str
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Work item: sleep ``seconds`` (a waiter polling for another process's answer)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SharedDown:
+    """What a driver sends back instead of a result when the store failed
+    (timeout, connection refused, out of memory, ...). ``reason`` is log-safe."""
+
+    reason: str
+
+
+SharedOp = SharedClaim | SharedStore | SharedRelease | SharedRevoke
+
+
+class SharedBackend(Protocol):
+    """What :class:`SharedCache` needs of a store. :mod:`hfauth_mw._redis` has the real one.
+
+    ``execute`` and ``execute_async`` never raise for store trouble: they
+    return :class:`SharedDown`. Every call is bounded by a socket timeout.
+    """
+
+    def describe(self) -> str:
+        """Where the store is, without any password."""
+        ...
+
+    def execute(self, op: SharedOp) -> object: ...
+
+    async def execute_async(self, op: SharedOp) -> object: ...
+
+    def start_subscriber(
+        self,
+        channel: str,
+        on_tags: Callable[[list[str]], None],
+        on_resubscribed: Callable[[], None],
+    ) -> None:
+        """Start (idempotently, once per process) a daemon thread that calls
+        ``on_tags`` with batches of published tags, and ``on_resubscribed``
+        after it had to reconnect."""
+        ...
+
+    def wait_subscribed(self, timeout: float) -> bool: ...
+
+    def close(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --- the principal in the whoami-v2 shape ---------------------------------------------------
+
+
+def principal_to_whoami(principal: Principal) -> dict[str, Any]:
+    """The principal as a whoami-v2 answer, so that one parser
+    (:func:`~hfauth_mw.principal_from_whoami`) reads it back. Fields whoami-v2
+    does not have (``source``, ``oauth_scopes``) go under ``hfauth``. The token
+    fingerprint is left out (it is a prefix of the token's plain SHA-256)."""
+    access_token: dict[str, Any] = {
+        "role": principal.token_role,
+        "displayName": principal.token_name,
+        "fineGrained": {
+            "scoped": [
+                {
+                    "entity": {
+                        "_id": grant.entity_id,
+                        "type": grant.entity_type,
+                        "name": grant.entity_name,
+                    },
+                    "permissions": sorted(grant.permissions),
+                }
+                for grant in principal.scoped
+            ],
+            "global": sorted(principal.global_permissions),
+            "canReadGatedRepos": principal.can_read_gated_repos,
+        },
+    }
+    return {
+        "type": principal.type,
+        "id": principal.id,
+        "name": principal.name,
+        "fullname": principal.fullname,
+        "email": principal.email,
+        "orgs": [
+            {
+                "type": "org",
+                "name": org.name,
+                "roleInOrg": org.role,
+                "id": org.id,
+                "plan": org.plan,
+                "isEnterprise": org.is_enterprise,
+                "resourceGroups": [
+                    {"id": group.id, "name": group.name, "role": group.role}
+                    for group in org.resource_groups
+                ],
+            }
+            for org in principal.orgs
+        ],
+        "auth": {
+            "type": principal.auth_type,
+            "accessToken": access_token,
+            "expiresAt": principal.expires_at.isoformat() if principal.expires_at else None,
+        },
+        "hfauth": {"source": principal.source, "oauthScopes": sorted(principal.oauth_scopes)},
+    }
+
+
+def _principal_from_value(answer: Mapping[str, Any], fingerprint: str) -> Principal:
+    extra = answer.get("hfauth") or {}
+    if not isinstance(extra, Mapping):
+        raise MalformedAnswer("hfauth is not an object")
+    source = extra.get("source", "")
+    scopes = extra.get("oauthScopes", [])
+    if not isinstance(source, str) or not isinstance(scopes, list):
+        raise MalformedAnswer("hfauth has the wrong shape")
+    if not all(isinstance(scope, str) for scope in scopes):
+        raise MalformedAnswer("hfauth.oauthScopes holds a non-string")
+    principal = principal_from_whoami(answer, fingerprint=fingerprint, source=source)
+    return replace(principal, oauth_scopes=frozenset(scopes)) if scopes else principal
+
+
+# --- the shared cache -----------------------------------------------------------------------
+
+
+def _secret_bytes(secret: object) -> bytes:
+    if isinstance(secret, str):
+        secret = secret.encode("utf-8")
+    if not isinstance(secret, bytes) or not secret:
+        raise ConfigurationError(
+            "a shared cache needs a deployment secret (secret=...): the same random value "
+            "in every process, e.g. from `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'`, kept out of the code"
+        )
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigurationError(
+            f"the shared cache secret must be at least {MIN_SECRET_BYTES} bytes long"
+        )
+    return secret
+
+
+class SharedCache:
+    """The shared cache tier (Redis), for many workers and many replicas.
+
+    Build one per process with :meth:`from_url` and give it to every
+    :class:`~hfauth_mw.Authenticator` of the process
+    (``Authenticator(source, shared=shared)``). It is off unless you do.
+
+    ``secret`` (required, at least 16 bytes, the same in every process)
+    keys every Redis key and signs every value; it is never stored on this
+    object (only keys derived from it) and is masked in ``repr``.
+    ``prefix`` namespaces keys and the revocation channel: deployments that
+    must not share answers need different prefixes or different secrets.
+    ``lock_ttl`` bounds how long a cold token's lock lives (default: the
+    source's own wait bound). ``poll_interval``/``max_poll_interval``: how
+    often waiters look for the leader's answer (doubling). ``revocation_ttl``:
+    how long a revoked token's positive answers stay out of the shared tier
+    (default one hour, the longest TTL allowed). The ``breaker`` (default: 3
+    failures in a row open it for 5 s, at most 64 concurrent calls) keeps
+    requests from waiting on a dead or slow Redis: they use the in-process
+    cache and the source directly.
+    """
+
+    def __init__(
+        self,
+        backend: SharedBackend,
+        *,
+        secret: str | bytes,
+        prefix: str = "hfauth",
+        lock_ttl: float | None = None,
+        poll_interval: float = 0.005,
+        max_poll_interval: float = 0.1,
+        revocation_ttl: float = MAX_TTL,
+        breaker: UpstreamBreaker | None = None,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        key = _secret_bytes(secret)
+        if not prefix or any(ch in prefix for ch in "{} \r\n"):
+            raise ConfigurationError("prefix must be non-empty, without braces or whitespace")
+        if lock_ttl is not None and not 0 < lock_ttl <= 60:
+            raise ConfigurationError("lock_ttl must be between 0 and 60 seconds")
+        if not 0 < poll_interval <= max_poll_interval <= 5:
+            raise ConfigurationError("need 0 < poll_interval <= max_poll_interval <= 5 seconds")
+        if not 0 < revocation_ttl <= 7 * 24 * 3600:
+            raise ConfigurationError("revocation_ttl must be positive and at most a week")
+        self.backend = backend
+        self.prefix = prefix
+        self.lock_ttl = lock_ttl
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self.revocation_ttl = revocation_ttl
+        self.breaker = breaker or UpstreamBreaker(
+            max_concurrent=64, failure_threshold=3, cooldown=5.0, timer=timer
+        )
+        self.channel = f"{prefix}:revocations"
+        self._id_key = hmac.digest(key, b"hfauth-mw/v1/entry-id", "sha256")
+        self._tag_key = hmac.digest(key, b"hfauth-mw/v1/revocation-tag", "sha256")
+        self._mac_key = hmac.digest(key, b"hfauth-mw/v1/value-mac", "sha256")
+        self._attached: list[tuple[weakref.ref[TokenCache], bytes]] = []
+        self._attached_lock = threading.Lock()
+        self._started_pid: int | None = None
+        self._start_lock = threading.Lock()
+        self._received = 0
+        self._dropped = 0
+        self._resubscribed = 0
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        secret: str | bytes,
+        socket_timeout: float = 0.1,
+        max_connections: int = 32,
+        **options: Any,
+    ) -> SharedCache:
+        """A shared cache on the Redis at ``url`` (``redis://``, ``rediss://`` or
+        ``unix://``; user, password and DB number as redis-py reads them).
+
+        ``socket_timeout`` (default 100 ms) bounds every Redis call, connecting
+        included; ``max_connections`` bounds each connection pool. Other
+        keyword arguments go to :class:`SharedCache`. Needs ``hfauth-mw[redis]``.
+        """
+        _secret_bytes(secret)  # fail on a missing secret before touching the network
+        from ._redis import RedisBackend
+
+        backend = RedisBackend(url, socket_timeout=socket_timeout, max_connections=max_connections)
+        return cls(backend, secret=secret, **options)
+
+    def __repr__(self) -> str:
+        return (
+            f"SharedCache({self.backend.describe()}, prefix={self.prefix!r}, secret='***', "
+            f"breaker={self.breaker.state!r})"
+        )
+
+    # --- keys and values --------------------------------------------------------------
+
+    def revocation_tag(self, fingerprint: str) -> str:
+        """The keyed tag of a token fingerprint: published on revocation, never the fingerprint."""
+        return hmac.new(self._tag_key, fingerprint.encode("ascii"), "sha256").hexdigest()[:_TAG_HEX]
+
+    def keys(self, namespace: bytes, digest: bytes) -> SharedKeys:
+        """The store keys of the token with SHA-256 ``digest`` under a source ``namespace``."""
+        tag = self.revocation_tag(fingerprint_of(digest))
+        token_id = hmac.new(self._id_key, namespace + digest, "sha256").hexdigest()
+        source = hashlib.sha256(namespace).hexdigest()[:12]
+        entry = f"{self.prefix}:{{{tag}}}:{source}:{token_id}"
+        return SharedKeys(entry, entry + ":lock", f"{self.prefix}:{{{tag}}}:revoked")
+
+    def _mac(self, keys: SharedKeys, marker: bytes, body: bytes) -> bytes:
+        return hmac.digest(
+            self._mac_key, keys.entry.encode("ascii") + b"\x00" + marker + body, "sha256"
+        )
+
+    def encode(self, keys: SharedKeys, outcome: Outcome, ttl: float, now: float) -> bytes:
+        """The signed value for ``outcome``, valid until ``now + ttl`` (wall clock)."""
+        document: dict[str, Any] = {"v": _VALUE_VERSION, "exp": now + ttl}
+        if isinstance(outcome, Valid):
+            marker = _POSITIVE
+            document["whoami"] = principal_to_whoami(outcome.principal)
+        else:
+            marker = _NEGATIVE
+            document["reason"] = outcome.reason
+        body = json.dumps(document, separators=(",", ":")).encode("utf-8")
+        return marker + self._mac(keys, marker, body) + body
+
+    def decode(
+        self, keys: SharedKeys, value: bytes, fingerprint: str, now: float
+    ) -> tuple[Outcome, float] | None:
+        """The outcome in a stored value and the seconds it stays fresh, or None
+        if the value is forged, damaged, of another key, or expired."""
+        marker, mac, body = value[:1], value[1 : 1 + _MAC_BYTES], value[1 + _MAC_BYTES :]
+        if marker not in (_POSITIVE, _NEGATIVE) or not hmac.compare_digest(
+            mac, self._mac(keys, marker, body)
+        ):
+            logger.warning("ignored a shared cache value that failed its integrity check")
+            return None
+        try:
+            document = json.loads(body)
+            remaining = float(document["exp"]) - now
+            if document.get("v") != _VALUE_VERSION or not math.isfinite(remaining):
+                return None
+            if remaining <= 0:
+                return None
+            if marker == _NEGATIVE:
+                reason = document.get("reason")
+                return Invalid(reason if isinstance(reason, str) else Invalid().reason), remaining
+            return Valid(_principal_from_value(document["whoami"], fingerprint)), remaining
+        except (ValueError, KeyError, TypeError, MalformedAnswer):
+            logger.warning("ignored a shared cache value that does not parse")
+            return None
+
+    # --- revocation -------------------------------------------------------------------
+
+    def revoke_op(self, fingerprint: str) -> SharedRevoke:
+        """The work item that revokes the token with this 12-digit fingerprint everywhere."""
+        fingerprint = fingerprint.strip().lower()
+        if len(fingerprint) != FINGERPRINT_LENGTH or any(
+            ch not in "0123456789abcdef" for ch in fingerprint
+        ):
+            raise ConfigurationError(
+                f"a revocation broadcast needs the token's full {FINGERPRINT_LENGTH}-digit "
+                "fingerprint (as `hfauth-mw token list` shows it)"
+            )
+        tag = self.revocation_tag(fingerprint)
+        return SharedRevoke(
+            tomb=f"{self.prefix}:{{{tag}}}:revoked",
+            tomb_ms=math.ceil(self.revocation_ttl * 1000),
+            channel=self.channel,
+            tag=tag,
+        )
+
+    def revoke_fingerprint(self, fingerprint: str) -> int:
+        """Revoke a token everywhere by fingerprint, blocking (for the CLI and
+        admin tools that have no token). Returns how many processes listened.
+
+        Raises :class:`SharedCacheUnavailable` if Redis cannot be reached: then
+        nothing was broadcast and processes keep their entries up to their TTL.
+        """
+        result = self.backend.execute(self.revoke_op(fingerprint))
+        if isinstance(result, SharedDown):
+            raise SharedCacheUnavailable(
+                f"the revocation could not be broadcast: Redis failed ({result.reason})"
+            )
+        return result if isinstance(result, int) else 0
+
+    def attach(self, cache: TokenCache, namespace: bytes) -> None:
+        """Let revocations received by this process reach ``cache`` (held weakly)."""
+        with self._attached_lock:
+            self._attached = [(ref, ns) for ref, ns in self._attached if ref() is not None]
+            self._attached.append((weakref.ref(cache), namespace))
+
+    def _caches(self) -> list[tuple[TokenCache, bytes]]:
+        with self._attached_lock:
+            alive = [(ref(), ns) for ref, ns in self._attached]
+        return [(cache, ns) for cache, ns in alive if cache is not None]
+
+    def _on_tags(self, tags: list[str]) -> None:
+        """Subscriber callback: drop every in-process entry whose token has one of ``tags``."""
+        wanted = frozenset(tags)
+        dropped = 0
+        for cache, namespace in self._caches():
+            size = len(namespace)
+
+            def revoked(key: bytes, size: int = size, namespace: bytes = namespace) -> bool:
+                if not key.startswith(namespace):
+                    return False
+                return self.revocation_tag(fingerprint_of(key[size:])) in wanted
+
+            dropped += cache.drop_matching(revoked)
+        with self._attached_lock:
+            self._received += len(tags)
+            self._dropped += dropped
+        logger.info(
+            "revocation broadcast received: %d tag(s), %d in-process entr%s dropped",
+            len(tags),
+            dropped,
+            "y" if dropped == 1 else "ies",
+            extra={"hfauth_event": "revocation_received"},
+        )
+
+    def _on_resubscribed(self) -> None:
+        """The subscription broke and came back: revocations may have been
+        missed, so every attached in-process cache is emptied."""
+        for cache, _ in self._caches():
+            cache.clear()
+        with self._attached_lock:
+            self._resubscribed += 1
+        logger.warning(
+            "revocation channel reconnected: in-process caches cleared (messages may "
+            "have been missed)",
+            extra={"hfauth_event": "revocation_resubscribed"},
+        )
+
+    def start(self) -> None:
+        """Start listening for revocations in this process (idempotent; called
+        lazily on the first cache miss; again after a fork)."""
+        pid = os.getpid()
+        if self._started_pid == pid:
+            return
+        with self._start_lock:
+            if self._started_pid == pid:
+                return
+            self.backend.start_subscriber(self.channel, self._on_tags, self._on_resubscribed)
+            self._started_pid = pid
+
+    def wait_ready(self, timeout: float = 5.0) -> bool:
+        """Start the subscriber if needed and wait until it listens; False on timeout."""
+        self.start()
+        return self.backend.wait_subscribed(timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Revocation tags received, in-process entries they dropped, resubscriptions."""
+        with self._attached_lock:
+            return {
+                "revocations_received": self._received,
+                "revocations_dropped": self._dropped,
+                "revocations_resubscribed": self._resubscribed,
+                "shared_breaker_rejected": self.breaker.rejected,
+            }
+
+    def close(self) -> None:
+        """Stop the subscriber thread and close connections (idempotent)."""
+        self.backend.close()
+        self._started_pid = None
+
+    async def aclose(self) -> None:
+        """Close the current event loop's connections (and everything :meth:`close` closes)."""
+        await self.backend.aclose()
+        self.close()
+
+
+def revocation_broadcaster(
+    url: str, secret_env: str, prefix: str = "hfauth"
+) -> Callable[[str], int]:
+    """For ``hfauth-mw token revoke --redis-url``: check the configuration now
+    (the secret comes from the environment variable ``secret_env``, never the
+    command line) and return a function that broadcasts one fingerprint."""
+    secret = os.environ.get(secret_env, "")
+    if not secret:
+        raise ConfigurationError(
+            f"--redis-url needs the deployment secret in the environment variable {secret_env}"
+        )
+
+    def broadcast(fingerprint: str) -> int:
+        shared = SharedCache.from_url(url, secret=secret, prefix=prefix, socket_timeout=2.0)
+        try:
+            return shared.revoke_fingerprint(fingerprint)
+        finally:
+            shared.close()
+
+    return broadcast

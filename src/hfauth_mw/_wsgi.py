@@ -1,0 +1,238 @@
+"""The WSGI middleware, for Flask, Django, gunicorn apps and any WSGI application.
+
+``app.wsgi_app = HFAuthWSGIMiddleware(app.wsgi_app, hub_url="https://huggingface.co")``
+
+It takes the same options and gives the same answers as the ASGI
+:class:`~hfauth_mw.HFAuthMiddleware`: both ask the one :class:`~hfauth_mw.Guard`
+for the decision, this one through the authenticator's blocking driver.
+
+Security caveats, plainly:
+
+* Everything not listed in ``public_paths`` needs a valid token (default deny).
+* When the token source cannot answer, requests get 503 with ``Retry-After``:
+  never 401, never let through.
+* Paths are matched against ``PATH_INFO``, the path *inside* the application
+  (the WSGI twin of ASGI's ``root_path`` handling): ``SCRIPT_NAME``, where the
+  app is mounted, is not part of it, so write rules and public paths as the
+  app's own routes read. A proxy that rewrites paths must do so before this
+  middleware sees the request.
+* The check blocks the thread serving the request, for at most the source's
+  timeout. Other threads carry on: concurrent requests with the same cold
+  token wait for one upstream call, and requests with other tokens are not
+  held up. With one-thread workers (gunicorn ``sync``) a slow token source
+  holds the whole worker: prefer ``gthread`` or more workers.
+* The middleware decides from the request line and headers only; checks that
+  depend on the body or on the route's own logic belong in the route, through
+  ``environ["hfauth"]`` (a :class:`~hfauth_mw.RequestAuth`; also
+  ``hfauth_mw.get_request_auth(environ)``). Those keys are removed from every
+  incoming environ first, so their presence always means this middleware
+  authenticated the request.
+* Responses to authenticated requests get ``Vary: Authorization`` and, unless
+  the app set one, ``Cache-Control: private``, so shared caches do not serve
+  one caller's answer to another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable, Mapping
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any, Unpack, cast
+from urllib.parse import parse_qsl
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+from werkzeug.datastructures import EnvironHeaders
+from werkzeug.wsgi import get_path_info
+
+from ._asgi import build_authenticator
+from ._authenticator import Authenticator
+from ._cache import TokenCache
+from ._exceptions import AuthenticationError, ConfigurationError
+from ._guard import Guard, GuardOptions, RequestAuth
+from ._outcome import IntrospectionSource
+
+__all__ = [
+    "ENVIRON_AUTH",
+    "ENVIRON_PRINCIPAL",
+    "AdapterOptions",
+    "HFAuthWSGIMiddleware",
+    "MiddlewareOptions",
+    "authenticate_environ",
+    "build_guard",
+    "environ_flow",
+    "options_from_config",
+]
+
+#: environ key of the request's :class:`~hfauth_mw.RequestAuth`.
+ENVIRON_AUTH = "hfauth"
+#: environ key of the request's :class:`~hfauth_mw.Principal`.
+ENVIRON_PRINCIPAL = "hfauth.principal"
+
+# Yield type left open: the drivers know the work items; adapters only pass flows on.
+GuardFlow = Generator[Any, Any, RequestAuth]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+
+
+class AdapterOptions(GuardOptions, total=False):
+    """Every adapter's options: where tokens are checked, then :class:`Guard`'s options.
+
+    Give at most one of ``hub_url`` (default ``https://huggingface.co``),
+    ``source`` and ``authenticator`` (to share one cache between adapters).
+    """
+
+    hub_url: str | None
+    source: IntrospectionSource | None
+    authenticator: Authenticator | None
+    cache: TokenCache | None
+
+
+class MiddlewareOptions(AdapterOptions, total=False):
+    """:class:`AdapterOptions` plus ``private_responses`` (default True): add
+    ``Vary: Authorization`` and ``Cache-Control: private`` to authenticated answers."""
+
+    private_responses: bool
+
+
+_SOURCE_KEYS = frozenset({"hub_url", "source", "authenticator", "cache"})
+
+
+def build_guard(options: AdapterOptions) -> Guard:
+    """The :class:`Guard` for an adapter's options (validated; raises ConfigurationError)."""
+    guard_options = {k: v for k, v in options.items() if k not in _SOURCE_KEYS}
+    authenticator = build_authenticator(
+        options.get("hub_url"),
+        options.get("source"),
+        options.get("authenticator"),
+        options.get("cache"),
+    )
+    return Guard(authenticator, **cast(GuardOptions, guard_options))
+
+
+def options_from_config(
+    config: Mapping[str, Any], prefix: str, extra: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Options from framework settings: ``{prefix}HUB_URL`` becomes ``hub_url``.
+
+    Every key starting with ``prefix`` must name an option (a typo such as
+    ``HFAUTH_PUBLIC_PATH`` fails at start-up instead of silently guarding
+    nothing); ``extra`` names the adapter's own settings.
+    """
+    known = MiddlewareOptions.__optional_keys__ | set(extra)
+    options: dict[str, Any] = {}
+    for key, value in config.items():
+        if not isinstance(key, str) or not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :].lower()
+        if name not in known:
+            raise ConfigurationError(
+                f"unknown hfauth-mw setting {key!r}; known: "
+                + ", ".join(sorted(prefix + k.upper() for k in known))
+            )
+        options[name] = value
+    return options
+
+
+def request_path(environ: WSGIEnvironment) -> str:
+    """``PATH_INFO`` decoded as UTF-8, like ASGI's ``path``: the path inside the app."""
+    return get_path_info(environ) or "/"
+
+
+def environ_flow(guard: Guard, environ: WSGIEnvironment, path: str) -> GuardFlow:
+    """:meth:`Guard.request_flow` for a WSGI request, or anything with WSGI-style
+    keys such as Django's ``request.META``, for either driver."""
+    query: list[str] = []
+    if guard.query_param:
+        query_string = environ.get("QUERY_STRING", "")
+        pairs = parse_qsl(query_string, keep_blank_values=True) if query_string else []
+        query = [value for key, value in pairs if key == guard.query_param]
+    return guard.request_flow(
+        str(environ.get("REQUEST_METHOD", "GET")).upper(),
+        path,
+        EnvironHeaders(environ).getlist("Authorization"),
+        query,
+        guard.client_address(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR")),
+    )
+
+
+def authenticate_environ(
+    guard: Guard, environ: WSGIEnvironment, path: str | None = None
+) -> RequestAuth:
+    """Authenticate and authorize one WSGI request, blocking; raises AuthenticationError.
+
+    ``path`` defaults to :func:`request_path`. Public paths are the caller's
+    business: this always checks.
+    """
+    path = request_path(environ) if path is None else path
+    return guard.authenticator.run_sync(environ_flow(guard, environ, path))
+
+
+def attach(environ: WSGIEnvironment, auth: RequestAuth) -> None:
+    environ[ENVIRON_AUTH] = auth
+    environ[ENVIRON_PRINCIPAL] = auth.principal
+
+
+def refuse(
+    guard: Guard,
+    error: AuthenticationError,
+    environ: WSGIEnvironment,
+    start_response: StartResponse,
+) -> list[bytes]:
+    """Answer a refused WSGI request with the guard's RFC 6750 response."""
+    response = guard.error_response(error)
+    headers = [*response.headers, ("content-length", str(len(response.body)))]
+    start_response(f"{response.status} {HTTPStatus(response.status).phrase}", headers)
+    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [response.body]
+
+
+class HFAuthWSGIMiddleware:
+    """WSGI middleware accepting Hugging Face access tokens.
+
+    Options are those of the ASGI :class:`~hfauth_mw.HFAuthMiddleware` (see
+    :class:`AdapterOptions` and :class:`~hfauth_mw.Guard`). On success the
+    request's :class:`~hfauth_mw.RequestAuth` is in ``environ["hfauth"]`` and
+    its principal in ``environ["hfauth.principal"]``; requests to public paths
+    carry neither.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        private_responses: bool = True,
+        **options: Unpack[AdapterOptions],
+    ) -> None:
+        self.app = app
+        self.guard = build_guard(options)
+        self.authenticator = self.guard.authenticator
+        self.private_responses = private_responses
+
+    def __repr__(self) -> str:
+        return f"HFAuthWSGIMiddleware({self.guard!r})"
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        environ.pop(ENVIRON_AUTH, None)
+        environ.pop(ENVIRON_PRINCIPAL, None)
+        path = request_path(environ)
+        if self.guard.is_public(path):
+            return self.app(environ, start_response)
+        try:
+            auth = authenticate_environ(self.guard, environ, path)
+        except AuthenticationError as error:
+            return refuse(self.guard, error, environ, start_response)
+        attach(environ, auth)
+        if self.private_responses and auth.scheme is not None:
+            start_response = _private_responses(start_response)
+        return self.app(environ, start_response)
+
+
+def _private_responses(start_response: StartResponse) -> StartResponse:
+    def start_private(
+        status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Any:
+        headers = list(headers)
+        if not any(name.lower() == "cache-control" for name, _ in headers):
+            headers.append(("Cache-Control", "private"))
+        headers.append(("Vary", "Authorization"))
+        return start_response(status, headers, exc_info)
+
+    return cast(StartResponse, start_private)

@@ -1,0 +1,284 @@
+"""Django integration: a middleware for ``settings.MIDDLEWARE`` and view decorators.
+
+::
+
+    # settings.py
+    MIDDLEWARE = [..., "hfauth_mw.django.HFAuthMiddleware"]
+    HFAUTH = {
+        "HUB_URL": "https://huggingface.co",
+        "PUBLIC_PATHS": ["/health"],
+    }
+
+    # views.py
+    from hfauth_mw.django import require_repo
+
+    @require_repo("write")
+    def upload(request, owner, name):
+        return JsonResponse({"caller": request.principal.name})
+
+``settings.HFAUTH`` holds the keyword options of
+:class:`~hfauth_mw.HFAuthWSGIMiddleware` upper-cased (``HUB_URL``, ``SOURCE``,
+``AUTHENTICATOR``, ``CACHE``, ``REALM``, ``PUBLIC_PATHS``, ``ALLOW_ANONYMOUS``,
+``ALLOW_BASIC``, ``QUERY_PARAM``, ``MAX_HEADER_BYTES``, ``RULES``,
+``METHOD_POLICY``, ``POLICY``, ``PRIVATE_RESPONSES``) plus ``SET_USER``; an
+unknown key is an error when the middleware loads. The options are read once
+per process (again when ``override_settings`` changes ``HFAUTH``), so one token
+cache serves every request.
+
+On success, ``request.hfauth`` is the :class:`~hfauth_mw.RequestAuth` and
+``request.principal`` the :class:`~hfauth_mw.Principal`. ``request.user`` is
+left to Django's own authentication unless ``HFAUTH["SET_USER"]`` is true; then
+it becomes a :class:`HubUser` (put this middleware *after*
+``AuthenticationMiddleware``, which would otherwise replace it).
+
+Security caveats, plainly:
+
+* Everything not in ``PUBLIC_PATHS`` needs a valid token (default deny); paths
+  are ``request.path_info``, the path inside the project (without
+  ``SCRIPT_NAME``/``FORCE_SCRIPT_NAME``).
+* A token source that cannot answer gives 503 with ``Retry-After``, never 401.
+* Denials are answered with the same RFC 6750 JSON as the other adapters. A
+  Django response holds one header per name, so the 401 challenges are sent
+  as one ``WWW-Authenticate`` field listing both (``Bearer realm=..., Basic
+  realm=...``), which RFC 9110 section 11.6.1 allows.
+* The decorators check on top of the middleware; on a public path (or without
+  the middleware) they authenticate the request themselves, once.
+* Under ASGI the middleware runs async and checks tokens without blocking the
+  event loop; under WSGI it blocks the serving thread, for at most the
+  source's timeout.
+* ``HubUser`` is not a database user: it has no permissions, is never staff
+  or superuser, and Django's ``login()``/sessions do not apply to it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings  # type: ignore[import-untyped]
+from django.core.signals import setting_changed  # type: ignore[import-untyped]
+from django.http import HttpResponse  # type: ignore[import-untyped]
+from django.utils.cache import patch_vary_headers  # type: ignore[import-untyped]
+
+from ._asgi import HubUser as StarletteHubUser
+from ._exceptions import AuthenticationError, ConfigurationError
+from ._guard import Access, Guard, RepoRequirement, RequestAuth
+from ._wsgi import (
+    AdapterOptions,
+    authenticate_environ,
+    build_guard,
+    environ_flow,
+    options_from_config,
+)
+
+__all__ = ["HFAuthMiddleware", "HubUser", "require_permission", "require_repo"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Request = Any  # django.http.HttpRequest (Django ships no type hints)
+GetResponse = Callable[[Request], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    guard: Guard
+    private_responses: bool
+    set_user: bool
+
+
+@functools.cache
+def _setup() -> _Setup:
+    """The options of ``settings.HFAUTH``, validated, once per process."""
+    raw = getattr(settings, "HFAUTH", None) or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigurationError("settings.HFAUTH must be a dict of hfauth-mw options")
+    options = options_from_config(raw, "", extra=("set_user",))
+    private_responses = bool(options.pop("private_responses", True))
+    set_user = bool(options.pop("set_user", False))
+    return _Setup(build_guard(cast(AdapterOptions, options)), private_responses, set_user)
+
+
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "HFAUTH":
+        _setup.cache_clear()
+
+
+setting_changed.connect(_settings_changed, dispatch_uid="hfauth_mw.django")
+
+
+def guard() -> Guard:
+    """The :class:`~hfauth_mw.Guard` built from ``settings.HFAUTH``."""
+    return _setup().guard
+
+
+class HubUser(StarletteHubUser):
+    """``request.user`` when ``HFAUTH["SET_USER"]`` is on: the principal behind the
+    attributes Django code reads from a user. Not a model; never staff; no perms."""
+
+    __slots__ = ()
+    is_active = True
+    is_staff = False
+    is_superuser = False
+    pk = None
+
+    @property
+    def is_anonymous(self) -> bool:
+        return self.principal.is_anonymous
+
+    @property
+    def username(self) -> str:
+        return self.principal.name
+
+    def get_username(self) -> str:
+        return self.principal.name
+
+    def has_perm(self, perm: str, obj: object = None) -> bool:
+        return False
+
+    def has_perms(self, perm_list: object, obj: object = None) -> bool:
+        return False
+
+    def has_module_perms(self, app_label: str) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return self.principal.name
+
+
+def render(guard: Guard, error: AuthenticationError) -> HttpResponse:
+    """The guard's RFC 6750 answer as a Django response."""
+    rendered = guard.error_response(error)
+    response = HttpResponse(rendered.body, status=rendered.status, content_type="application/json")
+    for name, value in rendered.headers:
+        if name == "content-type":
+            continue
+        response[name] = f"{response[name]}, {value}" if response.has_header(name) else value
+    return response
+
+
+def _attach(request: Request, auth: RequestAuth) -> RequestAuth:
+    request.hfauth = auth
+    request.principal = auth.principal
+    if _setup().set_user:
+        request.user = HubUser(auth.principal)
+    return auth
+
+
+def _finish(request: Request, response: Any) -> Any:
+    auth = getattr(request, "hfauth", None)
+    if isinstance(auth, RequestAuth) and auth.scheme is not None and _setup().private_responses:
+        patch_vary_headers(response, ("Authorization",))
+        if not response.has_header("Cache-Control"):
+            response["Cache-Control"] = "private"
+    return response
+
+
+class HFAuthMiddleware:
+    """Django middleware accepting Hugging Face access tokens (sync and async)."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+        _setup()  # bad settings fail when Django loads the middleware
+
+    def __call__(self, request: Request) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        setup = _setup()
+        request.hfauth = request.principal = None
+        if not setup.guard.is_public(request.path_info):
+            try:
+                _attach(request, authenticate_environ(setup.guard, request.META, request.path_info))
+            except AuthenticationError as error:
+                return render(setup.guard, error)
+        return _finish(request, self.get_response(request))
+
+    async def __acall__(self, request: Request) -> Any:
+        setup = _setup()
+        request.hfauth = request.principal = None
+        if not setup.guard.is_public(request.path_info):
+            try:
+                _attach(request, await _authenticate_async(setup.guard, request))
+            except AuthenticationError as error:
+                return render(setup.guard, error)
+        return _finish(request, await self.get_response(request))
+
+    def process_exception(self, request: Request, exception: Exception) -> HttpResponse | None:
+        """Render :class:`~hfauth_mw.AuthenticationError` raised in views
+        (``request.hfauth.require(repo, "write")``) as RFC 6750 answers."""
+        if isinstance(exception, AuthenticationError):
+            return render(_setup().guard, exception)
+        return None
+
+
+async def _authenticate_async(guard: Guard, request: Request) -> RequestAuth:
+    flow = environ_flow(guard, request.META, request.path_info)
+    return await guard.authenticator.run_async(flow)
+
+
+def _request_auth(request: Request) -> RequestAuth:
+    auth = getattr(request, "hfauth", None)
+    if isinstance(auth, RequestAuth):
+        return auth
+    return _attach(request, authenticate_environ(guard(), request.META, request.path_info))
+
+
+async def _request_auth_async(request: Request) -> RequestAuth:
+    auth = getattr(request, "hfauth", None)
+    if isinstance(auth, RequestAuth):
+        return auth
+    return _attach(request, await _authenticate_async(guard(), request))
+
+
+def require_repo(
+    access: Access, *, repo_type: str = "model", owner_arg: str = "owner", name_arg: str = "name"
+) -> Callable[[F], F]:
+    """The view needs ``access`` ("read" or "write") on the repo built from its
+    ``owner_arg`` and ``name_arg`` URL arguments; 401/403 otherwise."""
+    requirement = RepoRequirement(access, repo_type, owner_arg, name_arg)
+    return _guarded(requirement.check)
+
+
+def require_permission(permission: str) -> Callable[[F], F]:
+    """The view needs the token permission ``permission`` (e.g.
+    ``"inference.serverless.write"``); 401/403 otherwise."""
+
+    def check(auth: RequestAuth, kwargs: Mapping[str, object]) -> None:
+        auth.require_permission(permission)
+
+    return _guarded(check)
+
+
+def _guarded(check: Callable[[RequestAuth, Mapping[str, object]], object]) -> Callable[[F], F]:
+    def decorator(view: F) -> F:
+        if iscoroutinefunction(view):
+            async_view = cast(Callable[..., Awaitable[Any]], view)
+
+            @functools.wraps(view)
+            async def async_wrapper(request: Request, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    check(await _request_auth_async(request), kwargs)
+                except AuthenticationError as error:
+                    return render(guard(), error)
+                return await async_view(request, *args, **kwargs)
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(view)
+        def wrapper(request: Request, *args: Any, **kwargs: Any) -> Any:
+            try:
+                check(_request_auth(request), kwargs)
+            except AuthenticationError as error:
+                return render(guard(), error)
+            return view(request, *args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorator

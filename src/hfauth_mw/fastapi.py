@@ -1,0 +1,250 @@
+"""FastAPI integration: security dependencies that OpenAPI and Swagger understand.
+
+::
+
+    from fastapi import FastAPI, Security
+    from hfauth_mw import RequestAuth
+    from hfauth_mw.fastapi import RequirePermission, RequireRepo, install
+
+    app = FastAPI()
+    install(app, hub_url="https://huggingface.co")
+
+    @app.post("/v1/models/{owner}/{name}/infer")
+    async def infer(owner: str, name: str, auth: RequestAuth = Security(RequireRepo("read"))):
+        return {"caller": auth.principal.name}
+
+    serverless = Security(RequirePermission("inference.serverless.write"))
+
+    @app.post("/v1/serverless", dependencies=[serverless])
+    async def run_serverless(): ...
+
+Each dependency declares two OpenAPI security schemes, ``HuggingFaceToken``
+(HTTP Bearer) and ``HuggingFaceBasic`` (HTTP Basic, the token as password), as
+alternatives, with what it needs as the requirement's scopes
+(``repo.content.read``, ``repo.write`` or the permission), so ``/docs`` shows
+the lock on each route and Swagger's "Authorize" button works.
+
+The dependencies reuse what :class:`~hfauth_mw.HFAuthMiddleware` found
+(``request.scope["hfauth"]``) when it is installed; without it (or on its
+public paths) the first dependency of a request checks the token itself,
+asynchronously, and later dependencies of the same request reuse that answer:
+never two introspections for one request.
+
+:func:`install` is required: it holds the options used when the middleware
+did not run, and the exception handler that renders every
+:class:`~hfauth_mw.AuthenticationError` as the RFC 6750 answer
+(``{"error", "error_description"}``, not FastAPI's ``{"detail": ...}``).
+
+Security caveats, plainly:
+
+* A route is protected only if it has one of these dependencies (or the
+  middleware guards it): FastAPI has no default deny. Install the ASGI
+  middleware too for that.
+* ``install`` defaults ``method_policy`` to False: each route says what it
+  needs. Pass ``method_policy=True`` to also require a write-capable token for
+  unsafe methods on every guarded route.
+* The two scheme objects only describe the schemes to OpenAPI: they always
+  return None, so no token travels in dependency values; hfauth-mw parses the
+  ``Authorization`` header itself, with the same rules as everywhere.
+* Without the middleware, ``Vary: Authorization`` / ``Cache-Control: private``
+  are added only when the route returns data rather than a ``Response``
+  object (FastAPI drops dependency headers then): install the middleware to
+  have them always.
+* The dependencies are for HTTP routes; guard WebSocket routes with the
+  middleware (it refuses the handshake with the same answers).
+* When both run, give ``install`` the same options (realm, source) as the
+  middleware, best the same ``authenticator``, so errors and the cache agree.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Unpack
+
+from fastapi import FastAPI, Request, Response, Security
+from fastapi.security import HTTPBasic, HTTPBearer
+from starlette.requests import HTTPConnection
+
+from ._asgi import app_path
+from ._exceptions import AuthenticationError
+from ._guard import Access, Guard, RepoRequirement, RequestAuth
+from ._wsgi import AdapterOptions, build_guard
+
+__all__ = [
+    "RequirePermission",
+    "RequireRepo",
+    "RequireToken",
+    "basic_scheme",
+    "bearer_scheme",
+    "install",
+    "render",
+    "request_auth",
+]
+
+_STATE = "hfauth"
+
+
+class _BearerScheme(HTTPBearer):
+    """The HTTP Bearer scheme, for OpenAPI only (the token is parsed by hfauth-mw)."""
+
+    async def __call__(self, request: HTTPConnection) -> None:
+        return None
+
+
+class _BasicScheme(HTTPBasic):
+    """The HTTP Basic scheme, for OpenAPI only (the token is parsed by hfauth-mw)."""
+
+    async def __call__(self, request: HTTPConnection) -> None:
+        return None
+
+
+bearer_scheme = _BearerScheme(
+    scheme_name="HuggingFaceToken",
+    bearerFormat="Hugging Face access token (hf_...)",
+    description="A Hugging Face access token: `Authorization: Bearer hf_...`",
+    auto_error=False,
+)
+basic_scheme = _BasicScheme(
+    scheme_name="HuggingFaceBasic",
+    description="Any user name, and a Hugging Face access token as the password",
+    auto_error=False,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    guard: Guard
+    private_responses: bool
+
+
+def install(
+    app: FastAPI, *, private_responses: bool = True, **options: Unpack[AdapterOptions]
+) -> Guard:
+    """Set up hfauth-mw on ``app``: the options for requests the middleware did not
+    check, and the RFC 6750 exception handler. Returns the :class:`Guard`."""
+    options.setdefault("method_policy", False)
+    guard = build_guard(options)
+    setattr(app.state, _STATE, _State(guard, private_responses))
+    app.add_exception_handler(AuthenticationError, _handle)
+    return guard
+
+
+def _state(request: Request) -> _State:
+    state = getattr(request.app.state, _STATE, None)
+    if not isinstance(state, _State):
+        raise RuntimeError("hfauth-mw is not set up: call hfauth_mw.fastapi.install(app, ...)")
+    return state
+
+
+def render(guard: Guard, error: AuthenticationError) -> Response:
+    """The guard's RFC 6750 answer as a Starlette response (headers may repeat)."""
+    rendered = guard.error_response(error)
+    response = Response(rendered.body, status_code=rendered.status)
+    for name, value in rendered.headers:
+        response.headers.append(name, value)
+    return response
+
+
+async def _handle(request: Request, error: Exception) -> Response:
+    if not isinstance(error, AuthenticationError):  # pragma: no cover - registered for it only
+        raise error
+    return render(_state(request).guard, error)
+
+
+async def request_auth(request: Request, response: Response | None = None) -> RequestAuth:
+    """The request's :class:`~hfauth_mw.RequestAuth`: the middleware's, an earlier
+    dependency's, or checked now (once). Raises AuthenticationError."""
+    state = _state(request)
+    known = request.scope.get("hfauth")
+    if isinstance(known, RequestAuth):
+        return known
+    guard = state.guard
+    query = request.query_params.getlist(guard.query_param) if guard.query_param else []
+    peer = request.client.host if request.client else None
+    auth = await guard.authenticator.run_async(
+        guard.request_flow(
+            request.method,
+            app_path(request.scope),
+            request.headers.getlist("authorization"),
+            query,
+            guard.client_address(peer, request.headers.get("x-forwarded-for")),
+        )
+    )
+    request.scope["hfauth"] = auth
+    if response is not None and state.private_responses and auth.scheme is not None:
+        if "cache-control" not in response.headers:
+            response.headers["cache-control"] = "private"
+        response.headers.append("vary", "Authorization")
+    return auth
+
+
+class RequireToken:
+    """Dependency: any valid token (or the anonymous principal with
+    ``allow_anonymous``); returns the :class:`~hfauth_mw.RequestAuth`."""
+
+    __signature__: inspect.Signature
+
+    def __init__(self, *, scopes: tuple[str, ...] = ()) -> None:
+        # FastAPI reads the parameters from this signature: the two schemes, with
+        # this requirement's scopes, make the route's OpenAPI security requirement.
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        self.__signature__ = inspect.Signature(
+            [
+                inspect.Parameter("request", keyword, annotation=Request),
+                inspect.Parameter("response", keyword, annotation=Response),
+                inspect.Parameter(
+                    "bearer", keyword, default=Security(bearer_scheme, scopes=list(scopes))
+                ),
+                inspect.Parameter(
+                    "basic", keyword, default=Security(basic_scheme, scopes=list(scopes))
+                ),
+            ]
+        )
+
+    async def __call__(
+        self, *, request: Request, response: Response, bearer: None = None, basic: None = None
+    ) -> RequestAuth:
+        auth = await request_auth(request, response)
+        self.check(auth, request)
+        return auth
+
+    def check(self, auth: RequestAuth, request: Request) -> None:
+        """Raise the 401/403 error when ``auth`` does not meet the requirement."""
+
+
+class RequireRepo(RequireToken):
+    """Dependency: ``access`` ("read" or "write") on the repository built from the
+    ``owner_param`` and ``name_param`` path parameters; 401/403 otherwise."""
+
+    def __init__(
+        self,
+        access: Access,
+        *,
+        repo_type: str = "model",
+        owner_param: str = "owner",
+        name_param: str = "name",
+    ) -> None:
+        self.requirement = RepoRequirement(access, repo_type, owner_param, name_param)
+        super().__init__(scopes=(self.requirement.needed,))
+
+    def check(self, auth: RequestAuth, request: Request) -> None:
+        self.requirement.check(auth, request.path_params)
+
+    def __repr__(self) -> str:
+        return f"RequireRepo({self.requirement.access!r}, repo_type={self.requirement.repo_type!r})"
+
+
+class RequirePermission(RequireToken):
+    """Dependency: the token permission ``permission`` (e.g.
+    ``"inference.serverless.write"``); 401/403 otherwise."""
+
+    def __init__(self, permission: str) -> None:
+        self.permission = permission
+        super().__init__(scopes=(permission,))
+
+    def check(self, auth: RequestAuth, request: Request) -> None:
+        auth.require_permission(self.permission)
+
+    def __repr__(self) -> str:
+        return f"RequirePermission({self.permission!r})"

@@ -1,0 +1,63 @@
+"""The benchmark harness runs end to end in smoke mode (no wrk, no uvicorn, no timing checks)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+bench_run = pytest.importorskip("bench.run")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_audit(caplog: pytest.LogCaptureFixture) -> None:
+    # One audit event per benchmarked request would flood the captured log.
+    caplog.set_level(logging.WARNING, logger="hfauth_mw.audit")
+
+
+def test_smoke_run_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "benchmarks.md"
+
+    status = bench_run.main(["--smoke", "--no-plot", "--out", str(out)])
+
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    report = out.read_text(encoding="utf-8")
+    for title in (
+        "In-process ASGI overhead per request",
+        "Where the cached path spends its time",
+        "Cold stampede",
+        "Scale of the cache",
+    ):
+        assert title in report
+        assert title in printed
+    assert "## Targets" in report
+    assert "== Targets" in printed
+    assert "smoke run" in report
+    # Every target is reported with a verdict; the end-to-end one is skipped in smoke mode.
+    assert "SKIP  uvicorn end to end" in printed
+    assert any(
+        f"{verdict}  Cold stampede: upstream calls" in printed for verdict in ("PASS", "FAIL")
+    )
+    assert "hfauth-mw HFAuthMiddleware, cached token" in printed
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flask") is None, reason="needs flask")
+def test_smoke_wsgi_section_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = bench_run.main(["--smoke", "--only", "wsgi", "--no-write"])
+
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert "bare Flask" in printed
+
+
+def test_unknown_section_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        bench_run.main(["--only", "nope", "--no-write"])

@@ -1,0 +1,410 @@
+"""The Django middleware and decorators in a real Django project configured here,
+against the hub emulator over loopback. The URL conf is this module."""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import django
+import pytest
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django.test import AsyncClient, Client, override_settings
+from django.urls import path
+
+from hfauth_mw import (
+    AccessPolicy,
+    Authenticator,
+    ConfigurationError,
+    FineGrainedEntry,
+    HubWhoamiSource,
+    OrgGrant,
+    Repo,
+    RequestAuth,
+    TokenCache,
+    Visibility,
+)
+from hfauth_mw.django import HFAuthMiddleware, HubUser, require_permission, require_repo
+
+PUBLIC = {Repo.parse("model:acme/public-demo"): Visibility.PUBLIC}
+
+if not settings.configured:
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="hfauth-mw tests, not a secret",
+        ALLOWED_HOSTS=["testserver"],
+        ROOT_URLCONF=sys.modules[__name__],
+        MIDDLEWARE=["hfauth_mw.django.HFAuthMiddleware"],
+        INSTALLED_APPS=[],
+        DATABASES={},
+        USE_TZ=True,
+        LOGGING_CONFIG=None,
+        HFAUTH={"HUB_URL": "https://huggingface.co"},
+    )
+    django.setup()
+
+
+# --- the toy model server -------------------------------------------------------------------
+
+
+def health(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"ok": True})
+
+
+def whoami(request: HttpRequest) -> JsonResponse:
+    user = request.user if hasattr(request, "user") else None
+    return JsonResponse(
+        {
+            "user": request.principal.name,
+            "scheme": request.hfauth.scheme,
+            "django_user": type(user).__name__ if user is not None else None,
+        }
+    )
+
+
+@require_repo("read")
+def infer(request: HttpRequest, owner: str, name: str) -> JsonResponse:
+    return JsonResponse({"model": f"{owner}/{name}", "by": request.principal.name})
+
+
+@require_repo("write")
+def upload(request: HttpRequest, owner: str, name: str) -> JsonResponse:
+    return JsonResponse({"model": f"{owner}/{name}", "revision": 1})
+
+
+@require_repo("read")
+async def async_card(request: HttpRequest, owner: str, name: str) -> JsonResponse:
+    return JsonResponse({"model": f"{owner}/{name}", "by": request.principal.name})
+
+
+@require_permission("inference.serverless.write")
+def serverless(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"ok": True})
+
+
+def route_check(request: HttpRequest) -> JsonResponse:
+    request.hfauth.require("model:acme/sentiment", "write")
+    return JsonResponse({"ok": True})
+
+
+urlpatterns = [
+    path("health", health),
+    path("whoami", whoami),
+    path("v1/models/<str:owner>/<str:name>/infer", infer),
+    path("v1/models/<str:owner>/<str:name>", upload),
+    path("v1/async/models/<str:owner>/<str:name>", async_card),
+    path("public/models/<str:owner>/<str:name>", infer),
+    path("v1/serverless", serverless),
+    path("route-check", route_check),
+]
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tokens(hub_store):
+    acme_write = [OrgGrant("acme", "write")]
+    return {
+        "writer": hub_store.create_token(user="alice", role="write", orgs=acme_write).token,
+        "reader": hub_store.create_token(user="bob", role="read", orgs=acme_write).token,
+        "serverless": hub_store.create_token(
+            user="carol",
+            role="fineGrained",
+            fine_grained=[FineGrainedEntry("model", "acme/sentiment", ("repo.content.read",))],
+            global_permissions=("inference.serverless.write",),
+        ).token,
+    }
+
+
+@pytest.fixture
+def hfauth_settings(hub_emulator, clock):
+    """Applies ``HFAUTH`` options for one test (the middleware reloads them)."""
+    applied = []
+
+    def apply(**options):
+        config = {
+            "AUTHENTICATOR": Authenticator(
+                HubWhoamiSource(hub_emulator.url), cache=TokenCache(timer=clock, clock=clock)
+            ),
+            "PUBLIC_PATHS": ["/health", "/public/*"],
+            "POLICY": AccessPolicy(visibility=lambda r: PUBLIC.get(r, Visibility.PRIVATE)),
+            "METHOD_POLICY": False,  # every view states its needs with a decorator
+            **options,
+        }
+        override = override_settings(HFAUTH=config)
+        override.enable()
+        applied.append(override)
+        return config
+
+    yield apply
+    for override in reversed(applied):
+        override.disable()
+
+
+@pytest.fixture
+def client(hfauth_settings):
+    hfauth_settings()
+    return Client()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def basic(token: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"hf_user:{token}".encode()).decode()}
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+def test_no_token_gets_challenge(client):
+    response = client.get("/whoami")
+    assert response.status_code == 401
+    # One field listing both challenges (a Django response has one header per name).
+    assert (
+        response.headers["WWW-Authenticate"] == 'Bearer realm="hfauth-mw", Basic realm="hfauth-mw"'
+    )
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.json() == {
+        "error": "unauthorized",
+        "error_description": "Authentication required",
+    }
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "path", "status", "error"),
+    [
+        pytest.param("reader", "POST", "/v1/models/acme/sentiment/infer", 200, None, id="read"),
+        pytest.param(
+            "reader", "PUT", "/v1/models/acme/sentiment", 403, "insufficient_scope", id="read-put"
+        ),
+        pytest.param("writer", "PUT", "/v1/models/acme/sentiment", 200, None, id="write-put"),
+        pytest.param(
+            "writer", "PUT", "/v1/models/other/x", 403, "insufficient_scope", id="write-foreign"
+        ),
+        pytest.param("reader", "GET", "/v1/async/models/acme/x", 200, None, id="async-view"),
+        pytest.param(
+            "serverless",
+            "GET",
+            "/v1/async/models/acme/x",
+            403,
+            "insufficient_scope",
+            id="async-denied",
+        ),
+        pytest.param("serverless", "POST", "/v1/serverless", 200, None, id="permission"),
+        pytest.param(
+            "reader", "POST", "/v1/serverless", 403, "insufficient_scope", id="no-permission"
+        ),
+        pytest.param(
+            "reader", "GET", "/route-check", 403, "insufficient_scope", id="raised-in-view"
+        ),
+    ],
+)
+def test_access_rules_enforced(client, tokens, who, method, path, status, error):
+    response = client.generic(method, path, headers=bearer(tokens[who]))
+    assert response.status_code == status, response.content
+    if error:
+        body = response.json()
+        assert set(body) == {"error", "error_description", "scope"}
+        assert body["error"] == error
+        assert f'scope="{body["scope"]}"' in response.headers["WWW-Authenticate"]
+
+
+def test_write_token_200(client, tokens):
+    response = client.put("/v1/models/acme/sentiment", headers=bearer(tokens["writer"]))
+    assert response.status_code == 200
+    assert response.json() == {"model": "acme/sentiment", "revision": 1}
+
+
+def test_basic_password_works(client, tokens):
+    response = client.get("/whoami", headers=basic(tokens["writer"]))
+    assert response.status_code == 200
+    assert response.json()["scheme"] == "basic"
+
+
+@pytest.mark.parametrize(
+    "down",
+    [
+        pytest.param(lambda hub: hub.fail_next(503, headers={"Retry-After": "9"}), id="503"),
+        pytest.param(lambda hub: hub.stop(), id="stopped"),
+    ],
+)
+def test_hub_down_is_503_with_retry_after(client, hub_emulator, tokens, down):
+    down(hub_emulator)
+    response = client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) >= 1
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert "WWW-Authenticate" not in response.headers
+
+
+def test_same_body_as_wsgi_adapter(client, hfauth_settings):
+    response = client.get("/whoami", headers={"Authorization": "Token abc"})
+    assert response.status_code == 400
+    assert json.loads(response.content) == {
+        "error": "invalid_request",
+        "error_description": "Unsupported authorization scheme; use Bearer or Basic",
+    }
+
+
+def test_request_user_untouched_by_default(client, tokens):
+    response = client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.json()["django_user"] is None
+
+
+def test_set_user_opt_in(hfauth_settings, tokens):
+    hfauth_settings(SET_USER=True)
+    response = Client().get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.json()["django_user"] == "HubUser"
+
+
+def test_hub_user_has_no_django_powers(tokens):
+    from hfauth_mw import ANONYMOUS
+
+    user = HubUser(ANONYMOUS)
+    assert not user.is_authenticated
+    assert user.is_anonymous
+    assert not user.is_staff
+    assert not user.is_superuser
+    assert not user.has_perm("auth.add_user")
+
+
+def test_health_is_public(client, hub_emulator):
+    assert client.get("/health").status_code == 200
+    assert hub_emulator.whoami_calls == 0
+
+
+def test_public_path_decorator_authenticates_once(client, hub_emulator, tokens):
+    assert client.post("/public/models/acme/sentiment").status_code == 401
+    response = client.post("/public/models/acme/sentiment", headers=bearer(tokens["reader"]))
+    assert response.status_code == 200
+    assert hub_emulator.whoami_calls == 1
+    assert response.headers["Cache-Control"] == "private"
+
+
+def test_authenticated_responses_are_private(client, tokens):
+    response = client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.headers["Cache-Control"] == "private"
+    assert "Authorization" in response.headers["Vary"]
+
+
+def test_anonymous_mode(hfauth_settings):
+    hfauth_settings(ALLOW_ANONYMOUS=True)
+    client = Client()
+    assert client.post("/v1/models/acme/public-demo/infer").status_code == 200
+    private = client.post("/v1/models/acme/sentiment/infer")
+    assert private.status_code == 401
+    assert "WWW-Authenticate" in private.headers
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        pytest.param("GET", "/v1/async/models/acme/sentiment", 200, id="async-view"),
+        pytest.param("POST", "/v1/models/acme/sentiment/infer", 200, id="sync-view"),
+        pytest.param("PUT", "/v1/models/acme/sentiment", 403, id="sync-write-denied"),
+    ],
+)
+async def test_async_stack(
+    hfauth_settings, tokens, hub_emulator, monkeypatch, method, path, status
+):
+    """Under ASGI the middleware runs async (run_async, never the blocking driver)."""
+    authenticator = hfauth_settings()["AUTHENTICATOR"]
+    monkeypatch.setattr(authenticator, "run_sync", None)
+    response = await AsyncClient().generic(method, path, headers=bearer(tokens["reader"]))
+    assert response.status_code == status
+    assert hub_emulator.whoami_calls == 1
+
+
+@pytest.mark.anyio
+async def test_async_no_token_401(hfauth_settings):
+    hfauth_settings()
+    response = await AsyncClient().get("/v1/async/models/acme/sentiment")
+    assert response.status_code == 401
+    assert "Bearer" in response.headers["WWW-Authenticate"]
+
+
+def test_middleware_is_async_capable():
+    assert HFAuthMiddleware.sync_capable
+    assert HFAuthMiddleware.async_capable
+
+
+def test_request_auth_type(client, tokens):
+    seen = []
+
+    def capture(request):
+        seen.append(request.hfauth)
+        return JsonResponse({})
+
+    middleware = HFAuthMiddleware(capture)
+    from django.test import RequestFactory
+
+    middleware(RequestFactory().get("/whoami", headers=bearer(tokens["writer"])))
+    assert isinstance(seen[0], RequestAuth)
+    assert seen[0].principal.name == "alice"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"PUBLIC_PATH": ["/health"]}, id="typo"),
+        pytest.param({"REALM": 'a"b'}, id="bad-realm"),
+        pytest.param({"HUB_URL": "http://hub.example", "AUTHENTICATOR": None}, id="plain-http"),
+    ],
+)
+def test_bad_settings_fail_when_middleware_loads(hfauth_settings, options):
+    hfauth_settings(**options)
+    with pytest.raises(ConfigurationError):
+        HFAuthMiddleware(lambda request: JsonResponse({}))
+
+
+# --- the example project --------------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "django_app"
+_EXAMPLE_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+os.environ["DJANGO_SETTINGS_MODULE"] = "toyhub.settings"
+import django
+django.setup()
+from django.test import Client
+client = Client(HTTP_HOST="localhost")
+statuses = []
+for token, method, path in json.loads(sys.argv[2]):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    body = b'{"inputs": "a b"}'
+    response = client.generic(method, path, body, "application/json", headers=headers)
+    statuses.append(response.status_code)
+print(json.dumps(statuses))
+"""
+
+
+def test_example_project(hub_emulator, tokens):
+    """The example project, in its own process (Django settings are per process)."""
+    calls = [
+        (None, "GET", "/health", 200),
+        (None, "POST", "/v1/models/acme/sentiment/infer", 401),
+        (tokens["reader"], "POST", "/v1/models/acme/sentiment/infer", 200),
+        (tokens["reader"], "PUT", "/v1/models/acme/sentiment", 403),
+        (tokens["writer"], "PUT", "/v1/models/acme/sentiment", 200),
+    ]
+    requests = json.dumps([call[:3] for call in calls])
+    env = {**os.environ, "HFAUTH_HUB_URL": hub_emulator.url}
+    env.pop("HFAUTH_STORE", None)
+    result = subprocess.run(
+        [sys.executable, "-c", _EXAMPLE_SCRIPT, str(EXAMPLE), requests],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout) == [call[3] for call in calls]

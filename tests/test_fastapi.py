@@ -1,0 +1,368 @@
+"""FastAPI security dependencies in a real FastAPI app, against the hub emulator over
+loopback, with and without the ASGI middleware."""
+
+import base64
+import importlib.util
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import pytest
+from fastapi import FastAPI, Security
+from starlette.testclient import TestClient
+
+from hfauth_mw import (
+    AccessPolicy,
+    Authenticator,
+    ConfigurationError,
+    FineGrainedEntry,
+    HFAuthMiddleware,
+    HubWhoamiSource,
+    OrgGrant,
+    Repo,
+    RequestAuth,
+    TokenCache,
+    Visibility,
+)
+from hfauth_mw.fastapi import RequirePermission, RequireRepo, RequireToken, install
+
+pytestmark = pytest.mark.anyio
+
+PUBLIC = {Repo.parse("model:acme/public-demo"): Visibility.PUBLIC}
+POLICY = AccessPolicy(visibility=lambda repo: PUBLIC.get(repo, Visibility.PRIVATE))
+
+
+Caller = Annotated[RequestAuth, Security(RequireToken())]
+CanRead = Annotated[RequestAuth, Security(RequireRepo("read"))]
+CanWrite = Annotated[RequestAuth, Security(RequireRepo("write"))]
+CanReadDataset = Annotated[
+    RequestAuth,
+    Security(RequireRepo("read", repo_type="dataset", owner_param="org", name_param="ds")),
+]
+
+
+def create_app() -> FastAPI:
+    """A toy model server: read to infer, write to replace the weights."""
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/whoami")
+    async def whoami(auth: Caller) -> dict[str, str | None]:
+        return {"user": auth.principal.name, "scheme": auth.scheme}
+
+    @app.post("/v1/models/{owner}/{name}/infer")
+    async def infer(owner: str, name: str, auth: CanRead) -> dict[str, str]:
+        return {"model": f"{owner}/{name}", "by": auth.principal.name}
+
+    @app.put("/v1/models/{owner}/{name}")
+    async def upload(owner: str, name: str, auth: CanWrite) -> dict[str, object]:
+        return {"model": f"{owner}/{name}", "revision": 1}
+
+    @app.get("/v1/datasets/{org}/{ds}")
+    def dataset(org: str, ds: str, auth: CanReadDataset) -> dict[str, str]:
+        return {"dataset": f"{org}/{ds}"}
+
+    @app.post(
+        "/v1/models/{owner}/{name}/serverless",
+        dependencies=[
+            Security(RequireRepo("read")),
+            Security(RequirePermission("inference.serverless.write")),
+        ],
+    )
+    async def serverless(owner: str, name: str) -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/route-check")
+    async def route_check(auth: Caller) -> dict[str, bool]:
+        auth.require("model:acme/sentiment", "write")
+        return {"ok": True}
+
+    return app
+
+
+@pytest.fixture
+def tokens(hub_store):
+    acme_write = [OrgGrant("acme", "write")]
+    return {
+        "writer": hub_store.create_token(user="alice", role="write", orgs=acme_write).token,
+        "reader": hub_store.create_token(user="bob", role="read", orgs=acme_write).token,
+        "serverless": hub_store.create_token(
+            user="carol",
+            role="fineGrained",
+            fine_grained=[FineGrainedEntry("model", "acme/sentiment", ("repo.content.read",))],
+            global_permissions=("inference.serverless.write",),
+        ).token,
+    }
+
+
+@pytest.fixture
+def new_authenticator(hub_emulator, clock):
+    def make(**cache_options) -> Authenticator:
+        cache = TokenCache(timer=clock, clock=clock, **cache_options)
+        return Authenticator(HubWhoamiSource(hub_emulator.url), cache=cache)
+
+    return make
+
+
+@pytest.fixture
+def make_app(new_authenticator):
+    def make(middleware: bool = False, cache_ttl: float = 60, **options) -> FastAPI:
+        app = create_app()
+        cache = {"ttl": cache_ttl, "negative_ttl": min(cache_ttl, 10)}
+        options.setdefault("authenticator", new_authenticator(**cache))
+        install(app, policy=POLICY, **options)
+        if middleware:
+            app.add_middleware(
+                HFAuthMiddleware,
+                authenticator=new_authenticator(**cache),
+                public_paths=["/health"],
+                policy=POLICY,
+                method_policy=False,
+            )
+        return app
+
+    return make
+
+
+@pytest.fixture(params=[pytest.param(False, id="alone"), pytest.param(True, id="with-middleware")])
+async def client(request, make_app):
+    transport = httpx.ASGITransport(make_app(middleware=request.param))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def basic(token: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"hf_user:{token}".encode()).decode()}
+
+
+async def test_no_token_gets_challenge(client):
+    response = await client.get("/whoami")
+    assert response.status_code == 401
+    assert response.headers.get_list("www-authenticate") == [
+        'Bearer realm="hfauth-mw"',
+        'Basic realm="hfauth-mw"',
+    ]
+    assert response.json() == {
+        "error": "unauthorized",
+        "error_description": "Authentication required",
+    }
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "path", "status", "error"),
+    [
+        pytest.param("reader", "POST", "/v1/models/acme/sentiment/infer", 200, None, id="read"),
+        pytest.param(
+            "reader", "PUT", "/v1/models/acme/sentiment", 403, "insufficient_scope", id="read-put"
+        ),
+        pytest.param("writer", "PUT", "/v1/models/acme/sentiment", 200, None, id="write-put"),
+        pytest.param(
+            "writer", "PUT", "/v1/models/other/x", 403, "insufficient_scope", id="write-foreign"
+        ),
+        pytest.param("reader", "GET", "/v1/datasets/acme/corpus", 200, None, id="dataset-params"),
+        pytest.param(
+            "serverless",
+            "POST",
+            "/v1/models/acme/sentiment/serverless",
+            200,
+            None,
+            id="repo-and-permission",
+        ),
+        pytest.param(
+            "reader",
+            "POST",
+            "/v1/models/acme/sentiment/serverless",
+            403,
+            "insufficient_scope",
+            id="no-permission",
+        ),
+        pytest.param(
+            "reader", "GET", "/route-check", 403, "insufficient_scope", id="raised-in-route"
+        ),
+    ],
+)
+async def test_access_rules_enforced(client, tokens, who, method, path, status, error):
+    response = await client.request(method, path, headers=bearer(tokens[who]))
+    assert response.status_code == status, response.text
+    if error:
+        body = response.json()
+        assert set(body) == {"error", "error_description", "scope"}  # no FastAPI "detail"
+        assert body["error"] == error
+        assert f'scope="{body["scope"]}"' in response.headers["www-authenticate"]
+
+
+async def test_basic_password_works(client, tokens):
+    response = await client.put("/v1/models/acme/sentiment", headers=basic(tokens["writer"]))
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status", "error"),
+    [
+        pytest.param("Basic %%%", 400, "invalid_request", id="bad-basic-not-fastapi-401"),
+        pytest.param("Token abc", 400, "invalid_request", id="unknown-scheme"),
+        pytest.param("Bearer hf_" + "Z" * 34, 401, "invalid_token", id="made-up"),
+    ],
+)
+async def test_bad_credentials(client, authorization, status, error):
+    response = await client.get("/whoami", headers={"Authorization": authorization})
+    assert response.status_code == status
+    assert response.json()["error"] == error
+
+
+@pytest.mark.parametrize(
+    "down",
+    [
+        pytest.param(lambda hub: hub.fail_next(503, headers={"Retry-After": "9"}), id="503"),
+        pytest.param(lambda hub: hub.stop(), id="stopped"),
+    ],
+)
+async def test_hub_down_is_503_with_retry_after(client, hub_emulator, tokens, down):
+    down(hub_emulator)
+    response = await client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
+    assert response.json()["error"] == "temporarily_unavailable"
+
+
+async def test_authenticated_responses_are_private(client, tokens):
+    response = await client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.headers["cache-control"] == "private"
+    assert "Authorization" in response.headers["vary"]
+
+
+@pytest.mark.parametrize(
+    ("middleware", "path"),
+    [
+        pytest.param(False, "/v1/models/acme/sentiment/serverless", id="alone-two-dependencies"),
+        pytest.param(True, "/v1/models/acme/sentiment/serverless", id="middleware-then-deps"),
+    ],
+)
+async def test_never_two_introspections_per_request(
+    make_app, hub_emulator, tokens, middleware, path
+):
+    # No caching anywhere (ttl 0), and the middleware and the dependencies have
+    # separate authenticators: any second introspection would reach the hub.
+    app = make_app(middleware=middleware, cache_ttl=0)
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.post(path, headers=bearer(tokens["serverless"]))
+        assert response.status_code == 200
+        assert hub_emulator.whoami_calls == 1
+        await client.post(path, headers=bearer(tokens["serverless"]))
+        assert hub_emulator.whoami_calls == 2
+
+
+async def test_public_route_needs_no_introspection(make_app, hub_emulator):
+    app = make_app(middleware=True)
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/health")).status_code == 200
+        assert hub_emulator.whoami_calls == 0
+
+
+def test_openapi_lists_schemes_and_per_route_requirements(make_app):
+    document = TestClient(make_app()).get("/openapi.json").json()
+    assert document["components"]["securitySchemes"] == {
+        "HuggingFaceToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "Hugging Face access token (hf_...)",
+            "description": "A Hugging Face access token: `Authorization: Bearer hf_...`",
+        },
+        "HuggingFaceBasic": {
+            "type": "http",
+            "scheme": "basic",
+            "description": "Any user name, and a Hugging Face access token as the password",
+        },
+    }
+    paths = document["paths"]
+
+    def security(path: str, method: str) -> list[dict[str, list[str]]] | None:
+        return paths[path][method].get("security")
+
+    assert security("/health", "get") is None
+    assert security("/whoami", "get") == [{"HuggingFaceToken": []}, {"HuggingFaceBasic": []}]
+    read = ["repo.content.read"]
+    assert security("/v1/models/{owner}/{name}/infer", "post") == [
+        {"HuggingFaceToken": read},
+        {"HuggingFaceBasic": read},
+    ]
+    assert security("/v1/models/{owner}/{name}", "put") == [
+        {"HuggingFaceToken": ["repo.write"]},
+        {"HuggingFaceBasic": ["repo.write"]},
+    ]
+    both = ["repo.content.read", "inference.serverless.write"]
+    assert security("/v1/models/{owner}/{name}/serverless", "post") == [
+        {"HuggingFaceToken": both},
+        {"HuggingFaceBasic": both},
+    ]
+    # The scheme parameters are not leaked as query or header parameters.
+    parameters = paths["/v1/models/{owner}/{name}/infer"]["post"]["parameters"]
+    assert {p["name"] for p in parameters} == {"owner", "name"}
+
+
+def test_swagger_ui_is_served(make_app):
+    assert "swagger-ui" in TestClient(make_app()).get("/docs").text
+
+
+def test_without_install_is_a_clear_error(tokens):
+    client = TestClient(create_app())
+    with pytest.raises(RuntimeError, match="install"):
+        client.get("/whoami", headers=bearer(tokens["reader"]))
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        pytest.param(("admin",), {}, id="bad-access"),
+        pytest.param(("read",), {"repo_type": "models"}, id="bad-repo-type"),
+    ],
+)
+def test_bad_dependency_arguments(args, kwargs):
+    with pytest.raises(ConfigurationError):
+        RequireRepo(*args, **kwargs)
+
+
+def test_bad_install_options_fail_at_startup():
+    with pytest.raises(ConfigurationError):
+        install(FastAPI(), hub_url="http://hub.example")
+
+
+# --- the example ----------------------------------------------------------------------------
+
+
+def load_example(name: str):
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"hfauth_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "path", "status"),
+    [
+        pytest.param(None, "GET", "/health", 200, id="health"),
+        pytest.param(None, "GET", "/openapi.json", 200, id="openapi-public"),
+        pytest.param(None, "POST", "/v1/models/acme/sentiment/infer", 401, id="no-token"),
+        pytest.param("reader", "POST", "/v1/models/acme/sentiment/infer", 200, id="read"),
+        pytest.param("reader", "PUT", "/v1/models/acme/sentiment", 403, id="read-cannot-write"),
+        pytest.param("writer", "PUT", "/v1/models/acme/sentiment", 200, id="write"),
+    ],
+)
+async def test_example_app(hub_emulator, tokens, who, method, path, status):
+    app = load_example("fastapi_app").create_app(HubWhoamiSource(hub_emulator.url))
+    headers = bearer(tokens[who]) if who else {}
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.request(method, path, headers=headers, json={"inputs": "a b"})
+    assert response.status_code == status
+    assert hub_emulator.whoami_calls == (1 if who else 0)

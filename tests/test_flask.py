@@ -1,0 +1,351 @@
+"""The Flask extension in a real Flask app, against the hub emulator over loopback."""
+
+import base64
+import importlib.util
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from hfauth_mw import (
+    AccessPolicy,
+    Authenticator,
+    ConfigurationError,
+    FineGrainedEntry,
+    HFAuthWSGIMiddleware,
+    HubWhoamiSource,
+    OrgGrant,
+    Repo,
+    TokenCache,
+    Visibility,
+)
+from hfauth_mw.flask import HFAuth, current_auth, current_principal
+
+PUBLIC = {Repo.parse("model:acme/public-demo"): Visibility.PUBLIC}
+
+
+@pytest.fixture
+def tokens(hub_store):
+    acme_write = [OrgGrant("acme", "write")]
+    return {
+        "writer": hub_store.create_token(user="alice", role="write", orgs=acme_write).token,
+        "reader": hub_store.create_token(user="bob", role="read", orgs=acme_write).token,
+        "serverless": hub_store.create_token(
+            user="carol",
+            role="fineGrained",
+            orgs=acme_write,
+            fine_grained=[FineGrainedEntry("model", "acme/sentiment", ("repo.content.read",))],
+            global_permissions=("inference.serverless.write",),
+        ).token,
+    }
+
+
+@pytest.fixture
+def authenticator(hub_emulator, clock):
+    return Authenticator(
+        HubWhoamiSource(hub_emulator.url), cache=TokenCache(timer=clock, clock=clock)
+    )
+
+
+def create_app(hfauth: HFAuth, **config) -> Flask:
+    """A toy model server: read to infer, write to replace the weights."""
+    app = Flask(__name__)
+    app.config.update(config)
+    hfauth.init_app(app)
+
+    @app.get("/health")
+    def health():
+        return {"ok": True}
+
+    @app.get("/whoami")
+    def whoami():
+        return {"user": current_principal.name, "scheme": current_auth.scheme}
+
+    @app.post("/v1/models/<owner>/<name>/infer")
+    @hfauth.require_repo("read")
+    def infer(owner: str, name: str):
+        return {"model": f"{owner}/{name}", "outputs": "POSITIVE", "by": current_principal.name}
+
+    @app.put("/v1/models/<owner>/<name>")
+    @hfauth.require_repo("write")
+    def upload(owner: str, name: str):
+        return {"model": f"{owner}/{name}", "revision": 1}
+
+    @app.get("/v1/async/models/<owner>/<name>")
+    @hfauth.require_repo("read")
+    async def card(owner: str, name: str):
+        return {"model": f"{owner}/{name}", "by": current_principal.name}
+
+    @app.get("/v1/datasets/<org>/<ds>")
+    @hfauth.require_repo("read", repo_type="dataset", owner_arg="org", name_arg="ds")
+    def dataset(org: str, ds: str):
+        return {"dataset": f"{org}/{ds}"}
+
+    @app.post("/v1/serverless")
+    @hfauth.require_permission("inference.serverless.write")
+    def serverless():
+        return {"ok": True}
+
+    @app.get("/public/models/<owner>/<name>")
+    @hfauth.require_repo("read")
+    def public_card(owner: str, name: str):
+        return {"model": f"{owner}/{name}"}
+
+    @app.get("/route-check")
+    def route_check():
+        current_auth.require("model:acme/sentiment", "write")
+        return {"ok": True}
+
+    return app
+
+
+@pytest.fixture
+def make_app(authenticator):
+    def make(**config) -> Flask:
+        settings = {
+            "HFAUTH_AUTHENTICATOR": authenticator,
+            "HFAUTH_PUBLIC_PATHS": ["/health", "/public/*"],
+            "HFAUTH_POLICY": AccessPolicy(visibility=lambda r: PUBLIC.get(r, Visibility.PRIVATE)),
+            "HFAUTH_METHOD_POLICY": False,  # every route states its needs with a decorator
+            **config,
+        }
+        return create_app(HFAuth(), **settings)
+
+    return make
+
+
+@pytest.fixture
+def client(make_app):
+    return make_app().test_client()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def basic(token: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"hf_user:{token}".encode()).decode()}
+
+
+def test_no_token_gets_challenge(client):
+    response = client.get("/whoami")
+    assert response.status_code == 401
+    assert response.headers.getlist("WWW-Authenticate") == [
+        'Bearer realm="hfauth-mw"',
+        'Basic realm="hfauth-mw"',
+    ]
+    assert response.json == {
+        "error": "unauthorized",
+        "error_description": "Authentication required",
+    }
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "path", "status", "error"),
+    [
+        pytest.param("reader", "POST", "/v1/models/acme/sentiment/infer", 200, None, id="read"),
+        pytest.param(
+            "reader", "PUT", "/v1/models/acme/sentiment", 403, "insufficient_scope", id="read-put"
+        ),
+        pytest.param("writer", "PUT", "/v1/models/acme/sentiment", 200, None, id="write-put"),
+        pytest.param(
+            "writer", "PUT", "/v1/models/other/x", 403, "insufficient_scope", id="write-foreign"
+        ),
+        pytest.param("reader", "GET", "/v1/async/models/acme/sentiment", 200, None, id="async"),
+        pytest.param(
+            "serverless",
+            "GET",
+            "/v1/async/models/acme/other",
+            403,
+            "insufficient_scope",
+            id="async-denied",
+        ),
+        pytest.param("reader", "GET", "/v1/datasets/acme/corpus", 200, None, id="dataset-args"),
+        pytest.param("serverless", "POST", "/v1/serverless", 200, None, id="permission"),
+        pytest.param(
+            "reader", "POST", "/v1/serverless", 403, "insufficient_scope", id="no-permission"
+        ),
+        pytest.param(
+            "writer",
+            "POST",
+            "/v1/models/acme/bad%20name/infer",
+            403,
+            "insufficient_scope",
+            id="not-a-repo-id",
+        ),
+        pytest.param(
+            "reader", "GET", "/route-check", 403, "insufficient_scope", id="raised-in-view"
+        ),
+    ],
+)
+def test_access_rules_enforced(client, tokens, who, method, path, status, error):
+    response = client.open(path, method=method, headers=bearer(tokens[who]))
+    assert response.status_code == status, response.data
+    if error:
+        body = response.json
+        assert set(body) == {"error", "error_description", "scope"}
+        assert body["error"] == error
+        assert f'scope="{body["scope"]}"' in response.headers["WWW-Authenticate"]
+
+
+def test_write_token_reads_and_writes(client, tokens):
+    assert client.put("/v1/models/acme/sentiment", headers=bearer(tokens["writer"])).json == {
+        "model": "acme/sentiment",
+        "revision": 1,
+    }
+    infer = client.post("/v1/models/acme/sentiment/infer", headers=bearer(tokens["writer"]))
+    assert infer.json["by"] == "alice"
+
+
+def test_basic_password_works(client, tokens):
+    response = client.get("/whoami", headers=basic(tokens["writer"]))
+    assert response.status_code == 200
+    assert response.json == {"user": "alice", "scheme": "basic"}
+
+
+@pytest.mark.parametrize(
+    "down",
+    [
+        pytest.param(lambda hub: hub.fail_next(503, headers={"Retry-After": "9"}), id="503"),
+        pytest.param(lambda hub: hub.stop(), id="stopped"),
+    ],
+)
+def test_hub_down_is_503_with_retry_after(client, hub_emulator, tokens, down):
+    down(hub_emulator)
+    response = client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) >= 1
+    assert response.json["error"] == "temporarily_unavailable"
+
+
+def test_one_enforcement_path(make_app):
+    """The extension wraps app.wsgi_app: the WSGI middleware checks every request."""
+    app = make_app()
+    assert isinstance(app.wsgi_app, HFAuthWSGIMiddleware)
+    assert app.extensions["hfauth"] is app.wsgi_app
+
+
+def test_method_policy_applies_by_default(make_app, tokens):
+    client = make_app(HFAUTH_METHOD_POLICY=True).test_client()
+    response = client.post("/v1/serverless", headers=bearer(tokens["reader"]))
+    assert response.status_code == 403
+    assert response.json["scope"] == "repo.write"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({}, 401, id="no-token"),
+        pytest.param("reader", 200, id="reader"),
+    ],
+)
+def test_public_path_decorator_authenticates_once(make_app, hub_emulator, tokens, headers, status):
+    client = make_app().test_client()
+    headers = bearer(tokens[headers]) if isinstance(headers, str) else headers
+    response = client.get("/public/models/acme/sentiment", headers=headers)
+    assert response.status_code == status
+    assert hub_emulator.whoami_calls == (1 if headers else 0)
+    if headers:
+        assert response.headers["Cache-Control"] == "private"
+        assert "Authorization" in response.headers["Vary"]
+
+
+def test_health_needs_no_token(client, hub_emulator):
+    assert client.get("/health").status_code == 200
+    assert hub_emulator.whoami_calls == 0
+
+
+def test_authenticated_responses_are_private(client, tokens):
+    response = client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.headers["Cache-Control"] == "private"
+    assert "Authorization" in response.headers["Vary"]
+
+
+def test_anonymous_mode(make_app):
+    client = make_app(HFAUTH_ALLOW_ANONYMOUS=True).test_client()
+    assert client.post("/v1/models/acme/public-demo/infer").status_code == 200
+    private = client.post("/v1/models/acme/sentiment/infer")
+    assert private.status_code == 401
+    assert "WWW-Authenticate" in private.headers
+
+
+def test_constructor_options_are_defaults_config_wins(authenticator, hub_emulator, tokens):
+    hfauth = HFAuth(realm="from-constructor", public_paths=["/health"])
+    app = create_app(hfauth, HFAUTH_AUTHENTICATOR=authenticator, HFAUTH_REALM="from-config")
+    response = app.test_client().get("/whoami")
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="from-config"'
+    assert app.test_client().get("/health").status_code == 200
+
+
+def test_app_factory_pattern_serves_two_apps(make_app, tokens):
+    first, second = make_app(), make_app(HFAUTH_ALLOW_ANONYMOUS=True)
+    assert first.test_client().get("/whoami").status_code == 401
+    assert second.test_client().post("/v1/models/acme/public-demo/infer").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param({"HFAUTH_PUBLIC_PATH": ["/health"]}, id="typo"),
+        pytest.param({"HFAUTH_REALM": 'a"b'}, id="bad-realm"),
+        pytest.param({"HFAUTH_HUB_URL": "http://hub.example"}, id="plain-http"),
+    ],
+)
+def test_bad_config_fails_at_init_app(config):
+    app = Flask(__name__)
+    app.config.update(config)
+    with pytest.raises(ConfigurationError):
+        HFAuth(app)
+
+
+def test_init_app_twice_is_an_error(make_app):
+    app = make_app()
+    with pytest.raises(ConfigurationError):
+        HFAuth(app)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        pytest.param(("admin",), {}, id="bad-access"),
+        pytest.param(("read",), {"repo_type": "models"}, id="bad-repo-type"),
+    ],
+)
+def test_bad_decorator_arguments(args, kwargs):
+    with pytest.raises(ConfigurationError):
+        HFAuth.require_repo(*args, **kwargs)
+
+
+# --- the example ----------------------------------------------------------------------------
+
+
+def load_example(name: str):
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"hfauth_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "path", "status"),
+    [
+        pytest.param(None, "GET", "/health", 200, id="health"),
+        pytest.param(None, "POST", "/v1/models/acme/sentiment/infer", 401, id="no-token"),
+        pytest.param("reader", "POST", "/v1/models/acme/sentiment/infer", 200, id="read"),
+        pytest.param("reader", "PUT", "/v1/models/acme/sentiment", 403, id="read-cannot-write"),
+        pytest.param("writer", "PUT", "/v1/models/acme/sentiment", 200, id="write"),
+    ],
+)
+def test_example_app(hub_emulator, tokens, who, method, path, status):
+    app = load_example("flask_app").create_app(HubWhoamiSource(hub_emulator.url))
+    headers = bearer(tokens[who]) if who else {}
+    response = app.test_client().open(path, method=method, headers=headers, json={"inputs": "a b"})
+    assert response.status_code == status
+
+
+def test_private_responses_can_be_switched_off(make_app, tokens):
+    client = make_app(HFAUTH_PRIVATE_RESPONSES=False).test_client()
+    response = client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.status_code == 200
+    assert "Vary" not in response.headers

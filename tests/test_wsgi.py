@@ -1,0 +1,491 @@
+"""The WSGI middleware around a bare WSGI app, against the hub emulator over loopback.
+
+In-process requests go through werkzeug's test client; the concurrency tests
+run a real threaded werkzeug server on 127.0.0.1.
+"""
+
+import base64
+import inspect
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.test import Client
+
+from hfauth_mw import (
+    ANONYMOUS,
+    AccessPolicy,
+    Authenticator,
+    ConfigurationError,
+    FineGrainedEntry,
+    HFAuthMiddleware,
+    HFAuthWSGIMiddleware,
+    HubWhoamiSource,
+    OrgGrant,
+    Repo,
+    RequestAuth,
+    TokenCache,
+    Visibility,
+    get_request_auth,
+    require_read,
+    require_write,
+)
+from hfauth_mw._guard import Guard, GuardOptions
+from hfauth_mw._wsgi import MiddlewareOptions
+
+RULES = [
+    require_read("POST /v1/models/{owner}/{name}/infer"),
+    require_write("PUT /v1/models/{owner}/{name}"),
+]
+PUBLIC = {Repo.parse("model:acme/public-demo"): Visibility.PUBLIC}
+
+
+def visibility(repo: Repo) -> Visibility:
+    return PUBLIC.get(repo, Visibility.PRIVATE)
+
+
+def wsgi_app(environ, start_response):
+    """Echoes what the middleware attached; ``/cached`` sets its own Cache-Control."""
+    auth = environ.get("hfauth")
+    principal = environ.get("hfauth.principal")
+    body = json.dumps(
+        {
+            "user": principal.name if principal else None,
+            "scheme": auth.scheme if auth else None,
+            "same": principal is (auth.principal if auth else None),
+            "script_name": environ.get("SCRIPT_NAME", ""),
+            "path_info": environ.get("PATH_INFO", ""),
+        }
+    ).encode()
+    headers = [("Content-Type", "application/json")]
+    if environ["PATH_INFO"] == "/cached":
+        headers.append(("Cache-Control", "max-age=60"))
+    start_response("200 OK", headers)
+    return [body]
+
+
+@pytest.fixture
+def tokens(hub_store):
+    acme_write = [OrgGrant("acme", "write")]
+    return {
+        "writer": hub_store.create_token(user="alice", role="write", orgs=acme_write).token,
+        "reader": hub_store.create_token(user="bob", role="read", orgs=acme_write).token,
+        "other": hub_store.create_token(user="erin", role="read", orgs=acme_write).token,
+        "fine": hub_store.create_token(
+            user="carol",
+            role="fineGrained",
+            orgs=acme_write,
+            fine_grained=[FineGrainedEntry("model", "acme/sentiment", ("repo.content.read",))],
+        ).token,
+    }
+
+
+@pytest.fixture
+def authenticator(hub_emulator, clock):
+    return Authenticator(
+        HubWhoamiSource(hub_emulator.url), cache=TokenCache(timer=clock, clock=clock)
+    )
+
+
+OPTIONS = {"public_paths": ["/health", "/docs/*"], "rules": RULES}
+
+
+@pytest.fixture
+def make_middleware(authenticator):
+    def make(app=wsgi_app, **options) -> HFAuthWSGIMiddleware:
+        merged = {**OPTIONS, "policy": AccessPolicy(visibility=visibility), **options}
+        if "source" not in merged and "hub_url" not in merged:
+            merged.setdefault("authenticator", authenticator)
+        return HFAuthWSGIMiddleware(app, **merged)
+
+    return make
+
+
+@pytest.fixture
+def client(make_middleware):
+    return Client(make_middleware())
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def basic(token: str, user: str = "hf_user") -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()}
+
+
+def test_no_token_gets_challenge(client):
+    response = client.get("/whoami")
+    assert response.status_code == 401
+    assert response.headers.getlist("WWW-Authenticate") == [
+        'Bearer realm="hfauth-mw"',
+        'Basic realm="hfauth-mw"',
+    ]
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json == {
+        "error": "unauthorized",
+        "error_description": "Authentication required",
+    }
+    assert int(response.headers["Content-Length"]) == len(response.data)
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "path", "status", "error"),
+    [
+        pytest.param("reader", "POST", "/v1/models/acme/sentiment/infer", 200, None, id="read"),
+        pytest.param(
+            "reader", "PUT", "/v1/models/acme/sentiment", 403, "insufficient_scope", id="read-put"
+        ),
+        pytest.param("writer", "PUT", "/v1/models/acme/sentiment", 200, None, id="write-put"),
+        pytest.param(
+            "writer", "PUT", "/v1/models/other/x", 403, "insufficient_scope", id="write-foreign"
+        ),
+        pytest.param("fine", "POST", "/v1/models/acme/sentiment/infer", 200, None, id="fine"),
+        pytest.param(
+            "fine", "POST", "/v1/models/acme/other/infer", 403, "insufficient_scope", id="unlisted"
+        ),
+        pytest.param(
+            "reader", "POST", "/v1/models/acme/public-demo/infer", 200, None, id="public-repo"
+        ),
+        pytest.param(
+            "reader", "DELETE", "/anything", 403, "insufficient_scope", id="method-policy"
+        ),
+        pytest.param("reader", "GET", "/anything", 200, None, id="method-policy-get"),
+    ],
+)
+def test_access_rules_enforced(client, tokens, who, method, path, status, error):
+    response = client.open(path, method=method, headers=bearer(tokens[who]))
+    assert response.status_code == status, response.data
+    if error:
+        assert response.json["error"] == error
+        challenge = response.headers["WWW-Authenticate"]
+        assert f'error="{error}"' in challenge
+        assert f'scope="{response.json["scope"]}"' in challenge
+
+
+def test_basic_password_is_the_token(client, tokens):
+    response = client.put("/v1/models/acme/sentiment", headers=basic(tokens["writer"]))
+    assert response.status_code == 200
+    assert response.json["scheme"] == "basic"
+
+
+def test_made_up_token_is_invalid(client):
+    response = client.get("/whoami", headers=bearer("hf_" + "Z" * 34))
+    assert response.status_code == 401
+    assert response.json["error"] == "invalid_token"
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        pytest.param("Token abc", id="unknown-scheme"),
+        pytest.param("Basic %%%", id="bad-base64"),
+        pytest.param("Bearer a,Bearer b", id="two-headers-joined-by-server"),
+        pytest.param("Bearer " + "a" * 9000, id="oversized"),
+    ],
+)
+def test_malformed_credentials_are_400(client, authorization):
+    response = client.get("/whoami", headers={"Authorization": authorization})
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_request"
+    assert 'error="invalid_request"' in response.headers["WWW-Authenticate"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "retry_after"),
+    [
+        pytest.param({"status": 503, "headers": {"Retry-After": "12"}}, "12", id="hub-503"),
+        pytest.param(
+            {"status": 429, "headers": {"RateLimit": '"api";r=0;t=60'}}, "60", id="hub-429"
+        ),
+    ],
+)
+def test_hub_failure_is_503_with_retry_after(client, hub_emulator, tokens, fault, retry_after):
+    hub_emulator.fail_next(fault["status"], headers=fault["headers"])
+    response = client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == retry_after
+    assert response.json["error"] == "temporarily_unavailable"
+    assert "WWW-Authenticate" not in response.headers
+
+
+def test_hub_stopped_is_503(client, hub_emulator, tokens):
+    hub_emulator.stop()
+    response = client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) >= 1
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        pytest.param("/health", 200, id="exact"),
+        pytest.param("/docs/intro", 200, id="prefix"),
+        pytest.param("/health/", 401, id="exact-is-exact"),
+        pytest.param("/docs/../whoami", 401, id="dot-dot-never-public"),
+        pytest.param("/docs//x", 401, id="double-slash-never-public"),
+    ],
+)
+def test_public_paths(client, path, status):
+    assert client.get(path).status_code == status
+
+
+def test_principal_in_namespaced_environ_keys(make_middleware, tokens):
+    seen = {}
+
+    def app(environ, start_response):
+        seen.update(environ)
+        start_response("204 No Content", [])
+        return []
+
+    Client(make_middleware(app)).get("/whoami", headers=bearer(tokens["writer"]))
+    assert isinstance(seen["hfauth"], RequestAuth)
+    assert seen["hfauth.principal"].name == "alice"
+    assert get_request_auth(seen) is seen["hfauth"]
+
+
+def test_spoofed_environ_keys_are_removed(make_middleware):
+    forged = RequestAuth(ANONYMOUS, AccessPolicy(), "bearer")
+    inner = make_middleware()
+
+    def outer(environ, start_response):
+        environ["hfauth"] = forged
+        environ["hfauth.principal"] = "mallory"
+        return inner(environ, start_response)
+
+    response = Client(outer).get("/health")
+    assert response.json["user"] is None
+    assert response.json["scheme"] is None
+
+
+@pytest.mark.parametrize(
+    ("path", "cache_control"),
+    [
+        pytest.param("/whoami", "private", id="added"),
+        pytest.param("/cached", "max-age=60", id="app-choice-kept"),
+    ],
+)
+def test_authenticated_responses_are_private(client, tokens, path, cache_control):
+    response = client.get(path, headers=bearer(tokens["reader"]))
+    assert response.headers["Cache-Control"] == cache_control
+    assert "Authorization" in response.headers["Vary"]
+
+
+def test_public_responses_are_left_alone(client):
+    response = client.get("/health")
+    assert "Vary" not in response.headers
+    assert "Cache-Control" not in response.headers
+
+
+def test_script_name_aware(make_middleware, tokens):
+    """Mounted at /api: rules and public paths are written as the app's own paths."""
+
+    def not_found(environ, start_response):
+        start_response("404 Not Found", [])
+        return []
+
+    client = Client(DispatcherMiddleware(not_found, {"/api": make_middleware()}))
+    health = client.get("/api/health")
+    assert health.status_code == 200
+    assert health.json["script_name"] == "/api"
+    denied = client.put("/api/v1/models/acme/sentiment", headers=bearer(tokens["reader"]))
+    assert denied.status_code == 403
+    allowed = client.put("/api/v1/models/acme/sentiment", headers=bearer(tokens["writer"]))
+    assert allowed.json["path_info"] == "/v1/models/acme/sentiment"
+
+
+def test_anonymous_mode(make_middleware):
+    client = Client(make_middleware(allow_anonymous=True))
+    anonymous = client.get("/whoami")
+    assert anonymous.status_code == 200
+    assert anonymous.json["scheme"] is None
+    assert "Vary" not in anonymous.headers
+    assert client.post("/v1/models/acme/public-demo/infer").status_code == 200
+    private = client.post("/v1/models/acme/sentiment/infer")
+    assert private.status_code == 401
+    assert "WWW-Authenticate" in private.headers
+    assert client.get("/whoami", headers=bearer("hf_" + "Q" * 34)).status_code == 401
+
+
+def test_query_param_opt_in(make_middleware, tokens):
+    client = Client(make_middleware(query_param="access_token"))
+    assert client.get(f"/whoami?access_token={tokens['reader']}").status_code == 200
+    both = client.get(f"/whoami?access_token={tokens['reader']}", headers=bearer(tokens["reader"]))
+    assert both.status_code == 400
+    default = Client(make_middleware())
+    assert default.get(f"/whoami?access_token={tokens['reader']}").status_code == 401
+
+
+def test_head_refusal_has_no_body(client):
+    response = client.head("/whoami")
+    assert response.status_code == 401
+    assert response.data == b""
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "who"),
+    [
+        pytest.param("GET", "/whoami", None, id="no-token"),
+        pytest.param("GET", "/whoami", "made-up", id="invalid"),
+        pytest.param("PUT", "/v1/models/acme/sentiment", "reader", id="forbidden"),
+        pytest.param("GET", "/whoami", "malformed", id="malformed"),
+        pytest.param("GET", "/whoami", "down", id="hub-down"),
+    ],
+)
+def test_same_answers_as_asgi(
+    make_middleware, authenticator, hub_emulator, clock, tokens, method, path, who
+):
+    """The WSGI and ASGI adapters refuse with the same status, headers and body."""
+    headers = {
+        None: {},
+        "made-up": bearer("hf_" + "Y" * 34),
+        "reader": bearer(tokens["reader"]),
+        "malformed": {"Authorization": "Bearer"},
+        "down": bearer(tokens["writer"]),
+    }[who]
+    starlette = Starlette(routes=[Route("/{path:path}", lambda r: PlainTextResponse("ok"))])
+    starlette.add_middleware(
+        HFAuthMiddleware,
+        authenticator=authenticator,
+        policy=AccessPolicy(visibility=visibility),
+        **OPTIONS,
+    )
+    names = ("www-authenticate", "retry-after", "cache-control", "content-type")
+    answers = []
+    if who == "down":
+        hub_emulator.fail_next(503, headers={"Retry-After": "7"}, times=2)
+    asgi = TestClient(starlette).request(method, path, headers=headers)
+    answers.append((asgi.status_code, {n: asgi.headers.get_list(n) for n in names}, asgi.json()))
+    own = Authenticator(  # its own breaker: the ASGI call's 503 must not open the WSGI one's
+        HubWhoamiSource(hub_emulator.url), cache=TokenCache(timer=clock, clock=clock)
+    )
+    wsgi = Client(make_middleware(authenticator=own)).open(path, method=method, headers=headers)
+    answers.append((wsgi.status_code, {n: wsgi.headers.getlist(n) for n in names}, wsgi.json))
+    assert answers[0] == answers[1]
+    assert answers[0][0] >= 400
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"hub_url": "https://a.example", "source": object()}, id="two-sources"),
+        pytest.param({"realm": 'a"b'}, id="quote-in-realm"),
+        pytest.param({"public_paths": ["health"]}, id="relative-public-path"),
+        pytest.param({"rules": ["POST /x"]}, id="rule-not-built"),
+        pytest.param({"hub_url": "http://hub.example"}, id="plain-http"),
+    ],
+)
+def test_bad_options_fail_at_startup(options):
+    with pytest.raises(ConfigurationError):
+        HFAuthWSGIMiddleware(wsgi_app, **options)
+
+
+def test_repr_shows_no_token(make_middleware, tokens):
+    middleware = make_middleware()
+    Client(middleware).get("/whoami", headers=bearer(tokens["writer"]))
+    assert tokens["writer"] not in repr(middleware)
+    assert tokens["writer"] not in repr(middleware.authenticator.cache)
+
+
+# --- a real threaded server ------------------------------------------------------------------
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log(self, type: str, message: str, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def serve():
+    """Serve a WSGI app on 127.0.0.1 with werkzeug's threaded server; yields its URL."""
+    running = []
+
+    def start(app) -> str:
+        server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield start
+    for server, thread in running:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_threaded_cold_token_makes_one_upstream_call(serve, make_middleware, hub_emulator, tokens):
+    middleware = make_middleware()
+    arrived = threading.Condition()
+    count = 0
+
+    def counting(environ, start_response):
+        nonlocal count
+        with arrived:
+            count += 1
+            arrived.notify_all()
+        return middleware(environ, start_response)
+
+    url = serve(counting)
+    hub_emulator.delay = 30  # the one upstream call is held until released below
+    limits = httpx.Limits(max_connections=60)
+    with (
+        httpx.Client(base_url=url, timeout=20, limits=limits) as http,
+        ThreadPoolExecutor(max_workers=50) as pool,
+    ):
+        futures = [
+            pool.submit(http.get, "/whoami", headers=bearer(tokens["writer"])) for _ in range(50)
+        ]
+        with arrived:
+            assert arrived.wait_for(lambda: count == 50, timeout=10)
+        assert hub_emulator.wait_for_held(1)
+        hub_emulator.release_held()
+        responses = [future.result(timeout=20) for future in futures]
+    assert [response.status_code for response in responses] == [200] * 50
+    assert {response.json()["user"] for response in responses} == {"alice"}
+    assert hub_emulator.whoami_calls == 1
+    assert middleware.authenticator.stats()["upstream_calls"] == 1
+
+
+def test_slow_token_does_not_delay_other_tokens(serve, make_middleware, hub_emulator, tokens):
+    url = serve(make_middleware())
+    with (
+        httpx.Client(base_url=url, timeout=10) as http,
+        ThreadPoolExecutor(max_workers=32) as pool,
+    ):
+        assert http.get("/whoami", headers=bearer(tokens["writer"])).status_code == 200  # cached
+        hub_emulator.delay_token(tokens["reader"], 30)
+        slow = pool.submit(http.get, "/whoami", headers=bearer(tokens["reader"]))
+        assert hub_emulator.wait_for_held(1)
+
+        fast = [
+            pool.submit(http.get, "/whoami", headers=bearer(tokens[who]))
+            for who in ["writer"] * 20 + ["other"]  # cached, and one cold token
+        ]
+        answers = [future.result(timeout=10) for future in fast]
+        assert [answer.status_code for answer in answers] == [200] * 21
+        assert not slow.done()
+        assert hub_emulator.held == 1
+
+        hub_emulator.release_held()
+        assert slow.result(timeout=10).json()["user"] == "bob"
+    assert hub_emulator.whoami_calls == 3
+
+
+def test_same_options_as_asgi():
+    """GuardOptions lists every Guard option, and the WSGI adapters take exactly the
+    ASGI middleware's options (a new core option cannot be forgotten here)."""
+    guard = set(inspect.signature(Guard.__init__).parameters) - {"self", "authenticator"}
+    assert guard == GuardOptions.__optional_keys__
+    asgi = set(inspect.signature(HFAuthMiddleware.__init__).parameters) - {"self", "app"}
+    assert asgi == MiddlewareOptions.__optional_keys__
