@@ -130,3 +130,29 @@ def test_repr_shows_sizes_not_keys(clock):
     settle(cache, b"secret-key-bytes", valid(None, clock))
     assert "secret" not in repr(cache)
     assert "size=1/" in repr(cache)
+
+
+def test_lock_free_view_follows_evictions_expiry_and_invalidation(clock):
+    cache = TokenCache(maxsize=3, ttl=10, timer=clock, clock=clock)
+    for index in range(10):
+        settle(cache, bytes([index]), valid(None, clock))
+    assert sorted(cache._readable) == [bytes([7]), bytes([8]), bytes([9])]
+    assert cache.fresh(bytes([0])) is None
+    assert cache.fresh(bytes([9])) is not None
+    clock.advance(10)
+    assert cache.fresh(bytes([9])) is None  # expired entries are never served fresh
+    settle(cache, b"new", valid(None, clock))  # insertion purges what expired
+    assert list(cache._readable) == [b"new"]
+    cache.invalidate(b"new")
+    assert cache._readable == {}
+    settle(cache, b"a", valid(None, clock))
+    cache.clear()
+    assert cache._readable == {}
+
+
+def test_hits_are_counted(clock):
+    cache = TokenCache(timer=clock, clock=clock)
+    settle(cache, b"k", valid(None, clock))
+    for _ in range(5):
+        cache.begin(b"k")
+    assert cache.hits == 5

@@ -179,14 +179,15 @@ class HFAuthMiddleware:
                 forwarded_for = value.decode("latin-1")
         peer = scope.get("client")
         try:
-            auth = await self.authenticator.run_async(
-                self.guard.request_flow(
-                    scope.get("method", "GET"),
-                    path,
-                    authorization,
-                    self._query_tokens(scope),
-                    self.guard.client_address(peer[0] if peer else None, forwarded_for),
-                )
+            step = self.guard.begin(
+                scope.get("method", "GET"),
+                path,
+                authorization,
+                self._query_tokens(scope),
+                self.guard.client_address(peer[0] if peer else None, forwarded_for),
+            )
+            auth = (
+                step if isinstance(step, RequestAuth) else await self.authenticator.run_async(step)
             )
         except AuthenticationError as error:
             if scope_type == "http":

@@ -19,7 +19,7 @@ import time
 import weakref
 from collections.abc import Callable, Generator
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import httpx
 
@@ -52,15 +52,8 @@ shared_logger = logging.getLogger("hfauth_mw.shared")
 
 #: Everything a flow may yield. The drivers below handle all of it.
 Work = httpx.Request | WaitFor | SharedOp | Pause
-#: The type :meth:`Authenticator.flow` is declared with. It names only HTTP
-#: requests and waits so that code typed against it (the guard, the adapters)
-#: keeps type-checking; with a shared cache the flow also yields
-#: :data:`SharedOp` and :class:`Pause` items, which :meth:`Authenticator.run_sync`
-#: and :meth:`Authenticator.run_async` handle. Drive flows with those. (Once
-#: every caller is annotated with :data:`Work`, this alias can become
-#: ``Generator[Work, Any, Principal]``.)
-AuthFlow = Generator[httpx.Request | WaitFor, Any, Principal]
-FullFlow = Generator[Work, Any, Principal]
+#: The decision for one token, as a generator of work for a driver.
+AuthFlow = Generator[Work, Any, Principal]
 T = TypeVar("T")
 
 # How a token was looked up in the shared tier.
@@ -171,7 +164,9 @@ class Authenticator:
 
     # --- the sans-IO core ------------------------------------------------------------
 
-    def _flow(self, credentials: Credentials) -> FullFlow:
+    def flow(self, credentials: Credentials) -> AuthFlow:
+        """The decision for one token, as a generator of work for a driver
+        (:meth:`run_sync` / :meth:`run_async`)."""
         step = self.cache.begin(self._namespace + credentials.digest)
         if isinstance(step, Valid | Invalid):
             outcome: Outcome = step
@@ -185,9 +180,12 @@ class Authenticator:
                 raise
         return self._settle(outcome)
 
-    #: The decision for one token, as a generator of work for a driver
-    #: (:meth:`run_sync` / :meth:`run_async`). See :data:`AuthFlow` for its type.
-    flow = cast("Callable[[Authenticator, Credentials], AuthFlow]", _flow)
+    def cached(self, credentials: Credentials) -> Principal | None:
+        """The principal for ``credentials`` if the in-process cache has a fresh
+        positive answer, else ``None`` (then drive :meth:`flow`). No lock, no
+        generator: the hot path. Raises InvalidToken if the token has expired."""
+        fresh = self.cache.fresh(self._namespace + credentials.digest)
+        return None if fresh is None else self._settle(fresh)
 
     def _resolve(self, leader: Leader, credentials: Credentials) -> Generator[Work, Any, Outcome]:
         """Answer a token the in-process cache does not have (timed, counted)."""

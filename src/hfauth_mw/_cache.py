@@ -28,6 +28,7 @@ Design, and why:
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from cachetools import TLRUCache, TTLCache
 
 from ._exceptions import ConfigurationError
+from ._metrics import count_value
 from ._outcome import Invalid, Outcome, Valid
 
 __all__ = [
@@ -83,6 +85,53 @@ class _Entry:
     fresh_until: float
 
 
+class _PositiveStore(TLRUCache[bytes, _Entry]):
+    """A TLRUCache that mirrors its entries in a plain dict, for lock-free reads.
+
+    cachetools bounds and expires the entries (under the cache's lock); the
+    mirror follows every insertion, deletion, eviction and expiry. Reads go to
+    the mirror with no lock and no bookkeeping: a hit costs one dict lookup
+    and one clock read. The price: reads do not refresh recency, so when full
+    the store evicts the least recently *stored* token, which is re-stored on
+    its next check anyway.
+    """
+
+    def __init__(
+        self,
+        maxsize: int,
+        ttu: Callable[[bytes, _Entry, float], float],
+        timer: Callable[[], float],
+    ) -> None:
+        super().__init__(maxsize, ttu, timer)
+        self.readable: dict[bytes, _Entry] = {}
+
+    def __setitem__(self, key: bytes, value: _Entry) -> None:
+        super().__setitem__(key, value)
+        if key in self:  # cachetools drops a value that is already past its lifetime
+            self.readable[key] = value
+        else:
+            self.readable.pop(key, None)
+
+    def __delitem__(self, key: bytes) -> None:
+        super().__delitem__(key)
+        self.readable.pop(key, None)
+
+    def popitem(self) -> tuple[bytes, _Entry]:
+        key, value = super().popitem()
+        self.readable.pop(key, None)
+        return key, value
+
+    def clear(self) -> None:
+        super().clear()
+        self.readable.clear()
+
+    def expire(self, time: float | None = None) -> list[tuple[bytes, _Entry]]:
+        expired = list(super().expire(time))
+        for key, _ in expired:
+            self.readable.pop(key, None)
+        return expired
+
+
 class TokenCache:
     """Bounded positive and negative caches of introspection outcomes.
 
@@ -119,14 +168,16 @@ class TokenCache:
         self.negative_ttl = negative_ttl
         self.timer = timer
         self.clock = clock
-        self._positive: TLRUCache[bytes, _Entry] = TLRUCache(maxsize, self._keep_until, timer)
+        self._positive = _PositiveStore(maxsize, self._keep_until, timer)
+        self._readable = self._positive.readable
         self._negative: TTLCache[bytes, Invalid] = TTLCache(negative_maxsize, negative_ttl, timer)
         self._inflight: dict[bytes, Future[Outcome]] = {}
         self._lock = threading.Lock()
         self._generation = 0
         #: Lookups answered with a fresh positive / a negative entry, flights
-        #: started (misses) and flights joined, since start.
-        self.hits = 0
+        #: started (misses) and flights joined, since start. Positive hits are
+        #: counted without the lock (itertools.count is atomic under the GIL).
+        self._hits = itertools.count()
         self.negative_hits = 0
         self.misses = 0
         self.joins = 0
@@ -153,21 +204,37 @@ class TokenCache:
             keep = min(keep, now + expires_at.timestamp() - self.clock())
         return keep
 
+    @property
+    def hits(self) -> int:
+        return count_value(self._hits)
+
+    def fresh(self, key: bytes) -> Valid | None:
+        """The fresh positive answer for ``key``, without taking the lock (the hot path)."""
+        entry = self._readable.get(key)
+        if entry is not None and self.timer() < entry.fresh_until:
+            next(self._hits)
+            return entry.outcome
+        return None
+
     def get(self, key: bytes) -> Outcome | None:
         """The fresh cached outcome for ``key``, or ``None``."""
+        fresh = self.fresh(key)
+        if fresh is not None:
+            return fresh
         with self._lock:
-            entry = self._positive.get(key)
-            if entry is not None and self.timer() < entry.fresh_until:
-                return entry.outcome
             return self._negative.get(key)
 
     def begin(self, key: bytes) -> Outcome | Leader | Future[Outcome]:
         """Start a lookup: a cached outcome, the leadership of a new flight, or
         the running flight to wait for."""
+        fresh = self.fresh(key)
+        if fresh is not None:
+            return fresh
         with self._lock:
+            # cachetools' view is expiry-aware: past the stale window it has no entry.
             entry = self._positive.get(key)
             if entry is not None and self.timer() < entry.fresh_until:
-                self.hits += 1
+                next(self._hits)  # stored by another thread a moment ago
                 return entry.outcome
             negative = self._negative.get(key)
             if negative is not None:

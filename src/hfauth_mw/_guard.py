@@ -17,9 +17,7 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
-import httpx
-
-from ._authenticator import Authenticator
+from ._authenticator import Authenticator, Work
 from ._credentials import DEFAULT_MAX_HEADER_BYTES, Credentials, parse_credentials
 from ._exceptions import (
     AuthenticationError,
@@ -31,7 +29,6 @@ from ._exceptions import (
     SourceUnavailable,
     TooManyFailures,
 )
-from ._outcome import WaitFor
 from ._principal import ANONYMOUS, Principal
 from ._protection import FailureLimiter, client_address
 from ._rules import READ_PERMISSION, WRITE_PERMISSION, AccessPolicy, Decision, Entity, Repo
@@ -164,6 +161,10 @@ class RequestAuth:
         if not decision:
             raise denial(self.principal, decision)
         return decision
+
+
+#: What :meth:`Guard.begin` hands a driver when a request needs I/O.
+RequestFlow = Generator[Work, Any, RequestAuth]
 
 
 def _as_repo(repo: Repo | str) -> Repo:
@@ -331,39 +332,24 @@ class Guard:
             max_header_bytes=self.max_header_bytes,
         )
 
-    def flow(
-        self, method: str, path: str, credentials: Credentials | None
-    ) -> Generator[httpx.Request | WaitFor, Any, RequestAuth]:
-        """Authenticate and authorize one request whose credentials are already
-        parsed; raises AuthenticationError. No audit event, no brute-force guard:
-        adapters use :meth:`request_flow`."""
-        principal = yield from self._principal(credentials)
-        self.authorize(method, path, principal)
-        return RequestAuth(principal, self.policy, credentials.scheme if credentials else None)
-
-    def _principal(
-        self, credentials: Credentials | None
-    ) -> Generator[httpx.Request | WaitFor, Any, Principal]:
-        if credentials is None:
-            if not self.allow_anonymous:
-                raise MissingCredentials()
-            return ANONYMOUS
-        return (yield from self.authenticator.flow(credentials))
-
-    def request_flow(
+    def begin(
         self,
         method: str,
         path: str,
         authorization: Sequence[bytes | str],
         query_tokens: Sequence[str] = (),
         client: str | None = None,
-    ) -> Generator[httpx.Request | WaitFor, Any, RequestAuth]:
-        """The whole decision for one request, from its raw headers.
+    ) -> RequestAuth | RequestFlow:
+        """The decision for one request, from its raw headers.
 
         Applies the brute-force guard to ``client`` (the address adapters
         resolve with :meth:`client_address`), parses the credentials,
         authenticates, authorizes, and writes one audit event. Raises
         :class:`~hfauth_mw.AuthenticationError` when the request must stop.
+
+        Returns the :class:`RequestAuth` at once when no I/O is needed (a
+        cached token: the hot path, no generator), else a flow for the
+        authenticator's ``run_sync``/``run_async`` that finishes the job.
         """
         started = time.perf_counter()
         credentials: Credentials | None = None
@@ -372,13 +358,69 @@ class Guard:
             if self.limiter is not None:
                 self.limiter.check(client)
             credentials = self.credentials(authorization, query_tokens)
-            principal = yield from self._principal(credentials)
+            if credentials is None:
+                if not self.allow_anonymous:
+                    raise MissingCredentials()
+                principal = ANONYMOUS
+            else:
+                principal = self.authenticator.cached(credentials)
+                if principal is None:
+                    return self._resume(method, path, client, credentials, started)
             self.authorize(method, path, principal)
         except AuthenticationError as error:
-            if self.limiter is not None and isinstance(error, InvalidToken | InvalidRequest):
-                self.limiter.failed(client)
-            self._audit(error, method, path, client, credentials, principal, started)
+            self._refused(error, method, path, client, credentials, principal, started)
             raise
+        return self._allowed(method, path, client, credentials, principal, started)
+
+    def _resume(
+        self, method: str, path: str, client: str | None, credentials: Credentials, started: float
+    ) -> RequestFlow:
+        principal: Principal | None = None
+        try:
+            principal = yield from self.authenticator.flow(credentials)
+            self.authorize(method, path, principal)
+        except AuthenticationError as error:
+            self._refused(error, method, path, client, credentials, principal, started)
+            raise
+        return self._allowed(method, path, client, credentials, principal, started)
+
+    def request_flow(
+        self,
+        method: str,
+        path: str,
+        authorization: Sequence[bytes | str],
+        query_tokens: Sequence[str] = (),
+        client: str | None = None,
+    ) -> RequestFlow:
+        """:meth:`begin` as one flow, for callers that always drive a flow."""
+        step = self.begin(method, path, authorization, query_tokens, client)
+        if isinstance(step, RequestAuth):
+            return step
+        return (yield from step)
+
+    def _refused(
+        self,
+        error: AuthenticationError,
+        method: str,
+        path: str,
+        client: str | None,
+        credentials: Credentials | None,
+        principal: Principal | None,
+        started: float,
+    ) -> None:
+        if self.limiter is not None and isinstance(error, InvalidToken | InvalidRequest):
+            self.limiter.failed(client)
+        self._audit(error, method, path, client, credentials, principal, started)
+
+    def _allowed(
+        self,
+        method: str,
+        path: str,
+        client: str | None,
+        credentials: Credentials | None,
+        principal: Principal,
+        started: float,
+    ) -> RequestAuth:
         if audit_logger.isEnabledFor(logging.INFO):
             self._audit(None, method, path, client, credentials, principal, started)
         return RequestAuth(principal, self.policy, credentials.scheme if credentials else None)

@@ -34,7 +34,7 @@ Security caveats, plainly:
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Unpack, cast
@@ -48,7 +48,7 @@ from ._asgi import build_authenticator
 from ._authenticator import Authenticator
 from ._cache import TokenCache
 from ._exceptions import AuthenticationError, ConfigurationError
-from ._guard import Guard, GuardOptions, RequestAuth
+from ._guard import Guard, GuardOptions, RequestAuth, RequestFlow
 from ._outcome import IntrospectionSource
 
 __all__ = [
@@ -59,7 +59,7 @@ __all__ = [
     "MiddlewareOptions",
     "authenticate_environ",
     "build_guard",
-    "environ_flow",
+    "environ_begin",
     "options_from_config",
 ]
 
@@ -69,7 +69,6 @@ ENVIRON_AUTH = "hfauth"
 ENVIRON_PRINCIPAL = "hfauth.principal"
 
 # Yield type left open: the drivers know the work items; adapters only pass flows on.
-GuardFlow = Generator[Any, Any, RequestAuth]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
 
 
@@ -137,15 +136,15 @@ def request_path(environ: WSGIEnvironment) -> str:
     return get_path_info(environ) or "/"
 
 
-def environ_flow(guard: Guard, environ: WSGIEnvironment, path: str) -> GuardFlow:
-    """:meth:`Guard.request_flow` for a WSGI request, or anything with WSGI-style
-    keys such as Django's ``request.META``, for either driver."""
+def environ_begin(guard: Guard, environ: WSGIEnvironment, path: str) -> RequestAuth | RequestFlow:
+    """:meth:`Guard.begin` for a WSGI request, or anything with WSGI-style keys
+    such as Django's ``request.META``: the answer, or a flow for either driver."""
     query: list[str] = []
     if guard.query_param:
         query_string = environ.get("QUERY_STRING", "")
         pairs = parse_qsl(query_string, keep_blank_values=True) if query_string else []
         query = [value for key, value in pairs if key == guard.query_param]
-    return guard.request_flow(
+    return guard.begin(
         str(environ.get("REQUEST_METHOD", "GET")).upper(),
         path,
         EnvironHeaders(environ).getlist("Authorization"),
@@ -163,7 +162,8 @@ def authenticate_environ(
     business: this always checks.
     """
     path = request_path(environ) if path is None else path
-    return guard.authenticator.run_sync(environ_flow(guard, environ, path))
+    step = environ_begin(guard, environ, path)
+    return step if isinstance(step, RequestAuth) else guard.authenticator.run_sync(step)
 
 
 def attach(environ: WSGIEnvironment, auth: RequestAuth) -> None:

@@ -70,7 +70,7 @@ from ._wsgi import (
     AdapterOptions,
     authenticate_environ,
     build_guard,
-    environ_flow,
+    environ_begin,
     options_from_config,
 )
 
@@ -219,8 +219,8 @@ class HFAuthMiddleware:
 
 
 async def _authenticate_async(guard: Guard, request: Request) -> RequestAuth:
-    flow = environ_flow(guard, request.META, request.path_info)
-    return await guard.authenticator.run_async(flow)
+    step = environ_begin(guard, request.META, request.path_info)
+    return step if isinstance(step, RequestAuth) else await guard.authenticator.run_async(step)
 
 
 def _request_auth(request: Request) -> RequestAuth:
