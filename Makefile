@@ -28,6 +28,8 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests examples bench
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@command -v wrk >/dev/null || echo "wrk not found: the end-to-end part will be skipped (apt-get install wrk)"
 	$(BIN)/python -m bench
 
 clean:

@@ -39,7 +39,7 @@ from hfauth_mw import (
     require_write,
 )
 from hfauth_mw._guard import Guard, GuardOptions
-from hfauth_mw._wsgi import MiddlewareOptions
+from hfauth_mw._options import MiddlewareOptions
 
 RULES = [
     require_read("POST /v1/models/{owner}/{name}/infer"),
@@ -483,9 +483,18 @@ def test_slow_token_does_not_delay_other_tokens(serve, make_middleware, hub_emul
 
 
 def test_same_options_as_asgi():
-    """GuardOptions lists every Guard option, and the WSGI adapters take exactly the
-    ASGI middleware's options (a new core option cannot be forgotten here)."""
+    """GuardOptions lists every Guard option (a new core option cannot be forgotten),
+    and both middlewares are declared with the one shared option set."""
     guard = set(inspect.signature(Guard.__init__).parameters) - {"self", "authenticator"}
     assert guard == GuardOptions.__optional_keys__
-    asgi = set(inspect.signature(HFAuthMiddleware.__init__).parameters) - {"self", "app"}
-    assert asgi == MiddlewareOptions.__optional_keys__
+    for middleware in (HFAuthMiddleware, HFAuthWSGIMiddleware):
+        parameters = inspect.signature(middleware.__init__).parameters
+        assert set(parameters) - {"self", "app"} == {"private_responses", "options"}
+        assert "Unpack[AdapterOptions]" in str(parameters["options"].annotation)
+    assert MiddlewareOptions.__optional_keys__ == GuardOptions.__optional_keys__ | {
+        "hub_url",
+        "source",
+        "authenticator",
+        "cache",
+        "private_responses",
+    }

@@ -15,22 +15,16 @@ Security caveats, plainly:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Unpack
 from urllib.parse import parse_qsl
 
 from starlette.authentication import AuthCredentials, BaseUser
 
-from ._authenticator import Authenticator
-from ._cache import TokenCache
-from ._credentials import DEFAULT_MAX_HEADER_BYTES
-from ._exceptions import AuthenticationError, ConfigurationError
-from ._guard import Guard, RepoRule, RequestAuth
-from ._outcome import IntrospectionSource
+from ._exceptions import AuthenticationError
+from ._guard import RequestAuth
+from ._options import AdapterOptions, build_guard
 from ._principal import Principal
-from ._protection import FailureLimiter
-from ._rules import AccessPolicy
-from ._sources import HubWhoamiSource
 
 __all__ = ["HFAuthMiddleware", "HubUser", "get_request_auth"]
 
@@ -123,38 +117,14 @@ class HFAuthMiddleware:
         self,
         app: ASGIApp,
         *,
-        hub_url: str | None = None,
-        source: IntrospectionSource | None = None,
-        authenticator: Authenticator | None = None,
-        cache: TokenCache | None = None,
-        realm: str = "hfauth-mw",
-        public_paths: Iterable[str] = (),
-        allow_anonymous: bool = False,
-        allow_basic: bool = True,
-        query_param: str | None = None,
-        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-        rules: Sequence[RepoRule] = (),
-        method_policy: bool = True,
-        policy: AccessPolicy | None = None,
-        limiter: FailureLimiter | Literal["default"] | None = "default",
         private_responses: bool = True,
+        **options: Unpack[AdapterOptions],
     ) -> None:
         self.app = app
-        self.authenticator = build_authenticator(hub_url, source, authenticator, cache)
-        self.guard = Guard(
-            self.authenticator,
-            realm=realm,
-            public_paths=public_paths,
-            allow_anonymous=allow_anonymous,
-            allow_basic=allow_basic,
-            query_param=query_param,
-            max_header_bytes=max_header_bytes,
-            rules=rules,
-            method_policy=method_policy,
-            policy=policy,
-            limiter=limiter,
-        )
+        self.guard = build_guard(options)
+        self.authenticator = self.guard.authenticator
         self.private_responses = private_responses
+        query_param = self.guard.query_param
         self._query_param = query_param.encode() if query_param else None
         self._views: dict[int, tuple[Principal, HubUser, tuple[str, ...]]] = {}
 
@@ -249,37 +219,6 @@ class HFAuthMiddleware:
         else:
             reason = (error.error or "unauthorized")[:120]
             await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": reason})
-
-
-def build_authenticator(
-    hub_url: str | None,
-    source: IntrospectionSource | None,
-    authenticator: Authenticator | None,
-    cache: TokenCache | None,
-) -> Authenticator:
-    """Resolve the ``hub_url`` / ``source`` / ``authenticator`` options of an adapter."""
-    given = [
-        name
-        for name, value in (
-            ("hub_url", hub_url),
-            ("source", source),
-            ("authenticator", authenticator),
-        )
-        if value is not None
-    ]
-    if len(given) > 1:
-        raise ConfigurationError(
-            f"give only one of hub_url, source and authenticator (got {', '.join(given)})"
-        )
-    if authenticator is not None:
-        if cache is not None:
-            raise ConfigurationError(
-                "cache belongs to the authenticator: pass it to Authenticator()"
-            )
-        return authenticator
-    if source is None:
-        source = HubWhoamiSource(hub_url) if hub_url is not None else HubWhoamiSource()
-    return Authenticator(source, cache=cache)
 
 
 def _encode_headers(

@@ -34,7 +34,7 @@ Security caveats, plainly:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Unpack, cast
@@ -44,23 +44,16 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.wsgi import get_path_info
 
-from ._asgi import build_authenticator
-from ._authenticator import Authenticator
-from ._cache import TokenCache
-from ._exceptions import AuthenticationError, ConfigurationError
-from ._guard import Guard, GuardOptions, RequestAuth, RequestFlow
-from ._outcome import IntrospectionSource
+from ._exceptions import AuthenticationError
+from ._guard import Guard, RequestAuth, RequestFlow
+from ._options import AdapterOptions, build_guard
 
 __all__ = [
     "ENVIRON_AUTH",
     "ENVIRON_PRINCIPAL",
-    "AdapterOptions",
     "HFAuthWSGIMiddleware",
-    "MiddlewareOptions",
     "authenticate_environ",
-    "build_guard",
     "environ_begin",
-    "options_from_config",
 ]
 
 #: environ key of the request's :class:`~hfauth_mw.RequestAuth`.
@@ -70,65 +63,6 @@ ENVIRON_PRINCIPAL = "hfauth.principal"
 
 # Yield type left open: the drivers know the work items; adapters only pass flows on.
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
-
-
-class AdapterOptions(GuardOptions, total=False):
-    """Every adapter's options: where tokens are checked, then :class:`Guard`'s options.
-
-    Give at most one of ``hub_url`` (default ``https://huggingface.co``),
-    ``source`` and ``authenticator`` (to share one cache between adapters).
-    """
-
-    hub_url: str | None
-    source: IntrospectionSource | None
-    authenticator: Authenticator | None
-    cache: TokenCache | None
-
-
-class MiddlewareOptions(AdapterOptions, total=False):
-    """:class:`AdapterOptions` plus ``private_responses`` (default True): add
-    ``Vary: Authorization`` and ``Cache-Control: private`` to authenticated answers."""
-
-    private_responses: bool
-
-
-_SOURCE_KEYS = frozenset({"hub_url", "source", "authenticator", "cache"})
-
-
-def build_guard(options: AdapterOptions) -> Guard:
-    """The :class:`Guard` for an adapter's options (validated; raises ConfigurationError)."""
-    guard_options = {k: v for k, v in options.items() if k not in _SOURCE_KEYS}
-    authenticator = build_authenticator(
-        options.get("hub_url"),
-        options.get("source"),
-        options.get("authenticator"),
-        options.get("cache"),
-    )
-    return Guard(authenticator, **cast(GuardOptions, guard_options))
-
-
-def options_from_config(
-    config: Mapping[str, Any], prefix: str, extra: Iterable[str] = ()
-) -> dict[str, Any]:
-    """Options from framework settings: ``{prefix}HUB_URL`` becomes ``hub_url``.
-
-    Every key starting with ``prefix`` must name an option (a typo such as
-    ``HFAUTH_PUBLIC_PATH`` fails at start-up instead of silently guarding
-    nothing); ``extra`` names the adapter's own settings.
-    """
-    known = MiddlewareOptions.__optional_keys__ | set(extra)
-    options: dict[str, Any] = {}
-    for key, value in config.items():
-        if not isinstance(key, str) or not key.startswith(prefix):
-            continue
-        name = key[len(prefix) :].lower()
-        if name not in known:
-            raise ConfigurationError(
-                f"unknown hfauth-mw setting {key!r}; known: "
-                + ", ".join(sorted(prefix + k.upper() for k in known))
-            )
-        options[name] = value
-    return options
 
 
 def request_path(environ: WSGIEnvironment) -> str:

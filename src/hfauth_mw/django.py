@@ -66,13 +66,8 @@ from django.utils.cache import patch_vary_headers  # type: ignore[import-untyped
 from ._asgi import HubUser as StarletteHubUser
 from ._exceptions import AuthenticationError, ConfigurationError
 from ._guard import Access, Guard, RepoRequirement, RequestAuth
-from ._wsgi import (
-    AdapterOptions,
-    authenticate_environ,
-    build_guard,
-    environ_begin,
-    options_from_config,
-)
+from ._options import AdapterOptions, build_guard, options_from_config
+from ._wsgi import authenticate_environ, environ_begin
 
 __all__ = ["HFAuthMiddleware", "HubUser", "require_permission", "require_repo"]
 

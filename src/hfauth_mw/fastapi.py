@@ -69,7 +69,7 @@ from starlette.requests import HTTPConnection
 from ._asgi import app_path
 from ._exceptions import AuthenticationError
 from ._guard import Access, Guard, RepoRequirement, RequestAuth
-from ._wsgi import AdapterOptions, build_guard
+from ._options import AdapterOptions, build_guard
 
 __all__ = [
     "RequirePermission",

@@ -49,15 +49,9 @@ from werkzeug.local import LocalProxy
 
 from ._exceptions import AuthenticationError, ConfigurationError
 from ._guard import Access, RepoRequirement, RequestAuth
+from ._options import MiddlewareOptions, options_from_config
 from ._principal import Principal
-from ._wsgi import (
-    ENVIRON_AUTH,
-    HFAuthWSGIMiddleware,
-    MiddlewareOptions,
-    attach,
-    authenticate_environ,
-    options_from_config,
-)
+from ._wsgi import ENVIRON_AUTH, HFAuthWSGIMiddleware, attach, authenticate_environ
 
 __all__ = ["HFAuth", "current_auth", "current_principal"]
 

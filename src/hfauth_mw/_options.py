@@ -1,0 +1,112 @@
+"""Adapter options: one definition of every option, and how adapters build a
+:class:`~hfauth_mw.Guard` from them (keywords or framework settings)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+from ._authenticator import Authenticator
+from ._cache import TokenCache
+from ._exceptions import ConfigurationError
+from ._guard import Guard, GuardOptions
+from ._outcome import IntrospectionSource
+from ._sources import HubWhoamiSource
+
+__all__ = [
+    "AdapterOptions",
+    "MiddlewareOptions",
+    "build_authenticator",
+    "build_guard",
+    "options_from_config",
+]
+
+
+class AdapterOptions(GuardOptions, total=False):
+    """Every adapter's options: where tokens are checked, then :class:`Guard`'s options.
+
+    Give at most one of ``hub_url`` (default ``https://huggingface.co``),
+    ``source`` and ``authenticator`` (to share one cache between adapters).
+    """
+
+    hub_url: str | None
+    source: IntrospectionSource | None
+    authenticator: Authenticator | None
+    cache: TokenCache | None
+
+
+class MiddlewareOptions(AdapterOptions, total=False):
+    """:class:`AdapterOptions` plus ``private_responses`` (default True): add
+    ``Vary: Authorization`` and ``Cache-Control: private`` to authenticated answers."""
+
+    private_responses: bool
+
+
+_SOURCE_KEYS = frozenset({"hub_url", "source", "authenticator", "cache"})
+
+
+def build_guard(options: AdapterOptions) -> Guard:
+    """The :class:`Guard` for an adapter's options (validated; raises ConfigurationError)."""
+    guard_options = {k: v for k, v in options.items() if k not in _SOURCE_KEYS}
+    authenticator = build_authenticator(
+        options.get("hub_url"),
+        options.get("source"),
+        options.get("authenticator"),
+        options.get("cache"),
+    )
+    return Guard(authenticator, **cast(GuardOptions, guard_options))
+
+
+def options_from_config(
+    config: Mapping[str, Any], prefix: str, extra: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Options from framework settings: ``{prefix}HUB_URL`` becomes ``hub_url``.
+
+    Every key starting with ``prefix`` must name an option (a typo such as
+    ``HFAUTH_PUBLIC_PATH`` fails at start-up instead of silently guarding
+    nothing); ``extra`` names the adapter's own settings.
+    """
+    known = MiddlewareOptions.__optional_keys__ | set(extra)
+    options: dict[str, Any] = {}
+    for key, value in config.items():
+        if not isinstance(key, str) or not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :].lower()
+        if name not in known:
+            raise ConfigurationError(
+                f"unknown hfauth-mw setting {key!r}; known: "
+                + ", ".join(sorted(prefix + k.upper() for k in known))
+            )
+        options[name] = value
+    return options
+
+
+def build_authenticator(
+    hub_url: str | None,
+    source: IntrospectionSource | None,
+    authenticator: Authenticator | None,
+    cache: TokenCache | None,
+) -> Authenticator:
+    """Resolve the ``hub_url`` / ``source`` / ``authenticator`` options of an adapter."""
+    given = [
+        name
+        for name, value in (
+            ("hub_url", hub_url),
+            ("source", source),
+            ("authenticator", authenticator),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise ConfigurationError(
+            f"give only one of hub_url, source and authenticator (got {', '.join(given)})"
+        )
+    if authenticator is not None:
+        if cache is not None:
+            raise ConfigurationError(
+                "cache belongs to the authenticator: pass it to Authenticator()"
+            )
+        return authenticator
+    if source is None:
+        source = HubWhoamiSource(hub_url) if hub_url is not None else HubWhoamiSource()
+    return Authenticator(source, cache=cache)
