@@ -296,3 +296,43 @@ async def test_breaker_stops_calls_to_a_failing_hub(hub_emulator, hub_store, clo
     clock.advance(10)
     assert (await authenticator.authenticate(Credentials.from_token(tokens[0]))).name == "u0"
     assert hub_emulator.whoami_calls == 4
+
+
+class _StuckSource:
+    """A source whose flights another request leads forever (the test holds the lead)."""
+
+    name = "stuck"
+    wait_timeout = 0.05
+
+    def flow(self, credentials):
+        raise AssertionError("the test leads the flight itself")
+        yield
+
+
+async def test_waiters_share_one_loop_future_and_time_out(clock):
+    authenticator = Authenticator(_StuckSource(), cache=TokenCache(timer=clock, clock=clock))
+    credentials = Credentials.from_token("hf_" + "s" * 34)
+    leader = authenticator.cache.begin(authenticator.cache_key(credentials.digest))
+    waiters = [asyncio.create_task(authenticator.authenticate(credentials)) for _ in range(10)]
+    await asyncio.sleep(0)
+    assert len(authenticator._loop_waiters) == 1
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert all(isinstance(result, SourceUnavailable) for result in results)
+    assert authenticator._loop_waiters == {}
+    authenticator.cache.abandon(leader, SourceUnavailable())
+
+
+async def test_cancelled_waiter_leaves_the_others_waiting(make_authenticator, hub_emulator, alice):
+    authenticator = make_authenticator()
+    hub_emulator.delay = 30
+    leader = asyncio.create_task(authenticator.authenticate(alice))
+    assert await asyncio.to_thread(hub_emulator.wait_for_held, 1)
+    quitter = asyncio.create_task(authenticator.authenticate(alice))
+    stayer = asyncio.create_task(authenticator.authenticate(alice))
+    await asyncio.sleep(0)
+    quitter.cancel()
+    hub_emulator.release_held()
+    assert (await leader).name == "alice"
+    assert (await stayer).name == "alice"
+    assert quitter.cancelled()
+    assert hub_emulator.whoami_calls == 1

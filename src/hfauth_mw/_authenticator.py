@@ -11,6 +11,7 @@ flow as :class:`~hfauth_mw._shared.SharedDown` and the flow decides.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -18,6 +19,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Generator
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
@@ -145,6 +147,9 @@ class Authenticator:
         # A cold token's lock outlives the leader's flight (the source's own bound).
         self._lock_ttl = (shared.lock_ttl or source.wait_timeout) if shared else 0.0
         # In-process waiters wait for the leader, who may first wait on another process.
+        self._loop_waiters: dict[
+            tuple[Future[Outcome], asyncio.AbstractEventLoop], asyncio.Future[Outcome]
+        ] = {}
         self._wait_timeout = source.wait_timeout + (
             self._lock_ttl + shared.max_poll_interval if shared else 0.0
         )
@@ -478,14 +483,8 @@ class Authenticator:
 
     async def _do_async(self, client: httpx.AsyncClient, work: Work) -> object:
         if isinstance(work, WaitFor):
-            try:
-                # shield: a cancelled waiter must not cancel the leader's flight.
-                return await asyncio.wait_for(
-                    asyncio.shield(asyncio.wrap_future(work.future)),
-                    timeout=self._wait_timeout,
-                )
-            except TimeoutError:
-                raise SourceUnavailable("Timed out waiting for the token check") from None
+            # shield: a cancelled waiter must not end the flight for the others.
+            return await asyncio.shield(self._loop_waiter(work.future))
         if isinstance(work, SharedOp):
             return await self._shared_backend().execute_async(work)
         if isinstance(work, Pause):
@@ -504,6 +503,51 @@ class Authenticator:
         except (httpx.HTTPError, AnswerTooLarge) as exc:
             raise _transport_failure(exc, self.source.name) from None
         return _with_body(response, bytes(body))
+
+    def _loop_waiter(self, flight: Future[Outcome]) -> asyncio.Future[Outcome]:
+        """One asyncio future per flight and event loop, with one timeout, that
+        every coroutine waiting on the flight awaits: a stampede of N waiters
+        costs N awaits, not N wrapped futures and N timers."""
+        loop = asyncio.get_running_loop()
+        waiter = self._loop_waiters.get((flight, loop))
+        if waiter is not None:
+            return waiter
+        waiter = loop.create_future()
+        self._loop_waiters[flight, loop] = waiter
+        timer = loop.call_later(
+            self._wait_timeout,
+            self._end_loop_waiter,
+            flight,
+            waiter,
+            SourceUnavailable("Timed out waiting for the token check"),
+        )
+
+        def relay(done: Future[Outcome]) -> None:  # runs in the thread that ends the flight
+            error = done.exception()
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(
+                    self._end_loop_waiter, flight, waiter, error or done.result(), timer
+                )
+
+        flight.add_done_callback(relay)
+        return waiter
+
+    def _end_loop_waiter(
+        self,
+        flight: Future[Outcome],
+        waiter: asyncio.Future[Outcome],
+        result: Outcome | BaseException,
+        timer: asyncio.TimerHandle | None = None,
+    ) -> None:
+        self._loop_waiters.pop((flight, waiter.get_loop()), None)
+        if timer is not None:
+            timer.cancel()
+        if waiter.done():
+            return
+        if isinstance(result, BaseException):
+            waiter.set_exception(result)
+        else:
+            waiter.set_result(result)
 
     def _shared_backend(self) -> Any:
         if self.shared is None:  # a flow built on another authenticator
