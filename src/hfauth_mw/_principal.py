@@ -7,6 +7,7 @@ same shape and the hub emulator serves it: one parser for every source.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -178,6 +179,15 @@ def _mapping(value: object, where: str) -> Mapping[str, Any]:
     return value
 
 
+_NO_STRINGS: frozenset[str] = frozenset()
+
+
+def _label(value: str | None) -> str | None:
+    """Enum-like fields (types, roles, plans) repeat in every cached principal:
+    intern them so they are stored once."""
+    return sys.intern(value) if value is not None else None
+
+
 def _optional_mapping(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     # Absent or null is "not there"; any other non-object (even a falsy one) is malformed.
     value = data.get(key)
@@ -213,7 +223,8 @@ def _strings(data: Mapping[str, Any], key: str, where: str) -> frozenset[str]:
     items = _list(data, key, where)
     if not all(isinstance(item, str) for item in items):
         raise MalformedAnswer(f"{where}.{key} holds a non-string")
-    return frozenset(items)
+    # Most answers list no permissions: share one empty set instead of one per principal.
+    return frozenset(items) if items else _NO_STRINGS
 
 
 def _bool(data: Mapping[str, Any], key: str, where: str) -> bool:
@@ -249,15 +260,15 @@ def _org(value: object, index: int) -> OrgMembership:
             ResourceGroup(
                 id=_required_str(group, "id", group_where),
                 name=_optional_str(group, "name", group_where),
-                role=_optional_str(group, "role", group_where) or "no_access",
+                role=_label(_optional_str(group, "role", group_where)) or "no_access",
             )
         )
     return OrgMembership(
         name=_required_str(data, "name", where),
         # A membership without a role grants nothing rather than something.
-        role=_optional_str(data, "roleInOrg", where) or "no_access",
+        role=_label(_optional_str(data, "roleInOrg", where)) or "no_access",
         id=_optional_str(data, "id", where),
-        plan=_optional_str(data, "plan", where),
+        plan=_label(_optional_str(data, "plan", where)),
         is_enterprise=_bool(data, "isEnterprise", where),
         resource_groups=tuple(groups),
     )
@@ -268,7 +279,7 @@ def _grant(value: object, index: int) -> ScopedGrant:
     data = _mapping(value, where)
     entity = _mapping(data.get("entity"), f"{where}.entity")
     return ScopedGrant(
-        entity_type=_required_str(entity, "type", f"{where}.entity"),
+        entity_type=sys.intern(_required_str(entity, "type", f"{where}.entity")),
         entity_name=_optional_str(entity, "name", f"{where}.entity"),
         entity_id=_optional_str(entity, "_id", f"{where}.entity"),
         permissions=_strings(data, "permissions", where),
@@ -286,12 +297,12 @@ def principal_from_whoami(data: object, *, fingerprint: str = "", source: str = 
     fine_grained = _optional_mapping(access_token, "fineGrained", "auth.accessToken")
     return Principal(
         name=_required_str(root, "name", "answer"),
-        type=_optional_str(root, "type", "answer") or "user",
+        type=_label(_optional_str(root, "type", "answer")) or "user",
         id=_optional_str(root, "id", "answer"),
         fullname=_optional_str(root, "fullname", "answer"),
         email=_optional_str(root, "email", "answer"),
-        auth_type=_optional_str(auth, "type", "auth") or "access_token",
-        token_role=_optional_str(access_token, "role", "auth.accessToken"),
+        auth_type=_label(_optional_str(auth, "type", "auth")) or "access_token",
+        token_role=_label(_optional_str(access_token, "role", "auth.accessToken")),
         token_name=_optional_str(access_token, "displayName", "auth.accessToken"),
         orgs=tuple(_org(org, index) for index, org in enumerate(_list(root, "orgs", "answer"))),
         scoped=tuple(
