@@ -173,13 +173,23 @@ def bare_starlette(fixture: Fixture) -> ASGIApp:
     return _starlette([])
 
 
-def hfauth_starlette(fixture: Fixture, cache: Any = None) -> ASGIApp:
+def hfauth_starlette(
+    fixture: Fixture, cache: Any = None, *, private_responses: bool = True
+) -> ASGIApp:
     from starlette.middleware import Middleware
 
     from hfauth_mw import HFAuthMiddleware, LocalStoreSource, LocalTokenStore
 
     source = LocalStoreSource(LocalTokenStore(fixture.store_path))
-    return _starlette([Middleware(HFAuthMiddleware, source=source, cache=cache)])
+    middleware = Middleware(
+        HFAuthMiddleware, source=source, cache=cache, private_responses=private_responses
+    )
+    return _starlette([middleware])
+
+
+def hfauth_starlette_shared_caching(fixture: Fixture) -> ASGIApp:
+    """hfauth-mw without its ``Vary``/``Cache-Control: private`` response headers."""
+    return hfauth_starlette(fixture, private_responses=False)
 
 
 def starlette_auth(fixture: Fixture) -> ASGIApp:
@@ -291,6 +301,7 @@ def flask_httpauth(fixture: Fixture) -> Any:
 ASGI_APPS: dict[str, Callable[[Fixture], ASGIApp]] = {
     "bare": bare_starlette,
     "hfauth": hfauth_starlette,
+    "hfauth-no-private": hfauth_starlette_shared_caching,
     "starlette-auth": starlette_auth,
     "static-key": static_key,
     "minimal-key": minimal_key,

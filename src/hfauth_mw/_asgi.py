@@ -233,7 +233,10 @@ def _private_responses(send: Send) -> Send:
     async def send_private(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", ()))
-            if not any(name.lower() == b"cache-control" for name, _ in headers):
+            for name, _ in headers:
+                if name.lower() == b"cache-control":
+                    break
+            else:
                 headers.append(_CACHE_CONTROL_PRIVATE)
             headers.append(_VARY_AUTHORIZATION)
             message["headers"] = headers

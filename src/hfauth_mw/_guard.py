@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Bound on the per-principal tables built on the hot path (about the cache's size).
+_MAX_SHARED_VIEWS = 10_000
 Access = Literal["read", "write"]
 _REPO_TYPES = frozenset({"model", "dataset", "space"})
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -302,6 +304,7 @@ class Guard:
         self.limiter = (
             FailureLimiter(timer=authenticator.cache.timer) if limiter == "default" else limiter
         )
+        self._request_auths: dict[tuple[int, str | None], RequestAuth] = {}
         challenge = f'Bearer realm="{realm}"'
         self._challenges = [("www-authenticate", challenge)]
         if allow_basic:
@@ -423,7 +426,20 @@ class Guard:
     ) -> RequestAuth:
         if audit_logger.isEnabledFor(logging.INFO):
             self._audit(None, method, path, client, credentials, principal, started)
-        return RequestAuth(principal, self.policy, credentials.scheme if credentials else None)
+        return self._request_auth(principal, credentials.scheme if credentials else None)
+
+    def _request_auth(self, principal: Principal, scheme: str | None) -> RequestAuth:
+        # A cached principal comes back as the same object on every request, and
+        # RequestAuth is immutable: build it once per principal and scheme. Keyed
+        # by id(); the entry holds the principal, so the id cannot be reused
+        # while it is in the table.
+        key = (id(principal), scheme)
+        auth = self._request_auths.get(key)
+        if auth is None or auth.principal is not principal:
+            if len(self._request_auths) >= _MAX_SHARED_VIEWS:
+                self._request_auths.clear()
+            auth = self._request_auths[key] = RequestAuth(principal, self.policy, scheme)
+        return auth
 
     def client_address(self, peer: str | None, forwarded_for: str | None) -> str | None:
         """The address the brute-force guard keys on (see :func:`client_address`)."""
