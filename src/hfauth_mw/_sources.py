@@ -155,7 +155,6 @@ class HubWhoamiSource:
         hub_url: str = DEFAULT_HUB_URL,
         *,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
         allow_insecure_http: bool = False,
         name: str | None = None,
     ) -> None:
@@ -164,7 +163,6 @@ class HubWhoamiSource:
         )
         self.whoami_url = f"{self.hub_url}/api/whoami-v2"
         self.timeout = timeout
-        self.max_answer_bytes = max_answer_bytes
         self._name = name or f"hub:{self.hub_url}"
 
     @property
