@@ -73,12 +73,14 @@ ROUTES = [
     Route("/v1/models/{owner}/{name}/infer", ok, methods=["POST"]),
     Route("/v1/models/{owner}/{name}", ok, methods=["PUT"]),
     Route("/anything", ok, methods=["GET", "POST", "DELETE"]),
+    Route("/v1/models/{owner}/{name}/files", ok, methods=["GET", "DELETE"]),
     WebSocketRoute("/v1/models/{owner}/{name}/stream", stream),
 ]
 RULES = [
     require_read("POST /v1/models/{owner}/{name}/infer"),
     require_write("PUT /v1/models/{owner}/{name}"),
     require_read("GET /v1/models/{owner}/{name}/stream"),
+    require_read("GET /v1/models/{owner}/{name}/files"),
 ]
 PUBLIC = {Repo.parse("model:acme/public-demo"): Visibility.PUBLIC}
 
@@ -482,3 +484,68 @@ def test_error_bodies_are_json(make_app):
     response = client.get("/whoami", headers={"Authorization": "Token x"})
     assert json.loads(response.content)["error"] == "invalid_request"
     assert int(response.headers["content-length"]) == len(response.content)
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "path", "status"),
+    [
+        pytest.param("fine", "GET", "/v1/models/acme/other/files", 403, id="get-rule"),
+        pytest.param(
+            "fine", "HEAD", "/v1/models/acme/other/files", 403, id="head-follows-get-rule"
+        ),
+        pytest.param("fine", "HEAD", "/v1/models/acme/sentiment/files", 200, id="head-allowed"),
+        pytest.param("fine", "get", "/v1/models/acme/other/files", 403, id="lowercase-method"),
+        pytest.param(
+            "capped",
+            "DELETE",
+            "/v1/models/acme/sentiment/files",
+            403,
+            id="unnamed-method-needs-write",
+        ),
+        pytest.param(
+            "writer", "DELETE", "/v1/models/acme/sentiment/files", 200, id="unnamed-method-writer"
+        ),
+        pytest.param("writer", "GET", "/v1/models/acme/x%20/files", 403, id="invalid-repo-refused"),
+        pytest.param("writer", "GET", "/v1/models/acme/a..b/files", 403, id="dot-dot-repo-refused"),
+        pytest.param("writer", "GET", "/v1/models/%E4%B8%AD/x/files", 403, id="non-latin-1-owner"),
+    ],
+)
+async def test_rules_cannot_be_sidestepped(make_app, tokens, who, method, path, status):
+    transport = httpx.ASGITransport(make_app(method_policy=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.request(method, path, headers=bearer(tokens[who]))
+    assert response.status_code == status, response.text
+    if status == 403:
+        challenge = response.headers["www-authenticate"]
+        assert challenge.isascii()
+        assert 'error="insufficient_scope"' in challenge
+
+
+async def test_root_path_is_stripped_only_at_a_segment_boundary(make_app, tokens):
+    app = make_app(rules=[require_write("PUT /{owner}/{name}")])
+
+    async def mounted(scope, receive, send):
+        await app(dict(scope, root_path="/api"), receive, send)
+
+    transport = httpx.ASGITransport(mounted)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        # "/apiother/model" is not under "/api": the rule sees owner "apiother",
+        # of which alice is not a member. Cut as "other/model", no rule would match.
+        response = await client.put("/apiother/model", headers=bearer(tokens["writer"]))
+        assert response.status_code == 403
+        assert "apiother" in response.json()["error_description"]
+        inside = await client.put("/api/alice/model", headers=bearer(tokens["writer"]))
+        assert inside.status_code != 403
+
+
+async def test_failing_policy_callback_is_503(make_app, tokens):
+    def visibility(repo):
+        raise ConnectionError("repo database down")
+
+    transport = httpx.ASGITransport(make_app(policy=AccessPolicy(visibility=visibility)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.post(
+            "/v1/models/acme/sentiment/infer", headers=bearer(tokens["reader"])
+        )
+    assert response.status_code == 503
+    assert "retry-after" in response.headers

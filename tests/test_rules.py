@@ -1152,6 +1152,8 @@ def test_repo_and_entity_give_the_same_answer() -> None:
         pytest.param("space:acme/s-1.v2", Repo("space", "acme", "s-1.v2"), id="space"),
         pytest.param("acme/x", Repo("model", "acme", "x"), id="bare-is-model"),
         pytest.param("hub.js/My_Model", Repo("model", "hub.js", "My_Model"), id="case-kept"),
+        pytest.param("bob/" + "x" * 96, Repo("model", "bob", "x" * 96), id="96-chars"),
+        pytest.param("a/_x_", Repo("model", "a", "_x_"), id="underscores-at-ends"),
     ],
 )
 def test_repo_parse_valid(text: str, expected: Repo) -> None:
@@ -1186,6 +1188,18 @@ def test_repo_str_and_id() -> None:
         pytest.param("acme/x\x00", id="nul"),
         pytest.param("acme/x\u200b", id="zero-width"),
         pytest.param(" acme/x", id="leading-space"),
+        pytest.param("bob/..", id="dot-dot-name"),
+        pytest.param("../x", id="dot-dot-owner"),
+        pytest.param("bob/.", id="dot-name"),
+        pytest.param("bob/a..b", id="double-dot-inside"),
+        pytest.param("bob/a--b", id="double-dash"),
+        pytest.param("bob/-x", id="leading-dash"),
+        pytest.param("bob/x.", id="trailing-dot"),
+        pytest.param("bob/" + "x" * 97, id="97-chars"),
+        pytest.param("bob/a\\b", id="backslash"),
+        pytest.param("bob/a?b", id="question-mark"),
+        pytest.param("bob/a#b", id="hash"),
+        pytest.param("bob/\u4e2d", id="non-ascii"),
     ],
 )
 def test_repo_parse_invalid(text: str) -> None:

@@ -98,8 +98,14 @@ def app_path(scope: Scope) -> str:
     """The path inside the application, whether or not the server put root_path in path."""
     path: str = scope["path"]
     root_path: str = scope.get("root_path", "")
+    # Strip root_path only at a segment boundary, as Starlette's router does:
+    # "/apiorg/x" is not under root_path "/api".
     if root_path and path.startswith(root_path):
-        return path[len(root_path) :] or "/"
+        rest = path[len(root_path) :]
+        if not rest:
+            return "/"
+        if rest[0] == "/":
+            return rest
     return path
 
 

@@ -52,10 +52,13 @@ _REPO_TYPES = frozenset({"model", "dataset", "space"})
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _UNSAFE_PATH = re.compile(r"(?:^|/)\.{1,2}(?:/|$)|//")
 _HEADER_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
+# RFC 6750 error_description: printable ASCII except '"' and '\\' (and latin-1 for the server).
+_DESCRIPTION_UNSAFE = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
 
 #: One event per decision: allowed (INFO), denied (INFO), unavailable (WARNING).
 #: Fields are in ``extra`` (``hfauth_*``); no token, only its fingerprint.
 audit_logger = logging.getLogger("hfauth_mw.audit")
+logger = logging.getLogger("hfauth_mw")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +97,14 @@ class RepoRule:
         regex += re.escape(self.template[position:])
         object.__setattr__(self, "pattern", re.compile(regex))
 
-    def repo_for(self, method: str, path: str) -> Repo | None:
-        if "*" not in self.methods and method not in self.methods:
-            return None
-        match = self.pattern.fullmatch(path)
-        if match is None:
-            return None
+    def accepts(self, method: str) -> bool:
+        """Whether the rule names ``method`` (a GET rule covers HEAD: servers answer
+        HEAD with the GET handler)."""
+        methods = self.methods
+        return "*" in methods or method in methods or (method == "HEAD" and "GET" in methods)
+
+    def repo_from(self, match: re.Match[str]) -> Repo | None:
+        """The repository a matching path names, or ``None`` if it names no valid one."""
         values = match.groupdict()
         repo_type = values.get("type") or self.repo_type
         repo_type = repo_type[:-1] if repo_type.endswith("s") else repo_type
@@ -355,6 +360,7 @@ class Guard:
         authenticator's ``run_sync``/``run_async`` that finishes the job.
         """
         started = time.perf_counter()
+        method = method.upper()  # servers pass "get" through; routers may still serve it
         credentials: Credentials | None = None
         principal: Principal | None = None
         try:
@@ -495,13 +501,27 @@ class Guard:
         )
 
     def authorize(self, method: str, path: str, principal: Principal) -> None:
+        """Apply the rules, then the method policy; raises the 401/403/503 to answer.
+
+        The first rule whose method and path match decides. A path some rule
+        guards, asked with a method no rule names, still needs access to that
+        repository: read for safe methods, write for the others. A guarded path
+        that names no valid repository is refused, never waved through.
+        """
+        guarded: RepoRule | None = None
         for rule in self.rules:
-            repo = rule.repo_for(method, path)
-            if repo is not None:
-                decision = self.policy.check(principal, repo, rule.access)
-                if not decision:
-                    raise denial(principal, decision)
+            match = rule.pattern.fullmatch(path)
+            if match is None:
+                continue
+            if rule.accepts(method):
+                self._require_repo(principal, rule.repo_from(match), rule.access)
                 return
+            if guarded is None:
+                guarded, guarded_match = rule, match
+        if guarded is not None:
+            access: Access = "read" if method in SAFE_METHODS else "write"
+            self._require_repo(principal, guarded.repo_from(guarded_match), access)
+            return
         if (
             self.method_policy
             and method not in SAFE_METHODS
@@ -513,21 +533,37 @@ class Guard:
                 Decision(
                     False,
                     f"write denied: {method} needs a token that can write (token role {role})",
-                    "repo.write",
+                    WRITE_PERMISSION,
                 ),
             )
+
+    def _require_repo(self, principal: Principal, repo: Repo | None, access: Access) -> None:
+        needed = READ_PERMISSION if access == "read" else WRITE_PERMISSION
+        if repo is None:
+            reason = f"{access} denied: the path does not name a valid repository"
+            raise denial(principal, Decision(False, reason, needed))
+        try:
+            decision = self.policy.check(principal, repo, access)
+        except Exception:
+            # The server's visibility/ownership callback failed: we cannot tell, so 503.
+            logger.exception("hfauth-mw: the access policy failed on %s", repo)
+            raise SourceUnavailable(
+                "Access to this repository cannot be checked right now"
+            ) from None
+        if not decision:
+            raise denial(principal, decision)
 
     # --- answers ---------------------------------------------------------------------
 
     def error_response(self, error: AuthenticationError) -> ErrorResponse:
-        description = _HEADER_UNSAFE.sub("'", error.description)
+        description = _DESCRIPTION_UNSAFE.sub("?", error.description.replace('"', "'"))
         headers = [("content-type", "application/json"), ("cache-control", "no-store")]
         if error.status_code == 401 and error.error is None:
             headers += self._challenges
         elif error.error is not None:
             params = f'Bearer realm="{self.realm}", error="{error.error}"'
             if isinstance(error, InsufficientScope):
-                params += f', scope="{_HEADER_UNSAFE.sub("", error.scope)}"'
+                params += f', scope="{_DESCRIPTION_UNSAFE.sub("", error.scope)}"'
             params += f', error_description="{description}"'
             headers.append(("www-authenticate", params))
         if isinstance(error, SourceUnavailable | TooManyFailures):

@@ -67,7 +67,7 @@ _WANTED: dict[Access, frozenset[str]] = {
 _SECRET_LIKE = re.compile(
     r"\b(?:hf_oauth_[A-Za-z0-9_.\-]{8,}|hf_[A-Za-z0-9]{16,}|api_org_[A-Za-z0-9]{8,})"
 )
-_BAD_NAME_CHARS = re.compile(r"[/\s\x00-\x1f\x7f-\x9f]")
+_REPO_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,94}[A-Za-z0-9_])?")
 _MAX_VALUE = 96
 
 
@@ -93,15 +93,20 @@ def _safe(value: object) -> str:
 
 
 def _check_name(value: object, what: str, text: str) -> str:
+    # The Hub's repo-id rule (huggingface_hub's validate_repo_id): letters,
+    # digits, '-', '_' and '.', at most 96, starting and ending with a letter,
+    # digit or '_', and no '--' or '..'. Anything else is not a Hub repository,
+    # and could make a path or URL built from it mean something else.
     if (
         not isinstance(value, str)
-        or not value
-        or not value.isprintable()
-        or _BAD_NAME_CHARS.search(value)
+        or not _REPO_NAME.fullmatch(value)
+        or "--" in value
+        or ".." in value
     ):
         raise ValueError(
-            f"invalid repository {_safe(text)!r}: the {what} must be non-empty and "
-            "hold no '/', whitespace or control characters"
+            f"invalid repository {_safe(text)!r}: the {what} must be 1 to 96 letters, "
+            "digits, '-', '_' or '.', start and end with a letter, digit or '_', "
+            "and hold no '--' or '..'"
         )
     return value
 
