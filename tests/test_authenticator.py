@@ -2,6 +2,8 @@
 
 import asyncio
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import httpx
@@ -178,18 +180,66 @@ async def test_expired_token_is_invalid_even_when_cached(make_authenticator, hub
         await authenticator.authenticate(credentials)
 
 
-async def test_cancelled_leader_does_not_strand_waiters(make_authenticator, hub_emulator, alice):
+async def test_a_waiter_takes_over_when_the_leader_is_cancelled(
+    make_authenticator, hub_emulator, alice
+):
     authenticator = make_authenticator()
     hub_emulator.delay = 30
     leader = asyncio.create_task(authenticator.authenticate(alice))
     assert await asyncio.to_thread(hub_emulator.wait_for_held, 1)
     follower = asyncio.create_task(authenticator.authenticate(alice))
     await asyncio.sleep(0)
+    hub_emulator.delay = 0  # the first call stays held; the next one answers at once
     leader.cancel()
-    with pytest.raises(SourceUnavailable):
-        await follower
+    assert (await follower).name == "alice"
+    assert leader.cancelled()
+    assert hub_emulator.whoami_calls == 2
     hub_emulator.clear_faults()
-    assert (await authenticator.authenticate(alice)).name == "alice"
+
+
+def wait_until(condition, timeout=10.0):
+    """Poll a condition (not a fixed sleep): returns as soon as it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
+def test_a_thread_takes_over_when_the_leader_is_cancelled(make_authenticator, hub_emulator, alice):
+    authenticator = make_authenticator()
+    hub_emulator.delay = 30
+    flow = authenticator.flow(alice)
+    request = next(flow)  # this "request" leads the flight, then goes away
+    assert request.url.path == "/api/whoami-v2"
+    hub_emulator.delay = 0
+    with ThreadPoolExecutor(1) as pool:
+        waiter = pool.submit(authenticator.authenticate_sync, alice)
+        wait_until(lambda: authenticator.cache.joins == 1)  # the thread waits on our flight
+        flow.close()  # the leading request is cancelled before it sent anything
+        assert waiter.result(timeout=10).name == "alice"
+    assert hub_emulator.whoami_calls == 1
+
+
+async def test_a_source_bug_is_503_and_counts_against_the_breaker(clock):
+    class BrokenSource:
+        name = "broken"
+        wait_timeout = 1.0
+
+        def flow(self, credentials):
+            raise KeyError("bug")
+            yield
+
+    from hfauth_mw import UpstreamBreaker
+
+    authenticator = Authenticator(
+        BrokenSource(),
+        cache=TokenCache(timer=clock, clock=clock),
+        breaker=UpstreamBreaker(failure_threshold=2, timer=clock),
+    )
+    for _ in range(2):
+        with pytest.raises(SourceUnavailable):
+            await authenticator.authenticate(Credentials.from_token("hf_" + "b" * 34))
+    assert authenticator.breaker.state == "open"
 
 
 async def test_invalidate_forces_a_new_check(make_authenticator, hub_emulator, alice):

@@ -590,8 +590,16 @@ def test_configuration_errors(build, message):
     assert SECRET not in str(caught.value)
 
 
-def test_repr_masks_the_secret_and_the_url_password():
-    shared = SharedCache.from_url("redis://user:pa55word@127.0.0.1:1/3", secret=SECRET)
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("redis://user:pa55word@127.0.0.1:1/3", id="password-in-authority"),
+        pytest.param("redis://127.0.0.1:1/3?password=pa55word", id="password-in-query"),
+        pytest.param("unix:///tmp/redis.sock?db=0&password=pa55word", id="unix-socket-query"),
+    ],
+)
+def test_repr_masks_the_secret_and_the_url_password(url):
+    shared = SharedCache.from_url(url, secret=SECRET)
     text = repr(shared) + repr(shared.backend)
     assert "pa55word" not in text
     assert SECRET not in text

@@ -307,13 +307,21 @@ def test_rfc7662_inactive_is_invalid():
         pytest.param({"active": True}, id="no-subject"),
         pytest.param({"active": True, "sub": "u", "exp": "soon"}, id="exp-string"),
         pytest.param({"active": True, "sub": "u", "exp": True}, id="exp-bool"),
+        pytest.param(b'{"active": true, "sub": "u", "exp": NaN}', id="exp-nan"),
+        pytest.param(b'{"active": true, "sub": "u", "exp": Infinity}', id="exp-inf"),
+        pytest.param({"active": True, "sub": "u", "exp": 1e300}, id="exp-huge-float"),
+        pytest.param({"active": True, "sub": "u", "exp": 99999999999999}, id="exp-year-3170843"),
         pytest.param({"active": True, "sub": "u", "scope": ["read"]}, id="scope-list"),
         pytest.param(["active"], id="not-object"),
     ],
 )
 def test_rfc7662_malformed_is_unavailable(body):
+    if isinstance(body, bytes):  # JSON that Python's json module reads but httpx will not write
+        response = answer(200, raw=body, headers={"content-type": "application/json"})
+    else:
+        response = answer(200, body)
     with pytest.raises(SourceUnavailable):
-        drive(INTROSPECT, answer(200, body))
+        drive(INTROSPECT, response)
 
 
 def test_rfc7662_error_status_is_unavailable():
@@ -422,7 +430,7 @@ def test_local_store_source():
     requests, outcome = drive(source)
     assert requests == []
     assert outcome.principal.name == "hub.js"
-    assert outcome.principal.source == "local"
+    assert outcome.principal.source.startswith("local:")
     _, unknown = drive(LocalStoreSource(DictStore({})))
     assert isinstance(unknown, Invalid)
 
@@ -458,3 +466,26 @@ def test_chain_unavailable_is_unavailable():
 def test_chain_needs_sources():
     with pytest.raises(ConfigurationError):
         ChainSource()
+
+
+class BrokenStore:
+    path = "/nonexistent/tokens.sqlite3"
+
+    def lookup(self, digest):
+        from hfauth_mw import TokenStoreError
+
+        raise TokenStoreError("database is locked")
+
+
+def test_local_store_failure_is_unavailable():
+    with pytest.raises(SourceUnavailable, match="cannot be read"):
+        drive(LocalStoreSource(BrokenStore()))
+
+
+def test_two_local_stores_never_share_a_cache_namespace(tmp_path):
+    from hfauth_mw import LocalTokenStore
+
+    first = LocalStoreSource(LocalTokenStore(tmp_path / "a.sqlite3"))
+    second = LocalStoreSource(LocalTokenStore(tmp_path / "b.sqlite3"))
+    assert first.name != second.name
+    assert LocalStoreSource(DictStore({})).name != LocalStoreSource(DictStore({})).name

@@ -11,7 +11,6 @@ flow as :class:`~hfauth_mw._shared.SharedDown` and the flow decides.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import secrets
@@ -49,6 +48,7 @@ from ._sources import DEFAULT_MAX_ANSWER_BYTES
 
 __all__ = ["AuthFlow", "Authenticator", "Work"]
 
+logger = logging.getLogger("hfauth_mw")
 audit_logger = logging.getLogger("hfauth_mw.audit")
 shared_logger = logging.getLogger("hfauth_mw.shared")
 
@@ -57,6 +57,17 @@ Work = httpx.Request | WaitFor | SharedOp | Pause
 #: The decision for one token, as a generator of work for a driver.
 AuthFlow = Generator[Work, Any, Principal]
 T = TypeVar("T")
+
+#: How many times waiters may take over flights whose leading request went away.
+_MAX_TAKEOVERS = 3
+
+
+class LeaderCancelled(SourceUnavailable):
+    """The request leading a flight was cancelled; a waiting request takes over."""
+
+    def __init__(self) -> None:
+        super().__init__("The token check was interrupted")
+
 
 # How a token was looked up in the shared tier.
 _SHARED_DOWN, _SHARED_HIT, _SHARED_LOCKED, _SHARED_UNLOCKED = range(4)
@@ -91,10 +102,10 @@ def shared_async_client() -> httpx.AsyncClient:
 
 def _transport_failure(exc: Exception, source: str) -> SourceUnavailable:
     if isinstance(exc, httpx.TimeoutException):
-        return SourceUnavailable(f"The token source {source!r} timed out")
+        return SourceUnavailable("The token source timed out")
     if isinstance(exc, AnswerTooLarge):
-        return SourceUnavailable(f"The token source {source!r} answered more than we accept")
-    return SourceUnavailable(f"The token source {source!r} cannot be reached")
+        return SourceUnavailable("The token source answered more than we accept")
+    return SourceUnavailable("The token source cannot be reached")
 
 
 class AnswerTooLarge(Exception):
@@ -172,18 +183,22 @@ class Authenticator:
     def flow(self, credentials: Credentials) -> AuthFlow:
         """The decision for one token, as a generator of work for a driver
         (:meth:`run_sync` / :meth:`run_async`)."""
-        step = self.cache.begin(self._namespace + credentials.digest)
-        if isinstance(step, Valid | Invalid):
-            outcome: Outcome = step
-        elif isinstance(step, Leader):
-            outcome = yield from self._resolve(step, credentials)
-        else:
+        key = self._namespace + credentials.digest
+        for _ in range(_MAX_TAKEOVERS):
+            step = self.cache.begin(key)
+            if isinstance(step, Valid | Invalid):
+                return self._settle(step)
+            if isinstance(step, Leader):
+                return self._settle((yield from self._resolve(step, credentials)))
             try:
-                outcome = yield WaitFor(step)
+                return self._settle((yield WaitFor(step)))
+            except LeaderCancelled:
+                continue  # the leading request went away: one of the waiters takes over
             except SourceUnavailable:
                 next(self.metrics.unavailable)
                 raise
-        return self._settle(outcome)
+        next(self.metrics.unavailable)
+        raise SourceUnavailable("The token could not be checked")
 
     def cached(self, credentials: Credentials) -> Principal | None:
         """The principal for ``credentials`` if the in-process cache has a fresh
@@ -218,6 +233,9 @@ class Authenticator:
         owner = secrets.token_hex(8)
         try:
             state, found = yield from self._claim(shared, leader, keys, owner, credentials)
+        except GeneratorExit:
+            self.cache.abandon(leader, LeaderCancelled())
+            raise
         except BaseException:
             self.cache.abandon(leader, SourceUnavailable())
             raise
@@ -337,11 +355,19 @@ class Authenticator:
             )
             self._count("upstream_errors")
             return self._fall_back(leader, failure)
+        except Exception:
+            # A bug in a source, or a failure it did not expect: never a 500, never
+            # "valid". It counts against the breaker like any other failure.
+            logger.exception("hfauth-mw: the token source %r failed unexpectedly", self.source.name)
+            unexpected = SourceUnavailable("The token could not be checked")
+            self.breaker.release(unexpected)
+            self._count("upstream_errors")
+            return self._fall_back(leader, unexpected)
         except BaseException:
-            # A cancelled request (GeneratorExit) or a bug: free the slot, and
-            # make sure waiters do not hang.
+            # This request was cancelled (GeneratorExit): free the slot, and let a
+            # waiting request take over the flight rather than fail.
             self.breaker.release(None)
-            self.cache.abandon(leader, SourceUnavailable())
+            self.cache.abandon(leader, LeaderCancelled())
             raise
         self.breaker.release(None)
         self.cache.complete(leader, outcome)
@@ -524,10 +550,12 @@ class Authenticator:
 
         def relay(done: Future[Outcome]) -> None:  # runs in the thread that ends the flight
             error = done.exception()
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            try:
                 loop.call_soon_threadsafe(
                     self._end_loop_waiter, flight, waiter, error or done.result(), timer
                 )
+            except RuntimeError:  # the loop is closed: nobody waits, forget the entry
+                self._loop_waiters.pop((flight, loop), None)
 
         flight.add_done_callback(relay)
         return waiter

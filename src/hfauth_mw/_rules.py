@@ -335,7 +335,14 @@ def can_read(
     if role is None:
         return _decide(False, f"read denied: {_role_text(principal)}", needed)
     if role == "fineGrained":
-        if visibility is Visibility.GATED and not principal.can_read_gated_repos:
+        if visibility is Visibility.GATED:
+            # The Hub's checkbox: "read access to contents of all public gated repos
+            # you can access". The flag alone reaches them; the server's visibility
+            # callback says the repo is gated (and, by calling it so, reachable).
+            if principal.can_read_gated_repos:
+                return _decide(
+                    True, "read allowed: gated repository, token has canReadGatedRepos", needed
+                )
             return _decide(
                 False,
                 "read denied: gated repository, fine-grained token lacks canReadGatedRepos",

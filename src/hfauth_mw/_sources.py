@@ -12,6 +12,7 @@ import base64
 import email.utils
 import ipaddress
 import json
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from urllib.parse import quote_plus, urlsplit
 import httpx
 
 from ._credentials import Credentials
-from ._exceptions import ConfigurationError, MalformedAnswer, SourceUnavailable
+from ._exceptions import ConfigurationError, MalformedAnswer, SourceUnavailable, TokenStoreError
 from ._outcome import Flow, IntrospectionSource, Invalid, Outcome, Valid
 from ._principal import Principal, principal_from_whoami
 
@@ -84,9 +85,9 @@ def unavailable_for(response: httpx.Response, source: str) -> SourceUnavailable:
     """The 503 that stands for an upstream answer that says nothing about the token."""
     status = response.status_code
     if status == 429:
-        description = f"The token source {source!r} is rate limiting us; try again later"
+        description = "The token source is rate limiting us; try again later"
     else:
-        description = f"The token source {source!r} answered HTTP {status}; try again later"
+        description = f"The token source answered HTTP {status}; try again later"
     asked = _upstream_retry_after(response.headers)
     return SourceUnavailable(
         description,
@@ -98,11 +99,11 @@ def unavailable_for(response: httpx.Response, source: str) -> SourceUnavailable:
 def decode_json(response: httpx.Response, source: str) -> Any:
     content_type = response.headers.get("content-type", "")
     if "json" not in content_type:
-        raise SourceUnavailable(f"The token source {source!r} answered something other than JSON")
+        raise SourceUnavailable("The token source answered something other than JSON")
     try:
         return json.loads(response.content)
     except (ValueError, RecursionError):
-        raise SourceUnavailable(f"The token source {source!r} answered malformed JSON") from None
+        raise SourceUnavailable("The token source answered malformed JSON") from None
 
 
 def check_base_url(url: str, *, allow_insecure_http: bool, what: str) -> str:
@@ -198,7 +199,7 @@ class HubWhoamiSource:
             )
         except MalformedAnswer as exc:
             raise SourceUnavailable(
-                f"The token source {self.name!r} answered an unexpected shape ({exc})"
+                f"The token source answered an unexpected shape ({exc})"
             ) from None
         return Valid(principal)
 
@@ -288,7 +289,7 @@ class OAuthIntrospectionSource:
             return self.parse_answer(decode_json(response, self.name), credentials)
         except MalformedAnswer as exc:
             raise SourceUnavailable(
-                f"The token source {self.name!r} answered an unexpected shape ({exc})"
+                f"The token source answered an unexpected shape ({exc})"
             ) from None
 
     def parse_answer(self, answer: object, credentials: Credentials) -> Outcome:
@@ -304,8 +305,14 @@ class OAuthIntrospectionSource:
         if not isinstance(name, str) or not name:
             raise MalformedAnswer("an active token has neither 'username' nor 'sub'")
         exp = answer.get("exp")
-        if exp is not None and (isinstance(exp, bool) or not isinstance(exp, int | float)):
-            raise MalformedAnswer("'exp' is not a number")
+        if exp is not None and (
+            isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp)
+        ):
+            raise MalformedAnswer("'exp' is not a finite number")
+        try:
+            expires_at = datetime.fromtimestamp(exp, UTC) if exp is not None else None
+        except (OverflowError, ValueError, OSError):
+            raise MalformedAnswer("'exp' is out of range") from None
         scope = answer.get("scope", "")
         if not isinstance(scope, str):
             raise MalformedAnswer("'scope' is not a string")
@@ -318,7 +325,7 @@ class OAuthIntrospectionSource:
                 id=sub if isinstance(sub, str) else None,
                 auth_type="oauth2_introspection",
                 token_role=max(roles, key=_ROLE_RANK.__getitem__) if roles else None,
-                expires_at=datetime.fromtimestamp(exp, UTC) if exp is not None else None,
+                expires_at=expires_at,
                 oauth_scopes=scopes,
                 fingerprint=credentials.fingerprint,
                 source=self.name,
@@ -341,9 +348,11 @@ class LocalStoreSource:
     keeps them off the hot path.
     """
 
-    def __init__(self, store: TokenLookup, *, name: str = "local") -> None:
+    def __init__(self, store: TokenLookup, *, name: str | None = None) -> None:
         self.store = store
-        self._name = name
+        # The name namespaces cache keys: two stores must never share answers.
+        path = getattr(store, "path", None)
+        self._name = name or (f"local:{path}" if path is not None else f"local:{id(store):x}")
 
     @property
     def name(self) -> str:
@@ -357,7 +366,10 @@ class LocalStoreSource:
         return f"LocalStoreSource({self.store!r})"
 
     def flow(self, credentials: Credentials) -> Flow:
-        answer = self.store.lookup(credentials.digest)
+        try:
+            answer = self.store.lookup(credentials.digest)
+        except TokenStoreError:
+            raise SourceUnavailable("The local token store cannot be read") from None
         if answer is None:
             return Invalid("the local store does not know this token")
         try:
