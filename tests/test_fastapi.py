@@ -366,3 +366,19 @@ async def test_example_app(hub_emulator, tokens, who, method, path, status):
         response = await client.request(method, path, headers=headers, json={"inputs": "a b"})
     assert response.status_code == status
     assert hub_emulator.whoami_calls == (1 if who else 0)
+
+
+async def test_anonymous_middleware_does_not_open_token_routes(new_authenticator):
+    app = create_app()
+    install(app, policy=POLICY, authenticator=new_authenticator())
+    app.add_middleware(
+        HFAuthMiddleware,
+        authenticator=new_authenticator(),
+        allow_anonymous=True,
+        method_policy=False,
+    )
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.get("/whoami")
+    assert response.status_code == 401
+    assert response.json()["error"] == "unauthorized"

@@ -67,7 +67,7 @@ from fastapi.security import HTTPBasic, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from ._asgi import app_path
-from ._exceptions import AuthenticationError
+from ._exceptions import AuthenticationError, MissingCredentials
 from ._guard import Access, Guard, RepoRequirement, RequestAuth
 from ._options import AdapterOptions, build_guard
 
@@ -156,10 +156,13 @@ async def request_auth(request: Request, response: Response | None = None) -> Re
     """The request's :class:`~hfauth_mw.RequestAuth`: the middleware's, an earlier
     dependency's, or checked now (once). Raises AuthenticationError."""
     state = _state(request)
+    guard = state.guard
     known = request.scope.get("hfauth")
     if isinstance(known, RequestAuth):
+        if known.principal.is_anonymous and not guard.allow_anonymous:
+            # The middleware admits anonymous callers; these routes do not.
+            raise MissingCredentials()
         return known
-    guard = state.guard
     query = request.query_params.getlist(guard.query_param) if guard.query_param else []
     peer = request.client.host if request.client else None
     auth = await guard.authenticator.run_async(
