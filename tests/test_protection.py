@@ -153,3 +153,12 @@ def test_client_address(peer, forwarded, trusted, expected):
 def test_limiter_refuses_non_ip_proxies():
     with pytest.raises(ConfigurationError):
         FailureLimiter(trusted_proxies=["proxy.internal"])
+
+
+def test_ipv6_clients_are_counted_per_64(clock):
+    limiter = FailureLimiter(max_failures=3, timer=clock)
+    for host in ("2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::9"):
+        limiter.failed(host)
+    with pytest.raises(TooManyFailures):
+        limiter.check("2001:db8:1:2::abcd")
+    limiter.check("2001:db8:1:3::1")  # the next /64 is someone else

@@ -135,6 +135,17 @@ def client_address(
     return client
 
 
+def _client_key(client: str) -> str:
+    """What the brute-force guard counts: an IPv4 address, or an IPv6 /64 (one
+    subscriber's allocation, so rotating addresses inside it does not escape)."""
+    if ":" not in client:
+        return client
+    try:
+        return str(ipaddress.IPv6Network((client, 64), strict=False))
+    except ValueError:
+        return client
+
+
 class FailureLimiter:
     """Per-client limit on failed authentications (the brute-force guard).
 
@@ -144,9 +155,10 @@ class FailureLimiter:
     tracked (the oldest are forgotten first), so memory stays bounded under a
     flood from many addresses.
 
-    Defaults: 30 failures per 60 s, 10,000 clients. Behind a reverse proxy,
-    every client has the proxy's address unless ``trusted_proxies`` names it:
-    set it, or one sprayer can lock out everyone behind the proxy.
+    IPv6 clients are counted per /64. Defaults: 30 failures per 60 s, 10,000
+    clients. Behind a reverse proxy, every client has the proxy's address
+    unless ``trusted_proxies`` names it: set it, or one sprayer can lock out
+    everyone behind the proxy.
     """
 
     def __init__(
@@ -184,8 +196,9 @@ class FailureLimiter:
 
     def check(self, client: str | None) -> None:
         """Raise TooManyFailures if ``client`` is locked out."""
-        if client is None:
+        if client is None or not self._blocked:
             return
+        client = _client_key(client)
         until = self._blocked.get(client)
         if until is None:
             return
@@ -203,6 +216,7 @@ class FailureLimiter:
     def failed(self, client: str | None) -> None:
         if client is None:
             return
+        client = _client_key(client)
         with self._lock:
             now = self.timer()
             entry = self._counts.get(client)
