@@ -84,3 +84,33 @@ def client_logs_urls_with_tokens() -> Iterator[None]:
         yield
     finally:
         httpx_logger.setLevel(previous)
+
+
+@pytest.fixture
+def tokens(hub_store) -> dict[str, str]:
+    """The callers every adapter's tests use (tests/test_asgi.py has its own set).
+
+    writer: write token, acme write member; reader and other: read tokens, acme
+    write members; fine: fine-grained, reads model acme/sentiment only;
+    serverless: fine-grained, reads acme/sentiment and holds the global
+    permission inference.serverless.write.
+    """
+    from hfauth_mw import FineGrainedEntry, OrgGrant
+
+    acme_write = [OrgGrant("acme", "write")]
+    read_sentiment = [FineGrainedEntry("model", "acme/sentiment", ("repo.content.read",))]
+    return {
+        "writer": hub_store.create_token(user="alice", role="write", orgs=acme_write).token,
+        "reader": hub_store.create_token(user="bob", role="read", orgs=acme_write).token,
+        "other": hub_store.create_token(user="erin", role="read", orgs=acme_write).token,
+        "fine": hub_store.create_token(
+            user="carol", role="fineGrained", orgs=acme_write, fine_grained=read_sentiment
+        ).token,
+        "serverless": hub_store.create_token(
+            user="sam",
+            role="fineGrained",
+            orgs=acme_write,
+            fine_grained=read_sentiment,
+            global_permissions=("inference.serverless.write",),
+        ).token,
+    }

@@ -15,13 +15,12 @@ from django.http import HttpRequest, JsonResponse
 from django.test import AsyncClient, Client, override_settings
 from django.urls import path
 
+from contract import ADAPTER_ACCESS_ROWS
 from hfauth_mw import (
     AccessPolicy,
     Authenticator,
     ConfigurationError,
-    FineGrainedEntry,
     HubWhoamiSource,
-    OrgGrant,
     Repo,
     RequestAuth,
     TokenCache,
@@ -106,21 +105,6 @@ urlpatterns = [
 
 
 @pytest.fixture
-def tokens(hub_store):
-    acme_write = [OrgGrant("acme", "write")]
-    return {
-        "writer": hub_store.create_token(user="alice", role="write", orgs=acme_write).token,
-        "reader": hub_store.create_token(user="bob", role="read", orgs=acme_write).token,
-        "serverless": hub_store.create_token(
-            user="carol",
-            role="fineGrained",
-            fine_grained=[FineGrainedEntry("model", "acme/sentiment", ("repo.content.read",))],
-            global_permissions=("inference.serverless.write",),
-        ).token,
-    }
-
-
-@pytest.fixture
 def hfauth_settings(hub_emulator, clock):
     """Applies ``HFAUTH`` options for one test (the middleware reloads them)."""
     applied = []
@@ -180,14 +164,7 @@ def test_no_token_gets_challenge(client):
 @pytest.mark.parametrize(
     ("who", "method", "path", "status", "error"),
     [
-        pytest.param("reader", "POST", "/v1/models/acme/sentiment/infer", 200, None, id="read"),
-        pytest.param(
-            "reader", "PUT", "/v1/models/acme/sentiment", 403, "insufficient_scope", id="read-put"
-        ),
-        pytest.param("writer", "PUT", "/v1/models/acme/sentiment", 200, None, id="write-put"),
-        pytest.param(
-            "writer", "PUT", "/v1/models/other/x", 403, "insufficient_scope", id="write-foreign"
-        ),
+        *ADAPTER_ACCESS_ROWS,
         pytest.param("reader", "GET", "/v1/async/models/acme/x", 200, None, id="async-view"),
         pytest.param(
             "serverless",

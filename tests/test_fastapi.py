@@ -11,14 +11,13 @@ import pytest
 from fastapi import FastAPI, Security
 from starlette.testclient import TestClient
 
+from contract import ADAPTER_ACCESS_ROWS
 from hfauth_mw import (
     AccessPolicy,
     Authenticator,
     ConfigurationError,
-    FineGrainedEntry,
     HFAuthMiddleware,
     HubWhoamiSource,
-    OrgGrant,
     Repo,
     RequestAuth,
     TokenCache,
@@ -84,21 +83,6 @@ def create_app() -> FastAPI:
 
 
 @pytest.fixture
-def tokens(hub_store):
-    acme_write = [OrgGrant("acme", "write")]
-    return {
-        "writer": hub_store.create_token(user="alice", role="write", orgs=acme_write).token,
-        "reader": hub_store.create_token(user="bob", role="read", orgs=acme_write).token,
-        "serverless": hub_store.create_token(
-            user="carol",
-            role="fineGrained",
-            fine_grained=[FineGrainedEntry("model", "acme/sentiment", ("repo.content.read",))],
-            global_permissions=("inference.serverless.write",),
-        ).token,
-    }
-
-
-@pytest.fixture
 def new_authenticator(hub_emulator, clock):
     def make(**cache_options) -> Authenticator:
         cache = TokenCache(timer=clock, clock=clock, **cache_options)
@@ -158,14 +142,7 @@ async def test_no_token_gets_challenge(client):
 @pytest.mark.parametrize(
     ("who", "method", "path", "status", "error"),
     [
-        pytest.param("reader", "POST", "/v1/models/acme/sentiment/infer", 200, None, id="read"),
-        pytest.param(
-            "reader", "PUT", "/v1/models/acme/sentiment", 403, "insufficient_scope", id="read-put"
-        ),
-        pytest.param("writer", "PUT", "/v1/models/acme/sentiment", 200, None, id="write-put"),
-        pytest.param(
-            "writer", "PUT", "/v1/models/other/x", 403, "insufficient_scope", id="write-foreign"
-        ),
+        *ADAPTER_ACCESS_ROWS,
         pytest.param("reader", "GET", "/v1/datasets/acme/corpus", 200, None, id="dataset-params"),
         pytest.param(
             "serverless",

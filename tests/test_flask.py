@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
+from contract import ADAPTER_ACCESS_ROWS
 from hfauth_mw import (
     AccessPolicy,
     Authenticator,
     ConfigurationError,
-    FineGrainedEntry,
     HFAuthWSGIMiddleware,
     HubWhoamiSource,
-    OrgGrant,
     Repo,
     TokenCache,
     Visibility,
@@ -22,22 +21,6 @@ from hfauth_mw import (
 from hfauth_mw.flask import HFAuth, current_auth, current_principal
 
 PUBLIC = {Repo.parse("model:acme/public-demo"): Visibility.PUBLIC}
-
-
-@pytest.fixture
-def tokens(hub_store):
-    acme_write = [OrgGrant("acme", "write")]
-    return {
-        "writer": hub_store.create_token(user="alice", role="write", orgs=acme_write).token,
-        "reader": hub_store.create_token(user="bob", role="read", orgs=acme_write).token,
-        "serverless": hub_store.create_token(
-            user="carol",
-            role="fineGrained",
-            orgs=acme_write,
-            fine_grained=[FineGrainedEntry("model", "acme/sentiment", ("repo.content.read",))],
-            global_permissions=("inference.serverless.write",),
-        ).token,
-    }
 
 
 @pytest.fixture
@@ -143,14 +126,7 @@ def test_no_token_gets_challenge(client):
 @pytest.mark.parametrize(
     ("who", "method", "path", "status", "error"),
     [
-        pytest.param("reader", "POST", "/v1/models/acme/sentiment/infer", 200, None, id="read"),
-        pytest.param(
-            "reader", "PUT", "/v1/models/acme/sentiment", 403, "insufficient_scope", id="read-put"
-        ),
-        pytest.param("writer", "PUT", "/v1/models/acme/sentiment", 200, None, id="write-put"),
-        pytest.param(
-            "writer", "PUT", "/v1/models/other/x", 403, "insufficient_scope", id="write-foreign"
-        ),
+        *ADAPTER_ACCESS_ROWS,
         pytest.param("reader", "GET", "/v1/async/models/acme/sentiment", 200, None, id="async"),
         pytest.param(
             "serverless",

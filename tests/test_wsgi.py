@@ -20,16 +20,15 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.test import Client
 
+from contract import ADAPTER_ACCESS_ROWS
 from hfauth_mw import (
     ANONYMOUS,
     AccessPolicy,
     Authenticator,
     ConfigurationError,
-    FineGrainedEntry,
     HFAuthMiddleware,
     HFAuthWSGIMiddleware,
     HubWhoamiSource,
-    OrgGrant,
     Repo,
     RequestAuth,
     TokenCache,
@@ -70,22 +69,6 @@ def wsgi_app(environ, start_response):
         headers.append(("Cache-Control", "max-age=60"))
     start_response("200 OK", headers)
     return [body]
-
-
-@pytest.fixture
-def tokens(hub_store):
-    acme_write = [OrgGrant("acme", "write")]
-    return {
-        "writer": hub_store.create_token(user="alice", role="write", orgs=acme_write).token,
-        "reader": hub_store.create_token(user="bob", role="read", orgs=acme_write).token,
-        "other": hub_store.create_token(user="erin", role="read", orgs=acme_write).token,
-        "fine": hub_store.create_token(
-            user="carol",
-            role="fineGrained",
-            orgs=acme_write,
-            fine_grained=[FineGrainedEntry("model", "acme/sentiment", ("repo.content.read",))],
-        ).token,
-    }
 
 
 @pytest.fixture
@@ -141,14 +124,7 @@ def test_no_token_gets_challenge(client):
 @pytest.mark.parametrize(
     ("who", "method", "path", "status", "error"),
     [
-        pytest.param("reader", "POST", "/v1/models/acme/sentiment/infer", 200, None, id="read"),
-        pytest.param(
-            "reader", "PUT", "/v1/models/acme/sentiment", 403, "insufficient_scope", id="read-put"
-        ),
-        pytest.param("writer", "PUT", "/v1/models/acme/sentiment", 200, None, id="write-put"),
-        pytest.param(
-            "writer", "PUT", "/v1/models/other/x", 403, "insufficient_scope", id="write-foreign"
-        ),
+        *ADAPTER_ACCESS_ROWS,
         pytest.param("fine", "POST", "/v1/models/acme/sentiment/infer", 200, None, id="fine"),
         pytest.param(
             "fine", "POST", "/v1/models/acme/other/infer", 403, "insufficient_scope", id="unlisted"
