@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 from starlette.authentication import AuthCredentials, BaseUser
 
 from ._exceptions import AuthenticationError
-from ._guard import RequestAuth
+from ._guard import PrincipalMemo, RequestAuth
 from ._options import AdapterOptions, build_guard
 from ._principal import Principal
 
@@ -36,8 +36,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: WebSocket close code for a refused handshake (RFC 6455: policy violation).
 WS_POLICY_VIOLATION = 1008
-#: Bound on the table of per-principal Starlette users (about the cache's size).
-_MAX_VIEWS = 10_000
 _CACHE_CONTROL_PRIVATE = (b"cache-control", b"private")
 _VARY_AUTHORIZATION = (b"vary", b"Authorization")
 
@@ -132,7 +130,10 @@ class HFAuthMiddleware:
         self.private_responses = private_responses
         query_param = self.guard.query_param
         self._query_param = query_param.encode() if query_param else None
-        self._views: dict[int, tuple[Principal, HubUser, tuple[str, ...]]] = {}
+        # Each cached principal's Starlette user and scopes, built once.
+        self._starlette_view: PrincipalMemo[None, tuple[HubUser, tuple[str, ...]]] = PrincipalMemo(
+            lambda principal, _: (HubUser(principal), tuple(starlette_scopes(principal)))
+        )
 
     def __repr__(self) -> str:
         return f"HFAuthMiddleware({self.guard!r})"
@@ -171,25 +172,13 @@ class HFAuthMiddleware:
             else:
                 await self._refuse_websocket(scope, error, send)
             return
-        user, scopes = self._starlette_view(auth.principal)
+        user, scopes = self._starlette_view.get(auth.principal, None)
         scope["user"] = user
         scope["auth"] = AuthCredentials(scopes)  # copies scopes into a new list
         scope["hfauth"] = auth
         if scope_type == "http" and self.private_responses and auth.scheme is not None:
             send = _private_responses(send)
         await self.app(scope, receive, send)
-
-    def _starlette_view(self, principal: Principal) -> tuple[HubUser, tuple[str, ...]]:
-        # Cached principals come back as the same object: build their Starlette
-        # user and scopes once. Keyed by id(); the entry holds the principal, so
-        # the id cannot be reused while it is in the table.
-        entry = self._views.get(id(principal))
-        if entry is None or entry[0] is not principal:
-            if len(self._views) >= _MAX_VIEWS:
-                self._views.clear()
-            entry = (principal, HubUser(principal), tuple(starlette_scopes(principal)))
-            self._views[id(principal)] = entry
-        return entry[1], entry[2]
 
     def _query_tokens(self, scope: Scope) -> list[str]:
         if self._query_param is None or not scope.get("query_string"):

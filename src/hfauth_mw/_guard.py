@@ -13,9 +13,9 @@ import json
 import logging
 import re
 import time
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any, Generic, Literal, TypedDict, TypeVar
 
 from ._authenticator import Authenticator, Work
 from ._credentials import DEFAULT_MAX_HEADER_BYTES, Credentials, parse_credentials
@@ -45,8 +45,9 @@ __all__ = [
 ]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-#: Bound on the per-principal tables built on the hot path (about the cache's size).
-_MAX_SHARED_VIEWS = 10_000
+K = TypeVar("K")
+V = TypeVar("V")
+
 Access = Literal["read", "write"]
 _REPO_TYPES = frozenset({"model", "dataset", "space"})
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -59,6 +60,33 @@ _DESCRIPTION_UNSAFE = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
 #: Fields are in ``extra`` (``hfauth_*``); no token, only its fingerprint.
 audit_logger = logging.getLogger("hfauth_mw.audit")
 logger = logging.getLogger("hfauth_mw")
+
+
+class PrincipalMemo(Generic[K, V]):
+    """Values built once per cached principal (and one extra key), for the hot path.
+
+    A cached token yields the same :class:`~hfauth_mw.Principal` object on
+    every request, so what is derived from it (a RequestAuth, a Starlette
+    user) can be built once. Keyed by ``id()``; each entry holds its
+    principal, so the id cannot be reused while the entry lives. Bounded:
+    at ``maxsize`` entries the table starts again empty.
+    """
+
+    __slots__ = ("_build", "_maxsize", "_table")
+
+    def __init__(self, build: Callable[[Principal, K], V], maxsize: int = 10_000) -> None:
+        self._build = build
+        self._maxsize = maxsize
+        self._table: dict[tuple[int, K], tuple[Principal, V]] = {}
+
+    def get(self, principal: Principal, extra: K) -> V:
+        key = (id(principal), extra)
+        entry = self._table.get(key)
+        if entry is None or entry[0] is not principal:
+            if len(self._table) >= self._maxsize:
+                self._table.clear()
+            entry = self._table[key] = (principal, self._build(principal, extra))
+        return entry[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +337,10 @@ class Guard:
         self.limiter = (
             FailureLimiter(timer=authenticator.cache.timer) if limiter == "default" else limiter
         )
-        self._request_auths: dict[tuple[int, str | None], RequestAuth] = {}
+        # RequestAuth is immutable: one per cached principal and scheme.
+        self._request_auth: PrincipalMemo[str | None, RequestAuth] = PrincipalMemo(
+            lambda principal, scheme: RequestAuth(principal, self.policy, scheme)
+        )
         challenge = f'Bearer realm="{realm}"'
         self._challenges = [("www-authenticate", challenge)]
         if allow_basic:
@@ -432,20 +463,7 @@ class Guard:
     ) -> RequestAuth:
         if audit_logger.isEnabledFor(logging.INFO):
             self._audit(None, method, path, client, credentials, principal, started)
-        return self._request_auth(principal, credentials.scheme if credentials else None)
-
-    def _request_auth(self, principal: Principal, scheme: str | None) -> RequestAuth:
-        # A cached principal comes back as the same object on every request, and
-        # RequestAuth is immutable: build it once per principal and scheme. Keyed
-        # by id(); the entry holds the principal, so the id cannot be reused
-        # while it is in the table.
-        key = (id(principal), scheme)
-        auth = self._request_auths.get(key)
-        if auth is None or auth.principal is not principal:
-            if len(self._request_auths) >= _MAX_SHARED_VIEWS:
-                self._request_auths.clear()
-            auth = self._request_auths[key] = RequestAuth(principal, self.policy, scheme)
-        return auth
+        return self._request_auth.get(principal, credentials.scheme if credentials else None)
 
     def client_address(self, peer: str | None, forwarded_for: str | None) -> str | None:
         """The address the brute-force guard keys on (see :func:`client_address`)."""
