@@ -54,6 +54,10 @@ from hfauth_mw._shared import (
 )
 
 SECRET = "test-deployment-secret-0123456789"
+#: Tests that count upstream calls exactly against the real Redis: a loaded CI
+#: machine can take longer than the 100 ms production default to answer, and a
+#: timed-out Redis call rightly falls back to the source (one more call).
+COUNTING_SOCKET_TIMEOUT = 2.0
 ALICE_TOKEN = "hf_" + "A1b2C3d4E5" * 3 + "f6G7"
 BOB_TOKEN = "hf_" + "Zz9Yy8Xx7W" * 3 + "w6V5"
 
@@ -732,7 +736,12 @@ async def test_async_driver_shares_answers_through_redis(
 ):
     alice = hub_store.create_token(user="alice", role="write").token
     source = HubWhoamiSource(hub_emulator.url, timeout=httpx.Timeout(5.0))
-    shareds = [SharedCache.from_url(redis_url, secret=SECRET, prefix=prefix) for _ in range(2)]
+    shareds = [
+        SharedCache.from_url(
+            redis_url, secret=SECRET, prefix=prefix, socket_timeout=COUNTING_SOCKET_TIMEOUT
+        )
+        for _ in range(2)
+    ]
     auths = [Authenticator(source, shared=shared) for shared in shareds]
     try:
         for auth in auths:
@@ -771,7 +780,9 @@ def _worker(
     results: Any,
 ) -> None:
     try:
-        shared = SharedCache.from_url(redis_url, secret=SECRET, prefix=prefix)
+        shared = SharedCache.from_url(
+            redis_url, secret=SECRET, prefix=prefix, socket_timeout=COUNTING_SOCKET_TIMEOUT
+        )
         auth = Authenticator(HubWhoamiSource(hub_url, timeout=httpx.Timeout(5.0)), shared=shared)
         credentials = Credentials.from_token(token)
         results.put(("ready", index, shared.wait_ready(10)))
@@ -964,8 +975,12 @@ def test_revoke_api_reaches_a_subscriber_in_this_process(
 ):
     alice = hub_store.create_token(user="alice", role="write").token
     source = HubWhoamiSource(hub_emulator.url, timeout=httpx.Timeout(5.0))
-    holder_shared = SharedCache.from_url(redis_url, secret=SECRET, prefix=prefix)
-    revoker_shared = SharedCache.from_url(redis_url, secret=SECRET, prefix=prefix)
+    holder_shared = SharedCache.from_url(
+        redis_url, secret=SECRET, prefix=prefix, socket_timeout=COUNTING_SOCKET_TIMEOUT
+    )
+    revoker_shared = SharedCache.from_url(
+        redis_url, secret=SECRET, prefix=prefix, socket_timeout=COUNTING_SOCKET_TIMEOUT
+    )
     holder = Authenticator(source, shared=holder_shared)
     revoker = Authenticator(source, shared=revoker_shared)
     try:
