@@ -3,13 +3,14 @@
 import asyncio
 import base64
 import json
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.authentication import requires
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
@@ -64,8 +65,32 @@ async def stream(websocket: WebSocket) -> None:
     await websocket.close()
 
 
+async def try_to_add_scope(request: Request) -> JSONResponse:
+    try:
+        request.auth.scopes.append("admin")  # type: ignore[attr-defined]
+    except AttributeError:
+        return JSONResponse({"scopes": list(request.auth.scopes), "changed": False})
+    return JSONResponse({"scopes": list(request.auth.scopes), "changed": True})
+
+
+async def public_cacheable(request: Request) -> PlainTextResponse:
+    headers = {"cache-control": "public, max-age=60", "vary": "Accept-Encoding"}
+    return PlainTextResponse("ok", headers=headers)
+
+
+async def streamed(request: Request) -> StreamingResponse:
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in (b"one ", b"two ", b"three"):
+            yield chunk
+
+    return StreamingResponse(chunks(), media_type="text/plain")
+
+
 ROUTES = [
     Route("/health", ok),
+    Route("/add-scope", try_to_add_scope),
+    Route("/public-cacheable", public_cacheable),
+    Route("/streamed", streamed),
     Route("/docs/{page}", ok),
     Route("/whoami", whoami),
     Route("/needs-auth", needs_auth),
@@ -304,6 +329,24 @@ async def test_authenticated_responses_are_private(client, tokens):
     response = await client.get("/whoami", headers=bearer(tokens["reader"]))
     assert response.headers["cache-control"] == "private"
     assert "Authorization" in response.headers["vary"]
+
+
+async def test_app_cache_control_is_kept_and_vary_added(client, tokens):
+    response = await client.get("/public-cacheable", headers=bearer(tokens["reader"]))
+    assert response.headers.get_list("cache-control") == ["public, max-age=60"]
+    assert response.headers.get_list("vary") == ["Accept-Encoding", "Authorization"]
+
+
+async def test_streamed_responses_pass_through_whole(client, tokens):
+    response = await client.get("/streamed", headers=bearer(tokens["reader"]))
+    assert response.text == "one two three"
+    assert response.headers["cache-control"] == "private"
+
+
+async def test_one_request_cannot_change_the_scopes_of_the_next(client, tokens):
+    for _ in range(2):
+        response = await client.get("/add-scope", headers=bearer(tokens["writer"]))
+        assert response.json() == {"scopes": ["authenticated", "role:write"], "changed": False}
 
 
 async def test_route_helpers_explain_decisions(client, tokens):

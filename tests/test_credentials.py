@@ -1,11 +1,12 @@
 import base64
+import hashlib
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hfauth_mw import Credentials, InvalidRequest, parse_credentials
-from hfauth_mw._principal import token_digest
+from hfauth_mw._principal import sha256, token_digest
 
 TOKEN = "hf_" + "a" * 34
 
@@ -152,3 +153,8 @@ def test_any_header_gives_credentials_or_invalid_request(header):
     # Whatever was accepted is exactly what the header carried: never normalised.
     text = header.decode("ascii") if isinstance(header, bytes) else header
     assert credentials.token in text or credentials.scheme == "basic"
+
+
+@given(st.binary(max_size=300))
+def test_quickest_sha256_is_sha256(data):
+    assert sha256(data).digest() == hashlib.sha256(data).digest()

@@ -1,6 +1,7 @@
 """The shared per-request core: audit events, brute-force guard, error answers."""
 
 import logging
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -8,8 +9,10 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from conftest import record_text
+from conftest import FakeClock, record_text
 from hfauth_mw import (
+    AccessPolicy,
+    AuthenticationError,
     Authenticator,
     FailureLimiter,
     HFAuthMiddleware,
@@ -17,12 +20,14 @@ from hfauth_mw import (
     InsufficientScope,
     InvalidRequest,
     InvalidToken,
+    LocalStoreSource,
     MissingCredentials,
     SourceUnavailable,
     TokenCache,
     TooManyFailures,
 )
-from hfauth_mw._guard import Guard
+from hfauth_mw._guard import Guard, RequestAuth, require_read
+from hfauth_mw._principal import fingerprint_of, token_digest
 
 pytestmark = pytest.mark.anyio
 
@@ -224,3 +229,187 @@ def test_error_responses(guard, error, status, challenge, body_error, retry_afte
     assert headers.get("retry-after") == retry_after
     assert headers["cache-control"] == "no-store"
     assert httpx.Response(200, content=response.body).json()["error"] == body_error
+
+
+# --- the cached-Bearer hot path ----------------------------------------------------------
+
+
+@pytest.fixture
+def local_guard(hub_store, clock):
+    def make(**options) -> Guard:
+        cache = TokenCache(timer=clock, clock=clock)
+        return Guard(Authenticator(LocalStoreSource(hub_store), cache=cache), **options)
+
+    return make
+
+
+def decide(guard, authorization, method="GET", path="/x", query=(), peer="203.0.113.7"):
+    """What the guard answers: the RequestAuth, or (error class, status)."""
+    try:
+        step = guard.begin(method, path, authorization, query, peer)
+        return step if isinstance(step, RequestAuth) else guard.authenticator.run_sync(step)
+    except AuthenticationError as error:
+        return type(error).__name__, error.status_code
+
+
+def lock_out_someone_else(guard):
+    """Closes the hot path: while any client is locked out, every request goes the long way."""
+    for _ in range(guard.limiter.max_failures):
+        guard.limiter.failed("198.51.100.99")
+    assert guard.limiter.locking_out()
+
+
+ALLOWED = "allowed"
+
+
+@pytest.mark.parametrize(
+    ("header", "method", "path", "options", "expected"),
+    [
+        pytest.param("Bearer {t}", "GET", "/x", {}, ALLOWED, id="canonical"),
+        pytest.param("Bearer {t}", "get", "/x", {}, ALLOWED, id="lowercase-method"),
+        pytest.param("bearer {t}", "GET", "/x", {}, ALLOWED, id="lowercase-scheme"),
+        pytest.param("Bearer  {t}", "GET", "/x", {}, ALLOWED, id="two-spaces"),
+        pytest.param("Bearer {t} ", "GET", "/x", {}, ("InvalidRequest", 400), id="trailing-space"),
+        pytest.param("Bearer {t}x", "GET", "/x", {}, ("InvalidToken", 401), id="other-token"),
+        pytest.param("Bearer {t}", "POST", "/x", {}, ("InsufficientScope", 403), id="read-posts"),
+        pytest.param(
+            "Bearer {t}", "post", "/x", {}, ("InsufficientScope", 403), id="read-posts-lc"
+        ),
+        pytest.param(
+            "Bearer {t}",
+            "GET",
+            "/models/bob/m",
+            {"rules": [require_read("GET /models/{owner}/{name}")]},
+            ALLOWED,
+            id="rule-own-repo",
+        ),
+        pytest.param(
+            "Bearer {t}",
+            "GET",
+            "/models/acme/m",
+            {"rules": [require_read("GET /models/{owner}/{name}")]},
+            ("InsufficientScope", 403),
+            id="rule-private-repo",
+        ),
+        pytest.param(
+            "Bearer {t}",
+            "GET",
+            "/x",
+            {"max_header_bytes": 256},
+            ("InvalidRequest", 400),
+            id="longer-than-this-guard-allows",
+        ),
+    ],
+)
+@pytest.mark.parametrize("as_text", [False, True], ids=["asgi-bytes", "wsgi-text"])
+def test_cached_answers_match_the_long_path(
+    local_guard, hub_store, header, method, path, options, expected, as_text
+):
+    # A token longer than the narrow guard's max_header_bytes: cached through a
+    # wider guard that shares the authenticator, then refused by the narrow one.
+    token = "hf_" + "Q" * 300
+    hub_store.add_token(token, user="bob", role="read")
+    guard = local_guard(**options)
+    wide = Guard(guard.authenticator)
+    assert isinstance(decide(wide, [f"Bearer {token}".encode()]), RequestAuth)
+    value = header.format(t=token)
+    raw = value if as_text else value.encode("latin-1")
+    hot = decide(guard, [raw], method, path)
+    lock_out_someone_else(guard)
+    long = decide(guard, [raw], method, path)
+    assert hot == long
+    if expected == ALLOWED:
+        assert isinstance(hot, RequestAuth)
+        assert (hot.principal.name, hot.scheme) == ("bob", "bearer")
+    else:
+        assert hot == expected
+
+
+def test_cached_bearer_request_is_answered_without_parsing(local_guard, hub_store, monkeypatch):
+    token = hub_store.create_token(user="bob").token
+    guard = local_guard()
+    first = decide(guard, [f"Bearer {token}".encode()])
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("a cached Bearer token went through the full parser")
+
+    monkeypatch.setattr(guard, "credentials", no_parsing)
+    assert decide(guard, [f"Bearer {token}".encode()]) is first
+    assert decide(guard, [f"Bearer {token}"]) is first
+
+
+def test_locked_out_client_is_refused_even_with_a_cached_token(local_guard, hub_store, clock):
+    token = hub_store.create_token(user="bob").token
+    guard = local_guard(limiter=FailureLimiter(max_failures=3, window=60, timer=clock))
+    header = [f"Bearer {token}".encode()]
+    assert isinstance(decide(guard, header, peer="203.0.113.7"), RequestAuth)
+    for index in range(3):
+        assert decide(guard, [f"Bearer hf_{index:034d}".encode()], peer="203.0.113.7") == (
+            "InvalidToken",
+            401,
+        )
+    assert decide(guard, header, peer="203.0.113.7") == ("TooManyFailures", 429)
+    assert isinstance(decide(guard, header, peer="203.0.113.8"), RequestAuth)
+    clock.advance(60)
+    assert not guard.limiter.locking_out()
+    assert isinstance(decide(guard, header, peer="203.0.113.7"), RequestAuth)
+
+
+@pytest.mark.parametrize("hot", [True, False], ids=["hot-path", "long-path"])
+def test_cached_requests_are_counted_once(local_guard, hub_store, hot):
+    token = hub_store.create_token(user="bob").token
+    guard = local_guard()
+    header = [f"Bearer {token}".encode()]
+    decide(guard, header)
+    if not hot:
+        lock_out_someone_else(guard)
+    before = guard.authenticator.stats()
+    for _ in range(5):
+        decide(guard, header)
+    decide(guard, header, method="DELETE")
+    after = guard.authenticator.stats()
+    assert after["local_hits"] - before["local_hits"] == 6
+    assert after["decisions_valid"] - before["decisions_valid"] == 6
+    assert after["local_misses"] == before["local_misses"] == 1
+
+
+@pytest.fixture
+def audit_at_warning():
+    """The default deployment: "allowed" and "denied" events (INFO) are not written."""
+    audit = logging.getLogger("hfauth_mw.audit")
+    previous = audit.level
+    audit.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        audit.setLevel(previous)
+
+
+def test_cached_path_with_audit_at_warning(
+    local_guard, hub_store, audit_at_warning, no_token_in_logs
+):
+    token = hub_store.create_token(user="bob").token
+    failing = AccessPolicy(visibility=lambda repo: 1 / 0)
+    guard = local_guard(rules=[require_read("GET /models/{owner}/{name}")], policy=failing)
+    header = [f"Bearer {token}".encode()]
+    assert isinstance(decide(guard, header), RequestAuth)
+    assert isinstance(decide(guard, header), RequestAuth)
+    assert decide(guard, header, method="POST") == ("InsufficientScope", 403)
+    assert not audit_events(no_token_in_logs)
+    assert decide(guard, header, path="/models/acme/m") == ("SourceUnavailable", 503)
+    (event,) = audit_events(no_token_in_logs)
+    assert (event.hfauth_event, event.hfauth_client) == ("unavailable", "203.0.113.7")
+    assert event.hfauth_fingerprint == fingerprint_of(token_digest(token))
+
+
+def test_token_expired_while_fresh_in_cache_is_refused(hub_store, clock):
+    """Freshness never outlives a token's expiry, unless the wall clock jumps."""
+    wall = FakeClock(clock.now)
+    expires = datetime.fromtimestamp(wall.now + 3600, UTC)
+    token = hub_store.create_token(user="bob", expires_at=expires).token
+    cache = TokenCache(timer=clock, clock=wall)
+    guard = Guard(Authenticator(LocalStoreSource(hub_store), cache=cache))
+    header = [f"Bearer {token}".encode()]
+    assert isinstance(decide(guard, header), RequestAuth)
+    wall.advance(7200)
+    assert decide(guard, header) == ("InvalidToken", 401)

@@ -2,6 +2,7 @@ from contextlib import nullcontext
 
 import pytest
 
+from conftest import FakeClock
 from hfauth_mw import (
     ConfigurationError,
     FailureLimiter,
@@ -162,3 +163,18 @@ def test_ipv6_clients_are_counted_per_64(clock):
     with pytest.raises(TooManyFailures):
         limiter.check("2001:db8:1:2::abcd")
     limiter.check("2001:db8:1:3::1")  # the next /64 is someone else
+
+
+def test_locking_out_forgets_lockouts_that_ended():
+    clock = FakeClock()
+    limiter = FailureLimiter(max_failures=2, window=30, timer=clock)
+    assert not limiter.locking_out()
+    limiter.failed("203.0.113.7")
+    assert not limiter.locking_out()
+    limiter.failed("203.0.113.7")
+    assert limiter.locking_out()
+    clock.advance(29)
+    assert limiter.locking_out()
+    clock.advance(1)
+    assert not limiter.locking_out()
+    limiter.check("203.0.113.7")  # no longer raises

@@ -4,7 +4,7 @@ Everything public is importable from here; the ``_``-prefixed modules are
 private and may change.
 """
 
-from ._asgi import HFAuthMiddleware, HubUser, get_request_auth
+from ._asgi import HFAuthMiddleware, HubAuthCredentials, HubUser, get_request_auth
 from ._authenticator import Authenticator
 from ._cache import TokenCache
 from ._credentials import Credentials, parse_credentials
@@ -66,6 +66,7 @@ __all__ = [
     "HFAuthError",
     "HFAuthMiddleware",
     "HFAuthWSGIMiddleware",
+    "HubAuthCredentials",
     "HubUser",
     "HubWhoamiSource",
     "InsufficientScope",

@@ -15,7 +15,7 @@ Security caveats, plainly:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Unpack
 from urllib.parse import parse_qsl
 
@@ -26,7 +26,7 @@ from ._guard import PrincipalMemo, RequestAuth
 from ._options import AdapterOptions, build_guard
 from ._principal import Principal
 
-__all__ = ["HFAuthMiddleware", "HubUser", "get_request_auth"]
+__all__ = ["HFAuthMiddleware", "HubAuthCredentials", "HubUser", "get_request_auth"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -64,12 +64,27 @@ class HubUser(BaseUser):
         return f"HubUser({self.principal.name!r}, role={self.principal.token_role!r})"
 
 
+class HubAuthCredentials(AuthCredentials):
+    """``request.auth`` for Starlette: the scopes of :func:`starlette_scopes`.
+
+    Built once per cached principal and shared by its requests, so ``scopes``
+    is a tuple: code that tries to add a scope to one request fails loudly
+    instead of granting it to every later request of that caller.
+    """
+
+    def __init__(self, scopes: Iterable[str]) -> None:
+        super().__init__()
+        self.scopes: tuple[str, ...] = tuple(scopes)  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"HubAuthCredentials({list(self.scopes)!r})"
+
+
 def starlette_scopes(principal: Principal) -> list[str]:
     """The scopes ``starlette.authentication.requires`` sees.
 
     ``authenticated`` for any valid token, ``role:<token role>``, then the
-    fine-grained global permissions and OAuth scopes. A new list per request:
-    shared mutable scope lists have leaked between requests in other libraries.
+    fine-grained global permissions and OAuth scopes.
     """
     if principal.is_anonymous:
         return []
@@ -130,9 +145,9 @@ class HFAuthMiddleware:
         self.private_responses = private_responses
         query_param = self.guard.query_param
         self._query_param = query_param.encode() if query_param else None
-        # Each cached principal's Starlette user and scopes, built once.
-        self._starlette_view: PrincipalMemo[None, tuple[HubUser, tuple[str, ...]]] = PrincipalMemo(
-            lambda principal, _: (HubUser(principal), tuple(starlette_scopes(principal)))
+        # Each cached principal's Starlette user and credentials, built once.
+        self._starlette_view: PrincipalMemo[tuple[HubUser, HubAuthCredentials]] = PrincipalMemo(
+            lambda principal: (HubUser(principal), HubAuthCredentials(starlette_scopes(principal)))
         )
 
     def __repr__(self) -> str:
@@ -143,8 +158,9 @@ class HFAuthMiddleware:
         if scope_type != "http" and scope_type != "websocket":
             await self.app(scope, receive, send)
             return
-        path = app_path(scope)
-        if self.guard.is_public(path):
+        path = app_path(scope) if scope.get("root_path") else scope["path"]
+        guard = self.guard
+        if guard.is_public(path):
             await self.app(scope, receive, send)
             return
         authorization = []
@@ -156,12 +172,13 @@ class HFAuthMiddleware:
                 forwarded_for = value.decode("latin-1")
         peer = scope.get("client")
         try:
-            step = self.guard.begin(
+            step = guard.begin(
                 scope.get("method", "GET"),
                 path,
                 authorization,
-                self._query_tokens(scope),
-                self.guard.client_address(peer[0] if peer else None, forwarded_for),
+                self._query_tokens(scope) if self._query_param is not None else (),
+                peer[0] if peer else None,
+                forwarded_for,
             )
             auth = (
                 step if isinstance(step, RequestAuth) else await self.authenticator.run_async(step)
@@ -172,9 +189,7 @@ class HFAuthMiddleware:
             else:
                 await self._refuse_websocket(scope, error, send)
             return
-        user, scopes = self._starlette_view.get(auth.principal, None)
-        scope["user"] = user
-        scope["auth"] = AuthCredentials(scopes)  # copies scopes into a new list
+        scope["user"], scope["auth"] = self._starlette_view.get(auth.principal)
         scope["hfauth"] = auth
         if scope_type == "http" and self.private_responses and auth.scheme is not None:
             send = _private_responses(send)
@@ -225,16 +240,19 @@ def _encode_headers(
 
 
 def _private_responses(send: Send) -> Send:
-    async def send_private(message: Message) -> None:
+    # A plain function handing back send's awaitable: one call per message
+    # rather than one more coroutine.
+    def send_private(message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
-            headers = list(message.get("headers", ()))
+            headers = message.get("headers", ())
+            # ASGI header names are lowercase; an app that breaks that rule
+            # gets a second, stricter Cache-Control, never a laxer one.
             for name, _ in headers:
-                if name.lower() == b"cache-control":
+                if name == b"cache-control":
+                    message["headers"] = [*headers, _VARY_AUTHORIZATION]
                     break
             else:
-                headers.append(_CACHE_CONTROL_PRIVATE)
-            headers.append(_VARY_AUTHORIZATION)
-            message["headers"] = headers
-        await send(message)
+                message["headers"] = [*headers, _CACHE_CONTROL_PRIVATE, _VARY_AUTHORIZATION]
+        return send(message)
 
     return send_private

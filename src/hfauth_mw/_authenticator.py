@@ -203,9 +203,24 @@ class Authenticator:
     def cached(self, credentials: Credentials) -> Principal | None:
         """The principal for ``credentials`` if the in-process cache has a fresh
         positive answer, else ``None`` (then drive :meth:`flow`). No lock, no
-        generator: the hot path. Raises InvalidToken if the token has expired."""
+        generator. Raises InvalidToken if the token has expired."""
         fresh = self.cache.fresh(self._namespace + credentials.digest)
         return None if fresh is None else self._settle(fresh)
+
+    def fresh(self, digest: bytes) -> Principal | None:
+        """The principal of a token (by SHA-256 digest) whose fresh answer is in
+        the in-process cache and has not expired, counted as :meth:`cached`
+        counts it; else ``None``, counting nothing (then use :meth:`cached` or
+        :meth:`flow`)."""
+        fresh = self.cache.fresh(self._namespace + digest)
+        if fresh is None:
+            return None
+        principal = fresh.principal
+        expires_at = principal.expires_at
+        if expires_at is not None and expires_at.timestamp() <= self.clock():
+            return None  # only if the clock jumped: freshness never outlives expiry
+        next(self.metrics.valid)
+        return principal
 
     def _resolve(self, leader: Leader, credentials: Credentials) -> Generator[Work, Any, Outcome]:
         """Answer a token the in-process cache does not have (timed, counted)."""

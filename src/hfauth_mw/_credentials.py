@@ -12,11 +12,10 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
-from hashlib import sha256
 from typing import Literal
 
 from ._exceptions import InvalidRequest
-from ._principal import fingerprint_of, token_digest
+from ._principal import fingerprint_of, sha256, token_digest
 
 __all__ = ["DEFAULT_MAX_HEADER_BYTES", "Credentials", "parse_credentials"]
 

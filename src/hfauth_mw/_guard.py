@@ -15,10 +15,10 @@ import re
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypedDict, TypeVar
+from typing import Any, Generic, Literal, TypedDict, TypeVar, get_args
 
 from ._authenticator import Authenticator, Work
-from ._credentials import DEFAULT_MAX_HEADER_BYTES, Credentials, parse_credentials
+from ._credentials import DEFAULT_MAX_HEADER_BYTES, Credentials, Scheme, parse_credentials
 from ._exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -29,7 +29,7 @@ from ._exceptions import (
     SourceUnavailable,
     TooManyFailures,
 )
-from ._principal import ANONYMOUS, Principal
+from ._principal import ANONYMOUS, Principal, sha256
 from ._protection import FailureLimiter, client_address
 from ._rules import READ_PERMISSION, WRITE_PERMISSION, AccessPolicy, Decision, Entity, Repo
 
@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-K = TypeVar("K")
 V = TypeVar("V")
 
 Access = Literal["read", "write"]
@@ -62,31 +61,32 @@ audit_logger = logging.getLogger("hfauth_mw.audit")
 logger = logging.getLogger("hfauth_mw")
 
 
-class PrincipalMemo(Generic[K, V]):
-    """Values built once per cached principal (and one extra key), for the hot path.
+class PrincipalMemo(Generic[V]):
+    """Values built once per cached principal, for the hot path.
 
     A cached token yields the same :class:`~hfauth_mw.Principal` object on
     every request, so what is derived from it (a RequestAuth, a Starlette
-    user) can be built once. Keyed by ``id()``; each entry holds its
-    principal, so the id cannot be reused while the entry lives. Bounded:
-    at ``maxsize`` entries the table starts again empty.
+    user) can be built once. Keyed by ``id()``: each entry holds its
+    principal, so no other object can have that id while the entry lives.
+    Bounded: at ``maxsize`` entries the table starts again empty.
     """
 
     __slots__ = ("_build", "_maxsize", "_table")
 
-    def __init__(self, build: Callable[[Principal, K], V], maxsize: int = 10_000) -> None:
+    def __init__(self, build: Callable[[Principal], V], maxsize: int = 10_000) -> None:
         self._build = build
         self._maxsize = maxsize
-        self._table: dict[tuple[int, K], tuple[Principal, V]] = {}
+        self._table: dict[int, tuple[Principal, V]] = {}
 
-    def get(self, principal: Principal, extra: K) -> V:
-        key = (id(principal), extra)
-        entry = self._table.get(key)
-        if entry is None or entry[0] is not principal:
+    def get(self, principal: Principal) -> V:
+        try:
+            return self._table[id(principal)][1]
+        except KeyError:
             if len(self._table) >= self._maxsize:
                 self._table.clear()
-            entry = self._table[key] = (principal, self._build(principal, extra))
-        return entry[1]
+            value = self._build(principal)
+            self._table[id(principal)] = (principal, value)
+            return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,13 +338,17 @@ class Guard:
             FailureLimiter(timer=authenticator.cache.timer) if limiter == "default" else limiter
         )
         # RequestAuth is immutable: one per cached principal and scheme.
-        self._request_auth: PrincipalMemo[str | None, RequestAuth] = PrincipalMemo(
-            lambda principal, scheme: RequestAuth(principal, self.policy, scheme)
-        )
+        self._request_auth: dict[str | None, PrincipalMemo[RequestAuth]] = {
+            scheme: self._request_auth_memo(scheme) for scheme in (None, *get_args(Scheme))
+        }
+        self._bearer_auth = self._request_auth["bearer"]
         challenge = f'Bearer realm="{realm}"'
         self._challenges = [("www-authenticate", challenge)]
         if allow_basic:
             self._challenges.append(("www-authenticate", f'Basic realm="{realm}"'))
+
+    def _request_auth_memo(self, scheme: str | None) -> PrincipalMemo[RequestAuth]:
+        return PrincipalMemo(lambda principal: RequestAuth(principal, self.policy, scheme))
 
     def __repr__(self) -> str:
         return (
@@ -377,12 +381,15 @@ class Guard:
         path: str,
         authorization: Sequence[bytes | str],
         query_tokens: Sequence[str] = (),
-        client: str | None = None,
+        peer: str | None = None,
+        forwarded_for: str | None = None,
     ) -> RequestAuth | RequestFlow:
         """The decision for one request, from its raw headers.
 
-        Applies the brute-force guard to ``client`` (the address adapters
-        resolve with :meth:`client_address`), parses the credentials,
+        ``peer`` is the address the connection comes from and
+        ``forwarded_for`` the ``X-Forwarded-For`` header; the brute-force guard
+        resolves the client from them (see :meth:`client_address`) only when
+        it needs to. Applies the brute-force guard, parses the credentials,
         authenticates, authorizes, and writes one audit event. Raises
         :class:`~hfauth_mw.AuthenticationError` when the request must stop.
 
@@ -391,7 +398,21 @@ class Guard:
         authenticator's ``run_sync``/``run_async`` that finishes the job.
         """
         started = time.perf_counter()
+        limiter = self.limiter
+        if (
+            len(authorization) == 1
+            and not query_tokens
+            # Not while some client is locked out: the brute-force guard then
+            # needs every client's address.
+            and not (limiter is not None and limiter._blocked and limiter.locking_out())
+        ):
+            answer = self._cached_bearer(
+                method, path, authorization[0], peer, forwarded_for, started
+            )
+            if answer is not None:
+                return answer
         method = method.upper()  # servers pass "get" through; routers may still serve it
+        client = self.client_address(peer, forwarded_for)
         credentials: Credentials | None = None
         principal: Principal | None = None
         try:
@@ -412,6 +433,48 @@ class Guard:
             raise
         return self._allowed(method, path, client, credentials, principal, started)
 
+    def _cached_bearer(
+        self,
+        method: str,
+        path: str,
+        authorization: bytes | str,
+        peer: str | None,
+        forwarded_for: str | None,
+        started: float,
+    ) -> RequestAuth | None:
+        """:meth:`begin` for the common request, cheaply, or ``None`` to go the long way.
+
+        Decides only when the one ``Authorization`` header is ``Bearer <token>``
+        spelled canonically and the token is fresh in the in-process cache:
+        then the header needs no parsing and no :class:`Credentials` (a token
+        that hashes to a cached key was parsed and accepted when it was
+        cached).
+        """
+        if isinstance(authorization, str):
+            # WSGI servers hand headers over as latin-1 text; tokens are ASCII.
+            if not authorization.isascii():
+                return None
+            authorization = authorization.encode("ascii")
+        if len(authorization) > self.max_header_bytes or not authorization.startswith(b"Bearer "):
+            return None
+        digest = sha256(authorization[7:]).digest()
+        principal = self.authenticator.fresh(digest)
+        if principal is None:
+            return None
+        method = method.upper()
+        try:
+            self.authorize(method, path, principal)
+        except AuthenticationError as error:
+            credentials = Credentials(authorization[7:].decode("ascii"), "bearer", digest)
+            client = self.client_address(peer, forwarded_for)
+            self._refused(error, method, path, client, credentials, principal, started)
+            raise
+        if not audit_logger.isEnabledFor(logging.INFO):
+            return self._bearer_auth.get(principal)
+        credentials = Credentials(authorization[7:].decode("ascii"), "bearer", digest)
+        client = self.client_address(peer, forwarded_for)
+        return self._allowed(method, path, client, credentials, principal, started)
+
     def _resume(
         self, method: str, path: str, client: str | None, credentials: Credentials, started: float
     ) -> RequestFlow:
@@ -430,10 +493,11 @@ class Guard:
         path: str,
         authorization: Sequence[bytes | str],
         query_tokens: Sequence[str] = (),
-        client: str | None = None,
+        peer: str | None = None,
+        forwarded_for: str | None = None,
     ) -> RequestFlow:
         """:meth:`begin` as one flow, for callers that always drive a flow."""
-        step = self.begin(method, path, authorization, query_tokens, client)
+        step = self.begin(method, path, authorization, query_tokens, peer, forwarded_for)
         if isinstance(step, RequestAuth):
             return step
         return (yield from step)
@@ -463,7 +527,7 @@ class Guard:
     ) -> RequestAuth:
         if audit_logger.isEnabledFor(logging.INFO):
             self._audit(None, method, path, client, credentials, principal, started)
-        return self._request_auth.get(principal, credentials.scheme if credentials else None)
+        return self._request_auth[credentials.scheme if credentials else None].get(principal)
 
     def client_address(self, peer: str | None, forwarded_for: str | None) -> str | None:
         """The address the brute-force guard keys on (see :func:`client_address`)."""

@@ -190,6 +190,7 @@ class FailureLimiter:
         self._blocked: dict[str, float] = {}
         self._maxsize = maxsize
         self._lock = threading.Lock()
+        self._next_sweep = 0.0
 
     def __repr__(self) -> str:
         return f"FailureLimiter(max_failures={self.max_failures}, window={self.window:g})"
@@ -213,6 +214,19 @@ class FailureLimiter:
             max(1, math.ceil(remaining)),
         )
 
+    def locking_out(self) -> bool:
+        """Whether any client may be locked out now: while none is, :meth:`check`
+        has nothing to do and callers may skip resolving the client's address.
+        Lock-free; once a second it forgets lockouts that have ended."""
+        if not self._blocked:
+            return False
+        now = self.timer()
+        if now >= self._next_sweep:
+            with self._lock:
+                self._next_sweep = now + 1.0
+                self._forget_ended_lockouts(now)
+        return bool(self._blocked)
+
     def failed(self, client: str | None) -> None:
         if client is None:
             return
@@ -225,13 +239,16 @@ class FailureLimiter:
             entry[0] += 1
             if entry[0] >= self.max_failures:
                 if len(self._blocked) >= self._maxsize:
-                    self._forget_expired_lockouts(now)
+                    self._make_room_for_lockout(now)
                 self._blocked[client] = entry[1] + self.window
 
-    def _forget_expired_lockouts(self, now: float) -> None:
-        expired = [client for client, until in self._blocked.items() if until <= now]
-        for client in expired:
+    def _forget_ended_lockouts(self, now: float) -> None:
+        ended = [client for client, until in self._blocked.items() if until <= now]
+        for client in ended:
             del self._blocked[client]
+
+    def _make_room_for_lockout(self, now: float) -> None:
+        self._forget_ended_lockouts(now)
         if len(self._blocked) >= self._maxsize:
             # Still full of live lockouts: drop the oldest (dicts keep insertion order).
             del self._blocked[next(iter(self._blocked))]

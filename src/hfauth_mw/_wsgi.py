@@ -41,7 +41,6 @@ from typing import Any, Unpack, cast
 from urllib.parse import parse_qsl
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from werkzeug.datastructures import EnvironHeaders
 from werkzeug.wsgi import get_path_info
 
 from ._exceptions import AuthenticationError
@@ -78,12 +77,15 @@ def environ_begin(guard: Guard, environ: WSGIEnvironment, path: str) -> RequestA
         query_string = environ.get("QUERY_STRING", "")
         pairs = parse_qsl(query_string, keep_blank_values=True) if query_string else []
         query = [value for key, value in pairs if key == guard.query_param]
+    # WSGI servers join repeated headers into one value, so there is at most one.
+    authorization = environ.get("HTTP_AUTHORIZATION")
     return guard.begin(
-        str(environ.get("REQUEST_METHOD", "GET")).upper(),
+        str(environ.get("REQUEST_METHOD", "GET")),
         path,
-        EnvironHeaders(environ).getlist("Authorization"),
+        [authorization] if authorization is not None else [],
         query,
-        guard.client_address(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR")),
+        environ.get("REMOTE_ADDR"),
+        environ.get("HTTP_X_FORWARDED_FOR"),
     )
 
 

@@ -171,7 +171,8 @@ async def request_auth(request: Request, response: Response | None = None) -> Re
             app_path(request.scope),
             request.headers.getlist("authorization"),
             query,
-            guard.client_address(peer, request.headers.get("x-forwarded-for")),
+            peer,
+            request.headers.get("x-forwarded-for"),
         )
     )
     request.scope["hfauth"] = auth
