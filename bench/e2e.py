@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import importlib.util
 import os
+import random
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from .apps import HOST, PATH, Fixture
-from .report import Section, fmt, ratio
+from .report import Section, fmt
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +49,18 @@ class Load:
     p99_ms: float
 
 
+@dataclass(frozen=True)
+class E2EResult:
+    """Medians over the rounds; ``share`` and ``p99_ratio`` are medians of
+    per-round ratios to the bare app."""
+
+    rps: float
+    share: float
+    p50_ms: float
+    p99_ms: float
+    p99_ratio: float
+
+
 @dataclass
 class Server:
     key: str
@@ -55,6 +70,22 @@ class Server:
     loads: list[Load] = field(default_factory=list)
 
 
+def cpu_split() -> tuple[set[int], set[int]] | None:
+    """(CPUs for the server, CPUs for wrk), so the two never take turns on one
+    core: one CPU serves, the others load. ``None`` with fewer than 2 CPUs."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return None
+    if len(cpus) < 2:
+        return None
+    return {cpus[0]}, set(cpus[1:])
+
+
+def _pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    return None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
@@ -62,7 +93,7 @@ def free_port() -> int:
         return port
 
 
-def _start(key: str, fixture: Fixture, logdir: Path) -> Server:
+def _start(key: str, fixture: Fixture, logdir: Path, cpus: set[int] | None) -> Server:
     port = free_port()
     env = dict(
         os.environ,
@@ -96,6 +127,7 @@ def _start(key: str, fixture: Fixture, logdir: Path) -> Server:
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=_pinned(cpus),
         )
     return Server(key, port, process, log)
 
@@ -135,11 +167,13 @@ def _stop(server: Server) -> None:
 
 
 @contextlib.contextmanager
-def _servers(keys: list[str], fixture: Fixture, logdir: Path) -> Iterator[dict[str, Server]]:
+def _servers(
+    keys: list[str], fixture: Fixture, logdir: Path, cpus: set[int] | None
+) -> Iterator[dict[str, Server]]:
     servers: dict[str, Server] = {}
     try:
         for key in keys:
-            servers[key] = _start(key, fixture, logdir)
+            servers[key] = _start(key, fixture, logdir, cpus)
         for server in servers.values():
             _wait_ready(server, fixture)
         yield servers
@@ -149,7 +183,14 @@ def _servers(keys: list[str], fixture: Fixture, logdir: Path) -> Iterator[dict[s
 
 
 def _wrk(
-    wrk: str, server: Server, fixture: Fixture, *, seconds: float, threads: int, connections: int
+    wrk: str,
+    server: Server,
+    fixture: Fixture,
+    *,
+    seconds: float,
+    threads: int,
+    connections: int,
+    cpus: set[int] | None,
 ) -> Load:
     command = [
         wrk,
@@ -161,7 +202,9 @@ def _wrk(
         f"Authorization: Bearer {fixture.token}",
         f"http://{HOST}:{server.port}{PATH}",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + 30, preexec_fn=_pinned(cpus)
+    )
     output = done.stdout
     rps = _RPS.search(output)
     latencies = {q: float(v) * _UNITS[u] for q, v, u in _LATENCY.findall(output)}
@@ -177,17 +220,26 @@ def server_stack() -> str:
     return f"uvicorn {importlib.metadata.version('uvicorn')} ({http}, {loop} loop)"
 
 
-def run_e2e(
-    fixture: Fixture, *, seconds: float, rounds: int, threads: int = 2, connections: int = 32
-) -> Section:
+def run_e2e(fixture: Fixture, *, seconds: float, rounds: int, connections: int = 32) -> Section:
+    split = cpu_split()
+    server_cpus, wrk_cpus = split if split is not None else (None, None)
+    threads = len(wrk_cpus) if wrk_cpus else 2
+    placement = (
+        f"uvicorn pinned to CPU {sorted(server_cpus)[0]}, wrk to CPU "
+        + ",".join(map(str, sorted(wrk_cpus)))
+        if server_cpus and wrk_cpus
+        else "wrk and the server share the machine's CPUs"
+    )
     section = Section(
         "e2e",
         "End to end: uvicorn + wrk over loopback",
         intro=(
             f"Each app served by its own uvicorn process (1 worker, 127.0.0.1), loaded in turn by "
             f"`wrk -t{threads} -c{connections} --latency` with the Bearer token, {rounds} "
-            f"rounds of {seconds:g} s per app in alternating order (ABBA), after a 1 s warm-up. "
-            "wrk and the server share the machine's CPUs."
+            f"rounds of {seconds:g} s per app, in a shuffled order each round, after a 1 s "
+            "warm-up. Figures are medians over rounds; the ratios are medians of each "
+            "round's ratio to the bare app in the same round; "
+            f"{placement}."
         ),
     )
     wrk = shutil.which("wrk")
@@ -201,12 +253,22 @@ def run_e2e(
     keys = [key for key, _ in E2E_APPS]
     with (
         tempfile.TemporaryDirectory(prefix="hfauth-bench-") as logdir,
-        _servers(keys, fixture, Path(logdir)) as servers,
+        _servers(keys, fixture, Path(logdir), server_cpus) as servers,
     ):
         for server in servers.values():
-            _wrk(wrk, server, fixture, seconds=1, threads=threads, connections=connections)
-        for index in range(rounds):
-            order = keys if index % 2 == 0 else keys[::-1]
+            _wrk(
+                wrk,
+                server,
+                fixture,
+                seconds=1,
+                threads=threads,
+                connections=connections,
+                cpus=wrk_cpus,
+            )
+        shuffle = random.Random(5).shuffle
+        order = list(keys)
+        for _ in range(rounds):
+            shuffle(order)
             for key in order:
                 load = _wrk(
                     wrk,
@@ -215,32 +277,42 @@ def run_e2e(
                     seconds=seconds,
                     threads=threads,
                     connections=connections,
+                    cpus=wrk_cpus,
                 )
                 servers[key].loads.append(load)
-        results = {
-            key: Load(
-                sum(load.rps for load in server.loads) / len(server.loads),
-                sum(load.p50_ms for load in server.loads) / len(server.loads),
-                sum(load.p99_ms for load in server.loads) / len(server.loads),
-            )
-            for key, server in servers.items()
-        }
-    bare = results["bare"]
+        loads = {key: server.loads for key, server in servers.items()}
+    bare = loads["bare"]
+    results = {}
+    for key in keys:
+        # Each round's figure over the bare app's in the same round: drift on a
+        # shared machine moves both, so the median of these ratios is steadier
+        # than a ratio of averages.
+        results[key] = E2EResult(
+            rps=statistics.median(load.rps for load in loads[key]),
+            share=statistics.median(
+                load.rps / base.rps for load, base in zip(loads[key], bare, strict=True)
+            ),
+            p50_ms=statistics.median(load.p50_ms for load in loads[key]),
+            p99_ms=statistics.median(load.p99_ms for load in loads[key]),
+            p99_ratio=statistics.median(
+                load.p99_ms / base.p99_ms for load, base in zip(loads[key], bare, strict=True)
+            ),
+        )
     section.headers = ["App", "requests/s", "x bare rps", "p50 ms", "p99 ms", "x bare p99"]
     for key, label in E2E_APPS:
-        load = results[key]
+        result = results[key]
         section.rows.append(
             [
                 label,
-                fmt(load.rps, 0),
-                fmt(ratio(load.rps, bare.rps), 3),
-                fmt(load.p50_ms, 2),
-                fmt(load.p99_ms, 2),
-                fmt(ratio(load.p99_ms, bare.p99_ms), 2),
+                fmt(result.rps, 0),
+                fmt(result.share, 3),
+                fmt(result.p50_ms, 2),
+                fmt(result.p99_ms, 2),
+                fmt(result.p99_ratio, 2),
             ]
         )
     per_round = ", ".join(
-        f"{key}: " + "/".join(fmt(load.rps, 0) for load in servers[key].loads) for key in keys
+        f"{key}: " + "/".join(fmt(load.rps, 0) for load in loads[key]) for key in keys
     )
     section.notes.append(f"requests/s per round: {per_round}")
     section.data["results"] = results

@@ -58,8 +58,8 @@ FULL = Settings(
     warmup=300,
     micro_n=20_000,
     micro_repeat=5,
-    e2e_seconds=3.0,
-    e2e_rounds=2,
+    e2e_seconds=1.0,
+    e2e_rounds=7,
     stampede_requests=1000,
     stampede_delay=0.05,
     cache_entries=100_000,
@@ -115,7 +115,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})",
     )
     parser.add_argument(
-        "--e2e-seconds", type=float, help="seconds per wrk round (default 3, 2 rounds per app)"
+        "--e2e-seconds", type=float, help="seconds per wrk round (default 1, 7 rounds per app)"
     )
     parser.add_argument(
         "--profile",
@@ -171,14 +171,14 @@ def targets(by_key: dict[str, Section]) -> list[Target]:
     e2e = by_key.get("e2e")
     if e2e and not e2e.skipped:
         results = e2e.data["results"]
-        share = ratio(results["hfauth"].rps, results["bare"].rps)
+        share = results["hfauth"].share
         out.append(
             Target(
                 "uvicorn end to end: requests/s vs bare app",
-                f"{fmt(results['hfauth'].rps, 0)} vs {fmt(results['bare'].rps, 0)} "
-                f"= {fmt((share or 0) * 100, 1)}%",
+                f"{fmt(results['hfauth'].rps, 0)} vs {fmt(results['bare'].rps, 0)}; "
+                f"median per-round share {fmt(share * 100, 1)}%",
                 ">= 90%",
-                share is not None and share >= 0.9,
+                share >= 0.9,
             )
         )
     else:
