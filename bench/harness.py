@@ -2,13 +2,17 @@
 
 Each round times one batch of every variant, in an order shuffled per round
 (seeded), so drift (CPU frequency, other processes) spreads over all rows
-instead of biasing the ones that run last. Figures are medians of the
-per-round means, in microseconds per request.
+instead of biasing the ones that run last. The cyclic garbage collector is
+off while a batch runs, as in ``timeit``. Figures are the best (lowest)
+per-round mean, in microseconds per request: on a shared machine noise only
+ever adds time, so the minimum is the steadiest estimate of what the code
+costs (``timeit``'s advice); the spread column shows how noisy the rounds were.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import statistics
 import time
@@ -26,6 +30,10 @@ class Timing:
     """Per-request times of one variant, one sample per round (µs)."""
 
     samples: list[float] = field(default_factory=list)
+
+    @property
+    def best(self) -> float:
+        return min(self.samples)
 
     @property
     def median(self) -> float:
@@ -101,12 +109,16 @@ async def asgi_call(app: Any, scope: Mapping[str, Any]) -> tuple[int, bytes]:
 
 
 async def asgi_batch(app: Any, scope: Mapping[str, Any], n: int) -> float:
-    """Mean µs per request over ``n`` sequential requests."""
+    """Mean µs per request over ``n`` sequential requests, garbage collector off."""
     receive, send, copy = _receive, _discard, dict
-    start = time.perf_counter_ns()
-    for _ in range(n):
-        await app(copy(scope), receive, send)
-    return (time.perf_counter_ns() - start) / n / 1000
+    gc.disable()
+    try:
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            await app(copy(scope), receive, send)
+        return (time.perf_counter_ns() - start) / n / 1000
+    finally:
+        gc.enable()
 
 
 def run_asgi_rounds(
@@ -175,16 +187,21 @@ def wsgi_call(app: Any, environ: Mapping[str, Any]) -> tuple[int, bytes]:
 
 
 def wsgi_batch(app: Any, environ: Mapping[str, Any], n: int) -> float:
+    """Mean µs per request over ``n`` sequential requests, garbage collector off."""
     start_response, copy = _start_response, dict
-    start = time.perf_counter_ns()
-    for _ in range(n):
-        result = app(copy(environ), start_response)
-        for _chunk in result:
-            pass
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    return (time.perf_counter_ns() - start) / n / 1000
+    gc.disable()
+    try:
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            result = app(copy(environ), start_response)
+            for _chunk in result:
+                pass
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        return (time.perf_counter_ns() - start) / n / 1000
+    finally:
+        gc.enable()
 
 
 def run_wsgi_rounds(
@@ -212,11 +229,15 @@ def run_wsgi_rounds(
 
 
 def micro(fn: Callable[[], object], *, n: int, repeat: int) -> float:
-    """Median over ``repeat`` runs of the mean ns per call of ``fn`` (loop overhead included)."""
+    """Best of ``repeat`` runs of the mean ns per call of ``fn`` (loop overhead included)."""
     results = []
     for _ in range(repeat):
-        start = time.perf_counter_ns()
-        for _ in range(n):
-            fn()
-        results.append((time.perf_counter_ns() - start) / n)
-    return statistics.median(results)
+        gc.disable()
+        try:
+            start = time.perf_counter_ns()
+            for _ in range(n):
+                fn()
+            results.append((time.perf_counter_ns() - start) / n)
+        finally:
+            gc.enable()
+    return min(results)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +74,7 @@ def _available(module: str | None) -> bool:
 
 
 def overheads(timings: dict[str, Timing], variants: list[Variant]) -> dict[str, float]:
-    """Median over rounds of (variant - its baseline in the same round), µs."""
+    """Best round of the variant minus best round of its baseline, µs."""
     result: dict[str, float] = {}
     for variant in variants:
         if variant.key not in timings:
@@ -83,8 +82,7 @@ def overheads(timings: dict[str, Timing], variants: list[Variant]) -> dict[str, 
         if variant.baseline is None:
             result[variant.key] = 0.0
             continue
-        own, base = timings[variant.key].samples, timings[variant.baseline].samples
-        result[variant.key] = statistics.median(a - b for a, b in zip(own, base, strict=True))
+        result[variant.key] = timings[variant.key].best - timings[variant.baseline].best
     return result
 
 
@@ -102,7 +100,7 @@ def _table(
         if variant.key not in timings:
             continue
         timing = timings[variant.key]
-        row = [variant.label, fmt(timing.median, 2), fmt(timing.spread, 2)]
+        row = [variant.label, fmt(timing.best, 2), fmt(timing.spread, 2)]
         if variant.baseline is None:
             row += ["(baseline)"] + [""] * len(refs)
         else:
@@ -137,7 +135,8 @@ def run_asgi(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> Secti
             "`request.auth`). The comparators hash the token with SHA-256 and look it up in a "
             "dict of 1,000 tokens; the vLLM-style check mirrors vLLM's `--api-key` middleware "
             "(`URL(scope=...)`, `Headers`, SHA-256, `compare_digest`). FastAPI's row is "
-            f"compared with a bare FastAPI app. {rounds} rounds x {batch} requests."
+            f"compared with a bare FastAPI app. {rounds} rounds x {batch} requests; best round "
+            "per variant (see the method below)."
         ),
     )
     section.data["plot_title"] = "ASGI, in-process: auth overhead"
@@ -170,7 +169,7 @@ def run_asgi(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> Secti
         over,
         [("starlette-auth", "Starlette auth"), ("static-key", "static key")],
     )
-    section.data.update(timings={k: t.median for k, t in timings.items()}, overhead=over)
+    section.data.update(timings={k: t.best for k, t in timings.items()}, overhead=over)
     return section
 
 
@@ -182,7 +181,8 @@ def run_wsgi(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> Secti
             "Raw WSGI calls of `GET /v1/ping` with a Bearer token on a Flask app, no server. "
             "hfauth-mw wraps `app.wsgi_app` with a `LocalStoreSource` and a warm cache; "
             "Flask-HTTPAuth's `HTTPTokenAuth` hashes the token with SHA-256 and looks it up "
-            f"in a dict of 1,000 tokens. {rounds} rounds x {batch} requests."
+            f"in a dict of 1,000 tokens. {rounds} rounds x {batch} requests; best round "
+            "per variant."
         ),
     )
     section.data["plot_title"] = "WSGI, in-process: auth overhead"
@@ -213,5 +213,5 @@ def run_wsgi(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> Secti
     timings = run_wsgi_rounds(built, good, rounds=rounds, batch=batch, warmup=warmup)
     over = overheads(timings, variants)
     _table(section, variants, timings, over, [("flask-httpauth", "Flask-HTTPAuth")])
-    section.data.update(timings={k: t.median for k, t in timings.items()}, overhead=over)
+    section.data.update(timings={k: t.best for k, t in timings.items()}, overhead=over)
     return section

@@ -219,16 +219,19 @@ def targets(by_key: dict[str, Section]) -> list[Target]:
                 data["per_entry"] <= 2048,
             )
         )
-        sizes = sorted(data["lookups"])
+        sizes = sorted(data["requests"])
         out.append(
             Target(
-                f"Lookup time flat from {sizes[0]:,} to {sizes[-1]:,} entries (Zipf keys)",
-                " / ".join(f"{fmt(data['lookups'][s], 0)} ns" for s in sizes)
-                + f" (max/min {fmt(data['spread'], 2)}; uniform keys "
-                + " / ".join(f"{fmt(data['uniform'][s], 0)}" for s in sizes)
-                + f" ns, max/min {fmt(data['uniform_spread'], 2)})",
+                f"Cached-token lookup per request flat from {sizes[0]:,} to {sizes[-1]:,} "
+                "entries (Zipf tokens)",
+                " / ".join(f"{fmt(data['requests'][s], 0)} ns" for s in sizes)
+                + f" (max/min {fmt(data['request_spread'], 2)}; the bare TokenCache.begin "
+                "loop "
+                + " / ".join(f"{fmt(data['lookups'][s], 0)}" for s in sizes)
+                + f" ns, max/min {fmt(data['spread'], 2)}, where dict.get on the same keys "
+                f"grows {fmt(data['dict_spread'], 2)}x)",
                 "max/min <= 1.20",
-                data["spread"] <= 1.2,
+                data["request_spread"] <= 1.2,
             )
         )
     else:

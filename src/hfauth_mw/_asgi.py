@@ -147,7 +147,8 @@ class HFAuthMiddleware:
         self._query_param = query_param.encode() if query_param else None
         # Each cached principal's Starlette user and credentials, built once.
         self._starlette_view: PrincipalMemo[tuple[HubUser, HubAuthCredentials]] = PrincipalMemo(
-            lambda principal: (HubUser(principal), HubAuthCredentials(starlette_scopes(principal)))
+            lambda principal: (HubUser(principal), HubAuthCredentials(starlette_scopes(principal))),
+            self.authenticator.cache.maxsize,
         )
 
     def __repr__(self) -> str:

@@ -326,6 +326,11 @@ class TokenCache:
             return len(self._positive) + len(self._negative)
 
     @property
+    def maxsize(self) -> int:
+        """At most this many valid tokens are cached."""
+        return int(self._positive.maxsize)
+
+    @property
     def inflight(self) -> int:
         """How many introspections are running now."""
         return len(self._inflight)

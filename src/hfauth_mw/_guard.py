@@ -68,12 +68,14 @@ class PrincipalMemo(Generic[V]):
     every request, so what is derived from it (a RequestAuth, a Starlette
     user) can be built once. Keyed by ``id()``: each entry holds its
     principal, so no other object can have that id while the entry lives.
-    Bounded: at ``maxsize`` entries the table starts again empty.
+    Bounded: at ``maxsize`` entries the table starts again empty, so make it
+    at least the token cache's size, or busy principals are rebuilt over
+    and over.
     """
 
     __slots__ = ("_build", "_maxsize", "_table")
 
-    def __init__(self, build: Callable[[Principal], V], maxsize: int = 10_000) -> None:
+    def __init__(self, build: Callable[[Principal], V], maxsize: int) -> None:
         self._build = build
         self._maxsize = maxsize
         self._table: dict[int, tuple[Principal, V]] = {}
@@ -348,7 +350,10 @@ class Guard:
             self._challenges.append(("www-authenticate", f'Basic realm="{realm}"'))
 
     def _request_auth_memo(self, scheme: str | None) -> PrincipalMemo[RequestAuth]:
-        return PrincipalMemo(lambda principal: RequestAuth(principal, self.policy, scheme))
+        return PrincipalMemo(
+            lambda principal: RequestAuth(principal, self.policy, scheme),
+            self.authenticator.cache.maxsize,
+        )
 
     def __repr__(self) -> str:
         return (
