@@ -231,6 +231,13 @@ class TokenCache:
         if fresh is not None:
             return fresh
         with self._lock:
+            # A running flight first: it cheapens a stampede's waiters, and no
+            # answer is stored for a key while its flight runs (complete()
+            # stores and ends the flight under this lock).
+            running = self._inflight.get(key)
+            if running is not None:
+                self.joins += 1
+                return running
             # cachetools' view is expiry-aware: past the stale window it has no entry.
             entry = self._positive.get(key)
             if entry is not None and self.timer() < entry.fresh_until:
@@ -240,10 +247,6 @@ class TokenCache:
             if negative is not None:
                 self.negative_hits += 1
                 return negative
-            running = self._inflight.get(key)
-            if running is not None:
-                self.joins += 1
-                return running
             self.misses += 1
             future: Future[Outcome] = Future()
             self._inflight[key] = future
