@@ -400,7 +400,9 @@ class Guard:
 
         Returns the :class:`RequestAuth` at once when no I/O is needed (a
         cached token: the hot path, no generator), else a flow for the
-        authenticator's ``run_sync``/``run_async`` that finishes the job.
+        authenticator's ``run_sync``/``run_async`` that finishes the job. The
+        commonest request, one canonical ``Bearer`` header with a cached
+        token, skips the parser (:meth:`_cached_bearer`); the answers are the same.
         """
         started = time.perf_counter()
         limiter = self.limiter
@@ -408,7 +410,8 @@ class Guard:
             len(authorization) == 1
             and not query_tokens
             # Not while some client is locked out: the brute-force guard then
-            # needs every client's address.
+            # needs every client's address. (_blocked is read lock-free, as
+            # FailureLimiter.check does; the call is only for the rare case.)
             and not (limiter is not None and limiter._blocked and limiter.locking_out())
         ):
             answer = self._cached_bearer(
@@ -462,7 +465,7 @@ class Guard:
             authorization = authorization.encode("ascii")
         if len(authorization) > self.max_header_bytes or not authorization.startswith(b"Bearer "):
             return None
-        digest = sha256(authorization[7:]).digest()
+        digest = sha256(authorization[len(b"Bearer ") :]).digest()
         principal = self.authenticator.fresh(digest)
         if principal is None:
             return None
@@ -470,15 +473,20 @@ class Guard:
         try:
             self.authorize(method, path, principal)
         except AuthenticationError as error:
-            credentials = Credentials(authorization[7:].decode("ascii"), "bearer", digest)
-            client = self.client_address(peer, forwarded_for)
+            client, credentials = self._audited(authorization, digest, peer, forwarded_for)
             self._refused(error, method, path, client, credentials, principal, started)
             raise
         if not audit_logger.isEnabledFor(logging.INFO):
             return self._bearer_auth.get(principal)
-        credentials = Credentials(authorization[7:].decode("ascii"), "bearer", digest)
-        client = self.client_address(peer, forwarded_for)
+        client, credentials = self._audited(authorization, digest, peer, forwarded_for)
         return self._allowed(method, path, client, credentials, principal, started)
+
+    def _audited(
+        self, authorization: bytes, digest: bytes, peer: str | None, forwarded_for: str | None
+    ) -> tuple[str | None, Credentials]:
+        """The client and credentials of a short-path request, built only for an audit event."""
+        token = authorization[len(b"Bearer ") :].decode("ascii")
+        return self.client_address(peer, forwarded_for), Credentials(token, "bearer", digest)
 
     def _resume(
         self, method: str, path: str, client: str | None, credentials: Credentials, started: float
