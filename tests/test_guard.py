@@ -373,21 +373,9 @@ def test_cached_requests_are_counted_once(local_guard, hub_store, hot):
     assert after["local_misses"] == before["local_misses"] == 1
 
 
-@pytest.fixture
-def audit_at_warning():
-    """The default deployment: "allowed" and "denied" events (INFO) are not written."""
-    audit = logging.getLogger("hfauth_mw.audit")
-    previous = audit.level
-    audit.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        audit.setLevel(previous)
-
-
-def test_cached_path_with_audit_at_warning(
-    local_guard, hub_store, audit_at_warning, no_token_in_logs
-):
+def test_cached_path_with_audit_at_warning(local_guard, hub_store, caplog, no_token_in_logs):
+    # The default deployment: "allowed" and "denied" events (INFO) are not written.
+    caplog.set_level(logging.WARNING, logger="hfauth_mw.audit")
     token = hub_store.create_token(user="bob").token
     failing = AccessPolicy(visibility=lambda repo: 1 / 0)
     guard = local_guard(rules=[require_read("GET /models/{owner}/{name}")], policy=failing)
