@@ -66,11 +66,16 @@ async def stream(websocket: WebSocket) -> None:
 
 
 async def try_to_add_scope(request: Request) -> JSONResponse:
-    try:
-        request.auth.scopes.append("admin")  # type: ignore[attr-defined]
-    except AttributeError:
-        return JSONResponse({"scopes": list(request.auth.scopes), "changed": False})
-    return JSONResponse({"scopes": list(request.auth.scopes), "changed": True})
+    refused = []
+    for change in (
+        lambda: request.auth.scopes.append("admin"),
+        lambda: setattr(request.auth, "scopes", [*request.auth.scopes, "admin"]),
+    ):
+        try:
+            change()
+        except AttributeError:
+            refused.append(True)
+    return JSONResponse({"scopes": list(request.auth.scopes), "refused": refused})
 
 
 async def public_cacheable(request: Request) -> PlainTextResponse:
@@ -346,7 +351,46 @@ async def test_streamed_responses_pass_through_whole(client, tokens):
 async def test_one_request_cannot_change_the_scopes_of_the_next(client, tokens):
     for _ in range(2):
         response = await client.get("/add-scope", headers=bearer(tokens["writer"]))
-        assert response.json() == {"scopes": ["authenticated", "role:write"], "changed": False}
+        assert response.json() == {
+            "scopes": ["authenticated", "role:write"],
+            "refused": [True, True],
+        }
+
+
+START_MESSAGE = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/plain"), (b"x-app", b"kept")],
+}
+
+
+async def raw_app(scope, receive, send):
+    """A plain ASGI app: its headers as a one-shot generator, or one start
+    message reused for every response; it checks send is a coroutine function."""
+    if not asyncio.iscoroutinefunction(send):
+        raise AssertionError("send is not a coroutine function")
+    if scope["path"] == "/generator":
+        headers = iter([(b"content-type", b"text/plain"), (b"x-app", b"kept")])
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+    else:
+        await send(START_MESSAGE)
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize("path", ["/generator", "/reused"])
+async def test_raw_asgi_app_keeps_its_headers(hub_emulator, tokens, path):
+    authenticator = Authenticator(HubWhoamiSource(hub_emulator.url))
+    app = HFAuthMiddleware(raw_app, authenticator=authenticator)
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for _ in range(2):
+            response = await client.get(path, headers=bearer(tokens["reader"]))
+            assert response.status_code == 200
+            assert response.headers["x-app"] == "kept"
+            assert response.headers["content-type"] == "text/plain"
+            assert response.headers.get_list("vary") == ["Authorization"]
+            assert response.headers["cache-control"] == "private"
+    assert START_MESSAGE["headers"] == [(b"content-type", b"text/plain"), (b"x-app", b"kept")]
 
 
 async def test_route_helpers_explain_decisions(client, tokens):

@@ -14,6 +14,7 @@ from hfauth_mw import (
     AccessPolicy,
     AuthenticationError,
     Authenticator,
+    Credentials,
     FailureLimiter,
     HFAuthMiddleware,
     HubWhoamiSource,
@@ -400,4 +401,63 @@ def test_token_expired_while_fresh_in_cache_is_refused(hub_store, clock):
     header = [f"Bearer {token}".encode()]
     assert isinstance(decide(guard, header), RequestAuth)
     wall.advance(7200)
+    before = guard.authenticator.stats()
     assert decide(guard, header) == ("InvalidToken", 401)
+    after = guard.authenticator.stats()
+    assert after["local_hits"] - before["local_hits"] == 1
+    assert after["decisions_expired"] - before["decisions_expired"] == 1
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param("hf_Secret!Token,123", id="not-b64token"),
+        pytest.param("hf_SecretTokén123", id="not-ascii"),
+    ],
+)
+def test_token_cached_through_the_api_is_still_parsed_in_headers(local_guard, hub_store, token):
+    """A token the parser refuses stays refused in a header, even once the API cached it."""
+    hub_store.add_token(token, user="bob")
+    guard = local_guard()
+    principal = guard.authenticator.authenticate_sync(Credentials.from_token(token))
+    assert principal.name == "bob"
+    raw = f"Bearer {token}".encode()
+    hot = decide(guard, [raw])
+    lock_out_someone_else(guard)
+    assert hot == decide(guard, [raw]) == ("InvalidRequest", 400)
+
+
+class DenyListLimiter(FailureLimiter):
+    """A limiter with its own idea of who is locked out."""
+
+    def check(self, client):
+        if client == "203.0.113.66":
+            raise TooManyFailures("denied", 60)
+        super().check(client)
+
+
+class DuckLimiter:
+    """Not a FailureLimiter at all: only what the guard calls."""
+
+    trusted_proxies = frozenset()
+
+    def __init__(self):
+        self.checked = []
+
+    def check(self, client):
+        self.checked.append(client)
+        if client == "203.0.113.66":
+            raise TooManyFailures("denied", 60)
+
+    def failed(self, client):
+        pass
+
+
+@pytest.mark.parametrize("limiter", [DenyListLimiter, DuckLimiter], ids=["subclass", "duck"])
+def test_a_limiter_of_another_kind_checks_every_request(local_guard, hub_store, limiter):
+    token = hub_store.create_token(user="bob").token
+    guard = local_guard(limiter=limiter())
+    header = [f"Bearer {token}".encode()]
+    assert isinstance(decide(guard, header, peer="203.0.113.7"), RequestAuth)
+    assert isinstance(decide(guard, header, peer="203.0.113.7"), RequestAuth)
+    assert decide(guard, header, peer="203.0.113.66") == ("TooManyFailures", 429)

@@ -67,14 +67,25 @@ class HubUser(BaseUser):
 class HubAuthCredentials(AuthCredentials):
     """``request.auth`` for Starlette: the scopes of :func:`starlette_scopes`.
 
-    Built once per cached principal and shared by its requests, so ``scopes``
-    is a tuple: code that tries to add a scope to one request fails loudly
-    instead of granting it to every later request of that caller.
+    Built once per cached principal and shared by its requests, so it cannot
+    change: ``scopes`` is a tuple and the attributes cannot be set. Code that
+    tries to add a scope to one request fails loudly instead of granting it
+    to every later request of that caller; give the request a new
+    ``AuthCredentials`` instead.
     """
 
     def __init__(self, scopes: Iterable[str]) -> None:
-        super().__init__()
-        self.scopes: tuple[str, ...] = tuple(scopes)  # type: ignore[assignment]
+        # Not AuthCredentials.__init__: it only assigns a list.
+        object.__setattr__(self, "scopes", tuple(scopes))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(
+            "request.auth is shared by every request with this token and cannot change; "
+            "assign request.scope['auth'] a new AuthCredentials instead"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
 
     def __repr__(self) -> str:
         return f"HubAuthCredentials({list(self.scopes)!r})"
@@ -241,19 +252,20 @@ def _encode_headers(
 
 
 def _private_responses(send: Send) -> Send:
-    # A plain function handing back send's awaitable: one call per message
-    # rather than one more coroutine.
-    def send_private(message: Message) -> Awaitable[None]:
+    async def send_private(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = message.get("headers", ())
+            # Any iterable (a generator can be read once), and never the app's
+            # own objects: an app may send one start message many times.
+            headers = list(message.get("headers", ()))
             # ASGI header names are lowercase; an app that breaks that rule
             # gets a second, stricter Cache-Control, never a laxer one.
             for name, _ in headers:
                 if name == b"cache-control":
-                    message["headers"] = [*headers, _VARY_AUTHORIZATION]
                     break
             else:
-                message["headers"] = [*headers, _CACHE_CONTROL_PRIVATE, _VARY_AUTHORIZATION]
-        return send(message)
+                headers.append(_CACHE_CONTROL_PRIVATE)
+            headers.append(_VARY_AUTHORIZATION)
+            message = {**message, "headers": headers}
+        await send(message)
 
     return send_private

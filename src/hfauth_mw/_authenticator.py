@@ -212,13 +212,14 @@ class Authenticator:
         the in-process cache and has not expired, counted as :meth:`cached`
         counts it; else ``None``, counting nothing (then use :meth:`cached` or
         :meth:`flow`)."""
-        fresh = self.cache.fresh(self._namespace + digest)
+        fresh = self.cache.peek(self._namespace + digest)
         if fresh is None:
             return None
         principal = fresh.principal
         expires_at = principal.expires_at
         if expires_at is not None and expires_at.timestamp() <= self.clock():
             return None  # only if the clock jumped: freshness never outlives expiry
+        self.cache.count_hit()
         next(self.metrics.valid)
         return principal
 

@@ -216,6 +216,16 @@ class TokenCache:
             return entry.outcome
         return None
 
+    def peek(self, key: bytes) -> Valid | None:
+        """:meth:`fresh` without counting a hit (then :meth:`count_hit`)."""
+        entry = self._readable.get(key)
+        if entry is not None and self.timer() < entry.fresh_until:
+            return entry.outcome
+        return None
+
+    def count_hit(self) -> None:
+        next(self._hits)
+
     def get(self, key: bytes) -> Outcome | None:
         """The fresh cached outcome for ``key``, or ``None``."""
         fresh = self.fresh(key)

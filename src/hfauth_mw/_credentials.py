@@ -78,6 +78,13 @@ class Credentials:
     __str__ = __repr__
 
 
+def bearer_token(header: bytes) -> bytes | None:
+    """The token of a well-formed ``Bearer`` header value (RFC 6750 b64token),
+    else ``None`` (then the full parser says what is wrong)."""
+    match = _BEARER_BYTES.fullmatch(header)
+    return None if match is None else match.group(1)
+
+
 def _decode_header(raw: bytes | str, max_bytes: int) -> str:
     if len(raw) > max_bytes:
         raise InvalidRequest(f"The Authorization header is longer than {max_bytes} bytes")
@@ -140,10 +147,9 @@ def parse_credentials(
         # The common case, without decoding or copying: one well-formed Bearer header.
         raw = authorization[0]
         if isinstance(raw, bytes) and len(raw) <= max_header_bytes:
-            match = _BEARER_BYTES.fullmatch(raw)
-            if match is not None:
-                token = match.group(1)
-                return Credentials(token.decode("ascii"), "bearer", sha256(token).digest())
+            bearer = bearer_token(raw)
+            if bearer is not None:
+                return Credentials(bearer.decode("ascii"), "bearer", sha256(bearer).digest())
     if len(authorization) > 1:
         raise InvalidRequest("The request has more than one Authorization header")
     if len(query_tokens) > 1:

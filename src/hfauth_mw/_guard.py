@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypedDict, TypeVar, get_args
 
 from ._authenticator import Authenticator, Work
-from ._credentials import DEFAULT_MAX_HEADER_BYTES, Credentials, Scheme, parse_credentials
+from ._credentials import (
+    DEFAULT_MAX_HEADER_BYTES,
+    Credentials,
+    Scheme,
+    bearer_token,
+    parse_credentials,
+)
 from ._exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -339,6 +345,8 @@ class Guard:
         self.limiter = (
             FailureLimiter(timer=authenticator.cache.timer) if limiter == "default" else limiter
         )
+        # Only our own limiter's lockouts are known without asking check().
+        self._plain_limiter = type(self.limiter) is FailureLimiter
         # RequestAuth is immutable: one per cached principal and scheme.
         self._request_auth: dict[str | None, PrincipalMemo[RequestAuth]] = {
             scheme: self._request_auth_memo(scheme) for scheme in (None, *get_args(Scheme))
@@ -412,7 +420,11 @@ class Guard:
             # Not while some client is locked out: the brute-force guard then
             # needs every client's address. (_blocked is read lock-free, as
             # FailureLimiter.check does; the call is only for the rare case.)
-            and not (limiter is not None and limiter._blocked and limiter.locking_out())
+            # A limiter of another kind always gets every client's address.
+            and (
+                limiter is None
+                or (self._plain_limiter and not (limiter._blocked and limiter.locking_out()))
+            )
         ):
             answer = self._cached_bearer(
                 method, path, authorization[0], peer, forwarded_for, started
@@ -452,20 +464,24 @@ class Guard:
     ) -> RequestAuth | None:
         """:meth:`begin` for the common request, cheaply, or ``None`` to go the long way.
 
-        Decides only when the one ``Authorization`` header is ``Bearer <token>``
-        spelled canonically and the token is fresh in the in-process cache:
-        then the header needs no parsing and no :class:`Credentials` (a token
-        that hashes to a cached key was parsed and accepted when it was
-        cached).
+        Decides only when the one ``Authorization`` header is a well-formed
+        ``Bearer`` header (the parser's own grammar) and the token is fresh in
+        the in-process cache: then no :class:`Credentials` and no client
+        address are needed unless an audit event is written.
         """
         if isinstance(authorization, str):
             # WSGI servers hand headers over as latin-1 text; tokens are ASCII.
             if not authorization.isascii():
                 return None
             authorization = authorization.encode("ascii")
-        if len(authorization) > self.max_header_bytes or not authorization.startswith(b"Bearer "):
+        if len(authorization) > self.max_header_bytes:
             return None
-        digest = sha256(authorization[len(b"Bearer ") :]).digest()
+        # The parser's own grammar: a token cached through the API without
+        # the parser must not be accepted in a header the parser refuses.
+        token = bearer_token(authorization)
+        if token is None:
+            return None
+        digest = sha256(token).digest()
         principal = self.authenticator.fresh(digest)
         if principal is None:
             return None
@@ -473,20 +489,20 @@ class Guard:
         try:
             self.authorize(method, path, principal)
         except AuthenticationError as error:
-            client, credentials = self._audited(authorization, digest, peer, forwarded_for)
+            client, credentials = self._audited(token, digest, peer, forwarded_for)
             self._refused(error, method, path, client, credentials, principal, started)
             raise
         if not audit_logger.isEnabledFor(logging.INFO):
             return self._bearer_auth.get(principal)
-        client, credentials = self._audited(authorization, digest, peer, forwarded_for)
+        client, credentials = self._audited(token, digest, peer, forwarded_for)
         return self._allowed(method, path, client, credentials, principal, started)
 
     def _audited(
-        self, authorization: bytes, digest: bytes, peer: str | None, forwarded_for: str | None
+        self, token: bytes, digest: bytes, peer: str | None, forwarded_for: str | None
     ) -> tuple[str | None, Credentials]:
         """The client and credentials of a short-path request, built only for an audit event."""
-        token = authorization[len(b"Bearer ") :].decode("ascii")
-        return self.client_address(peer, forwarded_for), Credentials(token, "bearer", digest)
+        credentials = Credentials(token.decode("ascii"), "bearer", digest)
+        return self.client_address(peer, forwarded_for), credentials
 
     def _resume(
         self, method: str, path: str, client: str | None, credentials: Credentials, started: float
