@@ -35,6 +35,12 @@ ASGI_VARIANTS = [
     Variant("bare", "bare Starlette", apps.bare_starlette, None),
     Variant("hfauth", "hfauth-mw HFAuthMiddleware, cached token", apps.hfauth_starlette, "bare"),
     Variant(
+        "hfauth-no-private",
+        "  the same, private_responses=False",
+        apps.hfauth_starlette_shared_caching,
+        "bare",
+    ),
+    Variant(
         "starlette-auth",
         "Starlette AuthenticationMiddleware, SHA-256 dict",
         apps.starlette_auth,

@@ -59,7 +59,7 @@ FULL = Settings(
     micro_n=20_000,
     micro_repeat=5,
     e2e_seconds=1.0,
-    e2e_rounds=7,
+    e2e_rounds=9,
     stampede_requests=1000,
     stampede_delay=0.05,
     cache_entries=100_000,
@@ -115,7 +115,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})",
     )
     parser.add_argument(
-        "--e2e-seconds", type=float, help="seconds per wrk round (default 1, 7 rounds per app)"
+        "--e2e-seconds", type=float, help="seconds per wrk round (default 1, 9 rounds per app)"
     )
     parser.add_argument(
         "--profile",

@@ -36,8 +36,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: WebSocket close code for a refused handshake (RFC 6455: policy violation).
 WS_POLICY_VIOLATION = 1008
-_CACHE_CONTROL_PRIVATE = (b"cache-control", b"private")
-_VARY_AUTHORIZATION = (b"vary", b"Authorization")
+_Headers = tuple[tuple[bytes, bytes], ...]
+_VARY_ONLY: _Headers = ((b"vary", b"Authorization"),)
+_PRIVATE_AND_VARY: _Headers = ((b"cache-control", b"private"), *_VARY_ONLY)
 
 
 class HubUser(BaseUser):
@@ -254,18 +255,19 @@ def _encode_headers(
 def _private_responses(send: Send) -> Send:
     async def send_private(message: Message) -> None:
         if message["type"] == "http.response.start":
-            # Any iterable (a generator can be read once), and never the app's
-            # own objects: an app may send one start message many times.
-            headers = list(message.get("headers", ()))
+            headers = message.get("headers", ())
+            if type(headers) is not list and type(headers) is not tuple:
+                headers = list(headers)  # any iterable; a generator can be read once
             # ASGI header names are lowercase; an app that breaks that rule
             # gets a second, stricter Cache-Control, never a laxer one.
             for name, _ in headers:
                 if name == b"cache-control":
+                    added = _VARY_ONLY
                     break
             else:
-                headers.append(_CACHE_CONTROL_PRIVATE)
-            headers.append(_VARY_AUTHORIZATION)
-            message = {**message, "headers": headers}
+                added = _PRIVATE_AND_VARY
+            # New objects, never the app's: it may send one start message many times.
+            message = {**message, "headers": [*headers, *added]}
         await send(message)
 
     return send_private
