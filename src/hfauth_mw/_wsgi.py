@@ -165,8 +165,12 @@ def _private_responses(start_response: StartResponse) -> StartResponse:
     def start_private(
         status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Any:
+        # A new list, never the app's own (it may reuse one for many responses).
         headers = list(headers)
-        if not any(name.lower() == "cache-control" for name, _ in headers):
+        for name, _ in headers:
+            if name.lower() == "cache-control":
+                break
+        else:
             headers.append(("Cache-Control", "private"))
         headers.append(("Vary", "Authorization"))
         return start_response(status, headers, exc_info)
