@@ -38,6 +38,8 @@ E2E_APPS = [
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 _LATENCY = re.compile(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+_REQUESTS = re.compile(r"^\s*(\d+) requests in ", re.MULTILINE)
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors:.*", re.MULTILINE)
 
 
@@ -46,18 +48,31 @@ class Load:
     rps: float
     p50_ms: float
     p99_ms: float
+    #: The server process's CPU time (user + system) per request, when /proc tells.
+    cpu_us: float | None = None
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (Linux), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 @dataclass(frozen=True)
 class E2EResult:
     """Medians over the rounds; ``share`` and ``p99_ratio`` are medians of
-    per-round ratios to the bare app."""
+    per-round ratios to the bare app; ``cpu_us`` is the server's CPU time per
+    request (None where /proc is missing)."""
 
     rps: float
     share: float
     p50_ms: float
     p99_ms: float
     p99_ratio: float
+    cpu_us: float | None
 
 
 @dataclass
@@ -67,6 +82,11 @@ class Server:
     process: subprocess.Popen[bytes]
     log: Path
     loads: list[Load] = field(default_factory=list)
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return statistics.median(known) if known else None
 
 
 def cpu_split() -> tuple[set[int], set[int]] | None:
@@ -201,16 +221,22 @@ def _wrk(
         f"Authorization: Bearer {fixture.token}",
         f"http://{HOST}:{server.port}{PATH}",
     ]
+    cpu_before = _cpu_seconds(server.process.pid)
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=seconds + 30, preexec_fn=_pinned(cpus)
     )
+    cpu_after = _cpu_seconds(server.process.pid)
     output = done.stdout
     rps = _RPS.search(output)
+    requests = _REQUESTS.search(output)
     latencies = {q: float(v) * _UNITS[u] for q, v, u in _LATENCY.findall(output)}
     errors = [m.group(0) for m in _ERRORS.finditer(output)]
     if done.returncode != 0 or rps is None or "99" not in latencies or errors:
         raise RuntimeError(f"wrk against {server.key} failed:\n{output}\n{done.stderr}")
-    return Load(float(rps.group(1)), latencies["50"], latencies["99"])
+    cpu_us = None
+    if cpu_before is not None and cpu_after is not None and requests and int(requests.group(1)):
+        cpu_us = (cpu_after - cpu_before) / int(requests.group(1)) * 1e6
+    return Load(float(rps.group(1)), latencies["50"], latencies["99"], cpu_us)
 
 
 def server_stack() -> str:
@@ -296,8 +322,17 @@ def run_e2e(fixture: Fixture, *, seconds: float, rounds: int, connections: int =
             p99_ratio=statistics.median(
                 load.p99_ms / base.p99_ms for load, base in zip(loads[key], bare, strict=True)
             ),
+            cpu_us=_median_or_none([load.cpu_us for load in loads[key]]),
         )
-    section.headers = ["App", "requests/s", "x bare rps", "p50 ms", "p99 ms", "x bare p99"]
+    section.headers = [
+        "App",
+        "requests/s",
+        "x bare rps",
+        "p50 ms",
+        "p99 ms",
+        "x bare p99",
+        "server CPU µs/request",
+    ]
     for key, label in E2E_APPS:
         result = results[key]
         section.rows.append(
@@ -308,7 +343,17 @@ def run_e2e(fixture: Fixture, *, seconds: float, rounds: int, connections: int =
                 fmt(result.p50_ms, 2),
                 fmt(result.p99_ms, 2),
                 fmt(result.p99_ratio, 2),
+                fmt(result.cpu_us, 1),
             ]
+        )
+    bare_cpu = results["bare"].cpu_us
+    ours_cpu = results["hfauth"].cpu_us
+    if bare_cpu is not None and ours_cpu is not None:
+        section.notes.append(
+            f"server CPU per request: hfauth-mw adds {fmt(ours_cpu - bare_cpu, 1)} µs to the "
+            f"bare app's {fmt(bare_cpu, 1)} µs (the bare app's share of it: "
+            f"{fmt(bare_cpu / ours_cpu * 100, 1)}%); CPU time moves less than requests/s "
+            "when other tenants share the machine"
         )
     per_round = ", ".join(
         f"{key}: " + "/".join(fmt(load.rps, 0) for load in loads[key]) for key in keys
