@@ -339,13 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         out: Path = args.out
         out.parent.mkdir(parents=True, exist_ok=True)
+        machine = machine_info()  # before the plot is written: its commit state is the code's
         image = None if args.no_plot else plot(sections, out.with_suffix(".png"))
         command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
         out.write_text(
             markdown(
                 sections,
                 results,
-                machine_info(),
+                machine,
                 plot=image,
                 command=command.strip(),
                 total_seconds=total,
