@@ -23,9 +23,11 @@ from hfauth_mw import (
     InvalidToken,
     LocalStoreSource,
     MissingCredentials,
+    Principal,
     SourceUnavailable,
     TokenCache,
     TooManyFailures,
+    Valid,
 )
 from hfauth_mw._guard import Guard, RequestAuth, require_read
 from hfauth_mw._principal import fingerprint_of, token_digest
@@ -461,3 +463,19 @@ def test_a_limiter_of_another_kind_checks_every_request(local_guard, hub_store, 
     assert isinstance(decide(guard, header, peer="203.0.113.7"), RequestAuth)
     assert isinstance(decide(guard, header, peer="203.0.113.7"), RequestAuth)
     assert decide(guard, header, peer="203.0.113.66") == ("TooManyFailures", 429)
+
+
+def test_request_auth_is_built_once_per_token_beyond_ten_thousand(hub_store):
+    """The per-principal tables grow with the cache: busy tokens are not rebuilt."""
+    cache = TokenCache(maxsize=10_500)
+    authenticator = Authenticator(LocalStoreSource(hub_store), cache=cache)
+    guard = Guard(authenticator, limiter=None)
+    tokens = [f"hf_{index:034d}" for index in range(10_200)]
+    for index, token in enumerate(tokens):
+        leader = cache.begin(authenticator.cache_key(token_digest(token)))
+        cache.complete(leader, Valid(Principal(name=f"user{index}", token_role="read")))
+    headers = [[f"Bearer {token}".encode()] for token in tokens]
+    first = [decide(guard, header) for header in headers]
+    assert all(isinstance(auth, RequestAuth) for auth in first)
+    again = [decide(guard, header) for header in headers]
+    assert all(a is b for a, b in zip(first, again, strict=True))
