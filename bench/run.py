@@ -56,7 +56,7 @@ FULL = Settings(
     wsgi_rounds=31,
     wsgi_batch=500,
     warmup=300,
-    micro_n=20_000,
+    micro_n=10_000,
     micro_repeat=5,
     e2e_seconds=1.0,
     e2e_rounds=9,
@@ -66,7 +66,7 @@ FULL = Settings(
     cache_traced=10_000,
     cache_sizes=(1_000, 10_000, 100_000),
     cache_probes=20_000,
-    cache_rounds=7,
+    cache_rounds=5,
     zipf_requests=100_000,
 )
 
