@@ -342,6 +342,22 @@ async def test_app_cache_control_is_kept_and_vary_added(client, tokens):
     assert response.headers.get_list("vary") == ["Accept-Encoding", "Authorization"]
 
 
+async def test_app_cache_control_is_found_whatever_its_case(hub_emulator, tokens):
+    async def capitalised(scope, receive, send):
+        headers = [(b"Cache-Control", b"public, max-age=60")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app = HFAuthMiddleware(
+        capitalised, authenticator=Authenticator(HubWhoamiSource(hub_emulator.url))
+    )
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/", headers=bearer(tokens["reader"]))
+    assert response.headers.get_list("cache-control") == ["public, max-age=60"]
+    assert response.headers["vary"] == "Authorization"
+
+
 async def test_streamed_responses_pass_through_whole(client, tokens):
     response = await client.get("/streamed", headers=bearer(tokens["reader"]))
     assert response.text == "one two three"

@@ -258,10 +258,8 @@ def _private_responses(send: Send) -> Send:
             headers = message.get("headers", ())
             if type(headers) is not list and type(headers) is not tuple:
                 headers = list(headers)  # any iterable; a generator can be read once
-            # ASGI header names are lowercase; an app that breaks that rule
-            # gets a second, stricter Cache-Control, never a laxer one.
             for name, _ in headers:
-                if name == b"cache-control":
+                if name.lower() == b"cache-control":
                     added = _VARY_ONLY
                     break
             else:
