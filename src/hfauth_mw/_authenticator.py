@@ -216,8 +216,7 @@ class Authenticator:
         if fresh is None:
             return None
         principal = fresh.principal
-        expires_at = principal.expires_at
-        if expires_at is not None and expires_at.timestamp() <= self.clock():
+        if self._expired(principal):
             return None  # only if the clock jumped: freshness never outlives expiry
         self.cache.count_hit()
         next(self.metrics.valid)
@@ -445,12 +444,15 @@ class Authenticator:
         if isinstance(outcome, Invalid):
             next(self.metrics.invalid)
             raise InvalidToken()
-        expires_at = outcome.principal.expires_at
-        if expires_at is not None and expires_at.timestamp() <= self.clock():
+        if self._expired(outcome.principal):
             next(self.metrics.expired)
             raise InvalidToken("The access token has expired")
         next(self.metrics.valid)
         return outcome.principal
+
+    def _expired(self, principal: Principal) -> bool:
+        expires_at = principal.expires_at
+        return expires_at is not None and expires_at.timestamp() <= self.clock()
 
     # --- drivers ---------------------------------------------------------------------
 

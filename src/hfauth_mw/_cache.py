@@ -210,11 +210,10 @@ class TokenCache:
 
     def fresh(self, key: bytes) -> Valid | None:
         """The fresh positive answer for ``key``, without taking the lock (the hot path)."""
-        entry = self._readable.get(key)
-        if entry is not None and self.timer() < entry.fresh_until:
+        outcome = self.peek(key)
+        if outcome is not None:
             next(self._hits)
-            return entry.outcome
-        return None
+        return outcome
 
     def peek(self, key: bytes) -> Valid | None:
         """:meth:`fresh` without counting a hit (then :meth:`count_hit`)."""
