@@ -359,7 +359,7 @@ class _StuckSource:
         yield
 
 
-async def test_waiters_share_one_loop_future_and_time_out(clock):
+async def test_waiters_share_one_relay_and_time_out(clock):
     authenticator = Authenticator(_StuckSource(), cache=TokenCache(timer=clock, clock=clock))
     credentials = Credentials.from_token("hf_" + "s" * 34)
     leader = authenticator.cache.begin(authenticator.cache_key(credentials.digest))
@@ -370,6 +370,24 @@ async def test_waiters_share_one_loop_future_and_time_out(clock):
     assert all(isinstance(result, SourceUnavailable) for result in results)
     assert authenticator._loop_waiters == {}
     authenticator.cache.abandon(leader, SourceUnavailable())
+
+
+async def test_waiters_after_a_timeout_still_get_the_flights_answer(clock):
+    from hfauth_mw import Principal
+    from hfauth_mw._outcome import Valid
+
+    authenticator = Authenticator(_StuckSource(), cache=TokenCache(timer=clock, clock=clock))
+    credentials = Credentials.from_token("hf_" + "t" * 34)
+    leader = authenticator.cache.begin(authenticator.cache_key(credentials.digest))
+    early = asyncio.create_task(authenticator.authenticate(credentials))
+    with pytest.raises(SourceUnavailable, match="Timed out"):
+        await early
+    late = [asyncio.create_task(authenticator.authenticate(credentials)) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert len(authenticator._loop_waiters) == 1  # the late waiters' own relay
+    authenticator.cache.complete(leader, Valid(Principal(name="tess", token_role="read")))
+    assert [principal.name for principal in await asyncio.gather(*late)] == ["tess"] * 3
+    assert authenticator._loop_waiters == {}
 
 
 async def test_cancelled_waiter_leaves_the_others_waiting(make_authenticator, hub_emulator, alice):

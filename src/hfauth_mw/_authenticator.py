@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -159,7 +159,7 @@ class Authenticator:
         self._lock_ttl = (shared.lock_ttl or source.wait_timeout) if shared else 0.0
         # In-process waiters wait for the leader, who may first wait on another process.
         self._loop_waiters: dict[
-            tuple[Future[Outcome], asyncio.AbstractEventLoop], asyncio.Future[Outcome]
+            tuple[Future[Outcome], asyncio.AbstractEventLoop], list[asyncio.Future[Outcome]]
         ] = {}
         self._wait_timeout = source.wait_timeout + (
             self._lock_ttl + shared.max_poll_interval if shared else 0.0
@@ -525,10 +525,15 @@ class Authenticator:
         finally:
             flow.close()
 
-    async def _do_async(self, client: httpx.AsyncClient, work: Work) -> object:
+    def _do_async(self, client: httpx.AsyncClient, work: Work) -> Awaitable[object]:
+        # A waiter awaits its future directly: no coroutine of its own per waiting request.
         if isinstance(work, WaitFor):
-            # shield: a cancelled waiter must not end the flight for the others.
-            return await asyncio.shield(self._loop_waiter(work.future))
+            return self._loop_waiter(work.future)
+        return self._send_async(client, work)
+
+    async def _send_async(
+        self, client: httpx.AsyncClient, work: httpx.Request | SharedOp | Pause
+    ) -> object:
         if isinstance(work, SharedOp):
             return await self._shared_backend().execute_async(work)
         if isinstance(work, Pause):
@@ -549,20 +554,29 @@ class Authenticator:
         return _with_body(response, bytes(body))
 
     def _loop_waiter(self, flight: Future[Outcome]) -> asyncio.Future[Outcome]:
-        """One asyncio future per flight and event loop, with one timeout, that
-        every coroutine waiting on the flight awaits: a stampede of N waiters
-        costs N awaits, not N wrapped futures and N timers."""
+        """A future of this request's own for the flight's outcome. The
+        coroutines of one event loop waiting on one flight share one relay
+        from the flight and one timeout: a stampede of N waiters costs N plain
+        futures, and cancelling one request cancels only its own future."""
         loop = asyncio.get_running_loop()
-        waiter = self._loop_waiters.get((flight, loop))
-        if waiter is not None:
-            return waiter
-        waiter = loop.create_future()
-        self._loop_waiters[flight, loop] = waiter
+        waiting = self._loop_waiters.get((flight, loop))
+        if waiting is None:
+            waiting = self._wait_on_loop(flight, loop)
+        future = loop.create_future()
+        waiting.append(future)
+        return future
+
+    def _wait_on_loop(
+        self, flight: Future[Outcome], loop: asyncio.AbstractEventLoop
+    ) -> list[asyncio.Future[Outcome]]:
+        waiting: list[asyncio.Future[Outcome]] = []
+        self._loop_waiters[flight, loop] = waiting
         timer = loop.call_later(
             self._wait_timeout,
-            self._end_loop_waiter,
+            self._end_loop_waiters,
             flight,
-            waiter,
+            loop,
+            waiting,
             SourceUnavailable("Timed out waiting for the token check"),
         )
 
@@ -570,30 +584,35 @@ class Authenticator:
             error = done.exception()
             try:
                 loop.call_soon_threadsafe(
-                    self._end_loop_waiter, flight, waiter, error or done.result(), timer
+                    self._end_loop_waiters, flight, loop, waiting, error or done.result(), timer
                 )
             except RuntimeError:  # the loop is closed: nobody waits, forget the entry
                 self._loop_waiters.pop((flight, loop), None)
 
         flight.add_done_callback(relay)
-        return waiter
+        return waiting
 
-    def _end_loop_waiter(
+    def _end_loop_waiters(
         self,
         flight: Future[Outcome],
-        waiter: asyncio.Future[Outcome],
+        loop: asyncio.AbstractEventLoop,
+        waiting: list[asyncio.Future[Outcome]],
         result: Outcome | BaseException,
         timer: asyncio.TimerHandle | None = None,
     ) -> None:
-        self._loop_waiters.pop((flight, waiter.get_loop()), None)
+        # After a timeout, later waiters of the same flight have a list of their own.
+        if self._loop_waiters.get((flight, loop)) is waiting:
+            del self._loop_waiters[flight, loop]
         if timer is not None:
             timer.cancel()
-        if waiter.done():
-            return
-        if isinstance(result, BaseException):
-            waiter.set_exception(result)
-        else:
-            waiter.set_result(result)
+        for future in waiting:
+            if future.done():  # its request was cancelled
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        waiting.clear()
 
     def _shared_backend(self) -> Any:
         if self.shared is None:  # a flow built on another authenticator
