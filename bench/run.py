@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import multiprocessing
 import shlex
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .report import (
     Section,
@@ -134,6 +137,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
     return args
+
+
+def in_fresh_process(run: Callable[..., Section], *args: Any, **kwargs: Any) -> Section:
+    """``run(*args, **kwargs)`` in a new interpreter (spawned, not forked), for the
+    sections whose figures depend on the heap: garbage-collection passes take
+    longer the more objects earlier sections left behind."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(run, *args, **kwargs).result()
 
 
 def _missing(module: str, pip_name: str) -> str | None:
@@ -297,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "stampede": (
                 "Cold stampede",
-                lambda: run_stampede(
-                    directory, requests=s.stampede_requests, delay=s.stampede_delay
+                lambda: in_fresh_process(
+                    run_stampede, directory, requests=s.stampede_requests, delay=s.stampede_delay
                 ),
                 None,
             ),

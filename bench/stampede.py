@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .apps import PATH
 from .harness import asgi_call, asgi_scope, percentile
 from .hub_process import hub_in_process
 from .report import Section, fmt, ratio
+
+
+@contextmanager
+def collector_pauses() -> Iterator[list[tuple[int, float]]]:
+    """(generation, ms) of every cyclic garbage collection inside the block."""
+    pauses: list[tuple[int, float]] = []
+    started = [0.0]
+
+    def observe(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.append((info["generation"], (time.perf_counter() - started[0]) * 1000))
+
+    gc.callbacks.append(observe)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(observe)
 
 
 def run_stampede(directory: Path, *, requests: int, delay: float) -> Section:
@@ -30,7 +52,10 @@ def run_stampede(directory: Path, *, requests: int, delay: float) -> Section:
             "Starlette app, against the hub emulator (in its own process, on 127.0.0.1) "
             f"answering whoami-v2 after {delay * 1000:g} ms (`emulator.delay`). Latency is per "
             "request, from its first step to its last response byte. The pooled httpx "
-            "client and its connection are warmed first with another token."
+            "client and its connection are warmed first with another token. The section "
+            "runs in a fresh interpreter, as a newly started server would, so that the "
+            "objects the other sections leave behind do not lengthen its garbage "
+            "collections; the collections it does pay are shown."
         ),
     )
 
@@ -73,10 +98,14 @@ def run_stampede(directory: Path, *, requests: int, delay: float) -> Section:
                 if status != 200:
                     raise RuntimeError(f"stampede warm-up answered {status}")
             hub.reset_counters()
-            start = time.perf_counter()
-            results = await asyncio.gather(*(one() for _ in range(requests)))
-            return single, results, time.perf_counter() - start, bare_wall
+            with collector_pauses() as found:
+                start = time.perf_counter()
+                results = await asyncio.gather(*(one() for _ in range(requests)))
+                wall = time.perf_counter() - start
+            pauses.extend(found)
+            return single, results, wall, bare_wall
 
+        pauses: list[tuple[int, float]] = []
         single, results, wall, bare_wall = asyncio.run(main())
         upstream = hub.whoami_calls()
         patched = hub.nagle_patched
@@ -96,6 +125,11 @@ def run_stampede(directory: Path, *, requests: int, delay: float) -> Section:
         ["p99 / upstream delay", fmt(ratio(p99, delay * 1000), 2)],
         ["wall time for all requests (ms)", fmt(wall * 1000, 1)],
         ["same burst on the bare app, no auth, wall (ms)", fmt(bare_wall * 1000, 1)],
+        ["garbage collection inside the burst (ms)", fmt(sum(ms for _, ms in pauses), 1)],
+        [
+            f"  of it in full collections ({sum(1 for gen, _ in pauses if gen == 2)})",
+            fmt(sum(ms for gen, ms in pauses if gen == 2), 1),
+        ],
     ]
     section.notes.append(
         "one event loop runs every request, so no request can finish sooner than the "
@@ -114,6 +148,7 @@ def run_stampede(directory: Path, *, requests: int, delay: float) -> Section:
         p99=p99,
         delay_ms=delay * 1000,
         bare_wall_ms=bare_wall * 1000,
+        gc_ms=sum(ms for _, ms in pauses),
         statuses=statuses,
         plot={
             "kind": "hist",
