@@ -12,11 +12,12 @@ costs (``timeit``'s advice); the spread column shows how noisy the rounds were.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import random
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,19 +131,32 @@ def run_asgi_rounds(
     warmup: int,
     seed: int = 5,
 ) -> dict[str, Timing]:
-    async def main() -> dict[str, Timing]:
-        for app in apps.values():
-            await asgi_batch(app, scope, warmup)
-        timings = {name: Timing() for name in apps}
-        order = list(apps)
-        shuffle = random.Random(seed).shuffle
-        for _ in range(rounds):
-            shuffle(order)
-            for name in order:
-                timings[name].samples.append(await asgi_batch(apps[name], scope, batch))
-        return timings
+    runners = {name: functools.partial(asgi_batch, app, scope) for name, app in apps.items()}
+    return asyncio.run(
+        interleaved_rounds(runners, rounds=rounds, batch=batch, warmup=warmup, seed=seed)
+    )
 
-    return asyncio.run(main())
+
+async def interleaved_rounds(
+    runners: Mapping[str, Callable[[int], Awaitable[float]]],
+    *,
+    rounds: int,
+    batch: int,
+    warmup: int,
+    seed: int = 5,
+) -> dict[str, Timing]:
+    """``rounds`` rounds of one ``batch`` per runner, in a shuffled order each round.
+    A runner times ``n`` requests and returns µs per request."""
+    for run in runners.values():
+        await run(warmup)
+    timings = {name: Timing() for name in runners}
+    order = list(runners)
+    shuffle = random.Random(seed).shuffle
+    for _ in range(rounds):
+        shuffle(order)
+        for name in order:
+            timings[name].samples.append(await runners[name](batch))
+    return timings
 
 
 # --- WSGI -----------------------------------------------------------------------------

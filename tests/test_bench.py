@@ -47,6 +47,10 @@ def test_smoke_run_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixtu
         f"{verdict}  Cold stampede: upstream calls" in printed for verdict in ("PASS", "FAIL")
     )
     assert "hfauth-mw HFAuthMiddleware, cached token" in printed
+    if importlib.util.find_spec("uvicorn") is not None:
+        # uvicorn's protocol is driven in process: the section ran, it was not skipped.
+        assert "Server CPU per request: uvicorn's HTTP/1.1 protocol in process" in printed
+        assert "share of bare" in printed
 
 
 @pytest.mark.skipif(importlib.util.find_spec("flask") is None, reason="needs flask")

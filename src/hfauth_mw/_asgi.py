@@ -155,6 +155,7 @@ class HFAuthMiddleware:
         self.guard = build_guard(options)
         self.authenticator = self.guard.authenticator
         self.private_responses = private_responses
+        self._has_public_paths = bool(self.guard.exact_public or self.guard.prefix_public)
         query_param = self.guard.query_param
         self._query_param = query_param.encode() if query_param else None
         # Each cached principal's Starlette user and credentials, built once.
@@ -173,7 +174,7 @@ class HFAuthMiddleware:
             return
         path = app_path(scope) if scope.get("root_path") else scope["path"]
         guard = self.guard
-        if guard.is_public(path):
+        if self._has_public_paths and guard.is_public(path):
             await self.app(scope, receive, send)
             return
         authorization = []
@@ -259,7 +260,7 @@ def _private_responses(send: Send) -> Send:
             if type(headers) is not list and type(headers) is not tuple:
                 headers = list(headers)  # any iterable; a generator can be read once
             for name, _ in headers:
-                if name.lower() == b"cache-control":
+                if len(name) == 13 and name.lower() == b"cache-control":
                     added = _VARY_ONLY
                     break
             else:

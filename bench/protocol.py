@@ -1,0 +1,156 @@
+"""Server CPU per request without sockets: uvicorn's own HTTP/1.1 protocol in process.
+
+The end-to-end run measures what a client sees, but on a shared 2-CPU machine
+its rounds move by several percent. Here uvicorn's ``H11Protocol`` (the code
+that serves every request under plain ``uvicorn``) is fed raw request bytes
+on a fake transport, one keep-alive connection, one request at a time: the
+same Python work as in the server, minus the kernel, so the figures repeat
+to about a percent. The garbage collector stays on, as in a server.
+
+It uses uvicorn internals (``H11Protocol``, ``ServerState``); if a uvicorn
+release changes them, the section says so and is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from email.utils import formatdate
+from typing import Any, ClassVar
+
+from .apps import ASGI_APPS, HOST, PATH, Fixture
+from .harness import interleaved_rounds
+from .report import Section, fmt, ratio
+
+#: (key in bench.apps.ASGI_APPS, label)
+PROTOCOL_APPS = [
+    ("bare", "bare Starlette"),
+    ("hfauth", "hfauth-mw, cached token"),
+    ("hfauth-no-private", "  the same, private_responses=False"),
+    ("starlette-auth", "Starlette AuthenticationMiddleware"),
+    ("static-key", "static key, vLLM-style"),
+]
+
+
+class _Transport(asyncio.Transport):
+    """Swallows what the server writes; says where the client is."""
+
+    _extra: ClassVar[dict[str, tuple[str, int]]] = {
+        "peername": (HOST, 50000),
+        "sockname": (HOST, 8000),
+    }
+
+    def write(self, data: Any) -> None:
+        return None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra.get(name, default)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _connection(app: Any, loop: asyncio.AbstractEventLoop) -> Any:
+    """One open keep-alive connection of uvicorn's h11 protocol, serving ``app``."""
+    from uvicorn.config import Config
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.server import ServerState
+
+    config = Config(app, http="h11", lifespan="off", access_log=False, log_level="warning")
+    config.load()
+    state = ServerState()
+    # What uvicorn's main loop puts on every response (Server.on_tick).
+    state.default_headers = [
+        (b"date", formatdate(usegmt=True).encode()),
+        *config.encoded_headers,
+    ]
+    protocol = H11Protocol(config, state, {}, _loop=loop)
+    protocol.connection_made(_Transport())
+    return protocol
+
+
+def run_protocol(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> Section:
+    section = Section(
+        "protocol",
+        "Server CPU per request: uvicorn's HTTP/1.1 protocol in process",
+        intro=(
+            "uvicorn's own `H11Protocol` fed `GET` requests with the Bearer token over one "
+            "keep-alive connection on a fake transport (no sockets, no wrk): the Python "
+            "work the server does per request, from the request bytes to the response "
+            f"bytes, with the garbage collector on. Best of {rounds} interleaved rounds of "
+            f"{batch:,} requests per app. It repeats far better than the wrk run, so it "
+            "shows where the end-to-end share goes: the response headers, and the layer."
+        ),
+    )
+    try:
+        import uvicorn.protocols.http.h11_impl  # noqa: F401
+    except ImportError:
+        section.skipped = "uvicorn is not installed (pip install uvicorn)"
+        return section
+    request = (
+        f"GET {PATH} HTTP/1.1\r\nHost: {HOST}:8000\r\nUser-Agent: bench/1.0\r\n".encode()
+        + b"Authorization: "
+        + fixture.authorization
+        + b"\r\n\r\n"
+    )
+
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        connections = {key: _connection(ASGI_APPS[key](fixture), loop) for key, _ in PROTOCOL_APPS}
+
+        def runner(protocol: Any) -> Any:
+            async def run(n: int) -> float:
+                tasks = protocol.tasks
+                start = time.perf_counter_ns()
+                for _ in range(n):
+                    protocol.data_received(request)
+                    # The request's cycle is the one task the protocol started.
+                    await next(iter(tasks))
+                return (time.perf_counter_ns() - start) / n / 1000
+
+            return run
+
+        return await interleaved_rounds(
+            {key: runner(protocol) for key, protocol in connections.items()},
+            rounds=rounds,
+            batch=batch,
+            warmup=warmup,
+        )
+
+    try:
+        timings = asyncio.run(main())
+    except (AttributeError, TypeError, StopIteration) as exc:
+        section.skipped = f"this uvicorn's protocol internals differ ({exc!r})"
+        return section
+    bare = timings["bare"].best
+    section.headers = ["App", "µs/request", "+-", "overhead µs", "share of bare"]
+    shares: dict[str, float] = {}
+    for key, label in PROTOCOL_APPS:
+        best = timings[key].best
+        shares[key] = ratio(bare, best) or 0.0
+        section.rows.append(
+            [
+                label,
+                fmt(best, 2),
+                fmt(timings[key].spread, 2),
+                "(baseline)" if key == "bare" else fmt(best - bare, 2),
+                "" if key == "bare" else f"{fmt(shares[key] * 100, 1)}%",
+            ]
+        )
+    headers = timings["hfauth"].best - timings["hfauth-no-private"].best
+    section.notes.append(
+        f"the `Cache-Control: private` and `Vary: Authorization` headers cost "
+        f"{fmt(headers, 2)} µs per request here, most of it in h11 validating and writing "
+        "two more header lines"
+    )
+    section.data["shares"] = shares
+    return section
