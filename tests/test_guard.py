@@ -341,6 +341,27 @@ def test_cached_bearer_request_is_answered_without_parsing(local_guard, hub_stor
     assert decide(guard, [f"Bearer {token}"]) is first
 
 
+@pytest.mark.parametrize("issued", [True, False], ids=["valid", "unknown"])
+def test_cold_bearer_token_is_parsed_and_hashed_once(local_guard, hub_store, monkeypatch, issued):
+    token = hub_store.create_token(user="bob").token if issued else "hf_" + "z" * 34
+    header = [f"Bearer {token}".encode()]
+    slow = local_guard()
+    lock_out_someone_else(slow)  # the long way, parser and all
+    expected = decide(slow, header)
+    guard = local_guard()
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("a well-formed Bearer token was parsed a second time")
+
+    monkeypatch.setattr(guard, "credentials", no_parsing)
+    answer = decide(guard, header)
+    if issued:
+        assert (answer.principal.name, answer.scheme) == (expected.principal.name, "bearer")
+    else:
+        assert answer == expected == ("InvalidToken", 401)
+    assert guard.authenticator.stats()["local_misses"] == 1
+
+
 def test_locked_out_client_is_refused_even_with_a_cached_token(local_guard, hub_store, clock):
     token = hub_store.create_token(user="bob").token
     guard = local_guard(limiter=FailureLimiter(max_failures=3, window=60, timer=clock))

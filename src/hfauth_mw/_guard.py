@@ -429,8 +429,11 @@ class Guard:
             answer = self._cached_bearer(
                 method, path, authorization[0], peer, forwarded_for, started
             )
-            if answer is not None:
+            if isinstance(answer, RequestAuth):
                 return answer
+            parsed = answer
+        else:
+            parsed = None
         method = method.upper()  # servers pass "get" through; routers may still serve it
         client = self.client_address(peer, forwarded_for)
         credentials: Credentials | None = None
@@ -438,6 +441,11 @@ class Guard:
         try:
             if self.limiter is not None:
                 self.limiter.check(client)
+            if parsed is not None:
+                # A well-formed Bearer token the cache has no fresh answer for:
+                # already parsed and hashed once, and the flow reads the cache itself.
+                credentials = parsed
+                return self._resume(method, path, client, credentials, started)
             credentials = self.credentials(authorization, query_tokens)
             if credentials is None:
                 if not self.allow_anonymous:
@@ -461,13 +469,16 @@ class Guard:
         peer: str | None,
         forwarded_for: str | None,
         started: float,
-    ) -> RequestAuth | None:
-        """:meth:`begin` for the common request, cheaply, or ``None`` to go the long way.
+    ) -> RequestAuth | Credentials | None:
+        """:meth:`begin` for the common request, cheaply; else what the long way needs.
 
         Decides only when the one ``Authorization`` header is a well-formed
         ``Bearer`` header (the parser's own grammar) and the token is fresh in
         the in-process cache: then no :class:`Credentials` and no client
-        address are needed unless an audit event is written.
+        address are needed unless an audit event is written. A well-formed
+        token without a fresh answer comes back as its :class:`Credentials`,
+        so that the long way does not parse and hash it again; anything else
+        comes back as ``None``.
         """
         if isinstance(authorization, str):
             # WSGI servers hand headers over as latin-1 text; tokens are ASCII.
@@ -484,7 +495,7 @@ class Guard:
         digest = sha256(token).digest()
         principal = self.authenticator.fresh(digest)
         if principal is None:
-            return None
+            return Credentials(token.decode("ascii"), "bearer", digest)
         method = method.upper()
         try:
             self.authorize(method, path, principal)
