@@ -390,6 +390,32 @@ async def test_waiters_after_a_timeout_still_get_the_flights_answer(clock):
     assert authenticator._loop_waiters == {}
 
 
+async def test_cancelled_waiters_do_not_pile_up_while_a_flight_lasts(clock):
+    from hfauth_mw import Principal
+    from hfauth_mw._outcome import Valid
+
+    source = _StuckSource()
+    source.wait_timeout = 30.0
+    authenticator = Authenticator(source, cache=TokenCache(timer=clock, clock=clock))
+    credentials = Credentials.from_token("hf_" + "c" * 34)
+    leader = authenticator.cache.begin(authenticator.cache_key(credentials.digest))
+    for _ in range(10):  # requests that join the flight, then give up
+        quitters = [
+            asyncio.create_task(authenticator.authenticate(credentials)) for _ in range(100)
+        ]
+        await asyncio.sleep(0)
+        for quitter in quitters:
+            quitter.cancel()
+        await asyncio.gather(*quitters, return_exceptions=True)
+    stayer = asyncio.create_task(authenticator.authenticate(credentials))
+    await asyncio.sleep(0)
+    (waiting,) = authenticator._loop_waiters.values()
+    assert len(waiting) <= 2 * 100 + 1  # swept as it doubles, not 1,001 futures
+    authenticator.cache.complete(leader, Valid(Principal(name="sam", token_role="read")))
+    assert (await stayer).name == "sam"
+    assert authenticator._loop_waiters == {}
+
+
 async def test_cancelled_waiter_leaves_the_others_waiting(make_authenticator, hub_emulator, alice):
     authenticator = make_authenticator()
     hub_emulator.delay = 30

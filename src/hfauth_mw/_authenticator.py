@@ -112,6 +112,31 @@ class AnswerTooLarge(Exception):
     pass
 
 
+#: Waiting futures a flight's list holds before its first sweep of cancelled ones.
+_FIRST_SWEEP = 64
+
+
+class _Waiting(list["asyncio.Future[Outcome]"]):
+    """The futures of one event loop's coroutines waiting on one flight.
+
+    A request that gives up (cancelled) leaves a done future behind; those are
+    dropped whenever the list has doubled since the last sweep, so requests
+    that come and go while a slow flight lasts cannot pile up (amortised O(1)).
+    """
+
+    __slots__ = ("_sweep_at",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sweep_at = _FIRST_SWEEP
+
+    def add(self, future: asyncio.Future[Outcome]) -> None:
+        self.append(future)
+        if len(self) >= self._sweep_at:
+            self[:] = [waiting for waiting in self if not waiting.done()]
+            self._sweep_at = max(_FIRST_SWEEP, 2 * len(self))
+
+
 class Authenticator:
     """Turns credentials into a :class:`~hfauth_mw.Principal`, through a cache.
 
@@ -158,9 +183,7 @@ class Authenticator:
         # A cold token's lock outlives the leader's flight (the source's own bound).
         self._lock_ttl = (shared.lock_ttl or source.wait_timeout) if shared else 0.0
         # In-process waiters wait for the leader, who may first wait on another process.
-        self._loop_waiters: dict[
-            tuple[Future[Outcome], asyncio.AbstractEventLoop], list[asyncio.Future[Outcome]]
-        ] = {}
+        self._loop_waiters: dict[tuple[Future[Outcome], asyncio.AbstractEventLoop], _Waiting] = {}
         self._wait_timeout = source.wait_timeout + (
             self._lock_ttl + shared.max_poll_interval if shared else 0.0
         )
@@ -562,14 +585,12 @@ class Authenticator:
         waiting = self._loop_waiters.get((flight, loop))
         if waiting is None:
             waiting = self._wait_on_loop(flight, loop)
-        future = loop.create_future()
-        waiting.append(future)
+        future: asyncio.Future[Outcome] = loop.create_future()
+        waiting.add(future)
         return future
 
-    def _wait_on_loop(
-        self, flight: Future[Outcome], loop: asyncio.AbstractEventLoop
-    ) -> list[asyncio.Future[Outcome]]:
-        waiting: list[asyncio.Future[Outcome]] = []
+    def _wait_on_loop(self, flight: Future[Outcome], loop: asyncio.AbstractEventLoop) -> _Waiting:
+        waiting = _Waiting()
         self._loop_waiters[flight, loop] = waiting
         timer = loop.call_later(
             self._wait_timeout,
@@ -596,7 +617,7 @@ class Authenticator:
         self,
         flight: Future[Outcome],
         loop: asyncio.AbstractEventLoop,
-        waiting: list[asyncio.Future[Outcome]],
+        waiting: _Waiting,
         result: Outcome | BaseException,
         timer: asyncio.TimerHandle | None = None,
     ) -> None:
