@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 E2E_APPS = [
     ("bare", "bare Starlette"),
     ("hfauth", "hfauth-mw, cached token"),
+    ("hfauth-no-private", "  the same, private_responses=False"),
     ("static-key", "static key, vLLM-style"),
     ("starlette-auth", "Starlette AuthenticationMiddleware"),
 ]
