@@ -269,7 +269,10 @@ def markdown(
         "  keys: every operation is O(1), and the growth is CPU caches and TLB misses.",
         "- *Stampede p99 under 2x the upstream*: 1,000 requests on one event loop; the",
         "  p99 is the upstream wait plus the time the loop needs to run the other 999",
-        "  requests through the whole app, so it follows the machine's speed.",
+        "  requests through the whole app, so it follows the machine's speed, plus any",
+        "  full pass of the garbage collector that falls inside the burst (the",
+        "  per-burst rows). A server can keep its start-up objects out of those passes",
+        "  with `gc.freeze()` (docs/deployment.md).",
         "",
     ]
     return "\n".join(out)
