@@ -7,7 +7,6 @@ import functools
 import importlib.metadata
 import importlib.util
 import os
-import random
 import re
 import shutil
 import socket
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from .apps import HOST, PATH, Fixture
+from .harness import shuffled_rounds
 from .report import Section, fmt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -291,21 +291,17 @@ def run_e2e(fixture: Fixture, *, seconds: float, rounds: int, connections: int =
                 connections=connections,
                 cpus=wrk_cpus,
             )
-        shuffle = random.Random(5).shuffle
-        order = list(keys)
-        for _ in range(rounds):
-            shuffle(order)
-            for key in order:
-                load = _wrk(
-                    wrk,
-                    servers[key],
-                    fixture,
-                    seconds=seconds,
-                    threads=threads,
-                    connections=connections,
-                    cpus=wrk_cpus,
-                )
-                servers[key].loads.append(load)
+        for key in shuffled_rounds(keys, rounds, seed=5):
+            load = _wrk(
+                wrk,
+                servers[key],
+                fixture,
+                seconds=seconds,
+                threads=threads,
+                connections=connections,
+                cpus=wrk_cpus,
+            )
+            servers[key].loads.append(load)
         loads = {key: server.loads for key, server in servers.items()}
     bare = loads["bare"]
     results = {}

@@ -17,7 +17,7 @@ import gc
 import random
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,13 +150,18 @@ async def interleaved_rounds(
     for run in runners.values():
         await run(warmup)
     timings = {name: Timing() for name in runners}
-    order = list(runners)
+    for name in shuffled_rounds(runners, rounds, seed):
+        timings[name].samples.append(await runners[name](batch))
+    return timings
+
+
+def shuffled_rounds(names: Iterable[str], rounds: int, seed: int) -> Iterator[str]:
+    """Every name once per round, in an order shuffled each round (seeded)."""
+    order = list(names)
     shuffle = random.Random(seed).shuffle
     for _ in range(rounds):
         shuffle(order)
-        for name in order:
-            timings[name].samples.append(await runners[name](batch))
-    return timings
+        yield from order
 
 
 # --- WSGI -----------------------------------------------------------------------------
@@ -230,12 +235,8 @@ def run_wsgi_rounds(
     for app in apps.values():
         wsgi_batch(app, environ, warmup)
     timings = {name: Timing() for name in apps}
-    order = list(apps)
-    shuffle = random.Random(seed).shuffle
-    for _ in range(rounds):
-        shuffle(order)
-        for name in order:
-            timings[name].samples.append(wsgi_batch(apps[name], environ, batch))
+    for name in shuffled_rounds(apps, rounds, seed):
+        timings[name].samples.append(wsgi_batch(apps[name], environ, batch))
     return timings
 
 
