@@ -170,8 +170,8 @@ def run_protocol(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> S
     headers = timings["hfauth"].best - timings["hfauth-no-private"].best
     section.notes.append(
         f"the `Cache-Control: private` and `Vary: Authorization` headers cost "
-        f"{fmt(headers, 2)} µs per request here, most of it in h11 validating and writing "
-        "two more header lines"
+        f"{fmt(headers, 2)} µs per request here: the send wrapper, and h11 validating and "
+        "writing two more header lines"
     )
     section.data["shares"] = shares
     return section
