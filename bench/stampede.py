@@ -180,7 +180,6 @@ def run_stampede(directory: Path, *, requests: int, delay: float, bursts: int = 
             "the middleware, not the emulator"
         )
     section.data.update(
-        upstream=max(upstream),
         upstream_each=upstream,
         p50=p50,
         p99=p99,
