@@ -122,6 +122,20 @@ class MinimalKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+class PrivateHeadersOnly:
+    """No authentication: only hfauth-mw's two response headers, added by its own
+    send wrapper. What the headers cost a server, apart from the layer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        from hfauth_mw._asgi import _private_responses
+
+        self.app = app
+        self.wrap = _private_responses
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, self.wrap(send) if scope["type"] == "http" else send)
+
+
 def _digest_backend(tokens: dict[bytes, str]) -> Any:
     from starlette.authentication import (
         AuthCredentials,
@@ -210,6 +224,12 @@ def minimal_key(fixture: Fixture) -> ASGIApp:
     from starlette.middleware import Middleware
 
     return _starlette([Middleware(MinimalKeyMiddleware, api_key=fixture.token)])
+
+
+def private_headers_only(fixture: Fixture) -> ASGIApp:
+    from starlette.middleware import Middleware
+
+    return _starlette([Middleware(PrivateHeadersOnly)])
 
 
 def _fastapi(dependencies: list[Any]) -> ASGIApp:
@@ -305,6 +325,7 @@ ASGI_APPS: dict[str, Callable[[Fixture], ASGIApp]] = {
     "starlette-auth": starlette_auth,
     "static-key": static_key,
     "minimal-key": minimal_key,
+    "headers-only": private_headers_only,
     "bare-fastapi": bare_fastapi,
     "fastapi-bearer": fastapi_bearer,
 }

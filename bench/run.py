@@ -192,7 +192,9 @@ def targets(by_key: dict[str, Section]) -> list[Target]:
     e2e = by_key.get("e2e")
     protocol = by_key.get("protocol")
     steadier = (
-        f"; uvicorn's protocol in process: {fmt(protocol.data['shares']['hfauth'] * 100, 1)}%"
+        f"; uvicorn's protocol in process: {fmt(protocol.data['shares']['hfauth'] * 100, 1)}% "
+        f"(the two response headers alone, no authentication: "
+        f"{fmt(protocol.data['shares']['headers-only'] * 100, 1)}%)"
         if protocol and not protocol.skipped
         else ""
     )

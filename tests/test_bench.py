@@ -51,6 +51,7 @@ def test_smoke_run_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixtu
         # uvicorn's protocol is driven in process: the section ran, it was not skipped.
         assert "Server CPU per request: uvicorn's HTTP/1.1 protocol in process" in printed
         assert "share of bare" in printed
+        assert "no authentication, only those two response headers" in printed
 
 
 @pytest.mark.skipif(importlib.util.find_spec("flask") is None, reason="needs flask")
@@ -65,3 +66,19 @@ def test_smoke_wsgi_section_runs(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_unknown_section_is_refused() -> None:
     with pytest.raises(SystemExit):
         bench_run.main(["--only", "nope", "--no-write"])
+
+
+@pytest.mark.anyio
+async def test_headers_only_app_adds_the_two_headers_without_a_token(tmp_path: Path) -> None:
+    """The protocol section's headers-only row measures the headers: they must be there."""
+    import httpx
+    from bench.apps import ASGI_APPS, PATH, make_fixture
+
+    app = ASGI_APPS["headers-only"](make_fixture(tmp_path))
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get(PATH)  # no token: nothing authenticates here
+
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "private"
+    assert response.headers["vary"] == "Authorization"
