@@ -56,7 +56,11 @@ def test_valid_credentials(headers, scheme, token, username):
         pytest.param([basic("a:b", TOKEN)], "well-formed", id="basic-split-at-first-colon"),
         pytest.param([f"Bearer {TOKEN} x"], "not well formed", id="bearer-two-words"),
         pytest.param([f"Bearer\t{TOKEN}"], "malformed", id="bearer-tab"),
-        pytest.param(["Bearer hf_a,b"], "not well formed", id="bearer-comma"),
+        pytest.param(["Bearer hf_a,b"], "comma", id="bearer-comma"),
+        # WSGI servers join a repeated header with a comma.
+        pytest.param([f"Bearer {TOKEN}, Bearer {TOKEN}"], "sent it twice", id="two-joined"),
+        pytest.param([f"Bearer {TOKEN},Bearer {TOKEN}"], "sent it twice", id="two-joined-tight"),
+        pytest.param([f"{basic('u', TOKEN)}, Bearer {TOKEN}"], "sent it twice", id="basic-joined"),
         pytest.param(["Bearer =abc"], "not well formed", id="bearer-leading-equals"),
         pytest.param(["Basic !!!"], "base64", id="basic-bad-base64"),
         pytest.param(

@@ -474,3 +474,14 @@ def test_same_options_as_asgi():
         "cache",
         "private_responses",
     }
+
+
+def test_two_authorization_headers_are_named_as_such(client, tokens):
+    # The WSGI server joins the two header lines into one value, with a comma.
+    response = client.get(
+        "/whoami",
+        headers=[("Authorization", bearer(tokens["reader"])["Authorization"])] * 2,
+    )
+    assert response.status_code == 400
+    assert "sent it twice" in response.json["error_description"]
+    assert tokens["reader"] not in response.get_data(as_text=True)

@@ -121,6 +121,12 @@ def _parse_authorization(header: str, allow_basic: bool) -> Credentials:
         raise InvalidRequest(f"Unsupported authorization scheme; use {accepted}")
     if not value:
         raise InvalidRequest("The Authorization header carries an empty token")
+    if "," in value:
+        # No token or base64 has a comma: WSGI servers join repeated headers with one.
+        raise InvalidRequest(
+            "The Authorization header holds a comma: the request sent it twice "
+            "(the server joined the two), or the token is malformed"
+        )
     if scheme == "basic":
         return _parse_basic(value)
     if not _B64TOKEN.fullmatch(value):
