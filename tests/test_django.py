@@ -334,6 +334,10 @@ def test_request_auth_type(client, tokens):
         pytest.param({"PUBLIC_PATH": ["/health"]}, id="typo"),
         pytest.param({"REALM": 'a"b'}, id="bad-realm"),
         pytest.param({"HUB_URL": "http://hub.example", "AUTHENTICATOR": None}, id="plain-http"),
+        # Settings read from the environment arrive as text, and "false" is true.
+        pytest.param({"ALLOW_ANONYMOUS": "false"}, id="anonymous-as-text"),
+        pytest.param({"PRIVATE_RESPONSES": "False"}, id="private-responses-as-text"),
+        pytest.param({"SET_USER": "0"}, id="set-user-as-text"),
     ],
 )
 def test_bad_settings_fail_when_middleware_loads(hfauth_settings, options):

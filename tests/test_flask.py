@@ -265,6 +265,9 @@ def test_app_factory_pattern_serves_two_apps(make_app, tokens):
         pytest.param({"HFAUTH_PUBLIC_PATH": ["/health"]}, id="typo"),
         pytest.param({"HFAUTH_REALM": 'a"b'}, id="bad-realm"),
         pytest.param({"HFAUTH_HUB_URL": "http://hub.example"}, id="plain-http"),
+        # Settings read from the environment arrive as text, and "false" is true.
+        pytest.param({"HFAUTH_ALLOW_ANONYMOUS": "false"}, id="anonymous-as-text"),
+        pytest.param({"HFAUTH_METHOD_POLICY": "0"}, id="method-policy-as-text"),
     ],
 )
 def test_bad_config_fails_at_init_app(config):

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 
 from starlette.authentication import AuthCredentials, BaseUser
 
+from ._checks import require_bool
 from ._exceptions import AuthenticationError
 from ._guard import PrincipalMemo, RequestAuth
 from ._options import AdapterOptions, build_guard
@@ -154,7 +155,7 @@ class HFAuthMiddleware:
         self.app = app
         self.guard = build_guard(options)
         self.authenticator = self.guard.authenticator
-        self.private_responses = private_responses
+        self.private_responses = require_bool("private_responses", private_responses)
         self._has_public_paths = bool(self.guard.exact_public or self.guard.prefix_public)
         query_param = self.guard.query_param
         self._query_param = query_param.encode() if query_param else None

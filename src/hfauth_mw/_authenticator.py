@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import httpx
 
 from ._cache import Leader, TokenCache
+from ._checks import require_instance, require_int, shown
 from ._credentials import Credentials
 from ._exceptions import ConfigurationError, InvalidToken, SourceUnavailable
 from ._metrics import Metrics
@@ -167,8 +168,21 @@ class Authenticator:
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
         shared: SharedCache | None = None,
     ) -> None:
-        if not isinstance(source, IntrospectionSource):
-            raise ConfigurationError(f"source must be an introspection source, got {source!r}")
+        if not isinstance(source, IntrospectionSource):  # a Protocol: no require_instance
+            raise ConfigurationError(
+                "source must be an introspection source (HubWhoamiSource, ...), "
+                f"not {type(source).__name__} {shown(source)}"
+            )
+        for name, value, kind, how in (
+            ("cache", cache, TokenCache, "an hfauth_mw.TokenCache or None"),
+            ("client", client, httpx.Client, "an httpx.Client or None"),
+            ("async_client", async_client, httpx.AsyncClient, "an httpx.AsyncClient or None"),
+            ("breaker", breaker, UpstreamBreaker, "an hfauth_mw.UpstreamBreaker or None"),
+            ("shared", shared, SharedCache, "an hfauth_mw.SharedCache or None"),
+        ):
+            if value is not None:
+                require_instance(name, value, kind, how)
+        require_int("max_answer_bytes", max_answer_bytes, 1024, 1 << 26)
         self.source = source
         self.cache = cache if cache is not None else TokenCache()
         self._client = client
@@ -177,8 +191,6 @@ class Authenticator:
         self.breaker = breaker if breaker is not None else UpstreamBreaker(timer=self.cache.timer)
         self._namespace = source.name.encode("utf-8") + b"\x00"
         self.metrics = Metrics()
-        if shared is not None and not isinstance(shared, SharedCache):
-            raise ConfigurationError(f"shared must be a SharedCache, got {shared!r}")
         self.shared = shared
         # A cold token's lock outlives the leader's flight (the source's own bound).
         self._lock_ttl = (shared.lock_ttl or source.wait_timeout) if shared else 0.0

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypedDict, TypeVar, get_args
 
 from ._authenticator import Authenticator, Work
+from ._checks import require_bool, require_instance, require_int, require_items, shown
 from ._credentials import (
     DEFAULT_MAX_HEADER_BYTES,
     Credentials,
@@ -320,27 +321,39 @@ class Guard:
         policy: AccessPolicy | None = None,
         limiter: FailureLimiter | Literal["default"] | None = "default",
     ) -> None:
-        if not isinstance(authenticator, Authenticator):
-            raise ConfigurationError("authenticator must be an hfauth_mw.Authenticator")
-        if not realm or _HEADER_UNSAFE.search(realm):
+        require_instance(
+            "authenticator", authenticator, Authenticator, "an hfauth_mw.Authenticator"
+        )
+        if not isinstance(realm, str) or not realm or _HEADER_UNSAFE.search(realm):
             raise ConfigurationError(
-                "realm must be non-empty, without quotes or control characters"
+                "realm must be non-empty text, without quotes or control characters"
             )
-        if not 256 <= max_header_bytes <= 65536:
-            raise ConfigurationError("max_header_bytes must be between 256 and 65536")
-        if query_param is not None and not re.fullmatch(r"[A-Za-z0-9_\-.]+", query_param):
-            raise ConfigurationError(f"query_param {query_param!r} is not a valid parameter name")
+        require_int("max_header_bytes", max_header_bytes, 256, 65536)
+        if query_param is not None and not (
+            isinstance(query_param, str) and re.fullmatch(r"[A-Za-z0-9_\-.]+", query_param)
+        ):
+            raise ConfigurationError(f"query_param {shown(query_param)} is not a parameter name")
+        rules = require_items("rules", rules, "[require_read('GET /models/{owner}/{name}')]")
         if not all(isinstance(rule, RepoRule) for rule in rules):
             raise ConfigurationError("rules must be built with require_read() or require_write()")
+        if policy is not None:
+            require_instance("policy", policy, AccessPolicy, "an hfauth_mw.AccessPolicy or None")
+        if limiter is not None and limiter != "default" and not _is_limiter(limiter):
+            raise ConfigurationError(
+                "limiter must be 'default', None (off), or a FailureLimiter (or an object "
+                f"with its check(), failed() and trusted_proxies), not {shown(limiter)}"
+            )
         self.authenticator = authenticator
         self.realm = realm
-        self.exact_public, self.prefix_public = _split_public_paths(public_paths)
-        self.allow_anonymous = allow_anonymous
-        self.allow_basic = allow_basic
+        self.exact_public, self.prefix_public = _split_public_paths(
+            require_items("public_paths", public_paths, "['/health', '/docs/*']")
+        )
+        self.allow_anonymous = require_bool("allow_anonymous", allow_anonymous)
+        self.allow_basic = require_bool("allow_basic", allow_basic)
         self.query_param = query_param
         self.max_header_bytes = max_header_bytes
-        self.rules = tuple(rules)
-        self.method_policy = method_policy
+        self.rules = rules
+        self.method_policy = require_bool("method_policy", method_policy)
         self.policy = policy if policy is not None else AccessPolicy()
         self.limiter = (
             FailureLimiter(timer=authenticator.cache.timer) if limiter == "default" else limiter
@@ -708,6 +721,15 @@ def _can_write_somewhere(principal: Principal) -> bool:
     if principal.token_role == "fineGrained":
         return any("repo.write" in grant.permissions for grant in principal.scoped)
     return False
+
+
+def _is_limiter(limiter: object) -> bool:
+    """What the guard uses of a limiter (a FailureLimiter, or one of the user's own)."""
+    return (
+        callable(getattr(limiter, "check", None))
+        and callable(getattr(limiter, "failed", None))
+        and hasattr(limiter, "trusted_proxies")
+    )
 
 
 def _split_public_paths(paths: Iterable[str]) -> tuple[frozenset[str], tuple[str, ...]]:

@@ -22,6 +22,7 @@ from urllib.parse import quote_plus, urlsplit
 
 import httpx
 
+from ._checks import require_bool, require_instance, shown
 from ._credentials import Credentials
 from ._exceptions import ConfigurationError, MalformedAnswer, SourceUnavailable, TokenStoreError
 from ._outcome import Flow, IntrospectionSource, Invalid, Outcome, Valid
@@ -108,9 +109,10 @@ def decode_json(response: httpx.Response, source: str) -> Any:
 
 def check_base_url(url: str, *, allow_insecure_http: bool, what: str) -> str:
     """Refuse URLs that would send tokens in clear text to another machine."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"{what} must be an http(s) URL, got {url!r}")
+    require_bool("allow_insecure_http", allow_insecure_http)
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{what} must be an http(s) URL, not {shown(url)}")
     if parts.username or parts.password:
         raise ConfigurationError(f"{what} must not carry credentials in the URL")
     if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
@@ -119,6 +121,24 @@ def check_base_url(url: str, *, allow_insecure_http: bool, what: str) -> str:
             "network in clear text. Use https, or pass allow_insecure_http=True."
         )
     return url.rstrip("/")
+
+
+# A hub_url that already names the endpoint would ask for /api/whoami-v2/api/whoami-v2.
+_WHOAMI_PATH = re.compile(r"/api/whoami(?:-v2)?$")
+
+
+def request_timeout(timeout: httpx.Timeout | float) -> httpx.Timeout:
+    """An :class:`httpx.Timeout`; a number of seconds is one for every phase."""
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        if not 0 < timeout <= 300:
+            raise ConfigurationError(f"timeout must be from 0 to 300 seconds, not {timeout!r}")
+        return httpx.Timeout(float(timeout))
+    timeout = require_instance("timeout", timeout, httpx.Timeout, "seconds or an httpx.Timeout")
+    phases = (timeout.connect, timeout.read, timeout.write, timeout.pool)
+    if any(phase is None for phase in phases):
+        # Every network call has a bound: a phase without one could hang a request forever.
+        raise ConfigurationError("timeout must bound every phase: httpx.Timeout(None) is refused")
+    return timeout
 
 
 def _is_loopback(host: str) -> bool:
@@ -155,15 +175,21 @@ class HubWhoamiSource:
         self,
         hub_url: str = DEFAULT_HUB_URL,
         *,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         allow_insecure_http: bool = False,
         name: str | None = None,
     ) -> None:
         self.hub_url = check_base_url(
             hub_url, allow_insecure_http=allow_insecure_http, what="hub_url"
         )
+        endpoint = _WHOAMI_PATH.search(self.hub_url)
+        if endpoint is not None:
+            raise ConfigurationError(
+                "hub_url is the hub's base URL, without the endpoint's path: "
+                f"{self.hub_url[: endpoint.start()] or '/'!r}, not {self.hub_url!r}"
+            )
         self.whoami_url = f"{self.hub_url}/api/whoami-v2"
-        self.timeout = timeout
+        self.timeout = request_timeout(timeout)
         self._name = name or f"hub:{self.hub_url}"
 
     @property
@@ -238,7 +264,7 @@ class OAuthIntrospectionSource:
         client_id: str,
         client_secret: str,
         scope_roles: Mapping[str, str] = DEFAULT_SCOPE_ROLES,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         allow_insecure_http: bool = False,
         name: str | None = None,
     ) -> None:
@@ -253,7 +279,7 @@ class OAuthIntrospectionSource:
         pair = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()
         self._auth_header = "Basic " + base64.b64encode(pair).decode("ascii")
         self.scope_roles = dict(scope_roles)
-        self.timeout = timeout
+        self.timeout = request_timeout(timeout)
         self._name = name or f"rfc7662:{self.url}"
 
     @property

@@ -43,6 +43,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from werkzeug.wsgi import get_path_info
 
+from ._checks import require_bool
 from ._exceptions import AuthenticationError
 from ._guard import Guard, RequestAuth, RequestFlow
 from ._options import AdapterOptions, build_guard
@@ -140,7 +141,7 @@ class HFAuthWSGIMiddleware:
         self.app = app
         self.guard = build_guard(options)
         self.authenticator = self.guard.authenticator
-        self.private_responses = private_responses
+        self.private_responses = require_bool("private_responses", private_responses)
 
     def __repr__(self) -> str:
         return f"HFAuthWSGIMiddleware({self.guard!r})"

@@ -64,6 +64,7 @@ from django.http import HttpResponse  # type: ignore[import-untyped]
 from django.utils.cache import patch_vary_headers  # type: ignore[import-untyped]
 
 from ._asgi import HubUser as StarletteHubUser
+from ._checks import require_bool
 from ._exceptions import AuthenticationError, ConfigurationError
 from ._guard import Access, Guard, RepoRequirement, RequestAuth
 from ._options import AdapterOptions, build_guard, options_from_config
@@ -90,8 +91,10 @@ def _setup() -> _Setup:
     if not isinstance(raw, Mapping):
         raise ConfigurationError("settings.HFAUTH must be a dict of hfauth-mw options")
     options = options_from_config(raw, "", extra=("set_user",))
-    private_responses = bool(options.pop("private_responses", True))
-    set_user = bool(options.pop("set_user", False))
+    private_responses = require_bool(
+        "HFAUTH['PRIVATE_RESPONSES']", options.pop("private_responses", True)
+    )
+    set_user = require_bool("HFAUTH['SET_USER']", options.pop("set_user", False))
     return _Setup(build_guard(cast(AdapterOptions, options)), private_responses, set_user)
 
 

@@ -67,6 +67,7 @@ from fastapi.security import HTTPBasic, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from ._asgi import app_path
+from ._checks import require_bool
 from ._exceptions import AuthenticationError, MissingCredentials
 from ._guard import Access, Guard, RepoRequirement, RequestAuth
 from ._options import AdapterOptions, build_guard
@@ -125,7 +126,11 @@ def install(
     check, and the RFC 6750 exception handler. Returns the :class:`Guard`."""
     options.setdefault("method_policy", False)
     guard = build_guard(options)
-    setattr(app.state, _STATE, _State(guard, private_responses))
+    setattr(
+        app.state,
+        _STATE,
+        _State(guard, require_bool("private_responses", private_responses)),
+    )
     app.add_exception_handler(AuthenticationError, _handle)
     return guard
 
