@@ -294,6 +294,114 @@ def test_revoke_errors(
     assert len(result.err.strip().splitlines()) == 1
 
 
+# --- values that look like a token ------------------------------------------------------------
+
+PASTED = "hf_JzkXyIxjvK6E3k8mcyo2i8D3OncmQIhpeR"  # shaped like a Hub token, valid nowhere
+ORG_TOKEN = "api_org_kQwErTyUiOpAsDfGhJkLzXcVbNm"  # the legacy org-token shape
+
+
+def assert_no_token_at_rest(tmp_path: Path, *secrets: str) -> None:
+    """No file under ``tmp_path`` (store, WAL, demo seed) holds or is named after a secret."""
+    for path in tmp_path.rglob("*"):
+        for secret in secrets:
+            assert secret not in str(path.relative_to(tmp_path))
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        pytest.param(["token", "list", "--store", "STORE", "--user", PASTED], "hf_***",
+                     id="list-user"),
+        pytest.param(["token", "create", "--store", "STORE", "--user", PASTED], "hf_***",
+                     id="create-user"),
+        pytest.param(["token", "create", "--store", "STORE", "--user", ORG_TOKEN], "hf_***",
+                     id="create-user-org-token"),
+        pytest.param(["token", "create", "--store", "STORE", "--user", "bob", "--name", PASTED],
+                     "hf_***", id="create-name"),
+        pytest.param(["token", "create", "--store", "STORE", "--user", "bob",
+                      "--name", f"laptop {PASTED}"], "laptop hf_***", id="create-name-inside"),
+        pytest.param(["token", "create", "--store", "STORE", "--user", "bob",
+                      "--org", f"{PASTED}:write"], "hf_***:write", id="create-org"),
+        pytest.param(["token", "create", "--store", "STORE", "--user", "bob",
+                      "--grant", f"model:acme/{PASTED}:repo.content.read"],
+                     "model:acme/hf_***:repo.content.read", id="create-grant"),
+        pytest.param(["token", "create", "--store", "STORE", "--user", "bob", "--global", PASTED],
+                     "hf_***", id="create-global"),
+        pytest.param(["token", "revoke", "--store", "STORE", PASTED], "hf_***",
+                     id="revoke-fingerprint"),
+        pytest.param(["token", "revoke", "--store", "STORE", "--redis-url",
+                      f"redis://127.0.0.1:1/0?{PASTED}", "00000000"],
+                     "redis://127.0.0.1:1/0?hf_***", id="revoke-redis-url"),
+        pytest.param(["token", "revoke", "--store", "STORE", "--redis-url",
+                      "redis://127.0.0.1:1/0", "--redis-secret-env", PASTED, "00000000"],
+                     "hf_***", id="revoke-redis-secret-env"),
+        pytest.param(["inspect", "--store", "STORE", "--repo", f"acme/{PASTED}"], "acme/hf_***",
+                     id="inspect-repo"),
+        pytest.param(["inspect", "--store", "STORE", "--public", f"dataset:acme/{PASTED}"],
+                     "dataset:acme/hf_***", id="inspect-public"),
+        pytest.param(["inspect", "--store", "STORE", "--gated", f"{PASTED}/x"], "hf_***/x",
+                     id="inspect-gated"),
+        pytest.param(["inspect", "--hub-url", f"http://127.0.0.1:1/{PASTED}"],
+                     "http://127.0.0.1:1/hf_***", id="inspect-hub-url"),
+        # Each emulator/demo line also holds a value that stops the command early without
+        # the check (a non-loopback host, a plain-http remote hub), so none starts a server.
+        pytest.param(["hub-emulator", "--store", "STORE", "--host", "0.0.0.0",
+                      "--public", f"acme/{PASTED}"], "acme/hf_***", id="emulator-public"),
+        pytest.param(["hub-emulator", "--store", "STORE", "--host", "0.0.0.0",
+                      "--gated", f"acme/{PASTED}"], "acme/hf_***", id="emulator-gated"),
+        pytest.param(["hub-emulator", "--store", "STORE", "--host", PASTED], "hf_***",
+                     id="emulator-host"),
+        pytest.param(["demo", "--hub-url", "http://hub.example.com", "--model", f"acme/{PASTED}"],
+                     "acme/hf_***", id="demo-model"),
+        pytest.param(["demo", "--hub-url", f"http://hub.example.com/{PASTED}"],
+                     "http://hub.example.com/hf_***", id="demo-hub-url"),
+        pytest.param(["demo", "--hub-url", "http://hub.example.com", "--host", PASTED], "hf_***",
+                     id="demo-host"),
+    ],
+)  # fmt: skip
+def test_token_shaped_values_are_refused(
+    cli: Cli, tmp_path: Path, store_path: Path, alice: str, argv: list[str], shown: str
+) -> None:
+    argv = [str(store_path) if arg == "STORE" else arg for arg in argv]
+    result = cli(*argv, stdin=alice + "\n")  # inspect would read alice's token
+    assert (result.code, result.out) == (2, "")
+    assert f"looks like an access token ({shown}); give " in result.err
+    assert result.err.startswith("hfauth-mw ")
+    assert len(result.err.strip().splitlines()) == 1
+    for secret in (PASTED, ORG_TOKEN, alice):
+        assert secret not in result.err
+    with LocalTokenStore(store_path) as store:
+        assert [(r.user, r.display_name) for r in store.list_tokens()] == [("alice", None)]
+    assert_no_token_at_rest(tmp_path, PASTED, ORG_TOKEN, alice)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        pytest.param(["token", "list"], "hf_***  read  laptop hf_***", id="list-table"),
+        pytest.param(["token", "list", "--json"], '"user": "hf_***"', id="list-json"),
+        pytest.param(["token", "revoke", "FINGERPRINT"], "of hf_*** ('laptop hf_***')",
+                     id="revoke"),
+        pytest.param(["inspect"], "token name:   laptop hf_***", id="inspect-text"),
+        pytest.param(["inspect", "--json"], '"token_name": "laptop hf_***"', id="inspect-json"),
+    ],
+)  # fmt: skip
+def test_token_shaped_names_already_stored_are_masked(
+    cli: Cli, store_path: Path, argv: list[str], expected: str
+) -> None:
+    """A store written before the check (or through the library) may hold a pasted token."""
+    with LocalTokenStore(store_path) as store:
+        issued = store.create_token(user=PASTED, display_name=f"laptop {PASTED}")
+    argv = [issued.record.fingerprint if arg == "FINGERPRINT" else arg for arg in argv]
+    result = cli(argv[0], *argv[1:], "--store", str(store_path), stdin=issued.token + "\n")
+    assert result.code == 0, result.err
+    assert expected in result.out
+    for secret in (PASTED, issued.token):
+        assert secret not in result.out + result.err
+
+
 # --- inspect ----------------------------------------------------------------------------------
 
 
@@ -649,3 +757,21 @@ def test_console_script_demo_against_a_hub(tmp_path: Path, emulator: HubEmulator
     assert whoami.json()["name"] == "erin"
     assert (mine.status_code, theirs.status_code) == (200, 403)
     assert demo.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["--user", "my_hf_bot"], id="user-with-hf_"),
+        pytest.param(["--user", "hf_team"], id="user-starting-hf_"),
+        pytest.param(["--name", "hf_transformers_laptop"], id="name-with-hf_words"),
+        pytest.param(["--org", "hf_friends:write"], id="org-with-hf_"),
+    ],
+)
+def test_names_that_merely_contain_hf_are_accepted(
+    cli: Cli, store_path: Path, argv: list[str]
+) -> None:
+    """Only what is almost surely a token is refused: names may hold ``hf_``."""
+    argv = argv if argv[0] == "--user" else ["--user", "bob", *argv]
+    result = cli("token", "create", "--store", str(store_path), *argv)
+    assert result.code == 0, result.err

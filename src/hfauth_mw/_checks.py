@@ -14,12 +14,26 @@ from typing import Any, TypeVar
 
 from ._exceptions import ConfigurationError
 
-__all__ = ["require_bool", "require_instance", "require_int", "require_items", "shown"]
+__all__ = [
+    "LIKELY_TOKEN",
+    "TOKEN_SHAPED",
+    "require_bool",
+    "require_instance",
+    "require_int",
+    "require_items",
+    "shown",
+]
 
 T = TypeVar("T")
 
-# What an access token looks like (Hub user and org tokens): never echoed back.
+# Anything that might be an access token: masked in every message (masking too much is harmless).
 TOKEN_SHAPED = re.compile(r"(?:hf_|api_org_)[A-Za-z0-9_.\-]*")
+# What is almost surely a pasted token (hf_ + 34 letters/digits, org and OAuth tokens),
+# and never a name: refused where a name is expected. Narrower than TOKEN_SHAPED so
+# that names such as "acme/my_hf_tools" stay usable.
+LIKELY_TOKEN = re.compile(
+    r"(?<![A-Za-z0-9])(?:hf_|api_org_)(?:oauth_+(?:refresh_)?)?[A-Za-z0-9]{20,}"
+)
 
 
 def shown(value: object, limit: int = 60) -> str:

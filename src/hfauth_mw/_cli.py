@@ -4,7 +4,11 @@ Exit codes: 0 success, 1 failure, 2 usage error, 3 invalid token (``inspect``),
 4 token source unavailable (``inspect``). Errors are one line on stderr.
 Tokens are printed only by ``token create`` (once, alone on stdout) and by
 ``demo`` (its own throwaway demo tokens); ``inspect`` reads the token from
-``HF_TOKEN`` or standard input, never from the command line.
+``HF_TOKEN`` or standard input, never from the command line. A free-text
+value holding what is almost surely a token (``_checks.LIKELY_TOKEN``) is
+refused as a usage error, shown as ``hf_***``; messages mask the wider
+``_checks.TOKEN_SHAPED``, so a name such as ``my_hf_tools`` is accepted but
+may print partly masked.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any, NoReturn, TextIO
 
 from . import __version__
 from ._authenticator import Authenticator
+from ._checks import LIKELY_TOKEN, TOKEN_SHAPED
 from ._credentials import Credentials
 from ._exceptions import (
     ConfigurationError,
@@ -48,7 +53,6 @@ __all__ = ["main"]
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INVALID_TOKEN, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 DEFAULT_STORE = "hfauth-tokens.sqlite3"
 DEMO_STORE = Path(".hfauth-demo") / "tokens.sqlite3"
-_SECRET_LIKE = re.compile(r"(?:hf_|api_org_)[A-Za-z0-9_.\-]*")
 _DURATION = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -65,18 +69,48 @@ class Failure(Exception):
         self.code = code
 
 
+_MASK = "hf_***"
+
+
 def _redact(text: str) -> str:
-    return _SECRET_LIKE.sub("hf_***", text)
+    """``text`` with anything shaped like a token (``TOKEN_SHAPED``) shown as ``hf_***``.
+
+    Idempotent: a mask already in ``text`` is kept as it is (``hf_***`` is itself
+    token-shaped, and would otherwise grow to ``hf_******``).
+    """
+    return _MASK.join(TOKEN_SHAPED.sub(_MASK, part) for part in text.split(_MASK))
+
+
+_LOOKS_LIKE_TOKEN = "looks like an access token"
+
+
+def _not_a_token(text: str, instead: str) -> str:
+    """``text``, unless it holds what is almost surely a token: then a usage error
+    showing it masked. The test is ``_checks.LIKELY_TOKEN``, shared with the library."""
+    if LIKELY_TOKEN.search(text):
+        raise argparse.ArgumentTypeError(f"{_LOOKS_LIKE_TOKEN} ({_redact(text)}); give {instead}")
+    return text
+
+
+def _plain(instead: str) -> Callable[[str], str]:
+    """An argparse ``type`` for free text that must not be a pasted token."""
+
+    def check(text: str) -> str:
+        return _not_a_token(text, instead)
+
+    return check
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors that never echo a token back."""
 
     def error(self, message: str) -> NoReturn:
-        hint = ""
-        if _SECRET_LIKE.search(message):
+        if _LOOKS_LIKE_TOKEN in message:
+            hint = ""  # the message already says what to give instead
+        elif TOKEN_SHAPED.search(message):
             hint = " (tokens are never taken from the command line: use HF_TOKEN or stdin)"
-        hint = hint or f" (see {self.prog} --help)"
+        else:
+            hint = f" (see {self.prog} --help)"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {_redact(message)}{hint}\n")
 
 
@@ -92,6 +126,7 @@ def _default_store() -> str:
 
 
 def _repo(text: str) -> Repo:
+    _not_a_token(text, "a repository: TYPE:OWNER/NAME or OWNER/NAME")
     try:
         return Repo.parse(text)
     except ValueError as exc:
@@ -99,12 +134,14 @@ def _repo(text: str) -> Repo:
 
 
 def _user(text: str) -> str:
+    _not_a_token(text, "the user's name")
     if not text or "/" in text or any(ch.isspace() for ch in text):
         raise argparse.ArgumentTypeError(f"user name {text!r} must not contain '/' or whitespace")
     return text
 
 
 def _org(text: str) -> OrgGrant:
+    _not_a_token(text, "the org's name and the user's role in it: NAME:ROLE, e.g. acme:write")
     name, colon, role = text.partition(":")
     if not colon or not name or not role:
         raise argparse.ArgumentTypeError(f"expected NAME:ROLE (e.g. acme:write), got {text!r}")
@@ -116,6 +153,7 @@ def _org(text: str) -> OrgGrant:
 
 
 def _grant(text: str) -> FineGrainedEntry:
+    _not_a_token(text, "TYPE:NAME:PERM[,PERM...], e.g. model:acme/sentiment:repo.content.read")
     kind, _, rest = text.partition(":")
     name, colon, perms = rest.rpartition(":")
     permissions = tuple(p.strip() for p in perms.split(",") if p.strip())
@@ -168,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token_commands = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     store_help = "token store file (default: $HFAUTH_STORE or ./hfauth-tokens.sqlite3)"
+    # Free-text values are checked by their `type`: one that looks like an access token
+    # (pasted by mistake) is a usage error, so it is never stored or printed.
+    # --store is a path (it may well hold `hf_`, e.g. ~/hf_cache/): it is masked instead.
+    hub_url = _plain("the hub's base URL, e.g. https://huggingface.co")
+    bind_host = _plain("a host name or address to bind, e.g. 127.0.0.1")
 
     create = token_commands.add_parser(
         "create",
@@ -206,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="global_permissions",
         action="append",
         default=[],
+        type=_plain("a permission, e.g. inference.serverless.write"),
         metavar="PERM",
         help="fine-grained global permission, e.g. inference.serverless.write; repeatable",
     )
@@ -218,14 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="WHEN",
         help="expiry: 30d, 12h, 45m, 2w or ISO 8601 (default: never)",
     )
-    create.add_argument("--name", metavar="DISPLAY", help="the token's display name")
+    create.add_argument(
+        "--name",
+        type=_plain("a display name for the token, e.g. laptop"),
+        metavar="DISPLAY",
+        help="the token's display name",
+    )
     create.set_defaults(run=cmd_token_create)
 
     listing = token_commands.add_parser(
         "list", help="list tokens (fingerprints, never tokens)", description="List tokens."
     )
     listing.add_argument("--store", metavar="PATH", help=store_help)
-    listing.add_argument("--user", metavar="NAME", help="only this user's tokens")
+    listing.add_argument("--user", type=_user, metavar="NAME", help="only this user's tokens")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(run=cmd_token_list)
 
@@ -238,20 +287,30 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--store", metavar="PATH", help=store_help)
     revoke.add_argument(
         "--redis-url",
+        type=_plain("the Redis URL, e.g. rediss://cache.internal:6379/0"),
         metavar="URL",
         help="also broadcast the revocation to every process sharing this Redis "
         "(they drop the token from their caches within a second)",
     )
     revoke.add_argument(
         "--redis-secret-env",
+        type=_plain("the name of the environment variable that holds the secret"),
         metavar="VAR",
         default="HFAUTH_REDIS_SECRET",
         help="environment variable holding the deployment secret (default: HFAUTH_REDIS_SECRET)",
     )
     revoke.add_argument(
-        "--redis-prefix", metavar="PREFIX", default="hfauth", help=argparse.SUPPRESS
+        "--redis-prefix",
+        type=_plain("a key prefix"),
+        metavar="PREFIX",
+        default="hfauth",
+        help=argparse.SUPPRESS,
     )
-    revoke.add_argument("fingerprint", metavar="FINGERPRINT")
+    revoke.add_argument(
+        "fingerprint",
+        type=_plain("the token's fingerprint, as shown by `token list`"),
+        metavar="FINGERPRINT",
+    )
     revoke.set_defaults(run=cmd_token_revoke)
 
     # inspect
@@ -263,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit 0 valid, 3 invalid, 4 source unavailable.",
     )
     where = inspect.add_mutually_exclusive_group(required=True)
-    where.add_argument("--hub-url", metavar="URL", help="ask {URL}/api/whoami-v2")
+    where.add_argument("--hub-url", type=hub_url, metavar="URL", help="ask {URL}/api/whoami-v2")
     where.add_argument("--store", metavar="PATH", help="look the token up in a local store")
     inspect.add_argument(
         "--repo",
@@ -291,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
         "stops on Ctrl-C or SIGTERM. Plain HTTP, for loopback use.",
     )
     hub.add_argument("--store", metavar="PATH", help=store_help)
-    hub.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    hub.add_argument(
+        "--host", type=bind_host, default="127.0.0.1", help="bind address (default: 127.0.0.1)"
+    )
     hub.add_argument("--port", type=int, default=0, help="port (default: 0, any free port)")
     hub.add_argument(
         "--public", action="append", default=[], type=_repo, metavar="REPO", help="a public repo"
@@ -314,10 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
         "uvicorn and print curl lines to try it. Without --hub-url it seeds demo users "
         f"into {DEMO_STORE}.",
     )
-    demo.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    demo.add_argument(
+        "--host", type=bind_host, default="127.0.0.1", help="bind address (default: 127.0.0.1)"
+    )
     demo.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any)")
     demo_source = demo.add_mutually_exclusive_group()
-    demo_source.add_argument("--hub-url", metavar="URL", help="check tokens with this hub")
+    demo_source.add_argument(
+        "--hub-url", type=hub_url, metavar="URL", help="check tokens with this hub"
+    )
     demo_source.add_argument(
         "--store", metavar="PATH", help=f"demo token store (default: {DEMO_STORE})"
     )
@@ -377,9 +442,11 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     name = f", name {record.display_name!r}" if record.display_name else ""
     print(
-        f"Created {record.role} token {record.fingerprint} for {record.user}{name}, "
-        f"expires {_when(record.expires_at)}, in {path}.\n"
-        "The token is shown once, above; only its digest is stored.",
+        _redact(
+            f"Created {record.role} token {record.fingerprint} for {record.user}{name}, "
+            f"expires {_when(record.expires_at)}, in {path}.\n"
+            "The token is shown once, above; only its digest is stored."
+        ),
         file=sys.stderr,
     )
     return EXIT_OK
@@ -408,19 +475,20 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     with _existing_store(args) as store:
         records = store.list_tokens(args.user)
     now = datetime.now(UTC)
+    # Rows written before names were checked may hold token-shaped text: masked.
     if args.json:
-        print(json.dumps([_record_dict(record, now) for record in records], indent=2))
+        print(_redact(json.dumps([_record_dict(record, now) for record in records], indent=2)))
         return EXIT_OK
     if not records:
         who = f" for {args.user}" if args.user else ""
-        print(f"no tokens{who} in {_store_path(args)}", file=sys.stderr)
+        print(_redact(f"no tokens{who} in {_store_path(args)}"), file=sys.stderr)
         return EXIT_OK
     rows = [
         [
             r.fingerprint,
-            r.user,
+            _redact(r.user),
             r.role,
-            r.display_name or "-",
+            _redact(r.display_name or "-"),
             _when(r.created_at),
             _when(r.expires_at) + (" (expired)" if r.expires_at and r.expires_at <= now else ""),
         ]
@@ -449,7 +517,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
         what = f"{record.role} token {record.fingerprint} of {record.user}{name}"
     else:
         what = f"token {prefix}"
-    print(f"Revoked {what} from {_store_path(args)}.")
+    print(_redact(f"Revoked {what} from {_store_path(args)}."))
     if broadcast is not None:
         reached = broadcast(matches[0].fingerprint if len(matches) == 1 else prefix)
         print(f"Broadcast the revocation through Redis: {reached} process(es) listening.")
@@ -562,11 +630,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             }
             for repo, read, write in decisions
         ]
-        print(json.dumps(document, indent=2))
+        # Names written to a local store before they were checked are masked.
+        print(_redact(json.dumps(document, indent=2)))
         return EXIT_OK
     out = sys.stdout
     for label, value in _principal_lines(principal):
-        out.write(f"{label + ':' if label else '':<14}{value}\n")
+        out.write(f"{label + ':' if label else '':<14}{_redact(value)}\n")
     for repo, read, write in decisions:
         out.write(f"\n{repo} ({visibility(repo).value})\n")
         for what, decision in (("read", read), ("write", write)):
@@ -616,7 +685,7 @@ def cmd_hub_emulator(args: argparse.Namespace) -> int:
         try:
             print(emulator.url, flush=True)
             print(
-                f"hub emulator on {emulator.url} answering from {path}; Ctrl-C to stop",
+                _redact(f"hub emulator on {emulator.url} answering from {path}; Ctrl-C to stop"),
                 file=sys.stderr,
                 flush=True,
             )
@@ -712,7 +781,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         path = Path(args.store) if args.store else DEMO_STORE
         tokens = seed_demo_store(path)
         source = LocalStoreSource(LocalTokenStore(path))
-        where = f"tokens checked against the demo store {path}"
+        where = _redact(f"tokens checked against the demo store {path}")
     extra = tuple(DemoModel(repo.id, "echo") for repo in args.model)
     app = build_app(source, repos=DEMO_MODELS + extra)
 
