@@ -327,6 +327,25 @@ async def test_negative_answers_are_never_served_stale(make_authenticator, hub_e
         await authenticator.authenticate(bogus)
 
 
+async def test_a_token_the_hub_rejected_is_never_served_stale(
+    make_authenticator, hub_emulator, hub_store, clock
+):
+    """Valid, then revoked (401), then the hub fails: the old valid answer stays dead."""
+    issued = hub_store.create_token(user="carol", role="write")
+    carol = Credentials.from_token(issued.token)
+    authenticator = make_authenticator(ttl=60, negative_ttl=10, stale_if_error=30)
+    await authenticator.authenticate(carol)
+    hub_store.revoke(issued.record.fingerprint)
+    clock.advance(60)
+    with pytest.raises(InvalidToken):
+        await authenticator.authenticate(carol)
+    clock.advance(10)  # the negative entry is gone; the old positive one is in its stale window
+    hub_emulator.fail_next(503)
+    with pytest.raises(SourceUnavailable):
+        await authenticator.authenticate(carol)
+    assert authenticator.stats()["stale_served"] == 0
+
+
 async def test_breaker_stops_calls_to_a_failing_hub(hub_emulator, hub_store, clock):
     from hfauth_mw import UpstreamBreaker
 

@@ -286,6 +286,9 @@ class TokenCache:
 
     def _store(self, key: bytes, outcome: Outcome, max_age: float | None = None) -> None:
         if isinstance(outcome, Invalid):
+            # The source has said no: an older positive answer, kept for
+            # stale-if-error, must never be served again.
+            self._positive.pop(key, None)
             if self.negative_ttl > 0:
                 self._negative[key] = outcome
         elif self.ttl > 0:
