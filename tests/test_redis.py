@@ -147,7 +147,7 @@ class FakeBackend:
         self,
         channel: str,
         on_tags: Callable[[list[str]], None],
-        on_resubscribed: Callable[[], None],
+        on_subscribed: Callable[[bool], None],
     ) -> None:
         self.started += 1
         self.redis.subscribers.append(on_tags)
@@ -560,7 +560,17 @@ def test_answer_of_a_flight_overtaken_by_a_revocation_is_not_stored(clock):
 def test_resubscription_clears_in_process_caches(fake_redis, clock):
     process = Process(fake_redis, clock, FakeSource({ALICE_TOKEN: Valid(alice_principal())}))
     process.run(ALICE_TOKEN)
-    process.shared._on_resubscribed()
+    process.shared._on_subscribed(True)
+    assert len(process.auth.cache) == 0
+
+
+def test_first_subscription_clears_what_was_cached_before_it(fake_redis, clock):
+    """Answers cached while the listener was starting (or Redis was down) may have
+    missed a revocation: the first subscription drops them too."""
+    process = Process(fake_redis, clock, FakeSource({ALICE_TOKEN: Valid(alice_principal())}))
+    process.run(ALICE_TOKEN)
+    assert len(process.auth.cache) == 1
+    process.shared._on_subscribed(False)
     assert len(process.auth.cache) == 0
 
 

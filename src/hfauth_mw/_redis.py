@@ -254,7 +254,7 @@ class RedisBackend:
         self,
         channel: str,
         on_tags: Callable[[list[str]], None],
-        on_resubscribed: Callable[[], None],
+        on_subscribed: Callable[[bool], None],
     ) -> None:
         with self._thread_lock:
             pid = os.getpid()
@@ -264,7 +264,7 @@ class RedisBackend:
             self._subscribed = threading.Event()
             thread = threading.Thread(
                 target=self._listen,
-                args=(channel, on_tags, on_resubscribed, self._stop, self._subscribed),
+                args=(channel, on_tags, on_subscribed, self._stop, self._subscribed),
                 name="hfauth-mw-revocations",
                 daemon=True,
             )
@@ -278,7 +278,7 @@ class RedisBackend:
         self,
         channel: str,
         on_tags: Callable[[list[str]], None],
-        on_resubscribed: Callable[[], None],
+        on_subscribed: Callable[[bool], None],
         stop: threading.Event,
         subscribed: threading.Event,
     ) -> None:
@@ -303,8 +303,7 @@ class RedisBackend:
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
-                        if ever_subscribed:
-                            on_resubscribed()
+                        on_subscribed(ever_subscribed)
                         ever_subscribed = True
                         backoff = _BACKOFF_START
                         subscribed.set()

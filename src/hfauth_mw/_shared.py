@@ -198,11 +198,11 @@ class SharedBackend(Protocol):
         self,
         channel: str,
         on_tags: Callable[[list[str]], None],
-        on_resubscribed: Callable[[], None],
+        on_subscribed: Callable[[bool], None],
     ) -> None:
         """Start (idempotently, once per process) a daemon thread that calls
-        ``on_tags`` with batches of published tags, and ``on_resubscribed``
-        after it had to reconnect."""
+        ``on_tags`` with batches of published tags, and ``on_subscribed`` each
+        time it starts listening (with ``True`` when it had to reconnect)."""
         ...
 
     def wait_subscribed(self, timeout: float) -> bool: ...
@@ -522,10 +522,27 @@ class SharedCache:
             extra={"hfauth_event": "revocation_received"},
         )
 
-    def _on_resubscribed(self) -> None:
-        """The subscription broke and came back: revocations may have been
-        missed, so every attached in-process cache is emptied."""
-        for cache, _ in self._caches():
+    def _on_subscribed(self, again: bool) -> None:
+        """The listener listens: revocations published before that may have been
+        missed, so every attached in-process cache that holds answers is emptied.
+
+        On the first subscription the caches hold at most what this process
+        learned while the listener was starting (or while Redis was down), and
+        those answers may already be revoked.
+        """
+        caches = [cache for cache, _ in self._caches()]
+        if not again:
+            held = [cache for cache in caches if len(cache)]
+            for cache in held:
+                cache.clear()
+            if held:
+                logger.info(
+                    "revocation channel listening: in-process answers cached before it "
+                    "were cleared",
+                    extra={"hfauth_event": "revocation_subscribed"},
+                )
+            return
+        for cache in caches:
             cache.clear()
         with self._attached_lock:
             self._resubscribed += 1
@@ -544,7 +561,7 @@ class SharedCache:
         with self._start_lock:
             if self._started_pid == pid:
                 return
-            self.backend.start_subscriber(self.channel, self._on_tags, self._on_resubscribed)
+            self.backend.start_subscriber(self.channel, self._on_tags, self._on_subscribed)
             self._started_pid = pid
 
     def wait_ready(self, timeout: float = 5.0) -> bool:
