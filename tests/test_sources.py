@@ -6,6 +6,7 @@ test_authenticator.py and test_asgi.py.
 """
 
 import json
+import time
 from datetime import UTC, datetime
 
 import httpx
@@ -298,6 +299,31 @@ def test_rfc7662_inactive_is_invalid():
     assert isinstance(outcome, Invalid)
 
 
+_SOON = int(time.time()) + 3600  # an hour ahead: past any clock-skew leeway
+
+
+@pytest.mark.parametrize(
+    ("extra", "valid"),
+    [
+        pytest.param({"token_type": "Bearer"}, True, id="bearer"),
+        pytest.param({"token_type": "access_token"}, True, id="access-token"),
+        pytest.param(
+            {"token_type": "urn:ietf:params:oauth:token-type:access_token"}, True, id="urn-access"
+        ),
+        pytest.param({"token_type": "refresh_token"}, False, id="refresh-token"),
+        pytest.param({"token_type": "id_token"}, False, id="id-token"),
+        pytest.param({"token_type": "DPoP"}, False, id="dpop-proof-not-checked"),
+        pytest.param({"nbf": _SOON}, False, id="not-valid-yet"),
+        pytest.param({"nbf": int(time.time()) - 60}, True, id="valid-since-a-minute"),
+        pytest.param({"nbf": int(time.time()) + 5}, True, id="nbf-within-clock-skew"),
+    ],
+)
+def test_rfc7662_only_current_access_tokens_are_valid(extra, valid):
+    body = {"active": True, "sub": "u", "scope": "write", **extra}
+    _, outcome = drive(INTROSPECT, answer(200, body))
+    assert isinstance(outcome, Valid if valid else Invalid)
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -312,6 +338,8 @@ def test_rfc7662_inactive_is_invalid():
         pytest.param({"active": True, "sub": "u", "exp": 1e300}, id="exp-huge-float"),
         pytest.param({"active": True, "sub": "u", "exp": 99999999999999}, id="exp-year-3170843"),
         pytest.param({"active": True, "sub": "u", "scope": ["read"]}, id="scope-list"),
+        pytest.param({"active": True, "sub": "u", "nbf": "now"}, id="nbf-string"),
+        pytest.param({"active": True, "sub": "u", "token_type": 1}, id="token-type-int"),
         pytest.param(["active"], id="not-object"),
     ],
 )

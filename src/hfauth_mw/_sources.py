@@ -250,7 +250,10 @@ class OAuthIntrospectionSource:
 
     The answer must carry a boolean ``active``; a missing or non-boolean one is
     an upstream error (503), never "inactive". ``username`` (else ``sub``)
-    names the principal; ``exp`` caps caching; ``scope`` is split on spaces and
+    names the principal; ``exp`` caps caching; a token whose ``nbf`` is more
+    than :data:`NBF_LEEWAY` seconds ahead, or whose ``token_type`` is not an
+    access token's (``Bearer``, ``access_token``: a refresh or ID token, say), is
+    invalid; ``scope`` is split on spaces and
     mapped to a token role through ``scope_roles`` (default
     :data:`DEFAULT_SCOPE_ROLES`): the highest role listed wins, and a token with
     no mapped scope gets no role and can read public repositories only.
@@ -330,11 +333,17 @@ class OAuthIntrospectionSource:
         name = answer.get("username") or answer.get("sub")
         if not isinstance(name, str) or not name:
             raise MalformedAnswer("an active token has neither 'username' nor 'sub'")
-        exp = answer.get("exp")
-        if exp is not None and (
-            isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp)
-        ):
-            raise MalformedAnswer("'exp' is not a finite number")
+        token_type = answer.get("token_type")
+        if token_type is not None:
+            if not isinstance(token_type, str):
+                raise MalformedAnswer("'token_type' is not a string")
+            if token_type.lower() not in _ACCESS_TOKEN_TYPES:
+                # A refresh or ID token (or a DPoP one, whose proof we cannot check).
+                return Invalid("the token is not an access token")
+        exp = _numeric_date(answer, "exp")
+        nbf = _numeric_date(answer, "nbf")
+        if nbf is not None and nbf > time.time() + NBF_LEEWAY:
+            return Invalid("the token is not valid yet")
         try:
             expires_at = datetime.fromtimestamp(exp, UTC) if exp is not None else None
         except (OverflowError, ValueError, OSError):
@@ -357,6 +366,23 @@ class OAuthIntrospectionSource:
                 source=self.name,
             )
         )
+
+
+#: RFC 7662 ``token_type`` values of a token that may be used as a bearer access token.
+_ACCESS_TOKEN_TYPES = frozenset(
+    {"bearer", "access_token", "urn:ietf:params:oauth:token-type:access_token"}
+)
+#: Seconds an ``nbf`` may lie ahead of our clock (clock skew) before a token is refused.
+NBF_LEEWAY = 60.0
+
+
+def _numeric_date(answer: Mapping[str, Any], name: str) -> float | None:
+    value = answer.get(name)
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+    ):
+        raise MalformedAnswer(f"'{name}' is not a finite number")
+    return value
 
 
 class TokenLookup(Protocol):
