@@ -392,13 +392,20 @@ def can_write(principal: Principal, repo: Repo, *, caller_created: bool = False)
     return _decide(False, f"write denied: {reach.detail}", needed)
 
 
+#: Permissions on a repository's content or settings: capped by the org role even when global.
+_REPO_PERMISSION_PREFIX = "repo."
+
+
 def has_permission(
     principal: Principal, permission: str, entity: Entity | Repo | None = None
 ) -> Decision:
     """Does ``principal`` hold ``permission`` (an opaque name), on ``entity`` if given?
 
     Permissions ending in ``.read`` need read rights in the entity's namespace,
-    every other permission needs write rights there (the org cap).
+    every other permission needs write rights there (the org cap). A
+    fine-grained token's global permission holds on any entity, except a
+    ``repo.*`` one, which is still capped there as :func:`can_read` and
+    :func:`can_write` cap it.
     """
     if not isinstance(permission, str):
         raise TypeError(f"a permission is a string, not {type(permission).__name__}")
@@ -413,9 +420,25 @@ def has_permission(
         return _decide(False, f"permission denied: {_role_text(principal)}", needed)
     if role == "fineGrained":
         if permission in principal.global_permissions:
-            return _decide(
-                True, f"permission allowed: {name} is a global permission of the token", needed
-            )
+            if target is None or not permission.startswith(_REPO_PERMISSION_PREFIX):
+                # discussion.write and the like reach any repo the caller can see.
+                return _decide(
+                    True,
+                    f"permission allowed: {name} is a global permission of the token",
+                    needed,
+                )
+            # A repository permission listed as global still stops where the
+            # user's own rights stop (the org role), as can_read/can_write do.
+            reach = _entity_reach(principal, target, access)
+            if reach is not None and reach.allowed:
+                return _decide(
+                    True,
+                    f"permission allowed: {name} is a global permission of the token, "
+                    f"{reach.detail}",
+                    needed,
+                )
+            detail = reach.detail if reach is not None else "whose namespace is unknown"
+            return _decide(False, f"permission denied: global {name} on {target}: {detail}", needed)
         if target is None:
             return _decide(
                 False, f"permission denied: fine-grained token lists no global {name}", needed
