@@ -143,6 +143,74 @@ def test_oauth_expiry_is_parsed():
     assert outcome.principal.auth_type == "oauth"
 
 
+def _with_org(**fields):
+    org = {"name": "acme", "roleInOrg": "write", **fields}
+    return {**WHOAMI_FINE_GRAINED, "orgs": [org]}
+
+
+@pytest.mark.parametrize(
+    ("body", "check"),
+    [
+        pytest.param(
+            {**WHOAMI_WRITE, "id": 12345}, lambda p: p.id == "12345", id="numeric-user-id"
+        ),
+        pytest.param({**WHOAMI_WRITE, "id": ["x"]}, lambda p: p.id is None, id="list-user-id"),
+        pytest.param(_with_org(id=7), lambda p: p.orgs[0].id == "7", id="numeric-org-id"),
+        pytest.param(
+            _with_org(isEnterprise="yes"),
+            lambda p: p.orgs[0].is_enterprise is False,
+            id="text-is-enterprise",
+        ),
+        pytest.param(_with_org(plan=3), lambda p: p.orgs[0].plan == "3", id="numeric-plan"),
+        pytest.param(
+            _with_org(resourceGroups=[{"name": "research", "role": "write"}, "junk", {"id": "g"}]),
+            lambda p: [g.id for g in p.orgs[0].resource_groups] == ["g"],
+            id="resource-groups-without-id-skipped",
+        ),
+        pytest.param(
+            _with_org(resourceGroups="none"),
+            lambda p: p.orgs[0].resource_groups == (),
+            id="resource-groups-not-a-list",
+        ),
+    ],
+)
+def test_fields_that_grant_nothing_never_refuse_a_token(body, check):
+    """Odd values of informational fields are accepted (liberal), never a permanent 503."""
+    _, outcome = drive(HubWhoamiSource(), answer(200, body))
+    assert isinstance(outcome, Valid)
+    assert check(outcome.principal)
+
+
+@pytest.mark.parametrize(
+    "expires_at",
+    [
+        pytest.param("2030-01-01T00:00:00.000Z", id="iso"),
+        pytest.param(1893456000, id="epoch-seconds"),
+        pytest.param(1893456000000, id="epoch-milliseconds"),
+    ],
+)
+def test_expiry_as_iso_or_epoch(expires_at):
+    body = {**WHOAMI_OAUTH, "auth": {**WHOAMI_OAUTH["auth"], "expiresAt": expires_at}}
+    _, outcome = drive(HubWhoamiSource(), answer(200, body))
+    assert outcome.principal.expires_at == datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "expires_at",
+    [
+        pytest.param("soon", id="text"),
+        pytest.param(True, id="bool"),
+        pytest.param([2030], id="list"),
+        pytest.param(1e300, id="out-of-range"),
+    ],
+)
+def test_an_expiry_that_cannot_be_read_is_unavailable(expires_at):
+    """Granting without knowing when the token ends would be unsafe: 503, not valid."""
+    body = {**WHOAMI_OAUTH, "auth": {**WHOAMI_OAUTH["auth"], "expiresAt": expires_at}}
+    with pytest.raises(SourceUnavailable):
+        drive(HubWhoamiSource(), answer(200, body))
+
+
 def test_whoami_401_is_invalid():
     body = {"error": "Invalid credentials in Authorization header"}
     _, outcome = drive(HubWhoamiSource(), answer(401, body))

@@ -258,10 +258,37 @@ def _bool(data: Mapping[str, Any], key: str, where: str) -> bool:
     return value
 
 
+def _informational_str(data: Mapping[str, Any], key: str) -> str | None:
+    """A field that grants nothing (an id, a plan): a number becomes text, and any
+    other odd value is dropped, so that it never turns a valid token into a 503."""
+    value = data.get(key)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _informational_bool(data: Mapping[str, Any], key: str) -> bool:
+    value = data.get(key)
+    return value if isinstance(value, bool) else False
+
+
+# Epoch numbers above this are milliseconds (in seconds it is the year 5138).
+_EPOCH_MILLISECONDS = 10**11
+
+
 def parse_timestamp(value: object, where: str) -> datetime | None:
-    """Parse an ISO 8601 timestamp (``Z`` allowed); naive values are taken as UTC."""
+    """Parse an ISO 8601 timestamp (``Z`` allowed; naive values are taken as UTC),
+    or an epoch time in seconds or milliseconds."""
     if value is None:
         return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = value / 1000 if abs(value) >= _EPOCH_MILLISECONDS else value
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, ValueError, OSError):
+            raise MalformedAnswer(f"{where} is out of range") from None
     if not isinstance(value, str):
         raise MalformedAnswer(f"{where} is not a timestamp")
     try:
@@ -275,23 +302,26 @@ def _org(value: object, index: int) -> OrgMembership:
     where = f"orgs[{index}]"
     data = _mapping(value, where)
     groups = []
-    for group_index, group_value in enumerate(_list(data, "resourceGroups", where)):
-        group_where = f"{where}.resourceGroups[{group_index}]"
-        group = _mapping(group_value, group_where)
-        groups.append(
-            ResourceGroup(
-                id=_required_str(group, "id", group_where),
-                name=_optional_str(group, "name", group_where),
-                role=_label(_optional_str(group, "role", group_where)) or "no_access",
+    # Resource groups grant nothing here (fine-grained tokens must list what they
+    # use): an entry of an odd shape is skipped, not a reason to refuse the token.
+    raw_groups = data.get("resourceGroups")
+    for group in raw_groups if isinstance(raw_groups, list) else ():
+        group_id = _informational_str(group, "id") if isinstance(group, Mapping) else None
+        if group_id:
+            groups.append(
+                ResourceGroup(
+                    id=group_id,
+                    name=_informational_str(group, "name"),
+                    role=_label(_informational_str(group, "role")) or "no_access",
+                )
             )
-        )
     return OrgMembership(
         name=_required_str(data, "name", where),
         # A membership without a role grants nothing rather than something.
         role=_label(_optional_str(data, "roleInOrg", where)) or "no_access",
-        id=_optional_str(data, "id", where),
-        plan=_label(_optional_str(data, "plan", where)),
-        is_enterprise=_bool(data, "isEnterprise", where),
+        id=_informational_str(data, "id"),
+        plan=_label(_informational_str(data, "plan")),
+        is_enterprise=_informational_bool(data, "isEnterprise"),
         resource_groups=tuple(groups),
     )
 
@@ -320,7 +350,7 @@ def principal_from_whoami(data: object, *, fingerprint: str = "", source: str = 
     return Principal(
         name=_required_str(root, "name", "answer"),
         type=_label(_optional_str(root, "type", "answer")) or "user",
-        id=_optional_str(root, "id", "answer"),
+        id=_informational_str(root, "id"),
         fullname=_optional_str(root, "fullname", "answer"),
         email=_optional_str(root, "email", "answer"),
         auth_type=_label(_optional_str(auth, "type", "auth")) or "access_token",
