@@ -775,3 +775,29 @@ def test_names_that_merely_contain_hf_are_accepted(
     argv = argv if argv[0] == "--user" else ["--user", "bob", *argv]
     result = cli("token", "create", "--store", str(store_path), *argv)
     assert result.code == 0, result.err
+
+
+@pytest.mark.parametrize(
+    ("secret_env", "shown", "hidden"),
+    [
+        pytest.param("HFAUTH_TEST_UNSET_SECRET", "HFAUTH_TEST_UNSET_SECRET", None, id="a-name"),
+        pytest.param(
+            "9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c",
+            "named by --redis-secret-env",
+            "9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c",
+            id="the-secret-pasted",
+        ),
+    ],
+)
+def test_revoke_broadcast_without_its_secret_names_the_variable_not_the_value(
+    cli: Cli, store_path: Path, alice: str, secret_env: str, shown: str, hidden: str | None
+) -> None:
+    fingerprint = cli("token", "list", "--store", str(store_path), "--json")
+    result = cli(
+        "token", "revoke", "--store", str(store_path), "--redis-url", "redis://127.0.0.1:1/0",
+        "--redis-secret-env", secret_env, json.loads(fingerprint.out)[0]["fingerprint"],
+    )  # fmt: skip
+    assert result.code != 0
+    assert shown in result.err
+    if hidden is not None:
+        assert hidden not in result.err

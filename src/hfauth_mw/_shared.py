@@ -53,6 +53,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 import weakref
@@ -590,6 +591,9 @@ class SharedCache:
         self.close()
 
 
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+
+
 def revocation_broadcaster(
     url: str, secret_env: str, prefix: str = "hfauth"
 ) -> Callable[[str], int]:
@@ -598,8 +602,11 @@ def revocation_broadcaster(
     command line) and return a function that broadcasts one fingerprint."""
     secret = os.environ.get(secret_env, "")
     if not secret:
+        # Echo only a conventional variable name: what was typed may be the secret itself.
+        named = secret_env if _ENV_NAME.fullmatch(secret_env) else "named by --redis-secret-env"
         raise ConfigurationError(
-            f"--redis-url needs the deployment secret in the environment variable {secret_env}"
+            f"--redis-url needs the deployment secret in the environment variable {named} "
+            "(give the variable's name, never the secret itself)"
         )
 
     def broadcast(fingerprint: str) -> int:
