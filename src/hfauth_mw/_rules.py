@@ -429,16 +429,14 @@ def has_permission(
                 )
             # A repository permission listed as global still stops where the
             # user's own rights stop (the org role), as can_read/can_write do.
-            reach = _entity_reach(principal, target, access)
-            if reach is not None and reach.allowed:
-                return _decide(
-                    True,
-                    f"permission allowed: {name} is a global permission of the token, "
-                    f"{reach.detail}",
-                    needed,
-                )
-            detail = reach.detail if reach is not None else "whose namespace is unknown"
-            return _decide(False, f"permission denied: global {name} on {target}: {detail}", needed)
+            return _within_reach(
+                principal,
+                target,
+                access,
+                f"global {name}",
+                "it is a global permission of the token",
+                needed,
+            )
         if target is None:
             return _decide(
                 False, f"permission denied: fine-grained token lists no global {name}", needed
@@ -457,6 +455,13 @@ def has_permission(
         )
     if target is None:
         return _decide(True, f"permission allowed: {name}, classic {role} token", needed)
+    return _within_reach(principal, target, access, name, f"classic {role} token", needed)
+
+
+def _within_reach(
+    principal: Principal, target: Entity, access: Access, name: str, granted_by: str, needed: str
+) -> Decision:
+    """``name`` on ``target`` as far as the caller's rights in its namespace reach."""
     reach = _entity_reach(principal, target, access)
     if reach is None:
         return _decide(
@@ -464,9 +469,7 @@ def has_permission(
         )
     if reach.allowed:
         return _decide(
-            True,
-            f"permission allowed: {name} on {target}, classic {role} token, {reach.detail}",
-            needed,
+            True, f"permission allowed: {name} on {target}, {granted_by}, {reach.detail}", needed
         )
     return _decide(False, f"permission denied: {name} on {target}: {reach.detail}", needed)
 
