@@ -994,8 +994,11 @@ def test_revoke_api_reaches_a_subscriber_in_this_process(
     holder = Authenticator(source, shared=holder_shared)
     revoker = Authenticator(source, shared=revoker_shared)
     try:
-        holder.authenticate_sync(Credentials.from_token(alice))
+        holder.authenticate_sync(Credentials.from_token(alice))  # starts the listener
         assert holder_shared.wait_ready(10)
+        # What was cached before the listener listened is dropped when it subscribes;
+        # cache the token again, now under the subscription.
+        holder.authenticate_sync(Credentials.from_token(alice))
         assert len(holder.cache) == 1
         started = time.monotonic()
         assert revoker.revoke(alice) >= 1

@@ -525,17 +525,18 @@ class SharedCache:
 
     def _on_subscribed(self, again: bool) -> None:
         """The listener listens: revocations published before that may have been
-        missed, so every attached in-process cache that holds answers is emptied.
+        missed, so every attached in-process cache is emptied (and flights that
+        began before do not store their answers).
 
         On the first subscription the caches hold at most what this process
         learned while the listener was starting (or while Redis was down), and
         those answers may already be revoked.
         """
-        caches = [cache for cache, _ in self._caches()]
+        held = False
+        for cache, _ in self._caches():
+            held = held or len(cache) > 0
+            cache.clear()
         if not again:
-            held = [cache for cache in caches if len(cache)]
-            for cache in held:
-                cache.clear()
             if held:
                 logger.info(
                     "revocation channel listening: in-process answers cached before it "
@@ -543,8 +544,6 @@ class SharedCache:
                     extra={"hfauth_event": "revocation_subscribed"},
                 )
             return
-        for cache in caches:
-            cache.clear()
         with self._attached_lock:
             self._resubscribed += 1
         logger.warning(
