@@ -9,7 +9,9 @@ rows differ only in the authentication layer.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +124,35 @@ class MinimalKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+class TokenCacheFloor:
+    """The least any token-cache middleware does, and nothing more: the one
+    ``Authorization`` header, ``Bearer`` split, SHA-256, a dict lookup, a
+    freshness check on a monotonic clock, the caller put in the scope. No
+    grammar check, rules, limiter, metrics, audit or response headers, so no
+    real middleware can be cheaper; it shows what the 0.5x-Starlette target
+    leaves for everything else."""
+
+    def __init__(self, app: ASGIApp, tokens: dict[bytes, str]) -> None:
+        self.app = app
+        self.entries = {digest: (user, math.inf) for digest, user in tokens.items()}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            entry = None
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    scheme, _, token = value.partition(b" ")
+                    if scheme.lower() == b"bearer":
+                        entry = self.entries.get(hashlib.sha256(token).digest())
+                    break
+            if entry is None or time.monotonic() >= entry[1]:
+                await send({"type": "http.response.start", "status": 401, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            scope["user"] = entry[0]
+        await self.app(scope, receive, send)
+
+
 class PrivateHeadersOnly:
     """No authentication: only hfauth-mw's two response headers, added by its own
     send wrapper. What the headers cost a server, apart from the layer."""
@@ -226,6 +257,12 @@ def minimal_key(fixture: Fixture) -> ASGIApp:
     return _starlette([Middleware(MinimalKeyMiddleware, api_key=fixture.token)])
 
 
+def token_cache_floor(fixture: Fixture) -> ASGIApp:
+    from starlette.middleware import Middleware
+
+    return _starlette([Middleware(TokenCacheFloor, tokens=fixture.tokens)])
+
+
 def private_headers_only(fixture: Fixture) -> ASGIApp:
     from starlette.middleware import Middleware
 
@@ -325,6 +362,7 @@ ASGI_APPS: dict[str, Callable[[Fixture], ASGIApp]] = {
     "starlette-auth": starlette_auth,
     "static-key": static_key,
     "minimal-key": minimal_key,
+    "token-cache-floor": token_cache_floor,
     "headers-only": private_headers_only,
     "bare-fastapi": bare_fastapi,
     "fastapi-bearer": fastapi_bearer,

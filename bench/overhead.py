@@ -48,6 +48,12 @@ ASGI_VARIANTS = [
     ),
     Variant("static-key", "static key, vLLM-style pure ASGI", apps.static_key, "bare"),
     Variant("minimal-key", "static key, minimal (floor)", apps.minimal_key, "bare"),
+    Variant(
+        "token-cache-floor",
+        "token cache, minimal (floor: SHA-256 + dict)",
+        apps.token_cache_floor,
+        "bare",
+    ),
     Variant("bare-fastapi", "bare FastAPI", apps.bare_fastapi, None, "fastapi"),
     Variant(
         "fastapi-bearer",

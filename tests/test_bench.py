@@ -82,3 +82,34 @@ async def test_headers_only_app_adds_the_two_headers_without_a_token(tmp_path: P
     assert response.status_code == 200
     assert response.headers["cache-control"] == "private"
     assert response.headers["vary"] == "Authorization"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        pytest.param(None, 200, id="the-fixture-token"),
+        pytest.param("Bearer hf_not_a_token_in_the_dict", 401, id="unknown-token"),
+        pytest.param("Basic abc", 401, id="other-scheme"),
+        pytest.param("", 401, id="no-header"),
+    ],
+)
+async def test_token_cache_floor_really_checks_the_token(
+    tmp_path: Path, authorization: str | None, status: int
+) -> None:
+    """The floor row is a lower bound only if it does the lookup it claims to."""
+    import httpx
+    from bench.apps import ASGI_APPS, PATH, make_fixture
+
+    fixture = make_fixture(tmp_path)
+    app = ASGI_APPS["token-cache-floor"](fixture)
+    headers = {}
+    if authorization is None:
+        headers["authorization"] = fixture.authorization.decode()
+    elif authorization:
+        headers["authorization"] = authorization
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get(PATH, headers=headers)
+
+    assert response.status_code == status
