@@ -346,6 +346,38 @@ async def test_a_token_the_hub_rejected_is_never_served_stale(
     assert authenticator.stats()["stale_served"] == 0
 
 
+def test_a_token_revoked_during_its_refresh_is_not_served_stale(
+    make_authenticator, hub_emulator, hub_store, clock
+):
+    """Stale-if-error on; the refresh is in flight when the token is revoked, then
+    the hub fails: the stale answer the flight began with must not be served."""
+    issued = hub_store.create_token(user="dave", role="write")
+    dave = Credentials.from_token(issued.token)
+    authenticator = make_authenticator(ttl=60, stale_if_error=30)
+    authenticator.authenticate_sync(dave)
+    clock.advance(61)  # stale, inside the stale window
+    hub_emulator.fail_next(503)
+    hub_emulator.delay = 30  # held until released
+    outcome: list[object] = []
+
+    def refresh() -> None:
+        try:
+            outcome.append(authenticator.authenticate_sync(dave).name)
+        except SourceUnavailable as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=refresh)
+    thread.start()
+    assert hub_emulator.wait_for_held(1)
+    authenticator.revoke(issued.token)
+    hub_emulator.release_held()
+    thread.join(timeout=10)
+
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], SourceUnavailable)
+    assert authenticator.stats()["stale_served"] == 0
+
+
 async def test_breaker_stops_calls_to_a_failing_hub(hub_emulator, hub_store, clock):
     from hfauth_mw import UpstreamBreaker
 

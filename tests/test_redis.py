@@ -295,6 +295,25 @@ def test_shared_ttl_follows_the_cache_rules(fake_redis, clock, answer, cache, st
     assert not any(key.endswith(":lock") for key in fake_redis.data)
 
 
+def test_a_negative_answer_read_from_redis_keeps_only_its_remaining_life(fake_redis, clock):
+    """A token refused 9 s ago elsewhere, then created: after the 10 s negative TTL
+    it works everywhere, not 10 s later in the process that read the refusal."""
+    source = FakeSource({})
+    first = Process(fake_redis, clock, source, negative_ttl=10)
+    second = Process(fake_redis, clock, source, negative_ttl=10)
+    with pytest.raises(InvalidToken):
+        first.run(ALICE_TOKEN)
+    clock.advance(9)
+    with pytest.raises(InvalidToken):
+        second.run(ALICE_TOKEN)  # from Redis, 1 s of life left
+    assert second.auth.stats()["shared_hits"] == 1
+    source.answers[ALICE_TOKEN] = Valid(alice_principal())
+    clock.advance(1.5)
+
+    assert second.run(ALICE_TOKEN).name == "alice"
+    assert source.calls == 2
+
+
 class _nothing:
     def __enter__(self) -> None:
         return None

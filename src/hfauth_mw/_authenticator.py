@@ -425,7 +425,13 @@ class Authenticator:
 
     def _fall_back(self, leader: Leader, failure: SourceUnavailable) -> Outcome:
         """Serve the stale answer if stale-if-error allows, else fail the flight."""
-        if leader.stale is not None and self.cache.stale_if_error > 0:
+        # Not if the cache was invalidated since the flight began: the token
+        # may have been revoked meanwhile.
+        if (
+            leader.stale is not None
+            and self.cache.stale_if_error > 0
+            and self.cache.is_current(leader)
+        ):
             self._count("stale_served")
             audit_logger.warning(
                 "stale answer served for token %s: %s",

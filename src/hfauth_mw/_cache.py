@@ -7,7 +7,7 @@ Design, and why:
 * Positive answers live in a ``TLRUCache`` whose per-entry lifetime is the
   shorter of ``ttl`` and the token's own remaining life, so nothing outlives
   the token's expiry (RFC 7662 section 4).
-* Negative answers live in a separate, smaller-TTL ``TTLCache``, so a flood of
+* Negative answers live in a separate ``TLRUCache`` with a shorter TTL, so a flood of
   random tokens evicts other random tokens, never good entries.
 * "Unavailable" is never stored: the next request asks again.
 * Stale-if-error (off by default): a positive answer is kept up to
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from cachetools import TLRUCache, TTLCache
+from cachetools import TLRUCache
 
 from ._exceptions import ConfigurationError
 from ._metrics import count_value
@@ -77,6 +77,10 @@ class Leader:
     future: Future[Outcome]
     stale: Valid | None = None
     generation: int = 0
+
+
+def _negative_until(_key: bytes, entry: tuple[Invalid, float], _now: float) -> float:
+    return entry[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +174,11 @@ class TokenCache:
         self.clock = clock
         self._positive = _PositiveStore(maxsize, self._keep_until, timer)
         self._readable = self._positive.readable
-        self._negative: TTLCache[bytes, Invalid] = TTLCache(negative_maxsize, negative_ttl, timer)
+        # Each negative entry carries the moment it stops counting: negative_ttl,
+        # or less for an answer that already aged in a shared tier.
+        self._negative: TLRUCache[bytes, tuple[Invalid, float]] = TLRUCache(
+            negative_maxsize, _negative_until, timer
+        )
         self._inflight: dict[bytes, Future[Outcome]] = {}
         self._lock = threading.Lock()
         self._generation = 0
@@ -231,7 +239,8 @@ class TokenCache:
         if fresh is not None:
             return fresh
         with self._lock:
-            return self._negative.get(key)
+            negative = self._negative.get(key)
+        return None if negative is None else negative[0]
 
     def begin(self, key: bytes) -> Outcome | Leader | Future[Outcome]:
         """Start a lookup: a cached outcome, the leadership of a new flight, or
@@ -255,7 +264,7 @@ class TokenCache:
             negative = self._negative.get(key)
             if negative is not None:
                 self.negative_hits += 1
-                return negative
+                return negative[0]
             self.misses += 1
             future: Future[Outcome] = Future()
             self._inflight[key] = future
@@ -274,8 +283,8 @@ class TokenCache:
         """Store the leader's outcome (unless ``store`` is false, or the cache was
         invalidated since the flight began) and wake every waiter.
 
-        ``max_age`` caps how long a positive answer stays fresh here (for an
-        answer read from a shared tier, where it already aged).
+        ``max_age`` caps how long the answer stays fresh here (for an answer
+        read from a shared tier, where it already aged).
         """
         with self._lock:
             if store and leader.generation == self._generation:
@@ -289,14 +298,20 @@ class TokenCache:
             # The source has said no: an older positive answer, kept for
             # stale-if-error, must never be served again.
             self._positive.pop(key, None)
-            if self.negative_ttl > 0:
-                self._negative[key] = outcome
+            lifetime = self.negative_ttl if max_age is None else min(self.negative_ttl, max_age)
+            if lifetime > 0:
+                self._negative[key] = (outcome, self.timer() + lifetime)
         elif self.ttl > 0:
             now = self.timer()
             lifetime = self.lifetime(outcome)
             if max_age is not None:
                 lifetime = min(lifetime, max_age)
             self._positive[key] = _Entry(outcome, now + lifetime)
+
+    def is_current(self, leader: Leader) -> bool:
+        """Whether nothing was invalidated since ``leader``'s flight began (then
+        what it knew at the start, such as its stale answer, may still be used)."""
+        return leader.generation == self._generation
 
     def abandon(self, leader: Leader, error: BaseException) -> None:
         """End a flight that could not get an outcome; waiters get ``error``. Nothing is stored."""
