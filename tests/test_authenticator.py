@@ -399,6 +399,46 @@ async def test_breaker_stops_calls_to_a_failing_hub(hub_emulator, hub_store, clo
     assert hub_emulator.whoami_calls == 4
 
 
+async def test_a_cancelled_call_counts_neither_for_nor_against_the_breaker(
+    hub_emulator, hub_store, clock
+):
+    """Requests that give up (client gone, a server deadline) must not close the breaker."""
+    from hfauth_mw import UpstreamBreaker
+
+    breaker = UpstreamBreaker(failure_threshold=3, cooldown=10, timer=clock)
+    authenticator = Authenticator(
+        HubWhoamiSource(hub_emulator.url),
+        cache=TokenCache(timer=clock, clock=clock),
+        breaker=breaker,
+    )
+    hub_emulator.fail_next(500, times=3)
+    for i in range(3):
+        with pytest.raises(SourceUnavailable):
+            await authenticator.authenticate(
+                Credentials.from_token(hub_store.create_token(user=f"u{i}").token)
+            )
+    clock.advance(10)
+    assert breaker.state == "half-open"
+    hub_emulator.delay = 30  # the trial call hangs until released
+    trial = asyncio.create_task(
+        authenticator.authenticate(Credentials.from_token(hub_store.create_token(user="t").token))
+    )
+    assert await asyncio.to_thread(hub_emulator.wait_for_held, 1)
+    trial.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await trial
+    hub_emulator.release_held()
+    hub_emulator.delay = 0
+
+    assert breaker.state == "half-open"  # not closed by the cancelled trial
+    hub_emulator.fail_next(500)
+    with pytest.raises(SourceUnavailable):  # the next request is the new trial, and fails
+        await authenticator.authenticate(
+            Credentials.from_token(hub_store.create_token(user="n").token)
+        )
+    assert breaker.state == "open"
+
+
 class _StuckSource:
     """A source whose flights another request leads forever (the test holds the lead)."""
 

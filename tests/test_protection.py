@@ -53,6 +53,20 @@ def test_success_resets_the_failure_count(clock):
     assert breaker.state == "closed"
 
 
+def test_cancelled_calls_free_the_slot_and_leave_the_state(clock):
+    breaker = UpstreamBreaker(max_concurrent=1, failure_threshold=2, cooldown=5, timer=clock)
+    for _ in range(2):
+        breaker.acquire()
+        breaker.release(FAIL)
+    clock.advance(5)
+    breaker.acquire()  # the trial
+    breaker.cancel()
+    assert breaker.state == "half-open"
+    breaker.acquire()  # the slot and the trial are free again
+    breaker.release(FAIL)
+    assert breaker.state == "open"
+
+
 def test_upstream_retry_after_is_honoured(clock):
     breaker = UpstreamBreaker(failure_threshold=100, timer=clock)
     breaker.acquire()

@@ -414,9 +414,10 @@ class Authenticator:
             self._count("upstream_errors")
             return self._fall_back(leader, unexpected)
         except BaseException:
-            # This request was cancelled (GeneratorExit): free the slot, and let a
+            # This request was cancelled (GeneratorExit): free the slot without
+            # counting a success (that would close an open breaker), and let a
             # waiting request take over the flight rather than fail.
-            self.breaker.release(None)
+            self.breaker.cancel()
             self.cache.abandon(leader, LeaderCancelled())
             raise
         self.breaker.release(None)

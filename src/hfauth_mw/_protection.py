@@ -91,6 +91,14 @@ class UpstreamBreaker:
                 )
             self._running += 1
 
+    def cancel(self) -> None:
+        """Give the slot back for a call that ended without an answer (the request
+        was cancelled): neither a success nor a failure. A cancelled trial call
+        lets the next request be the trial."""
+        with self._lock:
+            self._running -= 1
+            self._trial_running = False
+
     def release(
         self, error: SourceUnavailable | None, *, upstream_retry_after: int | None = None
     ) -> None:
