@@ -23,6 +23,9 @@ Faults, by :attr:`Fault.kind`:
   the headers).
 * ``slow_body``: send the status line and headers with a ``Content-Length``,
   a few bytes of body, then stall (read timeout in the body).
+* ``drip``: send the status line and headers with a ``Content-Length``, then
+  the body one byte every :data:`DRIP_INTERVAL` seconds: every read succeeds
+  well inside the read timeout, but the answer never finishes in time.
 * ``stream``: send the headers and then an endless body (``Content-Length``
   or chunked), for answers over the size cap; stops when the client hangs up.
 
@@ -45,7 +48,10 @@ from typing import Any, Literal
 STALL_LIMIT = 15.0
 _MAX_HEAD = 64 * 1024
 
-FaultKind = Literal["answer", "raw", "refused", "backlog", "silent", "slow_body", "stream"]
+#: ``drip``: seconds between two bytes of the body.
+DRIP_INTERVAL = 0.05
+
+FaultKind = Literal["answer", "raw", "refused", "backlog", "silent", "slow_body", "drip", "stream"]
 
 _REASONS = {
     200: "OK",
@@ -110,6 +116,13 @@ SLOW_BODY = Fault(
     headers=(("Content-Type", "application/json"), ("Content-Length", "4096")),
     body=b'{"name": "al',
 )
+
+
+def drip(document: Any) -> Fault:
+    """``document`` as JSON, sent a byte at a time (see ``drip`` above)."""
+    return Fault(
+        "drip", headers=(("Content-Type", "application/json"),), body=json.dumps(document).encode()
+    )
 
 
 def endless_body(*, content_length: int | None) -> Fault:
@@ -178,6 +191,13 @@ class _Handler(socketserver.BaseRequestHandler):
         elif fault.kind == "slow_body":
             conn.sendall(_head(fault.status, list(fault.headers)) + fault.body)
             release.wait(STALL_LIMIT)
+        elif fault.kind == "drip":
+            head = _head(fault.status, [*fault.headers, ("Content-Length", str(len(fault.body)))])
+            conn.sendall(head)
+            for byte in fault.body:
+                if release.wait(DRIP_INTERVAL):
+                    break
+                conn.sendall(bytes([byte]))
         elif fault.kind == "stream":
             headers = list(fault.headers)
             chunked = fault.content_length is None

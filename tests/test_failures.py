@@ -19,8 +19,10 @@ pooled httpx clients. Every row checks the same promises:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
+import gzip
 import json
 import logging
 import secrets
@@ -48,6 +50,7 @@ from faults import (
     Fault,
     FaultServer,
     answer,
+    drip,
     endless_body,
     json_answer,
     raw,
@@ -60,6 +63,7 @@ from hfauth_mw import (
     HFAuthMiddleware,
     HFAuthWSGIMiddleware,
     HubWhoamiSource,
+    SourceUnavailable,
     TokenCache,
     get_request_auth,
 )
@@ -125,6 +129,10 @@ ROWS = [
     ),
     pytest.param(Row(SILENT, TIMEOUT), id="read-timeout-no-headers"),
     pytest.param(Row(SLOW_BODY, TIMEOUT), id="read-timeout-slow-body"),
+    # Each byte inside the read timeout, the whole far past the sum of the phases.
+    pytest.param(
+        Row(drip(whoami_answer("alice") | {"pad": "x" * 300}), TIMEOUT), id="body-dripped"
+    ),
     pytest.param(Row(raw(b""), REACH), id="hang-up-before-answering"),
     pytest.param(Row(raw(b"SSH-2.0-OpenSSH_9.6\r\n"), REACH), id="not-http-at-all"),
     pytest.param(
@@ -207,6 +215,18 @@ ROWS = [
     pytest.param(
         Row(json_answer({"name": "alice", "auth": {"accessToken": {"fineGrained": ""}}}), SHAPE),
         id="type-fine-grained-empty-string",
+    ),
+    # --- content coding: asked for none; a compressed body could expand past the cap ---
+    pytest.param(
+        Row(
+            answer(
+                200,
+                gzip.compress(json.dumps(whoami_answer("alice")).encode()),
+                headers=[("Content-Encoding", "gzip")],
+            ),
+            "compressed answer",
+        ),
+        id="200-gzip-not-asked-for",
     ),
     # --- over the size cap (the Authenticator's max_answer_bytes) ---
     pytest.param(
@@ -359,3 +379,30 @@ async def test_upstream_fault(
         finally:
             upstream.stop()
         assert elsewhere.calls == 0, "a redirect was followed to another host"
+
+
+@pytest.mark.parametrize(
+    "driver", [pytest.param("sync", id="sync"), pytest.param("async", id="async")]
+)
+async def test_a_client_of_your_own_never_follows_a_redirect(driver: str) -> None:
+    """Own clients are for proxies and certificates; their redirect setting must not leak in."""
+    token = Credentials.from_token(hub_shaped_token())
+    with (
+        FaultServer(json_answer(whoami_answer("mallory")), host="127.0.0.2") as elsewhere,
+        FaultServer(redirect(302, elsewhere.url + _STOLEN)) as upstream,
+        httpx.Client(follow_redirects=True) as client,
+    ):
+        async with httpx.AsyncClient(follow_redirects=True) as async_client:
+            authenticator = Authenticator(
+                HubWhoamiSource(upstream.url, timeout=SOURCE_TIMEOUT),
+                client=client,
+                async_client=async_client,
+            )
+            check = (
+                asyncio.to_thread(authenticator.authenticate_sync, token)
+                if driver == "sync"
+                else authenticator.authenticate(token)
+            )
+            with pytest.raises(SourceUnavailable, match="HTTP 302"):
+                await check
+        assert elsewhere.calls == 0

@@ -101,16 +101,80 @@ def shared_async_client() -> httpx.AsyncClient:
     return client
 
 
-def _transport_failure(exc: Exception, source: str) -> SourceUnavailable:
-    if isinstance(exc, httpx.TimeoutException):
+def _transport_failure(exc: Exception) -> SourceUnavailable:
+    if isinstance(exc, httpx.TimeoutException | AnswerTooSlow | TimeoutError):
         return SourceUnavailable("The token source timed out")
     if isinstance(exc, AnswerTooLarge):
         return SourceUnavailable("The token source answered more than we accept")
+    if isinstance(exc, AnswerEncoded):
+        return SourceUnavailable(
+            "The token source sent a compressed answer although asked for none"
+        )
     return SourceUnavailable("The token source cannot be reached")
 
 
 class AnswerTooLarge(Exception):
     pass
+
+
+class AnswerTooSlow(Exception):
+    pass
+
+
+class AnswerEncoded(Exception):
+    pass
+
+
+#: Raised by the drivers' reads of an upstream answer; each becomes a 503.
+_ANSWER_FAILURES = (httpx.HTTPError, AnswerTooLarge, AnswerTooSlow, AnswerEncoded, TimeoutError)
+
+
+class _AnswerBody:
+    """One upstream answer's body, read the same way by both drivers.
+
+    Bounded in size *as sent*: the request asks for no content coding and an
+    answer that has one is refused, so a small compressed body can never
+    expand past the cap in memory. Bounded in time as a whole: httpx's
+    timeouts bound each read, so an upstream sending a byte at a time would
+    otherwise hold the request (and a breaker slot) for as long as it likes.
+    """
+
+    __slots__ = ("_body", "_deadline", "_limit")
+
+    def __init__(self, response: httpx.Response, limit: int, deadline: float) -> None:
+        if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+            raise AnswerEncoded
+        self._body = bytearray()
+        self._limit = limit
+        self._deadline = deadline
+
+    def add(self, chunk: bytes) -> None:
+        self._body += chunk
+        if len(self._body) > self._limit:
+            raise AnswerTooLarge
+        if time.monotonic() > self._deadline:
+            raise AnswerTooSlow
+
+    def response(self, response: httpx.Response) -> httpx.Response:
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=bytes(self._body),
+            request=response.request,
+        )
+
+
+def _prepare(work: httpx.Request, fallback: float) -> float:
+    """Ask for the answer without content coding; return the seconds the whole
+    call may take: the sum of the request's timeout phases (connect, write,
+    pool, read), or ``fallback`` for a request that names none."""
+    work.headers["Accept-Encoding"] = "identity"
+    phases = work.extensions.get("timeout")
+    if isinstance(phases, dict):
+        bounds = [phase for phase in phases.values() if isinstance(phase, int | float)]
+        if bounds:
+            return float(sum(bounds))
+    return fallback
 
 
 #: Waiting futures a flight's list holds before its first sweep of cancelled ones.
@@ -535,19 +599,20 @@ class Authenticator:
         if isinstance(work, Pause):
             time.sleep(work.seconds)
             return None
+        # Blocking reads cannot be interrupted: the deadline is checked as each
+        # part of the answer arrives (each read is bounded by the read timeout).
+        deadline = time.monotonic() + _prepare(work, self.source.wait_timeout)
         try:
-            response = client.send(work, stream=True)
+            response = client.send(work, stream=True, follow_redirects=False)
             try:
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > self.max_answer_bytes:
-                        raise AnswerTooLarge
+                body = _AnswerBody(response, self.max_answer_bytes, deadline)
+                for chunk in response.iter_raw():
+                    body.add(chunk)
             finally:
                 response.close()
-        except (httpx.HTTPError, AnswerTooLarge) as exc:
-            raise _transport_failure(exc, self.source.name) from None
-        return _with_body(response, bytes(body))
+        except _ANSWER_FAILURES as exc:
+            raise _transport_failure(exc) from None
+        return body.response(response)
 
     async def run_async(self, flow: Generator[Work, Any, T]) -> T:
         """Drive any flow built on :meth:`flow` with async I/O."""
@@ -581,19 +646,20 @@ class Authenticator:
         if isinstance(work, Pause):
             await asyncio.sleep(work.seconds)
             return None
+        seconds = _prepare(work, self.source.wait_timeout)
+        deadline = time.monotonic() + seconds
         try:
-            response = await client.send(work, stream=True)
-            try:
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > self.max_answer_bytes:
-                        raise AnswerTooLarge
-            finally:
-                await response.aclose()
-        except (httpx.HTTPError, AnswerTooLarge) as exc:
-            raise _transport_failure(exc, self.source.name) from None
-        return _with_body(response, bytes(body))
+            async with asyncio.timeout(seconds):
+                response = await client.send(work, stream=True, follow_redirects=False)
+                try:
+                    body = _AnswerBody(response, self.max_answer_bytes, deadline)
+                    async for chunk in response.aiter_raw():
+                        body.add(chunk)
+                finally:
+                    await response.aclose()
+        except _ANSWER_FAILURES as exc:
+            raise _transport_failure(exc) from None
+        return body.response(response)
 
     def _loop_waiter(self, flight: Future[Outcome]) -> asyncio.Future[Outcome]:
         """A future of this request's own for the flight's outcome. The
@@ -704,12 +770,3 @@ class Authenticator:
     async def arevoke(self, token: str) -> int:
         """:meth:`revoke` for async code."""
         return await self.run_async(self.revoke_flow(token))
-
-
-def _with_body(response: httpx.Response, body: bytes) -> httpx.Response:
-    return httpx.Response(
-        response.status_code,
-        headers=response.headers,
-        content=body,
-        request=response.request,
-    )
