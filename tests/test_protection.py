@@ -159,15 +159,55 @@ def test_limiter_ignores_unknown_clients(clock):
         pytest.param("10.0.0.1", "junk, 9.9.9.9", {"10.0.0.1"}, "9.9.9.9", id="junk-left"),
         pytest.param("10.0.0.1", "junk", {"10.0.0.1"}, "10.0.0.1", id="junk-only"),
         pytest.param(None, "9.9.9.9", set(), None, id="no-peer"),
+        # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
+        pytest.param("::ffff:9.9.9.9", None, set(), "9.9.9.9", id="mapped-peer"),
+        pytest.param(
+            "::ffff:10.0.0.1", "9.9.9.9", {"10.0.0.1"}, "9.9.9.9", id="mapped-trusted-proxy"
+        ),
+        pytest.param(
+            "10.0.0.1", "::ffff:9.9.9.9", {"10.0.0.1"}, "9.9.9.9", id="mapped-forwarded-hop"
+        ),
+        pytest.param("2001:db8::1", None, set(), "2001:db8::1", id="plain-ipv6-unchanged"),
     ],
 )
 def test_client_address(peer, forwarded, trusted, expected):
     assert client_address(peer, forwarded, frozenset(trusted)) == expected
 
 
-def test_limiter_refuses_non_ip_proxies():
+@pytest.mark.parametrize(
+    "proxies",
+    [
+        pytest.param(["proxy.internal"], id="host-name"),
+        pytest.param([167772161], id="a-number"),
+        pytest.param("10.0.0.1/8", id="a-network"),
+    ],
+)
+def test_limiter_refuses_non_ip_proxies(proxies):
     with pytest.raises(ConfigurationError):
-        FailureLimiter(trusted_proxies=["proxy.internal"])
+        FailureLimiter(trusted_proxies=proxies)
+
+
+@pytest.mark.parametrize(
+    "proxies",
+    [
+        pytest.param("10.0.0.1", id="one-address-as-text"),
+        pytest.param(["::ffff:10.0.0.1"], id="ipv4-mapped"),
+    ],
+)
+def test_limiter_trusts_a_proxy_however_it_is_written(proxies):
+    assert FailureLimiter(trusted_proxies=proxies).trusted_proxies == {"10.0.0.1"}
+
+
+def test_ipv4_clients_on_a_dual_stack_socket_are_counted_one_by_one(clock):
+    """As ::ffff:a.b.c.d they would all fall in one /64: one sprayer would lock out everyone."""
+    limiter = FailureLimiter(max_failures=3, timer=clock)
+    for _ in range(3):
+        limiter.failed("::ffff:127.0.0.1")
+    with pytest.raises(TooManyFailures):
+        limiter.check("::ffff:127.0.0.1")
+    with pytest.raises(TooManyFailures):
+        limiter.check("127.0.0.1")  # the same client, however the socket reports it
+    limiter.check("::ffff:127.0.0.2")  # another client is not locked out
 
 
 def test_ipv6_clients_are_counted_per_64(clock):

@@ -129,7 +129,10 @@ def client_address(
     first address that is not a trusted proxy is the client. Entries that are
     not IP addresses end the walk (they cannot be trusted).
     """
-    if peer is None or peer not in trusted_proxies or not forwarded_for:
+    if peer is None:
+        return None
+    peer = unmapped(peer)
+    if peer not in trusted_proxies or not forwarded_for:
         return peer
     client = peer
     for hop in reversed([part.strip() for part in forwarded_for.split(",")]):
@@ -137,15 +140,32 @@ def client_address(
             ipaddress.ip_address(hop)
         except ValueError:
             return client
+        hop = unmapped(hop)
         client = hop
         if hop not in trusted_proxies:
             return hop
     return client
 
 
+def unmapped(address: str) -> str:
+    """An IPv4 address as itself, also when a dual-stack socket reports it as
+    ``::ffff:a.b.c.d`` (uvicorn with ``--host ::``, for example)."""
+    if ":" in address and "." in address:
+        try:
+            mapped = ipaddress.IPv6Address(address).ipv4_mapped
+        except ValueError:
+            return address
+        if mapped is not None:
+            return str(mapped)
+    return address
+
+
 def _client_key(client: str) -> str:
     """What the brute-force guard counts: an IPv4 address, or an IPv6 /64 (one
-    subscriber's allocation, so rotating addresses inside it does not escape)."""
+    subscriber's allocation, so rotating addresses inside it does not escape).
+    An IPv4 client counts as itself even when reported IPv4-mapped: as part of
+    ``::ffff:0:0/64`` every IPv4 client would share one count."""
+    client = unmapped(client)
     if ":" not in client:
         return client
     try:
@@ -180,15 +200,20 @@ class FailureLimiter:
     ) -> None:
         if max_failures < 1 or window <= 0 or maxsize < 1:
             raise ConfigurationError("max_failures and maxsize must be at least 1, window positive")
-        proxies = frozenset(trusted_proxies)
-        for proxy in proxies:
+        if isinstance(trusted_proxies, str):
+            trusted_proxies = [trusted_proxies]  # one address, not its characters
+        proxies = set()
+        for proxy in trusted_proxies:
             try:
+                if not isinstance(proxy, str):
+                    raise ValueError
                 ipaddress.ip_address(proxy)
             except ValueError:
                 raise ConfigurationError(f"trusted proxy {proxy!r} is not an IP address") from None
+            proxies.add(unmapped(proxy))
         self.max_failures = max_failures
         self.window = window
-        self.trusted_proxies = proxies
+        self.trusted_proxies = frozenset(proxies)
         self.timer = timer
         # Each client's first failure in a window opens its entry; the entry
         # (and its count) expires with the window. Locked-out clients are also
