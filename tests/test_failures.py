@@ -176,6 +176,10 @@ ROWS = [
         id="200-html",
     ),
     pytest.param(Row(answer(200, "not json at all"), BAD_JSON), id="200-json-type-garbage-body"),
+    pytest.param(
+        Row(answer(200, "not json at all", content_type="Application/JSON"), BAD_JSON),
+        id="200-json-type-any-case",
+    ),
     pytest.param(Row(answer(200, ""), BAD_JSON), id="200-empty-body"),
     pytest.param(
         Row(answer(200, json.dumps(whoami_answer("alice")), content_type="text/plain"), NOT_JSON),

@@ -202,6 +202,7 @@ def test_expiry_as_iso_or_epoch(expires_at):
         pytest.param(True, id="bool"),
         pytest.param([2030], id="list"),
         pytest.param(1e300, id="out-of-range"),
+        pytest.param(10**400, id="int-beyond-float"),
     ],
 )
 def test_an_expiry_that_cannot_be_read_is_unavailable(expires_at):
@@ -405,6 +406,8 @@ def test_rfc7662_only_current_access_tokens_are_valid(extra, valid):
         pytest.param(b'{"active": true, "sub": "u", "exp": Infinity}', id="exp-inf"),
         pytest.param({"active": True, "sub": "u", "exp": 1e300}, id="exp-huge-float"),
         pytest.param({"active": True, "sub": "u", "exp": 99999999999999}, id="exp-year-3170843"),
+        pytest.param({"active": True, "sub": "u", "exp": 10**400}, id="exp-int-beyond-float"),
+        pytest.param({"active": True, "sub": "u", "nbf": 10**400}, id="nbf-int-beyond-float"),
         pytest.param({"active": True, "sub": "u", "scope": ["read"]}, id="scope-list"),
         pytest.param({"active": True, "sub": "u", "nbf": "now"}, id="nbf-string"),
         pytest.param({"active": True, "sub": "u", "token_type": 1}, id="token-type-int"),

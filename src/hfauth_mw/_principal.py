@@ -284,8 +284,8 @@ def parse_timestamp(value: object, where: str) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = value / 1000 if abs(value) >= _EPOCH_MILLISECONDS else value
         try:
+            seconds = value / 1000 if abs(value) >= _EPOCH_MILLISECONDS else value
             return datetime.fromtimestamp(seconds, UTC)
         except (OverflowError, ValueError, OSError):
             raise MalformedAnswer(f"{where} is out of range") from None

@@ -98,7 +98,8 @@ def unavailable_for(response: httpx.Response, source: str) -> SourceUnavailable:
 
 
 def decode_json(response: httpx.Response, source: str) -> Any:
-    content_type = response.headers.get("content-type", "")
+    # Media types are case-insensitive (RFC 9110 section 8.3.1).
+    content_type = response.headers.get("content-type", "").lower()
     if "json" not in content_type:
         raise SourceUnavailable("The token source answered something other than JSON")
     try:
@@ -378,11 +379,17 @@ NBF_LEEWAY = 60.0
 
 def _numeric_date(answer: Mapping[str, Any], name: str) -> float | None:
     value = answer.get(name)
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
-    ):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedAnswer(f"'{name}' is not a number")
+    try:
+        number = float(value)  # an integer too large for a float overflows here
+    except OverflowError:
+        raise MalformedAnswer(f"'{name}' is out of range") from None
+    if not math.isfinite(number):
         raise MalformedAnswer(f"'{name}' is not a finite number")
-    return value
+    return number
 
 
 class TokenLookup(Protocol):
