@@ -4,6 +4,7 @@ import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -23,8 +24,10 @@ from hfauth_mw import (
     HFAuthMiddleware,
     HubWhoamiSource,
     OrgGrant,
+    Principal,
     Repo,
     TokenCache,
+    Valid,
     Visibility,
     get_request_auth,
     require_read,
@@ -330,6 +333,54 @@ async def test_starlette_user_and_scopes(client, tokens):
     assert (await client.get("/needs-auth", headers=bearer(tokens["reader"]))).status_code == 200
 
 
+class _IdentityProvider:
+    """An introspection source answering one fixed principal (no I/O)."""
+
+    name = "idp"
+    wait_timeout = 1.0
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+
+    def flow(self, credentials):
+        return Valid(replace(self.principal, fingerprint=credentials.fingerprint))
+        yield
+
+
+@pytest.mark.parametrize(
+    ("oauth_scopes", "scopes", "write_only"),
+    [
+        pytest.param(
+            {"read-repos"}, ["authenticated", "role:read", "read-repos"], 403, id="plain-scope"
+        ),
+        pytest.param(
+            {"read-repos", "role:write"},
+            ["authenticated", "role:read", "read-repos"],
+            403,
+            id="role-scope-from-the-provider-left-out",
+        ),
+        pytest.param(
+            {"authenticated", "x"}, ["authenticated", "role:read", "x"], 403, id="no-duplicate"
+        ),
+    ],
+)
+async def test_provider_scopes_cannot_pose_as_ours(oauth_scopes, scopes, write_only):
+    @requires("role:write")
+    async def write_only_route(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("written")
+
+    principal = Principal(
+        name="ivy", token_role="read", oauth_scopes=frozenset(oauth_scopes), source="idp"
+    )
+    app = Starlette(routes=[Route("/whoami", whoami), Route("/write-only", write_only_route)])
+    app.add_middleware(HFAuthMiddleware, source=_IdentityProvider(principal), method_policy=False)
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        headers = bearer("hf_" + "i" * 34)
+        assert (await client.get("/whoami", headers=headers)).json()["scopes"] == scopes
+        assert (await client.get("/write-only", headers=headers)).status_code == write_only
+
+
 async def test_authenticated_responses_are_private(client, tokens):
     response = await client.get("/whoami", headers=bearer(tokens["reader"]))
     assert response.headers["cache-control"] == "private"
@@ -611,6 +662,12 @@ def test_error_bodies_are_json(make_app):
         pytest.param("writer", "GET", "/v1/models/acme/x%20/files", 403, id="invalid-repo-refused"),
         pytest.param("writer", "GET", "/v1/models/acme/a..b/files", 403, id="dot-dot-repo-refused"),
         pytest.param("writer", "GET", "/v1/models/%E4%B8%AD/x/files", 403, id="non-latin-1-owner"),
+        # Runs of slashes count as one: Werkzeug-style routers serve //v1/... as /v1/...
+        pytest.param(  # a full URL: httpx reads "//v1/..." alone as a host name
+            "fine", "GET", "http://t//v1/models/acme/other/files", 403, id="leading-slashes"
+        ),
+        pytest.param("fine", "GET", "/%2Fv1/models/acme/other/files", 403, id="encoded-slash"),
+        pytest.param("fine", "GET", "/v1//models/acme/other/files", 403, id="inner-slashes"),
     ],
 )
 async def test_rules_cannot_be_sidestepped(make_app, tokens, who, method, path, status):
@@ -622,6 +679,38 @@ async def test_rules_cannot_be_sidestepped(make_app, tokens, who, method, path, 
         challenge = response.headers["www-authenticate"]
         assert challenge.isascii()
         assert 'error="insufficient_scope"' in challenge
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        # Starlette's route regexes end in $, which matches before a final newline:
+        # /files%0A is served as /files, while no rule matches it.
+        pytest.param("GET", "/v1/models/acme/other/files%0A", id="trailing-newline"),
+        pytest.param("POST", "/v1/models/acme/other/infer%0A", id="trailing-newline-post"),
+        pytest.param("GET", "/v1/models/acme/other/files%0D%0A", id="trailing-crlf"),
+        pytest.param("GET", "/v1/models/acme/other%00/files", id="nul"),
+        pytest.param("GET", "/docs/page%0A", id="never-public"),
+    ],
+)
+async def test_paths_with_control_characters_are_refused(make_app, tokens, method, path):
+    transport = httpx.ASGITransport(make_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.request(method, path, headers=bearer(tokens["fine"]))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_request"
+
+
+def test_websocket_path_with_a_newline_is_refused(make_app, tokens):
+    client = TestClient(make_app())
+    from starlette.testclient import WebSocketDenialResponse
+
+    with (
+        pytest.raises(WebSocketDenialResponse) as caught,
+        client.websocket_connect("/v1/models/acme/other/stream%0A", headers=bearer(tokens["fine"])),
+    ):
+        pass
+    assert caught.value.status_code == 400
 
 
 async def test_root_path_is_stripped_only_at_a_segment_boundary(make_app, tokens):

@@ -485,3 +485,37 @@ def test_two_authorization_headers_are_named_as_such(client, tokens):
     assert response.status_code == 400
     assert "sent it twice" in response.json["error_description"]
     assert tokens["reader"] not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("method", "path_info", "status"),
+    [
+        pytest.param("POST", "/v1/models/acme/other/infer", 403, id="plain"),
+        # Werkzeug's router drops leading slashes: //v1/... is served as /v1/...
+        # (gunicorn passes "//" as sent; servers decode %2F into "/").
+        pytest.param("POST", "//v1/models/acme/other/infer", 403, id="leading-slashes"),
+        pytest.param("PUT", "///v1/models/acme/other", 403, id="three-slashes-write"),
+        pytest.param("POST", "/v1/models/acme/other/infer\n", 400, id="trailing-newline"),
+        pytest.param("POST", "/v1/models/acme/sentiment/infer", 200, id="allowed"),
+    ],
+)
+def test_rules_see_the_path_flask_serves(make_middleware, tokens, method, path_info, status):
+    """Rules on a Flask app whose routes have no decorators of their own. PATH_INFO is
+    set as a server sets it (the test client would read a leading "//" as a host)."""
+    from flask import Flask
+
+    app = Flask(__name__)
+    app.add_url_rule(
+        "/v1/models/<owner>/<name>/infer", "infer", lambda owner, name: "served", methods=["POST"]
+    )
+    app.add_url_rule("/v1/models/<owner>/<name>", "put", lambda owner, name: "put", methods=["PUT"])
+    app.wsgi_app = make_middleware(app.wsgi_app, method_policy=False)  # type: ignore[method-assign]
+
+    response = app.test_client().open(
+        "/",
+        method=method,
+        headers=bearer(tokens["fine"]),
+        environ_overrides={"PATH_INFO": path_info},
+    )
+
+    assert response.status_code == status, response.data

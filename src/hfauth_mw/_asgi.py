@@ -97,14 +97,23 @@ def starlette_scopes(principal: Principal) -> list[str]:
     """The scopes ``starlette.authentication.requires`` sees.
 
     ``authenticated`` for any valid token, ``role:<token role>``, then the
-    fine-grained global permissions and OAuth scopes.
+    fine-grained global permissions and OAuth scopes. A scope from the source
+    named ``authenticated`` or ``role:...`` is left out (it stays in the
+    principal): an identity provider's scope must not pass for ours, such as
+    ``role:write`` on a read token.
     """
     if principal.is_anonymous:
         return []
     scopes = ["authenticated"]
     if principal.token_role:
         scopes.append(f"role:{principal.token_role}")
-    scopes.extend(sorted(principal.global_permissions | principal.oauth_scopes))
+    scopes.extend(
+        sorted(
+            scope
+            for scope in principal.global_permissions | principal.oauth_scopes
+            if scope != "authenticated" and not scope.startswith("role:")
+        )
+    )
     return scopes
 
 

@@ -57,7 +57,9 @@ V = TypeVar("V")
 Access = Literal["read", "write"]
 _REPO_TYPES = frozenset({"model", "dataset", "space"})
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_UNSAFE_PATH = re.compile(r"(?:^|/)\.{1,2}(?:/|$)|//")
+_UNSAFE_PATH = re.compile(r"(?:^|/)\.{1,2}(?:/|$)|//|[\x00-\x1f\x7f]")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_SLASH_RUNS = re.compile(r"//+")
 _HEADER_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
 # RFC 6750 error_description: printable ASCII except '"' and '\\' (and latin-1 for the server).
 _DESCRIPTION_UNSAFE = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
@@ -642,7 +644,18 @@ class Guard:
         guards, asked with a method no rule names, still needs access to that
         repository: read for safe methods, write for the others. A guarded path
         that names no valid repository is refused, never waved through.
+
+        The rules see the path the app's router serves, not a variant of it
+        that matches no rule: a path with control characters is refused
+        (Starlette's route regexes end in ``$``, which also matches before a
+        final newline, so ``/infer%0A`` would be served as ``/infer``), and
+        runs of slashes count as one (Werkzeug's router drops leading ones,
+        so ``//v1/...`` would be served as ``/v1/...``).
         """
+        if not path.isprintable() and _CONTROL_CHARS.search(path):
+            raise InvalidRequest("The request path holds control characters")
+        if "//" in path:
+            path = _SLASH_RUNS.sub("/", path)
         guarded: RepoRule | None = None
         for rule in self.rules:
             match = rule.pattern.fullmatch(path)
