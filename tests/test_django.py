@@ -84,6 +84,17 @@ def serverless(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"ok": True})
 
 
+@require_repo("read")
+def checks_more_in_the_view(request: HttpRequest, owner: str, name: str) -> JsonResponse:
+    request.hfauth.require("model:acme/sentiment", "write")  # raises for a read token
+    return JsonResponse({"ok": True})
+
+
+async def async_whoami(request: HttpRequest) -> JsonResponse:
+    user = await request.auser()
+    return JsonResponse({"user": type(user).__name__, "name": user.get_username()})
+
+
 def route_check(request: HttpRequest) -> JsonResponse:
     request.hfauth.require("model:acme/sentiment", "write")
     return JsonResponse({"ok": True})
@@ -98,6 +109,8 @@ urlpatterns = [
     path("public/models/<str:owner>/<str:name>", infer),
     path("v1/serverless", serverless),
     path("route-check", route_check),
+    path("v1/checked/<str:owner>/<str:name>", checks_more_in_the_view),
+    path("async-whoami", async_whoami),
 ]
 
 
@@ -241,6 +254,68 @@ def test_set_user_opt_in(hfauth_settings, tokens):
     assert response.json()["django_user"] == "HubUser"
 
 
+@pytest.mark.anyio
+async def test_set_user_also_sets_the_async_user(hfauth_settings, tokens):
+    """Async views and the async login_required read request.auser(), not request.user."""
+    hfauth_settings(SET_USER=True)
+    response = await AsyncClient().get("/async-whoami", headers=bearer(tokens["reader"]))
+    assert response.json() == {"user": "HubUser", "name": "bob"}
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        pytest.param("/v1/models/acme/sentiment/infer", 200, id="allowed"),
+        pytest.param("/v1/checked/acme/sentiment", 403, id="denied-in-the-view"),
+    ],
+)
+def test_decorators_alone_answer_as_the_middleware_would(hfauth_settings, tokens, path, status):
+    hfauth_settings()
+    with override_settings(MIDDLEWARE=[]):
+        response = Client().post(path, headers=bearer(tokens["reader"]))
+    assert response.status_code == status
+    if status == 403:
+        assert response.json()["error"] == "insufficient_scope"
+    else:
+        assert response.headers["Cache-Control"] == "private"
+        assert "Authorization" in response.headers["Vary"]
+
+
+@pytest.mark.parametrize(
+    "middleware",
+    [
+        pytest.param(
+            ["django.middleware.csrf.CsrfViewMiddleware", "hfauth_mw.django.HFAuthMiddleware"],
+            id="csrf-first",
+        ),
+        pytest.param(
+            ["hfauth_mw.django.HFAuthMiddleware", "django.middleware.csrf.CsrfViewMiddleware"],
+            id="hfauth-first",
+        ),
+    ],
+)
+@pytest.mark.parametrize(
+    ("scheme", "status"),
+    [
+        pytest.param("bearer", 200, id="bearer-needs-no-csrf-token"),
+        # Browsers replay Basic credentials cross-site, as they do cookies.
+        pytest.param("basic", 403, id="basic-keeps-the-csrf-check"),
+    ],
+)
+def test_csrf_is_skipped_for_bearer_tokens_only(
+    hfauth_settings, tokens, middleware, scheme, status
+):
+    hfauth_settings()
+    headers = bearer(tokens["reader"]) if scheme == "bearer" else basic(tokens["reader"])
+    with override_settings(MIDDLEWARE=middleware):
+        response = Client(enforce_csrf_checks=True).post(
+            "/v1/models/acme/sentiment/infer", headers=headers
+        )
+    assert response.status_code == status
+    if status == 403:
+        assert b"CSRF" in response.content
+
+
 def test_hub_user_has_no_django_powers(tokens):
     from hfauth_mw import ANONYMOUS
 
@@ -356,7 +431,7 @@ os.environ["DJANGO_SETTINGS_MODULE"] = "toyhub.settings"
 import django
 django.setup()
 from django.test import Client
-client = Client(HTTP_HOST="localhost")
+client = Client(HTTP_HOST="localhost", enforce_csrf_checks=True)
 statuses = []
 for token, method, path in json.loads(sys.argv[2]):
     headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -42,7 +42,14 @@ Security caveats, plainly:
   as one ``WWW-Authenticate`` field listing both (``Bearer realm=..., Basic
   realm=...``), which RFC 9110 section 11.6.1 allows.
 * The decorators check on top of the middleware; on a public path (or without
-  the middleware) they authenticate the request themselves, once.
+  the middleware) they authenticate the request themselves, once, and mark
+  the answer private.
+* CSRF: requests authenticated with a Bearer token skip Django's CSRF check
+  (a browser never sends that header by itself, so it cannot be forged
+  cross-site); requests with the token as the Basic password keep it, since
+  browsers replay Basic credentials like cookies. Do not ``@csrf_exempt``
+  token views. The exemption is set by the middleware, before Django's CSRF
+  check runs; a decorator alone comes too late for it.
 * Under ASGI the middleware runs async and checks tokens without blocking the
   event loop; under WSGI it blocks the serving thread, for at most the
   source's timeout.
@@ -159,8 +166,20 @@ def render(guard: Guard, error: AuthenticationError) -> HttpResponse:
 def _attach(request: Request, auth: RequestAuth) -> RequestAuth:
     request.hfauth = auth
     request.principal = auth.principal
+    if auth.scheme == "bearer":
+        # A browser never adds a Bearer header on its own, so such a request
+        # cannot be forged cross-site. Basic credentials it does replay, like
+        # cookies: those requests keep Django's CSRF check.
+        request._dont_enforce_csrf_checks = True
     if _setup().set_user:
-        request.user = HubUser(auth.principal)
+        user = HubUser(auth.principal)
+
+        async def auser() -> HubUser:
+            return user
+
+        # Both: async views and the async login_required read request.auser().
+        request.user = user
+        request.auser = auser
     return auth
 
 
@@ -263,19 +282,24 @@ def _guarded(check: Callable[[RequestAuth, Mapping[str, object]], object]) -> Ca
             async def async_wrapper(request: Request, *args: Any, **kwargs: Any) -> Any:
                 try:
                     check(await _request_auth_async(request), kwargs)
+                    response = await async_view(request, *args, **kwargs)
                 except AuthenticationError as error:
                     return render(guard(), error)
-                return await async_view(request, *args, **kwargs)
+                return _finish(request, response)
 
             return cast(F, async_wrapper)
 
+        # Without the middleware (or on a public path) the decorator is all
+        # there is: it also renders denials raised in the view and marks the
+        # answer private, as the middleware would (both are idempotent).
         @functools.wraps(view)
         def wrapper(request: Request, *args: Any, **kwargs: Any) -> Any:
             try:
                 check(_request_auth(request), kwargs)
+                response = view(request, *args, **kwargs)
             except AuthenticationError as error:
                 return render(guard(), error)
-            return view(request, *args, **kwargs)
+            return _finish(request, response)
 
         return cast(F, wrapper)
 

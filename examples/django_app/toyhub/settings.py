@@ -23,6 +23,8 @@ USE_TZ = True
 
 MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
+    # Bearer-token requests skip the CSRF check; Basic ones keep it (browsers replay Basic).
+    "django.middleware.csrf.CsrfViewMiddleware",
     "hfauth_mw.django.HFAuthMiddleware",
 ]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from hfauth_mw import Repo, Visibility
@@ -46,7 +45,6 @@ def list_models(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"models": readable})
 
 
-@csrf_exempt  # token-authenticated API: no cookies, so no CSRF
 @require_POST
 @require_repo("read")
 def infer(request: HttpRequest, owner: str, name: str) -> JsonResponse:
@@ -61,7 +59,6 @@ def infer(request: HttpRequest, owner: str, name: str) -> JsonResponse:
     return JsonResponse({"model": model, "revision": _revisions[model], "outputs": outputs})
 
 
-@csrf_exempt
 @require_http_methods(["PUT"])
 @require_repo("write")
 def upload(request: HttpRequest, owner: str, name: str) -> JsonResponse:
