@@ -164,7 +164,7 @@ class PrivateHeadersOnly:
         self.wrap = _private_responses
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, self.wrap(send) if scope["type"] == "http" else send)
+        await self.app(scope, receive, self.wrap(send, []) if scope["type"] == "http" else send)
 
 
 def _digest_backend(tokens: dict[bytes, str]) -> Any:

@@ -157,7 +157,7 @@ def run_breakdown(fixture: Fixture, *, n: int, repeat: int) -> Section:
         if _private_responses is not None:
 
             async def private_send() -> None:
-                send = _private_responses(_send)
+                send = _private_responses(_send, [])
                 await send(dict(_START))
                 await send(_BODY)
 

@@ -23,6 +23,7 @@ from hfauth_mw import (
     FineGrainedEntry,
     HFAuthMiddleware,
     HubWhoamiSource,
+    InsufficientScope,
     OrgGrant,
     Principal,
     Repo,
@@ -68,6 +69,19 @@ async def stream(websocket: WebSocket) -> None:
     await websocket.close()
 
 
+async def require_write_in_route(request: Request) -> PlainTextResponse:
+    get_request_auth(request).require("model:acme/sentiment", "write")
+    return PlainTextResponse("written")
+
+
+async def deny_mid_stream(request: Request) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"partial"
+        get_request_auth(request).require("model:acme/sentiment", "write")
+
+    return StreamingResponse(body())
+
+
 async def try_to_add_scope(request: Request) -> JSONResponse:
     refused = []
     for change in (
@@ -103,6 +117,8 @@ ROUTES = [
     Route("/whoami", whoami),
     Route("/needs-auth", needs_auth),
     Route("/route-check", route_check),
+    Route("/require-write", require_write_in_route),
+    Route("/deny-mid-stream", deny_mid_stream),
     Route("/v1/models/{owner}/{name}/infer", ok, methods=["POST"]),
     Route("/v1/models/{owner}/{name}", ok, methods=["PUT"]),
     Route("/anything", ok, methods=["GET", "POST", "DELETE"]),
@@ -711,6 +727,34 @@ def test_websocket_path_with_a_newline_is_refused(make_app, tokens):
     ):
         pass
     assert caught.value.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("options", "who", "status"),
+    [
+        pytest.param({}, "reader", 403, id="read-token"),
+        pytest.param({"private_responses": False}, "reader", 403, id="without-private-headers"),
+        pytest.param({}, "writer", 200, id="write-token"),
+        pytest.param({"allow_anonymous": True}, None, 401, id="anonymous"),
+    ],
+)
+async def test_a_denial_raised_in_the_route_is_answered(make_app, tokens, options, who, status):
+    """README: auth.require(...) "raises the matching 401/403 error"; not a 500."""
+    transport = httpx.ASGITransport(make_app(**options))
+    headers = bearer(tokens[who]) if who else {}
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/require-write", headers=headers)
+    assert response.status_code == status, response.text
+    if status != 200:
+        assert "www-authenticate" in response.headers
+        assert response.json()["error"] in ("insufficient_scope", "unauthorized")
+
+
+async def test_a_denial_after_the_response_started_is_not_rewritten(make_app, tokens):
+    transport = httpx.ASGITransport(make_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        with pytest.raises(InsufficientScope):  # goes on up, as any error after the start
+            await client.get("/deny-mid-stream", headers=bearer(tokens["reader"]))
 
 
 async def test_root_path_is_stripped_only_at_a_segment_boundary(make_app, tokens):

@@ -7,7 +7,9 @@ Security caveats, plainly:
   never 401, never let through.
 * The middleware decides from the request line and headers only; checks that
   depend on the body or on the route's own logic belong in the route, through
-  ``request.scope["hfauth"]`` (a :class:`~hfauth_mw.RequestAuth`).
+  ``request.scope["hfauth"]`` (a :class:`~hfauth_mw.RequestAuth`). A denial
+  the route raises (``RequestAuth.require``) is answered as the middleware's
+  own, unless the response has already started.
 * Responses to authenticated requests get ``Vary: Authorization`` and, unless
   the app set one, ``Cache-Control: private``, so shared caches do not serve
   one caller's answer to another.
@@ -215,9 +217,23 @@ class HFAuthMiddleware:
             return
         scope["user"], scope["auth"] = self._starlette_view.get(auth.principal)
         scope["hfauth"] = auth
-        if scope_type == "http" and self.private_responses and auth.scheme is not None:
-            send = _private_responses(send)
-        await self.app(scope, receive, send)
+        if scope_type != "http":
+            await self.app(scope, receive, send)
+            return
+        # A denial the route raises (auth.require(...)) is answered here, as
+        # FastAPI's install() and the Flask and Django adapters answer it,
+        # unless the response had started: then it goes on up, as any error.
+        started: list[bool] = []
+        if self.private_responses and auth.scheme is not None:
+            watched = _private_responses(send, started)
+        else:
+            watched = _watched(send, started)
+        try:
+            await self.app(scope, receive, watched)
+        except AuthenticationError as error:
+            if started:
+                raise
+            await self._refuse_http(error, send)
 
     def _query_tokens(self, scope: Scope) -> list[str]:
         if self._query_param is None or not scope.get("query_string"):
@@ -263,9 +279,25 @@ def _encode_headers(
     return encoded
 
 
-def _private_responses(send: Send) -> Send:
+def _watched(send: Send, started: list[bool]) -> Send:
+    """``send``, noting in ``started`` that the response has started."""
+
+    async def send_watched(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            started.append(True)
+        await send(message)
+
+    return send_watched
+
+
+def _private_responses(send: Send, started: list[bool]) -> Send:
+    """``send`` adding ``Vary: Authorization`` and ``Cache-Control: private``
+    (unless the app set one) to the response, noting in ``started`` that it
+    has started."""
+
     async def send_private(message: Message) -> None:
         if message["type"] == "http.response.start":
+            started.append(True)
             headers = message.get("headers", ())
             if type(headers) is not list and type(headers) is not tuple:
                 headers = list(headers)  # any iterable; a generator can be read once
