@@ -87,6 +87,8 @@ async def try_to_add_scope(request: Request) -> JSONResponse:
     for change in (
         lambda: request.auth.scopes.append("admin"),
         lambda: setattr(request.auth, "scopes", [*request.auth.scopes, "admin"]),
+        lambda: setattr(request.user, "elevated", True),
+        lambda: setattr(request.user, "principal", None),
     ):
         try:
             change()
@@ -436,7 +438,7 @@ async def test_one_request_cannot_change_the_scopes_of_the_next(client, tokens):
         response = await client.get("/add-scope", headers=bearer(tokens["writer"]))
         assert response.json() == {
             "scopes": ["authenticated", "role:write"],
-            "refused": [True, True],
+            "refused": [True, True, True, True],
         }
 
 

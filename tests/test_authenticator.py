@@ -220,6 +220,30 @@ def test_a_thread_takes_over_when_the_leader_is_cancelled(make_authenticator, hu
     assert hub_emulator.whoami_calls == 1
 
 
+def test_a_waiter_takes_over_up_to_three_times_then_gives_up(make_authenticator, alice):
+    """docs/caching.md: a cancelled leader's flight is taken over up to 3 times. Driven by
+    hand: each round a new request leads, the waiter joins it, the leader goes away."""
+    from hfauth_mw._outcome import WaitFor
+
+    authenticator = make_authenticator()
+    leader = authenticator.flow(alice)
+    next(leader)
+    waiter = authenticator.flow(alice)
+    work = next(waiter)
+    for takeover in range(4):
+        assert isinstance(work, WaitFor)
+        leader.close()  # the leading request is cancelled
+        error = work.future.exception()
+        leader = authenticator.flow(alice)
+        next(leader)  # another request leads the next flight first
+        if takeover == 3:
+            with pytest.raises(SourceUnavailable, match="could not be checked"):
+                waiter.throw(error)
+        else:
+            work = waiter.throw(error)  # the waiter joins that flight
+    leader.close()
+
+
 async def test_a_source_bug_is_503_and_counts_against_the_breaker(clock):
     class BrokenSource:
         name = "broken"

@@ -103,6 +103,26 @@ def test_invalidate_and_clear(clock):
     assert len(cache) == 0
 
 
+def test_a_flight_begun_while_entries_are_dropped_cannot_use_them(clock):
+    """A revocation runs drop_matching; a flight that begins while its predicate runs
+    sees the doomed entry as its stale answer, and must not count as current."""
+    cache = TokenCache(ttl=60, stale_if_error=30, timer=clock, clock=clock)
+    settle(cache, b"a", valid(None, clock))
+    clock.advance(61)  # stale, inside the stale window
+    begun: list[Leader] = []
+
+    def doomed(key: bytes) -> bool:
+        if not begun:
+            step = cache.begin(b"a")
+            assert isinstance(step, Leader)
+            begun.append(step)
+        return key == b"a"
+
+    assert cache.drop_matching(doomed) == 1
+    assert begun[0].stale is not None
+    assert not cache.is_current(begun[0])
+
+
 def test_zero_ttl_disables_caching(clock):
     cache = TokenCache(ttl=0, negative_ttl=0, timer=clock, clock=clock)
     settle(cache, b"a", valid(None, clock))

@@ -4,6 +4,7 @@ processes, revocation broadcast and Redis dying mid-run."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import multiprocessing
 import shutil
@@ -293,6 +294,22 @@ def test_shared_ttl_follows_the_cache_rules(fake_redis, clock, answer, cache, st
     else:
         assert [op.ttl_ms for op in stores] == [stored_ms]
     assert not any(key.endswith(":lock") for key in fake_redis.data)
+
+
+def test_a_cancelled_redis_call_leaves_the_redis_breaker_as_it_was(fake_redis, clock):
+    process = Process(fake_redis, clock, FakeSource({ALICE_TOKEN: Valid(alice_principal())}))
+    breaker = process.shared.breaker
+    for _ in range(breaker.failure_threshold):
+        breaker.acquire()
+        breaker.release(SourceUnavailable("Redis failed"))
+    clock.advance(breaker.cooldown)
+    assert breaker.state == "half-open"
+    flow = process.auth.flow(Credentials.from_token(ALICE_TOKEN))
+    assert isinstance(next(flow), SharedOp)  # the trial call
+
+    flow.close()  # its request is cancelled
+
+    assert breaker.state == "half-open"  # not closed as if Redis had answered
 
 
 def test_a_negative_answer_read_from_redis_keeps_only_its_remaining_life(fake_redis, clock):
@@ -615,6 +632,11 @@ def test_first_subscription_clears_what_was_cached_before_it(fake_redis, clock):
             "lock_ttl",
             id="bad-lock-ttl",
         ),
+        pytest.param(  # a tombstone must outlive every answer stored before it
+            lambda: SharedCache.from_url("redis://x", secret=SECRET, revocation_ttl=60),
+            "revocation_ttl",
+            id="revocation-ttl-below-the-longest-answer",
+        ),
     ],
 )
 def test_configuration_errors(build, message):
@@ -793,6 +815,38 @@ async def test_async_driver_shares_answers_through_redis(
     finally:
         for shared in shareds:
             await shared.aclose()
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_a_cancelled_leader_gives_its_redis_lock_back(
+    redis_url, prefix, hub_store, hub_emulator
+):
+    """A client that hangs up during a cold lookup must not make every process wait
+    for the lock's expiry (about 10 s): its lock is released when it is cancelled."""
+    alice = Credentials.from_token(hub_store.create_token(user="alice", role="write").token)
+    shared = SharedCache.from_url(redis_url, secret=SECRET, prefix=prefix)
+    auth = Authenticator(
+        HubWhoamiSource(hub_emulator.url, timeout=httpx.Timeout(5.0)), shared=shared
+    )
+    try:
+        hub_emulator.delay = 30  # held until released
+        leader = asyncio.create_task(auth.authenticate(alice))
+        assert await asyncio.to_thread(hub_emulator.wait_for_held, 1)
+        assert any(key.endswith(b":lock") for key in redis_dump(redis_url, prefix))
+        leader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        await asyncio.gather(*auth._releasing)  # the release runs as a task of its own
+
+        assert not any(key.endswith(b":lock") for key in redis_dump(redis_url, prefix))
+        hub_emulator.release_held()
+        hub_emulator.delay = 0
+        assert (await auth.authenticate(alice)).name == "alice"
+        assert auth.stats()["shared_waits"] == 0  # nobody waited for the dead lock
+    finally:
+        hub_emulator.release_held()
+        await shared.aclose()
 
 
 # The worker of the multi-process test (module level: spawned processes import it).

@@ -45,12 +45,28 @@ _PRIVATE_AND_VARY: _Headers = ((b"cache-control", b"private"), *_VARY_ONLY)
 
 
 class HubUser(BaseUser):
-    """``request.user`` for Starlette: the principal behind Starlette's user API."""
+    """``request.user`` for Starlette: the principal behind Starlette's user API.
+
+    Built once per cached principal and shared by its requests, so it cannot
+    change (as :class:`HubAuthCredentials`): a flag one request sets on its
+    user would otherwise be seen by every later request with that token.
+    Keep per-request state in ``request.state``.
+    """
 
     __slots__ = ("principal",)
+    principal: Principal
 
     def __init__(self, principal: Principal) -> None:
-        self.principal = principal
+        object.__setattr__(self, "principal", principal)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(
+            "request.user is shared by every request with this token and cannot change; "
+            "keep per-request state in request.state"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
 
     @property
     def is_authenticated(self) -> bool:

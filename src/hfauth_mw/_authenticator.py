@@ -260,6 +260,9 @@ class Authenticator:
         self._lock_ttl = (shared.lock_ttl or source.wait_timeout) if shared else 0.0
         # In-process waiters wait for the leader, who may first wait on another process.
         self._loop_waiters: dict[tuple[Future[Outcome], asyncio.AbstractEventLoop], _Waiting] = {}
+        # Lock releases of cancelled requests, running as tasks (at most one per
+        # cancelled flight, each bounded by Redis's socket timeout).
+        self._releasing: set[asyncio.Task[object]] = set()
         self._wait_timeout = source.wait_timeout + (
             self._lock_ttl + shared.max_poll_interval if shared else 0.0
         )
@@ -283,7 +286,7 @@ class Authenticator:
         """The decision for one token, as a generator of work for a driver
         (:meth:`run_sync` / :meth:`run_async`)."""
         key = self._namespace + credentials.digest
-        for _ in range(_MAX_TAKEOVERS):
+        for _ in range(1 + _MAX_TAKEOVERS):  # the first try, then the takeovers
             step = self.cache.begin(key)
             if isinstance(step, Valid | Invalid):
                 return self._settle(step)
@@ -362,19 +365,46 @@ class Authenticator:
                 # Let a waiter take over now rather than at the lock's expiry.
                 yield from self._shared_call(shared, SharedRelease(keys, owner))
             raise
+        except GeneratorExit:
+            if state == _SHARED_LOCKED:
+                self._release_after_cancel(shared, SharedRelease(keys, owner))
+            raise
         if state == _SHARED_DOWN:
             return outcome
         ttl = self._shared_ttl(outcome) if outcome is not leader.stale else 0.0
-        if ttl > 0:
-            value = shared.encode(keys, outcome, ttl, self.clock())
-            stored = yield from self._shared_call(
-                shared, SharedStore(keys, owner, value, math.ceil(ttl * 1000))
-            )
-            if stored:
-                self.metrics.count("shared_stores")
-        elif state == _SHARED_LOCKED:
-            yield from self._shared_call(shared, SharedRelease(keys, owner))
+        try:
+            if ttl > 0:
+                value = shared.encode(keys, outcome, ttl, self.clock())
+                stored = yield from self._shared_call(
+                    shared, SharedStore(keys, owner, value, math.ceil(ttl * 1000))
+                )
+                if stored:
+                    self.metrics.count("shared_stores")
+            elif state == _SHARED_LOCKED:
+                yield from self._shared_call(shared, SharedRelease(keys, owner))
+        except GeneratorExit:
+            if state == _SHARED_LOCKED:
+                self._release_after_cancel(shared, SharedRelease(keys, owner))
+            raise
         return outcome
+
+    def _release_after_cancel(self, shared: SharedCache, release: SharedRelease) -> None:
+        """Give back the cluster-wide lock of a request that was cancelled, so
+        that the waiters (here and in other processes) go on now rather than
+        at the lock's expiry. The flow can no longer yield, so this one call
+        runs outside it: as a task on the running event loop, or at once for a
+        blocking caller. Best effort, and skipped while Redis is failing: the
+        lock expires anyway. The release script only deletes our own lock."""
+        if shared.breaker.state == "open":
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            shared.backend.execute(release)
+            return
+        task = loop.create_task(shared.backend.execute_async(release))
+        self._releasing.add(task)  # a reference until done: the loop keeps only weak ones
+        task.add_done_callback(self._releasing.discard)
 
     def _shared_ttl(self, outcome: Outcome) -> float:
         """Same rules as in-process: positive capped by expiry, negative short."""
@@ -431,26 +461,27 @@ class Authenticator:
         except SourceUnavailable:
             self.metrics.count("shared_skipped")
             return None
-        failure: SharedDown | None = None
         try:
             result = yield op
-            if isinstance(result, SharedDown):
-                failure = result
-                return None
+        except GeneratorExit:  # the request was cancelled: neither success nor failure
+            shared.breaker.cancel()
+            raise
+        except BaseException:
+            shared.breaker.release(SourceUnavailable("Redis failed"))
+            raise
+        if not isinstance(result, SharedDown):
+            shared.breaker.release(None)
             return result
-        finally:
-            if failure is None:
-                shared.breaker.release(None)
-            else:
-                shared.breaker.release(SourceUnavailable("Redis failed"))
-                self.metrics.count("shared_errors")
-                shared_logger.warning(
-                    "shared cache (Redis) call failed (%s); answering from this process's "
-                    "cache and the source (breaker %s)",
-                    failure.reason,
-                    shared.breaker.state,
-                    extra={"hfauth_event": "shared_error", "hfauth_source": self.source.name},
-                )
+        shared.breaker.release(SourceUnavailable("Redis failed"))
+        self.metrics.count("shared_errors")
+        shared_logger.warning(
+            "shared cache (Redis) call failed (%s); answering from this process's "
+            "cache and the source (breaker %s)",
+            result.reason,
+            shared.breaker.state,
+            extra={"hfauth_event": "shared_error", "hfauth_source": self.source.name},
+        )
+        return None
 
     # --- the source ------------------------------------------------------------------
 

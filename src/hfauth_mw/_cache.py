@@ -345,6 +345,9 @@ class TokenCache:
         doomed = [key for key in keys if predicate(key)]
         dropped = 0
         with self._lock:
+            # Again: a flight begun while the predicate ran saw the doomed
+            # entries (as its stale answer) under the generation bumped above.
+            self._generation += 1
             for key in doomed:
                 dropped += (self._positive.pop(key, None) is not None) + (
                     self._negative.pop(key, None) is not None

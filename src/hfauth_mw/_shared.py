@@ -319,7 +319,8 @@ class SharedCache:
     source's own wait bound). ``poll_interval``/``max_poll_interval``: how
     often waiters look for the leader's answer (doubling). ``revocation_ttl``:
     how long a revoked token's positive answers stay out of the shared tier
-    (default one hour, the longest TTL allowed). The ``breaker`` (default: 3
+    (default and least one hour, the longest TTL allowed, so that no answer
+    stored before the revocation outlives it). The ``breaker`` (default: 3
     failures in a row open it for 5 s, at most 64 concurrent calls) keeps
     requests from waiting on a dead or slow Redis: they use the in-process
     cache and the source directly.
@@ -345,8 +346,13 @@ class SharedCache:
             raise ConfigurationError("lock_ttl must be between 0 and 60 seconds")
         if not 0 < poll_interval <= max_poll_interval <= 5:
             raise ConfigurationError("need 0 < poll_interval <= max_poll_interval <= 5 seconds")
-        if not 0 < revocation_ttl <= 7 * 24 * 3600:
-            raise ConfigurationError("revocation_ttl must be positive and at most a week")
+        if not MAX_TTL <= revocation_ttl <= 7 * 24 * 3600:
+            # A tombstone that ended before the answers it hides would bring a
+            # revoked token back from Redis; no answer is stored longer than MAX_TTL.
+            raise ConfigurationError(
+                f"revocation_ttl must be from {MAX_TTL:g} s (the longest an answer can "
+                "live in Redis) to a week"
+            )
         self.backend = backend
         self.prefix = prefix
         self.lock_ttl = lock_ttl

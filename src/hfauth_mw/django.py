@@ -128,6 +128,13 @@ class HubUser(StarletteHubUser):
     is_superuser = False
     pk = None
 
+    # One per request, not shared as the Starlette one is: Django code may set attributes.
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+
     @property
     def is_anonymous(self) -> bool:
         return self.principal.is_anonymous
