@@ -286,6 +286,16 @@ def test_openapi_lists_schemes_and_per_route_requirements(make_app):
     assert {p["name"] for p in parameters} == {"owner", "name"}
 
 
+def test_openapi_leaves_basic_out_when_basic_is_off(make_app):
+    """Swagger must not offer a scheme the server refuses."""
+    client = TestClient(make_app(allow_basic=False))
+    for _ in range(2):  # built once, served again from FastAPI's copy
+        document = client.get("/openapi.json").json()
+        assert list(document["components"]["securitySchemes"]) == ["HuggingFaceToken"]
+        infer = document["paths"]["/v1/models/{owner}/{name}/infer"]["post"]
+        assert infer["security"] == [{"HuggingFaceToken": ["repo.content.read"]}]
+
+
 def test_swagger_ui_is_served(make_app):
     assert "swagger-ui" in TestClient(make_app()).get("/docs").text
 

@@ -30,10 +30,12 @@ public paths) the first dependency of a request checks the token itself,
 asynchronously, and later dependencies of the same request reuse that answer:
 never two introspections for one request.
 
-:func:`install` is required: it holds the options used when the middleware
-did not run, and the exception handler that renders every
-:class:`~hfauth_mw.AuthenticationError` as the RFC 6750 answer
-(``{"error", "error_description"}``, not FastAPI's ``{"detail": ...}``).
+:func:`install` is required, on every FastAPI app whose routes use these
+dependencies (a mounted sub-app is an app of its own): it holds the options
+used when the middleware did not run, and the exception handler that renders
+every :class:`~hfauth_mw.AuthenticationError` as the RFC 6750 answer
+(``{"error", "error_description"}``, not FastAPI's ``{"detail": ...}``). With
+``allow_basic=False`` it also leaves the Basic scheme out of OpenAPI.
 
 Security caveats, plainly:
 
@@ -50,6 +52,10 @@ Security caveats, plainly:
   are added only when the route returns data rather than a ``Response``
   object (FastAPI drops dependency headers then): install the middleware to
   have them always.
+* Without the middleware, FastAPI reads and validates the request body
+  before any dependency runs: a caller without a token is answered 422 for a
+  malformed body, and the body is read before anyone is authenticated.
+  Install the middleware in front of routes that take a body.
 * The dependencies are for HTTP routes; guard WebSocket routes with the
   middleware (it refuses the handshake with the same answers).
 * When both run, give ``install`` the same options (realm, source) as the
@@ -60,7 +66,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Unpack
+from typing import Any, Unpack
 
 from fastapi import FastAPI, Request, Response, Security
 from fastapi.security import HTTPBasic, HTTPBearer
@@ -132,13 +138,40 @@ def install(
         _State(guard, require_bool("private_responses", private_responses)),
     )
     app.add_exception_handler(AuthenticationError, _handle)
+    if not guard.allow_basic:
+        _hide_basic_scheme(app)
     return guard
+
+
+def _hide_basic_scheme(app: FastAPI) -> None:
+    """Leave the Basic scheme out of the OpenAPI document: with ``allow_basic``
+    off, Swagger's "Authorize" must not offer what the server refuses."""
+    build = app.openapi
+    name = basic_scheme.scheme_name
+
+    def openapi() -> dict[str, Any]:
+        schema = build()  # FastAPI builds it once and keeps it; dropping twice is harmless
+        schema.get("components", {}).get("securitySchemes", {}).pop(name, None)
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                if isinstance(operation, dict) and "security" in operation:
+                    operation["security"] = [
+                        requirement
+                        for requirement in operation["security"]
+                        if name not in requirement
+                    ]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _state(request: Request) -> _State:
     state = getattr(request.app.state, _STATE, None)
     if not isinstance(state, _State):
-        raise RuntimeError("hfauth-mw is not set up: call hfauth_mw.fastapi.install(app, ...)")
+        raise RuntimeError(
+            "hfauth-mw is not set up on this app: call hfauth_mw.fastapi.install(app, ...) "
+            "on every FastAPI app with hfauth-mw dependencies, mounted sub-apps included"
+        )
     return state
 
 
