@@ -116,6 +116,8 @@ ROUTES = [
     Route("/public-cacheable", public_cacheable),
     Route("/streamed", streamed),
     Route("/docs/{page}", ok),
+    Route("/docs/about/me", whoami),
+    Route("/docs/members/only", needs_auth),
     Route("/whoami", whoami),
     Route("/needs-auth", needs_auth),
     Route("/route-check", route_check),
@@ -339,6 +341,15 @@ async def test_hub_stopped_is_503(make_app, hub_emulator, tokens):
         response = await client.get("/whoami", headers=bearer(tokens["reader"]))
     assert response.status_code == 503
     assert int(response.headers["retry-after"]) >= 1
+
+
+async def test_public_paths_have_an_anonymous_starlette_user(client, hub_emulator):
+    """request.user and @requires work on public paths too, as under Starlette's own
+    AuthenticationMiddleware: no token is checked there, so the user is anonymous."""
+    response = await client.get("/docs/about/me")
+    assert response.json() == {"user": "anonymous", "authenticated": False, "scopes": []}
+    assert (await client.get("/docs/members/only")).status_code == 403
+    assert hub_emulator.whoami_calls == 0
 
 
 async def test_starlette_user_and_scopes(client, tokens):

@@ -10,6 +10,8 @@ Security caveats, plainly:
   ``request.scope["hfauth"]`` (a :class:`~hfauth_mw.RequestAuth`). A denial
   the route raises (``RequestAuth.require``) is answered as the middleware's
   own, unless the response has already started.
+* Public paths are served without checking any token: there ``request.user``
+  is anonymous, whatever the request carries, and ``scope["hfauth"]`` is absent.
 * Responses to authenticated requests get ``Vary: Authorization`` and, unless
   the app set one, ``Cache-Control: private``, so shared caches do not serve
   one caller's answer to another.
@@ -27,7 +29,7 @@ from ._checks import require_bool
 from ._exceptions import AuthenticationError
 from ._guard import PrincipalMemo, RequestAuth
 from ._options import AdapterOptions, build_guard
-from ._principal import Principal
+from ._principal import ANONYMOUS, Principal
 
 __all__ = ["HFAuthMiddleware", "HubAuthCredentials", "HubUser", "get_request_auth"]
 
@@ -109,6 +111,10 @@ class HubAuthCredentials(AuthCredentials):
 
     def __repr__(self) -> str:
         return f"HubAuthCredentials({list(self.scopes)!r})"
+
+
+_ANONYMOUS_USER = HubUser(ANONYMOUS)
+_NO_SCOPES = HubAuthCredentials(())
 
 
 def starlette_scopes(principal: Principal) -> list[str]:
@@ -203,6 +209,10 @@ class HFAuthMiddleware:
         path = app_path(scope) if scope.get("root_path") else scope["path"]
         guard = self.guard
         if self._has_public_paths and guard.is_public(path):
+            # No token is checked here, but request.user and @requires must still
+            # work (as under Starlette's own AuthenticationMiddleware): anonymous.
+            scope.setdefault("user", _ANONYMOUS_USER)
+            scope.setdefault("auth", _NO_SCOPES)
             await self.app(scope, receive, send)
             return
         authorization = []
