@@ -123,8 +123,20 @@ def test_a_flight_begun_while_entries_are_dropped_cannot_use_them(clock):
     assert not cache.is_current(begun[0])
 
 
+@pytest.mark.parametrize(
+    ("ttl", "negative_ttl"),
+    [
+        pytest.param(60, 10, id="default"),
+        pytest.param(5, 5, id="never-longer-than-ttl"),
+        pytest.param(0, 0, id="ttl-0-turns-caching-off"),
+    ],
+)
+def test_negative_ttl_default_follows_a_short_ttl(ttl, negative_ttl):
+    assert TokenCache(ttl=ttl).negative_ttl == negative_ttl
+
+
 def test_zero_ttl_disables_caching(clock):
-    cache = TokenCache(ttl=0, negative_ttl=0, timer=clock, clock=clock)
+    cache = TokenCache(ttl=0, timer=clock, clock=clock)
     settle(cache, b"a", valid(None, clock))
     settle(cache, b"b", Invalid())
     assert len(cache) == 0

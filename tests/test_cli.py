@@ -615,6 +615,15 @@ def test_usage_errors(cli: Cli, argv: list[str], message: str) -> None:
     assert len(result.err.strip().splitlines()) == 1
 
 
+def test_hub_emulator_refuses_a_store_that_does_not_exist(cli: Cli, tmp_path: Path) -> None:
+    """A new, empty store would answer 401 to every token: a mistyped --store says so."""
+    missing = tmp_path / "typo.sqlite3"
+    result = cli("hub-emulator", "--store", str(missing))
+    assert result.code == 1
+    assert "no token store at" in result.err
+    assert not missing.exists()
+
+
 def test_help_lists_every_command(cli: Cli) -> None:
     result = cli("--help")
     assert result.code == 0

@@ -141,13 +141,15 @@ class TokenCache:
 
     ``timer`` measures TTLs (monotonic by default); ``clock`` is wall-clock
     time, used only to compare with token expiry times. Tests inject both.
+    ``negative_ttl`` defaults to 10 s, or ``ttl`` if that is shorter (so
+    ``TokenCache(ttl=0)`` turns caching off).
     """
 
     def __init__(
         self,
         *,
         ttl: float = DEFAULT_TTL,
-        negative_ttl: float = DEFAULT_NEGATIVE_TTL,
+        negative_ttl: float | None = None,
         maxsize: int = DEFAULT_MAXSIZE,
         negative_maxsize: int = DEFAULT_NEGATIVE_MAXSIZE,
         stale_if_error: float = 0.0,
@@ -156,6 +158,8 @@ class TokenCache:
     ) -> None:
         if not 0 <= ttl <= MAX_TTL:
             raise ConfigurationError(f"ttl must be between 0 and {MAX_TTL:g} seconds, got {ttl}")
+        if negative_ttl is None:  # the default, never longer than the positive TTL
+            negative_ttl = min(DEFAULT_NEGATIVE_TTL, ttl)
         if not 0 <= negative_ttl <= ttl or negative_ttl > MAX_TTL:
             raise ConfigurationError(
                 f"negative_ttl must be between 0 and ttl ({ttl:g} s), got {negative_ttl}"

@@ -675,7 +675,9 @@ def cmd_hub_emulator(args: argparse.Namespace) -> int:
     repos = {str(repo): "public" for repo in args.public}
     repos.update({str(repo): "gated" for repo in args.gated})
     path = _store_path(args)
-    with LocalTokenStore(path) as store:
+    # An emulator on a new, empty store would answer 401 to every token: a
+    # mistyped --store is a clear error instead.
+    with _existing_store(args) as store:
         emulator = HubEmulator(store, host=args.host, port=args.port, repos=repos)
         try:
             emulator.start()
