@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -645,6 +646,23 @@ async def test_websocket_closed_1008_without_denial_extension(make_app):
 )
 def test_bad_options_fail_at_startup(options):
     with pytest.raises(ConfigurationError):
+        HFAuthMiddleware(Starlette(), **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        pytest.param({"public_path": ["/health"]}, "did you mean 'public_paths'", id="typo"),
+        pytest.param({"allow_insecure_http": True}, "unknown hfauth-mw option", id="source-option"),
+        pytest.param(
+            {"hub_url": "http://hub.example"},
+            "source=HubWhoamiSource(hub_url, allow_insecure_http=True)",
+            id="plain-http-says-how",
+        ),
+    ],
+)
+def test_option_errors_say_what_to_pass(options, says):
+    with pytest.raises(ConfigurationError, match=re.escape(says)):
         HFAuthMiddleware(Starlette(), **options)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -47,6 +48,15 @@ _SOURCE_KEYS = frozenset({"hub_url", "source", "authenticator", "cache"})
 
 def build_guard(options: AdapterOptions) -> Guard:
     """The :class:`Guard` for an adapter's options (validated; raises ConfigurationError)."""
+    unknown = sorted(set(options) - AdapterOptions.__optional_keys__)
+    if unknown:
+        # A typo such as public_path= must not leave the server guarding nothing.
+        known = sorted(MiddlewareOptions.__optional_keys__)
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigurationError(
+            f"unknown hfauth-mw option {unknown[0]!r}{hint}; known: {', '.join(known)}"
+        )
     guard_options = {k: v for k, v in options.items() if k not in _SOURCE_KEYS}
     authenticator = build_authenticator(
         options.get("hub_url"),

@@ -117,9 +117,14 @@ def check_base_url(url: str, *, allow_insecure_http: bool, what: str) -> str:
     if parts.username or parts.password:
         raise ConfigurationError(f"{what} must not carry credentials in the URL")
     if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        how = (
+            " (to a middleware: source=HubWhoamiSource(hub_url, allow_insecure_http=True))"
+            if what == "hub_url"
+            else ""
+        )
         raise ConfigurationError(
             f"{what} {url!r} is plain http on a non-loopback host: tokens would cross the "
-            "network in clear text. Use https, or pass allow_insecure_http=True."
+            f"network in clear text. Use https, or pass allow_insecure_http=True{how}."
         )
     return url.rstrip("/")
 
