@@ -4,6 +4,8 @@ says what to pass, never a 500 (or an open door) on the first request."""
 from __future__ import annotations
 
 import string
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -188,3 +190,41 @@ def test_shown_never_holds_a_token(secret):
 )
 def test_shown(value, expected):
     assert shown(value) == expected
+
+
+_BLOCK_AND_IMPORT = """
+import sys
+
+class Uninstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name == sys.argv[2] or name.startswith(sys.argv[2] + "."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, Uninstalled())
+try:
+    __import__("hfauth_mw." + sys.argv[1])
+except ImportError as error:
+    print(error)
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "uninstalled"),
+    [
+        pytest.param("flask", "flask", id="flask"),
+        pytest.param("django", "django", id="django"),
+        pytest.param("django", "asgiref", id="django-without-asgiref"),
+        pytest.param("fastapi", "fastapi", id="fastapi"),
+    ],
+)
+def test_an_adapter_without_its_framework_says_what_to_install(module, uninstalled):
+    result = subprocess.run(
+        [sys.executable, "-c", _BLOCK_AND_IMPORT, module, uninstalled],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.strip() == (
+        f"hfauth_mw.{module} needs {module}: pip install 'hfauth-mw[{module}]'"
+    ), result.stderr

@@ -17,6 +17,7 @@ from ._exceptions import ConfigurationError
 __all__ = [
     "LIKELY_TOKEN",
     "TOKEN_SHAPED",
+    "missing_extra",
     "require_bool",
     "require_instance",
     "require_int",
@@ -77,3 +78,8 @@ def require_items(name: str, value: Any, example: str) -> tuple[Any, ...]:
             f"{name} must be a list, such as {name}={example}, not {shown(value)}"
         )
     return tuple(value)
+
+
+def missing_extra(module: str, extra: str) -> ImportError:
+    """The error for an adapter imported without its framework: what to install."""
+    return ImportError(f"hfauth_mw.{module} needs {extra}: pip install 'hfauth-mw[{extra}]'")

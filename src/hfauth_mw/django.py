@@ -64,11 +64,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.conf import settings  # type: ignore[import-untyped]
-from django.core.signals import setting_changed  # type: ignore[import-untyped]
-from django.http import HttpResponse  # type: ignore[import-untyped]
-from django.utils.cache import patch_vary_headers  # type: ignore[import-untyped]
+from ._checks import missing_extra
+
+try:
+    from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+    from django.conf import settings  # type: ignore[import-untyped]
+    from django.core.signals import setting_changed  # type: ignore[import-untyped]
+    from django.http import HttpResponse  # type: ignore[import-untyped]
+    from django.utils.cache import patch_vary_headers  # type: ignore[import-untyped]
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise missing_extra("django", "django") from exc
 
 from ._asgi import HubUser as StarletteHubUser
 from ._checks import require_bool

@@ -68,12 +68,17 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Unpack
 
-from fastapi import FastAPI, Request, Response, Security
-from fastapi.security import HTTPBasic, HTTPBearer
 from starlette.requests import HTTPConnection
 
+from ._checks import missing_extra, require_bool
+
+try:
+    from fastapi import FastAPI, Request, Response, Security
+    from fastapi.security import HTTPBasic, HTTPBearer
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise missing_extra("fastapi", "fastapi") from exc
+
 from ._asgi import app_path
-from ._checks import require_bool
 from ._exceptions import AuthenticationError, MissingCredentials
 from ._guard import Access, Guard, RepoRequirement, RequestAuth
 from ._options import AdapterOptions, build_guard

@@ -44,8 +44,14 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar, Unpack, cast
 
-from flask import Flask, Response, after_this_request, current_app, request
 from werkzeug.local import LocalProxy
+
+from ._checks import missing_extra
+
+try:
+    from flask import Flask, Response, after_this_request, current_app, request
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise missing_extra("flask", "flask") from exc
 
 from ._exceptions import AuthenticationError, ConfigurationError
 from ._guard import Access, RepoRequirement, RequestAuth
