@@ -545,3 +545,44 @@ async def test_cancelled_waiter_leaves_the_others_waiting(make_authenticator, hu
     assert (await stayer).name == "alice"
     assert quitter.cancelled()
     assert hub_emulator.whoami_calls == 1
+
+
+_WHOAMI = {
+    "type": "user",
+    "name": "alice",
+    "auth": {"type": "access_token", "accessToken": {"role": "read", "displayName": "t"}},
+}
+
+
+@pytest.mark.parametrize(
+    "driver", [pytest.param("sync", id="sync"), pytest.param("async", id="async")]
+)
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        pytest.param(_WHOAMI, "alice", id="read-whole"),
+        pytest.param({**_WHOAMI, "pad": "x" * 300_000}, SourceUnavailable, id="over-the-cap"),
+    ],
+)
+async def test_a_client_that_hands_the_body_over_already_read(driver, answer, expected):
+    """httpx.MockTransport (and caching transports) answer with the body read: no stream."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answer)
+
+    authenticator = Authenticator(
+        HubWhoamiSource(),
+        client=httpx.Client(transport=httpx.MockTransport(handler)),
+        async_client=httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+    )
+    credentials = Credentials.from_token("hf_" + "m" * 34)
+    check = (
+        asyncio.to_thread(authenticator.authenticate_sync, credentials)
+        if driver == "sync"
+        else authenticator.authenticate(credentials)
+    )
+    if expected is SourceUnavailable:
+        with pytest.raises(SourceUnavailable, match="more than we accept"):
+            await check
+    else:
+        assert (await check).name == expected

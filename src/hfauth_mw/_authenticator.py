@@ -132,6 +132,9 @@ _ANSWER_FAILURES = (httpx.HTTPError, AnswerTooLarge, AnswerTooSlow, AnswerEncode
 class _AnswerBody:
     """One upstream answer's body, read the same way by both drivers.
 
+    A transport that hands over the body already read (``httpx.MockTransport``)
+    leaves no stream to iterate: then the body is added whole.
+
     Bounded in size *as sent*: the request asks for no content coding and an
     answer that has one is refused, so a small compressed body can never
     expand past the cap in memory. Bounded in time as a whole: httpx's
@@ -637,8 +640,11 @@ class Authenticator:
             response = client.send(work, stream=True, follow_redirects=False)
             try:
                 body = _AnswerBody(response, self.max_answer_bytes, deadline)
-                for chunk in response.iter_raw():
-                    body.add(chunk)
+                if response.is_stream_consumed:
+                    body.add(response.content)
+                else:
+                    for chunk in response.iter_raw():
+                        body.add(chunk)
             finally:
                 response.close()
         except _ANSWER_FAILURES as exc:
@@ -684,8 +690,11 @@ class Authenticator:
                 response = await client.send(work, stream=True, follow_redirects=False)
                 try:
                     body = _AnswerBody(response, self.max_answer_bytes, deadline)
-                    async for chunk in response.aiter_raw():
-                        body.add(chunk)
+                    if response.is_stream_consumed:
+                        body.add(response.content)
+                    else:
+                        async for chunk in response.aiter_raw():
+                            body.add(chunk)
                 finally:
                     await response.aclose()
         except _ANSWER_FAILURES as exc:
