@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Accept Hugging Face access tokens in your service: manage a local "
         "token store, inspect a token, run a local Hub emulator or the demo server.",
         epilog="Exit codes: 0 ok, 1 failure, 2 usage, 3 invalid token, 4 token source "
-        "unavailable. Docs: docs/cli.md",
+        "unavailable. Each command has --help; docs/cli.md in the source tree has examples.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -371,9 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run the example inference server with demo users",
-        description="Run the toy inference server (examples/inference_server.py) under "
-        "uvicorn and print curl lines to try it. Without --hub-url it seeds demo users "
-        f"into {DEMO_STORE}.",
+        description="Run the toy inference server (the app of the source tree's "
+        "examples/inference_server.py) under uvicorn and print curl lines to try it. "
+        f"Without --hub-url it seeds demo users into {DEMO_STORE}.",
     )
     demo.add_argument(
         "--host", type=bind_host, default="127.0.0.1", help="bind address (default: 127.0.0.1)"
