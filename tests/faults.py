@@ -26,6 +26,8 @@ Faults, by :attr:`Fault.kind`:
 * ``drip``: send the status line and headers with a ``Content-Length``, then
   the body one byte every :data:`DRIP_INTERVAL` seconds: every read succeeds
   well inside the read timeout, but the answer never finishes in time.
+* ``drip_head``: the status line and headers a byte at a time, then the body
+  at once (:attr:`FaultServer.heads_sent` counts heads sent whole).
 * ``stream``: send the headers and then an endless body (``Content-Length``
   or chunked), for answers over the size cap; stops when the client hangs up.
 
@@ -51,7 +53,9 @@ _MAX_HEAD = 64 * 1024
 #: ``drip``: seconds between two bytes of the body.
 DRIP_INTERVAL = 0.05
 
-FaultKind = Literal["answer", "raw", "refused", "backlog", "silent", "slow_body", "drip", "stream"]
+FaultKind = Literal[
+    "answer", "raw", "refused", "backlog", "silent", "slow_body", "drip", "drip_head", "stream"
+]
 
 _REASONS = {
     200: "OK",
@@ -118,10 +122,12 @@ SLOW_BODY = Fault(
 )
 
 
-def drip(document: Any) -> Fault:
-    """``document`` as JSON, sent a byte at a time (see ``drip`` above)."""
+def drip(document: Any, *, head_too: bool = False) -> Fault:
+    """``document`` as JSON, sent a byte at a time (see ``drip`` and ``drip_head`` above)."""
     return Fault(
-        "drip", headers=(("Content-Type", "application/json"),), body=json.dumps(document).encode()
+        "drip_head" if head_too else "drip",
+        headers=(("Content-Type", "application/json"),),
+        body=json.dumps(document).encode(),
     )
 
 
@@ -159,6 +165,8 @@ class _State:
     good: Fault
     calls: int = 0
     cleared: bool = False
+    #: Heads (status line and headers) sent whole: ``drip_head`` counts its own.
+    heads_sent: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -198,6 +206,15 @@ class _Handler(socketserver.BaseRequestHandler):
                 if release.wait(DRIP_INTERVAL):
                     break
                 conn.sendall(bytes([byte]))
+        elif fault.kind == "drip_head":
+            head = _head(fault.status, [*fault.headers, ("Content-Length", str(len(fault.body)))])
+            for byte in head:
+                if release.wait(DRIP_INTERVAL):
+                    return
+                conn.sendall(bytes([byte]))
+            with self.server.state.lock:
+                self.server.state.heads_sent += 1
+            conn.sendall(fault.body)
         elif fault.kind == "stream":
             headers = list(fault.headers)
             chunked = fault.content_length is None
@@ -278,6 +295,12 @@ class FaultServer:
     def calls(self) -> int:
         with self._state.lock:
             return self._state.calls
+
+    @property
+    def heads_sent(self) -> int:
+        """``drip_head`` answers whose status line and headers were sent whole."""
+        with self._state.lock:
+            return self._state.heads_sent
 
     def start(self) -> FaultServer:
         kind = self._state.fault.kind

@@ -410,3 +410,23 @@ async def test_a_client_of_your_own_never_follows_a_redirect(driver: str) -> Non
             with pytest.raises(SourceUnavailable, match="HTTP 302"):
                 await check
         assert elsewhere.calls == 0
+
+
+@pytest.mark.parametrize(
+    "driver", [pytest.param("sync", id="sync"), pytest.param("async", id="async")]
+)
+async def test_headers_sent_a_byte_at_a_time_do_not_hold_the_call(driver: str) -> None:
+    """Each byte comes well inside the read timeout; the call's deadline (the sum of
+    the phases) still ends it while the headers are arriving, also for the blocking
+    driver, whose reads cannot be interrupted."""
+    token = Credentials.from_token(hub_shaped_token())
+    with FaultServer(drip(whoami_answer("alice"), head_too=True)) as upstream:
+        authenticator = Authenticator(HubWhoamiSource(upstream.url, timeout=SOURCE_TIMEOUT))
+        check = (
+            asyncio.to_thread(authenticator.authenticate_sync, token)
+            if driver == "sync"
+            else authenticator.authenticate(token)
+        )
+        with pytest.raises(SourceUnavailable, match="timed out"):
+            await check
+        assert upstream.heads_sent == 0, "the call waited for the whole head"

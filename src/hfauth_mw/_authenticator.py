@@ -27,6 +27,7 @@ import httpx
 from ._cache import Leader, TokenCache
 from ._checks import require_instance, require_int, shown
 from ._credentials import Credentials
+from ._deadline import bounded_transport, within
 from ._exceptions import ConfigurationError, InvalidToken, SourceUnavailable
 from ._metrics import Metrics
 from ._outcome import Flow, IntrospectionSource, Invalid, Outcome, Valid, WaitFor
@@ -88,7 +89,13 @@ def shared_sync_client() -> httpx.Client:
     global _sync_client
     with _sync_client_lock:
         if _sync_client is None:
-            _sync_client = httpx.Client(limits=_LIMITS, follow_redirects=False, trust_env=False)
+            transport, bounded = bounded_transport(_LIMITS)
+            if not bounded:  # pragma: no cover - only with an httpx this code does not know
+                logger.warning(
+                    "hfauth-mw: this httpx cannot bound a whole blocking call; each read "
+                    "is still bounded by the source's read timeout"
+                )
+            _sync_client = httpx.Client(transport=transport, follow_redirects=False)
         return _sync_client
 
 
@@ -633,20 +640,22 @@ class Authenticator:
         if isinstance(work, Pause):
             time.sleep(work.seconds)
             return None
-        # Blocking reads cannot be interrupted: the deadline is checked as each
-        # part of the answer arrives (each read is bounded by the read timeout).
+        # Blocking reads cannot be interrupted: our own client's connections cut
+        # every socket operation to what is left of the deadline; a client of
+        # your own gets it checked as each part of the body arrives.
         deadline = time.monotonic() + _prepare(work, self.source.wait_timeout)
         try:
-            response = client.send(work, stream=True, follow_redirects=False)
-            try:
-                body = _AnswerBody(response, self.max_answer_bytes, deadline)
-                if response.is_stream_consumed:
-                    body.add(response.content)
-                else:
-                    for chunk in response.iter_raw():
-                        body.add(chunk)
-            finally:
-                response.close()
+            with within(deadline):
+                response = client.send(work, stream=True, follow_redirects=False)
+                try:
+                    body = _AnswerBody(response, self.max_answer_bytes, deadline)
+                    if response.is_stream_consumed:
+                        body.add(response.content)
+                    else:
+                        for chunk in response.iter_raw():
+                            body.add(chunk)
+                finally:
+                    response.close()
         except _ANSWER_FAILURES as exc:
             raise _transport_failure(exc) from None
         return body.response(response)
