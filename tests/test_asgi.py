@@ -781,6 +781,37 @@ async def test_a_denial_raised_in_the_route_is_answered(make_app, tokens, option
         assert response.json()["error"] in ("insufficient_scope", "unauthorized")
 
 
+async def test_a_denial_raised_in_the_route_is_answered_when_wrapped_from_outside(
+    hub_emulator, clock, tokens
+):
+    """app = HFAuthMiddleware(app): Starlette's ServerErrorMiddleware is then inside ours."""
+    inner = Starlette(routes=ROUTES)
+    authenticator = Authenticator(
+        HubWhoamiSource(hub_emulator.url), cache=TokenCache(timer=clock, clock=clock)
+    )
+    app = HFAuthMiddleware(inner, authenticator=authenticator, policy=AccessPolicy())
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/require-write", headers=bearer(tokens["reader"]))
+    assert response.status_code == 403, response.text
+    assert response.json()["error"] == "insufficient_scope"
+    assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
+
+
+def test_the_shared_user_can_be_copied_and_pickled():
+    import copy
+    import pickle
+
+    from hfauth_mw._asgi import HubUser
+
+    user = HubUser(Principal(name="alice", token_role="read"))
+    pickled = pickle.loads(pickle.dumps(user))  # noqa: S301 - our own bytes
+    for clone in (copy.copy(user), copy.deepcopy(user), pickled):
+        assert clone.principal == user.principal
+        with pytest.raises(AttributeError):
+            clone.flag = True
+
+
 async def test_a_denial_after_the_response_started_is_not_rewritten(make_app, tokens):
     transport = httpx.ASGITransport(make_app())
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

@@ -168,6 +168,8 @@ def test_limiter_ignores_unknown_clients(clock):
             "10.0.0.1", "::ffff:9.9.9.9", {"10.0.0.1"}, "9.9.9.9", id="mapped-forwarded-hop"
         ),
         pytest.param("2001:db8::1", None, set(), "2001:db8::1", id="plain-ipv6-unchanged"),
+        pytest.param("::ffff:a00:1", "9.9.9.9", {"10.0.0.1"}, "9.9.9.9", id="mapped-in-hex"),
+        pytest.param("2001:DB8:0::1", "9.9.9.9", {"2001:db8::1"}, "9.9.9.9", id="ipv6-spelling"),
     ],
 )
 def test_client_address(peer, forwarded, trusted, expected):
@@ -192,6 +194,7 @@ def test_limiter_refuses_non_ip_proxies(proxies):
     [
         pytest.param("10.0.0.1", id="one-address-as-text"),
         pytest.param(["::ffff:10.0.0.1"], id="ipv4-mapped"),
+        pytest.param(["::ffff:a00:1"], id="ipv4-mapped-in-hex"),
     ],
 )
 def test_limiter_trusts_a_proxy_however_it_is_written(proxies):
@@ -208,6 +211,8 @@ def test_ipv4_clients_on_a_dual_stack_socket_are_counted_one_by_one(clock):
     with pytest.raises(TooManyFailures):
         limiter.check("127.0.0.1")  # the same client, however the socket reports it
     limiter.check("::ffff:127.0.0.2")  # another client is not locked out
+    with pytest.raises(TooManyFailures):
+        limiter.check("::ffff:7f00:1")  # the same address written in hex
 
 
 def test_ipv6_clients_are_counted_per_64(clock):

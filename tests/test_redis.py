@@ -296,6 +296,30 @@ def test_shared_ttl_follows_the_cache_rules(fake_redis, clock, answer, cache, st
     assert not any(key.endswith(":lock") for key in fake_redis.data)
 
 
+@pytest.mark.parametrize(
+    "cancel_after",
+    [
+        pytest.param("claim", id="redis-granted-the-lock-then-cancelled"),
+        pytest.param("store", id="cancelled-before-the-answer-is-stored"),
+    ],
+)
+def test_a_cancelled_leader_releases_the_lock_redis_may_have_granted(
+    fake_redis, clock, cancel_after
+):
+    process = Process(fake_redis, clock, FakeSource({ALICE_TOKEN: Valid(alice_principal())}))
+    flow = process.auth.flow(Credentials.from_token(ALICE_TOKEN))
+    claim = next(flow)
+    assert isinstance(claim, SharedClaim)
+    granted = process.backend.execute(claim)  # Redis runs it: the lock is ours
+    if cancel_after == "store":
+        assert isinstance(flow.send(granted), SharedStore)  # the source answered at once
+    assert fake_redis.get(claim.keys.lock) is not None
+
+    flow.close()  # the request is cancelled before it hears back
+
+    assert fake_redis.get(claim.keys.lock) is None
+
+
 def test_a_cancelled_redis_call_leaves_the_redis_breaker_as_it_was(fake_redis, clock):
     process = Process(fake_redis, clock, FakeSource({ALICE_TOKEN: Valid(alice_principal())}))
     breaker = process.shared.breaker

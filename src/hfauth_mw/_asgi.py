@@ -24,10 +24,12 @@ from typing import Any, Unpack
 from urllib.parse import parse_qsl
 
 from starlette.authentication import AuthCredentials, BaseUser
+from starlette.requests import Request
+from starlette.responses import Response
 
 from ._checks import require_bool
 from ._exceptions import AuthenticationError
-from ._guard import PrincipalMemo, RequestAuth
+from ._guard import Guard, PrincipalMemo, RequestAuth
 from ._options import AdapterOptions, build_guard
 from ._principal import ANONYMOUS, Principal
 
@@ -69,6 +71,10 @@ class HubUser(BaseUser):
 
     def __delattr__(self, name: str) -> None:
         self.__setattr__(name, None)
+
+    def __reduce__(self) -> tuple[type[HubUser], tuple[Principal]]:
+        # copy and pickle would restore the slot with setattr, which is refused.
+        return type(self), (self.principal,)
 
     @property
     def is_authenticated(self) -> bool:
@@ -187,6 +193,12 @@ class HFAuthMiddleware:
     ) -> None:
         self.app = app
         self.guard = build_guard(options)
+        # Wrapped around a Starlette app from outside (not add_middleware), its
+        # ServerErrorMiddleware sits inside: a denial a route raises would be a 500
+        # before it reaches us. The app's own exception handler answers it instead.
+        handlers = getattr(app, "exception_handlers", None)
+        if isinstance(handlers, dict) and AuthenticationError not in handlers:
+            app.add_exception_handler(AuthenticationError, self._render)  # type: ignore[attr-defined]
         self.authenticator = self.guard.authenticator
         self.private_responses = require_bool("private_responses", private_responses)
         self._has_public_paths = bool(self.guard.exact_public or self.guard.prefix_public)
@@ -261,6 +273,10 @@ class HFAuthMiddleware:
                 raise
             await self._refuse_http(error, send)
 
+    async def _render(self, request: Request, error: Exception) -> Response:
+        assert isinstance(error, AuthenticationError)  # registered for it only
+        return render(self.guard, error)
+
     def _query_tokens(self, scope: Scope) -> list[str]:
         if self._query_param is None or not scope.get("query_string"):
             return []
@@ -295,6 +311,15 @@ class HFAuthMiddleware:
         else:
             reason = (error.error or "unauthorized")[:120]
             await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": reason})
+
+
+def render(guard: Guard, error: AuthenticationError) -> Response:
+    """The guard's RFC 6750 answer as a Starlette response (headers may repeat)."""
+    rendered = guard.error_response(error)
+    response = Response(rendered.body, status_code=rendered.status)
+    for name, value in rendered.headers:
+        response.headers.append(name, value)
+    return response
 
 
 def _encode_headers(

@@ -357,46 +357,47 @@ class Authenticator:
         for whoever holds it (bounded), or, if Redis fails, go to the source."""
         shared.start()
         keys = shared.keys(self._namespace, credentials.digest)
-        owner = secrets.token_hex(8)
+        release = SharedRelease(keys, owner=secrets.token_hex(8))
+        # Until the claim answers, a cancel may leave a lock Redis granted us.
+        maybe_locked = True
         try:
-            state, found = yield from self._claim(shared, leader, keys, owner, credentials)
-        except GeneratorExit:
-            self.cache.abandon(leader, LeaderCancelled())
-            raise
-        except BaseException:
-            self.cache.abandon(leader, SourceUnavailable())
-            raise
-        if found is not None:
-            return found
-        try:
-            outcome = yield from self._lead(leader, self.source.flow(credentials))
-        except SourceUnavailable:
-            if state == _SHARED_LOCKED:
-                # Let a waiter take over now rather than at the lock's expiry.
-                yield from self._shared_call(shared, SharedRelease(keys, owner))
-            raise
-        except GeneratorExit:
-            if state == _SHARED_LOCKED:
-                self._release_after_cancel(shared, SharedRelease(keys, owner))
-            raise
-        if state == _SHARED_DOWN:
-            return outcome
-        ttl = self._shared_ttl(outcome) if outcome is not leader.stale else 0.0
-        try:
+            try:
+                state, found = yield from self._claim(
+                    shared, leader, keys, release.owner, credentials
+                )
+            except GeneratorExit:
+                self.cache.abandon(leader, LeaderCancelled())
+                raise
+            except BaseException:
+                self.cache.abandon(leader, SourceUnavailable())
+                raise
+            maybe_locked = state == _SHARED_LOCKED
+            if found is not None:
+                return found
+            try:
+                outcome = yield from self._lead(leader, self.source.flow(credentials))
+            except SourceUnavailable:
+                if maybe_locked:
+                    # Let a waiter take over now rather than at the lock's expiry.
+                    yield from self._shared_call(shared, release)
+                raise
+            if state == _SHARED_DOWN:
+                return outcome
+            ttl = self._shared_ttl(outcome) if outcome is not leader.stale else 0.0
             if ttl > 0:
                 value = shared.encode(keys, outcome, ttl, self.clock())
                 stored = yield from self._shared_call(
-                    shared, SharedStore(keys, owner, value, math.ceil(ttl * 1000))
+                    shared, SharedStore(keys, release.owner, value, math.ceil(ttl * 1000))
                 )
                 if stored:
                     self.metrics.count("shared_stores")
-            elif state == _SHARED_LOCKED:
-                yield from self._shared_call(shared, SharedRelease(keys, owner))
+            elif maybe_locked:
+                yield from self._shared_call(shared, release)
+            return outcome
         except GeneratorExit:
-            if state == _SHARED_LOCKED:
-                self._release_after_cancel(shared, SharedRelease(keys, owner))
+            if maybe_locked:
+                self._release_after_cancel(shared, release)
             raise
-        return outcome
 
     def _release_after_cancel(self, shared: SharedCache, release: SharedRelease) -> None:
         """Give back the cluster-wide lock of a request that was cancelled, so

@@ -148,16 +148,16 @@ def client_address(
 
 
 def unmapped(address: str) -> str:
-    """An IPv4 address as itself, also when a dual-stack socket reports it as
-    ``::ffff:a.b.c.d`` (uvicorn with ``--host ::``, for example)."""
-    if ":" in address and "." in address:
-        try:
-            mapped = ipaddress.IPv6Address(address).ipv4_mapped
-        except ValueError:
-            return address
-        if mapped is not None:
-            return str(mapped)
-    return address
+    """One spelling per address: an IPv6 address in its canonical form, and an
+    IPv4 address as itself, also when a dual-stack socket reports it IPv4-mapped
+    (``::ffff:a.b.c.d`` or ``::ffff:a00:1``, uvicorn with ``--host ::``)."""
+    if ":" not in address:
+        return address
+    try:
+        parsed = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address
+    return str(parsed.ipv4_mapped or parsed)
 
 
 def _client_key(client: str) -> str:
@@ -207,10 +207,10 @@ class FailureLimiter:
             try:
                 if not isinstance(proxy, str):
                     raise ValueError
-                ipaddress.ip_address(proxy)
+                canonical = str(ipaddress.ip_address(proxy))
             except ValueError:
                 raise ConfigurationError(f"trusted proxy {proxy!r} is not an IP address") from None
-            proxies.add(unmapped(proxy))
+            proxies.add(unmapped(canonical))
         self.max_failures = max_failures
         self.window = window
         self.trusted_proxies = frozenset(proxies)

@@ -78,7 +78,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra("fastapi", "fastapi") from exc
 
-from ._asgi import app_path
+from ._asgi import app_path, render
 from ._exceptions import AuthenticationError, MissingCredentials
 from ._guard import Access, Guard, RepoRequirement, RequestAuth
 from ._options import AdapterOptions, build_guard
@@ -178,15 +178,6 @@ def _state(request: Request) -> _State:
             "on every FastAPI app with hfauth-mw dependencies, mounted sub-apps included"
         )
     return state
-
-
-def render(guard: Guard, error: AuthenticationError) -> Response:
-    """The guard's RFC 6750 answer as a Starlette response (headers may repeat)."""
-    rendered = guard.error_response(error)
-    response = Response(rendered.body, status_code=rendered.status)
-    for name, value in rendered.headers:
-        response.headers.append(name, value)
-    return response
 
 
 async def _handle(request: Request, error: Exception) -> Response:
