@@ -715,6 +715,11 @@ def test_error_bodies_are_json(make_app):
         ),
         pytest.param("fine", "GET", "/%2Fv1/models/acme/other/files", 403, id="encoded-slash"),
         pytest.param("fine", "GET", "/v1//models/acme/other/files", 403, id="inner-slashes"),
+        # Routers that serve /x/ as /x (Werkzeug with strict_slashes=False).
+        pytest.param("fine", "GET", "/v1/models/acme/other/files/", 403, id="trailing-slash"),
+        pytest.param(  # allowed through the middleware; Starlette then redirects
+            "fine", "HEAD", "/v1/models/acme/sentiment/files/", 307, id="slash-allowed"
+        ),
     ],
 )
 async def test_rules_cannot_be_sidestepped(make_app, tokens, who, method, path, status):

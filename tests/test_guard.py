@@ -500,3 +500,22 @@ def test_request_auth_is_built_once_per_token_beyond_ten_thousand(hub_store):
     assert all(isinstance(auth, RequestAuth) for auth in first)
     again = [decide(guard, header) for header in headers]
     assert all(a is b for a, b in zip(first, again, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "matches"),
+    [
+        pytest.param("GET /m/{owner}/{name}", "/m/a/b", True, id="as-written"),
+        pytest.param("GET /m/{owner}/{name}", "/m/a/b/", True, id="added-slash"),
+        pytest.param("GET /m/{owner}/{name}/", "/m/a/b", True, id="dropped-slash"),
+        pytest.param("GET /m/{owner}/{name}/", "/m/a/b/", True, id="template-slash"),
+        pytest.param("GET /m/{owner}/{name}/files", "/m/a/b/files/", True, id="literal-tail"),
+        pytest.param("GET /m/{owner}/{name}", "/m/a/b/c", False, id="deeper-path"),
+        pytest.param("GET /m/{owner}/{name}", "/m/a/", False, id="no-name"),
+    ],
+)
+def test_rules_match_with_or_without_one_trailing_slash(spec, path, matches):
+    match = require_read(spec).pattern.fullmatch(path)
+    assert (match is not None) == matches
+    if matches:
+        assert (match["owner"], match["name"]) == ("a", "b")

@@ -496,7 +496,11 @@ def test_two_authorization_headers_are_named_as_such(client, tokens):
         pytest.param("POST", "//v1/models/acme/other/infer", 403, id="leading-slashes"),
         pytest.param("PUT", "///v1/models/acme/other", 403, id="three-slashes-write"),
         pytest.param("POST", "/v1/models/acme/other/infer\n", 400, id="trailing-newline"),
+        # strict_slashes=False: Werkzeug serves /x/ as /x.
+        pytest.param("PUT", "/v1/models/acme/other/", 403, id="trailing-slash-write"),
+        pytest.param("POST", "/v1/models/acme/other/infer/", 403, id="trailing-slash-read"),
         pytest.param("POST", "/v1/models/acme/sentiment/infer", 200, id="allowed"),
+        pytest.param("POST", "/v1/models/acme/sentiment/infer/", 200, id="allowed-slash"),
     ],
 )
 def test_rules_see_the_path_flask_serves(make_middleware, tokens, method, path_info, status):
@@ -505,6 +509,7 @@ def test_rules_see_the_path_flask_serves(make_middleware, tokens, method, path_i
     from flask import Flask
 
     app = Flask(__name__)
+    app.url_map.strict_slashes = False
     app.add_url_rule(
         "/v1/models/<owner>/<name>/infer", "infer", lambda owner, name: "served", methods=["POST"]
     )

@@ -133,7 +133,10 @@ class RepoRule:
             regex += re.escape(self.template[position : match.start()])
             regex += f"(?P<{match.group(1)}>[^/]+)"
             position = match.end()
-        regex += re.escape(self.template[position:])
+        # One trailing slash either way: Werkzeug with strict_slashes=False and
+        # many hand-written routers serve "/x/" as "/x", and a rule that missed
+        # the variant would let it through unguarded.
+        regex += re.escape(self.template[position:].rstrip("/")) + "/?"
         object.__setattr__(self, "pattern", re.compile(regex))
 
     def accepts(self, method: str) -> bool:
