@@ -852,3 +852,36 @@ async def test_failing_policy_callback_is_503(make_app, tokens):
         )
     assert response.status_code == 503
     assert "retry-after" in response.headers
+
+
+async def test_cors_added_after_the_middleware_answers_preflights_and_labels_refusals(
+    make_app, tokens
+):
+    """The documented order: CORSMiddleware added last is outermost, so a browser's
+    preflight (which never carries credentials) is answered before the token check,
+    and a 401 still carries the CORS headers the browser needs to read it."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    app = make_app()
+    app.add_middleware(
+        CORSMiddleware, allow_origins=["https://app.example"], allow_headers=["Authorization"]
+    )
+    origin = {"Origin": "https://app.example"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://testserver"
+    ) as client:
+        preflight = await client.options(
+            "/whoami",
+            headers={
+                **origin,
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+        refused = await client.get("/whoami", headers=origin)
+        allowed = await client.get("/whoami", headers={**origin, **bearer(tokens["reader"])})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == "https://app.example"
+    assert allowed.status_code == 200

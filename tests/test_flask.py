@@ -5,11 +5,12 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from flask import Flask
+from flask import Blueprint, Flask, Response, stream_with_context
 
 from contract import ADAPTER_ACCESS_ROWS
 from hfauth_mw import (
     AccessPolicy,
+    AuthenticationError,
     Authenticator,
     ConfigurationError,
     HFAuthWSGIMiddleware,
@@ -73,6 +74,15 @@ def create_app(hfauth: HFAuth, **config) -> Flask:
     @hfauth.require_repo("read")
     def public_card(owner: str, name: str):
         return {"model": f"{owner}/{name}"}
+
+    @app.get("/public/stream/early")
+    def stream_early():
+        name = current_principal.name  # before the response starts
+        return Response(stream_with_context(iter([f"hello {name}"])))
+
+    @app.get("/public/stream/late")
+    def stream_late():
+        return Response(stream_with_context(f"hello {current_principal.name}" for _ in [1]))
 
     @app.get("/route-check")
     def route_check():
@@ -226,6 +236,72 @@ def test_public_path_decorator_authenticates_once(make_app, hub_emulator, tokens
         assert "Authorization" in response.headers["Vary"]
 
 
+@pytest.mark.parametrize(
+    "headers", [pytest.param({}, id="no-token"), pytest.param("reader", id="reader")]
+)
+def test_public_stream_reading_the_caller_too_late_fails_loudly(make_app, tokens, headers):
+    """Past the start of the response, no 401 and no private marks can be sent."""
+    headers = bearer(tokens[headers]) if isinstance(headers, str) else headers
+    client = make_app().test_client()
+    with pytest.raises(RuntimeError, match="after the response started"):
+        client.get("/public/stream/late", headers=headers).get_data()
+
+
+def test_public_stream_reading_the_caller_first_is_private(make_app, tokens):
+    client = make_app().test_client()
+    assert client.get("/public/stream/early").status_code == 401
+    response = client.get("/public/stream/early", headers=bearer(tokens["reader"]))
+    assert response.get_data(as_text=True) == "hello bob"
+    assert response.headers["Cache-Control"] == "private"
+    assert "Authorization" in response.headers["Vary"]
+
+
+def test_decorator_denials_are_rendered_past_a_blueprint_catch_all(make_app, tokens):
+    """A blueprint's errorhandler(Exception) is asked before the app's handlers."""
+    app = make_app()
+    hfauth = HFAuth()
+    models = Blueprint("models", __name__)
+
+    @models.errorhandler(Exception)
+    def crash(error):
+        return {"error": "internal"}, 500
+
+    @models.put("/bp/models/<owner>/<name>")
+    @hfauth.require_repo("write")
+    def replace(owner: str, name: str):
+        return {"ok": True}
+
+    app.register_blueprint(models)
+    client = app.test_client()
+    response = client.put("/bp/models/acme/sentiment", headers=bearer(tokens["reader"]))
+    assert response.status_code == 403
+    assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
+    assert client.put("/bp/models/acme/sentiment", headers=bearer(tokens["writer"])).json == {
+        "ok": True
+    }
+
+
+def test_a_blueprint_catch_all_can_answer_denials_as_the_extension_does(make_app, tokens):
+    app = make_app()
+    models = Blueprint("models", __name__)
+
+    @models.errorhandler(Exception)
+    def crash(error):
+        if isinstance(error, AuthenticationError):
+            return HFAuth.error_response(error)
+        return {"error": "internal"}, 500
+
+    @models.put("/bp/models/<owner>/<name>")
+    def replace(owner: str, name: str):
+        current_auth.require(f"{owner}/{name}", "write")
+        return {"ok": True}
+
+    app.register_blueprint(models)
+    response = app.test_client().put("/bp/models/acme/sentiment", headers=bearer(tokens["reader"]))
+    assert response.status_code == 403
+    assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
+
+
 def test_health_needs_no_token(client, hub_emulator):
     assert client.get("/health").status_code == 200
     assert hub_emulator.whoami_calls == 0
@@ -251,6 +327,27 @@ def test_constructor_options_are_defaults_config_wins(authenticator, hub_emulato
     response = app.test_client().get("/whoami")
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="from-config"'
     assert app.test_client().get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("constructor", "setting"),
+    [
+        pytest.param({"hub_url": "https://hub.invalid"}, "HFAUTH_AUTHENTICATOR", id="url-by-auth"),
+        pytest.param({"cache": TokenCache()}, "HFAUTH_AUTHENTICATOR", id="cache-by-auth"),
+        pytest.param({"hub_url": "https://hub.invalid"}, "HFAUTH_HUB_URL", id="url-by-url"),
+        pytest.param(
+            {"source": HubWhoamiSource("https://hub.invalid")}, "HFAUTH_HUB_URL", id="source-by-url"
+        ),
+    ],
+)
+def test_the_source_named_in_config_replaces_the_constructors(
+    authenticator, hub_emulator, tokens, constructor, setting
+):
+    value = authenticator if setting == "HFAUTH_AUTHENTICATOR" else hub_emulator.url
+    app = create_app(HFAuth(**constructor), **{setting: value}, HFAUTH_METHOD_POLICY=False)
+    response = app.test_client().get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.status_code == 200
+    assert response.json["user"] == "bob"
 
 
 def test_app_factory_pattern_serves_two_apps(make_app, tokens):

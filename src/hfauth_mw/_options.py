@@ -20,6 +20,7 @@ __all__ = [
     "build_authenticator",
     "build_guard",
     "options_from_config",
+    "overridden",
 ]
 
 
@@ -65,6 +66,19 @@ def build_guard(options: AdapterOptions) -> Guard:
         options.get("cache"),
     )
     return Guard(authenticator, **cast(GuardOptions, guard_options))
+
+
+def overridden(defaults: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` overridden by ``settings``, where naming the source (``hub_url``,
+    ``source`` or ``authenticator``) in the settings replaces the defaults' one
+    instead of conflicting with it."""
+    kept = dict(defaults)
+    if settings.keys() & {"hub_url", "source", "authenticator"}:
+        for key in ("hub_url", "source", "authenticator"):
+            kept.pop(key, None)
+        if "authenticator" in settings:
+            kept.pop("cache", None)  # the settings' authenticator brings its own
+    return {**kept, **settings}
 
 
 def options_from_config(

@@ -60,6 +60,9 @@ __all__ = [
 ENVIRON_AUTH = "hfauth"
 #: environ key of the request's :class:`~hfauth_mw.Principal`.
 ENVIRON_PRINCIPAL = "hfauth.principal"
+# Set on public paths once the response has started: a lazy check after that
+# could neither answer 401 nor mark the response private.
+ENVIRON_STARTED = "hfauth.response_started"
 
 # Yield type left open: the drivers know the work items; adapters only pass flows on.
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
@@ -149,9 +152,12 @@ class HFAuthWSGIMiddleware:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         environ.pop(ENVIRON_AUTH, None)
         environ.pop(ENVIRON_PRINCIPAL, None)
+        environ.pop(ENVIRON_STARTED, None)
         path = request_path(environ)
         if self.guard.is_public(path):
-            return self.app(environ, start_response)
+            return self.app(
+                environ, _public_responses(environ, start_response, self.private_responses)
+            )
         try:
             auth = authenticate_environ(self.guard, environ, path)
         except AuthenticationError as error:
@@ -162,18 +168,40 @@ class HFAuthWSGIMiddleware:
         return self.app(environ, start_response)
 
 
+def _marked_private(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    # A new list, never the app's own (it may reuse one for many responses).
+    headers = list(headers)
+    for name, _ in headers:
+        if name.lower() == "cache-control":
+            break
+    else:
+        headers.append(("Cache-Control", "private"))
+    headers.append(("Vary", "Authorization"))
+    return headers
+
+
 def _private_responses(start_response: StartResponse) -> StartResponse:
     def start_private(
         status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Any:
-        # A new list, never the app's own (it may reuse one for many responses).
-        headers = list(headers)
-        for name, _ in headers:
-            if name.lower() == "cache-control":
-                break
-        else:
-            headers.append(("Cache-Control", "private"))
-        headers.append(("Vary", "Authorization"))
-        return start_response(status, headers, exc_info)
+        return start_response(status, _marked_private(headers), exc_info)
 
     return cast(StartResponse, start_private)
+
+
+def _public_responses(
+    environ: WSGIEnvironment, start_response: StartResponse, private: bool
+) -> StartResponse:
+    """On a public path the app may authenticate lazily (Flask's ``current_principal``):
+    mark the response private if it did, and note that the response has started."""
+
+    def start_public(
+        status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Any:
+        environ[ENVIRON_STARTED] = True
+        auth = environ.get(ENVIRON_AUTH)
+        if private and isinstance(auth, RequestAuth) and auth.scheme is not None:
+            headers = _marked_private(headers)
+        return start_response(status, headers, exc_info)
+
+    return cast(StartResponse, start_public)

@@ -20,7 +20,8 @@ upper-cased with an ``HFAUTH_`` prefix (``HFAUTH_HUB_URL``, ``HFAUTH_SOURCE``,
 ``HFAUTH_PUBLIC_PATHS``, ``HFAUTH_ALLOW_ANONYMOUS``, ``HFAUTH_ALLOW_BASIC``,
 ``HFAUTH_QUERY_PARAM``, ``HFAUTH_MAX_HEADER_BYTES``, ``HFAUTH_RULES``,
 ``HFAUTH_METHOD_POLICY``, ``HFAUTH_POLICY``, ``HFAUTH_PRIVATE_RESPONSES``).
-``app.config`` wins over options given to :class:`HFAuth`; an unknown
+``app.config`` wins over options given to :class:`HFAuth` (a source named
+there replaces the one given to :class:`HFAuth`); an unknown
 ``HFAUTH_*`` key is an error at ``init_app``.
 
 Security caveats, plainly:
@@ -33,7 +34,14 @@ Security caveats, plainly:
   (``app.wsgi_app = Other(app.wsgi_app)``) runs before the check.
 * On a public path, reading :data:`current_auth` / :data:`current_principal`
   or a decorated view authenticates the request then and there (one
-  introspection, blocking): without a token that is a 401.
+  introspection, blocking): without a token that is a 401. Inside a streamed
+  body, after the response started, it raises ``RuntimeError`` instead.
+* A blueprint's ``errorhandler(Exception)`` is asked before the app's
+  handlers: it sees denials raised by your own ``current_auth.require(...)``
+  (answer an :class:`~hfauth_mw.AuthenticationError` with
+  :meth:`HFAuth.error_response`); the decorators render theirs themselves.
+* Browsers' CORS preflights carry no token: answer them outside
+  ``app.wsgi_app`` (flask-cors runs inside, after the check).
 * Async views run through Flask's ``ensure_sync`` (needs ``asgiref``, the
   ``flask[async]`` extra); the token check itself is blocking either way.
 """
@@ -49,15 +57,21 @@ from werkzeug.local import LocalProxy
 from ._checks import missing_extra
 
 try:
-    from flask import Flask, Response, after_this_request, current_app, request
+    from flask import Flask, Response, current_app, request
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra("flask", "flask") from exc
 
 from ._exceptions import AuthenticationError, ConfigurationError
 from ._guard import Access, RepoRequirement, RequestAuth
-from ._options import MiddlewareOptions, options_from_config
+from ._options import MiddlewareOptions, options_from_config, overridden
 from ._principal import Principal
-from ._wsgi import ENVIRON_AUTH, HFAuthWSGIMiddleware, attach, authenticate_environ
+from ._wsgi import (
+    ENVIRON_AUTH,
+    ENVIRON_STARTED,
+    HFAuthWSGIMiddleware,
+    attach,
+    authenticate_environ,
+)
 
 __all__ = ["HFAuth", "current_auth", "current_principal"]
 
@@ -77,20 +91,18 @@ def _current_auth() -> RequestAuth:
     auth = environ.get(ENVIRON_AUTH)
     if isinstance(auth, RequestAuth):
         return auth
-    # A public path: the middleware let the request through unchecked.
-    middleware = _middleware(current_app)
-    auth = authenticate_environ(middleware.guard, environ)
+    # A public path: the middleware let the request through unchecked, and
+    # marks the response private if it sees a check made here.
+    if environ.get(ENVIRON_STARTED):
+        raise RuntimeError(
+            "hfauth-mw: the caller was asked for after the response started (inside a "
+            "streamed body?) on a public path, too late to answer 401 or mark the response "
+            "private. Read current_principal/current_auth in the view before it returns "
+            "the stream, or take the path out of public_paths."
+        )
+    auth = authenticate_environ(_middleware(current_app).guard, environ)
     attach(environ, auth)
-    if middleware.private_responses and auth.scheme is not None:
-        after_this_request(_private_response)
     return auth
-
-
-def _private_response(response: Response) -> Response:
-    if "Cache-Control" not in response.headers:
-        response.headers["Cache-Control"] = "private"
-    response.vary.add("Authorization")
-    return response
 
 
 #: The request's :class:`~hfauth_mw.RequestAuth` (``.principal``, ``.can_read(repo)``,
@@ -120,11 +132,17 @@ class HFAuth:
         """Wrap ``app.wsgi_app`` with the middleware and render auth errors as RFC 6750."""
         if _EXTENSION in app.extensions:
             raise ConfigurationError("hfauth-mw is already set up on this app")
-        options = {**self._defaults, **options_from_config(app.config, "HFAUTH_")}
+        options = overridden(self._defaults, options_from_config(app.config, "HFAUTH_"))
         middleware = HFAuthWSGIMiddleware(app.wsgi_app, **options)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[_EXTENSION] = middleware
         app.register_error_handler(AuthenticationError, _render)
+
+    @staticmethod
+    def error_response(error: AuthenticationError) -> Response:
+        """The RFC 6750 answer to ``error``, for an error handler of your own that
+        would otherwise catch it (a blueprint's ``errorhandler(Exception)``)."""
+        return _render(error)
 
     def middleware(self, app: Flask | None = None) -> HFAuthWSGIMiddleware:
         """The middleware of ``app`` (default: the current app); ``.guard``, ``.authenticator``."""
@@ -162,7 +180,12 @@ def _guarded(check: Callable[[dict[str, Any]], None]) -> Callable[[F], F]:
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            check(kwargs)
+            try:
+                check(kwargs)
+            except AuthenticationError as error:
+                # Rendered here, not raised: a blueprint's errorhandler(Exception)
+                # is asked before the app's handler and would turn it into a 500.
+                return _render(error)
             return current_app.ensure_sync(view)(*args, **kwargs)
 
         return cast(F, wrapper)
