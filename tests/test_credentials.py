@@ -2,10 +2,11 @@ import base64
 import hashlib
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hfauth_mw import Credentials, InvalidRequest, parse_credentials
+from hfauth_mw._credentials import bearer_token
 from hfauth_mw._principal import sha256, token_digest
 
 TOKEN = "hf_" + "a" * 34
@@ -162,3 +163,26 @@ def test_any_header_gives_credentials_or_invalid_request(header):
 @given(st.binary(max_size=300))
 def test_quickest_sha256_is_sha256(data):
     assert sha256(data).digest() == hashlib.sha256(data).digest()
+
+
+_HEADERS = st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda token: b"Bearer " + token.encode(), b64tokens),
+    st.builds(
+        lambda body: b"Bearer hf_" + body,
+        st.binary(max_size=60) | st.text("aZ09\u00e9_ -=", max_size=60).map(str.encode),
+    ),
+)
+
+
+@given(_HEADERS)
+@settings(max_examples=500)
+def test_short_path_bearer_reading_agrees_with_the_parser(header):
+    """The cached path reads the token without the parser: it may decline a header
+    (then the parser decides), never read one differently or accept what it refuses."""
+    token = bearer_token(header)
+    if token is None:
+        return
+    credentials = parse_credentials([header])
+    assert credentials is not None
+    assert (credentials.scheme, credentials.token) == ("bearer", token.decode("ascii"))
