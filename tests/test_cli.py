@@ -109,6 +109,14 @@ def emulator(store_path: Path) -> Iterator[HubEmulator]:
         yield hub
 
 
+@pytest.fixture
+def no_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``demo`` prints its banner, then returns instead of serving until Ctrl-C."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+
+
 def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -199,6 +207,19 @@ def test_create_default_store_is_in_cwd(cli: Cli, tmp_path: Path) -> None:
             ["--user", "a", "--expires", "soon"], "duration like 30d", id="expires-garbage"
         ),
         pytest.param(["--user", "a", "--expires", "2001-01-01"], "in the past", id="expires-past"),
+        pytest.param(
+            ["--user", "a", "--expires", "5000000d"], "too far in the future", id="expires-5e6-days"
+        ),
+        pytest.param(
+            ["--user", "a", "--expires", "99999999999d"],
+            "too far in the future",
+            id="expires-beyond-timedelta",
+        ),
+        pytest.param(
+            ["--user", "a", "--expires", "9999-12-31T23:59:59-01:00"],
+            "too far in the future",
+            id="expires-past-year-9999-in-utc",
+        ),
         pytest.param(["--user", "a", "--role", "admin"], "invalid choice", id="role-unknown"),
         pytest.param(["--user", "a/b"], "must not contain", id="user-with-slash"),
         pytest.param([], "--user", id="user-missing"),
@@ -604,11 +625,17 @@ def test_inspect_without_a_token(cli: Cli, store_path: Path, alice: str) -> None
             id="clear-http",
         ),
         pytest.param(["hub-emulator", "--host", "0.0.0.0"], "--allow-remote", id="emulator-remote"),
+        pytest.param(["demo", "--port", "70000"], "between 0 and 65535", id="demo-port-too-big"),
+        pytest.param(["demo", "--port", "-1"], "between 0 and 65535", id="demo-port-negative"),
+        pytest.param(
+            ["hub-emulator", "--port", "65536"], "between 0 and 65535", id="emulator-port-too-big"
+        ),
+        pytest.param(["hub-emulator", "--port", "http"], "not a number", id="emulator-port-text"),
         pytest.param([], "required", id="no-command"),
         pytest.param(["token"], "required", id="no-token-action"),
     ],
 )
-def test_usage_errors(cli: Cli, argv: list[str], message: str) -> None:
+def test_usage_errors(cli: Cli, argv: list[str], message: str, no_serve: None) -> None:
     result = cli(*argv, stdin="hf_" + "Z" * 34)
     assert result.code == 2
     assert message in result.err

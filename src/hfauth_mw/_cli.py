@@ -172,7 +172,10 @@ def _expiry(text: str, now: datetime | None = None) -> datetime:
         amount, unit = int(match.group(1)), match.group(2)
         if amount <= 0:
             raise argparse.ArgumentTypeError(f"expiry {text!r} must be in the future")
-        when = now + timedelta(**{_UNITS[unit]: amount})
+        try:
+            when = now + timedelta(**{_UNITS[unit]: amount})
+        except OverflowError:
+            raise argparse.ArgumentTypeError(_too_far(text)) from None
     else:
         try:
             when = datetime.fromisoformat(text.strip())
@@ -182,9 +185,27 @@ def _expiry(text: str, now: datetime | None = None) -> datetime:
             ) from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
+    try:
+        when.astimezone(UTC)  # what the store keeps: years 1 to 9999 in UTC
+    except OverflowError:
+        raise argparse.ArgumentTypeError(_too_far(text)) from None
     if when <= now:
         raise argparse.ArgumentTypeError(f"expiry {text!r} is already in the past")
     return when
+
+
+def _too_far(text: str) -> str:
+    return f"expiry {text!r} is too far in the future (the latest is 9999-12-31 UTC)"
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not between 0 and 65535")
+    return port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument(
         "--host", type=bind_host, default="127.0.0.1", help="bind address (default: 127.0.0.1)"
     )
-    hub.add_argument("--port", type=int, default=0, help="port (default: 0, any free port)")
+    hub.add_argument("--port", type=_port, default=0, help="port (default: 0, any free port)")
     hub.add_argument(
         "--public", action="append", default=[], type=_repo, metavar="REPO", help="a public repo"
     )
@@ -378,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--host", type=bind_host, default="127.0.0.1", help="bind address (default: 127.0.0.1)"
     )
-    demo.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any)")
+    demo.add_argument("--port", type=_port, default=8000, help="port (default: 8000; 0 = any)")
     demo_source = demo.add_mutually_exclusive_group()
     demo_source.add_argument(
         "--hub-url", type=hub_url, metavar="URL", help="check tokens with this hub"
@@ -848,6 +869,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TokenStoreError, HFAuthError, OSError) as exc:
         _err(str(exc))
         return EXIT_FAILURE
+    except (OverflowError, ValueError) as exc:  # a value out of range, from the user
+        _err(f"{exc} (see hfauth-mw {args.command} --help)")
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
