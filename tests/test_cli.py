@@ -6,6 +6,8 @@ loopback port, real subprocesses of ``.venv/bin/hfauth-mw``.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import json
 import os
@@ -232,6 +234,62 @@ def test_create_usage_errors(cli: Cli, store_path: Path, args: list[str], messag
     assert message in result.err
     assert len(result.err.strip().splitlines()) == 1
     assert result.err.startswith("hfauth-mw")
+
+
+class BrokenStdout(io.StringIO):
+    """A standard output that cannot take the token (a full disk, a closed pipe)."""
+
+    def __init__(self, fail_on: str) -> None:
+        super().__init__()
+        self.fail_on = fail_on
+
+    def write(self, text: str) -> int:
+        if self.fail_on == "write":
+            raise OSError(errno.EPIPE, "Broken pipe")
+        return super().write(text)
+
+    def flush(self) -> None:
+        if self.fail_on == "flush":
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("fail_on", ["write", "flush"])
+def test_create_revokes_the_token_it_could_not_print(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    store_path: Path,
+    fail_on: str,
+) -> None:
+    """A token nobody saw must not stay valid in the store."""
+    broken = BrokenStdout(fail_on)
+    monkeypatch.setattr(sys, "stdout", broken)
+    code = main(["token", "create", "--store", str(store_path), "--user", "alice"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "cannot write the token to standard output" in err
+    assert re.search(r"token [0-9a-f]{12} was revoked", err)
+    assert len(err.strip().splitlines()) == 1
+    assert not ANY_TOKEN.search(err)
+    with LocalTokenStore(store_path) as store:
+        assert store.list_tokens() == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_console_script_create_into_a_full_stdout(tmp_path: Path) -> None:
+    store = tmp_path / "cli.sqlite3"
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [str(CONSOLE_SCRIPT), "token", "create", "--store", str(store), "--user", "alice"],
+            stdout=full, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+            timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("hfauth-mw: error: cannot write the token")
+    assert len(result.stderr.strip().splitlines()) == 1  # no "Exception ignored" at exit
+    assert not ANY_TOKEN.search(result.stderr)
+    with LocalTokenStore(store) as token_store:
+        assert token_store.list_tokens() == []
 
 
 # --- token list / revoke ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import io
 import ipaddress
 import json
 import os
@@ -459,8 +460,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
             display_name=args.name,
         )
     record = issued.record
-    sys.stdout.write(issued.token + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(issued.token + "\n")
+        sys.stdout.flush()
+    except OSError as exc:
+        _discard_stdout()
+        _revoke_unseen(path, record, exc.strerror or str(exc))
     name = f", name {record.display_name!r}" if record.display_name else ""
     print(
         _redact(
@@ -471,6 +476,32 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_OK
+
+
+def _discard_stdout() -> None:
+    """Point stdout at the null device, so the unwritten token is not retried at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # not a real file: nothing is written at exit
+
+
+def _revoke_unseen(path: Path, record: TokenRecord, why: str) -> NoReturn:
+    """The token could not be shown: it must not stay valid, unseen, in the store."""
+    try:
+        with LocalTokenStore(path) as store:
+            store.revoke(record.fingerprint)
+    except (TokenStoreError, ConfigurationError):
+        raise Failure(
+            f"cannot write the token to standard output ({why}), and cannot revoke it: "
+            f"run `hfauth-mw token revoke --store {path} {record.fingerprint}`"
+        ) from None
+    raise Failure(
+        f"cannot write the token to standard output ({why}); token {record.fingerprint} "
+        "was revoked: run the command again with a writable standard output"
+    )
 
 
 def _record_dict(record: TokenRecord, now: datetime) -> dict[str, Any]:
