@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -581,13 +582,69 @@ def test_inspect_against_hub_emulator(cli: Cli, emulator: HubEmulator, alice: st
     assert emulator.whoami_calls == 1
 
 
-def test_inspect_prefers_hf_token_over_stdin(
-    cli: Cli, store_path: Path, alice: str, carol: str
+@pytest.mark.parametrize(
+    ("piped", "env", "user", "token_from", "shown"),
+    [
+        pytest.param("carol", None, "carol", "stdin", "standard input", id="stdin-only"),
+        pytest.param(None, "alice", "alice", "HF_TOKEN", "$HF_TOKEN", id="env-only"),
+        pytest.param(
+            "carol",
+            "alice",
+            "carol",
+            "stdin",
+            "standard input ($HF_TOKEN, also set, ignored)",
+            id="both-piped-wins",
+        ),
+        pytest.param("  \n", "alice", "alice", "HF_TOKEN", "$HF_TOKEN", id="blank-stdin-env"),
+    ],
+)
+@pytest.mark.parametrize("json_output", [True, False], ids=["json", "text"])
+def test_inspect_piped_token_wins_and_its_origin_is_shown(
+    cli: Cli,
+    store_path: Path,
+    alice: str,
+    carol: str,
+    piped: str | None,
+    env: str | None,
+    user: str,
+    token_from: str,
+    shown: str,
+    json_output: bool,
 ) -> None:
+    """What is piped this time wins over a long-exported $HF_TOKEN, and the output says so."""
+    tokens = {"alice": alice, "carol": carol}
+    stdin = tokens.get(piped or "", piped or "")
     result = cli(
-        "inspect", "--store", str(store_path), "--json", stdin=carol, env={"HF_TOKEN": alice}
+        "inspect",
+        "--store",
+        str(store_path),
+        *(["--json"] if json_output else []),
+        stdin=stdin,
+        env={"HF_TOKEN": tokens[env]} if env else None,
     )
-    assert json.loads(result.out)["name"] == "alice"
+    assert result.code == 0, result.err
+    if json_output:
+        document = json.loads(result.out)
+        assert (document["name"], document["token_from"]) == (user, token_from)
+    else:
+        assert re.search(rf"user:\s+{user} ", result.out)
+        assert f"token from:   {shown}\n" in result.out
+    assert alice not in result.out + result.err
+    assert carol not in result.out + result.err
+
+
+def test_inspect_failure_says_which_token_went_to_which_hub(
+    cli: Cli, emulator: HubEmulator
+) -> None:
+    """$HF_TOKEN sent to a --hub-url is never silent: the error names its origin and the URL."""
+    secret = "hf_" + "W" * 34
+    result = cli("inspect", "--hub-url", emulator.url, env={"HF_TOKEN": secret})
+    assert result.code == 3
+    assert "from $HF_TOKEN" in result.err
+    assert f"hub:{emulator.url}" in result.err
+    assert re.search(r"token [0-9a-f]{12} from", result.err)
+    assert secret not in result.err
+    assert len(result.err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -600,6 +657,8 @@ def test_inspect_prefers_hf_token_over_stdin(
         pytest.param("hub", "alice", 4, "rate limiting", id="hub-429"),
         pytest.param("closed", "alice", 4, "cannot be reached", id="hub-closed-port"),
         pytest.param("missing-store", "alice", 4, "no token store", id="store-missing"),
+        pytest.param("corrupt-store", "alice", 4, "corrupt.sqlite3", id="store-not-sqlite"),
+        pytest.param("newer-store", "alice", 4, "schema version 99", id="store-too-new"),
     ],
 )
 def test_inspect_failures(
@@ -625,9 +684,16 @@ def test_inspect_failures(
         emulator.fail_next(503, times=1)
     if message == "rate limiting":
         emulator.fail_next(429, headers={"RateLimit": '"api";r=0;t=30'}, times=1)
+    corrupt = store_path.with_name("corrupt.sqlite3")
+    corrupt.write_text("this is not a SQLite database, but a page of notes\n" * 100)
+    newer = store_path.with_name("newer.sqlite3")
+    with sqlite3.connect(newer) as conn:
+        conn.execute("PRAGMA user_version = 99")
     options = {
         "store": ["--store", str(store_path)],
         "missing-store": ["--store", str(store_path.with_name("missing.sqlite3"))],
+        "corrupt-store": ["--store", str(corrupt)],
+        "newer-store": ["--store", str(newer)],
         "hub": ["--hub-url", emulator.url],
         "closed": ["--hub-url", f"http://127.0.0.1:{closed_port()}"],
     }[where]

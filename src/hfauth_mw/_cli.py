@@ -339,9 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser(
         "inspect",
         help="show who a token belongs to and what it may do",
-        description="Introspect a token read from $HF_TOKEN or from standard input (one "
-        "line; prompted for on a terminal). Never pass a token on the command line. "
-        "Exit 0 valid, 3 invalid, 4 source unavailable.",
+        description="Introspect a token read from standard input (one line), or from "
+        "$HF_TOKEN when nothing is piped (prompted for on a terminal). A piped token wins "
+        "over $HF_TOKEN; the output says which was used. Never pass a token on the command "
+        "line. Exit 0 valid, 3 invalid, 4 source unavailable.",
     )
     where = inspect.add_mutually_exclusive_group(required=True)
     where.add_argument("--hub-url", type=hub_url, metavar="URL", help="ask {URL}/api/whoami-v2")
@@ -579,19 +580,35 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 # --- inspect --------------------------------------------------------------------------------
 
 
-def _read_token() -> str:
-    token = os.environ.get("HF_TOKEN", "")
-    if not token:
-        if sys.stdin is None:
-            raise UsageError("no token: set HF_TOKEN or pipe the token on standard input")
-        if sys.stdin.isatty():
-            token = getpass.getpass("Token (input hidden): ", stream=sys.stderr)
-        else:
-            token = sys.stdin.readline()
-    token = token.strip()
-    if not token:
-        raise UsageError("no token: set HF_TOKEN or pipe the token on standard input")
-    return token
+_NO_TOKEN = "no token: set HF_TOKEN or pipe the token on standard input"
+
+
+_ORIGINS = {"stdin": "standard input", "HF_TOKEN": "$HF_TOKEN", "prompt": "the prompt"}
+
+
+def _read_token() -> tuple[str, str, str]:
+    """The token to inspect, where it came from (``_ORIGINS``), and that said for people.
+
+    A token piped on standard input is what the user gave this time: it wins
+    over ``$HF_TOKEN`` (often exported long ago, for the real Hub). ``$HF_TOKEN``
+    is used when standard input is a terminal, closed or empty; without it, a
+    terminal is prompted.
+    """
+    from_env = os.environ.get("HF_TOKEN", "").strip()
+    stdin = sys.stdin
+    if stdin is not None and not stdin.isatty():
+        piped = stdin.readline().strip()
+        if piped:
+            ignored = " ($HF_TOKEN, also set, ignored)" if from_env else ""
+            return piped, "stdin", _ORIGINS["stdin"] + ignored
+    if from_env:
+        return from_env, "HF_TOKEN", _ORIGINS["HF_TOKEN"]
+    if stdin is None or not stdin.isatty():
+        raise UsageError(_NO_TOKEN)
+    typed = getpass.getpass("Token (input hidden): ", stream=sys.stderr).strip()
+    if not typed:
+        raise UsageError(_NO_TOKEN)
+    return typed, "prompt", _ORIGINS["prompt"]
 
 
 def _visibility_of(public: Sequence[Repo], gated: Sequence[Repo]) -> Callable[[Repo], Visibility]:
@@ -645,23 +662,31 @@ def _source_for(args: argparse.Namespace) -> IntrospectionSource:
     path = Path(args.store)
     if not path.is_file():
         raise Failure(f"no token store at {path}", EXIT_UNAVAILABLE)
-    return LocalStoreSource(LocalTokenStore(path))
+    try:
+        return LocalStoreSource(LocalTokenStore(path))
+    except TokenStoreError as exc:  # not SQLite, unreadable, too new: it cannot answer
+        raise Failure(str(exc), EXIT_UNAVAILABLE) from None
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     source = _source_for(args)
-    token = _read_token()
+    token, origin_key, origin = _read_token()
     credentials = Credentials.from_token(token)
     del token
+    # Said in every outcome: which token (by fingerprint) went where.
+    which = f"token {credentials.fingerprint} from {origin}"
     try:
         principal = Authenticator(source).authenticate_sync(credentials)
     except InvalidToken as exc:
         raise Failure(
-            f"invalid token {credentials.fingerprint} at {source.name}: {exc.description}",
-            EXIT_INVALID_TOKEN,
+            f"invalid {which}, asked {source.name}: {exc.description}", EXIT_INVALID_TOKEN
         ) from None
     except SourceUnavailable as exc:
-        raise Failure(exc.description, EXIT_UNAVAILABLE) from None
+        raise Failure(
+            f"{exc.description.rstrip('.')} ({which}, asked {source.name})", EXIT_UNAVAILABLE
+        ) from None
+    except TokenStoreError as exc:
+        raise Failure(str(exc), EXIT_UNAVAILABLE) from None
     finally:
         if isinstance(source, LocalStoreSource) and isinstance(source.store, LocalTokenStore):
             source.store.close()
@@ -673,6 +698,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     ]
     if args.json:
         document = principal.to_dict()
+        document["token_from"] = origin_key
         document["decisions"] = [
             {
                 "repo": str(repo),
@@ -686,7 +712,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(_redact(json.dumps(document, indent=2)))
         return EXIT_OK
     out = sys.stdout
-    for label, value in _principal_lines(principal):
+    for label, value in [*_principal_lines(principal), ("token from", origin)]:
         out.write(f"{label + ':' if label else '':<14}{_redact(value)}\n")
     for repo, read, write in decisions:
         out.write(f"\n{repo} ({visibility(repo).value})\n")
