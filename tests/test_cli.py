@@ -26,8 +26,9 @@ from typing import Protocol
 import httpx
 import pytest
 
-from hfauth_mw import LocalTokenStore
+from hfauth_mw import LocalTokenStore, OrgGrant
 from hfauth_mw._cli import main
+from hfauth_mw._demo import seed_demo_store
 from hfauth_mw.testing import HubEmulator
 
 TOKEN_LINE = re.compile(r"^hf_[A-Za-z0-9]{34}$")
@@ -961,3 +962,105 @@ def test_revoke_broadcast_without_its_secret_names_the_variable_not_the_value(
     assert shown in result.err
     if hidden is not None:
         assert hidden not in result.err
+
+
+# --- demo stores ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("real", id="a-real-store"),
+        pytest.param("empty", id="an-empty-store"),
+        pytest.param("seeded-by-an-older-demo", id="a-real-store-an-older-demo-seeded-too"),
+    ],
+)
+def test_demo_refuses_a_store_it_did_not_make(
+    cli: Cli, store_path: Path, no_serve: None, kind: str
+) -> None:
+    if kind == "seeded-by-an-older-demo":
+        seed_demo_store(store_path)
+        store_path.with_name(store_path.name + ".demo").unlink()  # older versions left no mark
+    with LocalTokenStore(store_path) as store:
+        real = None
+        if kind != "empty":
+            real = store.create_token(
+                user="dave", role="write", orgs=[OrgGrant("acme", "admin")], display_name="real"
+            ).token
+        before = store.list_tokens()
+        facts = store.lookup(hashlib.sha256(real.encode()).digest()) if real else None
+    beside = sorted(p.name for p in store_path.parent.iterdir())
+    result = cli("demo", "--port", "0", "--store", str(store_path))
+    assert result.code == 1
+    assert result.out == ""
+    assert "is not a demo store" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    with LocalTokenStore(store_path) as store:
+        assert store.list_tokens() == before
+        if real:
+            assert store.lookup(hashlib.sha256(real.encode()).digest()) == facts  # orgs kept
+    assert sorted(p.name for p in store_path.parent.iterdir()) == beside  # no seed, no mark
+
+
+def test_demo_keeps_a_revoked_demo_token_revoked(
+    cli: Cli, store_path: Path, no_serve: None
+) -> None:
+    first = cli("demo", "--port", "0", "--store", str(store_path))
+    assert first.code == 0, first.err
+    bob = ANY_TOKEN.search(first.out.split("# bob (read token)")[1])
+    assert bob is not None
+    with LocalTokenStore(store_path) as store:
+        [record] = store.list_tokens("bob")
+    assert cli("token", "revoke", "--store", str(store_path), record.fingerprint).code == 0
+
+    again = cli("demo", "--port", "0", "--store", str(store_path))
+    assert again.code == 0, again.err
+    assert re.search(r"bob .*\[revoked\]", again.out)
+    assert "# bob" not in again.out
+    assert bob.group(0) not in again.out
+    assert "# alice" in again.out
+    with LocalTokenStore(store_path) as store:
+        assert store.list_tokens("bob") == []
+        assert store.lookup(hashlib.sha256(bob.group(0).encode()).digest()) is None
+
+
+def test_demo_runs_on_its_default_store_from_an_older_version(
+    cli: Cli, tmp_path: Path, no_serve: None
+) -> None:
+    """`make demo` keeps working on .hfauth-demo/ made before demo stores were marked."""
+    default = tmp_path / ".hfauth-demo" / "tokens.sqlite3"
+    tokens = seed_demo_store(default)
+    marker = default.with_name("tokens.sqlite3.demo")
+    marker.unlink()
+    result = cli("demo", "--port", "0")
+    assert result.code == 0, result.err
+    assert all(token in result.out for token in tokens.values())
+    assert "[revoked]" not in result.out
+    assert marker.is_file()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"0123abcd", id="half-written"),
+        pytest.param(b"not a seed at all\n", id="not-hex"),
+        pytest.param(b"\xff\xfe\x00", id="binary"),
+        pytest.param(None, id="unreadable-a-directory"),
+    ],
+)
+def test_demo_with_a_bad_seed_file_says_which_file_to_delete(
+    cli: Cli, store_path: Path, no_serve: None, content: bytes | None
+) -> None:
+    seed = store_path.with_name(store_path.name + ".demo-seed")
+    if content is None:
+        seed.mkdir()
+    else:
+        seed.write_bytes(content)
+    result = cli("demo", "--port", "0", "--store", str(store_path))
+    assert result.code == 1
+    assert result.err.startswith(f"hfauth-mw: error: cannot read demo seed file {seed}") or (
+        result.err.startswith(f"hfauth-mw: error: demo seed file {seed} is damaged")
+    )
+    assert f"delete {store_path}, {seed} and " in result.err
+    assert len(result.err.strip().splitlines()) == 1

@@ -29,7 +29,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
-from hfauth_mw import LocalStoreSource, LocalTokenStore
+from hfauth_mw import LocalStoreSource, LocalTokenStore, _demo
 from hfauth_mw._demo import DEMO_USERS, build_app, seed_demo_store
 
 TOKEN_SHAPE = re.compile(r"^hf_[A-Za-z0-9]{34}$")
@@ -87,6 +87,33 @@ def test_seed_differs_per_store_and_keeps_its_seed_private(
     seed_file = store_path.with_name(store_path.name + ".demo-seed")
     assert stat.S_IMODE(seed_file.stat().st_mode) == 0o600
     assert not any(token in seed_file.read_text() for token in tokens.values())
+
+
+def test_two_first_runs_at_once_share_one_whole_seed(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second first run, started while the first makes the seed, never reads it half-written.
+
+    The second run is played inside the first, at the moment the first draws its
+    random bytes: no sleeps, the same interleaving every time.
+    """
+    store_path.parent.mkdir(parents=True)
+    real = secrets.token_bytes
+    second: list[bytes] = []
+
+    def draw_while_another_run_starts(n: int) -> bytes:
+        if not second:
+            second.append(b"")
+            second[0] = _demo._seed_for(store_path)
+        return real(n)
+
+    monkeypatch.setattr(_demo.secrets, "token_bytes", draw_while_another_run_starts)
+    first = _demo._seed_for(store_path)
+    assert len(first) == 32
+    assert second == [first]
+    seed_file = store_path.with_name(store_path.name + ".demo-seed")
+    assert stat.S_IMODE(seed_file.stat().st_mode) == 0o600
+    assert [p.name for p in store_path.parent.iterdir()] == [seed_file.name]  # no temp files
 
 
 def test_seed_never_writes_tokens_into_the_source_tree() -> None:

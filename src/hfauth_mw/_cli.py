@@ -396,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the example inference server with demo users",
         description="Run the toy inference server (the app of the source tree's "
         "examples/inference_server.py) under uvicorn and print curl lines to try it. "
-        f"Without --hub-url it seeds demo users into {DEMO_STORE}.",
+        f"Without --hub-url it makes a demo store with four users in {DEMO_STORE} "
+        "(once; it never seeds a store it did not make).",
     )
     demo.add_argument(
         "--host", type=bind_host, default="127.0.0.1", help="bind address (default: 127.0.0.1)"
@@ -407,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--hub-url", type=hub_url, metavar="URL", help="check tokens with this hub"
     )
     demo_source.add_argument(
-        "--store", metavar="PATH", help=f"demo token store (default: {DEMO_STORE})"
+        "--store",
+        metavar="PATH",
+        help=f"demo token store, made by the demo (default: {DEMO_STORE})",
     )
     demo.add_argument(
         "--model",
@@ -814,35 +817,36 @@ def demo_curl_lines(base: str, tokens: dict[str, str] | None) -> list[str]:
             "# a made-up token -> 401 invalid_token",
             f"curl -i {bearer(_made_up_token())} {base}/v1/whoami",
         ]
-    alice, bob, carol, dave = (tokens[name] for name in ("alice", "bob", "carol", "dave"))
+    # A demo user whose token was revoked has no token here: their lines are left out.
+    alice, bob, carol, dave = (tokens.get(name, "") for name in ("alice", "bob", "carol", "dave"))
     weights = f'-X PUT {json_body} -d \'{{"positive": ["shiny"]}}\''
-    return [
-        "# no token -> 401 with WWW-Authenticate",
-        f"curl -i {infer} {base}/v1/models/bob/echo/infer",
-        "# /health needs no token -> 200",
-        f"curl -i {base}/health",
-        "# bob (read token) runs his model -> 200",
-        f"curl -i {bearer(bob)} {infer} {base}/v1/models/bob/echo/infer",
-        "# bob cannot upload weights, even to his own model -> 403 insufficient_scope",
-        f"curl -i {bearer(bob)} {weights} {base}/v1/models/bob/echo",
-        "# alice (write token, org acme role write) uploads acme weights -> 200",
-        f"curl -i {bearer(alice)} {weights} {base}/v1/models/acme/sentiment",
-        "# HTTP Basic, token as the password (user name ignored) -> 200",
-        f"curl -i -u 'x:{alice}' {infer} {base}/v1/models/alice/tiny-lm/infer",
-        "# a made-up hf_ token -> 401 invalid_token",
-        f"curl -i {bearer(_made_up_token())} {infer} {base}/v1/models/bob/echo/infer",
-        "# carol (fine-grained: read acme/sentiment only) on that repo -> 200",
-        f"curl -i {bearer(carol)} {infer} {base}/v1/models/acme/sentiment/infer",
-        "# carol on any other private repo -> 403",
-        f"curl -i {bearer(carol)} {infer} {base}/v1/models/alice/tiny-lm/infer",
-        "# dave (write token, but read member of acme) reads acme -> 200 ...",
-        f"curl -i {bearer(dave)} {infer} {base}/v1/models/acme/sentiment/infer",
-        "# ... and cannot write it -> 403",
-        f"curl -i {bearer(dave)} {weights} {base}/v1/models/acme/sentiment",
-        "# who am I, and which models may I read",
-        f"curl -s {bearer(carol)} {base}/v1/whoami",
-        f"curl -s {bearer(dave)} {base}/v1/models",
-    ]
+    steps: list[tuple[str, list[str]]] = [
+        ("", ["# no token -> 401 with WWW-Authenticate",
+              f"curl -i {infer} {base}/v1/models/bob/echo/infer",
+              "# /health needs no token -> 200",
+              f"curl -i {base}/health"]),
+        ("bob", ["# bob (read token) runs his model -> 200",
+                 f"curl -i {bearer(bob)} {infer} {base}/v1/models/bob/echo/infer",
+                 "# bob cannot upload weights, even to his own model -> 403 insufficient_scope",
+                 f"curl -i {bearer(bob)} {weights} {base}/v1/models/bob/echo"]),
+        ("alice", ["# alice (write token, org acme role write) uploads acme weights -> 200",
+                   f"curl -i {bearer(alice)} {weights} {base}/v1/models/acme/sentiment",
+                   "# HTTP Basic, token as the password (user name ignored) -> 200",
+                   f"curl -i -u 'x:{alice}' {infer} {base}/v1/models/alice/tiny-lm/infer"]),
+        ("", ["# a made-up hf_ token -> 401 invalid_token",
+              f"curl -i {bearer(_made_up_token())} {infer} {base}/v1/models/bob/echo/infer"]),
+        ("carol", ["# carol (fine-grained: read acme/sentiment only) on that repo -> 200",
+                   f"curl -i {bearer(carol)} {infer} {base}/v1/models/acme/sentiment/infer",
+                   "# carol on any other private repo -> 403",
+                   f"curl -i {bearer(carol)} {infer} {base}/v1/models/alice/tiny-lm/infer"]),
+        ("dave", ["# dave (write token, but read member of acme) reads acme -> 200 ...",
+                  f"curl -i {bearer(dave)} {infer} {base}/v1/models/acme/sentiment/infer",
+                  "# ... and cannot write it -> 403",
+                  f"curl -i {bearer(dave)} {weights} {base}/v1/models/acme/sentiment"]),
+        ("carol", ["# who am I", f"curl -s {bearer(carol)} {base}/v1/whoami"]),
+        ("dave", ["# which models may I read", f"curl -s {bearer(dave)} {base}/v1/models"]),
+    ]  # fmt: skip
+    return [line for user, lines in steps if not user or user in tokens for line in lines]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -859,7 +863,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         where = f"tokens checked by {source.hub_url}/api/whoami-v2"
     else:
         path = Path(args.store) if args.store else DEMO_STORE
-        tokens = seed_demo_store(path)
+        tokens = seed_demo_store(path)  # refuses a store that is not a demo store
+        if not tokens:
+            raise Failure(
+                f"every demo token in {path} has been revoked: delete {path}, "
+                f"{path}.demo-seed and {path}.demo to start over"
+            )
         source = LocalStoreSource(LocalTokenStore(path))
         where = _redact(f"tokens checked against the demo store {path}")
     extra = tuple(DemoModel(repo.id, "echo") for repo in args.model)
@@ -884,7 +893,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if tokens is not None:
         out.write("demo users (throwaway tokens, valid only in this demo store):\n")
         for name, what in describe_users().items():
-            out.write(f"  {name:<6} {what}\n")
+            gone = "" if name in tokens else " [revoked]"
+            out.write(f"  {name:<6} {what}{gone}\n")
     else:
         out.write("export HF_TOKEN=<your token> first; demo models: ")
         out.write(", ".join(model.id for model in DEMO_MODELS + extra) + "\n")

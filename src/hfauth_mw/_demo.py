@@ -12,19 +12,22 @@ only the public API of ``hfauth_mw`` and Starlette, and reads top to bottom:
 * ``PUT /v1/models/{owner}/{name}``: replace the toy "weights" (write access).
 * ``WS /v1/models/{owner}/{name}/stream``: the output, word by word (read access).
 
-:func:`seed_demo_store` fills a :class:`~hfauth_mw.LocalTokenStore` with four
-users whose tokens show the Hub's rules at work. Their tokens are derived
-from a random seed kept next to the store (mode 0600), so reseeding gives the
-same tokens and no secret-looking token is ever written in the source tree.
+:func:`seed_demo_store` makes a :class:`~hfauth_mw.LocalTokenStore` holding four
+users whose tokens show the Hub's rules at work, and marks it as a demo store;
+it never seeds a store it did not make. Their tokens are derived from a random
+seed kept next to the store (mode 0600), so later runs give the same tokens and
+no secret-looking token is ever written in the source tree.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
 import string
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,12 +52,14 @@ from . import (
     require_read,
     require_write,
 )
-from ._principal import token_digest
+from ._exceptions import TokenStoreError
+from ._principal import fingerprint_of, token_digest
 
 __all__ = [
     "DEMO_MODELS",
     "DEMO_USERS",
     "DemoModel",
+    "DemoStoreError",
     "DemoUser",
     "build_app",
     "seed_demo_store",
@@ -309,22 +314,78 @@ DEMO_USERS: tuple[DemoUser, ...] = (
 
 _ALPHABET = string.ascii_letters + string.digits
 _SEED_SUFFIX = ".demo-seed"
+_MARKER_SUFFIX = ".demo"
+_MARKER_TEXT = (
+    "This token store was made and seeded by `hfauth-mw demo`; its demo tokens are derived\n"
+    "from the .demo-seed file beside it. Delete the store and both files to start over.\n"
+)
+
+
+class DemoStoreError(TokenStoreError):
+    """The demo cannot use this store: not one it made, or its seed file is damaged."""
+
+
+def _beside(store_path: Path, suffix: str) -> Path:
+    return store_path.with_name(store_path.name + suffix)
+
+
+def _start_over(store_path: Path) -> str:
+    seed, marker = _beside(store_path, _SEED_SUFFIX), _beside(store_path, _MARKER_SUFFIX)
+    return f"delete {store_path}, {seed} and {marker} to start over"
+
+
+def _read_seed(store_path: Path) -> bytes:
+    """The seed kept beside the store; FileNotFoundError when there is none yet."""
+    seed_path = _beside(store_path, _SEED_SUFFIX)
+    try:
+        text = seed_path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not text"
+        raise DemoStoreError(
+            f"cannot read demo seed file {seed_path} ({why}): {_start_over(store_path)}"
+        ) from None
+    try:
+        seed = bytes.fromhex(text.strip())
+    except ValueError:
+        seed = b""
+    if len(seed) < 16:
+        raise DemoStoreError(f"demo seed file {seed_path} is damaged: {_start_over(store_path)}")
+    return seed
+
+
+def _write_new_file(path: Path, text: str) -> None:
+    """Write ``path`` (mode 0600) only if it does not exist yet, all at once.
+
+    The text goes to a temporary file first, which is then hard-linked to ``path``:
+    a reader sees either no file or the whole text, and when two processes race,
+    the first link wins and the other's text is dropped.
+    """
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        with contextlib.suppress(FileExistsError):  # another run's is there: keep it
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
 
 
 def _seed_for(store_path: Path) -> bytes:
     """The store's random seed, made on first use and kept in a 0600 file beside it."""
-    seed_path = store_path.with_name(store_path.name + _SEED_SUFFIX)
     try:
-        fd = os.open(seed_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        seed = bytes.fromhex(seed_path.read_text().strip())
-        if len(seed) < 16:
-            raise ValueError(f"demo seed file {seed_path} is damaged; delete it") from None
-        return seed
-    seed = secrets.token_bytes(32)
-    with os.fdopen(fd, "w") as file:
-        file.write(seed.hex() + "\n")
-    return seed
+        return _read_seed(store_path)
+    except FileNotFoundError:
+        pass
+    seed_path = _beside(store_path, _SEED_SUFFIX)
+    try:
+        _write_new_file(seed_path, secrets.token_bytes(32).hex() + "\n")
+    except OSError as exc:
+        raise DemoStoreError(f"cannot write demo seed file {seed_path}: {exc.strerror}") from None
+    return _read_seed(store_path)  # the winner's seed, when another run made it first
 
 
 def _derive_token(seed: bytes, user: str) -> str:
@@ -337,30 +398,88 @@ def _derive_token(seed: bytes, user: str) -> str:
     return "hf_" + "".join(chars)
 
 
-def seed_demo_store(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Fill the store at ``path`` with the demo users; return ``{user: token}``.
-
-    Idempotent: the tokens come from a random per-store seed (``<path>.demo-seed``),
-    so every call returns the same tokens and adds only what is missing; the
-    users' organizations are reset to the demo's. The parent directory is created.
-    """
-    store_path = Path(path)
-    store_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    seed = _seed_for(store_path)
-    tokens: dict[str, str] = {}
+def _fill(store_path: Path, seed: bytes) -> None:
+    """Add every demo user's token to a store the demo has just created."""
     with LocalTokenStore(store_path) as store:
         for user in DEMO_USERS:
             token = _derive_token(seed, user.name)
-            if store.lookup(token_digest(token)) is None:
+            try:
                 store.add_token(
                     token,
                     user=user.name,
                     role=user.role,
+                    orgs=user.orgs,
                     fine_grained=user.fine_grained,
                     display_name=f"demo-{user.name}",
                 )
-            store.set_orgs(user.name, user.orgs)
-            tokens[user.name] = token
+            except TokenStoreError:
+                # Another first run of the demo added it a moment ago: fine.
+                if store.lookup(token_digest(token)) is None:
+                    raise
+
+
+def _check_unmarked(store_path: Path) -> bytes:
+    """The seed of a demo store made before stores were marked; refuse any other store.
+
+    Such a store is the demo's when its seed file is beside it and every token
+    in it is one the demo derives from that seed.
+    """
+    refusal = DemoStoreError(
+        f"{store_path} is not a demo store (it holds tokens the demo did not make); "
+        "the demo seeds only a store it creates: give --store a path that does not exist yet"
+    )
+    try:
+        seed = _read_seed(store_path)
+    except FileNotFoundError:
+        raise refusal from None
+    demo = {fingerprint_of(token_digest(_derive_token(seed, u.name))) for u in DEMO_USERS}
+    with LocalTokenStore(store_path) as store:
+        if any(record.fingerprint not in demo for record in store.list_tokens()):
+            raise refusal
+    return seed
+
+
+def seed_demo_store(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Make and seed the demo store at ``path`` once; return ``{user: token}``.
+
+    A new store gets the demo users' tokens, derived from a random per-store
+    seed (``<path>.demo-seed``), and is marked as a demo store (``<path>.demo``).
+    Later calls add nothing: they return the demo tokens still in the store, so
+    a revoked demo token stays revoked. A store the demo did not make is refused
+    with :class:`DemoStoreError` and left untouched; so is one with a damaged
+    seed file. A store seeded by an older version (no mark) is accepted when
+    its seed file is beside it and every token in it is a demo token. The
+    parent directory is created.
+    """
+    store_path = Path(path)
+    store_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    marker = _beside(store_path, _MARKER_SUFFIX)
+    if store_path.exists() and marker.exists():
+        try:
+            seed = _read_seed(store_path)
+        except FileNotFoundError:
+            raise DemoStoreError(
+                f"demo seed file {_beside(store_path, _SEED_SUFFIX)} is missing: "
+                f"{_start_over(store_path)}"
+            ) from None
+    else:
+        if store_path.exists():
+            seed = _check_unmarked(store_path)
+        else:
+            seed = _seed_for(store_path)
+            _fill(store_path, seed)
+        try:
+            _write_new_file(marker, _MARKER_TEXT)
+        except OSError as exc:
+            raise DemoStoreError(
+                f"cannot mark {store_path} as a demo store: {exc.strerror}"
+            ) from None
+    tokens: dict[str, str] = {}
+    with LocalTokenStore(store_path) as store:
+        for user in DEMO_USERS:
+            token = _derive_token(seed, user.name)
+            if store.lookup(token_digest(token)) is not None:
+                tokens[user.name] = token
     return tokens
 
 
