@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from hfauth_mw import _store
 from hfauth_mw._exceptions import ConfigurationError, TokenStoreError
 from hfauth_mw._principal import fingerprint_of, principal_from_whoami, token_digest
 from hfauth_mw._store import (
@@ -490,6 +497,7 @@ def test_sqlite_errors_become_token_store_errors(tmp_path: Path, setup: str) -> 
     else:
         path = tmp_path / "garbage.sqlite3"
         path.write_bytes(b"this is not a database file, just some text" * 100)
+        path.chmod(0o600)
     with pytest.raises(TokenStoreError) as caught:
         LocalTokenStore(path)
     assert str(path) in str(caught.value)
@@ -546,3 +554,285 @@ def test_concurrent_writes_and_reads(store: LocalTokenStore) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         fingerprints = set(pool.map(work, range(8)))
     assert {record.fingerprint for record in store.list_tokens()} == fingerprints
+
+
+# --- the file: who may have planted or changed it --------------------------------------
+
+
+def _sqlite_file(path: Path, *statements: str, mode: int = 0o600) -> None:
+    """A real SQLite database made outside hfauth-mw (another application's, say)."""
+    conn = sqlite3.connect(path)
+    for statement in statements:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    path.chmod(mode)
+
+
+def _snapshot(path: Path) -> tuple[str, int, list[str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return (
+            conn.execute("PRAGMA journal_mode").fetchone()[0],
+            conn.execute("PRAGMA user_version").fetchone()[0],
+            sorted(row[0] for row in conn.execute("SELECT name FROM sqlite_master")),
+        )
+    finally:
+        conn.close()
+
+
+def test_new_store_file_is_private(db_path: Path) -> None:
+    LocalTokenStore(db_path).close()
+    assert db_path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        pytest.param("dangling-symlink", "is a symbolic link", id="dangling-symlink"),
+        pytest.param("symlink-to-store", "is a symbolic link", id="symlink-to-store"),
+        pytest.param("world-writable", "run: chmod 600 ", id="world-writable"),
+        pytest.param("group-writable", "run: chmod 600 ", id="group-writable"),
+        pytest.param("group-readable", "run: chmod 600 ", id="group-readable"),
+        pytest.param("other-readable", "run: chmod 600 ", id="other-readable"),
+        pytest.param(
+            "other-owner",
+            "belongs to another user (uid 54321); if it is yours, run: chown ",
+            id="other-owner",
+        ),
+        pytest.param("directory", "is not a regular file", id="directory"),
+        pytest.param("fifo", "is not a regular file", id="fifo"),
+        pytest.param("open-wal-beside", "-wal is open to other users", id="open-wal-beside"),
+    ],
+)
+def test_unsafe_store_file_is_refused(
+    tmp_path: Path, db_path: Path, setup: str, message: str
+) -> None:
+    target = tmp_path / "elsewhere" / "planted.sqlite3"
+    target.parent.mkdir()
+    if setup == "dangling-symlink":
+        db_path.symlink_to(target)
+    elif setup == "symlink-to-store":
+        LocalTokenStore(target).close()
+        db_path.symlink_to(target)
+    elif setup == "directory":
+        db_path.mkdir()
+    elif setup == "fifo":
+        os.mkfifo(db_path, 0o600)
+    else:
+        LocalTokenStore(db_path).close()
+        if setup == "open-wal-beside":
+            wal = Path(f"{db_path}-wal")
+            wal.touch()
+            wal.chmod(0o666)
+        elif setup == "other-owner":
+            os.chown(db_path, 54321, -1)
+        else:
+            modes = {
+                "world-writable": 0o666,
+                "group-writable": 0o620,
+                "group-readable": 0o640,
+                "other-readable": 0o604,
+            }
+            db_path.chmod(modes[setup])
+    with pytest.raises(TokenStoreError) as caught:
+        LocalTokenStore(db_path)
+    assert str(db_path) in str(caught.value)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+    if setup == "dangling-symlink":
+        assert not target.exists()  # nothing was created where the link points
+
+
+@pytest.mark.parametrize(
+    ("statements", "message"),
+    [
+        pytest.param(
+            (
+                "CREATE TABLE users (id INTEGER PRIMARY KEY, login TEXT)",
+                "INSERT INTO users (login) VALUES ('x')",
+            ),
+            "is not an hfauth-mw token store",
+            id="other-app-version-0",
+        ),
+        pytest.param(
+            ("CREATE TABLE accounts (id INTEGER PRIMARY KEY)", "PRAGMA user_version = 1"),
+            "is not an hfauth-mw token store",
+            id="other-app-version-1",
+        ),
+        pytest.param(
+            ("CREATE VIEW answer AS SELECT 42",),
+            "is not an hfauth-mw token store",
+            id="view-only",
+        ),
+        pytest.param(
+            ("PRAGMA user_version = -3",),
+            "is not an hfauth-mw token store",
+            id="empty-negative-version",
+        ),
+        pytest.param(
+            ("CREATE TABLE tokens (x)", "PRAGMA user_version = 2"),
+            "has schema version 2",
+            id="newer-store",
+        ),
+    ],
+)
+def test_other_database_is_refused_and_left_unchanged(
+    db_path: Path, statements: tuple[str, ...], message: str
+) -> None:
+    _sqlite_file(db_path, *statements)
+    before = _snapshot(db_path)
+    with pytest.raises(TokenStoreError, match=message) as caught:
+        LocalTokenStore(db_path)
+    assert str(db_path) in str(caught.value)
+    assert _snapshot(db_path) == before
+    assert before[0] == "delete"  # not switched to WAL either
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        pytest.param("empty-file", id="empty-file"),
+        pytest.param("empty-database", id="empty-database"),
+    ],
+)
+def test_empty_file_becomes_a_store(db_path: Path, setup: str) -> None:
+    if setup == "empty-file":
+        db_path.touch(mode=0o600)
+    else:
+        _sqlite_file(db_path, "PRAGMA user_version = 0")
+    with LocalTokenStore(db_path) as token_store:
+        issued = token_store.create_token(user="alice")
+        assert token_store.lookup(token_digest(issued.token)) is not None
+    assert _snapshot(db_path) == (
+        "wal",
+        1,
+        [
+            "sqlite_autoindex_tokens_1",
+            "sqlite_autoindex_users_1",
+            "tokens",
+            "tokens_by_user",
+            "users",
+        ],
+    )
+
+
+# --- a store that cannot be written here ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("unwritable", "mode"),
+    [
+        # Root may write anything but a read-only mount, so a real read-only case
+        # needs a mount (see test_read_only_mount); these go through the one probe.
+        pytest.param({"directory"}, "immutable", id="read-only-directory"),
+        pytest.param({"directory", "file"}, "immutable", id="read-only-mount"),
+        pytest.param({"file"}, "ro", id="read-only-file"),
+    ],
+)
+def test_unwritable_store_opens_read_only(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, unwritable: set[str], mode: str
+) -> None:
+    with LocalTokenStore(db_path) as writer:
+        issued = writer.create_token(user="alice", role="write")
+    content = db_path.read_bytes()
+    names = {"directory": db_path.parent, "file": db_path}
+    blocked = {names[name] for name in unwritable}
+    monkeypatch.setattr(_store, "_can_write", lambda path: path not in blocked)
+
+    with LocalTokenStore(db_path) as reader:
+        assert reader.read_only
+        assert reader._mode == mode
+        for _ in range(3):  # pooled or not, every call answers
+            answer = reader.lookup(token_digest(issued.token))
+            assert answer is not None
+            assert answer["name"] == "alice"
+        assert reader.list_tokens() == [issued.record]
+        for change in (
+            lambda: reader.create_token(user="bob"),
+            lambda: reader.revoke(issued.record.fingerprint),
+            lambda: reader.set_orgs("alice", []),
+        ):
+            with pytest.raises(TokenStoreError, match="is read-only here") as caught:
+                change()
+            assert str(db_path) in str(caught.value)
+    assert db_path.read_bytes() == content
+    if mode == "immutable":
+        assert sorted(path.name for path in db_path.parent.iterdir()) == [db_path.name]
+
+
+def test_empty_store_that_cannot_be_written_is_refused(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db_path.touch(mode=0o600)
+    monkeypatch.setattr(_store, "_can_write", lambda path: False)
+    with pytest.raises(TokenStoreError, match="is empty and read-only here"):
+        LocalTokenStore(db_path)
+
+
+_READ_ONLY_MOUNT = """
+set -e
+mount -t tmpfs -o mode=0700 none "$STORE_DIR"
+"$PYTHON" -c "$CREATE" > "$TOKEN_FILE"
+mount -o remount,ro "$STORE_DIR"
+"$PYTHON" -c "$CHECK"
+"""
+
+_CREATE = """
+from hfauth_mw._store import LocalTokenStore
+with LocalTokenStore("{store}") as store:
+    print(store.create_token(user="alice").token)
+"""
+
+_CHECK = """
+from hfauth_mw._exceptions import TokenStoreError
+from hfauth_mw._principal import token_digest
+from hfauth_mw._store import LocalTokenStore
+token = open("{token_file}").read().strip()
+with LocalTokenStore("{store}") as store:
+    print("read_only", store.read_only)
+    print("lookup", store.lookup(token_digest(token))["name"])
+    try:
+        store.create_token(user="bob")
+    except TokenStoreError as exc:
+        print("create", exc)
+"""
+
+
+def _can_mount() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "true"], capture_output=True, check=False
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs root and unshare -m for a private mount")
+def test_read_only_mount(tmp_path: Path) -> None:
+    store_dir = tmp_path / "mnt"
+    store_dir.mkdir()
+    store = store_dir / "tokens.sqlite3"
+    token_file = tmp_path / "token"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(_store.__file__).parents[1]),
+        "PYTHON": sys.executable,
+        "STORE_DIR": str(store_dir),
+        "TOKEN_FILE": str(token_file),
+        "CREATE": textwrap.dedent(_CREATE.format(store=store)),
+        "CHECK": textwrap.dedent(_CHECK.format(store=store, token_file=token_file)),
+    }
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", _READ_ONLY_MOUNT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["read_only True", "lookup alice"]
+    assert lines[2].startswith(f"create token store {store} is read-only here")
+    assert token_file.read_text().strip() not in result.stdout + result.stderr

@@ -13,7 +13,14 @@ Security caveats, stated plainly:
   token imported with :meth:`LocalTokenStore.add_token` (``"hf_test"``,
   ``"secret"``) can be recovered from the file by trying candidates. Import
   only random tokens outside tests, and keep the file private: it is created
-  with mode ``0600`` when this class creates it.
+  with mode ``0600``, and an existing file is refused unless it is a regular
+  file (not a symbolic link) owned by the current user that no other user can
+  read or write.
+* A file that is not an hfauth-mw store (another application's SQLite
+  database, say) is refused, never converted.
+* A store that cannot be written here (a read-only mount, a directory the
+  process cannot write) is opened read-only: lookups work, changes raise
+  :class:`~hfauth_mw.TokenStoreError`.
 * Expired tokens are still answered by :meth:`LocalTokenStore.lookup`, with
   ``auth.expiresAt`` set: the caller decides with its own clock. A token is
   only gone once revoked.
@@ -27,9 +34,11 @@ import hashlib
 import hmac
 import json
 import os
+import pwd
 import re
 import secrets
 import sqlite3
+import stat
 import string
 import threading
 from collections.abc import Iterator, Sequence
@@ -37,7 +46,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import quote
 
 from ._exceptions import ConfigurationError, TokenStoreError
 from ._principal import ORG_ROLES, TOKEN_ROLES, fingerprint_of, token_digest
@@ -68,6 +78,13 @@ _NAMESPACE_ENTITY_TYPES = frozenset({"user", "org"})
 _HEX = re.compile(r"[0-9a-f]+")
 _BLANK = re.compile(r"\s")
 _MIN_PREFIX = 8
+
+#: The files SQLite keeps beside a store; the same rules apply to them.
+_SIDECARS = ("-wal", "-shm", "-journal")
+
+#: How a store is opened: read-write, read-only with SQLite's usual locking, or
+#: read-only as an immutable file (no ``-shm`` needed, nothing written at all).
+_OpenMode = Literal["rw", "ro", "immutable"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -165,6 +182,66 @@ def _parse_stored_time(value: str) -> datetime:
 def _now() -> datetime:
     now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+# --- the file ----------------------------------------------------------------------
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _check_file(path: Path) -> None:
+    """Refuse a store file (or a file SQLite keeps beside it) that another user
+    could have planted or could change: see the module's caveats."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise TokenStoreError(f"cannot read token store {path}: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise TokenStoreError(
+            f"token store {path} is a symbolic link, which could point anywhere; "
+            f"give the path of the file itself"
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise TokenStoreError(f"token store {path} is not a regular file; give a file's path")
+    uid = os.geteuid()
+    if info.st_uid != uid:
+        raise TokenStoreError(
+            f"token store {path} belongs to another user (uid {info.st_uid}); if it is "
+            f"yours, run: chown {_user_name(uid)} {path}"
+        )
+    if info.st_mode & 0o077:
+        raise TokenStoreError(
+            f"token store {path} is open to other users (mode {info.st_mode & 0o777:04o}); "
+            f"run: chmod 600 {path}"
+        )
+
+
+def _can_write(path: Path) -> bool:
+    """Whether this process may write ``path`` (False on a read-only file system,
+    also for root)."""
+    return os.access(path, os.W_OK)
+
+
+def _open_mode(path: Path) -> _OpenMode:
+    """How to open an existing store: read-write when the file and its directory
+    (where SQLite puts ``-wal`` and ``-shm``) can be written, else read-only."""
+    directory = path.parent
+    if _can_write(path) and _can_write(directory):
+        return "rw"
+    if _can_write(directory) or all(
+        Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm")
+    ):
+        return "ro"
+    # WAL readers need a -shm file; without one, and with no way to create it,
+    # SQLite can only read the file as immutable.
+    return "immutable"
 
 
 # --- validation --------------------------------------------------------------------
@@ -345,16 +422,31 @@ class LocalTokenStore:
         self._lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
-        if not self._path.exists():
-            try:
-                # Private from the start: the digests of guessable tokens are secrets too.
-                os.close(os.open(self._path, os.O_CREAT | os.O_WRONLY, 0o600))
-            except OSError as exc:
-                raise TokenStoreError(
-                    f"cannot create token store {self._path}: {exc.strerror}"
-                ) from None
-        with self._connection() as conn:
-            self._create_schema(conn)
+        try:
+            # Private from the start: the digests of guessable tokens are secrets
+            # too. O_EXCL|O_NOFOLLOW: never through a planted symbolic link.
+            fd = os.open(
+                self._path,
+                os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+            )
+        except FileExistsError:
+            pass  # checked below, with whatever SQLite keeps beside it
+        except OSError as exc:
+            raise TokenStoreError(
+                f"cannot create token store {self._path}: {exc.strerror}"
+            ) from None
+        else:
+            os.close(fd)
+        for suffix in ("", *_SIDECARS):
+            _check_file(Path(f"{self._path}{suffix}"))
+        self._mode = _open_mode(self._path)
+        try:
+            with self._connection() as conn:
+                self._create_schema(conn)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def path(self) -> Path:
@@ -366,9 +458,21 @@ class LocalTokenStore:
 
     # --- connections ------------------------------------------------------------------
 
+    @property
+    def read_only(self) -> bool:
+        """True when the store could not be opened for writing (a read-only
+        mount, say): lookups work, changes raise TokenStoreError."""
+        return self._mode != "rw"
+
     def _open(self) -> sqlite3.Connection:
+        target: str | Path = self._path
+        if self._mode != "rw":
+            target = f"file:{quote(str(self._path.absolute()))}?mode=ro"
+            if self._mode == "immutable":
+                target += "&immutable=1"
         conn = sqlite3.connect(
-            self._path,
+            target,
+            uri=self._mode != "rw",
             timeout=BUSY_TIMEOUT_SECONDS,
             isolation_level=None,  # autocommit; writes use explicit BEGIN IMMEDIATE
             check_same_thread=False,  # the pool hands a connection to one thread at a time
@@ -408,6 +512,9 @@ class LocalTokenStore:
                 not broken
                 and not conn.in_transaction
                 and not self._closed
+                # An immutable connection never looks for changes: a fresh one per
+                # call still reads what is in the file now.
+                and self._mode != "immutable"
                 and len(self._idle) < _MAX_IDLE_CONNECTIONS
             )
             if keep:
@@ -417,6 +524,11 @@ class LocalTokenStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        if self._mode != "rw":
+            raise TokenStoreError(
+                f"token store {self._path} is read-only here (its file or directory "
+                "cannot be written); make changes where it is writable"
+            )
         with self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -427,19 +539,43 @@ class LocalTokenStore:
                 raise
             conn.execute("COMMIT")
 
-    def _create_schema(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    def _schema_version(self, conn: sqlite3.Connection) -> int:
+        """The store's schema version, 0 for an empty file; refuses any other file."""
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise TokenStoreError(
                 f"token store {self._path} has schema version {version}; "
                 f"this hfauth-mw reads version {SCHEMA_VERSION} (upgrade hfauth-mw)"
             )
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        ours = version == SCHEMA_VERSION and {"users", "tokens"} <= names
+        if not ours and (names or version != 0):
+            # Someone else's database (a mistyped path): never write to it.
+            raise TokenStoreError(
+                f"{self._path} is not an hfauth-mw token store (it holds other data) and "
+                "was left unchanged; check the path, or name a new file to create a store"
+            )
+        return version
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        version = self._schema_version(conn)
+        if self._mode != "rw":
+            if version != SCHEMA_VERSION:
+                raise TokenStoreError(
+                    f"token store {self._path} is empty and read-only here; "
+                    "create tokens in it where it is writable"
+                )
+            return
         if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
             conn.execute("PRAGMA journal_mode = WAL")
         if version == SCHEMA_VERSION:
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Another process may have created the schema meanwhile.
+            if self._schema_version(conn) == SCHEMA_VERSION:
+                conn.execute("ROLLBACK")
+                return
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
