@@ -836,3 +836,72 @@ def test_read_only_mount(tmp_path: Path) -> None:
     assert lines[:2] == ["read_only True", "lookup alice"]
     assert lines[2].startswith(f"create token store {store} is read-only here")
     assert token_file.read_text().strip() not in result.stdout + result.stderr
+
+
+# --- rows that do not parse ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "assignment", "column", "listed"),
+    [
+        pytest.param("tokens", "expires_at = 'next tuesday'", "expires_at", True, id="expiry-text"),
+        pytest.param(
+            "tokens",
+            "expires_at = '9999-12-31T23:59:59-01:00'",
+            "expires_at",
+            True,
+            id="expiry-out-of-range",
+        ),
+        pytest.param(
+            "tokens", "created_at = '2024-01-01T00:00:00'", "created_at", True, id="created-no-zone"
+        ),
+        pytest.param("tokens", "created_at = 17", "created_at", True, id="created-a-number"),
+        pytest.param("tokens", "role = x'7265'", "role", True, id="role-a-blob"),
+        pytest.param("tokens", "display_name = x'00'", "display_name", True, id="name-a-blob"),
+        pytest.param(
+            "tokens", "fine_grained = 'not json'", "fine_grained", False, id="scoped-not-json"
+        ),
+        pytest.param(
+            "tokens",
+            """fine_grained = '[{"type": "model"}]'""",
+            "fine_grained",
+            False,
+            id="scoped-entry-incomplete",
+        ),
+        pytest.param(
+            "tokens",
+            """global_permissions = '{"a": 1}'""",
+            "global_permissions",
+            False,
+            id="global-not-a-list",
+        ),
+        pytest.param("users", """orgs = '[{"name": 1}]'""", "orgs", False, id="org-bad"),
+        pytest.param("users", "orgs = '['", "orgs", False, id="orgs-cut-short"),
+    ],
+)
+def test_malformed_row_is_a_token_store_error(
+    store: LocalTokenStore, db_path: Path, table: str, assignment: str, column: str, listed: bool
+) -> None:
+    issued = store.create_token(
+        user="alice",
+        role="fineGrained",
+        fine_grained=[FineGrainedEntry("model", "acme/x", ("repo.content.read",))],
+        orgs=[OrgGrant("acme", "read")],
+    )
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"UPDATE {table} SET {assignment}")  # noqa: S608 - constants of this test
+    conn.commit()
+    conn.close()
+    expected = (
+        f"token store {db_path}: the entry of token {issued.record.fingerprint} is malformed "
+        f"({column} does not parse); revoke it and create a new token"
+    )
+    calls = [lambda: store.lookup(token_digest(issued.token))]
+    if listed:
+        calls.append(store.list_tokens)
+    for call in calls:
+        with pytest.raises(TokenStoreError) as caught:
+            call()
+        assert str(caught.value) == expected
+        assert issued.token not in str(caught.value)
+    assert store.revoke(issued.record.fingerprint) == 1  # the way out the message names

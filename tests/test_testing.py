@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import http.client
+import sqlite3
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -580,3 +582,52 @@ def test_auth_check(
     if token:
         assert token not in response.text
         assert token not in str(response.headers)
+
+
+@pytest.mark.parametrize(
+    ("table", "assignment"),
+    [
+        pytest.param("tokens", "expires_at = 'next tuesday'", id="expiry-text"),
+        pytest.param("users", "orgs = '['", id="orgs-cut-short"),
+    ],
+)
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/api/whoami-v2", id="whoami"),
+        pytest.param("/api/models/alice/demo/auth-check", id="auth-check"),
+    ],
+)
+def test_malformed_store_entry_answers_500_json(
+    hub_store: LocalTokenStore, client: httpx.Client, table: str, assignment: str, path: str
+) -> None:
+    issued = hub_store.create_token(user="alice", role="write")
+    conn = sqlite3.connect(hub_store.path)
+    conn.execute(f"UPDATE {table} SET {assignment}")  # noqa: S608 - constants of this test
+    conn.commit()
+    conn.close()
+    response = client.get(path, headers=bearer(issued.token))
+    assert response.status_code == 500
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == {"error": "Internal Server Error"}
+    assert issued.token not in response.text
+    # The connection stays usable: the next request on it is answered too.
+    assert client.get("/api/whoami-v2").status_code == 401
+
+
+class _OddStore(LocalTokenStore):
+    """A store whose answers do not have the Hub's shape (a subclass gone wrong)."""
+
+    def lookup(self, digest: bytes) -> dict[str, Any] | None:
+        return {"type": "user", "orgs": "not a list"}
+
+
+def test_store_answer_of_the_wrong_shape_answers_500_json(tmp_path: Path) -> None:
+    with (
+        _OddStore(tmp_path / "odd.sqlite3") as store,
+        HubEmulator(store) as hub,
+        httpx.Client(base_url=hub.url, timeout=WAIT) as http,
+    ):
+        response = http.get("/api/models/alice/demo/auth-check", headers=bearer("hf_x"))
+        assert response.status_code == 500
+        assert response.json() == {"error": "Internal Server Error"}

@@ -41,12 +41,12 @@ import sqlite3
 import stat
 import string
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 from ._exceptions import ConfigurationError, TokenStoreError
@@ -81,6 +81,8 @@ _MIN_PREFIX = 8
 
 #: The files SQLite keeps beside a store; the same rules apply to them.
 _SIDECARS = ("-wal", "-shm", "-journal")
+
+_T = TypeVar("_T")
 
 #: How a store is opened: read-write, read-only with SQLite's usual locking, or
 #: read-only as an immutable file (no ``-shm`` needed, nothing written at all).
@@ -175,8 +177,14 @@ def _hub_timestamp(value: datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
-def _parse_stored_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
+def _parse_stored_time(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError("not text")
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise ValueError("no time zone")
+    _hub_timestamp(parsed)  # raises OverflowError for years the Hub's format cannot show
+    return parsed
 
 
 def _now() -> datetime:
@@ -393,15 +401,91 @@ def _validate(
     )
 
 
+class _BadColumn(Exception):
+    """A stored value that does not decode; names the column, never the value."""
+
+    def __init__(self, column: str) -> None:
+        super().__init__(column)
+        self.column = column
+
+
+def _column(row: sqlite3.Row, column: str, decode: Callable[[Any], _T]) -> _T:
+    try:
+        return decode(row[column])
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
+        raise _BadColumn(column) from None
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError("not text")
+    return value
+
+
+def _optional_text(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError("not text")
+    return value
+
+
+def _optional_time(value: object) -> datetime | None:
+    return _parse_stored_time(value) if value else None
+
+
+def _json_list(value: object) -> list[Any]:
+    if not isinstance(value, str):
+        raise TypeError("not text")
+    decoded = json.loads(value)
+    if not isinstance(decoded, list):
+        raise TypeError("not a list")
+    return decoded
+
+
+def _strings(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TypeError("not a list of strings")
+    return value
+
+
+def _org_list(value: object) -> list[dict[str, str]]:
+    orgs = _json_list(value)
+    for org in orgs:
+        _text(org["name"])
+        _text(org["role"])
+    return orgs
+
+
+def _entry_list(value: object) -> list[dict[str, Any]]:
+    entries = _json_list(value)
+    for entry in entries:
+        _text(entry["type"])
+        _text(entry["name"])
+        _strings(entry["permissions"])
+    return entries
+
+
 def _record(row: sqlite3.Row) -> TokenRecord:
     return TokenRecord(
-        fingerprint=fingerprint_of(bytes(row["digest"])),
-        user=row["user"],
-        role=row["role"],
-        display_name=row["display_name"],
-        created_at=_parse_stored_time(row["created_at"]),
-        expires_at=_parse_stored_time(row["expires_at"]) if row["expires_at"] else None,
+        fingerprint=_column(row, "digest", _fingerprint),
+        user=_column(row, "user", _text),
+        role=_column(row, "role", _text),
+        display_name=_column(row, "display_name", _optional_text),
+        created_at=_column(row, "created_at", _parse_stored_time),
+        expires_at=_column(row, "expires_at", _optional_time),
     )
+
+
+def _fingerprint(value: object) -> str:
+    if not isinstance(value, bytes) or len(value) != hashlib.sha256().digest_size:
+        raise TypeError("not a SHA-256 digest")
+    return fingerprint_of(value)
+
+
+def _row_fingerprint(row: sqlite3.Row) -> str:
+    try:
+        return _fingerprint(row["digest"])
+    except TypeError:
+        return "(unreadable digest)"
 
 
 class LocalTokenStore:
@@ -794,7 +878,17 @@ class LocalTokenStore:
         )
         with self._connection() as conn:
             rows = conn.execute(query, (user, user)).fetchall()
-        return [_record(row) for row in rows]
+        return [self._decode(_record, row) for row in rows]
+
+    def _decode(self, decode: Callable[[sqlite3.Row], _T], row: sqlite3.Row) -> _T:
+        try:
+            return decode(row)
+        except _BadColumn as exc:
+            fingerprint = _row_fingerprint(row)
+            raise TokenStoreError(
+                f"token store {self._path}: the entry of token {fingerprint} is malformed "
+                f"({exc.column} does not parse); revoke it and create a new token"
+            ) from None
 
     def lookup(self, digest: bytes) -> dict[str, Any] | None:
         """The whoami-v2 answer for the token with this SHA-256 digest, or None.
@@ -818,22 +912,25 @@ class LocalTokenStore:
         # equality is still checked in constant time.
         if row is None or not hmac.compare_digest(bytes(row["digest"]), digest):
             return None
-        return self._answer(row)
+        return self._decode(self._answer, row)
 
     @staticmethod
     def _answer(row: sqlite3.Row) -> dict[str, Any]:
-        user: str = row["user"]
+        user = _column(row, "user", _text)
+        role = _column(row, "role", _text)
         fingerprint = fingerprint_of(bytes(row["digest"]))
         access_token: dict[str, Any] = {
             # The Hub always names a token; an unnamed local one gets a stable name.
-            "displayName": row["display_name"] or f"token-{fingerprint}",
-            "role": row["role"],
-            "createdAt": _hub_timestamp(_parse_stored_time(row["created_at"])),
+            "displayName": _column(row, "display_name", _optional_text) or f"token-{fingerprint}",
+            "role": role,
+            "createdAt": _hub_timestamp(_column(row, "created_at", _parse_stored_time)),
         }
-        if row["role"] == "fineGrained":
+        if role == "fineGrained":
             fine_grained: dict[str, Any] = {
                 "canReadGatedRepos": bool(row["can_read_gated_repos"]),
-                "global": json.loads(row["global_permissions"]),
+                "global": _column(
+                    row, "global_permissions", lambda value: _strings(_json_list(value))
+                ),
                 "scoped": [
                     {
                         "entity": {
@@ -843,21 +940,25 @@ class LocalTokenStore:
                         },
                         "permissions": entry["permissions"],
                     }
-                    for entry in json.loads(row["fine_grained"])
+                    for entry in _column(row, "fine_grained", _entry_list)
                 ],
             }
             access_token["fineGrained"] = fine_grained
         auth: dict[str, Any] = {"type": "access_token", "accessToken": access_token}
-        if row["expires_at"]:
-            auth["expiresAt"] = _hub_timestamp(_parse_stored_time(row["expires_at"]))
+        expires_at = _column(row, "expires_at", _optional_time)
+        if expires_at is not None:
+            auth["expiresAt"] = _hub_timestamp(expires_at)
+        orgs = _column(row, "orgs", _org_list)
+        fullname = _column(row, "fullname", _optional_text)
+        email = _column(row, "email", _optional_text)
         answer: dict[str, Any] = {
             "type": "user",
-            "id": row["user_id"],
+            "id": _column(row, "user_id", _text),
             "name": user,
-            "fullname": row["fullname"] or user,
+            "fullname": fullname or user,
         }
-        if row["email"]:
-            answer["email"] = row["email"]
+        if email:
+            answer["email"] = email
             answer["emailVerified"] = True
         answer.update(
             {
@@ -874,7 +975,7 @@ class LocalTokenStore:
                         "roleInOrg": org["role"],
                         "resourceGroups": [],
                     }
-                    for org in json.loads(row["orgs"])
+                    for org in orgs
                 ],
                 "auth": auth,
             }

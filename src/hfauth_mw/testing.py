@@ -46,7 +46,7 @@ from types import TracebackType
 from typing import Any, ClassVar, cast
 from urllib.parse import unquote, urlsplit
 
-from ._exceptions import ConfigurationError, TokenStoreError
+from ._exceptions import ConfigurationError, MalformedAnswer, TokenStoreError
 from ._principal import (
     ANONYMOUS,
     Principal,
@@ -264,6 +264,8 @@ class HubEmulator:
       gated repository). A request without a token is anonymous: public
       repositories are readable, any other denial is a 401.
     * anything else: 404 JSON.
+    * 500 ``{"error": "Internal Server Error"}`` when the store cannot be read
+      or holds a malformed entry for the token.
 
     Faults (:meth:`fail_next`) apply to both API endpoints, in the order they
     were queued, and are counted like normal calls. Delays apply to whoami-v2.
@@ -567,7 +569,9 @@ class HubEmulator:
             if auth_check is None:
                 return self._whoami(authorization)
             return self._auth_check(auth_check, authorization)
-        except TokenStoreError:
+        except (TokenStoreError, MalformedAnswer):
+            # A store that cannot be read or holds a malformed entry: answer, as
+            # the Hub would, rather than hang up without a word.
             return _json_reply(500, {"error": "Internal Server Error"})
 
     def _whoami(self, authorization: list[str] | None) -> _Reply:
