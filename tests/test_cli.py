@@ -690,6 +690,8 @@ def test_inspect_failures(
     newer = store_path.with_name("newer.sqlite3")
     with sqlite3.connect(newer) as conn:
         conn.execute("PRAGMA user_version = 99")
+    for private in (corrupt, newer):  # else refused for their mode, before they are read
+        private.chmod(0o600)
     options = {
         "store": ["--store", str(store_path)],
         "missing-store": ["--store", str(store_path.with_name("missing.sqlite3"))],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -589,11 +590,13 @@ def test_new_store_file_is_private(db_path: Path) -> None:
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
-        pytest.param("dangling-symlink", "is a symbolic link", id="dangling-symlink"),
-        pytest.param("symlink-to-store", "is a symbolic link", id="symlink-to-store"),
+        pytest.param("dangling-symlink", "is a symbolic link to a file", id="dangling-symlink"),
+        pytest.param("symlink-to-open-store", "run: chmod 600 ", id="symlink-to-open-store"),
+        pytest.param(
+            "symlink-beside", "-wal beside the token store is a symbolic link", id="symlink-beside"
+        ),
         pytest.param("world-writable", "run: chmod 600 ", id="world-writable"),
         pytest.param("group-writable", "run: chmod 600 ", id="group-writable"),
-        pytest.param("group-readable", "run: chmod 600 ", id="group-readable"),
         pytest.param("other-readable", "run: chmod 600 ", id="other-readable"),
         pytest.param(
             "other-owner",
@@ -612,9 +615,13 @@ def test_unsafe_store_file_is_refused(
     target.parent.mkdir()
     if setup == "dangling-symlink":
         db_path.symlink_to(target)
-    elif setup == "symlink-to-store":
+    elif setup == "symlink-to-open-store":
         LocalTokenStore(target).close()
+        target.chmod(0o644)
         db_path.symlink_to(target)
+    elif setup == "symlink-beside":
+        LocalTokenStore(db_path).close()
+        Path(f"{db_path}-wal").symlink_to(target)
     elif setup == "directory":
         db_path.mkdir()
     elif setup == "fifo":
@@ -631,7 +638,6 @@ def test_unsafe_store_file_is_refused(
             modes = {
                 "world-writable": 0o666,
                 "group-writable": 0o620,
-                "group-readable": 0o640,
                 "other-readable": 0o604,
             }
             db_path.chmod(modes[setup])
@@ -642,6 +648,28 @@ def test_unsafe_store_file_is_refused(
     assert "\n" not in str(caught.value)
     if setup == "dangling-symlink":
         assert not target.exists()  # nothing was created where the link points
+
+
+@pytest.mark.parametrize(
+    ("mode", "link"),
+    [
+        pytest.param(0o600, False, id="private"),
+        pytest.param(0o400, False, id="read-only-private"),
+        pytest.param(0o640, False, id="group-readable"),
+        # Kubernetes mounts a Secret as symbolic links into a hidden directory.
+        pytest.param(0o440, True, id="kubernetes-secret-link"),
+    ],
+)
+def test_safe_store_file_is_accepted(tmp_path: Path, db_path: Path, mode: int, link: bool) -> None:
+    target = tmp_path / "..data" / "tokens.sqlite3" if link else db_path
+    target.parent.mkdir(exist_ok=True)
+    with LocalTokenStore(target) as store:
+        issued = store.create_token(user="alice", role="read")
+    target.chmod(mode)
+    if link:
+        db_path.symlink_to(target)
+    with LocalTokenStore(db_path) as store:
+        assert store.lookup(hashlib.sha256(issued.token.encode()).digest()) is not None
 
 
 @pytest.mark.parametrize(

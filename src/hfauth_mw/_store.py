@@ -13,9 +13,11 @@ Security caveats, stated plainly:
   token imported with :meth:`LocalTokenStore.add_token` (``"hf_test"``,
   ``"secret"``) can be recovered from the file by trying candidates. Import
   only random tokens outside tests, and keep the file private: it is created
-  with mode ``0600``, and an existing file is refused unless it is a regular
-  file (not a symbolic link) owned by the current user that no other user can
-  read or write.
+  with mode ``0600`` (never through a symbolic link), and an existing file is
+  refused unless it is a regular file, owned by the current user or root, that
+  no other user can write and only its group may read. The path may be a
+  symbolic link to such a file (a Kubernetes Secret, say); the files SQLite
+  keeps beside it may not.
 * A file that is not an hfauth-mw store (another application's SQLite
   database, say) is refused, never converted.
 * A store that cannot be written here (a read-only mount, a directory the
@@ -202,32 +204,44 @@ def _user_name(uid: int) -> str:
         return str(uid)
 
 
-def _check_file(path: Path) -> None:
-    """Refuse a store file (or a file SQLite keeps beside it) that another user
-    could have planted or could change: see the module's caveats."""
+def _check_file(path: Path, *, store: bool) -> None:
+    """Refuse a store file (``store``) or a file SQLite keeps beside it that
+    another user could have planted or could change: see the module's caveats.
+
+    The store itself may be a symbolic link to such a file (Kubernetes mounts
+    Secrets that way): what counts is the file it points to. The files beside
+    it may not be links.
+    """
     try:
-        info = os.lstat(path)
+        info = os.stat(path) if store else os.lstat(path)
     except FileNotFoundError:
+        if store:  # the path exists (it was not created): a link to nothing
+            raise TokenStoreError(
+                f"token store {path} is a symbolic link to a file that does not exist; "
+                "give the path of the file itself"
+            ) from None
         return
     except OSError as exc:
         raise TokenStoreError(f"cannot read token store {path}: {exc.strerror}") from None
     if stat.S_ISLNK(info.st_mode):
         raise TokenStoreError(
-            f"token store {path} is a symbolic link, which could point anywhere; "
-            f"give the path of the file itself"
+            f"{path} beside the token store is a symbolic link, which could point "
+            "anywhere; remove it"
         )
     if not stat.S_ISREG(info.st_mode):
         raise TokenStoreError(f"token store {path} is not a regular file; give a file's path")
     uid = os.geteuid()
-    if info.st_uid != uid:
+    if info.st_uid not in (uid, 0):
         raise TokenStoreError(
             f"token store {path} belongs to another user (uid {info.st_uid}); if it is "
             f"yours, run: chown {_user_name(uid)} {path}"
         )
-    if info.st_mode & 0o077:
+    # Group read is allowed (Kubernetes' fsGroup gives it); writes by others, or
+    # reads by everyone, are not.
+    if info.st_mode & 0o026:
         raise TokenStoreError(
             f"token store {path} is open to other users (mode {info.st_mode & 0o777:04o}); "
-            f"run: chmod 600 {path}"
+            f"run: chmod 600 {path} (for a Kubernetes Secret: defaultMode 0400)"
         )
 
 
@@ -522,8 +536,9 @@ class LocalTokenStore:
             ) from None
         else:
             os.close(fd)
-        for suffix in ("", *_SIDECARS):
-            _check_file(Path(f"{self._path}{suffix}"))
+        _check_file(self._path, store=True)
+        for suffix in _SIDECARS:
+            _check_file(Path(f"{self._path}{suffix}"), store=False)
         self._mode = _open_mode(self._path)
         try:
             with self._connection() as conn:
