@@ -595,6 +595,10 @@ def test_new_store_file_is_private(db_path: Path) -> None:
         pytest.param(
             "symlink-beside", "-wal beside the token store is a symbolic link", id="symlink-beside"
         ),
+        # SQLite keeps -wal beside the file a link points to: checked there.
+        pytest.param(
+            "symlink-to-store-with-open-wal", "-wal is open to other users", id="link-target-wal"
+        ),
         pytest.param("world-writable", "run: chmod 600 ", id="world-writable"),
         pytest.param("group-writable", "run: chmod 600 ", id="group-writable"),
         pytest.param("other-readable", "run: chmod 600 ", id="other-readable"),
@@ -618,6 +622,12 @@ def test_unsafe_store_file_is_refused(
     elif setup == "symlink-to-open-store":
         LocalTokenStore(target).close()
         target.chmod(0o644)
+        db_path.symlink_to(target)
+    elif setup == "symlink-to-store-with-open-wal":
+        LocalTokenStore(target).close()
+        wal = Path(f"{target}-wal")
+        wal.touch()
+        wal.chmod(0o666)
         db_path.symlink_to(target)
     elif setup == "symlink-beside":
         LocalTokenStore(db_path).close()
@@ -643,7 +653,10 @@ def test_unsafe_store_file_is_refused(
             db_path.chmod(modes[setup])
     with pytest.raises(TokenStoreError) as caught:
         LocalTokenStore(db_path)
-    assert str(db_path) in str(caught.value)
+    # The file to fix: beside the file the link points to, for the link's -wal.
+    assert str(target if setup == "symlink-to-store-with-open-wal" else db_path) in str(
+        caught.value
+    )
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
     if setup == "dangling-symlink":
@@ -746,6 +759,49 @@ def test_empty_file_becomes_a_store(db_path: Path, setup: str) -> None:
 
 
 # --- a store that cannot be written here ------------------------------------------------
+
+
+def test_read_only_store_refuses_while_a_writer_holds_unread_changes(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An immutable reader cannot see a revocation still in the writer's -wal:
+    it must refuse (503) rather than answer from the main file alone."""
+    with LocalTokenStore(db_path) as writer:
+        issued = writer.create_token(user="alice", role="read")
+    digest = token_digest(issued.token)
+    with monkeypatch.context() as patch:  # this process alone cannot write there
+        patch.setattr(_store, "_can_write", lambda path: path != db_path.parent)
+        reader = LocalTokenStore(db_path)
+    assert reader._mode == "immutable"
+    assert reader.lookup(digest) is not None
+    writer = LocalTokenStore(db_path)  # another process, where the store is writable
+    try:
+        writer.revoke(issued.record.fingerprint)  # kept in -wal while the writer is open
+        with pytest.raises(TokenStoreError, match="changes in its -wal file"):
+            reader.lookup(digest)
+    finally:
+        writer.close()  # the last connection checkpoints the -wal into the file
+    assert reader.lookup(digest) is None
+    reader.close()
+
+
+def _create_and_list(path: str) -> str:
+    try:
+        with LocalTokenStore(path) as store:
+            store.list_tokens()
+    except TokenStoreError as exc:
+        return str(exc)
+    return "ok"
+
+
+def test_processes_creating_one_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    paths = [str(tmp_path / f"s{round_}.sqlite3") for round_ in range(25)]
+    with context.Pool(8) as pool:
+        outcomes = pool.map(_create_and_list, [path for path in paths for _ in range(8)])
+    assert set(outcomes) == {"ok"}
 
 
 @pytest.mark.parametrize(
@@ -905,6 +961,13 @@ def test_read_only_mount(tmp_path: Path) -> None:
         ),
         pytest.param("users", """orgs = '[{"name": 1}]'""", "orgs", False, id="org-bad"),
         pytest.param("users", "orgs = '['", "orgs", False, id="orgs-cut-short"),
+        pytest.param(
+            "users",
+            "orgs = '" + "[" * 100_000 + "]" * 100_000 + "'",
+            "orgs",
+            False,
+            id="orgs-nested-too-deep",
+        ),
     ],
 )
 def test_malformed_row_is_a_token_store_error(

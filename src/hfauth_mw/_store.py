@@ -22,7 +22,11 @@ Security caveats, stated plainly:
   database, say) is refused, never converted.
 * A store that cannot be written here (a read-only mount, a directory the
   process cannot write) is opened read-only: lookups work, changes raise
-  :class:`~hfauth_mw.TokenStoreError`.
+  :class:`~hfauth_mw.TokenStoreError`. Where SQLite cannot even keep its
+  ``-shm`` file beside it, the file is read as immutable, blind to changes a
+  writer elsewhere still holds in its ``-wal`` file: lookups then fail with
+  :class:`~hfauth_mw.TokenStoreError` until that writer closes the store,
+  rather than miss a revocation.
 * Expired tokens are still answered by :meth:`LocalTokenStore.lookup`, with
   ``auth.expiresAt`` set: the caller decides with its own clock. A token is
   only gone once revoked.
@@ -43,6 +47,7 @@ import sqlite3
 import stat
 import string
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -426,7 +431,15 @@ class _BadColumn(Exception):
 def _column(row: sqlite3.Row, column: str, decode: Callable[[Any], _T]) -> _T:
     try:
         return decode(row[column])
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError):
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+        RecursionError,
+    ):
         raise _BadColumn(column) from None
 
 
@@ -537,9 +550,12 @@ class LocalTokenStore:
         else:
             os.close(fd)
         _check_file(self._path, store=True)
+        # SQLite follows a link and keeps its -wal and -shm beside the file it
+        # points to: those are the files to check, and the directory to write.
+        self._file = Path(os.path.realpath(self._path))
         for suffix in _SIDECARS:
-            _check_file(Path(f"{self._path}{suffix}"), store=False)
-        self._mode = _open_mode(self._path)
+            _check_file(Path(f"{self._file}{suffix}"), store=False)
+        self._mode = _open_mode(self._file)
         try:
             with self._connection() as conn:
                 self._create_schema(conn)
@@ -564,10 +580,11 @@ class LocalTokenStore:
         return self._mode != "rw"
 
     def _open(self) -> sqlite3.Connection:
-        target: str | Path = self._path
+        target: str | Path = self._file
         if self._mode != "rw":
-            target = f"file:{quote(str(self._path.absolute()))}?mode=ro"
+            target = f"file:{quote(str(self._file))}?mode=ro"
             if self._mode == "immutable":
+                self._refuse_unseen_changes()
                 target += "&immutable=1"
         conn = sqlite3.connect(
             target,
@@ -584,6 +601,24 @@ class LocalTokenStore:
             conn.close()
             raise
         return conn
+
+    def _refuse_unseen_changes(self) -> None:
+        """An immutable reader never reads the -wal file, where a process writing
+        the store elsewhere keeps its latest changes (a revocation, say): with
+        such changes pending, answering from the main file alone could accept a
+        revoked token, so refuse (503) until the writer checkpoints."""
+        try:
+            pending = os.stat(f"{self._file}-wal").st_size > 0
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise TokenStoreError(f"cannot read token store {self._path}: {exc.strerror}") from None
+        if pending:
+            raise TokenStoreError(
+                f"token store {self._path} is read-only here and another process has changes "
+                "in its -wal file that this process cannot read; stop that writer (it "
+                "checkpoints on close) or mount the store's directory writable"
+            )
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
@@ -640,6 +675,14 @@ class LocalTokenStore:
 
     def _schema_version(self, conn: sqlite3.Connection) -> int:
         """The store's schema version, 0 for an empty file; refuses any other file."""
+        if not conn.in_transaction:
+            # One snapshot: a process creating the store meanwhile commits its
+            # tables and version together, and must not be seen half-done.
+            conn.execute("BEGIN")
+            try:
+                return self._schema_version(conn)
+            finally:
+                conn.execute("COMMIT")
         version: int = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise TokenStoreError(
@@ -665,8 +708,7 @@ class LocalTokenStore:
                     "create tokens in it where it is writable"
                 )
             return
-        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
+        self._use_wal(conn)
         if version == SCHEMA_VERSION:
             return
         conn.execute("BEGIN IMMEDIATE")
@@ -684,6 +726,22 @@ class LocalTokenStore:
                 conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    @staticmethod
+    def _use_wal(conn: sqlite3.Connection) -> None:
+        # Switching needs the file to itself, and the busy timeout does not
+        # cover it: another process opening a new store at the same moment
+        # gets "database is locked". Retried briefly, as a busy handler would.
+        for attempt in range(50):
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                    return
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.002 * (attempt + 1))
 
     def close(self) -> None:
         """Close the store's connections. Later calls raise TokenStoreError."""
