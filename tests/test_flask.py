@@ -5,7 +5,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from flask import Blueprint, Flask, Response, stream_with_context
+from flask import Blueprint, Flask, Response, request, stream_with_context
 
 from contract import ADAPTER_ACCESS_ROWS
 from hfauth_mw import (
@@ -83,6 +83,16 @@ def create_app(hfauth: HFAuth, **config) -> Flask:
     @app.get("/public/stream/late")
     def stream_late():
         return Response(stream_with_context(f"hello {current_principal.name}" for _ in [1]))
+
+    @app.get("/public/teardown")
+    def public_teardown():
+        return "ok"
+
+    @app.teardown_request
+    def audit(error):
+        # An audit hook reads the caller once the response is made.
+        if request.path == "/public/teardown":
+            app.config["TEARDOWN_SAW"] = current_principal.name
 
     @app.get("/route-check")
     def route_check():
@@ -243,7 +253,7 @@ def test_public_stream_reading_the_caller_too_late_fails_loudly(make_app, tokens
     """Past the start of the response, no 401 and no private marks can be sent."""
     headers = bearer(tokens[headers]) if isinstance(headers, str) else headers
     client = make_app().test_client()
-    with pytest.raises(RuntimeError, match="after the response started"):
+    with pytest.raises(RuntimeError, match="inside a streamed body"):
         client.get("/public/stream/late", headers=headers).get_data()
 
 
@@ -254,6 +264,13 @@ def test_public_stream_reading_the_caller_first_is_private(make_app, tokens):
     assert response.get_data(as_text=True) == "hello bob"
     assert response.headers["Cache-Control"] == "private"
     assert "Authorization" in response.headers["Vary"]
+
+
+def test_public_path_caller_can_be_read_in_teardown(make_app, tokens):
+    app = make_app()
+    response = app.test_client().get("/public/teardown", headers=bearer(tokens["reader"]))
+    assert response.status_code == 200
+    assert app.config["TEARDOWN_SAW"] == "bob"
 
 
 def test_decorator_denials_are_rendered_past_a_blueprint_catch_all(make_app, tokens):
@@ -348,6 +365,15 @@ def test_the_source_named_in_config_replaces_the_constructors(
     response = app.test_client().get("/whoami", headers=bearer(tokens["reader"]))
     assert response.status_code == 200
     assert response.json["user"] == "bob"
+
+
+@pytest.mark.parametrize("setting", ["HFAUTH_HUB_URL", "HFAUTH_SOURCE", "HFAUTH_AUTHENTICATOR"])
+def test_a_source_setting_left_none_keeps_the_constructors(authenticator, tokens, setting):
+    """``app.config["HFAUTH_HUB_URL"] = os.environ.get(...)`` with the variable unset."""
+    app = create_app(HFAuth(authenticator=authenticator), **{setting: None})
+    assert HFAuth().middleware(app).authenticator is authenticator
+    response = app.test_client().get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.status_code == 200
 
 
 def test_app_factory_pattern_serves_two_apps(make_app, tokens):

@@ -524,3 +524,41 @@ def test_rules_see_the_path_flask_serves(make_middleware, tokens, method, path_i
     )
 
     assert response.status_code == status, response.data
+
+
+def test_public_body_is_closed_and_files_keep_the_servers_file_wrapper(make_middleware):
+    """Public bodies are watched (to catch a caller read inside a stream) without
+    losing what WSGI servers rely on: close(), and their wsgi.file_wrapper."""
+
+    class FileWrapper:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def __iter__(self):
+            return iter([self.data])
+
+    closed: list[bool] = []
+
+    class Body:
+        def __iter__(self):
+            return iter([b"ok"])
+
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        if environ["PATH_INFO"] == "/health":
+            return Body()
+        return environ["wsgi.file_wrapper"](b"file")
+
+    middleware = make_middleware(app)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/health", "wsgi.file_wrapper": FileWrapper}
+    body = middleware(dict(environ), lambda status, headers, exc_info=None: None)
+    assert b"".join(body) == b"ok"
+    body.close()
+    assert closed == [True]
+    file_body = middleware(
+        {**environ, "PATH_INFO": "/docs/manual.pdf"}, lambda status, headers, exc_info=None: None
+    )
+    assert isinstance(file_body, FileWrapper)

@@ -72,9 +72,13 @@ def overridden(defaults: Mapping[str, Any], settings: Mapping[str, Any]) -> dict
     """``defaults`` overridden by ``settings``, where naming the source (``hub_url``,
     ``source`` or ``authenticator``) in the settings replaces the defaults' one
     instead of conflicting with it."""
+    sources = ("hub_url", "source", "authenticator")
+    # A source setting left None (os.environ.get of an unset variable) names
+    # nothing: it must not swap the constructor's source for the public Hub.
+    settings = {k: v for k, v in settings.items() if v is not None or k not in sources}
     kept = dict(defaults)
-    if settings.keys() & {"hub_url", "source", "authenticator"}:
-        for key in ("hub_url", "source", "authenticator"):
+    if settings.keys() & set(sources):
+        for key in sources:
             kept.pop(key, None)
         if "authenticator" in settings:
             kept.pop("cache", None)  # the settings' authenticator brings its own

@@ -34,7 +34,7 @@ Security caveats, plainly:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Unpack, cast
@@ -60,8 +60,8 @@ __all__ = [
 ENVIRON_AUTH = "hfauth"
 #: environ key of the request's :class:`~hfauth_mw.Principal`.
 ENVIRON_PRINCIPAL = "hfauth.principal"
-# Set on public paths once the response has started: a lazy check after that
-# could neither answer 401 nor mark the response private.
+# Set on public paths once the server reads the body: a lazy check from inside
+# it (a streamed body) could neither answer 401 nor mark the response private.
 ENVIRON_STARTED = "hfauth.response_started"
 
 # Yield type left open: the drivers know the work items; adapters only pass flows on.
@@ -155,9 +155,10 @@ class HFAuthWSGIMiddleware:
         environ.pop(ENVIRON_STARTED, None)
         path = request_path(environ)
         if self.guard.is_public(path):
-            return self.app(
+            body = self.app(
                 environ, _public_responses(environ, start_response, self.private_responses)
             )
+            return _watched_body(body, environ)
         try:
             auth = authenticate_environ(self.guard, environ, path)
         except AuthenticationError as error:
@@ -193,15 +194,40 @@ def _public_responses(
     environ: WSGIEnvironment, start_response: StartResponse, private: bool
 ) -> StartResponse:
     """On a public path the app may authenticate lazily (Flask's ``current_principal``):
-    mark the response private if it did, and note that the response has started."""
+    mark the response private if it did before the response started."""
 
     def start_public(
         status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Any:
-        environ[ENVIRON_STARTED] = True
         auth = environ.get(ENVIRON_AUTH)
         if private and isinstance(auth, RequestAuth) and auth.scheme is not None:
             headers = _marked_private(headers)
         return start_response(status, headers, exc_info)
 
     return cast(StartResponse, start_public)
+
+
+class _WatchedBody:
+    """The app's body, noting in ``environ`` when the server starts reading it."""
+
+    __slots__ = ("_body", "_environ")
+
+    def __init__(self, body: Iterable[bytes], environ: WSGIEnvironment) -> None:
+        self._body = body
+        self._environ = environ
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._environ[ENVIRON_STARTED] = True
+        return iter(self._body)
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()
+
+
+def _watched_body(body: Iterable[bytes], environ: WSGIEnvironment) -> Iterable[bytes]:
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
+        return body  # a file runs no code of the app's: keep the server's sendfile
+    return _WatchedBody(body, environ)

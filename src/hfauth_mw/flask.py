@@ -95,10 +95,10 @@ def _current_auth() -> RequestAuth:
     # marks the response private if it sees a check made here.
     if environ.get(ENVIRON_STARTED):
         raise RuntimeError(
-            "hfauth-mw: the caller was asked for after the response started (inside a "
-            "streamed body?) on a public path, too late to answer 401 or mark the response "
-            "private. Read current_principal/current_auth in the view before it returns "
-            "the stream, or take the path out of public_paths."
+            "hfauth-mw: the caller was asked for inside a streamed body on a public path, "
+            "too late to answer 401 or mark the response private. Read "
+            "current_principal/current_auth in the view before it returns the stream, or "
+            "take the path out of public_paths."
         )
     auth = authenticate_environ(_middleware(current_app).guard, environ)
     attach(environ, auth)
