@@ -294,6 +294,45 @@ def test_console_script_create_into_a_full_stdout(tmp_path: Path) -> None:
         assert token_store.list_tokens() == []
 
 
+def test_console_script_create_with_stdout_closed_creates_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "cli.sqlite3"
+    result = subprocess.run(
+        ["sh", "-c", '"$0" token create --store "$1" --user alice >&-', str(CONSOLE_SCRIPT),
+         str(store)],
+        stderr=subprocess.PIPE, text=True, env=subprocess_env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("hfauth-mw: error: standard output is closed")
+    with LocalTokenStore(store) as token_store:
+        assert token_store.list_tokens() == []
+
+
+def test_console_script_inspect_does_not_wait_on_a_silent_pipe_with_hf_token_set(
+    store_path: Path, alice: str
+) -> None:
+    """Under CI runners stdin is often a pipe nobody writes to or closes."""
+    process = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "inspect", "--store", str(store_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**subprocess_env(), "HF_TOKEN": alice},
+    )  # fmt: skip
+    try:
+        out, err = _read_without_closing(process)
+    finally:
+        process.kill()
+        process.wait()
+    assert "token from:   $HF_TOKEN" in out, err
+    assert alice not in out + err
+
+
+def _read_without_closing(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """Both outputs once the process exits, its stdin left open (communicate closes it)."""
+    assert process.stdout is not None
+    assert process.stderr is not None
+    process.wait(timeout=30)
+    return process.stdout.read(), process.stderr.read()
+
+
 # --- token list / revoke ---------------------------------------------------------------------
 
 

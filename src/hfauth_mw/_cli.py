@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import select
 import signal
 import socket
 import string
@@ -452,6 +453,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     if role == "fineGrained" and not (args.grant or args.global_permissions):
         raise UsageError("a fineGrained token needs at least one --grant or --global")
     path = _store_path(args)
+    if sys.stdout is None:  # started with standard output closed (>&-)
+        raise UsageError("standard output is closed: the new token could not be shown")
     with LocalTokenStore(path) as store:
         issued = store.create_token(
             user=args.user,
@@ -594,12 +597,13 @@ def _read_token() -> tuple[str, str, str]:
 
     A token piped on standard input is what the user gave this time: it wins
     over ``$HF_TOKEN`` (often exported long ago, for the real Hub). ``$HF_TOKEN``
-    is used when standard input is a terminal, closed or empty; without it, a
-    terminal is prompted.
+    is used when standard input is a terminal, closed or empty, or (so that
+    ``inspect`` never hangs on a pipe nobody writes to, as under CI runners)
+    has nothing waiting when it starts; without it, a terminal is prompted.
     """
     from_env = os.environ.get("HF_TOKEN", "").strip()
     stdin = sys.stdin
-    if stdin is not None and not stdin.isatty():
+    if stdin is not None and not stdin.isatty() and (not from_env or _waiting(stdin)):
         piped = stdin.readline().strip()
         if piped:
             ignored = " ($HF_TOKEN, also set, ignored)" if from_env else ""
@@ -612,6 +616,15 @@ def _read_token() -> tuple[str, str, str]:
     if not typed:
         raise UsageError(_NO_TOKEN)
     return typed, "prompt", _ORIGINS["prompt"]
+
+
+def _waiting(stream: TextIO) -> bool:
+    """Whether reading ``stream`` would not block (data or end of file is there)."""
+    try:
+        ready, _, _ = select.select([stream], [], [], 0)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return True  # not a file descriptor (an in-memory stream): it never blocks
+    return bool(ready)
 
 
 def _visibility_of(public: Sequence[Repo], gated: Sequence[Repo]) -> Callable[[Repo], Visibility]:
