@@ -526,7 +526,7 @@ def test_rules_see_the_path_flask_serves(make_middleware, tokens, method, path_i
     assert response.status_code == status, response.data
 
 
-def test_public_body_is_closed_and_files_keep_the_servers_file_wrapper(make_middleware):
+def test_public_body_is_closed_and_lists_and_files_pass_as_they_are(make_middleware):
     """Public bodies are watched (to catch a caller read inside a stream) without
     losing what WSGI servers rely on: close(), and their wsgi.file_wrapper."""
 
@@ -553,6 +553,10 @@ def test_public_body_is_closed_and_files_keep_the_servers_file_wrapper(make_midd
         return environ["wsgi.file_wrapper"](b"file")
 
     middleware = make_middleware(app)
+    listed = make_middleware(lambda environ, start_response: [b"one item"])
+    ignore = lambda status, headers, exc_info=None: None  # noqa: E731
+    health = {"REQUEST_METHOD": "GET", "PATH_INFO": "/health"}
+    assert listed(dict(health), ignore) == [b"one item"]  # a list stays a list: len() works
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/health", "wsgi.file_wrapper": FileWrapper}
     body = middleware(dict(environ), lambda status, headers, exc_info=None: None)
     assert b"".join(body) == b"ok"

@@ -227,7 +227,12 @@ class _WatchedBody:
 
 
 def _watched_body(body: Iterable[bytes], environ: WSGIEnvironment) -> Iterable[bytes]:
+    # A list or a file runs no code of the app's while it is read: passed as
+    # is, servers keep what they do with them (Content-Length from a one-item
+    # list, sendfile for their file wrapper).
+    if isinstance(body, list | tuple):
+        return body
     file_wrapper = environ.get("wsgi.file_wrapper")
     if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
-        return body  # a file runs no code of the app's: keep the server's sendfile
+        return body
     return _WatchedBody(body, environ)
