@@ -785,6 +785,41 @@ def test_read_only_store_refuses_while_a_writer_holds_unread_changes(
     reader.close()
 
 
+def test_read_only_secret_volume_follows_its_update(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Kubernetes Secret volume: store -> ..data/store, ..data -> ..<version>.
+    An update writes a new version and swaps ..data: the revocation it brings
+    counts at once, even while the old version is still on disk."""
+    token = "hf_" + "a" * 34
+    versions = []
+    for revoked in (False, True):
+        built = tmp_path / f"build-{len(versions)}.sqlite3"
+        with LocalTokenStore(built) as store:
+            store.add_token(token, user="alice", role="read")
+            if revoked:
+                store.revoke(fingerprint_of(token_digest(token)))
+        versions.append(built)
+    volume = tmp_path / "secret"
+    volume.mkdir()
+    for number, built in enumerate(versions):
+        (volume / f"..v{number}").mkdir()
+        shutil.copy(built, volume / f"..v{number}" / "store")
+        (volume / f"..v{number}" / "store").chmod(0o400)
+    (volume / "..data").symlink_to("..v0")
+    (volume / "store").symlink_to("..data/store")
+    monkeypatch.setattr(_store, "_can_write", lambda path: False)  # a read-only mount
+    reader = LocalTokenStore(volume / "store")
+    assert reader._mode == "immutable"
+    assert reader.lookup(token_digest(token)) is not None
+    (volume / "..data_tmp").symlink_to("..v1")
+    (volume / "..data_tmp").rename(volume / "..data")  # the kubelet's atomic swap
+    assert reader.lookup(token_digest(token)) is None
+    shutil.rmtree(volume / "..v0")
+    assert reader.lookup(token_digest(token)) is None
+    reader.close()
+
+
 def _create_and_list(path: str) -> str:
     try:
         with LocalTokenStore(path) as store:

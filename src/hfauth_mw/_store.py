@@ -549,12 +549,7 @@ class LocalTokenStore:
             ) from None
         else:
             os.close(fd)
-        _check_file(self._path, store=True)
-        # SQLite follows a link and keeps its -wal and -shm beside the file it
-        # points to: those are the files to check, and the directory to write.
-        self._file = Path(os.path.realpath(self._path))
-        for suffix in _SIDECARS:
-            _check_file(Path(f"{self._file}{suffix}"), store=False)
+        self._file = self._checked_file()
         self._mode = _open_mode(self._file)
         try:
             with self._connection() as conn:
@@ -580,6 +575,10 @@ class LocalTokenStore:
         return self._mode != "rw"
 
     def _open(self) -> sqlite3.Connection:
+        if self._mode == "immutable" and os.path.realpath(self._path) != str(self._file):
+            # The link now points elsewhere (Kubernetes updated the Secret):
+            # read the new file, once it passes the same checks.
+            self._file = self._checked_file()
         target: str | Path = self._file
         if self._mode != "rw":
             target = f"file:{quote(str(self._file))}?mode=ro"
@@ -601,6 +600,16 @@ class LocalTokenStore:
             conn.close()
             raise
         return conn
+
+    def _checked_file(self) -> Path:
+        """The file the store's path names, checked with the files beside it."""
+        _check_file(self._path, store=True)
+        # SQLite follows a link and keeps its -wal and -shm beside the file it
+        # points to: those are the files to check, and the directory to write.
+        file = Path(os.path.realpath(self._path))
+        for suffix in _SIDECARS:
+            _check_file(Path(f"{file}{suffix}"), store=False)
+        return file
 
     def _refuse_unseen_changes(self) -> None:
         """An immutable reader never reads the -wal file, where a process writing
