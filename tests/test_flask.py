@@ -5,7 +5,14 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from flask import Blueprint, Flask, Response, request, stream_with_context
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    copy_current_request_context,
+    request,
+    stream_with_context,
+)
 
 from contract import ADAPTER_ACCESS_ROWS
 from hfauth_mw import (
@@ -271,6 +278,30 @@ def test_public_path_caller_can_be_read_in_teardown(make_app, tokens):
     response = app.test_client().get("/public/teardown", headers=bearer(tokens["reader"]))
     assert response.status_code == 200
     assert app.config["TEARDOWN_SAW"] == "bob"
+
+
+def test_a_caller_checked_in_teardown_is_not_handed_to_a_streamed_body(make_app, tokens):
+    """The teardown read comes after the headers went out without the private
+    marks: the body, streamed later, must not show the caller."""
+    app = make_app()
+
+    @app.get("/public/feed")
+    def feed():
+        @copy_current_request_context
+        def greeting() -> bytes:
+            return f"hello {current_principal.name}".encode()
+
+        return Response(greeting() for _ in [1])
+
+    @app.teardown_request
+    def audit(error):
+        if request.path == "/public/feed" and "FEED_SAW" not in app.config:
+            app.config["FEED_SAW"] = current_principal.name
+
+    client = app.test_client()
+    with pytest.raises(RuntimeError, match="inside a streamed body"):
+        client.get("/public/feed", headers=bearer(tokens["reader"])).get_data()
+    assert app.config["FEED_SAW"] == "bob"
 
 
 def test_decorator_denials_are_rendered_past_a_blueprint_catch_all(make_app, tokens):

@@ -63,6 +63,9 @@ ENVIRON_PRINCIPAL = "hfauth.principal"
 # Set on public paths once the server reads the body: a lazy check from inside
 # it (a streamed body) could neither answer 401 nor mark the response private.
 ENVIRON_STARTED = "hfauth.response_started"
+# Set on public paths whose headers went out without the private marks: a
+# caller checked after that must not be handed to the body.
+ENVIRON_UNMARKED = "hfauth.sent_unmarked"
 
 # Yield type left open: the drivers know the work items; adapters only pass flows on.
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
@@ -153,6 +156,7 @@ class HFAuthWSGIMiddleware:
         environ.pop(ENVIRON_AUTH, None)
         environ.pop(ENVIRON_PRINCIPAL, None)
         environ.pop(ENVIRON_STARTED, None)
+        environ.pop(ENVIRON_UNMARKED, None)
         path = request_path(environ)
         if self.guard.is_public(path):
             body = self.app(
@@ -200,8 +204,11 @@ def _public_responses(
         status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Any:
         auth = environ.get(ENVIRON_AUTH)
-        if private and isinstance(auth, RequestAuth) and auth.scheme is not None:
-            headers = _marked_private(headers)
+        if private:
+            if isinstance(auth, RequestAuth) and auth.scheme is not None:
+                headers = _marked_private(headers)
+            else:
+                environ[ENVIRON_UNMARKED] = True
         return start_response(status, headers, exc_info)
 
     return cast(StartResponse, start_public)

@@ -68,6 +68,7 @@ from ._principal import Principal
 from ._wsgi import (
     ENVIRON_AUTH,
     ENVIRON_STARTED,
+    ENVIRON_UNMARKED,
     HFAuthWSGIMiddleware,
     attach,
     authenticate_environ,
@@ -89,11 +90,16 @@ def _middleware(app: Flask) -> HFAuthWSGIMiddleware:
 def _current_auth() -> RequestAuth:
     environ = request.environ
     auth = environ.get(ENVIRON_AUTH)
-    if isinstance(auth, RequestAuth):
+    streaming = environ.get(ENVIRON_STARTED)
+    if isinstance(auth, RequestAuth) and not (
+        # Checked on a public path after its headers went out unmarked (in a
+        # teardown hook, say): not for a streamed body to show.
+        streaming and auth.scheme is not None and environ.get(ENVIRON_UNMARKED)
+    ):
         return auth
     # A public path: the middleware let the request through unchecked, and
     # marks the response private if it sees a check made here.
-    if environ.get(ENVIRON_STARTED):
+    if streaming:
         raise RuntimeError(
             "hfauth-mw: the caller was asked for inside a streamed body on a public path, "
             "too late to answer 401 or mark the response private. Read "
