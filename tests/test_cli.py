@@ -310,7 +310,8 @@ def test_console_script_create_with_stdout_closed_creates_nothing(tmp_path: Path
 def test_console_script_inspect_does_not_wait_on_a_silent_pipe_with_hf_token_set(
     store_path: Path, alice: str
 ) -> None:
-    """Under CI runners stdin is often a pipe nobody writes to or closes."""
+    """Under CI runners stdin is often a pipe nobody writes to or closes: a clear
+    error after a few seconds, never a hang, and never $HF_TOKEN in its place."""
     process = subprocess.Popen(
         [str(CONSOLE_SCRIPT), "inspect", "--store", str(store_path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -321,8 +322,28 @@ def test_console_script_inspect_does_not_wait_on_a_silent_pipe_with_hf_token_set
     finally:
         process.kill()
         process.wait()
-    assert "token from:   $HF_TOKEN" in out, err
+    assert process.returncode == 2
+    assert err.startswith("hfauth-mw: error: nothing on standard input after 3 s"), err
+    assert "</dev/null" in err
     assert alice not in out + err
+
+
+def test_console_script_inspect_waits_for_a_slow_pipe_with_hf_token_set(
+    store_path: Path, alice: str, carol: str
+) -> None:
+    """A token that arrives a moment late is still the one inspected."""
+    slow = subprocess.Popen(
+        ["sh", "-c", 'sleep 0.5; printf "%s\\n" "$0"', carol], stdout=subprocess.PIPE
+    )
+    inspected = subprocess.run(
+        [str(CONSOLE_SCRIPT), "inspect", "--store", str(store_path)],
+        stdin=slow.stdout, capture_output=True, text=True, timeout=30, check=False,
+        env={**subprocess_env(), "HF_TOKEN": alice},
+    )  # fmt: skip
+    slow.wait()
+    assert inspected.returncode == 0, inspected.stderr
+    assert "token from:   standard input ($HF_TOKEN, also set, ignored)" in inspected.stdout
+    assert re.search(r"user:\s+carol ", inspected.stdout)
 
 
 def _read_without_closing(process: subprocess.Popen[str]) -> tuple[str, str]:

@@ -587,6 +587,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 _NO_TOKEN = "no token: set HF_TOKEN or pipe the token on standard input"
+_STDIN_WAIT_SECONDS = 3.0
 
 
 _ORIGINS = {"stdin": "standard input", "HF_TOKEN": "$HF_TOKEN", "prompt": "the prompt"}
@@ -597,13 +598,20 @@ def _read_token() -> tuple[str, str, str]:
 
     A token piped on standard input is what the user gave this time: it wins
     over ``$HF_TOKEN`` (often exported long ago, for the real Hub). ``$HF_TOKEN``
-    is used when standard input is a terminal, closed or empty, or (so that
-    ``inspect`` never hangs on a pipe nobody writes to, as under CI runners)
-    has nothing waiting when it starts; without it, a terminal is prompted.
+    is used when standard input is a terminal, closed or empty; without it, a
+    terminal is prompted. With ``$HF_TOKEN`` set, a pipe that stays silent for
+    ``_STDIN_WAIT_SECONDS`` (a CI runner's, say) is an error, not a hang and
+    not a silent fallback that would send ``$HF_TOKEN`` where the piped
+    token was meant to go.
     """
     from_env = os.environ.get("HF_TOKEN", "").strip()
     stdin = sys.stdin
-    if stdin is not None and not stdin.isatty() and (not from_env or _waiting(stdin)):
+    if stdin is not None and not stdin.isatty():
+        if from_env and not _waiting(stdin, _STDIN_WAIT_SECONDS):
+            raise UsageError(
+                f"nothing on standard input after {_STDIN_WAIT_SECONDS:g} s, and $HF_TOKEN "
+                "is set: add </dev/null to inspect $HF_TOKEN, or pipe the token"
+            )
         piped = stdin.readline().strip()
         if piped:
             ignored = " ($HF_TOKEN, also set, ignored)" if from_env else ""
@@ -618,10 +626,10 @@ def _read_token() -> tuple[str, str, str]:
     return typed, "prompt", _ORIGINS["prompt"]
 
 
-def _waiting(stream: TextIO) -> bool:
-    """Whether reading ``stream`` would not block (data or end of file is there)."""
+def _waiting(stream: TextIO, timeout: float) -> bool:
+    """Whether data or end of file arrives on ``stream`` within ``timeout`` seconds."""
     try:
-        ready, _, _ = select.select([stream], [], [], 0)
+        ready, _, _ = select.select([stream], [], [], timeout)
     except (OSError, ValueError, io.UnsupportedOperation):
         return True  # not a file descriptor (an in-memory stream): it never blocks
     return bool(ready)
