@@ -39,6 +39,26 @@ def test_positive_lifetime(clock, expires_in, ttl, alive_at, gone_at):
     assert cache.get(b"k") is None
 
 
+@pytest.mark.parametrize(
+    ("expires_in", "kept_at", "dropped_at"),
+    [
+        pytest.param(None, 89.9, 90.0, id="ttl-plus-stale-window"),
+        pytest.param(75, 74.9, 75.0, id="expiry-ends-the-stale-window"),
+    ],
+)
+def test_entries_are_kept_for_stale_if_error_never_past_expiry(
+    clock, expires_in, kept_at, dropped_at
+):
+    cache = TokenCache(ttl=60, stale_if_error=30, timer=clock, clock=clock)
+    settle(cache, b"k", valid(expires_in, clock))
+    start = clock.now
+    clock.now = start + kept_at
+    assert b"k" in cache.readable  # stale, but kept: what stale-if-error serves
+    clock.now = start + dropped_at
+    settle(cache, b"other", valid(None, clock))  # an insertion purges what expired
+    assert b"k" not in cache.readable
+
+
 def test_negative_answers_expire_on_their_own_ttl(clock):
     cache = TokenCache(ttl=60, negative_ttl=10, timer=clock, clock=clock)
     settle(cache, b"bad", Invalid())
@@ -168,18 +188,18 @@ def test_lock_free_view_follows_evictions_expiry_and_invalidation(clock):
     cache = TokenCache(maxsize=3, ttl=10, timer=clock, clock=clock)
     for index in range(10):
         settle(cache, bytes([index]), valid(None, clock))
-    assert sorted(cache._readable) == [bytes([7]), bytes([8]), bytes([9])]
+    assert sorted(cache.readable) == [bytes([7]), bytes([8]), bytes([9])]
     assert cache.fresh(bytes([0])) is None
     assert cache.fresh(bytes([9])) is not None
     clock.advance(10)
     assert cache.fresh(bytes([9])) is None  # expired entries are never served fresh
     settle(cache, b"new", valid(None, clock))  # insertion purges what expired
-    assert list(cache._readable) == [b"new"]
+    assert list(cache.readable) == [b"new"]
     cache.invalidate(b"new")
-    assert cache._readable == {}
+    assert cache.readable == {}
     settle(cache, b"a", valid(None, clock))
     cache.clear()
-    assert cache._readable == {}
+    assert cache.readable == {}
 
 
 def test_hits_are_counted(clock):

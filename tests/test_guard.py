@@ -278,6 +278,12 @@ ALLOWED = "allowed"
         pytest.param(
             "Bearer {t}", "post", "/x", {}, ("InsufficientScope", 403), id="read-posts-lc"
         ),
+        pytest.param("Bearer {t}", "HEAD", "/x", {}, ALLOWED, id="head"),
+        pytest.param("Bearer {t}", "OPTIONS", "/x", {}, ALLOWED, id="options"),
+        pytest.param("Bearer {t}", "GET", "/x\n", {}, ("InvalidRequest", 400), id="newline-path"),
+        pytest.param("Bearer {t}", "GET", "/x\x00y", {}, ("InvalidRequest", 400), id="nul-path"),
+        pytest.param("Bearer {t}", "GET", "/caf\u00e9", {}, ALLOWED, id="non-ascii-path"),
+        pytest.param("Bearer {t}", "GET", "/a\u2028b", {}, ALLOWED, id="unprintable-not-control"),
         pytest.param(
             "Bearer {t}",
             "GET",

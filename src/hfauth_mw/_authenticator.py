@@ -323,16 +323,20 @@ class Authenticator:
         """The principal of a token (by SHA-256 digest) whose fresh answer is in
         the in-process cache and has not expired, counted as :meth:`cached`
         counts it; else ``None``, counting nothing (then use :meth:`cached` or
-        :meth:`flow`)."""
-        fresh = self.cache.peek(self._namespace + digest)
-        if fresh is None:
+        :meth:`flow`).
+
+        The hot path of every cached request: it reads the cache's lock-free
+        mirror itself rather than through two more calls.
+        """
+        cache = self.cache
+        entry = cache.readable.get(self._namespace + digest)
+        if entry is None or cache.timer() >= entry.fresh_until:
             return None
-        principal = fresh.principal
-        if self._expired(principal):
+        if entry.expires is not None and entry.expires <= cache.clock():
             return None  # only if the clock jumped: freshness never outlives expiry
-        self.cache.count_hit()
+        next(cache.hit_counter)
         next(self.metrics.valid)
-        return principal
+        return entry.outcome.principal
 
     def _resolve(self, leader: Leader, credentials: Credentials) -> Generator[Work, Any, Outcome]:
         """Answer a token the in-process cache does not have (timed, counted)."""

@@ -84,12 +84,19 @@ def _negative_until(_key: bytes, entry: tuple[Invalid, float], _now: float) -> f
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
+class CacheEntry:
+    """A positive answer in the in-process cache.
+
+    ``fresh_until`` is on the cache's ``timer``; ``expires`` is the token's
+    own expiry as a POSIX timestamp (on the ``clock``), or ``None``.
+    """
+
     outcome: Valid
     fresh_until: float
+    expires: float | None
 
 
-class _PositiveStore(TLRUCache[bytes, _Entry]):
+class _PositiveStore(TLRUCache[bytes, CacheEntry]):
     """A TLRUCache that mirrors its entries in a plain dict, for lock-free reads.
 
     cachetools bounds and expires the entries (under the cache's lock); the
@@ -103,13 +110,13 @@ class _PositiveStore(TLRUCache[bytes, _Entry]):
     def __init__(
         self,
         maxsize: int,
-        ttu: Callable[[bytes, _Entry, float], float],
+        ttu: Callable[[bytes, CacheEntry, float], float],
         timer: Callable[[], float],
     ) -> None:
         super().__init__(maxsize, ttu, timer)
-        self.readable: dict[bytes, _Entry] = {}
+        self.readable: dict[bytes, CacheEntry] = {}
 
-    def __setitem__(self, key: bytes, value: _Entry) -> None:
+    def __setitem__(self, key: bytes, value: CacheEntry) -> None:
         super().__setitem__(key, value)
         if key in self:  # cachetools drops a value that is already past its lifetime
             self.readable[key] = value
@@ -120,7 +127,7 @@ class _PositiveStore(TLRUCache[bytes, _Entry]):
         super().__delitem__(key)
         self.readable.pop(key, None)
 
-    def popitem(self) -> tuple[bytes, _Entry]:
+    def popitem(self) -> tuple[bytes, CacheEntry]:
         key, value = super().popitem()
         self.readable.pop(key, None)
         return key, value
@@ -129,7 +136,7 @@ class _PositiveStore(TLRUCache[bytes, _Entry]):
         super().clear()
         self.readable.clear()
 
-    def expire(self, time: float | None = None) -> list[tuple[bytes, _Entry]]:
+    def expire(self, time: float | None = None) -> list[tuple[bytes, CacheEntry]]:
         expired = list(super().expire(time))
         for key, _ in expired:
             self.readable.pop(key, None)
@@ -177,7 +184,9 @@ class TokenCache:
         self.timer = timer
         self.clock = clock
         self._positive = _PositiveStore(maxsize, self._keep_until, timer)
-        self._readable = self._positive.readable
+        #: The positive entries by key, fresh or kept for stale-if-error: a
+        #: lock-free mirror for the hot path (Authenticator.fresh). Read only.
+        self.readable = self._positive.readable
         # Each negative entry carries the moment it stops counting: negative_ttl,
         # or less for an answer that already aged in a shared tier.
         self._negative: TLRUCache[bytes, tuple[Invalid, float]] = TLRUCache(
@@ -188,8 +197,9 @@ class TokenCache:
         self._generation = 0
         #: Lookups answered with a fresh positive / a negative entry, flights
         #: started (misses) and flights joined, since start. Positive hits are
-        #: counted without the lock (itertools.count is atomic under the GIL).
-        self._hits = itertools.count()
+        #: counted without the lock (itertools.count is atomic under the GIL):
+        #: ``next(hit_counter)``, which the authenticator's hot path also calls.
+        self.hit_counter = itertools.count()
         self.negative_hits = 0
         self.misses = 0
         self.joins = 0
@@ -208,34 +218,24 @@ class TokenCache:
             return self.ttl
         return min(self.ttl, expires_at.timestamp() - self.clock())
 
-    def _keep_until(self, _key: bytes, entry: _Entry, now: float) -> float:
+    def _keep_until(self, _key: bytes, entry: CacheEntry, now: float) -> float:
         # Kept past freshness only for stale-if-error, and never past the token's expiry.
-        expires_at = entry.outcome.principal.expires_at
         keep = entry.fresh_until + self.stale_if_error
-        if expires_at is not None:
-            keep = min(keep, now + expires_at.timestamp() - self.clock())
+        if entry.expires is not None:
+            keep = min(keep, now + entry.expires - self.clock())
         return keep
 
     @property
     def hits(self) -> int:
-        return count_value(self._hits)
+        return count_value(self.hit_counter)
 
     def fresh(self, key: bytes) -> Valid | None:
         """The fresh positive answer for ``key``, without taking the lock (the hot path)."""
-        outcome = self.peek(key)
-        if outcome is not None:
-            next(self._hits)
-        return outcome
-
-    def peek(self, key: bytes) -> Valid | None:
-        """:meth:`fresh` without counting a hit (then :meth:`count_hit`)."""
-        entry = self._readable.get(key)
+        entry = self.readable.get(key)
         if entry is not None and self.timer() < entry.fresh_until:
+            next(self.hit_counter)
             return entry.outcome
         return None
-
-    def count_hit(self) -> None:
-        next(self._hits)
 
     def get(self, key: bytes) -> Outcome | None:
         """The fresh cached outcome for ``key``, or ``None``."""
@@ -263,7 +263,7 @@ class TokenCache:
             # cachetools' view is expiry-aware: past the stale window it has no entry.
             entry = self._positive.get(key)
             if entry is not None and self.timer() < entry.fresh_until:
-                next(self._hits)  # stored by another thread a moment ago
+                next(self.hit_counter)  # stored by another thread a moment ago
                 return entry.outcome
             negative = self._negative.get(key)
             if negative is not None:
@@ -310,7 +310,9 @@ class TokenCache:
             lifetime = self.lifetime(outcome)
             if max_age is not None:
                 lifetime = min(lifetime, max_age)
-            self._positive[key] = _Entry(outcome, now + lifetime)
+            expires_at = outcome.principal.expires_at
+            expires = None if expires_at is None else expires_at.timestamp()
+            self._positive[key] = CacheEntry(outcome, now + lifetime, expires)
 
     def is_current(self, leader: Leader) -> bool:
         """Whether nothing was invalidated since ``leader``'s flight began (then
