@@ -142,6 +142,13 @@ def _start(key: str, fixture: Fixture, logdir: Path, cpus: set[int] | None) -> S
                 "--no-access-log",
                 "--lifespan",
                 "off",
+                # Plain uvicorn's stack, whatever else is installed: the target's
+                # reading must not change with the environment. The protocol
+                # sections give the httptools reading.
+                "--http",
+                "h11",
+                "--loop",
+                "asyncio",
             ],
             cwd=ROOT,
             env=env,
@@ -241,9 +248,8 @@ def _wrk(
 
 
 def server_stack() -> str:
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    return f"uvicorn {importlib.metadata.version('uvicorn')} ({http}, {loop} loop)"
+    version = importlib.metadata.version("uvicorn")
+    return f"uvicorn {version} (h11, asyncio loop: what plain `pip install uvicorn` runs)"
 
 
 def run_e2e(fixture: Fixture, *, seconds: float, rounds: int, connections: int = 32) -> Section:

@@ -1,21 +1,28 @@
 """Server CPU per request without sockets: uvicorn's own HTTP/1.1 protocol in process.
 
 The end-to-end run measures what a client sees, but on a shared 2-CPU machine
-its rounds move by several percent. Here uvicorn's ``H11Protocol`` (what
-``uvicorn --http h11`` serves with, and plain ``pip install uvicorn`` too) is
-fed raw request bytes on a fake transport, one keep-alive connection, one
-request at a time: the same Python work as in the server, minus the kernel.
-The garbage collector stays on, as in a server. Every response's status is
-checked: a layer that answered 401 would otherwise look fast.
+its rounds move by several percent. Here uvicorn's protocol is fed raw
+request bytes on a fake transport, one keep-alive connection, one request at
+a time: the same Python work as in the server, minus the kernel. Two stacks:
+``H11Protocol`` on asyncio (what plain ``pip install uvicorn`` serves with,
+and the end-to-end run) and ``HttpToolsProtocol`` on uvloop (what
+``pip install 'uvicorn[standard]'`` serves with, as FastAPI's and vLLM's
+installs do): there the bare server does far less per request, so the same
+layer is a larger share of it. The garbage collector stays on, as in a
+server. Every response's status is checked: a layer that answered 401 would
+otherwise look fast.
 
-It uses uvicorn internals (``H11Protocol``, ``ServerState``); if a uvicorn
-release changes them, the section says so and is skipped.
+It uses uvicorn internals (the protocol classes, ``ServerState``); if a
+uvicorn release changes them, the section says so and is skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, ClassVar
 
@@ -70,13 +77,67 @@ class _Transport(asyncio.Transport):
         return None
 
 
-def _connection(app: Any, loop: asyncio.AbstractEventLoop) -> tuple[Any, _Transport]:
-    """One open keep-alive connection of uvicorn's h11 protocol, serving ``app``."""
+@dataclass(frozen=True)
+class Stack:
+    """One uvicorn HTTP stack the section can drive."""
+
+    http: str  # uvicorn's --http
+    title: str
+    label: str  # for the intro and the targets
+    note: str  # what the headers-only row shows on this stack
+
+    def protocol_class(self) -> Any:
+        if self.http == "h11":
+            from uvicorn.protocols.http.h11_impl import H11Protocol
+
+            return H11Protocol
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        return HttpToolsProtocol
+
+    def missing(self) -> str | None:
+        """Why this stack cannot run here, or None."""
+        needed = ["uvicorn"] if self.http == "h11" else ["uvicorn", "httptools"]
+        for module in needed:
+            if importlib.util.find_spec(module) is None:
+                return f"{module} is not installed (pip install '.[bench]')"
+        return None
+
+    def loop_factory(self) -> Callable[[], asyncio.AbstractEventLoop] | None:
+        """uvloop for uvicorn[standard] when it is installed, else asyncio's own."""
+        if self.http == "httptools" and importlib.util.find_spec("uvloop") is not None:
+            import uvloop
+
+            factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+            return factory
+        return None
+
+    def loop_name(self) -> str:
+        return "asyncio" if self.loop_factory() is None else "uvloop"
+
+
+H11 = Stack(
+    "h11",
+    "Server CPU per request: uvicorn's HTTP/1.1 protocol in process",
+    "uvicorn's own `H11Protocol` (uvicorn's h11 server, what plain `pip install uvicorn` runs)",
+    "most of it is h11 validating and writing two more header lines, a price any layer "
+    "adding them pays",
+)
+HTTPTOOLS = Stack(
+    "httptools",
+    "Server CPU per request: uvicorn[standard]'s httptools protocol in process",
+    "uvicorn's `HttpToolsProtocol` (what `pip install 'uvicorn[standard]'` runs, as "
+    "FastAPI's and vLLM's installs do)",
+    "httptools writes header lines with less checking than h11, so they cost less here",
+)
+
+
+def _connection(app: Any, loop: asyncio.AbstractEventLoop, stack: Stack) -> tuple[Any, _Transport]:
+    """One open keep-alive connection of uvicorn's protocol, serving ``app``."""
     from uvicorn.config import Config
-    from uvicorn.protocols.http.h11_impl import H11Protocol
     from uvicorn.server import ServerState
 
-    config = Config(app, http="h11", lifespan="off", access_log=False, log_level="warning")
+    config = Config(app, http=stack.http, lifespan="off", access_log=False, log_level="warning")
     config.load()
     state = ServerState()
     # What uvicorn's main loop puts on every response (Server.on_tick).
@@ -84,18 +145,20 @@ def _connection(app: Any, loop: asyncio.AbstractEventLoop) -> tuple[Any, _Transp
         (b"date", formatdate(usegmt=True).encode()),
         *config.encoded_headers,
     ]
-    protocol = H11Protocol(config, state, {}, _loop=loop)
+    protocol = stack.protocol_class()(config, state, {}, _loop=loop)
     transport = _Transport()
     protocol.connection_made(transport)
     return protocol, transport
 
 
-def run_protocol(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> Section:
+def run_protocol(
+    fixture: Fixture, *, rounds: int, batch: int, warmup: int, stack: Stack = H11
+) -> Section:
     section = Section(
-        "protocol",
-        "Server CPU per request: uvicorn's HTTP/1.1 protocol in process",
+        "protocol" if stack is H11 else f"protocol-{stack.http}",
+        stack.title,
         intro=(
-            "uvicorn's own `H11Protocol` (uvicorn's h11 server, on asyncio) fed `GET` "
+            f"{stack.label}, on {stack.loop_name()}, fed `GET` "
             "requests with the Bearer token over one keep-alive connection on a fake "
             "transport (no sockets, no wrk): the Python work the server does per request, "
             "from the request bytes to the response bytes, with the garbage collector on; "
@@ -105,10 +168,9 @@ def run_protocol(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> S
             "response headers cost from what the layer costs."
         ),
     )
-    try:
-        import uvicorn.protocols.http.h11_impl  # noqa: F401
-    except ImportError:
-        section.skipped = "uvicorn is not installed (pip install uvicorn)"
+    missing = stack.missing()
+    if missing is not None:
+        section.skipped = missing
         return section
     request = (
         f"GET {PATH} HTTP/1.1\r\nHost: {HOST}:8000\r\nUser-Agent: bench/1.0\r\n".encode()
@@ -119,7 +181,9 @@ def run_protocol(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> S
 
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        connections = {key: _connection(ASGI_APPS[key](fixture), loop) for key, _ in PROTOCOL_APPS}
+        connections = {
+            key: _connection(ASGI_APPS[key](fixture), loop, stack) for key, _ in PROTOCOL_APPS
+        }
 
         def runner(protocol: Any) -> Any:
             async def run(n: int) -> float:
@@ -149,7 +213,8 @@ def run_protocol(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> S
         return timings
 
     try:
-        timings = asyncio.run(main())
+        with asyncio.Runner(loop_factory=stack.loop_factory()) as loop_runner:
+            timings = loop_runner.run(main())
     except (AttributeError, TypeError, ProtocolChanged) as exc:
         section.skipped = f"this uvicorn's protocol internals differ ({exc})"
         return section
@@ -174,8 +239,7 @@ def run_protocol(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> S
         f"the `Cache-Control: private` and `Vary: Authorization` headers cost "
         f"{fmt(headers, 2)} µs per request here; added by the same send wrapper to the bare "
         f"app, with no authentication, they cost {fmt(alone, 2)} µs "
-        f"({fmt(shares['headers-only'] * 100, 1)}% of bare): most of it is h11 validating "
-        "and writing two more header lines, a price any layer adding them pays"
+        f"({fmt(shares['headers-only'] * 100, 1)}% of bare): {stack.note}"
     )
     section.data["shares"] = shares
     return section

@@ -29,7 +29,16 @@ from .report import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("asgi", "wsgi", "breakdown", "protocol", "e2e", "stampede", "cache")
+SECTIONS = (
+    "asgi",
+    "wsgi",
+    "breakdown",
+    "protocol",
+    "protocol-httptools",
+    "e2e",
+    "stampede",
+    "cache",
+)
 
 
 @dataclass(frozen=True)
@@ -197,6 +206,7 @@ def targets(by_key: dict[str, Section]) -> list[Target]:
         out.append(Target("ASGI overhead targets", "not measured", "", None))
     e2e = by_key.get("e2e")
     protocol = by_key.get("protocol")
+    fast = by_key.get("protocol-httptools")
     steadier = (
         f"; uvicorn's protocol in process: {fmt(protocol.data['shares']['hfauth'] * 100, 1)}% "
         f"(the two response headers alone, no authentication: "
@@ -204,6 +214,13 @@ def targets(by_key: dict[str, Section]) -> list[Target]:
         if protocol and not protocol.skipped
         else ""
     )
+    if fast and not fast.skipped:
+        # Not the target's stack, but the one most servers run: say it next to the verdict.
+        steadier += (
+            f"; on uvicorn[standard] (httptools) in process: "
+            f"{fmt(fast.data['shares']['hfauth'] * 100, 1)}%, Starlette's own "
+            f"AuthenticationMiddleware {fmt(fast.data['shares']['starlette-auth'] * 100, 1)}%"
+        )
     if e2e and not e2e.skipped:
         results = e2e.data["results"]
         share = results["hfauth"].share
@@ -300,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         from .cache_scale import run_cache_scale
         from .e2e import run_e2e
         from .overhead import run_asgi, run_wsgi
-        from .protocol import run_protocol
+        from .protocol import H11, HTTPTOOLS, run_protocol
         from .stampede import run_stampede
 
         s = settings
@@ -325,11 +342,22 @@ def main(argv: list[str] | None = None) -> int:
                 None,
             ),
             "protocol": (
-                "Server CPU per request: uvicorn's HTTP/1.1 protocol in process",
+                H11.title,
                 lambda: run_protocol(
                     fixture, rounds=s.protocol_rounds, batch=s.protocol_batch, warmup=s.warmup
                 ),
-                _missing("uvicorn", "uvicorn"),
+                H11.missing(),
+            ),
+            "protocol-httptools": (
+                HTTPTOOLS.title,
+                lambda: run_protocol(
+                    fixture,
+                    rounds=s.protocol_rounds,
+                    batch=s.protocol_batch,
+                    warmup=s.warmup,
+                    stack=HTTPTOOLS,
+                ),
+                HTTPTOOLS.missing(),
             ),
             "e2e": (
                 "End to end: uvicorn + wrk over loopback",

@@ -52,6 +52,9 @@ def test_smoke_run_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert "Server CPU per request: uvicorn's HTTP/1.1 protocol in process" in printed
         assert "share of bare" in printed
         assert "no authentication, only those two response headers" in printed
+    if importlib.util.find_spec("httptools") is not None:
+        assert "uvicorn[standard]'s httptools protocol in process" in printed
+        assert "on uvicorn[standard] (httptools) in process" not in printed  # no e2e: no target
 
 
 @pytest.mark.skipif(importlib.util.find_spec("flask") is None, reason="needs flask")
