@@ -334,6 +334,22 @@ def test_cached_answers_match_the_long_path(
         assert hot == expected
 
 
+def test_a_subclass_authorize_is_called_on_the_short_path_too(local_guard, hub_store):
+    """Skipping authorize() with no rules must not skip a subclass's own checks."""
+
+    class BusinessHours(Guard):
+        def authorize(self, method: str, path: str, principal: Principal) -> None:
+            super().authorize(method, path, principal)
+            if path == "/closed":
+                raise InsufficientScope("closed outside business hours", scope="hours")
+
+    token = hub_store.create_token(user="bob").token
+    guard = BusinessHours(local_guard().authenticator)
+    header = [f"Bearer {token}".encode()]
+    assert isinstance(decide(guard, header, path="/open"), RequestAuth)  # now cached
+    assert decide(guard, header, path="/closed") == ("InsufficientScope", 403)
+
+
 def test_cached_bearer_request_is_answered_without_parsing(local_guard, hub_store, monkeypatch):
     token = hub_store.create_token(user="bob").token
     guard = local_guard()

@@ -368,6 +368,9 @@ class Guard:
         )
         # Only our own limiter's lockouts are known without asking check().
         self._plain_limiter = type(self.limiter) is FailureLimiter
+        # The short path may skip authorize() only where it knows what it does:
+        # a subclass's own authorize() is called on every request.
+        self._own_authorize = type(self).authorize is Guard.authorize
         # RequestAuth is immutable: one per cached principal and scheme.
         self._request_auth: dict[str | None, PrincipalMemo[RequestAuth]] = {
             scheme: self._request_auth_memo(scheme) for scheme in (None, *get_args(Scheme))
@@ -525,7 +528,12 @@ class Guard:
         method = method.upper()
         # With no rules, a safe method on a printable path is always allowed
         # (authorize would only look for control characters): skip the call.
-        if self.rules or method not in SAFE_METHODS or not path.isprintable():
+        if (
+            self.rules
+            or method not in SAFE_METHODS
+            or not path.isprintable()
+            or not self._own_authorize
+        ):
             try:
                 self.authorize(method, path, principal)
             except AuthenticationError as error:
