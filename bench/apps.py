@@ -130,27 +130,51 @@ class TokenCacheFloor:
     freshness check on a monotonic clock, the caller put in the scope. No
     grammar check, rules, limiter, metrics, audit or response headers, so no
     real middleware can be cheaper; it shows what the 0.5x-Starlette target
-    leaves for everything else."""
+    leaves for everything else.
 
-    def __init__(self, app: ASGIApp, tokens: dict[bytes, str]) -> None:
+    With ``private_responses``, it also adds the two headers every
+    authenticated answer must carry (``Cache-Control: private``, ``Vary:
+    Authorization``; ``shared/reference/http-auth-rules.md``) with the
+    cheapest send wrapper there is: no check for a ``Cache-Control`` the app
+    set, no tracking of a started response. No middleware that keeps those
+    headers on can be cheaper than that row."""
+
+    _PRIVATE = ((b"cache-control", b"private"), (b"vary", b"Authorization"))
+
+    def __init__(
+        self, app: ASGIApp, tokens: dict[bytes, str], private_responses: bool = False
+    ) -> None:
         self.app = app
         self.entries = {digest: (user, math.inf) for digest, user in tokens.items()}
+        self.private_responses = private_responses
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            entry = None
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    scheme, _, token = value.partition(b" ")
-                    if scheme.lower() == b"bearer":
-                        entry = self.entries.get(hashlib.sha256(token).digest())
-                    break
-            if entry is None or time.monotonic() >= entry[1]:
-                await send({"type": "http.response.start", "status": 401, "headers": []})
-                await send({"type": "http.response.body", "body": b""})
-                return
-            scope["user"] = entry[0]
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        entry = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    entry = self.entries.get(hashlib.sha256(token).digest())
+                break
+        if entry is None or time.monotonic() >= entry[1]:
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        scope["user"] = entry[0]
+        if not self.private_responses:
+            await self.app(scope, receive, send)
+            return
+        added = self._PRIVATE
+
+        async def send_private(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *added]}
+            await send(message)
+
+        await self.app(scope, receive, send_private)
 
 
 class PrivateHeadersOnly:
@@ -263,6 +287,13 @@ def token_cache_floor(fixture: Fixture) -> ASGIApp:
     return _starlette([Middleware(TokenCacheFloor, tokens=fixture.tokens)])
 
 
+def private_token_cache_floor(fixture: Fixture) -> ASGIApp:
+    from starlette.middleware import Middleware
+
+    floor = Middleware(TokenCacheFloor, tokens=fixture.tokens, private_responses=True)
+    return _starlette([floor])
+
+
 def private_headers_only(fixture: Fixture) -> ASGIApp:
     from starlette.middleware import Middleware
 
@@ -363,6 +394,7 @@ ASGI_APPS: dict[str, Callable[[Fixture], ASGIApp]] = {
     "static-key": static_key,
     "minimal-key": minimal_key,
     "token-cache-floor": token_cache_floor,
+    "private-token-cache-floor": private_token_cache_floor,
     "headers-only": private_headers_only,
     "bare-fastapi": bare_fastapi,
     "fastapi-bearer": fastapi_bearer,

@@ -54,6 +54,12 @@ ASGI_VARIANTS = [
         apps.token_cache_floor,
         "bare",
     ),
+    Variant(
+        "private-token-cache-floor",
+        "  the same floor, plus Vary/Cache-Control: private",
+        apps.private_token_cache_floor,
+        "bare",
+    ),
     Variant("bare-fastapi", "bare FastAPI", apps.bare_fastapi, None, "fastapi"),
     Variant(
         "fastapi-bearer",

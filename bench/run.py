@@ -180,9 +180,12 @@ def targets(by_key: dict[str, Section]) -> list[Target]:
         ours, theirs, static = over["hfauth"], over["starlette-auth"], over["static-key"]
         r = ratio(ours, theirs)
         floor = over.get("token-cache-floor")
+        private_floor = over.get("private-token-cache-floor")
         floor_note = (
-            f" (the minimal token-cache floor alone: {fmt(ratio(floor, theirs), 2)}x)"
-            if floor is not None
+            f" (the minimal token-cache floor alone: {fmt(ratio(floor, theirs), 2)}x; "
+            f"the same floor with the two private-response headers: "
+            f"{fmt(ratio(private_floor, theirs), 2)}x)"
+            if floor is not None and private_floor is not None
             else ""
         )
         out.append(

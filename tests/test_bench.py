@@ -97,15 +97,16 @@ async def test_headers_only_app_adds_the_two_headers_without_a_token(tmp_path: P
         pytest.param("", 401, id="no-header"),
     ],
 )
+@pytest.mark.parametrize("floor", ["token-cache-floor", "private-token-cache-floor"])
 async def test_token_cache_floor_really_checks_the_token(
-    tmp_path: Path, authorization: str | None, status: int
+    tmp_path: Path, authorization: str | None, status: int, floor: str
 ) -> None:
-    """The floor row is a lower bound only if it does the lookup it claims to."""
+    """The floor rows are lower bounds only if they do the lookup they claim to."""
     import httpx
     from bench.apps import ASGI_APPS, PATH, make_fixture
 
     fixture = make_fixture(tmp_path)
-    app = ASGI_APPS["token-cache-floor"](fixture)
+    app = ASGI_APPS[floor](fixture)
     headers = {}
     if authorization is None:
         headers["authorization"] = fixture.authorization.decode()
@@ -116,3 +117,29 @@ async def test_token_cache_floor_really_checks_the_token(
         response = await client.get(PATH, headers=headers)
 
     assert response.status_code == status
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("floor", "marked_private"),
+    [
+        pytest.param("token-cache-floor", False, id="floor"),
+        pytest.param("private-token-cache-floor", True, id="floor-with-private-headers"),
+    ],
+)
+async def test_only_the_private_floor_adds_the_two_headers(
+    tmp_path: Path, floor: str, marked_private: bool
+) -> None:
+    """The private floor row measures the headers on top of the floor: exactly them."""
+    import httpx
+    from bench.apps import ASGI_APPS, PATH, make_fixture
+
+    fixture = make_fixture(tmp_path)
+    app = ASGI_APPS[floor](fixture)
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get(PATH, headers={"authorization": fixture.authorization.decode()})
+
+    assert response.status_code == 200
+    assert response.headers.get("cache-control") == ("private" if marked_private else None)
+    assert response.headers.get("vary") == ("Authorization" if marked_private else None)
