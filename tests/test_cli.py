@@ -435,6 +435,67 @@ def test_revoke_errors(
     assert len(result.err.strip().splitlines()) == 1
 
 
+def _break_entry(store_path: Path, user: str) -> str:
+    """Hand-edit ``user``'s token row so that it no longer parses; its fingerprint."""
+    [record] = LocalTokenStore(store_path).list_tokens(user)
+    conn = sqlite3.connect(store_path)
+    conn.execute("UPDATE tokens SET created_at = 'last week' WHERE user = ?", (user,))
+    conn.commit()
+    conn.close()
+    return record.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("revoked_user", "digits", "shown"),
+    [
+        pytest.param(
+            "alice", 12, "Revoked token {given} (its entry did not parse)", id="the-broken-entry"
+        ),
+        pytest.param(
+            "alice", 8, "Revoked token {given} (its entry did not parse)", id="broken-by-prefix"
+        ),
+        pytest.param(
+            "carol", 12, "Revoked fineGrained token {fingerprint} of carol", id="a-sound-entry"
+        ),
+    ],
+)
+def test_revoke_works_beside_an_entry_that_does_not_parse(
+    cli: Cli,
+    store_path: Path,
+    alice: str,
+    carol: str,
+    revoked_user: str,
+    digits: int,
+    shown: str,
+) -> None:
+    """A leaked token must stay revocable when some row of the store was hand-edited."""
+    broken = _break_entry(store_path, "alice")
+    token = alice if revoked_user == "alice" else carol
+    fingerprint = broken if token == alice else hashlib.sha256(token.encode()).hexdigest()[:12]
+
+    result = cli("token", "revoke", "--store", str(store_path), fingerprint[:digits])
+
+    assert result.code == 0, result.err
+    assert shown.format(fingerprint=fingerprint, given=fingerprint[:digits]) in result.out
+    assert LocalTokenStore(store_path).lookup(hashlib.sha256(token.encode()).digest()) is None
+    assert token not in result.out + result.err
+
+
+def test_revoke_broadcast_of_a_broken_entry_needs_its_full_fingerprint(
+    cli: Cli, store_path: Path, alice: str
+) -> None:
+    broken = _break_entry(store_path, "alice")
+    result = cli(
+        "token", "revoke", "--store", str(store_path), "--redis-url", "redis://127.0.0.1:1/0",
+        broken[:8], env={"HFAUTH_REDIS_SECRET": "s" * 32},
+    )  # fmt: skip
+
+    assert result.code == 2
+    assert "give its full 12-digit fingerprint" in result.err
+    with sqlite3.connect(store_path) as conn:  # nothing deleted before the refusal
+        assert conn.execute("SELECT count(*) FROM tokens").fetchone() == (1,)
+
+
 # --- values that look like a token ------------------------------------------------------------
 
 PASTED = "hf_JzkXyIxjvK6E3k8mcyo2i8D3OncmQIhpeR"  # shaped like a Hub token, valid nowhere

@@ -994,6 +994,16 @@ def test_read_only_mount(tmp_path: Path) -> None:
             False,
             id="global-not-a-list",
         ),
+        pytest.param(
+            "tokens",
+            "can_read_gated_repos = 'false'",
+            "can_read_gated_repos",
+            False,
+            id="gated-flag-text",
+        ),
+        pytest.param(
+            "tokens", "can_read_gated_repos = 2", "can_read_gated_repos", False, id="gated-flag-2"
+        ),
         pytest.param("users", """orgs = '[{"name": 1}]'""", "orgs", False, id="org-bad"),
         pytest.param("users", "orgs = '['", "orgs", False, id="orgs-cut-short"),
         pytest.param(

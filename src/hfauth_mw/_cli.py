@@ -45,7 +45,7 @@ from ._exceptions import (
     TokenStoreError,
 )
 from ._outcome import IntrospectionSource
-from ._principal import ORG_ROLES, Principal
+from ._principal import FINGERPRINT_LENGTH, ORG_ROLES, Principal
 from ._rules import AccessPolicy, Decision, Repo, Visibility
 from ._sources import HubWhoamiSource, LocalStoreSource
 from ._store import FineGrainedEntry, LocalTokenStore, OrgGrant, TokenRecord
@@ -565,20 +565,30 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
         broadcast = revocation_broadcaster(args.redis_url, args.redis_secret_env, args.redis_prefix)
     with _existing_store(args) as store:
-        # Fingerprints are the first 12 hex digits of the digest; the store checks the rest.
-        matches = [r for r in store.list_tokens() if r.fingerprint.startswith(prefix[:12])]
+        try:
+            record = store.find_token(args.fingerprint)
+        except TokenStoreError:
+            # Its entry does not parse (revoke deletes it all the same), or several
+            # tokens match (revoke refuses, deleting nothing): only the message is poorer.
+            record = None
+        fingerprint = record.fingerprint if record else prefix[:FINGERPRINT_LENGTH]
+        if broadcast is not None and len(fingerprint) < FINGERPRINT_LENGTH:
+            raise UsageError(
+                f"the store cannot tell which token {prefix} is (several match, or its "
+                f"entry does not parse): give its full {FINGERPRINT_LENGTH}-digit fingerprint "
+                "to revoke it and broadcast the revocation"
+            )
         revoked = store.revoke(args.fingerprint)
     if not revoked:
         raise Failure(f"no token with fingerprint {prefix} in {_store_path(args)}")
-    if len(matches) == 1:
-        record = matches[0]
+    if record is not None:
         name = f" ({record.display_name!r})" if record.display_name else ""
         what = f"{record.role} token {record.fingerprint} of {record.user}{name}"
     else:
-        what = f"token {prefix}"
+        what = f"token {fingerprint} (its entry did not parse)"
     print(_redact(f"Revoked {what} from {_store_path(args)}."))
     if broadcast is not None:
-        reached = broadcast(matches[0].fingerprint if len(matches) == 1 else prefix)
+        reached = broadcast(fingerprint)
         print(f"Broadcast the revocation through Redis: {reached} process(es) listening.")
     return EXIT_OK
 

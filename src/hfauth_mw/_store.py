@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
+from ._checks import shown
 from ._exceptions import ConfigurationError, TokenStoreError
 from ._principal import ORG_ROLES, TOKEN_ROLES, fingerprint_of, token_digest
 
@@ -453,6 +454,24 @@ def _optional_text(value: object) -> str | None:
     if value is not None and not isinstance(value, str):
         raise TypeError("not text")
     return value
+
+
+def _fingerprint_prefix(fingerprint: object) -> str:
+    if not isinstance(fingerprint, str):
+        raise ConfigurationError("fingerprint must be a string of hex digits")
+    prefix = fingerprint.strip().lower()
+    if len(prefix) < _MIN_PREFIX or len(prefix) > 64 or not _HEX.fullmatch(prefix):
+        raise ConfigurationError(
+            f"fingerprint {shown(fingerprint)} must be {_MIN_PREFIX} to 64 hexadecimal digits"
+        )
+    return prefix
+
+
+def _flag(value: object) -> bool:
+    # Written as 0 or 1; a hand-edited 'false' would be truthy, and this flag grants.
+    if type(value) is not int or value not in (0, 1):
+        raise TypeError("not 0 or 1")
+    return value == 1
 
 
 def _optional_time(value: object) -> datetime | None:
@@ -927,28 +946,41 @@ class LocalTokenStore:
         """Delete the token whose digest starts with ``fingerprint`` (at least 8 hex digits).
 
         Returns the number of tokens deleted (0 or 1). A prefix matching several
-        tokens raises TokenStoreError and deletes nothing.
+        tokens raises TokenStoreError and deletes nothing. An entry that does not
+        parse is deleted all the same.
         """
-        if not isinstance(fingerprint, str):
-            raise ConfigurationError("fingerprint must be a string of hex digits")
-        prefix = fingerprint.strip().lower()
-        if len(prefix) < _MIN_PREFIX or len(prefix) > 64 or not _HEX.fullmatch(prefix):
-            raise ConfigurationError(
-                f"fingerprint {fingerprint!r} must be {_MIN_PREFIX} to 64 hexadecimal digits"
-            )
+        prefix = _fingerprint_prefix(fingerprint)
         with self._write() as conn:
-            rows = conn.execute(
-                "SELECT digest FROM tokens WHERE substr(lower(hex(digest)), 1, ?) = ? LIMIT 2",
-                (len(prefix), prefix),
-            ).fetchall()
-            if len(rows) > 1:
-                raise TokenStoreError(
-                    f"fingerprint {prefix!r} matches several tokens in {self._path}; "
-                    "give more digits"
-                )
-            if not rows:
+            digest = self._digest_starting(conn, prefix)
+            if digest is None:
                 return 0
-            return conn.execute("DELETE FROM tokens WHERE digest = ?", (rows[0][0],)).rowcount
+            return conn.execute("DELETE FROM tokens WHERE digest = ?", (digest,)).rowcount
+
+    def find_token(self, fingerprint: str) -> TokenRecord | None:
+        """The token whose digest starts with ``fingerprint`` (at least 8 hex digits),
+        or None. Raises TokenStoreError when several match or its entry does not parse."""
+        prefix = _fingerprint_prefix(fingerprint)
+        with self._connection() as conn:
+            digest = self._digest_starting(conn, prefix)
+            if digest is None:
+                return None
+            row = conn.execute(
+                "SELECT digest, user, role, display_name, created_at, expires_at FROM tokens"
+                " WHERE digest = ?",
+                (digest,),
+            ).fetchone()
+        return None if row is None else self._decode(_record, row)
+
+    def _digest_starting(self, conn: sqlite3.Connection, prefix: str) -> bytes | None:
+        rows = conn.execute(
+            "SELECT digest FROM tokens WHERE substr(lower(hex(digest)), 1, ?) = ? LIMIT 2",
+            (len(prefix), prefix),
+        ).fetchall()
+        if len(rows) > 1:
+            raise TokenStoreError(
+                f"fingerprint {prefix!r} matches several tokens in {self._path}; give more digits"
+            )
+        return bytes(rows[0][0]) if rows else None
 
     # --- reading ----------------------------------------------------------------------
 
@@ -1009,7 +1041,7 @@ class LocalTokenStore:
         }
         if role == "fineGrained":
             fine_grained: dict[str, Any] = {
-                "canReadGatedRepos": bool(row["can_read_gated_repos"]),
+                "canReadGatedRepos": _column(row, "can_read_gated_repos", _flag),
                 "global": _column(
                     row, "global_permissions", lambda value: _strings(_json_list(value))
                 ),
