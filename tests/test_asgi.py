@@ -21,6 +21,7 @@ from hfauth_mw import (
     AccessPolicy,
     Authenticator,
     ConfigurationError,
+    FailureLimiter,
     FineGrainedEntry,
     HFAuthMiddleware,
     HubWhoamiSource,
@@ -885,3 +886,34 @@ async def test_cors_added_after_the_middleware_answers_preflights_and_labels_ref
     assert refused.status_code == 401
     assert refused.headers["access-control-allow-origin"] == "https://app.example"
     assert allowed.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "forwarded",
+    [
+        pytest.param([("X-Forwarded-For", "{client}, 10.0.0.1")], id="one-line"),
+        pytest.param(
+            [("X-Forwarded-For", "{client}"), ("X-Forwarded-For", "10.0.0.1")], id="a-line-a-proxy"
+        ),
+    ],
+)
+async def test_the_brute_force_guard_finds_the_client_behind_two_proxies(
+    make_app, tokens, clock, forwarded
+):
+    """Each proxy may add its own X-Forwarded-For line: the client is the last
+    untrusted hop of them all, so one client's failures lock out that client only."""
+    limiter = FailureLimiter(max_failures=2, trusted_proxies=["127.0.0.1", "10.0.0.1"], timer=clock)
+    app = make_app(limiter=limiter)
+    transport = httpx.ASGITransport(app, client=("127.0.0.1", 5000))
+
+    def via_proxies(client: str, token: str) -> list[tuple[str, str]]:
+        lines = [(name, value.format(client=client)) for name, value in forwarded]
+        return [("Authorization", f"Bearer {token}"), *lines]
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        for _ in range(2):
+            await client.get("/whoami", headers=via_proxies("198.51.100.1", "hf_" + "w" * 34))
+        other = await client.get("/whoami", headers=via_proxies("198.51.100.2", tokens["reader"]))
+        locked = await client.get("/whoami", headers=via_proxies("198.51.100.1", tokens["reader"]))
+
+    assert (other.status_code, locked.status_code) == (200, 429)

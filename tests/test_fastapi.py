@@ -16,6 +16,7 @@ from hfauth_mw import (
     AccessPolicy,
     Authenticator,
     ConfigurationError,
+    FailureLimiter,
     HFAuthMiddleware,
     HubWhoamiSource,
     Repo,
@@ -369,3 +370,31 @@ async def test_anonymous_middleware_does_not_open_token_routes(new_authenticator
         response = await client.get("/whoami")
     assert response.status_code == 401
     assert response.json()["error"] == "unauthorized"
+
+
+async def test_the_brute_force_guard_reads_every_forwarded_line(make_app, tokens, clock):
+    """Without the middleware too: the first X-Forwarded-For line is the client's own,
+    which it can make up at every try; the client is the last untrusted hop."""
+    limiter = FailureLimiter(max_failures=2, trusted_proxies=["127.0.0.1", "10.0.0.1"], timer=clock)
+    transport = httpx.ASGITransport(make_app(limiter=limiter), client=("127.0.0.1", 5000))
+
+    def via_proxies(claimed: str, real: str, token: str) -> list[tuple[str, str]]:
+        # What the client wrote, then the line each trusted proxy added.
+        return [
+            ("Authorization", f"Bearer {token}"),
+            ("X-Forwarded-For", claimed),
+            ("X-Forwarded-For", f"{real}, 10.0.0.1"),
+        ]
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        for attempt in range(2):
+            bad = via_proxies(f"192.0.2.{attempt}", "198.51.100.1", "hf_" + "w" * 34)
+            await client.get("/whoami", headers=bad)
+        locked = await client.get(
+            "/whoami", headers=via_proxies("192.0.2.9", "198.51.100.1", tokens["reader"])
+        )
+        other = await client.get(
+            "/whoami", headers=via_proxies("192.0.2.9", "198.51.100.2", tokens["reader"])
+        )
+
+    assert (locked.status_code, other.status_code) == (429, 200)

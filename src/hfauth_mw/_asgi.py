@@ -228,12 +228,16 @@ class HFAuthMiddleware:
             await self.app(scope, receive, send)
             return
         authorization = []
-        forwarded_for = None
+        forwarded = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization.append(value)
             elif name == b"x-forwarded-for":
-                forwarded_for = value.decode("latin-1")
+                # Each proxy may add a line of its own: read them as one list, in
+                # order (RFC 9110 5.3), as WSGI servers join them; the last line alone
+                # would make the nearest proxy everyone's address.
+                forwarded = value if forwarded is None else forwarded + b", " + value
+        forwarded_for = forwarded.decode("latin-1") if forwarded is not None else None
         peer = scope.get("client")
         try:
             step = guard.begin(

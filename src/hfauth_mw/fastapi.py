@@ -206,7 +206,9 @@ async def request_auth(request: Request, response: Response | None = None) -> Re
             request.headers.getlist("authorization"),
             query,
             peer,
-            request.headers.get("x-forwarded-for"),
+            # Every line, in order, as the middleware reads them (the first alone
+            # would be the client's own, which it can make up).
+            ", ".join(request.headers.getlist("x-forwarded-for")) or None,
         )
     )
     request.scope["hfauth"] = auth
