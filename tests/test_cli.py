@@ -717,7 +717,6 @@ def test_inspect_against_hub_emulator(cli: Cli, emulator: HubEmulator, alice: st
             "standard input ($HF_TOKEN, also set, ignored)",
             id="both-piped-wins",
         ),
-        pytest.param("  \n", "alice", "alice", "HF_TOKEN", "$HF_TOKEN", id="blank-stdin-env"),
     ],
 )
 @pytest.mark.parametrize("json_output", [True, False], ids=["json", "text"])
@@ -753,6 +752,34 @@ def test_inspect_piped_token_wins_and_its_origin_is_shown(
         assert f"token from:   {shown}\n" in result.out
     assert alice not in result.out + result.err
     assert carol not in result.out + result.err
+
+
+@pytest.mark.parametrize(
+    ("piped", "hf_token_set", "says"),
+    [
+        pytest.param("\n", True, "to inspect $HF_TOKEN, add </dev/null", id="blank-line-env"),
+        pytest.param("  \n", True, "to inspect $HF_TOKEN, add </dev/null", id="spaces-env"),
+        pytest.param("\n", False, "is the variable you echoed set?", id="blank-line"),
+    ],
+)
+def test_inspect_a_blank_piped_line_never_sends_hf_token(
+    cli: Cli, emulator: HubEmulator, alice: str, piped: str, hf_token_set: bool, says: str
+) -> None:
+    """`echo "$TOKEN" | hfauth-mw inspect --hub-url ...` with $TOKEN unset pipes a
+    blank line: the long-exported $HF_TOKEN must not go to that hub in its place."""
+    result = cli(
+        "inspect",
+        "--hub-url",
+        emulator.url,
+        stdin=piped,
+        env={"HF_TOKEN": alice} if hf_token_set else None,
+    )
+
+    assert (result.code, result.out) == (2, "")
+    assert "standard input held an empty line" in result.err
+    assert says in result.err
+    assert emulator.whoami_calls == 0
+    assert alice not in result.err
 
 
 def test_inspect_failure_says_which_token_went_to_which_hub(

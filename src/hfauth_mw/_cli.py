@@ -607,7 +607,8 @@ def _read_token() -> tuple[str, str, str]:
     """The token to inspect, where it came from (``_ORIGINS``), and that said for people.
 
     A token piped on standard input is what the user gave this time: it wins
-    over ``$HF_TOKEN`` (often exported long ago, for the real Hub). ``$HF_TOKEN``
+    over ``$HF_TOKEN`` (often exported long ago, for the real Hub), and a blank
+    line there is an error, never a reason to send ``$HF_TOKEN``. ``$HF_TOKEN``
     is used when standard input is a terminal, closed or empty; without it, a
     terminal is prompted. With ``$HF_TOKEN`` set, a pipe that stays silent for
     ``_STDIN_WAIT_SECONDS`` (a CI runner's, say) is an error, not a hang and
@@ -622,10 +623,21 @@ def _read_token() -> tuple[str, str, str]:
                 f"nothing on standard input after {_STDIN_WAIT_SECONDS:g} s, and $HF_TOKEN "
                 "is set: add </dev/null to inspect $HF_TOKEN, or pipe the token"
             )
-        piped = stdin.readline().strip()
+        line = stdin.readline()
+        piped = line.strip()
         if piped:
             ignored = " ($HF_TOKEN, also set, ignored)" if from_env else ""
             return piped, "stdin", _ORIGINS["stdin"] + ignored
+        if line:
+            # `echo "$TOKEN" |` with $TOKEN unset: the token meant for this run is
+            # missing, and $HF_TOKEN must not go where it was to go.
+            raise UsageError(
+                "standard input held an empty line, not a token (is the variable you "
+                "echoed set?); to inspect $HF_TOKEN, add </dev/null"
+                if from_env
+                else "standard input held an empty line, not a token (is the variable "
+                "you echoed set?)"
+            )
     if from_env:
         return from_env, "HF_TOKEN", _ORIGINS["HF_TOKEN"]
     if stdin is None or not stdin.isatty():
