@@ -785,8 +785,17 @@ def test_read_only_store_refuses_while_a_writer_holds_unread_changes(
     reader.close()
 
 
+@pytest.mark.parametrize(
+    ("writable", "mode"),
+    [
+        pytest.param(lambda path: False, "immutable", id="read-only-mount"),
+        # The file cannot be written, its directory can: SQLite's usual locking,
+        # and pooled connections, which must not keep reading the old version.
+        pytest.param(lambda path: path.is_dir(), "ro", id="read-only-file"),
+    ],
+)
 def test_read_only_secret_volume_follows_its_update(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writable: Any, mode: str
 ) -> None:
     """A Kubernetes Secret volume: store -> ..data/store, ..data -> ..<version>.
     An update writes a new version and swaps ..data: the revocation it brings
@@ -808,16 +817,119 @@ def test_read_only_secret_volume_follows_its_update(
         (volume / f"..v{number}" / "store").chmod(0o400)
     (volume / "..data").symlink_to("..v0")
     (volume / "store").symlink_to("..data/store")
-    monkeypatch.setattr(_store, "_can_write", lambda path: False)  # a read-only mount
+    monkeypatch.setattr(_store, "_can_write", writable)
     reader = LocalTokenStore(volume / "store")
-    assert reader._mode == "immutable"
-    assert reader.lookup(token_digest(token)) is not None
+    assert reader._mode == mode
+    for _ in range(3):  # pooled connections too
+        assert reader.lookup(token_digest(token)) is not None
     (volume / "..data_tmp").symlink_to("..v1")
     (volume / "..data_tmp").rename(volume / "..data")  # the kubelet's atomic swap
     assert reader.lookup(token_digest(token)) is None
     shutil.rmtree(volume / "..v0")
     assert reader.lookup(token_digest(token)) is None
     reader.close()
+
+
+def test_a_secret_update_to_a_file_that_is_no_store_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = tmp_path / "secret"
+    (volume / "..v0").mkdir(parents=True)
+    (volume / "..v1").mkdir()
+    with LocalTokenStore(volume / "..v0" / "store") as store:
+        issued = store.create_token(user="alice")
+    _sqlite_file(volume / "..v1" / "store", "CREATE TABLE accounts (id INTEGER PRIMARY KEY)")
+    (volume / "..data").symlink_to("..v0")
+    (volume / "store").symlink_to("..data/store")
+    monkeypatch.setattr(_store, "_can_write", lambda path: False)
+    reader = LocalTokenStore(volume / "store")
+    assert reader.lookup(token_digest(issued.token)) is not None
+    (volume / "..data_tmp").symlink_to("..v1")
+    (volume / "..data_tmp").rename(volume / "..data")
+
+    with pytest.raises(TokenStoreError, match="is not an hfauth-mw token store"):
+        reader.lookup(token_digest(issued.token))
+    reader.close()
+
+
+def test_a_link_retargeted_while_the_store_opens_cannot_hand_over_another_file(
+    tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link is checked, then retargeted by another user to a file of theirs
+    before SQLite opens it: the file checked must be the file opened."""
+    safe, planted = tmp_path / "safe", tmp_path / "planted"
+    for directory in (safe, planted):
+        directory.mkdir()
+        LocalTokenStore(directory / "store").close()
+    (planted / "store").chmod(0o644)  # refused if named directly
+    db_path.symlink_to(safe / "store")
+    check_file = _store._check_file
+
+    def check_then_swap(path: Path, *, store: bool) -> None:
+        check_file(path, store=store)
+        if path == db_path:  # the other user's move, right after the check
+            db_path.unlink()
+            db_path.symlink_to(planted / "store")
+
+    monkeypatch.setattr(_store, "_check_file", check_then_swap)
+
+    with pytest.raises(TokenStoreError) as caught:
+        LocalTokenStore(db_path)
+    assert f"token store {planted / 'store'} is open to other users" in str(caught.value)
+
+
+def test_a_store_replaced_after_its_check_is_not_read(
+    tmp_path: Path, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is replaced between the last check and SQLite's opening of it."""
+    LocalTokenStore(db_path).close()
+    other = tmp_path / "other.sqlite3"
+    LocalTokenStore(other).close()
+    check_resolved = _store._check_resolved
+
+    def check_then_replace(named: Path, file: Path) -> tuple[int, int]:
+        identity = check_resolved(named, file)
+        other.replace(file)
+        return identity
+
+    monkeypatch.setattr(_store, "_check_resolved", check_then_replace)
+
+    with pytest.raises(TokenStoreError, match="was replaced while it was being opened"):
+        LocalTokenStore(db_path)
+
+
+@pytest.mark.parametrize(
+    ("directory_mode", "owner", "refused"),
+    [
+        pytest.param(0o700, None, None, id="private"),
+        pytest.param(0o755, None, None, id="readable"),
+        pytest.param(0o1777, None, None, id="sticky-like-tmp"),
+        pytest.param(0o777, None, "can be written by other users (mode 0777)", id="world-writable"),
+        pytest.param(0o770, None, "can be written by other users (mode 0770)", id="group-writable"),
+        pytest.param(0o755, 54321, "belongs to another user (uid 54321)", id="other-owner"),
+    ],
+)
+def test_the_directory_holding_the_store_must_be_safe(
+    tmp_path: Path, directory_mode: int, owner: int | None, refused: str | None
+) -> None:
+    """Who can write the directory can swap the store, or plant its -wal, at any time."""
+    directory = tmp_path / "stores"
+    directory.mkdir()
+    LocalTokenStore(directory / "tokens.sqlite3").close()
+    directory.chmod(directory_mode)
+    if owner is not None:
+        os.chown(directory, owner, -1)
+    link = tmp_path / "link.sqlite3"
+    link.symlink_to(directory / "tokens.sqlite3")
+
+    for path in (directory / "tokens.sqlite3", link):  # named directly or through a link
+        if refused is None:
+            LocalTokenStore(path).close()
+            continue
+        with pytest.raises(TokenStoreError) as caught:
+            LocalTokenStore(path)
+        assert refused in str(caught.value)
+        assert f"the directory {directory} of token store {path}" in str(caught.value)
 
 
 def _create_and_list(path: str) -> str:

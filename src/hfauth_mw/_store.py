@@ -15,9 +15,11 @@ Security caveats, stated plainly:
   only random tokens outside tests, and keep the file private: it is created
   with mode ``0600`` (never through a symbolic link), and an existing file is
   refused unless it is a regular file, owned by the current user or root, that
-  no other user can write and only its group may read. The path may be a
-  symbolic link to such a file (a Kubernetes Secret, say); the files SQLite
-  keeps beside it may not.
+  no other user can write and only its group may read, in a directory of the
+  user or root that no other user can write (unless it is sticky, as ``/tmp``
+  is). The path may be a symbolic link to such a file (a Kubernetes Secret,
+  say): it is resolved once, and the file checked is the file opened. The
+  files SQLite keeps beside it may not be links.
 * A file that is not an hfauth-mw store (another application's SQLite
   database, say) is refused, never converted.
 * A store that cannot be written here (a read-only mount, a directory the
@@ -234,6 +236,10 @@ def _check_file(path: Path, *, store: bool) -> None:
             f"{path} beside the token store is a symbolic link, which could point "
             "anywhere; remove it"
         )
+    _check_owner_and_mode(path, info)
+
+
+def _check_owner_and_mode(path: Path, info: os.stat_result) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise TokenStoreError(f"token store {path} is not a regular file; give a file's path")
     uid = os.geteuid()
@@ -249,6 +255,47 @@ def _check_file(path: Path, *, store: bool) -> None:
             f"token store {path} is open to other users (mode {info.st_mode & 0o777:04o}); "
             f"run: chmod 600 {path} (for a Kubernetes Secret: defaultMode 0400)"
         )
+
+
+def _check_resolved(named: Path, file: Path) -> tuple[int, int]:
+    """Check the file a store's path resolved to, following nothing more, and the
+    directory that holds it; returns the file's identity (device, inode).
+
+    Another user who can write that directory could swap the file, or plant
+    its ``-wal`` or ``-shm``, between any check and SQLite's own opening.
+    """
+    try:
+        info = os.lstat(file)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise TokenStoreError(f"cannot read token store {named}: {exc.strerror}") from None
+    if info is None or stat.S_ISLNK(info.st_mode):
+        raise TokenStoreError(
+            f"token store {named} changed while it was being opened (its link now points "
+            "elsewhere); try again"
+        )
+    _check_owner_and_mode(file, info)
+    directory = file.parent
+    try:
+        held = os.stat(directory)
+    except OSError as exc:
+        raise TokenStoreError(f"cannot read token store {named}: {exc.strerror}") from None
+    uid = os.geteuid()
+    if held.st_uid not in (uid, 0):
+        raise TokenStoreError(
+            f"the directory {directory} of token store {named} belongs to another user "
+            f"(uid {held.st_uid}), who could replace the store; move the store to a "
+            f"directory of yours, or run: chown {_user_name(uid)} {directory}"
+        )
+    # Others may write a sticky directory (/tmp) but not rename or remove our files in it.
+    if held.st_mode & 0o022 and not held.st_mode & stat.S_ISVTX:
+        raise TokenStoreError(
+            f"the directory {directory} of token store {named} can be written by other "
+            f"users (mode {held.st_mode & 0o777:04o}), who could replace the store; "
+            f"run: chmod go-w {directory}"
+        )
+    return info.st_dev, info.st_ino
 
 
 def _can_write(path: Path) -> bool:
@@ -568,8 +615,9 @@ class LocalTokenStore:
             ) from None
         else:
             os.close(fd)
-        self._file = self._checked_file()
+        self._file, self._identity = self._checked_file()
         self._mode = _open_mode(self._file)
+        self._generation = 0
         try:
             with self._connection() as conn:
                 self._create_schema(conn)
@@ -593,20 +641,18 @@ class LocalTokenStore:
         mount, say): lookups work, changes raise TokenStoreError."""
         return self._mode != "rw"
 
-    def _open(self) -> sqlite3.Connection:
-        if self._mode == "immutable" and os.path.realpath(self._path) != str(self._file):
-            # The link now points elsewhere (Kubernetes updated the Secret):
-            # read the new file, once it passes the same checks.
-            self._file = self._checked_file()
-        target: str | Path = self._file
-        if self._mode != "rw":
-            target = f"file:{quote(str(self._file))}?mode=ro"
-            if self._mode == "immutable":
-                self._refuse_unseen_changes()
+    def _connect(
+        self, file: Path, identity: tuple[int, int], mode: _OpenMode
+    ) -> sqlite3.Connection:
+        target: str | Path = file
+        if mode != "rw":
+            target = f"file:{quote(str(file))}?mode=ro"
+            if mode == "immutable":
+                self._refuse_unseen_changes(file)
                 target += "&immutable=1"
         conn = sqlite3.connect(
             target,
-            uri=self._mode != "rw",
+            uri=mode != "rw",
             timeout=BUSY_TIMEOUT_SECONDS,
             isolation_level=None,  # autocommit; writes use explicit BEGIN IMMEDIATE
             check_same_thread=False,  # the pool hands a connection to one thread at a time
@@ -615,28 +661,74 @@ class LocalTokenStore:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
+            # The file SQLite opened is still the file that was checked.
+            try:
+                info = os.stat(file)
+            except OSError:
+                info = None
+            if info is None or (info.st_dev, info.st_ino) != identity:
+                raise TokenStoreError(
+                    f"token store {self._path} was replaced while it was being opened; try again"
+                )
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def _checked_file(self) -> Path:
-        """The file the store's path names, checked with the files beside it."""
+    def _checked_file(self) -> tuple[Path, tuple[int, int]]:
+        """The file the store's path names, checked with the files beside it, and
+        its identity (device, inode).
+
+        The path is resolved once, and SQLite is given the file it resolved to:
+        a link retargeted after the check cannot hand SQLite another file.
+        """
         _check_file(self._path, store=True)
-        # SQLite follows a link and keeps its -wal and -shm beside the file it
-        # points to: those are the files to check, and the directory to write.
+        # SQLite keeps its -wal and -shm beside the file itself: those are the
+        # files to check, and the directory to write.
         file = Path(os.path.realpath(self._path))
+        identity = _check_resolved(self._path, file)
         for suffix in _SIDECARS:
             _check_file(Path(f"{file}{suffix}"), store=False)
-        return file
+        return file, identity
 
-    def _refuse_unseen_changes(self) -> None:
+    def _follow_link(self) -> None:
+        """A read-only store whose link now points elsewhere (Kubernetes updated
+        the Secret) reads the new file from now on, once it passes the checks;
+        connections to the old one are closed, so none reads it any longer."""
+        if os.path.realpath(self._path) == str(self._file):
+            return
+        with self._lock:
+            if os.path.realpath(self._path) == str(self._file):
+                return  # another thread followed it first
+            file, identity = self._checked_file()
+            # Opened read-only, it stays read-only, wherever the link points.
+            mode: _OpenMode = "immutable" if _open_mode(file) == "immutable" else "ro"
+            try:
+                conn = self._connect(file, identity, mode)
+                try:
+                    version = self._schema_version(conn)
+                finally:
+                    conn.close()
+            except sqlite3.Error as exc:
+                raise TokenStoreError(f"token store {self._path}: {exc}") from None
+            if version != SCHEMA_VERSION:
+                raise TokenStoreError(
+                    f"token store {self._path} now points to {file}, which is empty; "
+                    "create tokens in it where it is writable"
+                )
+            self._file, self._identity, self._mode = file, identity, mode
+            self._generation += 1
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _refuse_unseen_changes(self, file: Path) -> None:
         """An immutable reader never reads the -wal file, where a process writing
         the store elsewhere keeps its latest changes (a revocation, say): with
         such changes pending, answering from the main file alone could accept a
         revoked token, so refuse (503) until the writer checkpoints."""
         try:
-            pending = os.stat(f"{self._file}-wal").st_size > 0
+            pending = os.stat(f"{file}-wal").st_size > 0
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -650,14 +742,24 @@ class LocalTokenStore:
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
+        if self._closed:
+            raise TokenStoreError(f"token store {self._path} is closed")
+        if self._mode != "rw":
+            self._follow_link()
         with self._lock:
             if self._closed:
                 raise TokenStoreError(f"token store {self._path} is closed")
             conn = self._idle.pop() if self._idle else None
+            file, identity, mode, generation = (
+                self._file,
+                self._identity,
+                self._mode,
+                self._generation,
+            )
         broken = False
         try:
             if conn is None:
-                conn = self._open()
+                conn = self._connect(file, identity, mode)
             yield conn
         except sqlite3.Error as exc:
             # SQLite messages name tables and columns, never bound values, so
@@ -666,14 +768,15 @@ class LocalTokenStore:
             raise TokenStoreError(f"token store {self._path}: {exc}") from None
         finally:
             if conn is not None:
-                self._release(conn, broken=broken)
+                self._release(conn, broken=broken, generation=generation)
 
-    def _release(self, conn: sqlite3.Connection, *, broken: bool) -> None:
+    def _release(self, conn: sqlite3.Connection, *, broken: bool, generation: int) -> None:
         with self._lock:
             keep = (
                 not broken
                 and not conn.in_transaction
                 and not self._closed
+                and generation == self._generation  # not a connection to a file left behind
                 # An immutable connection never looks for changes: a fresh one per
                 # call still reads what is in the file now.
                 and self._mode != "immutable"
