@@ -2,6 +2,7 @@
 
 import logging
 from datetime import UTC, datetime
+from functools import partial
 
 import httpx
 import pytest
@@ -28,6 +29,7 @@ from hfauth_mw import (
     TokenCache,
     TooManyFailures,
     Valid,
+    _guard,
 )
 from hfauth_mw._guard import Guard, RequestAuth, require_read
 from hfauth_mw._principal import fingerprint_of, token_digest
@@ -334,6 +336,81 @@ def test_cached_answers_match_the_long_path(
         assert hot == expected
 
 
+def _closed_hours(guard, method, path, principal):
+    Guard.authorize(guard, method, path, principal)
+    if path == "/closed":
+        raise InsufficientScope("closed outside business hours", scope="hours")
+
+
+def _no_hf_prefix(guard, authorization, query_tokens=()):
+    credentials = Guard.credentials(guard, authorization, query_tokens)
+    if credentials is not None and credentials.token.startswith("hf_"):
+        raise InvalidRequest("this server takes tokens of its own kind only")
+    return credentials
+
+
+class _Refusals:
+    """A limiter of one's own (duck-typed), refusing one client."""
+
+    trusted_proxies = frozenset()
+
+    def check(self, client):
+        if client == "203.0.113.7":
+            raise TooManyFailures("locked out by our own limiter", retry_after=60)
+
+    def failed(self, client):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("set_up", "path", "expected"),
+    [
+        pytest.param(
+            lambda guard: setattr(guard, "authorize", partial(_closed_hours, guard)),
+            "/closed",
+            ("InsufficientScope", 403),
+            id="authorize-set-on-the-instance",
+        ),
+        pytest.param(
+            lambda guard: setattr(guard, "credentials", partial(_no_hf_prefix, guard)),
+            "/x",
+            ("InvalidRequest", 400),
+            id="credentials-set-on-the-instance",
+        ),
+        pytest.param(
+            lambda guard: setattr(guard, "limiter", _Refusals()),
+            "/x",
+            ("TooManyFailures", 429),
+            id="limiter-replaced-after-start",
+        ),
+    ],
+)
+def test_hooks_set_after_start_up_are_honoured_on_the_short_path(
+    local_guard, hub_store, set_up, path, expected
+):
+    token = hub_store.create_token(user="bob").token
+    guard = local_guard()
+    header = [f"Bearer {token}".encode()]
+    assert isinstance(decide(guard, header, path=path), RequestAuth)  # now cached
+
+    set_up(guard)
+
+    assert decide(guard, header, path=path) == expected
+
+
+def test_a_subclass_credentials_is_called_on_the_short_path_too(local_guard, hub_store):
+    class OwnTokensOnly(Guard):
+        def credentials(self, authorization, query_tokens=()):
+            return _no_hf_prefix(self, authorization, query_tokens)
+
+    token = hub_store.create_token(user="bob").token
+    header = [f"Bearer {token}".encode()]
+    plain = local_guard()
+    assert isinstance(decide(plain, header), RequestAuth)  # cached, in the shared cache
+    guard = OwnTokensOnly(plain.authenticator)
+    assert decide(guard, header) == ("InvalidRequest", 400)
+
+
 def test_a_subclass_authorize_is_called_on_the_short_path_too(local_guard, hub_store):
     """Skipping authorize() with no rules must not skip a subclass's own checks."""
 
@@ -358,7 +435,7 @@ def test_cached_bearer_request_is_answered_without_parsing(local_guard, hub_stor
     def no_parsing(*args, **kwargs):
         raise AssertionError("a cached Bearer token went through the full parser")
 
-    monkeypatch.setattr(guard, "credentials", no_parsing)
+    monkeypatch.setattr(_guard, "parse_credentials", no_parsing)
     assert decide(guard, [f"Bearer {token}".encode()]) is first
     assert decide(guard, [f"Bearer {token}"]) is first
 
@@ -375,7 +452,7 @@ def test_cold_bearer_token_is_parsed_and_hashed_once(local_guard, hub_store, mon
     def no_parsing(*args, **kwargs):
         raise AssertionError("a well-formed Bearer token was parsed a second time")
 
-    monkeypatch.setattr(guard, "credentials", no_parsing)
+    monkeypatch.setattr(_guard, "parse_credentials", no_parsing)
     answer = decide(guard, header)
     if issued:
         assert (answer.principal.name, answer.scheme) == (expected.principal.name, "bearer")

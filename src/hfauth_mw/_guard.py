@@ -312,6 +312,10 @@ class Guard:
     public or gated and who created what.
     ``limiter``: the brute-force guard (:class:`~hfauth_mw.FailureLimiter`,
     on by default: 30 failures per minute per client); ``None`` turns it off.
+
+    :meth:`credentials` and :meth:`authorize` are the hooks for checks of
+    one's own: override them in a subclass (or set them on the instance), and
+    they are called on every request, the cached ones included.
     """
 
     def __init__(
@@ -366,11 +370,7 @@ class Guard:
         self.limiter = (
             FailureLimiter(timer=authenticator.cache.timer) if limiter == "default" else limiter
         )
-        # Only our own limiter's lockouts are known without asking check().
-        self._plain_limiter = type(self.limiter) is FailureLimiter
-        # The short path may skip authorize() only where it knows what it does:
-        # a subclass's own authorize() is called on every request.
-        self._own_authorize = type(self).authorize is Guard.authorize
+        self._plan_short_path()
         # RequestAuth is immutable: one per cached principal and scheme.
         self._request_auth: dict[str | None, PrincipalMemo[RequestAuth]] = {
             scheme: self._request_auth_memo(scheme) for scheme in (None, *get_args(Scheme))
@@ -380,6 +380,26 @@ class Guard:
         self._challenges = [("www-authenticate", challenge)]
         if allow_basic:
             self._challenges.append(("www-authenticate", f'Basic realm="{realm}"'))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name in _SHORT_PATH_INPUTS and "_plain_limiter" in self.__dict__:
+            self._plan_short_path()  # a hook or limiter set on the instance after start-up
+
+    def _plan_short_path(self) -> None:
+        """What the cached short path of :meth:`begin` may take for granted.
+
+        Only our own limiter's lockouts are known without asking ``check()``;
+        ``authorize()`` may be skipped, and ``credentials()`` read past, only
+        where they are ours: one a subclass or the instance defines is called
+        on every request, as the long path calls it.
+        """
+        hooks = self.__dict__
+        self._plain_limiter = type(self.limiter) is FailureLimiter
+        self._own_authorize = type(self).authorize is _AUTHORIZE and "authorize" not in hooks
+        self._own_credentials = (
+            type(self).credentials is _CREDENTIALS and "credentials" not in hooks
+        )
 
     def _request_auth_memo(self, scheme: str | None) -> PrincipalMemo[RequestAuth]:
         return PrincipalMemo(
@@ -441,6 +461,7 @@ class Guard:
         if (
             len(authorization) == 1
             and not query_tokens
+            and self._own_credentials
             # Not while some client is locked out: the brute-force guard then
             # needs every client's address. (_blocked is read lock-free, as
             # FailureLimiter.check does; the call is only for the rare case.)
@@ -749,6 +770,11 @@ class Guard:
 
 
 _BODY_ERROR = {401: "unauthorized", 429: "too_many_requests", 503: "temporarily_unavailable"}
+# Guard's own hooks, kept before anything can patch the class, and the attributes
+# whose change on an instance re-plans the short path.
+_AUTHORIZE = Guard.authorize
+_CREDENTIALS = Guard.credentials
+_SHORT_PATH_INPUTS = frozenset({"authorize", "credentials", "limiter"})
 
 
 def _can_write_somewhere(principal: Principal) -> bool:
