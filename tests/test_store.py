@@ -899,26 +899,35 @@ def test_a_store_replaced_after_its_check_is_not_read(
 
 
 @pytest.mark.parametrize(
-    ("directory_mode", "owner", "refused"),
+    ("directory_mode", "owner", "group", "refused"),
     [
-        pytest.param(0o700, None, None, id="private"),
-        pytest.param(0o755, None, None, id="readable"),
-        pytest.param(0o1777, None, None, id="sticky-like-tmp"),
-        pytest.param(0o777, None, "can be written by other users (mode 0777)", id="world-writable"),
-        pytest.param(0o770, None, "can be written by other users (mode 0770)", id="group-writable"),
-        pytest.param(0o755, 54321, "belongs to another user (uid 54321)", id="other-owner"),
+        pytest.param(0o700, None, None, None, id="private"),
+        pytest.param(0o755, None, None, None, id="readable"),
+        pytest.param(0o1777, None, None, None, id="sticky-like-tmp"),
+        # umask 002 distributions: the user's own group, with no other member.
+        pytest.param(0o775, None, None, None, id="own-private-group-writable"),
+        pytest.param(
+            0o777, None, None, "can be written by other users (mode 0777)", id="world-writable"
+        ),
+        pytest.param(
+            0o770, None, 54321, "can be written by other users (mode 0770)", id="group-writable"
+        ),
+        pytest.param(0o755, 54321, None, "belongs to another user (uid 54321)", id="other-owner"),
     ],
 )
 def test_the_directory_holding_the_store_must_be_safe(
-    tmp_path: Path, directory_mode: int, owner: int | None, refused: str | None
+    tmp_path: Path,
+    directory_mode: int,
+    owner: int | None,
+    group: int | None,
+    refused: str | None,
 ) -> None:
     """Who can write the directory can swap the store, or plant its -wal, at any time."""
     directory = tmp_path / "stores"
     directory.mkdir()
     LocalTokenStore(directory / "tokens.sqlite3").close()
     directory.chmod(directory_mode)
-    if owner is not None:
-        os.chown(directory, owner, -1)
+    os.chown(directory, -1 if owner is None else owner, -1 if group is None else group)
     link = tmp_path / "link.sqlite3"
     link.symlink_to(directory / "tokens.sqlite3")
 

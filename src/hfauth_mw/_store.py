@@ -17,7 +17,7 @@ Security caveats, stated plainly:
   refused unless it is a regular file, owned by the current user or root, that
   no other user can write and only its group may read, in a directory of the
   user or root that no other user can write (unless it is sticky, as ``/tmp``
-  is). The path may be a symbolic link to such a file (a Kubernetes Secret,
+  is, or writable only by the user's own private group). The path may be a symbolic link to such a file (a Kubernetes Secret,
   say): it is resolved once, and the file checked is the file opened. The
   files SQLite keeps beside it may not be links.
 * A file that is not an hfauth-mw store (another application's SQLite
@@ -38,6 +38,7 @@ Security caveats, stated plainly:
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import hmac
 import json
@@ -288,14 +289,28 @@ def _check_resolved(named: Path, file: Path) -> tuple[int, int]:
             f"(uid {held.st_uid}), who could replace the store; move the store to a "
             f"directory of yours, or run: chown {_user_name(uid)} {directory}"
         )
-    # Others may write a sticky directory (/tmp) but not rename or remove our files in it.
-    if held.st_mode & 0o022 and not held.st_mode & stat.S_ISVTX:
+    # Others may write a sticky directory (/tmp) but not rename or remove our files
+    # in it; a group of the user's own (umask 002 distributions) holds no one else.
+    writers = held.st_mode & (0o002 if _private_group(held.st_gid) else 0o022)
+    if writers and not held.st_mode & stat.S_ISVTX:
         raise TokenStoreError(
             f"the directory {directory} of token store {named} can be written by other "
             f"users (mode {held.st_mode & 0o777:04o}), who could replace the store; "
             f"run: chmod go-w {directory}"
         )
     return info.st_dev, info.st_ino
+
+
+def _private_group(gid: int) -> bool:
+    """Whether ``gid`` is the user's own group, with no other member (a user
+    private group, as Debian and Ubuntu give every user)."""
+    if gid != os.getegid():
+        return False
+    try:
+        members = grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return False
+    return set(members) <= {_user_name(os.geteuid())}
 
 
 def _can_write(path: Path) -> bool:
