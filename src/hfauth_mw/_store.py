@@ -17,9 +17,10 @@ Security caveats, stated plainly:
   refused unless it is a regular file, owned by the current user or root, that
   no other user can write and only its group may read, in a directory of the
   user or root that no other user can write (unless it is sticky, as ``/tmp``
-  is, or writable only by the user's own private group). The path may be a symbolic link to such a file (a Kubernetes Secret,
-  say): it is resolved once, and the file checked is the file opened. The
-  files SQLite keeps beside it may not be links.
+  is, or writable only by the user's own private group). The path may be a
+  symbolic link to such a file (a Kubernetes Secret, say): it is resolved
+  once, and the file checked is the file opened. The files SQLite keeps
+  beside it may not be links.
 * A file that is not an hfauth-mw store (another application's SQLite
   database, say) is refused, never converted.
 * A store that cannot be written here (a read-only mount, a directory the

@@ -101,10 +101,11 @@ def _current_auth() -> RequestAuth:
     # marks the response private if it sees a check made here.
     if streaming:
         raise RuntimeError(
-            "hfauth-mw: the caller was asked for inside a streamed body on a public path, "
-            "too late to answer 401 or mark the response private. Read "
-            "current_principal/current_auth in the view before it returns the stream, or "
-            "take the path out of public_paths."
+            "hfauth-mw: the caller was asked for on a public path while its streamed body "
+            "was being sent (inside the body, or in a teardown hook, which "
+            "stream_with_context runs after the body), too late to answer 401 or mark the "
+            "response private. Read current_principal/current_auth in the view before it "
+            "returns the stream, or take the path out of public_paths."
         )
     auth = authenticate_environ(_middleware(current_app).guard, environ)
     attach(environ, auth)
