@@ -71,6 +71,18 @@ async def stream(websocket: WebSocket) -> None:
     await websocket.close()
 
 
+async def socket_needs_write(websocket: WebSocket) -> None:
+    """Checks in the route, before or after accepting, as ?check= says."""
+    accept_first = websocket.query_params.get("check") == "after-accept"
+    if accept_first:
+        await websocket.accept()
+    get_request_auth(websocket).require("model:acme/sentiment", "write")
+    if not accept_first:
+        await websocket.accept()
+    await websocket.send_text("may write")
+    await websocket.close()
+
+
 async def require_write_in_route(request: Request) -> PlainTextResponse:
     get_request_auth(request).require("model:acme/sentiment", "write")
     return PlainTextResponse("written")
@@ -130,6 +142,7 @@ ROUTES = [
     Route("/anything", ok, methods=["GET", "POST", "DELETE"]),
     Route("/v1/models/{owner}/{name}/files", ok, methods=["GET", "DELETE"]),
     WebSocketRoute("/v1/models/{owner}/{name}/stream", stream),
+    WebSocketRoute("/socket-needs-write", socket_needs_write),
 ]
 RULES = [
     require_read("POST /v1/models/{owner}/{name}/infer"),
@@ -917,3 +930,40 @@ async def test_the_brute_force_guard_finds_the_client_behind_two_proxies(
         locked = await client.get("/whoami", headers=via_proxies("198.51.100.1", tokens["reader"]))
 
     assert (other.status_code, locked.status_code) == (200, 429)
+
+
+@pytest.mark.parametrize(
+    ("check", "who", "outcome"),
+    [
+        pytest.param("before-accept", "writer", "may write", id="allowed"),
+        pytest.param("before-accept", "reader", 403, id="refused-before-accept"),
+        pytest.param("after-accept", "writer", "may write", id="allowed-after-accept"),
+        pytest.param("after-accept", "reader", 1008, id="closed-after-accept"),
+    ],
+)
+def test_a_denial_raised_in_a_websocket_route_is_answered(make_app, tokens, check, who, outcome):
+    """Not the server's 1011 for an error: the handshake is refused with the
+    denial, or, once accepted, the socket is closed with 1008."""
+    from starlette.testclient import WebSocketDenialResponse
+    from starlette.websockets import WebSocketDisconnect
+
+    client = TestClient(make_app(), raise_server_exceptions=True)
+    url, headers = f"/socket-needs-write?check={check}", bearer(tokens[who])
+    if outcome == 403:
+        with (
+            pytest.raises(WebSocketDenialResponse) as denied,
+            client.websocket_connect(url, headers=headers),
+        ):
+            pass
+        assert denied.value.status_code == 403
+        assert "insufficient_scope" in denied.value.headers["www-authenticate"]
+    elif outcome == 1008:
+        with (
+            client.websocket_connect(url, headers=headers) as websocket,
+            pytest.raises(WebSocketDisconnect) as closed,
+        ):
+            websocket.receive_text()
+        assert (closed.value.code, closed.value.reason) == (1008, "insufficient_scope")
+    else:
+        with client.websocket_connect(url, headers=headers) as websocket:
+            assert websocket.receive_text() == outcome

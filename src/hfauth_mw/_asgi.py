@@ -9,7 +9,8 @@ Security caveats, plainly:
   depend on the body or on the route's own logic belong in the route, through
   ``request.scope["hfauth"]`` (a :class:`~hfauth_mw.RequestAuth`). A denial
   the route raises (``RequestAuth.require``) is answered as the middleware's
-  own, unless the response has already started.
+  own, unless the response has already started; on a WebSocket, it refuses
+  the handshake, or closes the socket with 1008 once accepted.
 * Public paths are served without checking any token: there ``request.user``
   is anonymous, whatever the request carries, and ``scope["hfauth"]`` is absent.
 * Responses to authenticated requests get ``Vary: Authorization`` and, unless
@@ -263,7 +264,7 @@ class HFAuthMiddleware:
         )
         scope["hfauth"] = auth
         if scope_type != "http":
-            await self.app(scope, receive, send)
+            await self._websocket(scope, receive, send)
             return
         # A denial the route raises (auth.require(...)) is answered here, as
         # FastAPI's install() and the Flask and Django adapters answer it,
@@ -279,6 +280,27 @@ class HFAuthMiddleware:
             if started:
                 raise
             await self._refuse_http(error, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app on an authenticated WebSocket; a denial it raises (``auth.require``)
+        refuses the handshake, or closes with 1008 once accepted, instead of the
+        server's 1011 for an error."""
+        state: list[str] = []  # "accepted", then "closed", as the app sends them
+
+        async def send_watched(message: Message) -> None:
+            kind = message["type"]
+            if kind == "websocket.accept":
+                state.append("accepted")
+            elif kind == "websocket.close" or kind == "websocket.http.response.start":
+                state.append("closed")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_watched)
+        except AuthenticationError as error:
+            if "closed" in state:
+                raise
+            await self._refuse_websocket(scope, error, send, accepted=bool(state))
 
     async def _render(self, request: Request, error: Exception) -> Response:
         assert isinstance(error, AuthenticationError)  # registered for it only
@@ -304,9 +326,11 @@ class HFAuthMiddleware:
         )
         await send({"type": "http.response.body", "body": response.body})
 
-    async def _refuse_websocket(self, scope: Scope, error: AuthenticationError, send: Send) -> None:
+    async def _refuse_websocket(
+        self, scope: Scope, error: AuthenticationError, send: Send, *, accepted: bool = False
+    ) -> None:
         response = self.guard.error_response(error)
-        if "websocket.http.response" in scope.get("extensions", {}):
+        if not accepted and "websocket.http.response" in scope.get("extensions", {}):
             await send(
                 {
                     "type": "websocket.http.response.start",
