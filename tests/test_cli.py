@@ -346,6 +346,32 @@ def test_console_script_inspect_waits_for_a_slow_pipe_with_hf_token_set(
     assert re.search(r"user:\s+carol ", inspected.stdout)
 
 
+def test_console_script_inspect_does_not_wait_on_a_line_that_never_ends(
+    store_path: Path, alice: str, carol: str
+) -> None:
+    """A pipe that sends part of a line and stays open is as silent as one that
+    sends nothing: an error after a few seconds, never a hang."""
+    writer = subprocess.Popen(
+        ["sh", "-c", 'printf "%s" "$0"; exec sleep 60', carol], stdout=subprocess.PIPE
+    )
+    try:
+        inspected = subprocess.run(
+            [str(CONSOLE_SCRIPT), "inspect", "--store", str(store_path)],
+            stdin=writer.stdout, capture_output=True, text=True, timeout=30, check=False,
+            env={**subprocess_env(), "HF_TOKEN": alice},
+        )  # fmt: skip
+    finally:
+        writer.kill()
+        writer.wait()
+    assert inspected.returncode == 2
+    assert inspected.stderr.startswith(
+        "hfauth-mw: error: no whole line on standard input after 3 s"
+    ), inspected.stderr
+    assert "with a newline after it" in inspected.stderr
+    assert alice not in inspected.stdout + inspected.stderr
+    assert carol not in inspected.stdout + inspected.stderr
+
+
 def _read_without_closing(process: subprocess.Popen[str]) -> tuple[str, str]:
     """Both outputs once the process exits, its stdin left open (communicate closes it)."""
     assert process.stdout is not None

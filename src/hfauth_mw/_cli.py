@@ -27,6 +27,7 @@ import socket
 import string
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -598,6 +599,8 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 _NO_TOKEN = "no token: set HF_TOKEN or pipe the token on standard input"
 _STDIN_WAIT_SECONDS = 3.0
+#: Past this many bytes without a newline, standard input holds no token.
+_MAX_TOKEN_LINE = 64 * 1024
 
 
 _ORIGINS = {"stdin": "standard input", "HF_TOKEN": "$HF_TOKEN", "prompt": "the prompt"}
@@ -610,20 +613,15 @@ def _read_token() -> tuple[str, str, str]:
     over ``$HF_TOKEN`` (often exported long ago, for the real Hub), and a blank
     line there is an error, never a reason to send ``$HF_TOKEN``. ``$HF_TOKEN``
     is used when standard input is a terminal, closed or empty; without it, a
-    terminal is prompted. With ``$HF_TOKEN`` set, a pipe that stays silent for
-    ``_STDIN_WAIT_SECONDS`` (a CI runner's, say) is an error, not a hang and
-    not a silent fallback that would send ``$HF_TOKEN`` where the piped
-    token was meant to go.
+    terminal is prompted. With ``$HF_TOKEN`` set, a pipe that sends no whole
+    line within ``_STDIN_WAIT_SECONDS`` (a CI runner's that stays silent, say)
+    is an error, not a hang and not a silent fallback that would send
+    ``$HF_TOKEN`` where the piped token was meant to go.
     """
     from_env = os.environ.get("HF_TOKEN", "").strip()
     stdin = sys.stdin
     if stdin is not None and not stdin.isatty():
-        if from_env and not _waiting(stdin, _STDIN_WAIT_SECONDS):
-            raise UsageError(
-                f"nothing on standard input after {_STDIN_WAIT_SECONDS:g} s, and $HF_TOKEN "
-                "is set: add </dev/null to inspect $HF_TOKEN, or pipe the token"
-            )
-        line = stdin.readline()
+        line = _first_line(stdin, _STDIN_WAIT_SECONDS) if from_env else stdin.readline()
         piped = line.strip()
         if piped:
             ignored = " ($HF_TOKEN, also set, ignored)" if from_env else ""
@@ -648,13 +646,31 @@ def _read_token() -> tuple[str, str, str]:
     return typed, "prompt", _ORIGINS["prompt"]
 
 
-def _waiting(stream: TextIO, timeout: float) -> bool:
-    """Whether data or end of file arrives on ``stream`` within ``timeout`` seconds."""
+def _first_line(stream: TextIO, timeout: float) -> str:
+    """The first line of ``stream`` (``""`` at once-closed input), which must
+    come whole within ``timeout`` seconds."""
     try:
-        ready, _, _ = select.select([stream], [], [], timeout)
+        fd = stream.fileno()
     except (OSError, ValueError, io.UnsupportedOperation):
-        return True  # not a file descriptor (an in-memory stream): it never blocks
-    return bool(ready)
+        return stream.readline()  # not a file descriptor (an in-memory stream): it never blocks
+    deadline = time.monotonic() + timeout
+    data = b""
+    # Read straight from the descriptor: a readline() on a line that never ends
+    # would wait forever, past any deadline. A token line is short.
+    while b"\n" not in data and len(data) <= _MAX_TOKEN_LINE:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise UsageError(
+                f"{'no whole line' if data else 'nothing'} on standard input after "
+                f"{timeout:g} s, and $HF_TOKEN is set: add </dev/null to inspect $HF_TOKEN, "
+                "or pipe the token with a newline after it"
+            )
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    line, newline, _ = data.partition(b"\n")
+    return line.decode("utf-8", "replace") + newline.decode()
 
 
 def _visibility_of(public: Sequence[Repo], gated: Sequence[Repo]) -> Callable[[Repo], Visibility]:
