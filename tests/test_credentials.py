@@ -35,6 +35,10 @@ def basic(user: str, password: str) -> str:
             id="basic-utf8-user",
         ),
         pytest.param([f"Bearer {TOKEN}".encode()], "bearer", TOKEN, None, id="bytes"),
+        # Around the field value, not part of it (RFC 9110 5.5); werkzeug's server keeps it.
+        pytest.param([f"Bearer {TOKEN} "], "bearer", TOKEN, None, id="trailing-space"),
+        pytest.param([f"Bearer {TOKEN}\t".encode()], "bearer", TOKEN, None, id="trailing-tab"),
+        pytest.param([f" {basic('u', TOKEN)} "], "basic", TOKEN, "u", id="basic-spaces-around"),
     ],
 )
 def test_valid_credentials(headers, scheme, token, username):

@@ -3,7 +3,9 @@ when the server opts in, one query-string parameter.
 
 Everything here is pure: headers in, :class:`Credentials` or an
 :class:`~hfauth_mw.InvalidRequest` out. Tokens are never normalised: no case
-folding, no trimming inside, no decoding beyond what Basic itself requires.
+folding, no trimming inside, no decoding beyond what Basic itself requires;
+only the spaces and tabs around the whole header value, which HTTP says are
+not part of it, are dropped.
 """
 
 from __future__ import annotations
@@ -95,7 +97,9 @@ def _decode_header(raw: bytes | str, max_bytes: int) -> str:
     if isinstance(raw, str):
         raw = raw.encode("latin-1", errors="replace")
     try:
-        return raw.decode("ascii")
+        # Spaces and tabs around a field value are not part of it (RFC 9110 5.5):
+        # werkzeug's server keeps them where wsgiref, gunicorn and h11 drop them.
+        return raw.decode("ascii").strip(" \t")
     except UnicodeDecodeError:
         raise InvalidRequest("The Authorization header is not ASCII") from None
 
