@@ -49,8 +49,9 @@ Security caveats, plainly:
   cross-site); requests with the token as the Basic password keep it, since
   browsers replay Basic credentials like cookies: a Basic client (git,
   ``curl -u``) reads, but its POST and PUT get Django's CSRF 403. Do not
-  ``@csrf_exempt`` token views unless you mean to let Basic clients write. The exemption is set by the middleware, before Django's CSRF
-  check runs; a decorator alone comes too late for it.
+  ``@csrf_exempt`` token views unless you mean to let Basic clients write.
+  The exemption is set by the middleware, before Django's CSRF check runs; a
+  decorator alone comes too late for it.
 * Under ASGI the middleware runs async and checks tokens without blocking the
   event loop; under WSGI it blocks the serving thread, for at most the
   source's timeout.
