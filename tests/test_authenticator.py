@@ -586,3 +586,38 @@ async def test_a_client_that_hands_the_body_over_already_read(driver, answer, ex
             await check
     else:
         assert (await check).name == expected
+
+
+class _ServiceToken(httpx.Auth):
+    """What an app's own Hub client carries: its own token on every request."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        yield request
+
+
+@pytest.mark.parametrize(
+    "driver", [pytest.param("sync", id="sync"), pytest.param("async", id="async")]
+)
+async def test_a_client_with_auth_of_its_own_never_replaces_the_callers_token(
+    driver, hub_emulator, hub_store
+):
+    """A client built for the app's own Hub calls (auth=its token) must not turn
+    every caller's token, garbage included, into the app's identity."""
+    service = hub_store.create_token(user="service-bot", role="write").token
+    authenticator = Authenticator(
+        HubWhoamiSource(hub_emulator.url),
+        client=httpx.Client(auth=_ServiceToken(service)),
+        async_client=httpx.AsyncClient(auth=_ServiceToken(service)),
+    )
+    garbage = Credentials.from_token("hf_" + "g" * 34)
+    check = (
+        asyncio.to_thread(authenticator.authenticate_sync, garbage)
+        if driver == "sync"
+        else authenticator.authenticate(garbage)
+    )
+    with pytest.raises(InvalidToken):
+        await check

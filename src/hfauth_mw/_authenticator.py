@@ -63,6 +63,12 @@ T = TypeVar("T")
 #: How many times waiters may take over flights whose leading request went away.
 _MAX_TAKEOVERS = 3
 
+# The request carries the caller's token already: a client of the user's own
+# with auth= (their Hub token, say) must not replace it, or every token would
+# pass as theirs. A plain Auth() adds nothing; None would still turn userinfo
+# in the URL into Basic credentials.
+_NO_AUTH = httpx.Auth()
+
 
 class LeaderCancelled(SourceUnavailable):
     """The request leading a flight was cancelled; a waiting request takes over."""
@@ -651,7 +657,7 @@ class Authenticator:
         deadline = time.monotonic() + _prepare(work, self.source.wait_timeout)
         try:
             with within(deadline):
-                response = client.send(work, stream=True, follow_redirects=False)
+                response = client.send(work, stream=True, follow_redirects=False, auth=_NO_AUTH)
                 try:
                     body = _AnswerBody(response, self.max_answer_bytes, deadline)
                     if response.is_stream_consumed:
@@ -701,7 +707,9 @@ class Authenticator:
         deadline = time.monotonic() + seconds
         try:
             async with asyncio.timeout(seconds):
-                response = await client.send(work, stream=True, follow_redirects=False)
+                response = await client.send(
+                    work, stream=True, follow_redirects=False, auth=_NO_AUTH
+                )
                 try:
                     body = _AnswerBody(response, self.max_answer_bytes, deadline)
                     if response.is_stream_consumed:
