@@ -5,7 +5,10 @@ pure. The same sources are proven over real loopback HTTP in
 test_authenticator.py and test_asgi.py.
 """
 
+import base64
+import http.server
 import json
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -15,14 +18,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hfauth_mw import (
+    Authenticator,
     ChainSource,
     ConfigurationError,
     Credentials,
     HubWhoamiSource,
     Invalid,
+    InvalidToken,
     LocalStoreSource,
     OAuthIntrospectionSource,
     SourceUnavailable,
+    TokenCache,
     Valid,
 )
 from hfauth_mw._sources import retry_after_from
@@ -588,3 +594,86 @@ def test_two_local_stores_never_share_a_cache_namespace(tmp_path):
     second = LocalStoreSource(LocalTokenStore(tmp_path / "b.sqlite3"))
     assert first.name != second.name
     assert LocalStoreSource(DictStore({})).name != LocalStoreSource(DictStore({})).name
+
+
+# --- RFC 7662 over a real endpoint on the loopback ---------------------------------------
+
+
+class _Introspection(http.server.BaseHTTPRequestHandler):
+    """An RFC 7662 endpoint at /o/introspect/ (django-oauth-toolkit's path, with its
+    slash) that tells each client something else: client "writer" hears the
+    token is active with scope write, any other client that it is inactive."""
+
+    paths: list[str]
+
+    def do_POST(self) -> None:
+        self.paths.append(self.path)
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        if self.path != "/o/introspect/":
+            self.send_response(301)
+            self.send_header("Location", "/o/introspect/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        client = base64.b64decode(self.headers["authorization"].split()[1]).split(b":")[0]
+        body = (
+            {"active": True, "sub": "alice", "scope": "write"}
+            if client == b"writer"
+            else {"active": False}
+        )
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def introspection_endpoint():
+    handler = type("Handler", (_Introspection,), {"paths": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/o/introspect/", handler.paths
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_rfc7662_endpoint_is_asked_at_the_url_given(introspection_endpoint):
+    """A trailing slash is part of the endpoint: without it, a redirect (a 503)."""
+    url, paths = introspection_endpoint
+    source = OAuthIntrospectionSource(url, client_id="writer", client_secret="s")
+    principal = Authenticator(source).authenticate_sync(Credentials.from_token(TOKEN))
+    assert (principal.name, principal.token_role) == ("alice", "write")
+    assert paths == ["/o/introspect/"]
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        pytest.param({"client_id": "reader"}, id="another-client"),
+        pytest.param({"client_id": "writer", "scope_roles": {"read": "read"}}, id="other-roles"),
+    ],
+)
+def test_rfc7662_sources_on_one_endpoint_never_share_answers(introspection_endpoint, second):
+    """Each client of the endpoint hears its own answer, and each scope mapping
+    makes its own principal: one cache (or one Redis) must keep them apart."""
+    url, paths = introspection_endpoint
+    cache = TokenCache()
+    first = OAuthIntrospectionSource(url, client_id="writer", client_secret="s")
+    other = OAuthIntrospectionSource(url, client_secret="s", **second)
+    credentials = Credentials.from_token(TOKEN)
+    assert Authenticator(first, cache=cache).authenticate_sync(credentials).token_role == "write"
+
+    if second["client_id"] == "reader":
+        with pytest.raises(InvalidToken):
+            Authenticator(other, cache=cache).authenticate_sync(credentials)
+    else:
+        assert Authenticator(other, cache=cache).authenticate_sync(credentials).token_role is None
+    assert len(paths) == 2  # asked again, not answered from the first source's entry

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import hashlib
 import ipaddress
 import json
 import math
@@ -108,7 +109,7 @@ def decode_json(response: httpx.Response, source: str) -> Any:
         raise SourceUnavailable("The token source answered malformed JSON") from None
 
 
-def check_base_url(url: str, *, allow_insecure_http: bool, what: str) -> str:
+def check_url(url: str, *, allow_insecure_http: bool, what: str) -> str:
     """Refuse URLs that would send tokens in clear text to another machine."""
     require_bool("allow_insecure_http", allow_insecure_http)
     parts = urlsplit(url) if isinstance(url, str) else None
@@ -126,7 +127,7 @@ def check_base_url(url: str, *, allow_insecure_http: bool, what: str) -> str:
             f"{what} {url!r} is plain http on a non-loopback host: tokens would cross the "
             f"network in clear text. Use https, or pass allow_insecure_http=True{how}."
         )
-    return url.rstrip("/")
+    return url
 
 
 # A hub_url that already names the endpoint would ask for /api/whoami-v2/api/whoami-v2.
@@ -185,9 +186,9 @@ class HubWhoamiSource:
         allow_insecure_http: bool = False,
         name: str | None = None,
     ) -> None:
-        self.hub_url = check_base_url(
+        self.hub_url = check_url(
             hub_url, allow_insecure_http=allow_insecure_http, what="hub_url"
-        )
+        ).rstrip("/")
         endpoint = _WHOAMI_PATH.search(self.hub_url)
         if endpoint is not None:
             raise ConfigurationError(
@@ -277,7 +278,9 @@ class OAuthIntrospectionSource:
         allow_insecure_http: bool = False,
         name: str | None = None,
     ) -> None:
-        self.url = check_base_url(url, allow_insecure_http=allow_insecure_http, what="url")
+        # The endpoint as given: django-oauth-toolkit's ends in "/", and without it
+        # the server answers a redirect, which is never followed.
+        self.url = check_url(url, allow_insecure_http=allow_insecure_http, what="url")
         if not client_id or not client_secret:
             raise ConfigurationError("client_id and client_secret are both required")
         unknown = sorted(set(scope_roles.values()) - set(_ROLE_RANK))
@@ -289,7 +292,20 @@ class OAuthIntrospectionSource:
         self._auth_header = "Basic " + base64.b64encode(pair).decode("ascii")
         self.scope_roles = dict(scope_roles)
         self.timeout = request_timeout(timeout)
-        self._name = name or f"rfc7662:{self.url}"
+        # The cache's namespace: another client of the same endpoint may be told
+        # otherwise about a token (RFC 7662 section 2.2), and other scope_roles
+        # make other principals of the same answer; neither may read these entries.
+        self._name = name or (
+            f"rfc7662:{self.url}?client_id={quote_plus(client_id)}"
+            + (
+                ""
+                if self.scope_roles == DEFAULT_SCOPE_ROLES
+                else "&scope_roles="
+                + hashlib.sha256(json.dumps(self.scope_roles, sort_keys=True).encode()).hexdigest()[
+                    :12
+                ]
+            )
+        )
 
     @property
     def name(self) -> str:
