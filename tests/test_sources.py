@@ -282,6 +282,10 @@ def test_whoami_trouble_is_unavailable_never_invalid(response):
         pytest.param({"retry-after": "soon"}, 5, id="garbage"),
         pytest.param({"ratelimit": '"api";r=0;t=42'}, 42, id="ratelimit-header"),
         pytest.param({"retry-after": "Thu, 01 Jan 2099 00:00:00 GMT"}, 300, id="http-date"),
+        # Latin-1 header text: str.isdigit() takes these, int() does not.
+        pytest.param({"retry-after": b"\xb2"}, 5, id="superscript-two"),
+        pytest.param({"retry-after": "9" * 5000}, 300, id="past-int-limit"),
+        pytest.param({"ratelimit": '"api";r=0;t=' + "9" * 5000}, 300, id="ratelimit-past-limit"),
     ],
 )
 def test_retry_after(headers, expected):

@@ -48,7 +48,9 @@ DEFAULT_MAX_ANSWER_BYTES = 256 * 1024
 #: Bounds on Retry-After we pass on: at least 1 s, never ask clients to wait hours.
 MIN_RETRY_AFTER, MAX_RETRY_AFTER, DEFAULT_RETRY_AFTER = 1, 300, 5
 
-_RATELIMIT_RESET = re.compile(r"(?:^|[;,\s])t=(\d+)")
+_RATELIMIT_RESET = re.compile(r"(?:^|[;,\s])t=([0-9]+)")
+# ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+_SECONDS = re.compile(r"[0-9]+")
 _USER_AGENT = "hfauth-mw"
 
 
@@ -66,8 +68,8 @@ def _upstream_retry_after(headers: httpx.Headers, now: float | None = None) -> i
     value = headers.get("retry-after")
     if value is not None:
         value = value.strip()
-        if value.isdigit():
-            seconds = int(value)
+        if _SECONDS.fullmatch(value):
+            seconds = _bounded_int(value)
         else:
             try:
                 when = email.utils.parsedate_to_datetime(value)
@@ -77,10 +79,15 @@ def _upstream_retry_after(headers: httpx.Headers, now: float | None = None) -> i
     if seconds is None:
         match = _RATELIMIT_RESET.search(headers.get("ratelimit", ""))
         if match:
-            seconds = int(match.group(1))
+            seconds = _bounded_int(match.group(1))
     if seconds is None:
         return None
     return int(min(MAX_RETRY_AFTER, max(MIN_RETRY_AFTER, seconds)))
+
+
+def _bounded_int(digits: str) -> int:
+    # Past any wait we pass on, and short of int()'s limit on thousands of digits.
+    return int(digits) if len(digits) <= 9 else MAX_RETRY_AFTER
 
 
 def unavailable_for(response: httpx.Response, source: str) -> SourceUnavailable:
