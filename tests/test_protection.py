@@ -79,6 +79,33 @@ def test_upstream_retry_after_is_honoured(clock):
     breaker.acquire()
 
 
+@pytest.mark.parametrize(
+    ("asked", "open_after_success"),
+    [
+        pytest.param(30, True, id="upstream-asked-to-wait"),
+        pytest.param(None, False, id="failures-only"),
+    ],
+)
+def test_a_success_already_running_does_not_lift_the_upstreams_wait(
+    clock, asked, open_after_success
+):
+    """A call sent before the Hub's 429 succeeds after it: the Hub's
+    Retry-After still holds, while a cool-down of our own ends with a success."""
+    breaker = UpstreamBreaker(failure_threshold=1, cooldown=10, timer=clock)
+    breaker.acquire()  # sent first, answered last
+    breaker.acquire()
+    breaker.release(FAIL, upstream_retry_after=asked)
+    breaker.release(None)
+
+    assert (breaker.state == "open") is open_after_success
+    if open_after_success:
+        with pytest.raises(SourceUnavailable) as caught:
+            breaker.acquire()
+        assert caught.value.retry_after == 30
+        clock.advance(30)
+    breaker.acquire()
+
+
 def test_concurrency_bound(clock):
     breaker = UpstreamBreaker(max_concurrent=2, timer=clock)
     breaker.acquire()

@@ -54,7 +54,10 @@ class UpstreamBreaker:
         self._lock = threading.Lock()
         self._running = 0
         self._failures = 0
-        self._open_until = -math.inf
+        self._open_until = -math.inf  # the cool-down after failures in a row
+        # What the upstream asked for (Retry-After): a success of a call that was
+        # already running does not lift it.
+        self._asked_until = -math.inf
         self._trial_running = False
         self.rejected = 0
 
@@ -65,7 +68,7 @@ class UpstreamBreaker:
     def state(self) -> str:
         """``closed``, ``open`` or ``half-open``."""
         with self._lock:
-            if self.timer() < self._open_until:
+            if self.timer() < max(self._open_until, self._asked_until):
                 return "open"
             return "half-open" if self._failures >= self.failure_threshold else "closed"
 
@@ -73,11 +76,12 @@ class UpstreamBreaker:
         """Take a slot for one upstream call, or raise SourceUnavailable."""
         with self._lock:
             now = self.timer()
-            if now < self._open_until:
+            until = max(self._open_until, self._asked_until)
+            if now < until:
                 self.rejected += 1
                 raise SourceUnavailable(
                     "The token source is failing; not asking it again yet",
-                    retry_after=math.ceil(self._open_until - now),
+                    retry_after=math.ceil(until - now),
                 )
             if self._failures >= self.failure_threshold:
                 if self._trial_running:
@@ -112,12 +116,10 @@ class UpstreamBreaker:
                 self._open_until = -math.inf
                 return
             self._failures += 1
-            until = -math.inf
             if self._failures >= self.failure_threshold:
-                until = now + self.cooldown
+                self._open_until = max(self._open_until, now + self.cooldown)
             if upstream_retry_after is not None:
-                until = max(until, now + upstream_retry_after)
-            self._open_until = max(self._open_until, until)
+                self._asked_until = max(self._asked_until, now + upstream_retry_after)
 
 
 def client_address(
