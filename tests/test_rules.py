@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hfauth_mw import _rules
+from hfauth_mw import ConfigurationError, _rules
 from hfauth_mw._principal import (
     ANONYMOUS,
     OrgMembership,
@@ -36,6 +36,8 @@ ORG_TOKEN = "api_org_" + "AbCdEfGhIjKlMnOpQrStUvWxYz0123"
 
 PUBLIC = Visibility.PUBLIC
 GATED = Visibility.GATED
+#: What an OAuth token reads by default: whoami-v2 does not report its scopes.
+OAUTH_PUBLIC_ONLY = "OAuth token, scopes not reported: public repositories only"
 PRIVATE = Visibility.PRIVATE
 
 OWN = Repo("model", "alice", "m")
@@ -198,7 +200,12 @@ READ_ROWS = [
         WRITE, BOB, GATED, True, "read allowed: gated repository, classic token", id="write-gated"
     ),
     pytest.param(
-        OAUTH, BOB, GATED, True, "read allowed: gated repository, classic token", id="oauth-gated"
+        OAUTH,
+        BOB,
+        GATED,
+        False,
+        f"read denied: {OAUTH_PUBLIC_ONLY}",
+        id="oauth-gated",
     ),
     pytest.param(
         fine(scoped=(grant("model", "acme/x", "repo.content.read"),)),
@@ -339,9 +346,22 @@ READ_ROWS = [
         id="classic-resource-group-not-applied",
     ),
     pytest.param(
-        OAUTH, OWN, PRIVATE, True, "read allowed: model alice/m, own namespace", id="oauth-own"
+        OAUTH,
+        OWN,
+        PRIVATE,
+        False,
+        f"read denied: {OAUTH_PUBLIC_ONLY}",
+        id="oauth-own",
     ),
-    pytest.param(OAUTH, BOB, PRIVATE, False, "is private and outside", id="oauth-outside"),
+    pytest.param(
+        OAUTH,
+        BOB,
+        PRIVATE,
+        False,
+        f"read denied: {OAUTH_PUBLIC_ONLY}",
+        id="oauth-outside",
+    ),
+    pytest.param(OAUTH, BOB, PUBLIC, True, "read allowed: public repository", id="oauth-public"),
     # private, fine-grained
     pytest.param(
         fine(scoped=(grant("model", "alice/m", "repo.content.read"),)),
@@ -508,7 +528,14 @@ READ_ROWS = [
     pytest.param(
         P_WRITE, Repo("model", "hub.js", "x"), PRIVATE, True, "own namespace", id="whoami-write-own"
     ),
-    pytest.param(P_OAUTH, ACME, PRIVATE, True, "role admin in org acme", id="whoami-oauth-org"),
+    pytest.param(
+        P_OAUTH,
+        ACME,
+        PRIVATE,
+        False,
+        OAUTH_PUBLIC_ONLY,
+        id="whoami-oauth-org",
+    ),
     pytest.param(
         P_ROLELESS_ORG,
         ACME,
@@ -532,6 +559,61 @@ def test_can_read(
     assert decision.needed == "repo.content.read"
 
 
+@pytest.mark.parametrize(
+    ("check", "allowed", "reason"),
+    [
+        pytest.param(
+            lambda p: p.can_read(OAUTH, OWN),
+            True,
+            "read allowed: model alice/m, own namespace",
+            id="own-private",
+        ),
+        pytest.param(
+            lambda p: p.can_read(P_OAUTH, ACME), True, "role admin in org acme", id="org-private"
+        ),
+        pytest.param(
+            lambda p: p.can_read(OAUTH, BOB), False, "is private and outside", id="outside"
+        ),
+        pytest.param(
+            lambda p: AccessPolicy(visibility=lambda repo: GATED, oauth_reads=True).can_read(
+                OAUTH, BOB
+            ),
+            True,
+            "read allowed: gated repository, classic token",
+            id="gated",
+        ),
+        pytest.param(
+            lambda p: p.can_write(OAUTH, OWN),
+            False,
+            "write denied: OAuth token, scopes not reported: never writes",
+            id="never-writes",
+        ),
+        pytest.param(
+            lambda p: p.has_permission(OAUTH, "user.webhooks.read"),
+            True,
+            "classic read token",
+            id="read-permission",
+        ),
+        pytest.param(
+            lambda p: p.has_permission(OAUTH, "discussion.write"),
+            False,
+            "grants only *.read",
+            id="write-permission",
+        ),
+    ],
+)
+def test_oauth_tokens_read_as_read_tokens_only_when_the_server_says_so(check, allowed, reason):
+    """AccessPolicy(oauth_reads=True): for a server whose OAuth app asks read-repos."""
+    decision = check(AccessPolicy(oauth_reads=True))
+    assert decision.allowed is allowed
+    assert reason in decision.reason
+
+
+def test_oauth_reads_must_be_a_real_boolean():
+    with pytest.raises(ConfigurationError):
+        AccessPolicy(oauth_reads="false")  # type: ignore[arg-type]
+
+
 # --- write ------------------------------------------------------------------------------
 
 WRITE_ROWS = [
@@ -550,8 +632,8 @@ WRITE_ROWS = [
         OWN,
         False,
         False,
-        "write denied: token role read (OAuth token, scopes not reported)",
-        id="oauth-as-read",
+        "write denied: OAuth token, scopes not reported: never writes",
+        id="oauth-never-writes",
     ),
     pytest.param(
         UNKNOWN,
@@ -780,9 +862,7 @@ WRITE_ROWS = [
         "write denied: not a member of acme",
         id="whoami-write-not-member",
     ),
-    pytest.param(
-        P_OAUTH, ACME, True, False, "write denied: token role read (OAuth", id="whoami-oauth"
-    ),
+    pytest.param(P_OAUTH, ACME, True, False, "write denied: OAuth token", id="whoami-oauth"),
 ]
 
 
@@ -954,10 +1034,20 @@ PERMISSION_ROWS = [
         id="read-token-org-no-access",
     ),
     pytest.param(
-        OAUTH, "user.webhooks.read", None, True, "classic read token", id="oauth-read-perm"
+        OAUTH,
+        "user.webhooks.read",
+        None,
+        False,
+        OAUTH_PUBLIC_ONLY,
+        id="oauth-read-perm",
     ),
     pytest.param(
-        OAUTH, "discussion.write", None, False, "grants only *.read", id="oauth-write-perm"
+        OAUTH,
+        "discussion.write",
+        None,
+        False,
+        OAUTH_PUBLIC_ONLY,
+        id="oauth-write-perm",
     ),
     # fine-grained
     pytest.param(

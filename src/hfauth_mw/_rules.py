@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from ._checks import require_bool
 from ._principal import Principal, ScopedGrant
 
 __all__ = [
@@ -186,20 +187,30 @@ def _decide(allowed: bool, reason: str, needed: str) -> Decision:
 # --- who the token speaks for ------------------------------------------------------------
 
 
-def _token_role(principal: Principal) -> str | None:
+def _token_role(principal: Principal, *, oauth_reads: bool = False) -> str | None:
     """``read``, ``write`` or ``fineGrained``; ``None`` when the role grants nothing."""
     role = principal.token_role
     if role in _TOKEN_ROLES:
         return role
-    if role is None and principal.auth_type == "oauth":
-        # whoami-v2 reports no role and no scopes for OAuth tokens: read, no more.
+    if oauth_reads and _unscoped_oauth(principal):
         return "read"
     return None
 
 
-def _role_text(principal: Principal) -> str:
-    if principal.token_role is None and principal.auth_type == "oauth":
-        return "token role read (OAuth token, scopes not reported)"
+def _unscoped_oauth(principal: Principal) -> bool:
+    # whoami-v2 reports neither a role nor the scopes of OAuth tokens: one asked
+    # for "openid profile" alone must not read what a read token reads.
+    return principal.token_role is None and principal.auth_type == "oauth"
+
+
+def _role_text(principal: Principal, *, oauth_reads: bool = False) -> str:
+    if _unscoped_oauth(principal):
+        if oauth_reads:
+            return "OAuth token read as a read token (AccessPolicy(oauth_reads=True)), never writes"
+        return (
+            "OAuth token, scopes not reported: public repositories only "
+            "(AccessPolicy(oauth_reads=True) to read as a read token)"
+        )
     if principal.token_role is None:
         return "token role is missing"
     if principal.token_role in _TOKEN_ROLES:
@@ -321,19 +332,30 @@ def _fine_grained(
 
 
 def can_read(
-    principal: Principal, repo: Repo, *, visibility: Visibility = Visibility.PRIVATE
+    principal: Principal,
+    repo: Repo,
+    *,
+    visibility: Visibility = Visibility.PRIVATE,
+    oauth_reads: bool = False,
 ) -> Decision:
-    """May ``principal`` read the contents of ``repo``? Needs ``repo.content.read``."""
+    """May ``principal`` read the contents of ``repo``? Needs ``repo.content.read``.
+
+    ``oauth_reads``: read an OAuth token whoami-v2 reports no scopes for as a
+    read token (only for a server whose OAuth app always asks ``read-repos``);
+    by default it reads public repositories only.
+    """
     visibility = Visibility(visibility)
     needed = READ_PERMISSION
     if visibility is Visibility.PUBLIC:
         return _decide(True, "read allowed: public repository", needed)
     if principal.is_anonymous:
         return _decide(False, "read denied: authentication required", needed)
-    role = _token_role(principal)
+    role = _token_role(principal, oauth_reads=oauth_reads)
     entity = Entity(repo.type, repo.id)
     if role is None:
-        return _decide(False, f"read denied: {_role_text(principal)}", needed)
+        return _decide(
+            False, f"read denied: {_role_text(principal, oauth_reads=oauth_reads)}", needed
+        )
     if role == "fineGrained":
         if visibility is Visibility.GATED:
             # The Hub's checkbox: "read access to contents of all public gated repos
@@ -374,6 +396,10 @@ def can_write(principal: Principal, repo: Repo, *, caller_created: bool = False)
         return _decide(False, "write denied: authentication required", needed)
     role = _token_role(principal)
     entity = Entity(repo.type, repo.id)
+    if _unscoped_oauth(principal):
+        return _decide(
+            False, "write denied: OAuth token, scopes not reported: never writes", needed
+        )
     if role is None or role == "read":
         return _decide(False, f"write denied: {_role_text(principal)}", needed)
     if role == "fineGrained":
@@ -397,7 +423,11 @@ _REPO_PERMISSION_PREFIX = "repo."
 
 
 def has_permission(
-    principal: Principal, permission: str, entity: Entity | Repo | None = None
+    principal: Principal,
+    permission: str,
+    entity: Entity | Repo | None = None,
+    *,
+    oauth_reads: bool = False,
 ) -> Decision:
     """Does ``principal`` hold ``permission`` (an opaque name), on ``entity`` if given?
 
@@ -405,7 +435,7 @@ def has_permission(
     every other permission needs write rights there (the org cap). A
     fine-grained token's global permission holds on any entity, except a
     ``repo.*`` one, which is still capped there as :func:`can_read` and
-    :func:`can_write` cap it.
+    :func:`can_write` cap it. ``oauth_reads`` is :func:`can_read`'s.
     """
     if not isinstance(permission, str):
         raise TypeError(f"a permission is a string, not {type(permission).__name__}")
@@ -415,9 +445,11 @@ def has_permission(
     access: Access = "read" if permission.endswith(".read") else "write"
     if principal.is_anonymous:
         return _decide(False, "permission denied: authentication required", needed)
-    role = _token_role(principal)
+    role = _token_role(principal, oauth_reads=oauth_reads)
     if role is None:
-        return _decide(False, f"permission denied: {_role_text(principal)}", needed)
+        return _decide(
+            False, f"permission denied: {_role_text(principal, oauth_reads=oauth_reads)}", needed
+        )
     if role == "fineGrained":
         if permission in principal.global_permissions:
             if target is None or not permission.startswith(_REPO_PERMISSION_PREFIX):
@@ -482,18 +514,26 @@ class AccessPolicy:
     says whether the caller created it (default: never; it is asked only for
     authenticated principals). Exceptions raised by the callbacks propagate:
     a server that cannot tell must not be answered "allowed".
+
+    ``oauth_reads``: whoami-v2 reports no scopes for Hub OAuth tokens, so by
+    default they read public repositories only (a token asked for ``openid
+    profile`` alone must not read private ones); set it when your OAuth app
+    always asks for ``read-repos``, and such tokens read as read tokens. They
+    never write.
     """
 
-    __slots__ = ("_caller_created", "_visibility")
+    __slots__ = ("_caller_created", "_visibility", "oauth_reads")
 
     def __init__(
         self,
         *,
         visibility: Callable[[Repo], Visibility] | None = None,
         caller_created: Callable[[Principal, Repo], bool] | None = None,
+        oauth_reads: bool = False,
     ) -> None:
         self._visibility = visibility
         self._caller_created = caller_created
+        self.oauth_reads = require_bool("oauth_reads", oauth_reads)
 
     def _visibility_of(self, repo: Repo) -> Visibility:
         return (
@@ -506,7 +546,9 @@ class AccessPolicy:
         return self._caller_created(principal, repo) is True
 
     def can_read(self, principal: Principal, repo: Repo) -> Decision:
-        return can_read(principal, repo, visibility=self._visibility_of(repo))
+        return can_read(
+            principal, repo, visibility=self._visibility_of(repo), oauth_reads=self.oauth_reads
+        )
 
     def can_write(self, principal: Principal, repo: Repo) -> Decision:
         return can_write(principal, repo, caller_created=self._created_by(principal, repo))
@@ -514,7 +556,7 @@ class AccessPolicy:
     def has_permission(
         self, principal: Principal, permission: str, entity: Entity | Repo | None = None
     ) -> Decision:
-        return has_permission(principal, permission, entity)
+        return has_permission(principal, permission, entity, oauth_reads=self.oauth_reads)
 
     def check(self, principal: Principal, repo: Repo, access: Literal["read", "write"]) -> Decision:
         if access == "read":
