@@ -180,6 +180,26 @@ async def test_expired_token_is_invalid_even_when_cached(make_authenticator, hub
         await authenticator.authenticate(credentials)
 
 
+async def test_an_expired_token_is_asked_upstream_once_not_at_every_retry(
+    make_authenticator, hub_store, hub_emulator, clock
+):
+    """whoami-v2 is heavily rate-limited: a client retrying an expired token must
+    not cost one upstream call per try."""
+    expires = datetime.fromtimestamp(clock() - 60, UTC)
+    issued = hub_store.create_token(user="erin", role="read", expires_at=expires)
+    credentials = Credentials.from_token(issued.token)
+    authenticator = make_authenticator(ttl=60, negative_ttl=10)
+    for _ in range(20):
+        with pytest.raises(InvalidToken, match="expired"):
+            await authenticator.authenticate(credentials)
+    assert hub_emulator.whoami_calls == 1
+    assert authenticator.stats()["decisions_expired"] == 20
+    clock.advance(10)  # the negative answer's life: asked again
+    with pytest.raises(InvalidToken, match="expired"):
+        await authenticator.authenticate(credentials)
+    assert hub_emulator.whoami_calls == 2
+
+
 async def test_a_waiter_takes_over_when_the_leader_is_cancelled(
     make_authenticator, hub_emulator, alice
 ):

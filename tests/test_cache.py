@@ -5,6 +5,7 @@ import pytest
 
 from hfauth_mw import ConfigurationError, Invalid, Principal, TokenCache, Valid
 from hfauth_mw._cache import Leader
+from hfauth_mw._outcome import EXPIRED
 
 
 def valid(expires_in: float | None, clock) -> Valid:
@@ -24,7 +25,6 @@ def settle(cache: TokenCache, key: bytes, outcome) -> None:
         pytest.param(None, 60, 59.9, 60.0, id="ttl-without-expiry"),
         pytest.param(3600, 60, 59.9, 60.0, id="ttl-shorter-than-expiry"),
         pytest.param(20, 60, 19.9, 20.0, id="expiry-caps-ttl"),
-        pytest.param(-1, 60, None, 0.0, id="already-expired-not-served"),
     ],
 )
 def test_positive_lifetime(clock, expires_in, ttl, alive_at, gone_at):
@@ -36,6 +36,20 @@ def test_positive_lifetime(clock, expires_in, ttl, alive_at, gone_at):
         clock.now = start + alive_at
         assert cache.get(b"k") is outcome
     clock.now = start + gone_at
+    assert cache.get(b"k") is None
+
+
+@pytest.mark.parametrize("expired_for", [pytest.param(1, id="a-second"), pytest.param(0, id="now")])
+def test_an_expired_answer_is_remembered_as_a_negative_one(clock, expired_for):
+    """No source will call an expired token valid again: its retries are answered
+    here for negative_ttl, not by another upstream call each."""
+    cache = TokenCache(ttl=60, negative_ttl=10, timer=clock, clock=clock)
+    settle(cache, b"k", valid(-expired_for, clock))
+    assert cache.fresh(b"k") is None
+    clock.advance(9.9)
+    assert cache.get(b"k") == EXPIRED
+    assert not isinstance(cache.begin(b"k"), Leader)
+    clock.advance(0.1)
     assert cache.get(b"k") is None
 
 

@@ -30,7 +30,7 @@ from ._credentials import Credentials
 from ._deadline import bounded_transport, within
 from ._exceptions import ConfigurationError, InvalidToken, SourceUnavailable
 from ._metrics import Metrics
-from ._outcome import Flow, IntrospectionSource, Invalid, Outcome, Valid, WaitFor
+from ._outcome import EXPIRED, Flow, IntrospectionSource, Invalid, Outcome, Valid, WaitFor
 from ._principal import Principal, fingerprint_of, token_digest
 from ._protection import UpstreamBreaker
 from ._shared import (
@@ -599,6 +599,9 @@ class Authenticator:
         return counters
 
     def _settle(self, outcome: Outcome) -> Principal:
+        if outcome == EXPIRED:  # expired when it was cached
+            next(self.metrics.expired)
+            raise InvalidToken("The access token has expired")
         if isinstance(outcome, Invalid):
             next(self.metrics.invalid)
             raise InvalidToken()

@@ -39,7 +39,7 @@ from cachetools import TLRUCache
 
 from ._exceptions import ConfigurationError
 from ._metrics import count_value
-from ._outcome import Invalid, Outcome, Valid
+from ._outcome import EXPIRED, Invalid, Outcome, Valid
 
 __all__ = [
     "DEFAULT_MAXSIZE",
@@ -211,6 +211,10 @@ class TokenCache:
             f"negative_size={len(self._negative)}/{self._negative.maxsize})"
         )
 
+    def _has_expired(self, outcome: Valid) -> bool:
+        expires_at = outcome.principal.expires_at
+        return expires_at is not None and expires_at.timestamp() <= self.clock()
+
     def lifetime(self, outcome: Valid) -> float:
         """Seconds the answer is fresh: the TTL, capped by the token's remaining life."""
         expires_at = outcome.principal.expires_at
@@ -298,6 +302,8 @@ class TokenCache:
             leader.future.set_result(outcome)
 
     def _store(self, key: bytes, outcome: Outcome, max_age: float | None = None) -> None:
+        if isinstance(outcome, Valid) and self._has_expired(outcome):
+            outcome = EXPIRED
         if isinstance(outcome, Invalid):
             # The source has said no: an older positive answer, kept for
             # stale-if-error, must never be served again.

@@ -39,6 +39,10 @@ class Invalid:
     reason: str = "unknown or revoked token"
 
 
+#: What the cache keeps for a token that was valid but has expired: no source
+#: will say otherwise again, so retries are answered here, not upstream.
+EXPIRED = Invalid("the access token has expired")
+
 Outcome = Valid | Invalid
 
 
