@@ -1241,6 +1241,62 @@ PERMISSION_ROWS = [
 ]
 
 
+SETTINGS = "changes the org's settings, which needs role admin in org acme"
+
+
+@pytest.mark.parametrize(
+    ("principal", "permission", "allowed", "reason"),
+    [
+        pytest.param(
+            user("write", org("acme", "admin")), "org.write", True, "role admin", id="admin"
+        ),
+        pytest.param(
+            user("write", org("acme", "write")),
+            "org.write",
+            False,
+            f"{SETTINGS} (role write)",
+            id="write-member",
+        ),
+        pytest.param(
+            fine(org("acme", "write"), scoped=(grant("org", "acme", "org.write"),)),
+            "org.write",
+            False,
+            f"{SETTINGS} (role write)",
+            id="fine-grained-entry-write-member",
+        ),
+        pytest.param(
+            fine(org("acme", "admin"), scoped=(grant("org", "acme", "org.write"),)),
+            "org.write",
+            True,
+            "role admin",
+            id="fine-grained-entry-admin",
+        ),
+        pytest.param(
+            fine(org("acme", "write"), global_=("org.write",)),
+            "org.write",
+            False,
+            f"{SETTINGS} (role write)",
+            id="global-write-member",
+        ),
+        pytest.param(
+            fine(global_=("org.write",)),
+            "org.write",
+            False,
+            f"{SETTINGS} (not a member)",
+            id="global-not-a-member",
+        ),
+        pytest.param(
+            user("read", org("acme", "read")), "org.read", True, "role read", id="reading-settings"
+        ),
+    ],
+)
+def test_org_settings_need_the_admin_role(principal, permission, allowed, reason):
+    """hub-tokens.md: admin is write plus org settings, whatever grants the permission."""
+    decision = has_permission(principal, permission, ORG_ACME)
+    assert decision.allowed is allowed
+    assert reason in decision.reason
+
+
 @pytest.mark.parametrize(
     ("principal", "permission", "entity", "allowed", "reason"), PERMISSION_ROWS
 )

@@ -435,11 +435,41 @@ def has_permission(
     every other permission needs write rights there (the org cap). A
     fine-grained token's global permission holds on any entity, except a
     ``repo.*`` one, which is still capped there as :func:`can_read` and
-    :func:`can_write` cap it. ``oauth_reads`` is :func:`can_read`'s.
+    :func:`can_write` cap it. An ``org.*`` permission that is not a read, on
+    an organization, changes its settings: it needs the org role ``admin``
+    (the Hub's rule), whatever grants it. ``oauth_reads`` is :func:`can_read`'s.
     """
     if not isinstance(permission, str):
         raise TypeError(f"a permission is a string, not {type(permission).__name__}")
     target = Entity(entity.type, entity.id) if isinstance(entity, Repo) else entity
+    decision = _permission(principal, permission, target, oauth_reads)
+    if (
+        decision.allowed
+        and target is not None
+        and target.type == "org"
+        and permission.startswith(_ORG_PERMISSION_PREFIX)
+        and not permission.endswith(".read")
+    ):
+        membership = principal.org(target.name)
+        role = membership.role if membership is not None else None
+        if role != "admin":
+            held = f"role {_safe(role)}" if role is not None else "not a member"
+            return _decide(
+                False,
+                f"permission denied: {_safe(permission)} on {target} changes the org's "
+                f"settings, which needs role admin in org {_safe(target.name)} ({held})",
+                permission,
+            )
+    return decision
+
+
+#: Permissions on an organization's settings, beyond reading them: admins only.
+_ORG_PERMISSION_PREFIX = "org."
+
+
+def _permission(
+    principal: Principal, permission: str, target: Entity | None, oauth_reads: bool
+) -> Decision:
     needed = permission
     name = _safe(permission)
     access: Access = "read" if permission.endswith(".read") else "write"
