@@ -310,6 +310,34 @@ async def test_local_store_first_in_chain_answers_without_network(
     assert hub_emulator.whoami_calls == 1
 
 
+async def test_local_store_first_in_chain_answers_while_the_hub_breaker_is_open(
+    hub_store, hub_emulator, clock, tmp_path
+):
+    """The breaker guards the network: a Hub outage opens it, and the local
+    store first in the chain still answers its own tokens."""
+    from hfauth_mw import LocalTokenStore, UpstreamBreaker
+
+    local_store = LocalTokenStore(tmp_path / "local.sqlite3")
+    local = Credentials.from_token(local_store.create_token(user="svc", role="read").token)
+    remote = Credentials.from_token(hub_store.create_token(user="alice", role="write").token)
+    chain = ChainSource(LocalStoreSource(local_store), HubWhoamiSource(hub_emulator.url))
+    authenticator = Authenticator(
+        chain,
+        cache=TokenCache(timer=clock, clock=clock),
+        breaker=UpstreamBreaker(failure_threshold=2, cooldown=10, timer=clock),
+    )
+    hub_emulator.fail_next(503, times=2)
+    for _ in range(2):
+        with pytest.raises(SourceUnavailable):
+            await authenticator.authenticate(remote)
+    assert authenticator.breaker.state == "open"
+
+    assert (await authenticator.authenticate(local)).name == "svc"
+    with pytest.raises(SourceUnavailable, match="not asking it again yet"):
+        await authenticator.authenticate(remote)
+    assert hub_emulator.whoami_calls == 2  # the open breaker kept the hub out of it
+
+
 def test_repr_never_holds_secrets(make_authenticator, alice):
     authenticator = make_authenticator()
     authenticator.authenticate_sync(alice)

@@ -218,6 +218,29 @@ class _Waiting(list["asyncio.Future[Outcome]"]):
             self._sweep_at = max(_FIRST_SWEEP, 2 * len(self))
 
 
+def _resumed(flow: Flow, first: httpx.Request) -> Generator[httpx.Request, Any, Outcome]:
+    """``yield from flow`` for a flow whose first request was already taken."""
+    request = first
+    while True:
+        try:
+            answer = yield request
+        except GeneratorExit:
+            flow.close()
+            raise
+        except BaseException as error:
+            try:
+                request = flow.throw(error)
+            except StopIteration as done:
+                outcome: Outcome = done.value
+                return outcome
+        else:
+            try:
+                request = flow.send(answer)
+            except StopIteration as done:
+                outcome = done.value
+                return outcome
+
+
 class Authenticator:
     """Turns credentials into a :class:`~hfauth_mw.Principal`, through a cache.
 
@@ -507,18 +530,36 @@ class Authenticator:
     # --- the source ------------------------------------------------------------------
 
     def _lead(self, leader: Leader, source_flow: Flow) -> Generator[httpx.Request, Any, Outcome]:
+        """Ask the source. The breaker guards the network: its slot is taken at
+        the flow's first request, so a source that answers without one (a
+        local store, first in a ChainSource) still answers while the breaker
+        is open for the hub behind it."""
+        slot = False
+        refused: SourceUnavailable | None = None
         try:
-            self.breaker.acquire()
-        except SourceUnavailable as refused:
-            return self._fall_back(leader, refused)
-        self._count("upstream_calls")
-        try:
-            outcome = yield from source_flow
+            try:
+                request = next(source_flow)
+            except StopIteration as answered:
+                self._count("upstream_calls")
+                outcome: Outcome = answered.value
+            else:
+                try:
+                    self.breaker.acquire()
+                except SourceUnavailable as error:
+                    refused = error
+                else:
+                    slot = True
+                    self._count("upstream_calls")
+                    outcome = yield from _resumed(source_flow, request)
         except SourceUnavailable as failure:
-            self.breaker.release(
-                failure,
-                upstream_retry_after=failure.retry_after if failure.upstream_asked else None,
-            )
+            if slot:
+                self.breaker.release(
+                    failure,
+                    upstream_retry_after=failure.retry_after if failure.upstream_asked else None,
+                )
+            else:  # before any network call: a local store that cannot be read
+                self._count("upstream_calls")
+                self.breaker.failed(failure)
             self._count("upstream_errors")
             return self._fall_back(leader, failure)
         except Exception:
@@ -526,17 +567,26 @@ class Authenticator:
             # "valid". It counts against the breaker like any other failure.
             logger.exception("hfauth-mw: the token source %r failed unexpectedly", self.source.name)
             unexpected = SourceUnavailable("The token could not be checked")
-            self.breaker.release(unexpected)
+            if slot:
+                self.breaker.release(unexpected)
+            else:
+                self._count("upstream_calls")
+                self.breaker.failed(unexpected)
             self._count("upstream_errors")
             return self._fall_back(leader, unexpected)
         except BaseException:
             # This request was cancelled (GeneratorExit): free the slot without
             # counting a success (that would close an open breaker), and let a
             # waiting request take over the flight rather than fail.
-            self.breaker.cancel()
+            if slot:
+                self.breaker.cancel()
             self.cache.abandon(leader, LeaderCancelled())
             raise
-        self.breaker.release(None)
+        if refused is not None:
+            source_flow.close()
+            return self._fall_back(leader, refused)
+        if slot:
+            self.breaker.release(None)
         self.cache.complete(leader, outcome)
         return outcome
 
