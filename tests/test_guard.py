@@ -411,6 +411,31 @@ def test_a_subclass_credentials_is_called_on_the_short_path_too(local_guard, hub
     assert decide(guard, header) == ("InvalidRequest", 400)
 
 
+@pytest.mark.parametrize(
+    ("path", "logged"),
+    [
+        pytest.param(
+            "/x\nallowed GET /admin: allowed (user admin)",
+            "/x\\nallowed GET /admin: allowed (user admin)",
+            id="newline-forging-a-line",
+        ),
+        pytest.param("/x\r\x1b[2J", "/x\\r\\x1b[2J", id="carriage-return-and-escape"),
+        pytest.param("/files/hf_" + "T" * 34, "/files/hf_***", id="token-pasted-in-the-path"),
+        pytest.param("/v1/models/acme/x", "/v1/models/acme/x", id="plain"),
+    ],
+)
+def test_an_audit_event_is_one_line_of_what_was_asked(local_guard, no_token_in_logs, path, logged):
+    """The path comes from the client (ASGI servers decode %0A): it cannot start
+    a forged audit line, and a token pasted into it is masked."""
+    decide(local_guard(), [], path=path)  # no credentials: a 401, audited
+
+    [event] = audit_events(no_token_in_logs)
+    text = event.getMessage()
+    assert not any(char in text for char in "\n\r\x1b")
+    assert f"denied GET {logged}: " in text
+    assert event.hfauth_path == logged
+
+
 def test_a_subclass_authorize_is_called_on_the_short_path_too(local_guard, hub_store):
     """Skipping authorize() with no rules must not skip a subclass's own checks."""
 

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypedDict, TypeVar, get_args
 
 from ._authenticator import Authenticator, Work
-from ._checks import require_bool, require_instance, require_int, require_items, shown
+from ._checks import (
+    TOKEN_SHAPED,
+    require_bool,
+    require_instance,
+    require_int,
+    require_items,
+    shown,
+)
 from ._credentials import (
     DEFAULT_MAX_HEADER_BYTES,
     Credentials,
@@ -654,7 +661,8 @@ class Guard:
         if not audit_logger.isEnabledFor(level):
             return
         fingerprint = credentials.fingerprint if credentials else None
-        name = principal.name if principal else None
+        name = _loggable(principal.name) if principal else None
+        method, path = _loggable(method), _loggable(path)
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
         audit_logger.log(
             level,
@@ -775,6 +783,18 @@ _BODY_ERROR = {401: "unauthorized", 429: "too_many_requests", 503: "temporarily_
 _AUTHORIZE = Guard.authorize
 _CREDENTIALS = Guard.credentials
 _SHORT_PATH_INPUTS = frozenset({"authorize", "credentials", "limiter"})
+
+
+def _loggable(text: str) -> str:
+    """``text`` for one audit line: control characters escaped (a decoded ``%0A``
+    in a path would start a forged line of its own) and anything shaped like a
+    token masked (a token pasted into a URL by mistake)."""
+    if not text.isprintable():
+        text = "".join(
+            char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+            for char in text
+        )
+    return TOKEN_SHAPED.sub("hf_***", text) if "hf_" in text or "api_org_" in text else text
 
 
 def _can_write_somewhere(principal: Principal) -> bool:
