@@ -71,7 +71,13 @@ BAD_OPTIONS = [
     pytest.param({"public_paths": None}, "public_paths must be a list", id="paths-none"),
     pytest.param({"public_paths": "/health"}, "public_paths must be a list", id="paths-text"),
     pytest.param({"query_param": 5}, "query_param 5 is not a parameter name", id="query-int"),
-    pytest.param({"realm": None}, "realm must be non-empty text", id="realm-none"),
+    pytest.param({"realm": None}, "realm must be non-empty printable ASCII", id="realm-none"),
+    pytest.param({"realm": ""}, "realm must be non-empty printable ASCII", id="realm-empty"),
+    # Accepted at start-up, these made every 401 fail to encode (or carried controls).
+    pytest.param({"realm": "\u8ba4\u8bc1"}, "printable ASCII", id="realm-not-latin-1"),
+    pytest.param({"realm": "caf\u00e9"}, "printable ASCII", id="realm-latin-1"),
+    pytest.param({"realm": "a\x85b"}, "printable ASCII", id="realm-c1-control"),
+    pytest.param({"realm": "a\\b"}, "printable ASCII", id="realm-backslash"),
     pytest.param({"cache": 60}, "cache must be an hfauth_mw.TokenCache", id="cache-int"),
 ]
 

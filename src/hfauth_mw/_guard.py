@@ -67,7 +67,9 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _UNSAFE_PATH = re.compile(r"(?:^|/)\.{1,2}(?:/|$)|//|[\x00-\x1f\x7f]")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _SLASH_RUNS = re.compile(r"//+")
-_HEADER_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
+# A realm is a quoted-string in a header: printable ASCII without '"' or '\\'
+# (anything else fails to encode, or is a control character, at the first 401).
+_REALM = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
 # RFC 6750 error_description: printable ASCII except '"' and '\\' (and latin-1 for the server).
 _DESCRIPTION_UNSAFE = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
 
@@ -343,9 +345,10 @@ class Guard:
         require_instance(
             "authenticator", authenticator, Authenticator, "an hfauth_mw.Authenticator"
         )
-        if not isinstance(realm, str) or not realm or _HEADER_UNSAFE.search(realm):
+        if not isinstance(realm, str) or not _REALM.fullmatch(realm):
             raise ConfigurationError(
-                "realm must be non-empty text, without quotes or control characters"
+                "realm must be non-empty printable ASCII text, without quotes or backslashes, "
+                f"not {shown(realm)}"
             )
         require_int("max_header_bytes", max_header_bytes, 256, 65536)
         if query_param is not None and not (
