@@ -941,13 +941,25 @@ async def test_the_brute_force_guard_finds_the_client_behind_two_proxies(
         pytest.param("after-accept", "reader", 1008, id="closed-after-accept"),
     ],
 )
-def test_a_denial_raised_in_a_websocket_route_is_answered(make_app, tokens, check, who, outcome):
+@pytest.mark.parametrize("installed", ["added", "wrapped-from-outside"])
+def test_a_denial_raised_in_a_websocket_route_is_answered(
+    make_app, hub_emulator, clock, tokens, check, who, outcome, installed
+):
     """Not the server's 1011 for an error: the handshake is refused with the
-    denial, or, once accepted, the socket is closed with 1008."""
+    denial, or, once accepted, the socket is closed with 1008. Wrapped from
+    outside, the app's own exception handler answers it, and must not send an
+    HTTP response on an accepted socket (servers refuse one there)."""
     from starlette.testclient import WebSocketDenialResponse
     from starlette.websockets import WebSocketDisconnect
 
-    client = TestClient(make_app(), raise_server_exceptions=True)
+    if installed == "added":
+        app = make_app()
+    else:
+        authenticator = Authenticator(
+            HubWhoamiSource(hub_emulator.url), cache=TokenCache(timer=clock, clock=clock)
+        )
+        app = HFAuthMiddleware(Starlette(routes=ROUTES), authenticator=authenticator)
+    client = TestClient(app, raise_server_exceptions=True)
     url, headers = f"/socket-needs-write?check={check}", bearer(tokens[who])
     if outcome == 403:
         with (

@@ -398,3 +398,33 @@ async def test_the_brute_force_guard_reads_every_forwarded_line(make_app, tokens
         )
 
     assert (locked.status_code, other.status_code) == (429, 200)
+
+
+def test_a_denial_in_an_accepted_websocket_closes_it_with_1008(make_app, tokens):
+    """install() registers the app's handler for denials; on an accepted
+    WebSocket it must close with 1008, not send an HTTP response the server
+    refuses there (uvicorn drops the connection with a traceback)."""
+    from fastapi import WebSocket
+    from starlette.websockets import WebSocketDisconnect
+
+    from hfauth_mw import get_request_auth
+
+    app = make_app(middleware=True)
+
+    @app.websocket("/v1/models/{owner}/{name}/live")
+    async def live(websocket: WebSocket, owner: str, name: str) -> None:
+        await websocket.accept()
+        get_request_auth(websocket).require(f"model:{owner}/{name}", "write")
+        await websocket.send_text("may write")
+        await websocket.close()
+
+    client = TestClient(app)
+    url = "/v1/models/acme/sentiment/live"
+    with (
+        client.websocket_connect(url, headers=bearer(tokens["reader"])) as websocket,
+        pytest.raises(WebSocketDisconnect) as closed,
+    ):
+        websocket.receive_text()
+    assert (closed.value.code, closed.value.reason) == (1008, "insufficient_scope")
+    with client.websocket_connect(url, headers=bearer(tokens["writer"])) as websocket:
+        assert websocket.receive_text() == "may write"

@@ -21,12 +21,13 @@ Security caveats, plainly:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, Unpack
+from typing import Any, Unpack, cast
 from urllib.parse import parse_qsl
 
 from starlette.authentication import AuthCredentials, BaseUser
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
+from starlette.websockets import WebSocket, WebSocketState
 
 from ._checks import require_bool
 from ._exceptions import AuthenticationError
@@ -302,9 +303,9 @@ class HFAuthMiddleware:
                 raise
             await self._refuse_websocket(scope, error, send, accepted=bool(state))
 
-    async def _render(self, request: Request, error: Exception) -> Response:
+    async def _render(self, conn: HTTPConnection, error: Exception) -> Response | None:
         assert isinstance(error, AuthenticationError)  # registered for it only
-        return render(self.guard, error)
+        return await answer_denial(self.guard, conn, error)
 
     def _query_tokens(self, scope: Scope) -> list[str]:
         if self._query_param is None or not scope.get("query_string"):
@@ -340,8 +341,35 @@ class HFAuthMiddleware:
             )
             await send({"type": "websocket.http.response.body", "body": response.body})
         else:
-            reason = (error.error or "unauthorized")[:120]
-            await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": reason})
+            await send(
+                {"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": _reason(error)}
+            )
+
+
+def _reason(error: AuthenticationError) -> str:
+    """The close reason of a refused WebSocket: the RFC 6750 error code (short)."""
+    return (error.error or "unauthorized")[:120]
+
+
+async def answer_denial(
+    guard: Guard, conn: HTTPConnection, error: AuthenticationError
+) -> Response | None:
+    """An app's exception handler's answer to a denial raised in a route.
+
+    The RFC 6750 response; on a WebSocket that was accepted (or whose server
+    has no denial responses), no response can go: it is closed with 1008, and
+    the handler answers ``None``. A Response there would reach the server as
+    ``websocket.http.response.start`` after ``accept``, which it refuses.
+    """
+    if conn.scope["type"] == "websocket":
+        websocket = cast(WebSocket, conn)
+        state = websocket.application_state
+        accepted = state is not WebSocketState.CONNECTING
+        if accepted or "websocket.http.response" not in conn.scope.get("extensions", {}):
+            if state is not WebSocketState.DISCONNECTED:
+                await websocket.close(code=WS_POLICY_VIOLATION, reason=_reason(error))
+            return None
+    return render(guard, error)
 
 
 def render(guard: Guard, error: AuthenticationError) -> Response:

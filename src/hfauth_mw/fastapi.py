@@ -78,7 +78,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra("fastapi", "fastapi") from exc
 
-from ._asgi import app_path, render
+from ._asgi import answer_denial, app_path, render
 from ._exceptions import AuthenticationError, MissingCredentials
 from ._guard import Access, Guard, RepoRequirement, RequestAuth
 from ._options import AdapterOptions, build_guard
@@ -142,7 +142,8 @@ def install(
         _STATE,
         _State(guard, require_bool("private_responses", private_responses)),
     )
-    app.add_exception_handler(AuthenticationError, _handle)
+    # One handler for HTTP and WebSocket routes alike; Starlette's types name one or the other.
+    app.add_exception_handler(AuthenticationError, _handle)  # type: ignore[arg-type]
     if not guard.allow_basic:
         _hide_basic_scheme(app)
     return guard
@@ -170,7 +171,7 @@ def _hide_basic_scheme(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _state(request: Request) -> _State:
+def _state(request: HTTPConnection) -> _State:
     state = getattr(request.app.state, _STATE, None)
     if not isinstance(state, _State):
         raise RuntimeError(
@@ -180,10 +181,10 @@ def _state(request: Request) -> _State:
     return state
 
 
-async def _handle(request: Request, error: Exception) -> Response:
+async def _handle(conn: HTTPConnection, error: Exception) -> Response | None:
     if not isinstance(error, AuthenticationError):  # pragma: no cover - registered for it only
         raise error
-    return render(_state(request).guard, error)
+    return await answer_denial(_state(conn).guard, conn, error)
 
 
 async def request_auth(request: Request, response: Response | None = None) -> RequestAuth:
