@@ -428,3 +428,41 @@ def test_a_denial_in_an_accepted_websocket_closes_it_with_1008(make_app, tokens)
     assert (closed.value.code, closed.value.reason) == (1008, "insufficient_scope")
     with client.websocket_connect(url, headers=bearer(tokens["writer"])) as websocket:
         assert websocket.receive_text() == "may write"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/v1/models/acme/sentiment/infer", id="RequireRepo"),
+        pytest.param("/route-check", id="auth-require-in-the-route"),
+    ],
+)
+@pytest.mark.parametrize("middleware", [False, True], ids=["alone", "with-middleware"])
+async def test_a_failing_policy_callback_is_503_with_retry_after(
+    new_authenticator, tokens, path, middleware
+):
+    """The server cannot tell whether the repo is public, or who created it:
+    trouble on our side, answered as the middleware's own rules answer it,
+    never a 500."""
+
+    def cannot_tell(*args: object) -> Visibility:
+        raise ConnectionError("the catalogue database is down")
+
+    policy = AccessPolicy(visibility=cannot_tell, caller_created=cannot_tell)
+    app = create_app()
+    install(app, policy=policy, authenticator=new_authenticator())
+    if middleware:
+        app.add_middleware(
+            HFAuthMiddleware,
+            authenticator=new_authenticator(),
+            policy=policy,
+            method_policy=False,
+        )
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        method = client.post if path.endswith("/infer") else client.get
+        response = await method(path, headers=bearer(tokens["reader"]))
+
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"].isdigit()
+    assert response.json()["error"] == "temporarily_unavailable"
