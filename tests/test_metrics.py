@@ -146,3 +146,13 @@ def test_register_prometheus_needs_an_authenticator():
     pytest.importorskip("prometheus_client")
     with pytest.raises(ConfigurationError):
         register_prometheus()
+
+
+def test_register_prometheus_refuses_two_sources_of_one_name(make_authenticator):
+    """Both would export the same label sets, and a scrape keeps one of each."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    first, second = make_authenticator(), make_authenticator()
+    with pytest.raises(ConfigurationError, match="share one Authenticator"):
+        register_prometheus(first, second, registry=prometheus_client.CollectorRegistry())
+    # The same authenticator named twice is one.
+    register_prometheus(first, first, registry=prometheus_client.CollectorRegistry())

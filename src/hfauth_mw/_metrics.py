@@ -157,7 +157,9 @@ def register_prometheus(
     With several worker processes each one has its own counters: scrape every
     worker (or sum ``stats()`` yourself); prometheus_client's multiprocess mode
     does not read custom collectors. Raises
-    :class:`~hfauth_mw.ConfigurationError` if ``prometheus_client`` is missing.
+    :class:`~hfauth_mw.ConfigurationError` if ``prometheus_client`` is missing,
+    or if two of ``authenticators`` have sources of one name (their series
+    would collide).
     """
     try:
         from prometheus_client import REGISTRY
@@ -172,10 +174,18 @@ def register_prometheus(
         ) from None
     if not authenticators:
         raise ConfigurationError("register_prometheus needs at least one authenticator")
+    names = [authenticator.source.name for authenticator in dict.fromkeys(authenticators)]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        # Their series would carry the same labels, and Prometheus keeps one of each.
+        raise ConfigurationError(
+            f"two authenticators have the source {twice[0]!r}: share one Authenticator "
+            "between the adapters (authenticator=...), or give the sources distinct name=..."
+        )
 
     class _Collector:
         def __init__(self, targets: Iterable[Authenticator]) -> None:
-            self.targets = tuple(targets)
+            self.targets = tuple(dict.fromkeys(targets))
 
         def describe(self) -> list[Any]:
             return []
