@@ -305,6 +305,8 @@ def test_429_passes_on_retry_after():
         pytest.param("ftp://hub.example", {}, id="not-http"),
         pytest.param("https://user:pw@hub.example", {}, id="credentials-in-url"),
         pytest.param("hub.example", {}, id="no-scheme"),
+        pytest.param("https://hub.example/?x=1", {}, id="query"),
+        pytest.param("https://hub.example/#top", {}, id="fragment"),
     ],
 )
 def test_unsafe_hub_urls_refused(url, options):
@@ -681,3 +683,18 @@ def test_rfc7662_sources_on_one_endpoint_never_share_answers(introspection_endpo
     else:
         assert Authenticator(other, cache=cache).authenticate_sync(credentials).token_role is None
     assert len(paths) == 2  # asked again, not answered from the first source's entry
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        pytest.param("https://idp.example/introspect?realm=a", False, id="query-kept"),
+        pytest.param("https://idp.example/introspect#x", True, id="fragment"),
+    ],
+)
+def test_rfc7662_url_query_and_fragment(url, refused):
+    if refused:
+        with pytest.raises(ConfigurationError, match="must not carry a fragment"):
+            OAuthIntrospectionSource(url, client_id="c", client_secret="s")
+    else:
+        assert OAuthIntrospectionSource(url, client_id="c", client_secret="s").url == url

@@ -124,6 +124,11 @@ def check_url(url: str, *, allow_insecure_http: bool, what: str) -> str:
         raise ConfigurationError(f"{what} must be an http(s) URL, not {shown(url)}")
     if parts.username or parts.password:
         raise ConfigurationError(f"{what} must not carry credentials in the URL")
+    if parts.fragment or (what == "hub_url" and parts.query):
+        # The endpoint's path goes after the base URL: a query or fragment there
+        # would make every check a 503, with nothing said at start-up.
+        kept = "a query or a fragment" if what == "hub_url" else "a fragment"
+        raise ConfigurationError(f"{what} must not carry {kept}, not {shown(url)}")
     if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
         how = (
             " (to a middleware: source=HubWhoamiSource(hub_url, allow_insecure_http=True))"
