@@ -221,24 +221,20 @@ class _Waiting(list["asyncio.Future[Outcome]"]):
 def _resumed(flow: Flow, first: httpx.Request) -> Generator[httpx.Request, Any, Outcome]:
     """``yield from flow`` for a flow whose first request was already taken."""
     request = first
-    while True:
-        try:
-            answer = yield request
-        except GeneratorExit:
-            flow.close()
-            raise
-        except BaseException as error:
+    try:
+        while True:
             try:
+                answer = yield request
+            except GeneratorExit:
+                flow.close()
+                raise
+            except BaseException as error:
                 request = flow.throw(error)
-            except StopIteration as done:
-                outcome: Outcome = done.value
-                return outcome
-        else:
-            try:
+            else:
                 request = flow.send(answer)
-            except StopIteration as done:
-                outcome = done.value
-                return outcome
+    except StopIteration as done:
+        outcome: Outcome = done.value
+        return outcome
 
 
 class Authenticator:
