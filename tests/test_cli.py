@@ -226,6 +226,16 @@ def test_create_default_store_is_in_cwd(cli: Cli, tmp_path: Path) -> None:
         ),
         pytest.param(["--user", "a", "--role", "admin"], "invalid choice", id="role-unknown"),
         pytest.param(["--user", "a/b"], "must not contain", id="user-with-slash"),
+        # Printed raw by `token list`: an escape sequence would rewrite the terminal.
+        pytest.param(["--user", "a\x1b[2Jb"], "control characters", id="user-with-escape"),
+        pytest.param(
+            ["--user", "a", "--name", "laptop\nforged line"],
+            "control characters",
+            id="name-newline",
+        ),
+        pytest.param(
+            ["--user", "a", "--org", "ac\x07me:read"], "control characters", id="org-with-bell"
+        ),
         pytest.param([], "--user", id="user-missing"),
     ],
 )

@@ -341,8 +341,10 @@ def _open_mode(path: Path) -> _OpenMode:
 def _check_name(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{what} must be a non-empty string")
-    if "/" in value or _BLANK.search(value):
-        raise ConfigurationError(f"{what} {value!r} must not contain '/' or whitespace")
+    if "/" in value or _BLANK.search(value) or not value.isprintable():
+        raise ConfigurationError(
+            f"{what} {value!r} must not contain '/', whitespace or control characters"
+        )
     return value
 
 
@@ -408,6 +410,10 @@ def _check_time(value: object, what: str) -> datetime | None:
 def _check_optional_text(value: object, what: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ConfigurationError(f"{what} must be a string or None")
+    # Shown in `token list` and in logs: a newline or an escape sequence there
+    # would forge a line or rewrite the terminal.
+    if value is not None and not value.isprintable():
+        raise ConfigurationError(f"{what} {value!r} must not contain control characters")
     return value
 
 
