@@ -264,14 +264,22 @@ def test_a_waiter_takes_over_up_to_three_times_then_gives_up(make_authenticator,
     leader.close()
 
 
-async def test_a_source_bug_is_503_and_counts_against_the_breaker(clock):
+@pytest.mark.parametrize("on_the_network", [False, True], ids=["before-any-request", "after"])
+async def test_a_source_bug_is_503_and_counts_against_the_breaker_once_on_the_network(
+    clock, on_the_network
+):
+    """The breaker guards the network: a source failing before its first request
+    (a local store, a bug there) is a 503 every time, and says nothing about
+    the upstream the breaker protects."""
+
     class BrokenSource:
         name = "broken"
         wait_timeout = 1.0
 
         def flow(self, credentials):
+            if on_the_network:
+                yield httpx.Request("GET", "http://127.0.0.1:9/api/whoami-v2")
             raise KeyError("bug")
-            yield
 
     from hfauth_mw import UpstreamBreaker
 
@@ -279,11 +287,13 @@ async def test_a_source_bug_is_503_and_counts_against_the_breaker(clock):
         BrokenSource(),
         cache=TokenCache(timer=clock, clock=clock),
         breaker=UpstreamBreaker(failure_threshold=2, timer=clock),
+        client=httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200))),
     )
     for _ in range(2):
         with pytest.raises(SourceUnavailable):
-            await authenticator.authenticate(Credentials.from_token("hf_" + "b" * 34))
-    assert authenticator.breaker.state == "open"
+            authenticator.authenticate_sync(Credentials.from_token("hf_" + "b" * 34))
+    assert authenticator.breaker.state == ("open" if on_the_network else "closed")
+    assert authenticator.stats()["upstream_errors"] == 2
 
 
 async def test_invalidate_forces_a_new_check(make_authenticator, hub_emulator, alice):
@@ -336,6 +346,35 @@ async def test_local_store_first_in_chain_answers_while_the_hub_breaker_is_open(
     with pytest.raises(SourceUnavailable, match="not asking it again yet"):
         await authenticator.authenticate(remote)
     assert hub_emulator.whoami_calls == 2  # the open breaker kept the hub out of it
+
+
+async def test_local_store_errors_never_open_the_breaker_for_the_hub(
+    hub_store, hub_emulator, clock, tmp_path, monkeypatch
+):
+    """A local store that fails now and then, between good answers, must not
+    shut the hub out: the breaker counts network failures in a row only."""
+    from hfauth_mw import LocalTokenStore, TokenStoreError, UpstreamBreaker
+
+    local_store = LocalTokenStore(tmp_path / "local.sqlite3")
+    remote = Credentials.from_token(hub_store.create_token(user="alice", role="write").token)
+    chain = ChainSource(LocalStoreSource(local_store), HubWhoamiSource(hub_emulator.url))
+    authenticator = Authenticator(
+        chain,
+        cache=TokenCache(ttl=0, timer=clock, clock=clock),
+        breaker=UpstreamBreaker(failure_threshold=2, timer=clock),
+    )
+    lookup = local_store.lookup
+
+    def failing(digest: bytes) -> object:
+        raise TokenStoreError("disk I/O error")
+
+    for _ in range(3):
+        monkeypatch.setattr(local_store, "lookup", failing)
+        with pytest.raises(SourceUnavailable):
+            await authenticator.authenticate(remote)
+        monkeypatch.setattr(local_store, "lookup", lookup)
+    assert authenticator.breaker.state == "closed"
+    assert (await authenticator.authenticate(remote)).name == "alice"
 
 
 def test_repr_never_holds_secrets(make_authenticator, alice):

@@ -553,21 +553,20 @@ class Authenticator:
                     failure,
                     upstream_retry_after=failure.retry_after if failure.upstream_asked else None,
                 )
-            else:  # before any network call: a local store that cannot be read
+            else:  # before any network call (a local store that cannot be read): the
+                # breaker guards the network, and this says nothing about it
                 self._count("upstream_calls")
-                self.breaker.failed(failure)
             self._count("upstream_errors")
             return self._fall_back(leader, failure)
         except Exception:
             # A bug in a source, or a failure it did not expect: never a 500, never
-            # "valid". It counts against the breaker like any other failure.
+            # "valid". Once the source is on the network, it counts against the breaker.
             logger.exception("hfauth-mw: the token source %r failed unexpectedly", self.source.name)
             unexpected = SourceUnavailable("The token could not be checked")
             if slot:
                 self.breaker.release(unexpected)
             else:
                 self._count("upstream_calls")
-                self.breaker.failed(unexpected)
             self._count("upstream_errors")
             return self._fall_back(leader, unexpected)
         except BaseException:

@@ -110,27 +110,16 @@ class UpstreamBreaker:
         with self._lock:
             self._running -= 1
             self._trial_running = False
-            self._record(error, upstream_retry_after)
-
-    def failed(self, error: SourceUnavailable) -> None:
-        """Record a failure of the source that came before any call to the
-        network (a local store that cannot be read, a bug): it counts as a
-        failed call does, but took no slot."""
-        with self._lock:
-            self._record(error, None)
-
-    def _record(self, error: SourceUnavailable | None, upstream_retry_after: int | None) -> None:
-        # Called with the lock held.
-        now = self.timer()
-        if error is None:
-            self._failures = 0
-            self._open_until = -math.inf
-            return
-        self._failures += 1
-        if self._failures >= self.failure_threshold:
-            self._open_until = max(self._open_until, now + self.cooldown)
-        if upstream_retry_after is not None:
-            self._asked_until = max(self._asked_until, now + upstream_retry_after)
+            now = self.timer()
+            if error is None:
+                self._failures = 0
+                self._open_until = -math.inf
+                return
+            self._failures += 1
+            if self._failures >= self.failure_threshold:
+                self._open_until = max(self._open_until, now + self.cooldown)
+            if upstream_retry_after is not None:
+                self._asked_until = max(self._asked_until, now + upstream_retry_after)
 
 
 def client_address(
