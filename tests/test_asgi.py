@@ -11,6 +11,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.authentication import requires
+from starlette.endpoints import WebSocketEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
@@ -979,3 +980,31 @@ def test_a_denial_raised_in_a_websocket_route_is_answered(
     else:
         with client.websocket_connect(url, headers=headers) as websocket:
             assert websocket.receive_text() == outcome
+
+
+class _LiveEndpoint(WebSocketEndpoint):
+    """A class-based endpoint: Starlette's app-level handler gets a WebSocket
+    object of its own for it, which always looks unaccepted."""
+
+    async def on_connect(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        get_request_auth(websocket).require("model:acme/sentiment", "write")
+        await websocket.send_text("may write")
+
+
+def test_a_denial_in_an_accepted_class_endpoint_closes_it_with_1008(hub_emulator, clock, tokens):
+    from starlette.websockets import WebSocketDisconnect
+
+    authenticator = Authenticator(
+        HubWhoamiSource(hub_emulator.url), cache=TokenCache(timer=clock, clock=clock)
+    )
+    inner = Starlette(routes=[WebSocketRoute("/live", _LiveEndpoint)])
+    client = TestClient(HFAuthMiddleware(inner, authenticator=authenticator))
+    with (
+        client.websocket_connect("/live", headers=bearer(tokens["reader"])) as websocket,
+        pytest.raises(WebSocketDisconnect) as closed,
+    ):
+        websocket.receive_text()
+    assert (closed.value.code, closed.value.reason) == (1008, "insufficient_scope")
+    with client.websocket_connect("/live", headers=bearer(tokens["writer"])) as websocket:
+        assert websocket.receive_text() == "may write"

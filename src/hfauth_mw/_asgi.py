@@ -45,6 +45,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: WebSocket close code for a refused handshake (RFC 6455: policy violation).
 WS_POLICY_VIOLATION = 1008
+#: Scope key of what the middleware saw an authenticated WebSocket's app send.
+WEBSOCKET_STATE = "hfauth.websocket"
 _Headers = tuple[tuple[bytes, bytes], ...]
 _VARY_ONLY: _Headers = ((b"vary", b"Authorization"),)
 _PRIVATE_AND_VARY: _Headers = ((b"cache-control", b"private"), *_VARY_ONLY)
@@ -287,6 +289,9 @@ class HFAuthMiddleware:
         refuses the handshake, or closes with 1008 once accepted, instead of the
         server's 1011 for an error."""
         state: list[str] = []  # "accepted", then "closed", as the app sends them
+        # For the app's own exception handler (answer_denial): the WebSocket object
+        # Starlette hands it is new, and always looks unaccepted.
+        scope[WEBSOCKET_STATE] = state
 
         async def send_watched(message: Message) -> None:
             kind = message["type"]
@@ -360,14 +365,19 @@ async def answer_denial(
     has no denial responses), no response can go: it is closed with 1008, and
     the handler answers ``None``. A Response there would reach the server as
     ``websocket.http.response.start`` after ``accept``, which it refuses.
+    Whether it was accepted is what the middleware saw go out; without the
+    middleware it is unknown, and the socket is closed.
     """
     if conn.scope["type"] == "websocket":
         websocket = cast(WebSocket, conn)
-        state = websocket.application_state
-        accepted = state is not WebSocketState.CONNECTING
+        sent = conn.scope.get(WEBSOCKET_STATE)
+        if (isinstance(sent, list) and "closed" in sent) or (
+            websocket.application_state is WebSocketState.DISCONNECTED
+        ):
+            return None  # nothing can go out any more
+        accepted = not isinstance(sent, list) or bool(sent)
         if accepted or "websocket.http.response" not in conn.scope.get("extensions", {}):
-            if state is not WebSocketState.DISCONNECTED:
-                await websocket.close(code=WS_POLICY_VIOLATION, reason=_reason(error))
+            await websocket.close(code=WS_POLICY_VIOLATION, reason=_reason(error))
             return None
     return render(guard, error)
 
