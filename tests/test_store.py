@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -923,6 +924,8 @@ def test_the_directory_holding_the_store_must_be_safe(
     refused: str | None,
 ) -> None:
     """Who can write the directory can swap the store, or plant its -wal, at any time."""
+    if directory_mode == 0o775 and not _store._private_group(os.getegid()):
+        pytest.skip("this machine's group of the current user has other members")
     directory = tmp_path / "stores"
     directory.mkdir()
     LocalTokenStore(directory / "tokens.sqlite3").close()
@@ -939,6 +942,54 @@ def test_the_directory_holding_the_store_must_be_safe(
             LocalTokenStore(path)
         assert refused in str(caught.value)
         assert f"the directory {directory} of token store {path}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("listed", "primary_of", "private"),
+    [
+        pytest.param([], ["me"], True, id="own-group-alone"),
+        pytest.param(["me"], ["me"], True, id="listed-too"),
+        pytest.param([], ["me", "other"], False, id="another-primary-member"),
+        pytest.param(["other"], ["me"], False, id="another-listed-member"),
+        pytest.param([], [], False, id="no-member"),
+    ],
+)
+def test_a_private_group_has_no_member_but_the_user(
+    monkeypatch: pytest.MonkeyPatch, listed: list[str], primary_of: list[str], private: bool
+) -> None:
+    """Members are those the group lists and those whose primary group it is
+    (openSUSE's "users" is every user's): either kind could swap the store."""
+    gid = os.getegid()
+    accounts = [
+        SimpleNamespace(pw_name=name, pw_gid=gid, pw_uid=os.geteuid() if name == "me" else 4242)
+        for name in primary_of
+    ]
+    monkeypatch.setattr(_store.grp, "getgrgid", lambda g: SimpleNamespace(gr_mem=listed))
+    monkeypatch.setattr(_store.pwd, "getpwall", lambda: accounts)
+    monkeypatch.setattr(_store.pwd, "getpwuid", lambda uid: SimpleNamespace(pw_name="me"))
+
+    assert _store._private_group(gid) is private
+
+
+def test_a_read_only_store_named_by_a_relative_path_survives_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Following a retargeted link re-reads the path on each lookup: relative to
+    where the store was opened, not to wherever the process went since."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    with LocalTokenStore(tmp_path / "a" / "store.sqlite3") as writer:
+        issued = writer.create_token(user="alice")
+    LocalTokenStore(tmp_path / "b" / "store.sqlite3").close()
+    monkeypatch.chdir(tmp_path / "a")
+    monkeypatch.setattr(_store, "_can_write", lambda path: path.is_dir())  # read-only file
+    reader = LocalTokenStore("store.sqlite3")
+    assert reader._mode == "ro"
+
+    monkeypatch.chdir(tmp_path / "b")
+
+    assert reader.lookup(token_digest(issued.token)) is not None
+    reader.close()
 
 
 def _create_and_list(path: str) -> str:

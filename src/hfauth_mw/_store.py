@@ -303,15 +303,19 @@ def _check_resolved(named: Path, file: Path) -> tuple[int, int]:
 
 
 def _private_group(gid: int) -> bool:
-    """Whether ``gid`` is the user's own group, with no other member (a user
-    private group, as Debian and Ubuntu give every user)."""
+    """Whether ``gid`` is the user's own group, with no member but the user (a
+    user private group, as Debian and Ubuntu give every user). Members are
+    those it lists and those whose primary group it is, as Debian's OpenSSH
+    counts them; a group of several primary members (``users``) is shared."""
     if gid != os.getegid():
         return False
     try:
-        members = grp.getgrgid(gid).gr_mem
+        members = set(grp.getgrgid(gid).gr_mem)
+        members.update(entry.pw_name for entry in pwd.getpwall() if entry.pw_gid == gid)
+        me = pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return False
-    return set(members) <= {_user_name(os.geteuid())}
+    return members == {me}
 
 
 def _can_write(path: Path) -> bool:
@@ -618,6 +622,9 @@ class LocalTokenStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
+        # What the path names is asked again on every read-only lookup (to follow
+        # a retargeted link): relative to where we started, whatever chdir() since.
+        self._named = Path(os.path.abspath(path))
         self._lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
@@ -704,10 +711,10 @@ class LocalTokenStore:
         The path is resolved once, and SQLite is given the file it resolved to:
         a link retargeted after the check cannot hand SQLite another file.
         """
-        _check_file(self._path, store=True)
+        _check_file(self._named, store=True)
         # SQLite keeps its -wal and -shm beside the file itself: those are the
         # files to check, and the directory to write.
-        file = Path(os.path.realpath(self._path))
+        file = Path(os.path.realpath(self._named))
         identity = _check_resolved(self._path, file)
         for suffix in _SIDECARS:
             _check_file(Path(f"{file}{suffix}"), store=False)
@@ -717,10 +724,10 @@ class LocalTokenStore:
         """A read-only store whose link now points elsewhere (Kubernetes updated
         the Secret) reads the new file from now on, once it passes the checks;
         connections to the old one are closed, so none reads it any longer."""
-        if os.path.realpath(self._path) == str(self._file):
+        if os.path.realpath(self._named) == str(self._file):
             return
         with self._lock:
-            if os.path.realpath(self._path) == str(self._file):
+            if os.path.realpath(self._named) == str(self._file):
                 return  # another thread followed it first
             file, identity = self._checked_file()
             # Opened read-only, it stays read-only, wherever the link points.
