@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hfauth_mw import ConfigurationError, _rules
+from hfauth_mw import ConfigurationError, RequestAuth, SourceUnavailable, _rules
 from hfauth_mw._principal import (
     ANONYMOUS,
     OrgMembership,
@@ -1600,13 +1600,33 @@ def test_policy_does_not_ask_about_anonymous_callers() -> None:
     assert not policy.can_write(ANONYMOUS, ACME)
 
 
-def test_policy_callback_errors_propagate() -> None:
-    def broken(repo: Repo) -> Visibility:
+@pytest.mark.parametrize(
+    ("check", "callback"),
+    [
+        pytest.param(lambda policy: policy.can_read(READ, ACME), "visibility", id="visibility"),
+        pytest.param(
+            lambda policy: policy.can_write(WRITE, ACME), "caller_created", id="caller-created"
+        ),
+    ],
+)
+def test_a_failing_policy_callback_is_a_503_with_its_cause(check, callback) -> None:
+    """The server cannot tell: never allowed, never a 500. The callback's own
+    error stays as the cause, for the log and for code of your own."""
+
+    def broken(*args: object) -> Visibility:
         raise RuntimeError("metadata store down")
 
-    policy = AccessPolicy(visibility=broken)
-    with pytest.raises(RuntimeError, match="metadata store down"):
-        policy.can_read(ANONYMOUS, ACME)
+    policy = AccessPolicy(**{callback: broken})
+    with pytest.raises(SourceUnavailable) as caught:
+        check(policy)
+    assert caught.value.status_code == 503
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+def test_a_policy_given_a_wrong_permission_type_says_so() -> None:
+    """Only the callbacks' failures become 503s: a programming error stays one."""
+    with pytest.raises(TypeError, match="a permission is a string"):
+        RequestAuth(READ, AccessPolicy()).has_permission(["org.read"])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -202,18 +202,18 @@ class RequestAuth:
     scheme: str | None = None
 
     def can_read(self, repo: Repo | str) -> Decision:
-        return _asked(self.policy.can_read, self.principal, _as_repo(repo))
+        return self.policy.can_read(self.principal, _as_repo(repo))
 
     def can_write(self, repo: Repo | str) -> Decision:
-        return _asked(self.policy.can_write, self.principal, _as_repo(repo))
+        return self.policy.can_write(self.principal, _as_repo(repo))
 
     def has_permission(self, permission: str, entity: Entity | Repo | None = None) -> Decision:
-        return _asked(self.policy.has_permission, self.principal, permission, entity)
+        return self.policy.has_permission(self.principal, permission, entity)
 
     def require(self, repo: Repo | str, access: Access = "read") -> Decision:
         """Return the decision if allowed; raise the matching 401/403 error if not
-        (503 when the policy's own callbacks fail)."""
-        decision = _asked(self.policy.check, self.principal, _as_repo(repo), access)
+        (503 when the policy's callbacks fail)."""
+        decision = self.policy.check(self.principal, _as_repo(repo), access)
         if not decision:
             raise denial(self.principal, decision)
         return decision
@@ -227,18 +227,6 @@ class RequestAuth:
 
 #: What :meth:`Guard.begin` hands a driver when a request needs I/O.
 RequestFlow = Generator[Work, Any, RequestAuth]
-
-
-def _asked(rule: Callable[..., Decision], *args: Any) -> Decision:
-    """The policy's decision; when the server's visibility or ownership callback
-    fails, we cannot tell: 503, never an allowed, never a 500."""
-    try:
-        return rule(*args)
-    except AuthenticationError:
-        raise
-    except Exception:
-        logger.exception("hfauth-mw: the access policy failed")
-        raise SourceUnavailable("Access to this repository cannot be checked right now") from None
 
 
 def _as_repo(repo: Repo | str) -> Repo:
@@ -758,7 +746,16 @@ class Guard:
         if repo is None:
             reason = f"{access} denied: the path does not name a valid repository"
             raise denial(principal, Decision(False, reason, needed))
-        decision = _asked(self.policy.check, principal, repo, access)
+        try:
+            decision = self.policy.check(principal, repo, access)
+        except AuthenticationError:
+            raise  # the policy's callbacks failed: a 503 already
+        except Exception:
+            # A policy of the server's own failed in the middleware's rules: 503.
+            logger.exception("hfauth-mw: the access policy failed on %s", repo)
+            raise SourceUnavailable(
+                "Access to this repository cannot be checked right now"
+            ) from None
         if not decision:
             raise denial(principal, decision)
 

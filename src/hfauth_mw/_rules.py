@@ -26,13 +26,18 @@ action for a fine-grained token with a ``scoped`` entry on the org holding
 from __future__ import annotations
 
 import enum
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from ._checks import require_bool
+from ._exceptions import SourceUnavailable
 from ._principal import Principal, ScopedGrant
+
+logger = logging.getLogger("hfauth_mw")
+_T = TypeVar("_T")
 
 __all__ = [
     "READ_PERMISSION",
@@ -536,6 +541,18 @@ def _within_reach(
     return _decide(False, f"permission denied: {name} on {target}: {reach.detail}", needed)
 
 
+def _answer_of(name: str, callback: Callable[..., _T], *args: object) -> _T:
+    """A server callback's answer; when it fails, the server cannot tell: a 503
+    (logged), never "allowed" and never a 500."""
+    try:
+        return callback(*args)
+    except Exception as failure:
+        logger.exception("hfauth-mw: the access policy's %s callback failed", name)
+        raise SourceUnavailable(
+            "Access to this repository cannot be checked right now"
+        ) from failure
+
+
 class AccessPolicy:
     """Binds the server's knowledge about repos to the pure rules.
 
@@ -566,14 +583,14 @@ class AccessPolicy:
         self.oauth_reads = require_bool("oauth_reads", oauth_reads)
 
     def _visibility_of(self, repo: Repo) -> Visibility:
-        return (
-            Visibility.PRIVATE if self._visibility is None else Visibility(self._visibility(repo))
-        )
+        if self._visibility is None:
+            return Visibility.PRIVATE
+        return Visibility(_answer_of("visibility", self._visibility, repo))
 
     def _created_by(self, principal: Principal, repo: Repo) -> bool:
         if self._caller_created is None or principal.is_anonymous:
             return False
-        return self._caller_created(principal, repo) is True
+        return _answer_of("caller_created", self._caller_created, principal, repo) is True
 
     def can_read(self, principal: Principal, repo: Repo) -> Decision:
         return can_read(
