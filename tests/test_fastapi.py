@@ -8,7 +8,7 @@ from typing import Annotated
 
 import httpx
 import pytest
-from fastapi import FastAPI, Security
+from fastapi import FastAPI, Request, Security
 from starlette.testclient import TestClient
 
 from contract import ADAPTER_ACCESS_ROWS
@@ -466,3 +466,60 @@ async def test_a_failing_policy_callback_is_503_with_retry_after(
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"].isdigit()
     assert response.json()["error"] == "temporarily_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("path", "requirement", "starts"),
+    [
+        pytest.param("/v1/models/{owner}/{name}", RequireRepo("read"), True, id="matching"),
+        pytest.param("/v1/models/{org}/{model}", RequireRepo("read"), False, id="other-names"),
+        pytest.param(
+            "/v1/models/{org}/{model}",
+            RequireRepo("read", owner_param="org", name_param="model"),
+            True,
+            id="named-to-match",
+        ),
+    ],
+)
+def test_a_repo_requirement_naming_a_missing_path_parameter_stops_start_up(
+    new_authenticator, path, requirement, starts
+):
+    """Checked when the app starts (its lifespan), routes declared after
+    install() included: not a 500 on every request."""
+    app = FastAPI()
+    install(app, authenticator=new_authenticator())
+
+    @app.get(path, dependencies=[Security(requirement)])
+    async def card() -> dict[str, bool]:
+        return {"ok": True}
+
+    if starts:
+        with TestClient(app) as client:
+            assert client.get("/health").status_code == 404  # it serves
+        return
+    with pytest.raises(ConfigurationError, match="does not have") as caught, TestClient(app):
+        pass
+    assert "route /v1/models/{org}/{model}" in str(caught.value)
+
+
+def test_install_keeps_the_apps_own_lifespan(new_authenticator):
+    from contextlib import asynccontextmanager
+
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        events.append("start")
+        yield {"model": "loaded"}
+        events.append("stop")
+
+    app = FastAPI(lifespan=lifespan)
+    install(app, authenticator=new_authenticator())
+
+    @app.get("/model")
+    async def model(request: Request) -> dict[str, str]:
+        return {"model": request.state.model}
+
+    with TestClient(app) as client:
+        assert client.get("/model").json() == {"model": "loaded"}
+    assert events == ["start", "stop"]

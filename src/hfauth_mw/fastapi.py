@@ -65,6 +65,8 @@ Security caveats, plainly:
 from __future__ import annotations
 
 import inspect
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Unpack
 
@@ -74,12 +76,14 @@ from ._checks import missing_extra, require_bool
 
 try:
     from fastapi import FastAPI, Request, Response, Security
+    from fastapi.dependencies.models import Dependant
+    from fastapi.routing import APIRoute
     from fastapi.security import HTTPBasic, HTTPBearer
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra("fastapi", "fastapi") from exc
 
 from ._asgi import answer_denial, app_path, render
-from ._exceptions import AuthenticationError, MissingCredentials
+from ._exceptions import AuthenticationError, ConfigurationError, MissingCredentials
 from ._guard import Access, Guard, RepoRequirement, RequestAuth
 from ._options import AdapterOptions, build_guard
 
@@ -146,7 +150,46 @@ def install(
     app.add_exception_handler(AuthenticationError, _handle)  # type: ignore[arg-type]
     if not guard.allow_basic:
         _hide_basic_scheme(app)
+    _check_routes_at_startup(app)
     return guard
+
+
+def _check_routes_at_startup(app: FastAPI) -> None:
+    """Before the app serves (its lifespan's start-up): a ``RequireRepo`` naming
+    a path parameter its route lacks is a ConfigurationError, not a 500 on
+    every request. Routes are checked then, so that those declared after
+    ``install()`` count too."""
+    lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def checked(application: Any) -> AsyncIterator[Any]:
+        _check_repo_params(app)
+        context: AbstractAsyncContextManager[Any] = lifespan(application)
+        async with context as state:
+            yield state
+
+    app.router.lifespan_context = checked
+
+
+def _check_repo_params(app: FastAPI) -> None:
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        for requirement in _repo_requirements(route.dependant):
+            for arg in (requirement.owner_arg, requirement.name_arg):
+                if arg not in route.param_convertors:
+                    raise ConfigurationError(
+                        f"route {route.path}: RequireRepo reads the path parameter {arg!r}, "
+                        "which the route does not have; name it in the path or pass "
+                        "owner_param=/name_param="
+                    )
+
+
+def _repo_requirements(dependant: Dependant) -> Iterator[RepoRequirement]:
+    for sub in dependant.dependencies:
+        if isinstance(sub.call, RequireRepo):
+            yield sub.call.requirement
+        yield from _repo_requirements(sub)
 
 
 def _hide_basic_scheme(app: FastAPI) -> None:
