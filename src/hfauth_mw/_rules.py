@@ -208,10 +208,8 @@ def _unscoped_oauth(principal: Principal) -> bool:
     return principal.token_role is None and principal.auth_type == "oauth"
 
 
-def _role_text(principal: Principal, *, oauth_reads: bool = False) -> str:
+def _role_text(principal: Principal) -> str:
     if _unscoped_oauth(principal):
-        if oauth_reads:
-            return "OAuth token read as a read token (AccessPolicy(oauth_reads=True)), never writes"
         return (
             "OAuth token, scopes not reported: public repositories only "
             "(AccessPolicy(oauth_reads=True) to read as a read token)"
@@ -358,9 +356,7 @@ def can_read(
     role = _token_role(principal, oauth_reads=oauth_reads)
     entity = Entity(repo.type, repo.id)
     if role is None:
-        return _decide(
-            False, f"read denied: {_role_text(principal, oauth_reads=oauth_reads)}", needed
-        )
+        return _decide(False, f"read denied: {_role_text(principal)}", needed)
     if role == "fineGrained":
         if visibility is Visibility.GATED:
             # The Hub's checkbox: "read access to contents of all public gated repos
@@ -482,9 +478,7 @@ def _permission(
         return _decide(False, "permission denied: authentication required", needed)
     role = _token_role(principal, oauth_reads=oauth_reads)
     if role is None:
-        return _decide(
-            False, f"permission denied: {_role_text(principal, oauth_reads=oauth_reads)}", needed
-        )
+        return _decide(False, f"permission denied: {_role_text(principal)}", needed)
     if role == "fineGrained":
         if permission in principal.global_permissions:
             if target is None or not permission.startswith(_REPO_PERMISSION_PREFIX):
