@@ -336,7 +336,7 @@ class HFAuthMiddleware:
         self, scope: Scope, error: AuthenticationError, send: Send, *, accepted: bool = False
     ) -> None:
         response = self.guard.error_response(error)
-        if not accepted and "websocket.http.response" in scope.get("extensions", {}):
+        if not _must_close(scope, accepted):
             await send(
                 {
                     "type": "websocket.http.response.start",
@@ -349,6 +349,12 @@ class HFAuthMiddleware:
             await send(
                 {"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": _reason(error)}
             )
+
+
+def _must_close(scope: Scope, accepted: bool) -> bool:
+    """A refused WebSocket is closed (1008) once accepted, or where the server
+    has no denial responses; else the handshake gets the HTTP denial."""
+    return accepted or "websocket.http.response" not in scope.get("extensions", {})
 
 
 def _reason(error: AuthenticationError) -> str:
@@ -376,7 +382,7 @@ async def answer_denial(
         ):
             return None  # nothing can go out any more
         accepted = not isinstance(sent, list) or bool(sent)
-        if accepted or "websocket.http.response" not in conn.scope.get("extensions", {}):
+        if _must_close(conn.scope, accepted):
             await websocket.close(code=WS_POLICY_VIOLATION, reason=_reason(error))
             return None
     return render(guard, error)

@@ -650,15 +650,11 @@ class Authenticator:
         if isinstance(outcome, Invalid):
             next(self.metrics.invalid)
             raise InvalidToken()
-        if self._expired(outcome.principal):
+        if self.cache.has_expired(outcome.principal):
             next(self.metrics.expired)
             raise InvalidToken("The access token has expired")
         next(self.metrics.valid)
         return outcome.principal
-
-    def _expired(self, principal: Principal) -> bool:
-        expires_at = principal.expires_at
-        return expires_at is not None and expires_at.timestamp() <= self.clock()
 
     # --- drivers ---------------------------------------------------------------------
 

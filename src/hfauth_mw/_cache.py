@@ -40,6 +40,7 @@ from cachetools import TLRUCache
 from ._exceptions import ConfigurationError
 from ._metrics import count_value
 from ._outcome import EXPIRED, Invalid, Outcome, Valid
+from ._principal import Principal
 
 __all__ = [
     "DEFAULT_MAXSIZE",
@@ -211,8 +212,9 @@ class TokenCache:
             f"negative_size={len(self._negative)}/{self._negative.maxsize})"
         )
 
-    def _has_expired(self, outcome: Valid) -> bool:
-        expires_at = outcome.principal.expires_at
+    def has_expired(self, principal: Principal) -> bool:
+        """Whether ``principal``'s token has expired, by this cache's clock."""
+        expires_at = principal.expires_at
         return expires_at is not None and expires_at.timestamp() <= self.clock()
 
     def lifetime(self, outcome: Valid) -> float:
@@ -302,7 +304,7 @@ class TokenCache:
             leader.future.set_result(outcome)
 
     def _store(self, key: bytes, outcome: Outcome, max_age: float | None = None) -> None:
-        if isinstance(outcome, Valid) and self._has_expired(outcome):
+        if isinstance(outcome, Valid) and self.has_expired(outcome.principal):
             outcome = EXPIRED
         if isinstance(outcome, Invalid):
             # The source has said no: an older positive answer, kept for

@@ -629,12 +629,10 @@ def _read_token() -> tuple[str, str, str]:
         if line:
             # `echo "$TOKEN" |` with $TOKEN unset: the token meant for this run is
             # missing, and $HF_TOKEN must not go where it was to go.
+            also = "; to inspect $HF_TOKEN, add </dev/null" if from_env else ""
             raise UsageError(
-                "standard input held an empty line, not a token (is the variable you "
-                "echoed set?); to inspect $HF_TOKEN, add </dev/null"
-                if from_env
-                else "standard input held an empty line, not a token (is the variable "
-                "you echoed set?)"
+                "standard input held an empty line, not a token "
+                f"(is the variable you echoed set?){also}"
             )
     if from_env:
         return from_env, "HF_TOKEN", _ORIGINS["HF_TOKEN"]

@@ -174,7 +174,8 @@ def register_prometheus(
         ) from None
     if not authenticators:
         raise ConfigurationError("register_prometheus needs at least one authenticator")
-    names = [authenticator.source.name for authenticator in dict.fromkeys(authenticators)]
+    targets = tuple(dict.fromkeys(authenticators))  # one authenticator named twice is one
+    names = [authenticator.source.name for authenticator in targets]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         # Their series would carry the same labels, and Prometheus keeps one of each.
@@ -185,7 +186,7 @@ def register_prometheus(
 
     class _Collector:
         def __init__(self, targets: Iterable[Authenticator]) -> None:
-            self.targets = tuple(dict.fromkeys(targets))
+            self.targets = tuple(targets)
 
         def describe(self) -> list[Any]:
             return []
@@ -248,6 +249,6 @@ def register_prometheus(
             yield entries
             yield latency
 
-    collector = _Collector(authenticators)
+    collector = _Collector(targets)
     (registry if registry is not None else REGISTRY).register(collector)
     return collector

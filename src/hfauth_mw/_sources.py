@@ -307,17 +307,11 @@ class OAuthIntrospectionSource:
         # The cache's namespace: another client of the same endpoint may be told
         # otherwise about a token (RFC 7662 section 2.2), and other scope_roles
         # make other principals of the same answer; neither may read these entries.
-        self._name = name or (
-            f"rfc7662:{self.url}?client_id={quote_plus(client_id)}"
-            + (
-                ""
-                if self.scope_roles == DEFAULT_SCOPE_ROLES
-                else "&scope_roles="
-                + hashlib.sha256(json.dumps(self.scope_roles, sort_keys=True).encode()).hexdigest()[
-                    :12
-                ]
-            )
-        )
+        roles = ""
+        if self.scope_roles != DEFAULT_SCOPE_ROLES:
+            mapping = json.dumps(self.scope_roles, sort_keys=True).encode()
+            roles = f"&scope_roles={hashlib.sha256(mapping).hexdigest()[:12]}"
+        self._name = name or f"rfc7662:{self.url}?client_id={quote_plus(client_id)}{roles}"
 
     @property
     def name(self) -> str:

@@ -583,6 +583,10 @@ def _entry_list(value: object) -> list[dict[str, Any]]:
     return entries
 
 
+#: The rows a TokenRecord is read from (a query, to complete with its WHERE).
+_SELECT_RECORDS = "SELECT digest, user, role, display_name, created_at, expires_at FROM tokens"
+
+
 def _record(row: sqlite3.Row) -> TokenRecord:
     return TokenRecord(
         fingerprint=_column(row, "digest", _fingerprint),
@@ -1096,11 +1100,7 @@ class LocalTokenStore:
             digest = self._digest_starting(conn, prefix)
             if digest is None:
                 return None
-            row = conn.execute(
-                "SELECT digest, user, role, display_name, created_at, expires_at FROM tokens"
-                " WHERE digest = ?",
-                (digest,),
-            ).fetchone()
+            row = conn.execute(_SELECT_RECORDS + " WHERE digest = ?", (digest,)).fetchone()
         return None if row is None else self._decode(_record, row)
 
     def _digest_starting(self, conn: sqlite3.Connection, prefix: str) -> bytes | None:
@@ -1118,10 +1118,7 @@ class LocalTokenStore:
 
     def list_tokens(self, user: str | None = None) -> list[TokenRecord]:
         """The stored tokens (all, or ``user``'s), oldest first. No token text."""
-        query = (
-            "SELECT digest, user, role, display_name, created_at, expires_at FROM tokens"
-            " WHERE ? IS NULL OR user = ? ORDER BY created_at, rowid"
-        )
+        query = _SELECT_RECORDS + " WHERE ? IS NULL OR user = ? ORDER BY created_at, rowid"
         with self._connection() as conn:
             rows = conn.execute(query, (user, user)).fetchall()
         return [self._decode(_record, row) for row in rows]
