@@ -182,10 +182,10 @@ class PrivateHeadersOnly:
     send wrapper. What the headers cost a server, apart from the layer."""
 
     def __init__(self, app: ASGIApp) -> None:
-        from hfauth_mw._asgi import _private_responses
+        from hfauth_mw._adapters import private_send
 
         self.app = app
-        self.wrap = _private_responses
+        self.wrap = private_send
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.app(scope, receive, self.wrap(send, []) if scope["type"] == "http" else send)

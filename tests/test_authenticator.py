@@ -567,10 +567,10 @@ async def test_waiters_share_one_relay_and_time_out(clock):
     leader = authenticator.cache.begin(authenticator.cache_key(credentials.digest))
     waiters = [asyncio.create_task(authenticator.authenticate(credentials)) for _ in range(10)]
     await asyncio.sleep(0)
-    assert len(authenticator._loop_waiters) == 1
+    assert len(authenticator.async_driver.loop_waiters) == 1
     results = await asyncio.gather(*waiters, return_exceptions=True)
     assert all(isinstance(result, SourceUnavailable) for result in results)
-    assert authenticator._loop_waiters == {}
+    assert authenticator.async_driver.loop_waiters == {}
     authenticator.cache.abandon(leader, SourceUnavailable())
 
 
@@ -586,10 +586,10 @@ async def test_waiters_after_a_timeout_still_get_the_flights_answer(clock):
         await early
     late = [asyncio.create_task(authenticator.authenticate(credentials)) for _ in range(3)]
     await asyncio.sleep(0)
-    assert len(authenticator._loop_waiters) == 1  # the late waiters' own relay
+    assert len(authenticator.async_driver.loop_waiters) == 1  # the late waiters' own relay
     authenticator.cache.complete(leader, Valid(Principal(name="tess", token_role="read")))
     assert [principal.name for principal in await asyncio.gather(*late)] == ["tess"] * 3
-    assert authenticator._loop_waiters == {}
+    assert authenticator.async_driver.loop_waiters == {}
 
 
 async def test_cancelled_waiters_do_not_pile_up_while_a_flight_lasts(clock):
@@ -611,11 +611,11 @@ async def test_cancelled_waiters_do_not_pile_up_while_a_flight_lasts(clock):
         await asyncio.gather(*quitters, return_exceptions=True)
     stayer = asyncio.create_task(authenticator.authenticate(credentials))
     await asyncio.sleep(0)
-    (waiting,) = authenticator._loop_waiters.values()
+    (waiting,) = authenticator.async_driver.loop_waiters.values()
     assert len(waiting) <= 2 * 100 + 1  # swept as it doubles, not 1,001 futures
     authenticator.cache.complete(leader, Valid(Principal(name="sam", token_role="read")))
     assert (await stayer).name == "sam"
-    assert authenticator._loop_waiters == {}
+    assert authenticator.async_driver.loop_waiters == {}
 
 
 async def test_cancelled_waiter_leaves_the_others_waiting(make_authenticator, hub_emulator, alice):

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from hfauth_mw._pipeline import Guard, GuardOptions
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -37,7 +38,6 @@ from hfauth_mw import (
     require_read,
     require_write,
 )
-from hfauth_mw._guard import Guard, GuardOptions
 from hfauth_mw._options import MiddlewareOptions
 
 RULES = [

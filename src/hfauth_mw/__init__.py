@@ -21,9 +21,9 @@ from ._exceptions import (
     TokenStoreError,
     TooManyFailures,
 )
-from ._guard import Guard, RepoRule, RequestAuth, require_read, require_write
 from ._metrics import register_prometheus
 from ._outcome import IntrospectionSource, Invalid, Valid
+from ._pipeline import Guard
 from ._principal import (
     ANONYMOUS,
     OrgMembership,
@@ -33,6 +33,8 @@ from ._principal import (
     principal_from_whoami,
 )
 from ._protection import FailureLimiter, UpstreamBreaker
+from ._request_auth import RequestAuth
+from ._routes import RepoRule, require_read, require_write
 from ._rules import (
     AccessPolicy,
     Decision,

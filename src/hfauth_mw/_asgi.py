@@ -22,18 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Unpack, cast
-from urllib.parse import parse_qsl
 
 from starlette.authentication import AuthCredentials, BaseUser
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketState
 
+from ._adapters import PrincipalUser, drive_async, private_send, read_scope, watched_send
 from ._checks import require_bool
 from ._exceptions import AuthenticationError
-from ._guard import Guard, PrincipalMemo, RequestAuth
 from ._options import AdapterOptions, build_guard
+from ._pipeline import Guard
 from ._principal import ANONYMOUS, Principal
+from ._request_auth import PrincipalMemo, RequestAuth
 
 __all__ = ["HFAuthMiddleware", "HubAuthCredentials", "HubUser", "get_request_auth"]
 
@@ -47,12 +48,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 WS_POLICY_VIOLATION = 1008
 #: Scope key of what the middleware saw an authenticated WebSocket's app send.
 WEBSOCKET_STATE = "hfauth.websocket"
-_Headers = tuple[tuple[bytes, bytes], ...]
-_VARY_ONLY: _Headers = ((b"vary", b"Authorization"),)
-_PRIVATE_AND_VARY: _Headers = ((b"cache-control", b"private"), *_VARY_ONLY)
 
 
-class HubUser(BaseUser):
+class HubUser(PrincipalUser, BaseUser):
     """``request.user`` for Starlette: the principal behind Starlette's user API.
 
     Built once per cached principal and shared by its requests, so it cannot
@@ -61,11 +59,7 @@ class HubUser(BaseUser):
     Keep per-request state in ``request.state``.
     """
 
-    __slots__ = ("principal",)
-    principal: Principal
-
-    def __init__(self, principal: Principal) -> None:
-        object.__setattr__(self, "principal", principal)
+    __slots__ = ()
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(
@@ -79,21 +73,6 @@ class HubUser(BaseUser):
     def __reduce__(self) -> tuple[type[HubUser], tuple[Principal]]:
         # copy and pickle would restore the slot with setattr, which is refused.
         return type(self), (self.principal,)
-
-    @property
-    def is_authenticated(self) -> bool:
-        return not self.principal.is_anonymous
-
-    @property
-    def display_name(self) -> str:
-        return self.principal.name
-
-    @property
-    def identity(self) -> str:
-        return self.principal.id or self.principal.name
-
-    def __repr__(self) -> str:
-        return f"HubUser({self.principal.name!r}, role={self.principal.token_role!r})"
 
 
 class HubAuthCredentials(AuthCredentials):
@@ -163,21 +142,6 @@ def get_request_auth(scope_or_request: Any) -> RequestAuth:
     return auth
 
 
-def app_path(scope: Scope) -> str:
-    """The path inside the application, whether or not the server put root_path in path."""
-    path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    # Strip root_path only at a segment boundary, as Starlette's router does:
-    # "/apiorg/x" is not under root_path "/api".
-    if root_path and path.startswith(root_path):
-        rest = path[len(root_path) :]
-        if not rest:
-            return "/"
-        if rest[0] == "/":
-            return rest
-    return path
-
-
 class HFAuthMiddleware:
     """Pure ASGI middleware accepting Hugging Face access tokens.
 
@@ -205,9 +169,6 @@ class HFAuthMiddleware:
             app.add_exception_handler(AuthenticationError, self._render)  # type: ignore[attr-defined]
         self.authenticator = self.guard.authenticator
         self.private_responses = require_bool("private_responses", private_responses)
-        self._has_public_paths = bool(self.guard.exact_public or self.guard.prefix_public)
-        query_param = self.guard.query_param
-        self._query_param = query_param.encode() if query_param else None
         # Each cached principal's Starlette user and credentials, built once.
         self._starlette_view: PrincipalMemo[tuple[HubUser, HubAuthCredentials]] = PrincipalMemo(
             lambda principal: (HubUser(principal), HubAuthCredentials(starlette_scopes(principal))),
@@ -222,49 +183,25 @@ class HFAuthMiddleware:
         if scope_type != "http" and scope_type != "websocket":
             await self.app(scope, receive, send)
             return
-        path = app_path(scope) if scope.get("root_path") else scope["path"]
         guard = self.guard
-        if self._has_public_paths and guard.is_public(path):
-            # No token is checked here, but request.user and @requires must still
-            # work (as under Starlette's own AuthenticationMiddleware): anonymous.
-            scope.setdefault("user", _ANONYMOUS_USER)
-            scope.setdefault("auth", _NO_SCOPES)
-            await self.app(scope, receive, send)
-            return
-        authorization = []
-        forwarded = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization.append(value)
-            elif name == b"x-forwarded-for":
-                # Each proxy may add a line of its own: read them as one list, in
-                # order (RFC 9110 5.3), as WSGI servers join them; the last line alone
-                # would make the nearest proxy everyone's address.
-                forwarded = value if forwarded is None else forwarded + b", " + value
-        forwarded_for = forwarded.decode("latin-1") if forwarded is not None else None
-        peer = scope.get("client")
         try:
-            step = guard.begin(
-                scope.get("method", "GET"),
-                path,
-                authorization,
-                self._query_tokens(scope) if self._query_param is not None else (),
-                peer[0] if peer else None,
-                forwarded_for,
-            )
-            auth = (
-                step if isinstance(step, RequestAuth) else await self.authenticator.run_async(step)
-            )
+            auth = guard.decide(read_scope(scope, guard.query_param))
+            if auth is not None and not isinstance(auth, RequestAuth):
+                auth = await drive_async(guard, auth)
         except AuthenticationError as error:
             if scope_type == "http":
                 await self._refuse_http(error, send)
             else:
                 await self._refuse_websocket(scope, error, send)
             return
-        view = self._starlette_view.table.get(id(auth.principal))
-        scope["user"], scope["auth"] = (
-            view[1] if view is not None else self._starlette_view.get(auth.principal)
-        )
+        if auth is None:
+            # A public path: no token is checked, but request.user and @requires
+            # must still work (as under Starlette's AuthenticationMiddleware).
+            scope.setdefault("user", _ANONYMOUS_USER)
+            scope.setdefault("auth", _NO_SCOPES)
+            await self.app(scope, receive, send)
+            return
+        scope["user"], scope["auth"] = self._starlette_view.get(auth.principal)
         scope["hfauth"] = auth
         if scope_type != "http":
             await self._websocket(scope, receive, send)
@@ -274,9 +211,9 @@ class HFAuthMiddleware:
         # unless the response had started: then it goes on up, as any error.
         started: list[bool] = []
         if self.private_responses and auth.scheme is not None:
-            watched = _private_responses(send, started)
+            watched = private_send(send, started)
         else:
-            watched = _watched(send, started)
+            watched = watched_send(send, started)
         try:
             await self.app(scope, receive, watched)
         except AuthenticationError as error:
@@ -311,15 +248,6 @@ class HFAuthMiddleware:
     async def _render(self, conn: HTTPConnection, error: Exception) -> Response | None:
         assert isinstance(error, AuthenticationError)  # registered for it only
         return await answer_denial(self.guard, conn, error)
-
-    def _query_tokens(self, scope: Scope) -> list[str]:
-        if self._query_param is None or not scope.get("query_string"):
-            return []
-        name = self._query_param.decode()
-        query: bytes = scope["query_string"]
-        return [
-            v for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if k == name
-        ]
 
     async def _refuse_http(self, error: AuthenticationError, send: Send) -> None:
         response = self.guard.error_response(error)
@@ -403,38 +331,3 @@ def _encode_headers(
     encoded = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
     encoded.append((b"content-length", str(content_length).encode("latin-1")))
     return encoded
-
-
-def _watched(send: Send, started: list[bool]) -> Send:
-    """``send``, noting in ``started`` that the response has started."""
-
-    async def send_watched(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            started.append(True)
-        await send(message)
-
-    return send_watched
-
-
-def _private_responses(send: Send, started: list[bool]) -> Send:
-    """``send`` adding ``Vary: Authorization`` and ``Cache-Control: private``
-    (unless the app set one) to the response, noting in ``started`` that it
-    has started."""
-
-    async def send_private(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            started.append(True)
-            headers = message.get("headers", ())
-            if type(headers) is not list and type(headers) is not tuple:
-                headers = list(headers)  # any iterable; a generator can be read once
-            for name, _ in headers:
-                if len(name) == 13 and name.lower() == b"cache-control":
-                    added = _VARY_ONLY
-                    break
-            else:
-                added = _PRIVATE_AND_VARY
-            # New objects, never the app's: it may send one start message many times.
-            message = {**message, "headers": [*headers, *added]}
-        await send(message)
-
-    return send_private

@@ -1,25 +1,21 @@
-"""The authenticator: a source, a cache, and the sync and async drivers.
+"""The authenticator: a source and a cache, and the decision for one token.
 
 :meth:`Authenticator.flow` is the whole decision for one token, written once
-as a generator that yields :data:`Work`: an HTTP request to send, another
-request's flight to wait for, and, with a shared cache, a shared-tier
-operation (:mod:`hfauth_mw._shared`) or a pause. :meth:`authenticate` and
-:meth:`authenticate_sync` only do that I/O; a Redis failure comes back to the
-flow as :class:`~hfauth_mw._shared.SharedDown` and the flow decides.
+as a generator that yields work: an HTTP request to send, another request's
+flight to wait for, and, with a shared cache, a shared-tier operation
+(:mod:`hfauth_mw._shared`) or a pause. It never does I/O and never calls back
+into its caller: the drivers in :mod:`hfauth_mw._drivers` run it, and a Redis
+failure comes back to the flow as :class:`~hfauth_mw._shared.SharedDown` for
+the flow to decide.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import secrets
-import threading
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Generator
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
 import httpx
@@ -27,7 +23,7 @@ import httpx
 from ._cache import Leader, TokenCache
 from ._checks import require_instance, require_int, shown
 from ._credentials import Credentials
-from ._deadline import bounded_transport, within
+from ._drivers import AsyncDriver, Cleanup, SyncDriver, Work
 from ._exceptions import ConfigurationError, InvalidToken, SourceUnavailable
 from ._metrics import Metrics
 from ._outcome import EXPIRED, Flow, IntrospectionSource, Invalid, Outcome, Valid, WaitFor
@@ -37,6 +33,7 @@ from ._shared import (
     CLAIM_HIT,
     CLAIM_LEAD,
     Pause,
+    SharedBackend,
     SharedCache,
     SharedCacheUnavailable,
     SharedClaim,
@@ -48,26 +45,18 @@ from ._shared import (
 )
 from ._sources import DEFAULT_MAX_ANSWER_BYTES
 
-__all__ = ["AuthFlow", "Authenticator", "Work"]
+__all__ = ["AuthFlow", "Authenticator"]
 
 logger = logging.getLogger("hfauth_mw")
 audit_logger = logging.getLogger("hfauth_mw.audit")
 shared_logger = logging.getLogger("hfauth_mw.shared")
 
-#: Everything a flow may yield. The drivers below handle all of it.
-Work = httpx.Request | WaitFor | SharedOp | Pause
 #: The decision for one token, as a generator of work for a driver.
 AuthFlow = Generator[Work, Any, Principal]
 T = TypeVar("T")
 
 #: How many times waiters may take over flights whose leading request went away.
 _MAX_TAKEOVERS = 3
-
-# The request carries the caller's token already: a client of the user's own
-# with auth= (their Hub token, say) must not replace it, or every token would
-# pass as theirs. A plain Auth() adds nothing; None would still turn userinfo
-# in the URL into Basic credentials.
-_NO_AUTH = httpx.Auth()
 
 
 class LeaderCancelled(SourceUnavailable):
@@ -79,143 +68,6 @@ class LeaderCancelled(SourceUnavailable):
 
 # How a token was looked up in the shared tier.
 _SHARED_DOWN, _SHARED_HIT, _SHARED_LOCKED, _SHARED_UNLOCKED = range(4)
-
-# One pooled client per process (and, for async, per event loop: httpx async
-# connections belong to the loop that opened them). Timeouts are set per
-# request by each source, so these clients are neutral.
-_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-_sync_client: httpx.Client | None = None
-_sync_client_lock = threading.Lock()
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def shared_sync_client() -> httpx.Client:
-    global _sync_client
-    with _sync_client_lock:
-        if _sync_client is None:
-            transport, bounded = bounded_transport(_LIMITS)
-            if not bounded:  # pragma: no cover - only with an httpx this code does not know
-                logger.warning(
-                    "hfauth-mw: this httpx cannot bound a whole blocking call; each read "
-                    "is still bounded by the source's read timeout"
-                )
-            _sync_client = httpx.Client(transport=transport, follow_redirects=False)
-        return _sync_client
-
-
-def shared_async_client() -> httpx.AsyncClient:
-    loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:
-        client = httpx.AsyncClient(limits=_LIMITS, follow_redirects=False, trust_env=False)
-        _async_clients[loop] = client
-    return client
-
-
-def _transport_failure(exc: Exception) -> SourceUnavailable:
-    if isinstance(exc, httpx.TimeoutException | AnswerTooSlow | TimeoutError):
-        return SourceUnavailable("The token source timed out")
-    if isinstance(exc, AnswerTooLarge):
-        return SourceUnavailable("The token source answered more than we accept")
-    if isinstance(exc, AnswerEncoded):
-        return SourceUnavailable(
-            "The token source sent a compressed answer although asked for none"
-        )
-    return SourceUnavailable("The token source cannot be reached")
-
-
-class AnswerTooLarge(Exception):
-    pass
-
-
-class AnswerTooSlow(Exception):
-    pass
-
-
-class AnswerEncoded(Exception):
-    pass
-
-
-#: Raised by the drivers' reads of an upstream answer; each becomes a 503.
-_ANSWER_FAILURES = (httpx.HTTPError, AnswerTooLarge, AnswerTooSlow, AnswerEncoded, TimeoutError)
-
-
-class _AnswerBody:
-    """One upstream answer's body, read the same way by both drivers.
-
-    A transport that hands over the body already read (``httpx.MockTransport``)
-    leaves no stream to iterate: then the body is added whole.
-
-    Bounded in size *as sent*: the request asks for no content coding and an
-    answer that has one is refused, so a small compressed body can never
-    expand past the cap in memory. Bounded in time as a whole: httpx's
-    timeouts bound each read, so an upstream sending a byte at a time would
-    otherwise hold the request (and a breaker slot) for as long as it likes.
-    """
-
-    __slots__ = ("_body", "_deadline", "_limit")
-
-    def __init__(self, response: httpx.Response, limit: int, deadline: float) -> None:
-        if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
-            raise AnswerEncoded
-        self._body = bytearray()
-        self._limit = limit
-        self._deadline = deadline
-
-    def add(self, chunk: bytes) -> None:
-        self._body += chunk
-        if len(self._body) > self._limit:
-            raise AnswerTooLarge
-        if time.monotonic() > self._deadline:
-            raise AnswerTooSlow
-
-    def response(self, response: httpx.Response) -> httpx.Response:
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            content=bytes(self._body),
-            request=response.request,
-        )
-
-
-def _prepare(work: httpx.Request, fallback: float) -> float:
-    """Ask for the answer without content coding; return the seconds the whole
-    call may take: the sum of the request's timeout phases (connect, write,
-    pool, read), or ``fallback`` for a request that names none."""
-    work.headers["Accept-Encoding"] = "identity"
-    phases = work.extensions.get("timeout")
-    if isinstance(phases, dict):
-        bounds = [phase for phase in phases.values() if isinstance(phase, int | float)]
-        if bounds:
-            return float(sum(bounds))
-    return fallback
-
-
-#: Waiting futures a flight's list holds before its first sweep of cancelled ones.
-_FIRST_SWEEP = 64
-
-
-class _Waiting(list["asyncio.Future[Outcome]"]):
-    """The futures of one event loop's coroutines waiting on one flight.
-
-    A request that gives up (cancelled) leaves a done future behind; those are
-    dropped whenever the list has doubled since the last sweep, so requests
-    that come and go while a slow flight lasts cannot pile up (amortised O(1)).
-    """
-
-    __slots__ = ("_sweep_at",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._sweep_at = _FIRST_SWEEP
-
-    def add(self, future: asyncio.Future[Outcome]) -> None:
-        self.append(future)
-        if len(self) >= self._sweep_at:
-            self[:] = [waiting for waiting in self if not waiting.done()]
-            self._sweep_at = max(_FIRST_SWEEP, 2 * len(self))
 
 
 def _resumed(flow: Flow, first: httpx.Request) -> Generator[httpx.Request, Any, Outcome]:
@@ -284,8 +136,6 @@ class Authenticator:
         require_int("max_answer_bytes", max_answer_bytes, 1024, 1 << 26)
         self.source = source
         self.cache = cache if cache is not None else TokenCache()
-        self._client = client
-        self._async_client = async_client
         self.max_answer_bytes = max_answer_bytes
         self.breaker = breaker if breaker is not None else UpstreamBreaker(timer=self.cache.timer)
         self._namespace = source.name.encode("utf-8") + b"\x00"
@@ -294,13 +144,19 @@ class Authenticator:
         # A cold token's lock outlives the leader's flight (the source's own bound).
         self._lock_ttl = (shared.lock_ttl or source.wait_timeout) if shared else 0.0
         # In-process waiters wait for the leader, who may first wait on another process.
-        self._loop_waiters: dict[tuple[Future[Outcome], asyncio.AbstractEventLoop], _Waiting] = {}
-        # Lock releases of cancelled requests, running as tasks (at most one per
-        # cancelled flight, each bounded by Redis's socket timeout).
-        self._releasing: set[asyncio.Task[object]] = set()
-        self._wait_timeout = source.wait_timeout + (
+        wait_timeout = source.wait_timeout + (
             self._lock_ttl + shared.max_poll_interval if shared else 0.0
         )
+        self._cleanup = Cleanup()
+        driver_config: dict[str, Any] = {
+            "max_answer_bytes": max_answer_bytes,
+            "request_timeout": source.wait_timeout,
+            "wait_timeout": wait_timeout,
+            "shared_backend": self._shared_backend,
+            "cleanup": self._cleanup,
+        }
+        self.sync_driver = SyncDriver(client, **driver_config)
+        self.async_driver = AsyncDriver(async_client, **driver_config)
         if shared is not None:
             shared.attach(self.cache, self._namespace)
 
@@ -339,20 +195,13 @@ class Authenticator:
 
     def cached(self, credentials: Credentials) -> Principal | None:
         """The principal for ``credentials`` if the in-process cache has a fresh
-        positive answer, else ``None`` (then drive :meth:`flow`). No lock, no
-        generator. Raises InvalidToken if the token has expired."""
-        fresh = self.cache.fresh(self._namespace + credentials.digest)
-        return None if fresh is None else self._settle(fresh)
+        positive answer that has not expired, else ``None`` (then drive
+        :meth:`flow`, which answers negative and expired entries too). No
+        lock, no generator: the resolve step of every cached request."""
+        return self.fresh(credentials.digest)
 
     def fresh(self, digest: bytes) -> Principal | None:
-        """The principal of a token (by SHA-256 digest) whose fresh answer is in
-        the in-process cache and has not expired, counted as :meth:`cached`
-        counts it; else ``None``, counting nothing (then use :meth:`cached` or
-        :meth:`flow`).
-
-        The hot path of every cached request: it reads the cache's lock-free
-        mirror itself rather than through two more calls.
-        """
+        """:meth:`cached` by the token's SHA-256 digest."""
         cache = self.cache
         entry = cache.readable.get(self._namespace + digest)
         if entry is None or cache.timer() >= entry.fresh_until:
@@ -431,20 +280,12 @@ class Authenticator:
     def _release_after_cancel(self, shared: SharedCache, release: SharedRelease) -> None:
         """Give back the cluster-wide lock of a request that was cancelled, so
         that the waiters (here and in other processes) go on now rather than
-        at the lock's expiry. The flow can no longer yield, so this one call
-        runs outside it: as a task on the running event loop, or at once for a
-        blocking caller. Best effort, and skipped while Redis is failing: the
-        lock expires anyway. The release script only deletes our own lock."""
-        if shared.breaker.state == "open":
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            shared.backend.execute(release)
-            return
-        task = loop.create_task(shared.backend.execute_async(release))
-        self._releasing.add(task)  # a reference until done: the loop keeps only weak ones
-        task.add_done_callback(self._releasing.discard)
+        at the lock's expiry. The flow can no longer yield, so the driver runs
+        the release after it (:class:`~hfauth_mw._drivers.Cleanup`). Best
+        effort, and skipped while Redis is failing: the lock expires anyway.
+        The release script only deletes our own lock."""
+        if shared.breaker.state != "open":
+            self._cleanup.add(shared.backend, release)
 
     def _shared_ttl(self, outcome: Outcome) -> float:
         """Same rules as in-process: positive capped by expiry, negative short."""
@@ -658,178 +499,28 @@ class Authenticator:
 
     # --- drivers ---------------------------------------------------------------------
 
-    def authenticate_sync(self, credentials: Credentials) -> Principal:
-        """Blocking: the principal for ``credentials`` (WSGI servers, threads, the CLI)."""
-        return self.run_sync(self.flow(credentials))
+    def authenticate_sync(self, credentials: Credentials | str) -> Principal:
+        """Blocking: the principal for ``credentials`` (or a bare token), for WSGI
+        servers, threads and the CLI."""
+        return self.sync_driver.run(self.flow(_as_credentials(credentials)))
 
-    async def authenticate(self, credentials: Credentials) -> Principal:
-        """The principal for ``credentials``, for async code."""
-        return await self.run_async(self.flow(credentials))
+    async def authenticate(self, credentials: Credentials | str) -> Principal:
+        """The principal for ``credentials`` (or a bare token), for async code."""
+        return await self.async_driver.run(self.flow(_as_credentials(credentials)))
 
     def run_sync(self, flow: Generator[Work, Any, T]) -> T:
         """Drive any flow built on :meth:`flow` with blocking I/O."""
-        client = self._client or shared_sync_client()
-        try:
-            work = next(flow)
-            while True:
-                try:
-                    result = self._do_sync(client, work)
-                except SourceUnavailable as exc:
-                    work = flow.throw(exc)
-                else:
-                    work = flow.send(result)
-        except StopIteration as done:
-            value: T = done.value
-            return value
-        finally:
-            flow.close()
-
-    def _do_sync(self, client: httpx.Client, work: Work) -> object:
-        if isinstance(work, WaitFor):
-            try:
-                return work.future.result(timeout=self._wait_timeout)
-            except FutureTimeout:
-                raise SourceUnavailable("Timed out waiting for the token check") from None
-        if isinstance(work, SharedOp):
-            return self._shared_backend().execute(work)
-        if isinstance(work, Pause):
-            time.sleep(work.seconds)
-            return None
-        # Blocking reads cannot be interrupted: our own client's connections cut
-        # every socket operation to what is left of the deadline; a client of
-        # your own gets it checked as each part of the body arrives.
-        deadline = time.monotonic() + _prepare(work, self.source.wait_timeout)
-        try:
-            with within(deadline):
-                response = client.send(work, stream=True, follow_redirects=False, auth=_NO_AUTH)
-                try:
-                    body = _AnswerBody(response, self.max_answer_bytes, deadline)
-                    if response.is_stream_consumed:
-                        body.add(response.content)
-                    else:
-                        for chunk in response.iter_raw():
-                            body.add(chunk)
-                finally:
-                    response.close()
-        except _ANSWER_FAILURES as exc:
-            raise _transport_failure(exc) from None
-        return body.response(response)
+        return self.sync_driver.run(flow)
 
     async def run_async(self, flow: Generator[Work, Any, T]) -> T:
         """Drive any flow built on :meth:`flow` with async I/O."""
-        client = self._async_client or shared_async_client()
-        try:
-            work = next(flow)
-            while True:
-                try:
-                    result = await self._do_async(client, work)
-                except SourceUnavailable as exc:
-                    work = flow.throw(exc)
-                else:
-                    work = flow.send(result)
-        except StopIteration as done:
-            value: T = done.value
-            return value
-        finally:
-            flow.close()
+        return await self.async_driver.run(flow)
 
-    def _do_async(self, client: httpx.AsyncClient, work: Work) -> Awaitable[object]:
-        # A waiter awaits its future directly: no coroutine of its own per waiting request.
-        if isinstance(work, WaitFor):
-            return self._loop_waiter(work.future)
-        return self._send_async(client, work)
-
-    async def _send_async(
-        self, client: httpx.AsyncClient, work: httpx.Request | SharedOp | Pause
-    ) -> object:
-        if isinstance(work, SharedOp):
-            return await self._shared_backend().execute_async(work)
-        if isinstance(work, Pause):
-            await asyncio.sleep(work.seconds)
-            return None
-        seconds = _prepare(work, self.source.wait_timeout)
-        deadline = time.monotonic() + seconds
-        try:
-            async with asyncio.timeout(seconds):
-                response = await client.send(
-                    work, stream=True, follow_redirects=False, auth=_NO_AUTH
-                )
-                try:
-                    body = _AnswerBody(response, self.max_answer_bytes, deadline)
-                    if response.is_stream_consumed:
-                        body.add(response.content)
-                    else:
-                        async for chunk in response.aiter_raw():
-                            body.add(chunk)
-                finally:
-                    await response.aclose()
-        except _ANSWER_FAILURES as exc:
-            raise _transport_failure(exc) from None
-        return body.response(response)
-
-    def _loop_waiter(self, flight: Future[Outcome]) -> asyncio.Future[Outcome]:
-        """A future of this request's own for the flight's outcome. The
-        coroutines of one event loop waiting on one flight share one relay
-        from the flight and one timeout: a stampede of N waiters costs N plain
-        futures, and cancelling one request cancels only its own future."""
-        loop = asyncio.get_running_loop()
-        waiting = self._loop_waiters.get((flight, loop))
-        if waiting is None:
-            waiting = self._wait_on_loop(flight, loop)
-        future: asyncio.Future[Outcome] = loop.create_future()
-        waiting.add(future)
-        return future
-
-    def _wait_on_loop(self, flight: Future[Outcome], loop: asyncio.AbstractEventLoop) -> _Waiting:
-        waiting = _Waiting()
-        self._loop_waiters[flight, loop] = waiting
-        timer = loop.call_later(
-            self._wait_timeout,
-            self._end_loop_waiters,
-            flight,
-            loop,
-            waiting,
-            SourceUnavailable("Timed out waiting for the token check"),
-        )
-
-        def relay(done: Future[Outcome]) -> None:  # runs in the thread that ends the flight
-            error = done.exception()
-            try:
-                loop.call_soon_threadsafe(
-                    self._end_loop_waiters, flight, loop, waiting, error or done.result(), timer
-                )
-            except RuntimeError:  # the loop is closed: nobody waits, forget the entry
-                self._loop_waiters.pop((flight, loop), None)
-
-        flight.add_done_callback(relay)
-        return waiting
-
-    def _end_loop_waiters(
-        self,
-        flight: Future[Outcome],
-        loop: asyncio.AbstractEventLoop,
-        waiting: _Waiting,
-        result: Outcome | BaseException,
-        timer: asyncio.TimerHandle | None = None,
-    ) -> None:
-        # After a timeout, later waiters of the same flight have a list of their own.
-        if self._loop_waiters.get((flight, loop)) is waiting:
-            del self._loop_waiters[flight, loop]
-        if timer is not None:
-            timer.cancel()
-        for future in waiting:
-            if future.done():  # its request was cancelled
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-        waiting.clear()
-
-    def _shared_backend(self) -> Any:
+    def _shared_backend(self) -> SharedBackend:
         if self.shared is None:  # a flow built on another authenticator
             raise SourceUnavailable("This authenticator has no shared cache")
-        return self.shared.backend
+        backend: SharedBackend = self.shared.backend
+        return backend
 
     # --- cache control ---------------------------------------------------------------
 
@@ -876,3 +567,14 @@ class Authenticator:
     async def arevoke(self, token: str) -> int:
         """:meth:`revoke` for async code."""
         return await self.run_async(self.revoke_flow(token))
+
+
+def _as_credentials(credentials: Credentials | str) -> Credentials:
+    """A bare token, as code outside a request passes it, as Bearer credentials."""
+    if isinstance(credentials, Credentials):
+        return credentials
+    if isinstance(credentials, str):
+        return Credentials.from_token(credentials)
+    raise TypeError(
+        f"expected an access token (str) or hfauth_mw.Credentials, not {type(credentials).__name__}"
+    )

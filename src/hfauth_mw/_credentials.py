@@ -158,9 +158,12 @@ def parse_credentials(
     malformed token.
     """
     if len(authorization) == 1 and not query_tokens:
-        # The common case, without decoding or copying: one well-formed Bearer header.
+        # The common case, without decoding or copying: one well-formed Bearer header
+        # (WSGI servers hand it over as latin-1 text; a token is ASCII).
         raw = authorization[0]
-        if isinstance(raw, bytes) and len(raw) <= max_header_bytes:
+        if type(raw) is str and raw.isascii():
+            raw = raw.encode("ascii")
+        if type(raw) is bytes and len(raw) <= max_header_bytes:
             bearer = bearer_token(raw)
             if bearer is not None:
                 return Credentials(bearer.decode("ascii"), "bearer", sha256(bearer).digest())

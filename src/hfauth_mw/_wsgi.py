@@ -36,82 +36,72 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from http import HTTPStatus
-from types import TracebackType
 from typing import Any, Unpack, cast
-from urllib.parse import parse_qsl
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from werkzeug.wsgi import get_path_info
-
+from ._adapters import (
+    ENVIRON_AUTH,
+    ENVIRON_PRINCIPAL,
+    needs_private_marks,
+    private_start_response,
+    read_environ,
+    settle,
+    with_private_headers,
+)
 from ._checks import require_bool
 from ._exceptions import AuthenticationError
-from ._guard import Guard, RequestAuth, RequestFlow
 from ._options import AdapterOptions, build_guard
+from ._pipeline import Guard
+from ._request_auth import RequestAuth
 
 __all__ = [
     "ENVIRON_AUTH",
     "ENVIRON_PRINCIPAL",
     "HFAuthWSGIMiddleware",
-    "authenticate_environ",
-    "environ_begin",
+    "authenticate_lazily",
 ]
 
-#: environ key of the request's :class:`~hfauth_mw.RequestAuth`.
-ENVIRON_AUTH = "hfauth"
-#: environ key of the request's :class:`~hfauth_mw.Principal`.
-ENVIRON_PRINCIPAL = "hfauth.principal"
 # Set on public paths once the server reads the body: a lazy check from inside
 # it (a streamed body) could neither answer 401 nor mark the response private.
-ENVIRON_STARTED = "hfauth.response_started"
+_ENVIRON_STARTED = "hfauth.response_started"
 # Set on public paths whose headers went out without the private marks: a
 # caller checked after that must not be handed to the body.
-ENVIRON_UNMARKED = "hfauth.sent_unmarked"
-
-# Yield type left open: the drivers know the work items; adapters only pass flows on.
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
-
-
-def request_path(environ: WSGIEnvironment) -> str:
-    """``PATH_INFO`` decoded as UTF-8, like ASGI's ``path``: the path inside the app."""
-    return get_path_info(environ) or "/"
-
-
-def environ_begin(guard: Guard, environ: WSGIEnvironment, path: str) -> RequestAuth | RequestFlow:
-    """:meth:`Guard.begin` for a WSGI request, or anything with WSGI-style keys
-    such as Django's ``request.META``: the answer, or a flow for either driver."""
-    query: list[str] = []
-    if guard.query_param:
-        query_string = environ.get("QUERY_STRING", "")
-        pairs = parse_qsl(query_string, keep_blank_values=True) if query_string else []
-        query = [value for key, value in pairs if key == guard.query_param]
-    # WSGI servers join repeated headers into one value, so there is at most one.
-    authorization = environ.get("HTTP_AUTHORIZATION")
-    return guard.begin(
-        str(environ.get("REQUEST_METHOD", "GET")),
-        path,
-        [authorization] if authorization is not None else [],
-        query,
-        environ.get("REMOTE_ADDR"),
-        environ.get("HTTP_X_FORWARDED_FOR"),
-    )
-
-
-def authenticate_environ(
-    guard: Guard, environ: WSGIEnvironment, path: str | None = None
-) -> RequestAuth:
-    """Authenticate and authorize one WSGI request, blocking; raises AuthenticationError.
-
-    ``path`` defaults to :func:`request_path`. Public paths are the caller's
-    business: this always checks.
-    """
-    path = request_path(environ) if path is None else path
-    step = environ_begin(guard, environ, path)
-    return step if isinstance(step, RequestAuth) else guard.authenticator.run_sync(step)
+_ENVIRON_UNMARKED = "hfauth.sent_unmarked"
 
 
 def attach(environ: WSGIEnvironment, auth: RequestAuth) -> None:
     environ[ENVIRON_AUTH] = auth
     environ[ENVIRON_PRINCIPAL] = auth.principal
+
+
+def authenticate_lazily(guard: Guard, environ: WSGIEnvironment) -> RequestAuth:
+    """The request's :class:`~hfauth_mw.RequestAuth`: the middleware's, or, on a
+    path the middleware let through unchecked (a public path), checked now,
+    once, blocking. Raises AuthenticationError.
+
+    Raises ``RuntimeError`` when asked for on a public path once its response
+    is being streamed: too late to answer 401 or to mark the answer private.
+    """
+    auth = environ.get(ENVIRON_AUTH)
+    streaming = environ.get(_ENVIRON_STARTED)
+    if isinstance(auth, RequestAuth) and not (
+        # Checked on a public path after its headers went out unmarked (in a
+        # teardown hook, say): not for a streamed body to show.
+        streaming and auth.scheme is not None and environ.get(_ENVIRON_UNMARKED)
+    ):
+        return auth
+    if streaming:
+        raise RuntimeError(
+            "hfauth-mw: the caller was asked for on a public path while its streamed body "
+            "was being sent (inside the body, or in a teardown hook, which "
+            "stream_with_context runs after the body), too late to answer 401 or mark the "
+            "response private. Read current_principal/current_auth in the view before it "
+            "returns the stream, or take the path out of public_paths."
+        )
+    auth = settle(guard, read_environ(environ, guard.query_param), lazy=True)
+    assert auth is not None  # a lazy check never skips the path
+    attach(environ, auth)
+    return auth
 
 
 def refuse(
@@ -155,43 +145,22 @@ class HFAuthWSGIMiddleware:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         environ.pop(ENVIRON_AUTH, None)
         environ.pop(ENVIRON_PRINCIPAL, None)
-        environ.pop(ENVIRON_STARTED, None)
-        environ.pop(ENVIRON_UNMARKED, None)
-        path = request_path(environ)
-        if self.guard.is_public(path):
+        environ.pop(_ENVIRON_STARTED, None)
+        environ.pop(_ENVIRON_UNMARKED, None)
+        guard = self.guard
+        try:
+            auth = settle(guard, read_environ(environ, guard.query_param))
+        except AuthenticationError as error:
+            return refuse(guard, error, environ, start_response)
+        if auth is None:  # a public path
             body = self.app(
                 environ, _public_responses(environ, start_response, self.private_responses)
             )
             return _watched_body(body, environ)
-        try:
-            auth = authenticate_environ(self.guard, environ, path)
-        except AuthenticationError as error:
-            return refuse(self.guard, error, environ, start_response)
         attach(environ, auth)
-        if self.private_responses and auth.scheme is not None:
-            start_response = _private_responses(start_response)
+        if self.private_responses and needs_private_marks(auth):
+            start_response = private_start_response(start_response)
         return self.app(environ, start_response)
-
-
-def _marked_private(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    # A new list, never the app's own (it may reuse one for many responses).
-    headers = list(headers)
-    for name, _ in headers:
-        if name.lower() == "cache-control":
-            break
-    else:
-        headers.append(("Cache-Control", "private"))
-    headers.append(("Vary", "Authorization"))
-    return headers
-
-
-def _private_responses(start_response: StartResponse) -> StartResponse:
-    def start_private(
-        status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
-    ) -> Any:
-        return start_response(status, _marked_private(headers), exc_info)
-
-    return cast(StartResponse, start_private)
 
 
 def _public_responses(
@@ -200,15 +169,12 @@ def _public_responses(
     """On a public path the app may authenticate lazily (Flask's ``current_principal``):
     mark the response private if it did before the response started."""
 
-    def start_public(
-        status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
-    ) -> Any:
-        auth = environ.get(ENVIRON_AUTH)
+    def start_public(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         if private:
-            if isinstance(auth, RequestAuth) and auth.scheme is not None:
-                headers = _marked_private(headers)
+            if needs_private_marks(environ.get(ENVIRON_AUTH)):
+                headers = with_private_headers(headers)
             else:
-                environ[ENVIRON_UNMARKED] = True
+                environ[_ENVIRON_UNMARKED] = True
         return start_response(status, headers, exc_info)
 
     return cast(StartResponse, start_public)
@@ -224,7 +190,7 @@ class _WatchedBody:
         self._environ = environ
 
     def __iter__(self) -> Iterator[bytes]:
-        self._environ[ENVIRON_STARTED] = True
+        self._environ[_ENVIRON_STARTED] = True
         return iter(self._body)
 
     def close(self) -> None:

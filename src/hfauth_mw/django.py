@@ -77,12 +77,21 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra("django", "django") from exc
 
-from ._asgi import HubUser as StarletteHubUser
+from ._adapters import (
+    PrincipalUser,
+    mark_private,
+    needs_private_marks,
+    read_environ,
+    settle,
+    settle_async,
+)
 from ._checks import require_bool
 from ._exceptions import AuthenticationError, ConfigurationError
-from ._guard import Access, Guard, RepoRequirement, RequestAuth
 from ._options import AdapterOptions, build_guard, options_from_config
-from ._wsgi import authenticate_environ, environ_begin
+from ._pipeline import Guard, RequestContext
+from ._request_auth import RequestAuth
+from ._routes import RepoRequirement
+from ._rules import Access
 
 __all__ = ["HFAuthMiddleware", "HubUser", "require_permission", "require_repo"]
 
@@ -125,22 +134,18 @@ def guard() -> Guard:
     return _setup().guard
 
 
-class HubUser(StarletteHubUser):
+class HubUser(PrincipalUser):
     """``request.user`` when ``HFAUTH["SET_USER"]`` is on: the principal behind the
-    attributes Django code reads from a user. Not a model; never staff; no perms."""
+    attributes Django code reads from a user. Not a model; never staff; no perms.
 
-    __slots__ = ()
+    One per request, not shared as the Starlette one is: Django code may set
+    attributes on it.
+    """
+
     is_active = True
     is_staff = False
     is_superuser = False
     pk = None
-
-    # One per request, not shared as the Starlette one is: Django code may set attributes.
-    def __setattr__(self, name: str, value: object) -> None:
-        object.__setattr__(self, name, value)
-
-    def __delattr__(self, name: str) -> None:
-        object.__delattr__(self, name)
 
     @property
     def is_anonymous(self) -> bool:
@@ -198,12 +203,17 @@ def _attach(request: Request, auth: RequestAuth) -> RequestAuth:
 
 
 def _finish(request: Request, response: Any) -> Any:
-    auth = getattr(request, "hfauth", None)
-    if isinstance(auth, RequestAuth) and auth.scheme is not None and _setup().private_responses:
-        patch_vary_headers(response, ("Authorization",))
-        if not response.has_header("Cache-Control"):
-            response["Cache-Control"] = "private"
+    if needs_private_marks(getattr(request, "hfauth", None)) and _setup().private_responses:
+        mark_private(
+            response.has_header,
+            response.__setitem__,
+            lambda value: patch_vary_headers(response, (value,)),
+        )
     return response
+
+
+def _facts(guard: Guard, request: Request) -> RequestContext:
+    return read_environ(request.META, guard.query_param, request.path_info)
 
 
 class HFAuthMiddleware:
@@ -222,23 +232,25 @@ class HFAuthMiddleware:
     def __call__(self, request: Request) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        setup = _setup()
+        guard = _setup().guard
         request.hfauth = request.principal = None
-        if not setup.guard.is_public(request.path_info):
-            try:
-                _attach(request, authenticate_environ(setup.guard, request.META, request.path_info))
-            except AuthenticationError as error:
-                return render(setup.guard, error)
+        try:
+            auth = settle(guard, _facts(guard, request))
+        except AuthenticationError as error:
+            return render(guard, error)
+        if auth is not None:
+            _attach(request, auth)
         return _finish(request, self.get_response(request))
 
     async def __acall__(self, request: Request) -> Any:
-        setup = _setup()
+        guard = _setup().guard
         request.hfauth = request.principal = None
-        if not setup.guard.is_public(request.path_info):
-            try:
-                _attach(request, await _authenticate_async(setup.guard, request))
-            except AuthenticationError as error:
-                return render(setup.guard, error)
+        try:
+            auth = await settle_async(guard, _facts(guard, request))
+        except AuthenticationError as error:
+            return render(guard, error)
+        if auth is not None:
+            _attach(request, auth)
         return _finish(request, await self.get_response(request))
 
     def process_exception(self, request: Request, exception: Exception) -> HttpResponse | None:
@@ -249,23 +261,24 @@ class HFAuthMiddleware:
         return None
 
 
-async def _authenticate_async(guard: Guard, request: Request) -> RequestAuth:
-    step = environ_begin(guard, request.META, request.path_info)
-    return step if isinstance(step, RequestAuth) else await guard.authenticator.run_async(step)
-
-
 def _request_auth(request: Request) -> RequestAuth:
     auth = getattr(request, "hfauth", None)
     if isinstance(auth, RequestAuth):
         return auth
-    return _attach(request, authenticate_environ(guard(), request.META, request.path_info))
+    guard = _setup().guard
+    checked = settle(guard, _facts(guard, request), lazy=True)
+    assert checked is not None  # a lazy check never skips the path
+    return _attach(request, checked)
 
 
 async def _request_auth_async(request: Request) -> RequestAuth:
     auth = getattr(request, "hfauth", None)
     if isinstance(auth, RequestAuth):
         return auth
-    return _attach(request, await _authenticate_async(guard(), request))
+    guard = _setup().guard
+    checked = await settle_async(guard, _facts(guard, request), lazy=True)
+    assert checked is not None  # a lazy check never skips the path
+    return _attach(request, checked)
 
 
 def require_repo(

@@ -82,10 +82,14 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra("fastapi", "fastapi") from exc
 
-from ._asgi import answer_denial, app_path, render
+from ._adapters import mark_private, needs_private_marks, read_scope, settle_async
+from ._asgi import answer_denial, render
 from ._exceptions import AuthenticationError, ConfigurationError, MissingCredentials
-from ._guard import Access, Guard, RepoRequirement, RequestAuth
 from ._options import AdapterOptions, build_guard
+from ._pipeline import Guard
+from ._request_auth import RequestAuth
+from ._routes import RepoRequirement
+from ._rules import Access
 
 __all__ = [
     "RequirePermission",
@@ -241,25 +245,16 @@ async def request_auth(request: Request, response: Response | None = None) -> Re
             # The middleware admits anonymous callers; these routes do not.
             raise MissingCredentials()
         return known
-    query = request.query_params.getlist(guard.query_param) if guard.query_param else []
-    peer = request.client.host if request.client else None
-    auth = await guard.authenticator.run_async(
-        guard.request_flow(
-            request.method,
-            app_path(request.scope),
-            request.headers.getlist("authorization"),
-            query,
-            peer,
-            # Every line, in order, as the middleware reads them (the first alone
-            # would be the client's own, which it can make up).
-            ", ".join(request.headers.getlist("x-forwarded-for")) or None,
-        )
-    )
+    auth = await settle_async(guard, read_scope(request.scope, guard.query_param), lazy=True)
+    assert auth is not None  # a lazy check never skips the path
     request.scope["hfauth"] = auth
-    if response is not None and state.private_responses and auth.scheme is not None:
-        if "cache-control" not in response.headers:
-            response.headers["cache-control"] = "private"
-        response.headers.append("vary", "Authorization")
+    if response is not None and state.private_responses and needs_private_marks(auth):
+        headers = response.headers
+        mark_private(
+            lambda name: name in headers,
+            headers.__setitem__,
+            lambda value: headers.append("vary", value),
+        )
     return auth
 
 

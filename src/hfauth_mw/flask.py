@@ -62,17 +62,12 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra("flask", "flask") from exc
 
 from ._exceptions import AuthenticationError, ConfigurationError
-from ._guard import Access, RepoRequirement, RequestAuth
 from ._options import MiddlewareOptions, options_from_config, overridden
 from ._principal import Principal
-from ._wsgi import (
-    ENVIRON_AUTH,
-    ENVIRON_STARTED,
-    ENVIRON_UNMARKED,
-    HFAuthWSGIMiddleware,
-    attach,
-    authenticate_environ,
-)
+from ._request_auth import RequestAuth
+from ._routes import RepoRequirement
+from ._rules import Access
+from ._wsgi import HFAuthWSGIMiddleware, authenticate_lazily
 
 __all__ = ["HFAuth", "current_auth", "current_principal"]
 
@@ -88,28 +83,9 @@ def _middleware(app: Flask) -> HFAuthWSGIMiddleware:
 
 
 def _current_auth() -> RequestAuth:
-    environ = request.environ
-    auth = environ.get(ENVIRON_AUTH)
-    streaming = environ.get(ENVIRON_STARTED)
-    if isinstance(auth, RequestAuth) and not (
-        # Checked on a public path after its headers went out unmarked (in a
-        # teardown hook, say): not for a streamed body to show.
-        streaming and auth.scheme is not None and environ.get(ENVIRON_UNMARKED)
-    ):
-        return auth
-    # A public path: the middleware let the request through unchecked, and
-    # marks the response private if it sees a check made here.
-    if streaming:
-        raise RuntimeError(
-            "hfauth-mw: the caller was asked for on a public path while its streamed body "
-            "was being sent (inside the body, or in a teardown hook, which "
-            "stream_with_context runs after the body), too late to answer 401 or mark the "
-            "response private. Read current_principal/current_auth in the view before it "
-            "returns the stream, or take the path out of public_paths."
-        )
-    auth = authenticate_environ(_middleware(current_app).guard, environ)
-    attach(environ, auth)
-    return auth
+    # On a public path the middleware let the request through unchecked: then
+    # it is checked now, and the middleware marks the response private.
+    return authenticate_lazily(_middleware(current_app).guard, request.environ)
 
 
 #: The request's :class:`~hfauth_mw.RequestAuth` (``.principal``, ``.can_read(repo)``,

@@ -1,0 +1,269 @@
+"""The adapter kit: what every framework adapter shares, written once.
+
+* Reading a request into a :class:`~hfauth_mw._pipeline.RequestContext`:
+  :func:`read_scope` (ASGI scope) and :func:`read_environ` (WSGI environ, or
+  anything with WSGI-style keys such as Django's ``request.META``).
+* Driving a decision that needs I/O: :func:`settle` (blocking) and
+  :func:`settle_async`, which also serve a check the app asks for itself when
+  the middleware did not run (``lazy=True``).
+* Marking authenticated answers private (``Cache-Control: private`` unless
+  the app set one, and ``Vary: Authorization``): :func:`private_headers` is
+  the rule, :func:`private_send` (ASGI), :func:`private_start_response` (WSGI)
+  and :func:`mark_private` (a framework's response object) apply it.
+* :class:`PrincipalUser`: the user attributes frameworks read, over a principal.
+
+Adapters keep only their framework's glue: where the result goes (a scope,
+an environ, ``request.user``) and how an error response is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, cast
+from urllib.parse import parse_qsl
+from wsgiref.types import StartResponse, WSGIEnvironment
+
+from werkzeug.wsgi import get_path_info
+
+from ._pipeline import Guard, RequestContext, RequestFlow
+from ._principal import Principal
+from ._request_auth import RequestAuth
+
+__all__ = [
+    "ENVIRON_AUTH",
+    "ENVIRON_PRINCIPAL",
+    "PrincipalUser",
+    "app_path",
+    "mark_private",
+    "private_headers",
+    "private_send",
+    "private_start_response",
+    "read_environ",
+    "read_scope",
+    "request_path",
+    "settle",
+    "settle_async",
+    "with_private_headers",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+
+#: environ key of the request's :class:`~hfauth_mw.RequestAuth`.
+ENVIRON_AUTH = "hfauth"
+#: environ key of the request's :class:`~hfauth_mw.Principal`.
+ENVIRON_PRINCIPAL = "hfauth.principal"
+
+
+# --- reading the request ------------------------------------------------------------
+
+
+def app_path(scope: Scope) -> str:
+    """The path inside the application, whether or not the server put root_path in path."""
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    # Strip root_path only at a segment boundary, as Starlette's router does:
+    # "/apiorg/x" is not under root_path "/api".
+    if root_path and path.startswith(root_path):
+        rest = path[len(root_path) :]
+        if not rest:
+            return "/"
+        if rest[0] == "/":
+            return rest
+    return path
+
+
+def read_scope(scope: Scope, query_param: str | None) -> RequestContext:
+    """The request facts of an ASGI ``http`` or ``websocket`` scope."""
+    authorization = []
+    forwarded = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization.append(value)
+        elif name == b"x-forwarded-for":
+            # Each proxy may add a line of its own: read them as one list, in
+            # order (RFC 9110 5.3), as WSGI servers join them; the last line alone
+            # would make the nearest proxy everyone's address.
+            forwarded = value if forwarded is None else forwarded + b", " + value
+    peer = scope.get("client")
+    return RequestContext(
+        scope.get("method", "GET"),
+        app_path(scope) if scope.get("root_path") else scope["path"],
+        authorization,
+        _query_tokens(scope.get("query_string", b"").decode("latin-1"), query_param)
+        if query_param is not None
+        else (),
+        peer[0] if peer else None,
+        forwarded.decode("latin-1") if forwarded is not None else None,
+    )
+
+
+def request_path(environ: WSGIEnvironment) -> str:
+    """``PATH_INFO`` decoded as UTF-8, like ASGI's ``path``: the path inside the app."""
+    return get_path_info(environ) or "/"
+
+
+def read_environ(
+    environ: WSGIEnvironment, query_param: str | None, path: str | None = None
+) -> RequestContext:
+    """The request facts of a WSGI environ (or Django's ``request.META``);
+    ``path`` defaults to :func:`request_path`."""
+    # WSGI servers join repeated headers into one value, so there is at most one.
+    authorization = environ.get("HTTP_AUTHORIZATION")
+    return RequestContext(
+        str(environ.get("REQUEST_METHOD", "GET")),
+        request_path(environ) if path is None else path,
+        [authorization] if authorization is not None else [],
+        _query_tokens(environ.get("QUERY_STRING", ""), query_param)
+        if query_param is not None
+        else (),
+        environ.get("REMOTE_ADDR"),
+        environ.get("HTTP_X_FORWARDED_FOR"),
+    )
+
+
+def _query_tokens(query_string: str, name: str | None) -> list[str]:
+    if not query_string or name is None:
+        return []
+    return [v for k, v in parse_qsl(query_string, keep_blank_values=True) if k == name]
+
+
+# --- driving the decision -----------------------------------------------------------
+
+
+def settle(guard: Guard, request: RequestContext, *, lazy: bool = False) -> RequestAuth | None:
+    """:meth:`Guard.decide <hfauth_mw.Guard.decide>`, blocking for any I/O it needs.
+    ``None`` for a public path; raises :class:`~hfauth_mw.AuthenticationError`.
+    With ``lazy`` (a check the app asks for itself) the path is always checked."""
+    decided = guard.decide(request, lazy=lazy)
+    if decided is None or isinstance(decided, RequestAuth):
+        return decided
+    return guard.authenticator.run_sync(decided)
+
+
+async def settle_async(
+    guard: Guard, request: RequestContext, *, lazy: bool = False
+) -> RequestAuth | None:
+    """:func:`settle` for async code."""
+    decided = guard.decide(request, lazy=lazy)
+    if decided is None or isinstance(decided, RequestAuth):
+        return decided
+    return await drive_async(guard, decided)
+
+
+async def drive_async(guard: Guard, flow: RequestFlow) -> RequestAuth:
+    """Finish a decision that needs I/O, on the running event loop (the ASGI
+    middleware decides inline and calls this only for a cold token)."""
+    return await guard.authenticator.run_async(flow)
+
+
+# --- private responses --------------------------------------------------------------
+
+_VARY_ONLY: tuple[tuple[bytes, bytes], ...] = ((b"vary", b"Authorization"),)
+_PRIVATE_AND_VARY: tuple[tuple[bytes, bytes], ...] = ((b"cache-control", b"private"), *_VARY_ONLY)
+
+
+def private_headers(has_cache_control: bool) -> tuple[tuple[str, str], ...]:
+    """What an authenticated answer gets, so that shared caches do not serve one
+    caller's answer to another: ``Vary: Authorization``, and ``Cache-Control:
+    private`` unless the app chose its own caching."""
+    if has_cache_control:
+        return (("Vary", "Authorization"),)
+    return (("Cache-Control", "private"), ("Vary", "Authorization"))
+
+
+def private_send(send: Send, started: list[bool]) -> Send:
+    """ASGI: ``send``, marking the response private (:func:`private_headers`) and
+    noting in ``started`` that it has started."""
+
+    async def send_private(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            started.append(True)
+            headers = message.get("headers", ())
+            if type(headers) is not list and type(headers) is not tuple:
+                headers = list(headers)  # any iterable; a generator can be read once
+            for name, _ in headers:
+                if len(name) == 13 and name.lower() == b"cache-control":
+                    added = _VARY_ONLY
+                    break
+            else:
+                added = _PRIVATE_AND_VARY
+            # New objects, never the app's: it may send one start message many times.
+            message = {**message, "headers": [*headers, *added]}
+        await send(message)
+
+    return send_private
+
+
+def watched_send(send: Send, started: list[bool]) -> Send:
+    """ASGI: ``send``, noting in ``started`` that the response has started."""
+
+    async def send_watched(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            started.append(True)
+        await send(message)
+
+    return send_watched
+
+
+def with_private_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    has_cache_control = any(name.lower() == "cache-control" for name, _ in headers)
+    # A new list, never the app's own (it may reuse one for many responses).
+    return [*headers, *private_headers(has_cache_control)]
+
+
+def private_start_response(start_response: StartResponse) -> StartResponse:
+    """WSGI: ``start_response``, marking the response private."""
+
+    def start_private(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        return start_response(status, with_private_headers(headers), exc_info)
+
+    return cast(StartResponse, start_private)
+
+
+def mark_private(
+    has_header: Callable[[str], bool],
+    set_header: Callable[[str, str], None],
+    add_vary: Callable[[str], None],
+) -> None:
+    """Mark a framework's response object private, through its own header API
+    (``add_vary`` merges into any ``Vary`` the app set)."""
+    for name, value in private_headers(has_header("Cache-Control")):
+        if name == "Vary":
+            add_vary(value)
+        else:
+            set_header(name, value)
+
+
+def needs_private_marks(auth: RequestAuth | None) -> bool:
+    """Whether a request's answer must be marked private: it carried credentials."""
+    return auth is not None and auth.scheme is not None
+
+
+# --- the user frameworks read -------------------------------------------------------
+
+
+class PrincipalUser:
+    """The user attributes Starlette and Django code read, over a principal."""
+
+    __slots__ = ("principal",)
+    principal: Principal
+
+    def __init__(self, principal: Principal) -> None:
+        object.__setattr__(self, "principal", principal)
+
+    @property
+    def is_authenticated(self) -> bool:
+        return not self.principal.is_anonymous
+
+    @property
+    def display_name(self) -> str:
+        return self.principal.name
+
+    @property
+    def identity(self) -> str:
+        return self.principal.id or self.principal.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.principal.name!r}, role={self.principal.token_role!r})"

@@ -1,0 +1,84 @@
+"""The audit trail: one event per decision, log-safe.
+
+Events go to the ``hfauth_mw.audit`` logger: allowed (INFO), denied (INFO),
+unavailable (WARNING). Fields are in ``extra`` (``hfauth_*``). No token ever:
+only its SHA-256 fingerprint; the path and user name have control characters
+escaped and token-shaped text masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ._checks import TOKEN_SHAPED
+from ._credentials import Credentials
+from ._exceptions import AuthenticationError, SourceUnavailable
+from ._principal import Principal
+
+__all__ = ["audit_logger", "loggable", "write_event"]
+
+audit_logger = logging.getLogger("hfauth_mw.audit")
+
+
+def loggable(text: str) -> str:
+    """``text`` for one audit line: control characters escaped (a decoded ``%0A``
+    in a path would start a forged line of its own) and anything shaped like a
+    token masked (a token pasted into a URL by mistake)."""
+    if not text.isprintable():
+        text = "".join(
+            char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+            for char in text
+        )
+    return TOKEN_SHAPED.sub("hf_***", text) if "hf_" in text or "api_org_" in text else text
+
+
+def write_event(
+    error: AuthenticationError | None,
+    *,
+    method: str,
+    path: str,
+    client: str | None,
+    credentials: Credentials | None,
+    principal: Principal | None,
+    source: str,
+    started: float,
+) -> None:
+    """Write the audit event of one decision (``error`` is ``None`` when allowed)."""
+    if error is None:
+        event, status, level, reason = "allowed", 200, logging.INFO, "allowed"
+    elif isinstance(error, SourceUnavailable):
+        event, status, level, reason = "unavailable", 503, logging.WARNING, error.description
+    else:
+        event, status, level = "denied", error.status_code, logging.INFO
+        reason = error.description
+    if not audit_logger.isEnabledFor(level):
+        return
+    fingerprint = credentials.fingerprint if credentials else None
+    name = loggable(principal.name) if principal else None
+    method, path = loggable(method), loggable(path)
+    latency_ms = round((time.perf_counter() - started) * 1000, 3)
+    audit_logger.log(
+        level,
+        "%s %s %s: %s (user %s, token %s, %.1f ms)",
+        event,
+        method,
+        path,
+        reason,
+        name or "-",
+        fingerprint or "-",
+        latency_ms,
+        extra={
+            "hfauth_event": event,
+            "hfauth_status": status,
+            "hfauth_method": method,
+            "hfauth_path": path,
+            "hfauth_client": client,
+            "hfauth_fingerprint": fingerprint,
+            "hfauth_principal": name,
+            "hfauth_token_role": principal.token_role if principal else None,
+            "hfauth_source": source,
+            "hfauth_reason": reason,
+            "hfauth_latency_ms": latency_ms,
+        },
+    )

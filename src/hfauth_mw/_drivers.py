@@ -1,0 +1,441 @@
+"""The sync and async drivers: the only code that does the core's I/O.
+
+The core (:meth:`Authenticator.flow <hfauth_mw.Authenticator.flow>`, the
+sources' flows, the request pipeline) is written once, as generators that
+yield *work* and receive its result, the way httpx keeps the driving loop
+out of ``Auth``. A driver runs such a generator to its end:
+
+* an :class:`httpx.Request` is sent (one deadline for the whole call, the
+  answer's size capped as sent, no redirects, no content coding);
+* a :class:`~hfauth_mw._outcome.WaitFor` waits for another request's flight
+  of the same token (bounded);
+* a shared-tier operation (:mod:`hfauth_mw._shared`) goes to its backend,
+  and a :class:`~hfauth_mw._shared.Pause` sleeps.
+
+A failure of the I/O itself is thrown back into the generator as
+:class:`~hfauth_mw.SourceUnavailable`: the core decides what it means.
+Work the core could not yield any more (a cluster-wide lock to give back
+after a request was cancelled) is handed over through :class:`Cleanup` and
+run here, best effort.
+
+This module also owns what is process-wide about the I/O: one pooled httpx
+client per process (per event loop for async; httpx async connections belong
+to the loop that opened them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Generator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
+
+import httpx
+
+from ._deadline import bounded_transport, within
+from ._exceptions import SourceUnavailable
+from ._outcome import Outcome, WaitFor
+from ._shared import Pause, SharedBackend, SharedOp
+
+__all__ = ["AsyncDriver", "Cleanup", "SyncDriver", "shared_async_client", "shared_sync_client"]
+
+logger = logging.getLogger("hfauth_mw")
+T = TypeVar("T")
+
+#: Everything a flow may yield. The drivers below handle all of it.
+Work = httpx.Request | WaitFor | SharedOp | Pause
+
+# The request carries the caller's token already: a client of the user's own
+# with auth= (their Hub token, say) must not replace it, or every token would
+# pass as theirs. A plain Auth() adds nothing; None would still turn userinfo
+# in the URL into Basic credentials.
+_NO_AUTH = httpx.Auth()
+
+# Timeouts are set per request by each source, so these clients are neutral.
+_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+_sync_client: httpx.Client | None = None
+_sync_client_lock = threading.Lock()
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared_sync_client() -> httpx.Client:
+    """The process's pooled blocking client (every socket operation bounded by
+    what is left of the call's deadline)."""
+    global _sync_client
+    with _sync_client_lock:
+        if _sync_client is None:
+            transport, bounded = bounded_transport(_LIMITS)
+            if not bounded:  # pragma: no cover - only with an httpx this code does not know
+                logger.warning(
+                    "hfauth-mw: this httpx cannot bound a whole blocking call; each read "
+                    "is still bounded by the source's read timeout"
+                )
+            _sync_client = httpx.Client(transport=transport, follow_redirects=False)
+        return _sync_client
+
+
+def shared_async_client() -> httpx.AsyncClient:
+    """The running event loop's pooled async client."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = httpx.AsyncClient(limits=_LIMITS, follow_redirects=False, trust_env=False)
+        _async_clients[loop] = client
+    return client
+
+
+class AnswerTooLarge(Exception):
+    pass
+
+
+class AnswerTooSlow(Exception):
+    pass
+
+
+class AnswerEncoded(Exception):
+    pass
+
+
+#: Raised by the drivers' reads of an upstream answer; each becomes a 503.
+_ANSWER_FAILURES = (httpx.HTTPError, AnswerTooLarge, AnswerTooSlow, AnswerEncoded, TimeoutError)
+
+
+def _transport_failure(exc: Exception) -> SourceUnavailable:
+    if isinstance(exc, httpx.TimeoutException | AnswerTooSlow | TimeoutError):
+        return SourceUnavailable("The token source timed out")
+    if isinstance(exc, AnswerTooLarge):
+        return SourceUnavailable("The token source answered more than we accept")
+    if isinstance(exc, AnswerEncoded):
+        return SourceUnavailable(
+            "The token source sent a compressed answer although asked for none"
+        )
+    return SourceUnavailable("The token source cannot be reached")
+
+
+class _AnswerBody:
+    """One upstream answer's body, read the same way by both drivers.
+
+    A transport that hands over the body already read (``httpx.MockTransport``)
+    leaves no stream to iterate: then the body is added whole.
+
+    Bounded in size *as sent*: the request asks for no content coding and an
+    answer that has one is refused, so a small compressed body can never
+    expand past the cap in memory. Bounded in time as a whole: httpx's
+    timeouts bound each read, so an upstream sending a byte at a time would
+    otherwise hold the request (and a breaker slot) for as long as it likes.
+    """
+
+    __slots__ = ("_body", "_deadline", "_limit")
+
+    def __init__(self, response: httpx.Response, limit: int, deadline: float) -> None:
+        if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
+            raise AnswerEncoded
+        self._body = bytearray()
+        self._limit = limit
+        self._deadline = deadline
+
+    def add(self, chunk: bytes) -> None:
+        self._body += chunk
+        if len(self._body) > self._limit:
+            raise AnswerTooLarge
+        if time.monotonic() > self._deadline:
+            raise AnswerTooSlow
+
+    def response(self, response: httpx.Response) -> httpx.Response:
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=bytes(self._body),
+            request=response.request,
+        )
+
+
+def _prepare(work: httpx.Request, fallback: float) -> float:
+    """Ask for the answer without content coding; return the seconds the whole
+    call may take: the sum of the request's timeout phases (connect, write,
+    pool, read), or ``fallback`` for a request that names none."""
+    work.headers["Accept-Encoding"] = "identity"
+    phases = work.extensions.get("timeout")
+    if isinstance(phases, dict):
+        bounds = [phase for phase in phases.values() if isinstance(phase, int | float)]
+        if bounds:
+            return float(sum(bounds))
+    return fallback
+
+
+class Cleanup:
+    """Shared-tier operations a cancelled flow could not yield any more (the
+    release of a cluster-wide lock), for the driver to run after it.
+
+    Bounded: past ``maxlen`` pending operations the oldest are dropped (each
+    is best effort anyway: the lock expires on its own).
+    """
+
+    def __init__(self, maxlen: int = 1024) -> None:
+        self._pending: collections.deque[tuple[SharedBackend, SharedOp]] = collections.deque(
+            maxlen=maxlen
+        )
+
+    def add(self, backend: SharedBackend, op: SharedOp) -> None:
+        self._pending.append((backend, op))
+
+    def take(self) -> list[tuple[SharedBackend, SharedOp]]:
+        taken = []
+        while self._pending:
+            try:
+                taken.append(self._pending.popleft())
+            except IndexError:  # another thread took the last one
+                break
+        return taken
+
+
+class _DriverBase:
+    """What both drivers are configured with, by the authenticator."""
+
+    def __init__(
+        self,
+        *,
+        max_answer_bytes: int,
+        request_timeout: float,
+        wait_timeout: float,
+        shared_backend: Callable[[], SharedBackend],
+        cleanup: Cleanup,
+    ) -> None:
+        self.max_answer_bytes = max_answer_bytes
+        # Fallback deadline of a request that names no timeout phases.
+        self.request_timeout = request_timeout
+        # How long a request waits for another request's flight.
+        self.wait_timeout = wait_timeout
+        self.shared_backend = shared_backend
+        self.cleanup = cleanup
+
+
+class SyncDriver(_DriverBase):
+    """Runs flows with blocking I/O (WSGI servers, threads, the CLI)."""
+
+    def __init__(self, client: httpx.Client | None, **config: Any) -> None:
+        super().__init__(**config)
+        self._client = client
+
+    def run(self, flow: Generator[Any, Any, T]) -> T:
+        client = self._client or shared_sync_client()
+        try:
+            work = next(flow)
+            while True:
+                try:
+                    result = self._do(client, work)
+                except SourceUnavailable as exc:
+                    work = flow.throw(exc)
+                else:
+                    work = flow.send(result)
+        except StopIteration as done:
+            value: T = done.value
+            return value
+        finally:
+            flow.close()
+            self.run_cleanup()
+
+    def run_cleanup(self) -> None:
+        """Run, blocking, what cancelled flows could not (best effort)."""
+        for backend, op in self.cleanup.take():
+            backend.execute(op)
+
+    def _do(self, client: httpx.Client, work: Work) -> object:
+        if isinstance(work, WaitFor):
+            try:
+                return work.future.result(timeout=self.wait_timeout)
+            except FutureTimeout:
+                raise SourceUnavailable("Timed out waiting for the token check") from None
+        if isinstance(work, Pause):
+            time.sleep(work.seconds)
+            return None
+        if not isinstance(work, httpx.Request):
+            return self.shared_backend().execute(work)
+        # Blocking reads cannot be interrupted: our own client's connections cut
+        # every socket operation to what is left of the deadline; a client of
+        # your own gets it checked as each part of the body arrives.
+        deadline = time.monotonic() + _prepare(work, self.request_timeout)
+        try:
+            with within(deadline):
+                response = client.send(work, stream=True, follow_redirects=False, auth=_NO_AUTH)
+                try:
+                    body = _AnswerBody(response, self.max_answer_bytes, deadline)
+                    if response.is_stream_consumed:
+                        body.add(response.content)
+                    else:
+                        for chunk in response.iter_raw():
+                            body.add(chunk)
+                finally:
+                    response.close()
+        except _ANSWER_FAILURES as exc:
+            raise _transport_failure(exc) from None
+        return body.response(response)
+
+
+#: Waiting futures a flight's list holds before its first sweep of cancelled ones.
+_FIRST_SWEEP = 64
+
+
+class _Waiting(list["asyncio.Future[Outcome]"]):
+    """The futures of one event loop's coroutines waiting on one flight.
+
+    A request that gives up (cancelled) leaves a done future behind; those are
+    dropped whenever the list has doubled since the last sweep, so requests
+    that come and go while a slow flight lasts cannot pile up (amortised O(1)).
+    """
+
+    __slots__ = ("_sweep_at",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sweep_at = _FIRST_SWEEP
+
+    def add(self, future: asyncio.Future[Outcome]) -> None:
+        self.append(future)
+        if len(self) >= self._sweep_at:
+            self[:] = [waiting for waiting in self if not waiting.done()]
+            self._sweep_at = max(_FIRST_SWEEP, 2 * len(self))
+
+
+class AsyncDriver(_DriverBase):
+    """Runs flows with async I/O on the running event loop."""
+
+    def __init__(self, client: httpx.AsyncClient | None, **config: Any) -> None:
+        super().__init__(**config)
+        self._client = client
+        # In-process waiters of a flight, per event loop: one relay each.
+        self.loop_waiters: dict[tuple[Future[Outcome], asyncio.AbstractEventLoop], _Waiting] = {}
+        # Cleanup operations running as tasks (a reference until done: the loop
+        # keeps only weak ones). At most one per cancelled flight, each bounded
+        # by the backend's socket timeout.
+        self.cleanups: set[asyncio.Task[object]] = set()
+
+    async def run(self, flow: Generator[Any, Any, T]) -> T:
+        client = self._client or shared_async_client()
+        try:
+            work = next(flow)
+            while True:
+                try:
+                    result = await self._do(client, work)
+                except SourceUnavailable as exc:
+                    work = flow.throw(exc)
+                else:
+                    work = flow.send(result)
+        except StopIteration as done:
+            value: T = done.value
+            return value
+        finally:
+            flow.close()
+            self.run_cleanup()
+
+    def run_cleanup(self) -> None:
+        """Start, as tasks, what cancelled flows could not (best effort)."""
+        pending = self.cleanup.take()
+        if not pending:
+            return
+        loop = asyncio.get_running_loop()
+        for backend, op in pending:
+            task = loop.create_task(backend.execute_async(op))
+            self.cleanups.add(task)
+            task.add_done_callback(self.cleanups.discard)
+
+    def _do(self, client: httpx.AsyncClient, work: Work) -> Awaitable[object]:
+        # A waiter awaits its future directly: no coroutine of its own per waiting request.
+        if isinstance(work, WaitFor):
+            return self._loop_waiter(work.future)
+        return self._send(client, work)
+
+    async def _send(
+        self, client: httpx.AsyncClient, work: httpx.Request | SharedOp | Pause
+    ) -> object:
+        if isinstance(work, Pause):
+            await asyncio.sleep(work.seconds)
+            return None
+        if not isinstance(work, httpx.Request):
+            return await self.shared_backend().execute_async(work)
+        seconds = _prepare(work, self.request_timeout)
+        deadline = time.monotonic() + seconds
+        try:
+            async with asyncio.timeout(seconds):
+                response = await client.send(
+                    work, stream=True, follow_redirects=False, auth=_NO_AUTH
+                )
+                try:
+                    body = _AnswerBody(response, self.max_answer_bytes, deadline)
+                    if response.is_stream_consumed:
+                        body.add(response.content)
+                    else:
+                        async for chunk in response.aiter_raw():
+                            body.add(chunk)
+                finally:
+                    await response.aclose()
+        except _ANSWER_FAILURES as exc:
+            raise _transport_failure(exc) from None
+        return body.response(response)
+
+    def _loop_waiter(self, flight: Future[Outcome]) -> asyncio.Future[Outcome]:
+        """A future of this request's own for the flight's outcome. The
+        coroutines of one event loop waiting on one flight share one relay
+        from the flight and one timeout: a stampede of N waiters costs N plain
+        futures, and cancelling one request cancels only its own future."""
+        loop = asyncio.get_running_loop()
+        waiting = self.loop_waiters.get((flight, loop))
+        if waiting is None:
+            waiting = self._wait_on_loop(flight, loop)
+        future: asyncio.Future[Outcome] = loop.create_future()
+        waiting.add(future)
+        return future
+
+    def _wait_on_loop(self, flight: Future[Outcome], loop: asyncio.AbstractEventLoop) -> _Waiting:
+        waiting = _Waiting()
+        self.loop_waiters[flight, loop] = waiting
+        timer = loop.call_later(
+            self.wait_timeout,
+            self._end_loop_waiters,
+            flight,
+            loop,
+            waiting,
+            SourceUnavailable("Timed out waiting for the token check"),
+        )
+
+        def relay(done: Future[Outcome]) -> None:  # runs in the thread that ends the flight
+            error = done.exception()
+            try:
+                loop.call_soon_threadsafe(
+                    self._end_loop_waiters, flight, loop, waiting, error or done.result(), timer
+                )
+            except RuntimeError:  # the loop is closed: nobody waits, forget the entry
+                self.loop_waiters.pop((flight, loop), None)
+
+        flight.add_done_callback(relay)
+        return waiting
+
+    def _end_loop_waiters(
+        self,
+        flight: Future[Outcome],
+        loop: asyncio.AbstractEventLoop,
+        waiting: _Waiting,
+        result: Outcome | BaseException,
+        timer: asyncio.TimerHandle | None = None,
+    ) -> None:
+        # After a timeout, later waiters of the same flight have a list of their own.
+        if self.loop_waiters.get((flight, loop)) is waiting:
+            del self.loop_waiters[flight, loop]
+        if timer is not None:
+            timer.cancel()
+        for future in waiting:
+            if future.done():  # its request was cancelled
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        waiting.clear()

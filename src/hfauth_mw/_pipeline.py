@@ -1,0 +1,405 @@
+"""The request pipeline: one sequence of named steps for every request.
+
+An adapter reads the request into a :class:`RequestContext` (see
+:mod:`hfauth_mw._adapters`) and asks :meth:`Guard.decide`. The steps, in order:
+
+1. **path**: public paths are served unchecked (``None``); optional paths
+   let a request without credentials through as the anonymous principal.
+2. **limit**: the brute-force guard refuses a locked-out client (429).
+3. **credentials**: the token from ``Authorization`` (Bearer, or Basic with
+   the token as password) or the opted-in query parameter, hashed once.
+4. **resolve**: the in-process cache; on a miss, the authenticator's flow
+   (the shared tier, then the source), which needs I/O.
+5. **authorize**: the route rules, then the method map, then the access rules.
+6. **audit**: one event per decision.
+7. **attach**: the :class:`~hfauth_mw.RequestAuth` for the request, built once
+   per cached principal.
+
+A cached token runs the same steps; being fast is a property of each step
+(the limiter skips resolving the client while nobody is locked out, a cache
+hit answers without a generator, the rules skip work they cannot refuse). A
+request whose token needs I/O gets a generator from step 4 on, which the
+adapter hands to a driver (:mod:`hfauth_mw._drivers`); the remaining steps
+are the same methods. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from typing import Any, Literal, TypedDict, get_args
+
+from ._answers import Answers, ErrorResponse
+from ._audit import audit_logger, write_event
+from ._authenticator import Authenticator
+from ._checks import require_bool, require_instance, require_int, require_items, shown
+from ._credentials import DEFAULT_MAX_HEADER_BYTES, Credentials, Scheme, parse_credentials
+from ._drivers import Work
+from ._exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidRequest,
+    InvalidToken,
+    MissingCredentials,
+)
+from ._principal import ANONYMOUS, Principal
+from ._protection import FailureLimiter, client_address
+from ._request_auth import PrincipalMemo, RequestAuth
+from ._routes import PathClass, PathRules, RepoRule, RouteRules, method_access_map
+from ._rules import AccessPolicy
+
+__all__ = ["Guard", "GuardOptions", "RequestContext", "RequestFlow"]
+
+#: What :meth:`Guard.decide` hands a driver when a request needs I/O.
+RequestFlow = Generator[Work, Any, RequestAuth]
+
+_INFO = logging.INFO
+_UNRESOLVED = "\x00unresolved"  # RequestContext.client before the guard needed it
+
+
+class RequestContext:
+    """One request, as the pipeline sees it: what the adapter read, and what
+    the steps found so far. Built by the adapter kit, one per request."""
+
+    __slots__ = (
+        "authorization",
+        "client",
+        "credentials",
+        "forwarded_for",
+        "method",
+        "path",
+        "peer",
+        "principal",
+        "query_tokens",
+        "started",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        authorization: Sequence[bytes | str],
+        query_tokens: Sequence[str] = (),
+        peer: str | None = None,
+        forwarded_for: str | None = None,
+    ) -> None:
+        self.started = time.perf_counter()
+        # Servers pass "get" through, and routers may still serve it.
+        self.method = method if method.isupper() else method.upper()
+        self.path = path
+        #: Every ``Authorization`` header value (WSGI servers join them into one).
+        self.authorization = authorization
+        #: Every value of the opted-in query parameter.
+        self.query_tokens = query_tokens
+        #: The address the connection comes from, and the ``X-Forwarded-For`` lines.
+        self.peer = peer
+        self.forwarded_for = forwarded_for
+        #: The brute-force guard's key, resolved only when a step needs it.
+        self.client: str | None = _UNRESOLVED
+        self.credentials: Credentials | None = None
+        self.principal: Principal | None = None
+
+    def __repr__(self) -> str:
+        return f"RequestContext({self.method} {self.path!r}, credentials={self.credentials!r})"
+
+
+class GuardOptions(TypedDict, total=False):
+    """The keyword options of :class:`Guard`, shared by every adapter's signature."""
+
+    realm: str
+    public_paths: Iterable[str]
+    optional_paths: Iterable[str]
+    protected_paths: Iterable[str] | None
+    allow_anonymous: bool
+    allow_basic: bool
+    query_param: str | None
+    max_header_bytes: int
+    rules: Sequence[RepoRule]
+    method_policy: bool | Mapping[str, str]
+    policy: AccessPolicy | None
+    limiter: FailureLimiter | Literal["default"] | None
+
+
+class Guard:
+    """The validated options of a middleware, and the request pipeline.
+
+    Options (all validated here, once):
+
+    ``realm``: the realm of the ``WWW-Authenticate`` challenges.
+    ``public_paths``: paths served without credentials; ``"/health"`` is
+    exact, ``"/docs/*"`` is a prefix. Paths with ``.``/``..`` segments or
+    ``//`` are never public.
+    ``optional_paths``: paths where a token is checked if one is sent: a
+    valid one sets the principal, none leaves the anonymous one, a bad one is
+    refused.
+    ``protected_paths``: only these paths need a token; every other path is
+    served unchecked (for a site with an API inside). Not with ``public_paths``.
+    ``allow_anonymous``: requests without credentials go on as the anonymous
+    principal; bad credentials are still refused.
+    ``allow_basic``: accept the token as the HTTP Basic password.
+    ``query_param``: name of a query parameter that may carry the token (off:
+    RFC 6750 says SHOULD NOT).
+    ``rules``: :class:`RepoRule` list, first match wins.
+    ``method_policy``: what requests no rule matches need, by method. ``True``
+    (default): any valid token for GET, HEAD, OPTIONS and POST (inference is a
+    read), a token that can write for PUT, PATCH, DELETE and anything else;
+    a mapping such as ``{"POST": "write"}`` changes single methods; ``False``:
+    any valid token for any method.
+    ``policy``: the :class:`~hfauth_mw.AccessPolicy` telling which repos are
+    public or gated and who created what.
+    ``limiter``: the brute-force guard (:class:`~hfauth_mw.FailureLimiter`,
+    on by default: 30 failures per minute per client); ``None`` turns it off.
+
+    :meth:`credentials` and :meth:`authorize` are the hooks for checks of
+    one's own: override them in a subclass (or set them on the instance), and
+    they are called on every request, the cached ones included.
+    """
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        *,
+        realm: str = "hfauth-mw",
+        public_paths: Iterable[str] = (),
+        optional_paths: Iterable[str] = (),
+        protected_paths: Iterable[str] | None = None,
+        allow_anonymous: bool = False,
+        allow_basic: bool = True,
+        query_param: str | None = None,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        rules: Sequence[RepoRule] = (),
+        method_policy: bool | Mapping[str, str] = True,
+        policy: AccessPolicy | None = None,
+        limiter: FailureLimiter | Literal["default"] | None = "default",
+    ) -> None:
+        require_instance(
+            "authenticator", authenticator, Authenticator, "an hfauth_mw.Authenticator"
+        )
+        require_int("max_header_bytes", max_header_bytes, 256, 65536)
+        if query_param is not None and not (
+            isinstance(query_param, str) and re.fullmatch(r"[A-Za-z0-9_\-.]+", query_param)
+        ):
+            raise ConfigurationError(f"query_param {shown(query_param)} is not a parameter name")
+        rules = require_items("rules", rules, "[require_read('GET /models/{owner}/{name}')]")
+        if not all(isinstance(rule, RepoRule) for rule in rules):
+            raise ConfigurationError("rules must be built with require_read() or require_write()")
+        if policy is not None:
+            require_instance("policy", policy, AccessPolicy, "an hfauth_mw.AccessPolicy or None")
+        if limiter is not None and limiter != "default" and not _is_limiter(limiter):
+            raise ConfigurationError(
+                "limiter must be 'default', None (off), or a FailureLimiter (or an object "
+                f"with its check(), failed() and trusted_proxies), not {shown(limiter)}"
+            )
+        if isinstance(method_policy, bool):
+            require_bool("method_policy", method_policy)
+        self.authenticator = authenticator
+        self.answers = Answers(realm, require_bool("allow_basic", allow_basic))
+        self.realm = realm
+        self.paths = PathRules(
+            require_items("public_paths", public_paths, "['/health', '/docs/*']"),
+            require_items("optional_paths", optional_paths, "['/v1/models']"),
+            None
+            if protected_paths is None
+            else require_items("protected_paths", protected_paths, "['/v1/*']"),
+        )
+        self.allow_anonymous = require_bool("allow_anonymous", allow_anonymous)
+        self.allow_basic = allow_basic
+        self.query_param = query_param
+        self.max_header_bytes = max_header_bytes
+        self.policy = policy if policy is not None else AccessPolicy()
+        self.routes = RouteRules(rules, method_access_map(method_policy), self.policy)
+        self.limiter = (
+            FailureLimiter(timer=authenticator.cache.timer) if limiter == "default" else limiter
+        )
+        # RequestAuth is immutable: one per cached principal and scheme.
+        self._request_auth: dict[str | None, PrincipalMemo[RequestAuth]] = {
+            scheme: self._request_auth_memo(scheme) for scheme in (None, *get_args(Scheme))
+        }
+
+    def _request_auth_memo(self, scheme: str | None) -> PrincipalMemo[RequestAuth]:
+        return PrincipalMemo(
+            lambda principal: RequestAuth(principal, self.policy, scheme),
+            self.authenticator.cache.maxsize,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Guard(realm={self.realm!r}, source={self.authenticator.source!r}, "
+            f"allow_anonymous={self.allow_anonymous}, rules={len(self.rules)})"
+        )
+
+    @property
+    def rules(self) -> tuple[RepoRule, ...]:
+        return self.routes.rules
+
+    @property
+    def method_policy(self) -> bool:
+        """Whether requests no rule matches are checked by method at all."""
+        return self.routes.method_access is not None
+
+    # --- the pipeline ---------------------------------------------------------------
+
+    def decide(
+        self, request: RequestContext, *, lazy: bool = False
+    ) -> RequestAuth | RequestFlow | None:
+        """The decision for one request: ``None`` for a public path (serve it
+        unchecked), the :class:`~hfauth_mw.RequestAuth` when no I/O is needed,
+        else a flow for a driver that finishes the job. Raises
+        :class:`~hfauth_mw.AuthenticationError` when the request must stop.
+
+        ``lazy`` is for a check the app asks for itself on a path the
+        middleware let through (or where no middleware runs): the path step
+        is skipped and the request is always checked.
+        """
+        path_class: PathClass = "protected"
+        if not lazy and not self.paths.everything_protected:
+            path_class = self.paths.classify(request.path)
+            if path_class == "public":
+                return None
+        try:
+            self.limit(request)
+            credentials = request.credentials = self.credentials(
+                request.authorization, request.query_tokens
+            )
+            if credentials is None:
+                if not (self.allow_anonymous or path_class == "optional"):
+                    raise MissingCredentials()
+                return self._conclude(request, ANONYMOUS)
+            principal = self.authenticator.cached(credentials)
+            if principal is None:
+                return self._resolve(request, credentials)
+            return self._conclude(request, principal)
+        except AuthenticationError as error:
+            self._refused(request, error)
+            raise
+
+    def _resolve(self, request: RequestContext, credentials: Credentials) -> RequestFlow:
+        """Steps 4 (the cache missed: the authenticator's flow) to 7, as a flow."""
+        try:
+            principal = yield from self.authenticator.flow(credentials)
+            return self._conclude(request, principal)
+        except AuthenticationError as error:
+            self._refused(request, error)
+            raise
+
+    def _conclude(self, request: RequestContext, principal: Principal) -> RequestAuth:
+        """Steps 5 to 7: authorize, audit, attach."""
+        request.principal = principal
+        self.authorize(request.method, request.path, principal)
+        if audit_logger.isEnabledFor(_INFO):
+            self._audit(None, request)
+        credentials = request.credentials
+        return self._request_auth[credentials.scheme if credentials else None].get(principal)
+
+    def limit(self, request: RequestContext) -> None:
+        """Step 2: refuse a locked-out client (429). While nobody is locked out
+        (:meth:`FailureLimiter.locking_out`), the client is not even resolved."""
+        limiter = self.limiter
+        if limiter is None:
+            return
+        # Only our own limiter's lockouts are known without asking check(): a
+        # subclass or a limiter of another kind is asked on every request.
+        if type(limiter) is FailureLimiter and not limiter.locking_out():
+            return
+        limiter.check(self.client(request))
+
+    def credentials(
+        self, authorization: Sequence[bytes | str], query_tokens: Sequence[str] = ()
+    ) -> Credentials | None:
+        """Step 3: the request's credentials, ``None`` when it carries none."""
+        return parse_credentials(
+            authorization,
+            query_tokens=query_tokens if self.query_param else (),
+            allow_basic=self.allow_basic,
+            max_header_bytes=self.max_header_bytes,
+        )
+
+    def authorize(self, method: str, path: str, principal: Principal) -> None:
+        """Step 5: the route rules, then the method map; raises the 400/401/403/503
+        to answer (see :meth:`RouteRules.authorize
+        <hfauth_mw._routes.RouteRules.authorize>`)."""
+        self.routes.authorize(method, path, principal)
+
+    def client(self, request: RequestContext) -> str | None:
+        """The address the brute-force guard keys on, resolved once per request."""
+        client = request.client
+        if client is _UNRESOLVED:
+            client = request.client = self.client_address(request.peer, request.forwarded_for)
+        return client
+
+    def client_address(self, peer: str | None, forwarded_for: str | None) -> str | None:
+        """The address the brute-force guard keys on (see :func:`client_address`)."""
+        if self.limiter is None:
+            return None
+        return client_address(peer, forwarded_for, self.limiter.trusted_proxies)
+
+    def _refused(self, request: RequestContext, error: AuthenticationError) -> None:
+        if self.limiter is not None and isinstance(error, InvalidToken | InvalidRequest):
+            self.limiter.failed(self.client(request))
+        self._audit(error, request)
+
+    def _audit(self, error: AuthenticationError | None, request: RequestContext) -> None:
+        write_event(
+            error,
+            method=request.method,
+            path=request.path,
+            client=self.client(request),
+            credentials=request.credentials,
+            principal=request.principal,
+            source=self.authenticator.source.name,
+            started=request.started,
+        )
+
+    # --- the same, for callers that pass the request's parts ------------------------
+
+    def is_public(self, path: str) -> bool:
+        """Whether ``path`` is served unchecked."""
+        return self.paths.classify(path) == "public"
+
+    def begin(
+        self,
+        method: str,
+        path: str,
+        authorization: Sequence[bytes | str],
+        query_tokens: Sequence[str] = (),
+        peer: str | None = None,
+        forwarded_for: str | None = None,
+    ) -> RequestAuth | RequestFlow:
+        """The decision for one request from its raw parts, public paths
+        included (:meth:`decide` with ``lazy=True``): the
+        :class:`~hfauth_mw.RequestAuth`, or a flow for the authenticator's
+        ``run_sync``/``run_async``."""
+        request = RequestContext(method, path, authorization, query_tokens, peer, forwarded_for)
+        decided = self.decide(request, lazy=True)
+        assert decided is not None  # a lazy decision never skips the path
+        return decided
+
+    def request_flow(
+        self,
+        method: str,
+        path: str,
+        authorization: Sequence[bytes | str],
+        query_tokens: Sequence[str] = (),
+        peer: str | None = None,
+        forwarded_for: str | None = None,
+    ) -> RequestFlow:
+        """:meth:`begin` as one flow, for callers that always drive a flow."""
+        step = self.begin(method, path, authorization, query_tokens, peer, forwarded_for)
+        if isinstance(step, RequestAuth):
+            return step
+        return (yield from step)
+
+    def error_response(self, error: AuthenticationError) -> ErrorResponse:
+        """The RFC 6750 answer to ``error``."""
+        return self.answers.render(error)
+
+
+def _is_limiter(limiter: object) -> bool:
+    """What the guard uses of a limiter (a FailureLimiter, or one of the user's own)."""
+    return (
+        callable(getattr(limiter, "check", None))
+        and callable(getattr(limiter, "failed", None))
+        and hasattr(limiter, "trusted_proxies")
+    )
