@@ -84,7 +84,6 @@ def run_breakdown(fixture: Fixture, *, n: int, repeat: int) -> Section:
     guard, authenticator = mw.guard, mw.authenticator
     scope = asgi_scope(fixture.authorization)
     asyncio.run(mw(dict(scope), _receive, _send))  # warm the cache
-    headers = scope["headers"]
     raw = [fixture.authorization]
     token = fixture.authorization[len(b"Bearer ") :]
     credentials = guard.credentials(raw, [])

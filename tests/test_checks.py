@@ -48,7 +48,11 @@ BAD_OPTIONS = [
     ),
     pytest.param({"allow_anonymous": 1}, "allow_anonymous must be True or False", id="anon-int"),
     pytest.param({"allow_basic": "no"}, "allow_basic must be True or False", id="basic-text"),
-    pytest.param({"method_policy": "off"}, "method_policy must be True (the default method map)", id="policy-text"),
+    pytest.param(
+        {"method_policy": "off"},
+        "method_policy must be True (the default method map)",
+        id="policy-text",
+    ),
     pytest.param(
         {"private_responses": "no"}, "private_responses must be True or False", id="private-text"
     ),

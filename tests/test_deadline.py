@@ -8,8 +8,8 @@ import httpcore
 import httpx
 import pytest
 
-from hfauth_mw._drivers import shared_sync_client
 from hfauth_mw._deadline import _left, bounded_transport, within
+from hfauth_mw._drivers import shared_sync_client
 
 
 def test_this_httpx_lets_the_transport_be_bounded() -> None:

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from hfauth_mw._pipeline import Guard, GuardOptions
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -39,6 +38,7 @@ from hfauth_mw import (
     require_write,
 )
 from hfauth_mw._options import MiddlewareOptions
+from hfauth_mw._pipeline import Guard, GuardOptions
 
 RULES = [
     require_read("POST /v1/models/{owner}/{name}/infer"),
