@@ -156,7 +156,7 @@ def test_limiter_memory_is_bounded(clock, max_failures):
     for index in range(10_000):
         limiter.failed(f"client-{index}")
     assert len(limiter._counts) == 100
-    assert len(limiter._blocked) <= 100
+    assert len(limiter.lockouts) <= 100
     with pytest.raises(TooManyFailures) if max_failures == 1 else nullcontext():
         limiter.check("client-9999")
 

@@ -201,7 +201,10 @@ class HFAuthMiddleware:
             scope.setdefault("auth", _NO_SCOPES)
             await self.app(scope, receive, send)
             return
-        scope["user"], scope["auth"] = self._starlette_view.get(auth.principal)
+        view = self._starlette_view.table.get(id(auth.principal))
+        scope["user"], scope["auth"] = (
+            view[1] if view is not None else self._starlette_view.get(auth.principal)
+        )
         scope["hfauth"] = auth
         if scope_type != "http":
             await self._websocket(scope, receive, send)

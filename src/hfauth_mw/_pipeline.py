@@ -56,6 +56,7 @@ __all__ = ["Guard", "GuardOptions", "RequestContext", "RequestFlow"]
 RequestFlow = Generator[Work, Any, RequestAuth]
 
 _INFO = logging.INFO
+_perf_counter = time.perf_counter
 _UNRESOLVED = "\x00unresolved"  # RequestContext.client before the guard needed it
 
 
@@ -85,7 +86,7 @@ class RequestContext:
         peer: str | None = None,
         forwarded_for: str | None = None,
     ) -> None:
-        self.started = time.perf_counter()
+        self.started = _perf_counter()
         # Servers pass "get" through, and routers may still serve it.
         self.method = method if method.isupper() else method.upper()
         self.path = path
@@ -204,6 +205,7 @@ class Guard:
             if protected_paths is None
             else require_items("protected_paths", protected_paths, "['/v1/*']"),
         )
+        self._classify_paths = not self.paths.everything_protected
         self.allow_anonymous = require_bool("allow_anonymous", allow_anonymous)
         self.allow_basic = allow_basic
         self.query_param = query_param
@@ -253,13 +255,21 @@ class Guard:
         middleware let through (or where no middleware runs): the path step
         is skipped and the request is always checked.
         """
+        # 1. path: public paths are served unchecked; optional ones admit no token.
         path_class: PathClass = "protected"
-        if not lazy and not self.paths.everything_protected:
+        if self._classify_paths and not lazy:
             path_class = self.paths.classify(request.path)
             if path_class == "public":
                 return None
         try:
-            self.limit(request)
+            # 2. limit: only our own limiter's lockouts are known without asking
+            # check() (and resolving the client): while nobody is locked out.
+            limiter = self.limiter
+            if limiter is not None and (
+                type(limiter) is not FailureLimiter or (limiter.lockouts and limiter.locking_out())
+            ):
+                limiter.check(self.client(request))
+            # 3. credentials
             credentials = request.credentials = self.credentials(
                 request.authorization, request.query_tokens
             )
@@ -267,7 +277,8 @@ class Guard:
                 if not (self.allow_anonymous or path_class == "optional"):
                     raise MissingCredentials()
                 return self._conclude(request, ANONYMOUS)
-            principal = self.authenticator.cached(credentials)
+            # 4. resolve: a fresh answer in the in-process cache, or a flow that asks
+            principal = self.authenticator.fresh(credentials.digest)
             if principal is None:
                 return self._resolve(request, credentials)
             return self._conclude(request, principal)
@@ -291,19 +302,9 @@ class Guard:
         if audit_logger.isEnabledFor(_INFO):
             self._audit(None, request)
         credentials = request.credentials
-        return self._request_auth[credentials.scheme if credentials else None].get(principal)
-
-    def limit(self, request: RequestContext) -> None:
-        """Step 2: refuse a locked-out client (429). While nobody is locked out
-        (:meth:`FailureLimiter.locking_out`), the client is not even resolved."""
-        limiter = self.limiter
-        if limiter is None:
-            return
-        # Only our own limiter's lockouts are known without asking check(): a
-        # subclass or a limiter of another kind is asked on every request.
-        if type(limiter) is FailureLimiter and not limiter.locking_out():
-            return
-        limiter.check(self.client(request))
+        memo = self._request_auth[credentials.scheme if credentials else None]
+        hit = memo.table.get(id(principal))
+        return hit[1] if hit is not None else memo.get(principal)
 
     def credentials(
         self, authorization: Sequence[bytes | str], query_tokens: Sequence[str] = ()
@@ -320,7 +321,12 @@ class Guard:
         """Step 5: the route rules, then the method map; raises the 400/401/403/503
         to answer (see :meth:`RouteRules.authorize
         <hfauth_mw._routes.RouteRules.authorize>`)."""
-        self.routes.authorize(method, path, principal)
+        routes = self.routes
+        open_methods = routes.open_methods
+        # Any valid token may: nothing to look up (the common inference request).
+        if (open_methods is None or method in open_methods) and path.isprintable():
+            return
+        routes.authorize(method, path, principal)
 
     def client(self, request: RequestContext) -> str | None:
         """The address the brute-force guard keys on, resolved once per request."""

@@ -218,11 +218,11 @@ class FailureLimiter:
         self.trusted_proxies = frozenset(proxies)
         self.timer = timer
         # Each client's first failure in a window opens its entry; the entry
-        # (and its count) expires with the window. Locked-out clients are also
-        # in ``_blocked`` (client -> end of lockout), a plain dict that every
-        # request reads without the lock: the check costs one dict lookup.
+        # (and its count) expires with the window.
+        #: Locked-out clients (client key -> end of lockout): a plain dict that
+        #: every request reads without the lock (read only; empty most of the time).
         self._counts: TTLCache[str, list[float]] = TTLCache(maxsize, window, timer)
-        self._blocked: dict[str, float] = {}
+        self.lockouts: dict[str, float] = {}
         self._maxsize = maxsize
         self._lock = threading.Lock()
         self._next_sweep = 0.0
@@ -232,17 +232,17 @@ class FailureLimiter:
 
     def check(self, client: str | None) -> None:
         """Raise TooManyFailures if ``client`` is locked out."""
-        if client is None or not self._blocked:
+        if client is None or not self.lockouts:
             return
         client = _client_key(client)
-        until = self._blocked.get(client)
+        until = self.lockouts.get(client)
         if until is None:
             return
         remaining = until - self.timer()
         if remaining <= 0:
             with self._lock:
-                if self._blocked.get(client) == until:
-                    del self._blocked[client]
+                if self.lockouts.get(client) == until:
+                    del self.lockouts[client]
             return
         raise TooManyFailures(
             "Too many failed authentications from this client; try again later",
@@ -253,14 +253,14 @@ class FailureLimiter:
         """Whether any client may be locked out now: while none is, :meth:`check`
         has nothing to do and callers may skip resolving the client's address.
         Lock-free; once a second it forgets lockouts that have ended."""
-        if not self._blocked:
+        if not self.lockouts:
             return False
         now = self.timer()
         if now >= self._next_sweep:
             with self._lock:
                 self._next_sweep = now + 1.0
                 self._forget_ended_lockouts(now)
-        return bool(self._blocked)
+        return bool(self.lockouts)
 
     def failed(self, client: str | None) -> None:
         if client is None:
@@ -273,17 +273,17 @@ class FailureLimiter:
                 entry = self._counts[client] = [0, now]
             entry[0] += 1
             if entry[0] >= self.max_failures:
-                if len(self._blocked) >= self._maxsize:
+                if len(self.lockouts) >= self._maxsize:
                     self._make_room_for_lockout(now)
-                self._blocked[client] = entry[1] + self.window
+                self.lockouts[client] = entry[1] + self.window
 
     def _forget_ended_lockouts(self, now: float) -> None:
-        ended = [client for client, until in self._blocked.items() if until <= now]
+        ended = [client for client, until in self.lockouts.items() if until <= now]
         for client in ended:
-            del self._blocked[client]
+            del self.lockouts[client]
 
     def _make_room_for_lockout(self, now: float) -> None:
         self._forget_ended_lockouts(now)
-        if len(self._blocked) >= self._maxsize:
+        if len(self.lockouts) >= self._maxsize:
             # Still full of live lockouts: drop the oldest (dicts keep insertion order).
-            del self._blocked[next(iter(self._blocked))]
+            del self.lockouts[next(iter(self.lockouts))]

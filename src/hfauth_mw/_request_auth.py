@@ -69,21 +69,24 @@ class PrincipalMemo(Generic[V]):
     that id while the entry lives. Bounded: at ``maxsize`` entries the table
     starts again empty, so make it at least the token cache's size, or busy
     principals are rebuilt over and over.
+
+    The hot path reads ``table`` itself (``table.get(id(principal))``, then
+    :meth:`get` on a miss): a method call per request costs more than the lookup.
     """
 
-    __slots__ = ("_build", "_maxsize", "_table")
+    __slots__ = ("_build", "_maxsize", "table")
 
     def __init__(self, build: Callable[[Principal], V], maxsize: int) -> None:
         self._build = build
         self._maxsize = maxsize
-        self._table: dict[int, tuple[Principal, V]] = {}
+        self.table: dict[int, tuple[Principal, V]] = {}
 
     def get(self, principal: Principal) -> V:
-        hit = self._table.get(id(principal))
+        hit = self.table.get(id(principal))
         if hit is not None:
             return hit[1]
-        if len(self._table) >= self._maxsize:
-            self._table.clear()
+        if len(self.table) >= self._maxsize:
+            self.table.clear()
         value = self._build(principal)
-        self._table[id(principal)] = (principal, value)
+        self.table[id(principal)] = (principal, value)
         return value

@@ -255,7 +255,7 @@ def method_access_map(method_policy: bool | Mapping[str, str]) -> dict[str, Acce
 class RouteRules:
     """The repository rules, then the method map, for one request."""
 
-    __slots__ = ("method_access", "policy", "rules")
+    __slots__ = ("method_access", "open_methods", "policy", "rules")
 
     def __init__(
         self,
@@ -266,6 +266,16 @@ class RouteRules:
         self.rules = tuple(rules)
         self.method_access = method_access
         self.policy = policy
+        #: Methods for which, on a printable path, any valid token is enough (no
+        #: rule can match, and the method map asks only for a read): ``None``
+        #: for every method (no rules, no method map).
+        self.open_methods: frozenset[str] | None = frozenset()
+        if not self.rules:
+            self.open_methods = (
+                None
+                if method_access is None
+                else frozenset(m for m, access in method_access.items() if access == "read")
+            )
 
     def allows_any_token(self, method: str) -> bool:
         """Whether, with no rule, ``method`` needs nothing more than a valid token."""
@@ -291,7 +301,9 @@ class RouteRules:
         if not path.isprintable() and _CONTROL_CHARS.search(path):
             raise InvalidRequest("The request path holds control characters")
         if not self.rules:
-            self._by_method(method, principal)
+            method_access = self.method_access
+            if method_access is not None and method_access.get(method) != "read":
+                self._by_method(method, principal)
             return
         if "//" in path:
             path = _SLASH_RUNS.sub("/", path)
