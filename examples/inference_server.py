@@ -271,17 +271,15 @@ async def _inputs(request: Request) -> str | list[str]:
     except ValueError:
         raise BadInput('send JSON {"inputs": "some text"}') from None
     inputs = body.get("inputs") if isinstance(body, dict) else None
-    texts = [inputs] if isinstance(inputs, str) else inputs
-    if (
-        not isinstance(texts, list)
-        or not texts
-        or not all(isinstance(t, str) and len(t) <= MAX_INPUT_CHARS for t in texts)
-    ):
+    texts: list[str] = [inputs] if isinstance(inputs, str) else []
+    if isinstance(inputs, list) and all(isinstance(text, str) for text in inputs):
+        texts = inputs
+    if not texts or any(len(text) > MAX_INPUT_CHARS for text in texts):
         raise BadInput(
             f'send JSON {{"inputs": "some text"}} (or a list of texts), '
             f"each at most {MAX_INPUT_CHARS} characters"
         )
-    return inputs  # type: ignore[no-any-return]
+    return texts[0] if isinstance(inputs, str) else texts
 
 
 # --- configuration: arguments or HFAUTH_* variables ---------------------------------------
