@@ -163,6 +163,14 @@ async def _send_rewritten_denial(start: Message, body: bytes, send: Send) -> Non
 class ValidationError(Exception):
     """TGI's 422 ``validation`` error: the request cannot be run as sent."""
 
+    status = 422
+
+
+class BodyTooLarge(ValidationError):
+    """A body over MAX_BODY_BYTES (413, as TGI's router answers it)."""
+
+    status = 413
+
 
 def tokens_of(text: str) -> list[str]:
     """``text`` in tokens: a word and the space before it; they join back to it."""
@@ -233,7 +241,7 @@ def build_app(
         async for chunk in request.stream():
             size += len(chunk)
             if size > MAX_BODY_BYTES:
-                raise ValidationError(f"the request body is over {MAX_BODY_BYTES} bytes")
+                raise BodyTooLarge(f"the request body is over {MAX_BODY_BYTES} bytes")
             chunks.append(chunk)
         try:
             body = json.loads(b"".join(chunks))
@@ -277,7 +285,8 @@ def build_app(
         return Response(status_code=200)
 
     async def validation_error(request: Request, error: Exception) -> Response:
-        return error_response(422, str(error), "validation", error_type="validation")
+        assert isinstance(error, ValidationError)
+        return error_response(error.status, str(error), "validation", error_type="validation")
 
     app = Starlette(
         routes=[

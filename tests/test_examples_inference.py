@@ -65,8 +65,9 @@ def hub(url: str, tokens: dict[str, str], who: str | None, model: str) -> Infere
     )
 
 
-def test_uses_only_the_public_api() -> None:
-    tree = ast.parse((EXAMPLES / "inference_server.py").read_text())
+@pytest.mark.parametrize("name", ["inference_server", "openai_server", "tgi_server"])
+def test_examples_use_only_the_public_api(name: str) -> None:
+    tree = ast.parse((EXAMPLES / f"{name}.py").read_text())
     imported = {
         node.module
         for node in ast.walk(tree)

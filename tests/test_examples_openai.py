@@ -29,7 +29,8 @@ from examples_support import (
     serve_in_subprocess,
     serve_in_thread,
 )
-from hfauth_mw import LocalStoreSource, LocalTokenStore
+from hfauth_mw import HubWhoamiSource, LocalStoreSource, LocalTokenStore
+from hfauth_mw.testing import HubEmulator
 
 PRIVATE_REASON = "read denied: model acme/sentiment is private"
 
@@ -401,31 +402,59 @@ def test_inference_client_shows_the_reason(
 # --- the module as a server: arguments, HFAUTH_* variables, uvicorn --workers, gunicorn -----
 
 
-def test_runs_as_a_script_with_its_models(store_path: Path, tokens: dict[str, str]) -> None:
+def test_runs_as_a_script_against_a_hub(store_path: Path, tokens: dict[str, str]) -> None:
+    """The issue's promise: ``--hub-url <hub> --model acme/m``; read tokens that may
+    read acme/m get 200, others 403 with the reason, no token 401; /v1/models filtered."""
     port = free_port()
-    command = [
-        sys.executable,
-        "examples/openai_server.py",
-        "--store",
-        str(store_path),
-        "--port",
-        str(port),
-        "--model",
-        "bob/echo",
-        "--model",
-        "acme/m",
-    ]
-    with serve_in_subprocess(command, port, example_env()) as base:
-        models = client(base, tokens["alice"]).models.list()
-        answer = client(base, tokens["alice"]).chat.completions.create(
-            model="acme/m", messages=[{"role": "user", "content": "yes"}]
-        )
-        with pytest.raises(openai.PermissionDeniedError, match="read denied: model acme/m"):
-            client(base, tokens["bob"]).chat.completions.create(
-                model="acme/m", messages=[{"role": "user", "content": "no"}]
+    with HubEmulator(LocalTokenStore(store_path)) as hub:
+        command = [
+            sys.executable, "examples/openai_server.py", "--hub-url", hub.url,
+            "--port", str(port), "--model", "acme/m", "--model", "bob/echo",
+        ]  # fmt: skip
+        with serve_in_subprocess(command, port, example_env()) as base:
+            answer = client(base, tokens["alice"]).chat.completions.create(
+                model="acme/m", messages=[{"role": "user", "content": "yes"}]
             )
-    assert {model.id for model in models} == {"acme/m"}
+            models = {model.id for model in client(base, tokens["alice"]).models.list()}
+            with pytest.raises(openai.PermissionDeniedError, match="read denied: model acme/m"):
+                client(base, tokens["bob"]).chat.completions.create(
+                    model="acme/m", messages=[{"role": "user", "content": "no"}]
+                )
+            with pytest.raises(openai.AuthenticationError) as missing:
+                client(base, None).chat.completions.create(
+                    model="acme/m", messages=[{"role": "user", "content": "no"}]
+                )
     assert answer.choices[0].message.content == "yes"
+    assert models == {"acme/m"}
+    assert missing.value.response.headers["www-authenticate"].startswith("Bearer ")
+    assert missing.value.code == "unauthorized"
+
+
+def test_hub_down_is_503_in_openai_shape(
+    example: ModuleType, store_path: Path, tokens: dict[str, str]
+) -> None:
+    """Fail closed through the glue: the Hub's 500 is a 503 with Retry-After, never a 401."""
+    with HubEmulator(LocalTokenStore(store_path)) as hub:
+        hub.fail_next(500, times=None)
+        app = example.build_app(HubWhoamiSource(hub.url), ["bob/echo"], [])
+        with serve_in_thread(app) as base, pytest.raises(openai.InternalServerError) as raised:
+            client(base, tokens["bob"]).chat.completions.create(
+                model="bob/echo", messages=[{"role": "user", "content": "hi"}]
+            )
+    assert raised.value.status_code == 503
+    assert raised.value.code == "temporarily_unavailable"
+    assert int(raised.value.response.headers["retry-after"]) >= 1
+    assert raised.value.response.headers["x-error-code"] == "temporarily_unavailable"
+
+
+def test_body_over_the_cap_is_413(url: str, tokens: dict[str, str], example: ModuleType) -> None:
+    padding = "x" * example.MAX_BODY_BYTES
+    with pytest.raises(openai.APIStatusError) as raised:
+        client(url, tokens["bob"]).chat.completions.create(
+            model="bob/echo", messages=[{"role": "user", "content": padding}]
+        )
+    assert raised.value.status_code == 413
+    assert "over 1048576 bytes" in str(raised.value)
 
 
 def test_script_refuses_a_missing_store(tmp_path: Path) -> None:

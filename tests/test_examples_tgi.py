@@ -149,6 +149,17 @@ def test_validation_error_is_tgis(url: str, tokens: dict[str, str]) -> None:
     }
 
 
+def test_body_over_the_cap_is_413(example: ModuleType, url: str, tokens: dict[str, str]) -> None:
+    with httpx.Client(base_url=url, trust_env=False) as http:
+        answer = http.post(
+            "/generate",
+            json={"inputs": "x" * example.MAX_BODY_BYTES},
+            headers=auth(tokens, "alice"),
+        )
+    assert answer.status_code == 413
+    assert answer.json()["error_type"] == "validation"
+
+
 # --- TGI's wire format ---------------------------------------------------------------------
 
 
