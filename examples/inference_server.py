@@ -1,53 +1,344 @@
-"""A toy model-inference server that accepts Hugging Face access tokens.
+"""A toy model-inference server in the HF Inference API's shapes, accepting Hugging Face tokens.
 
-Run it against the real Hub (any valid Hugging Face token works)::
+Routes (huggingface_hub's ``InferenceClient(model=f"{url}/models/{repo}")`` talks
+to them unchanged):
+
+* ``POST /models/{owner}/{name}``: ``{"inputs": text, "parameters": {...}}``;
+  a text-classification model answers ``[[{"label", "score"}, ...]]``, a
+  text-generation one ``[{"generated_text": ...}]``. Needs read access to the model.
+* ``GET /api/models``: the served models the caller may read, as the Hub lists them.
+* ``GET /api/whoami-v2``: the caller, as the token source described them.
+* ``GET /health``: public.
+
+The repository is in the path, so the middleware's path rules check it before
+the app runs: ``require_read("POST /models/{owner}/{name}")``.
+
+Run it against the Hub (any valid Hugging Face token), or a local token store::
 
     python examples/inference_server.py --hub-url https://huggingface.co
-    curl -H "Authorization: Bearer $HF_TOKEN" http://127.0.0.1:8000/v1/whoami
-
-or against a local token store (no network; create tokens with the CLI)::
-
-    TOKEN=$(hfauth-mw token create --store tokens.sqlite3 --user alice --role write)
+    TOKEN=$(hfauth-mw token create --store tokens.sqlite3 --user bob --role read)
     python examples/inference_server.py --store tokens.sqlite3
-    curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/v1/models
+    curl -H "Authorization: Bearer $TOKEN" -d '{"inputs": "a b c"}' \\
+        http://127.0.0.1:8000/models/bob/echo
 
-``hfauth-mw demo`` runs the same server with four seeded demo users and prints
-curl lines to try.
+or under uvicorn or gunicorn, with ``HFAUTH_HUB_URL`` or ``HFAUTH_STORE``::
 
-The application is ``hfauth_mw._demo.build_app`` (it ships inside the package
-so that ``hfauth-mw demo`` works from an installed wheel). The part to copy
-into your own server is the middleware wiring, which reads (abridged)::
+    HFAUTH_STORE=tokens.sqlite3 uvicorn examples.inference_server:app --workers 4
 
-    app.add_middleware(
-        HFAuthMiddleware,
-        source=source,                      # HubWhoamiSource(url) or LocalStoreSource(...)
-        public_paths=["/health"],           # everything else needs a valid token
-        rules=[
-            require_read("POST /v1/models/{owner}/{name}/infer"),
-            require_write("PUT /v1/models/{owner}/{name}"),
-            require_read("GET /v1/models/{owner}/{name}/stream"),   # the WebSocket
-        ],
-        policy=AccessPolicy(visibility=visibility),  # which repos are public/gated
-    )
-
-and, inside a route, ``get_request_auth(request)`` gives the caller
-(``.principal``) and per-repository checks (``.can_read(repo)``,
-``.can_write(repo)``, ``.require(repo, "write")``).
+It serves the demo models (``hfauth-mw demo`` runs a similar server with seeded
+demo users): ``acme/sentiment`` (text classification), ``alice/tiny-lm`` (text
+generation, words reversed), ``bob/echo`` (text generation, echo), all
+private, and ``acme/public-demo`` (text classification, public).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hfauth_mw import HubWhoamiSource, IntrospectionSource, LocalStoreSource, LocalTokenStore
-from hfauth_mw._demo import DEMO_MODELS, build_app
+from hfauth_mw import (
+    AccessPolicy,
+    HFAuthMiddleware,
+    HubWhoamiSource,
+    IntrospectionSource,
+    LocalStoreSource,
+    LocalTokenStore,
+    Repo,
+    Visibility,
+    get_request_auth,
+    require_read,
+)
+
+MAX_BODY_BYTES = 1 << 20
+MAX_INPUT_CHARS = 10_000
+
+
+class SetupError(Exception):
+    """The server cannot start with these options; the message says why, for a person."""
+
+
+# --- the toy models ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A served model: a Hub repository id, its pipeline and what it does, its visibility."""
+
+    id: str
+    pipeline_tag: str  # text-classification | text-generation
+    does: str  # sentiment | reverse | echo
+    visibility: Visibility = Visibility.PRIVATE
+
+    def run(self, text: str) -> Any:
+        """The answer to one input, in the HF Inference API's shape for the pipeline."""
+        if self.does == "sentiment":
+            return sentiment(text)
+        if self.does == "reverse":
+            return [{"generated_text": " ".join(reversed(text.split()))}]
+        return [{"generated_text": text}]
+
+
+MODELS: tuple[Model, ...] = (
+    Model("acme/sentiment", "text-classification", "sentiment"),
+    Model("alice/tiny-lm", "text-generation", "reverse"),
+    Model("bob/echo", "text-generation", "echo"),
+    Model("acme/public-demo", "text-classification", "sentiment", Visibility.PUBLIC),
+)
+
+_POSITIVE = frozenset({"good", "great", "love", "happy", "excellent", "nice", "fast", "fun"})
+_NEGATIVE = frozenset({"bad", "awful", "hate", "sad", "terrible", "slow", "broken", "boring"})
+
+
+def sentiment(text: str) -> list[list[dict[str, Any]]]:
+    """Labels and scores (summing to 1), best first: ``[[{"label", "score"}, ...]]``."""
+    words = [word.strip(".,!?;:").lower() for word in text.split()]
+    positive = sum(word in _POSITIVE for word in words)
+    negative = sum(word in _NEGATIVE for word in words)
+    score = (positive + 1) / (positive + negative + 2)  # Laplace: 0.5 when neither
+    labels = [{"label": "POSITIVE", "score": score}, {"label": "NEGATIVE", "score": 1 - score}]
+    return [sorted(labels, key=lambda label: -float(label["score"]))]
+
+
+# --- GLUE: hfauth-mw's public API today; to be replaced by core options (issue 20) ------
+#
+# HubErrors: the middleware's RFC 6750 denials go out as the Hub answers them,
+# {"error": message} with X-Error-Code / X-Error-Message (what huggingface_hub shows).
+# To become the middleware's default headers and error-body option.
+
+
+def error_response(status: int, message: str, code: str | None = None) -> JSONResponse:
+    """The HF Inference API's error body plus the Hub's X-Error-* headers."""
+    headers = {"x-error-message": re.sub(r"[^\x20-\x7e]", "?", message)[:500]}
+    if code:
+        headers["x-error-code"] = code
+    return JSONResponse({"error": message}, status, headers=headers)
+
+
+class HubErrors:
+    """Outside HFAuthMiddleware: its denials (``{"error", "error_description"}``
+    with ``Cache-Control: no-store``) go out as ``{"error": description}`` with
+    X-Error-Code / X-Error-Message, keeping status, ``WWW-Authenticate`` and
+    ``Retry-After``. Other answers pass untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def send_rewritten(message: Message) -> None:
+            if message["type"] == "http.response.start" and _is_denial(message):
+                held.append(message)
+                return
+            if not held:
+                await send(message)
+                return
+            held.append(message)
+            if message.get("more_body"):
+                return
+            start, *parts = held
+            await _send_rewritten_denial(start, b"".join(p.get("body", b"") for p in parts), send)
+
+        await self.app(scope, receive, send_rewritten)
+
+
+def _is_denial(start: Message) -> bool:
+    headers = {name.lower(): value for name, value in start.get("headers", ())}
+    return (
+        start["status"] >= 400
+        and headers.get(b"cache-control") == b"no-store"
+        and headers.get(b"content-type", b"").startswith(b"application/json")
+    )
+
+
+async def _send_rewritten_denial(start: Message, body: bytes, send: Send) -> None:
+    try:
+        denial = json.loads(body)
+        message, code = denial["error_description"], denial["error"]
+    except (ValueError, KeyError, TypeError):
+        denial = None
+    if denial is None:  # not the middleware's shape: as it was
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
+        return
+    response = error_response(start["status"], str(message), str(code))
+    for name, value in start.get("headers", ()):
+        if name.lower() in (b"www-authenticate", b"retry-after", b"vary", b"cache-control"):
+            response.headers.append(name.decode("latin-1"), value.decode("latin-1"))
+    await send(
+        {"type": "http.response.start", "status": start["status"], "headers": response.raw_headers}
+    )
+    await send({"type": "http.response.body", "body": response.body})
+
+
+# --- the application -----------------------------------------------------------------------
+
+
+class BadInput(Exception):
+    """The request cannot be run as sent (400, the reason for the caller)."""
+
+
+def build_app(source: IntrospectionSource, models: tuple[Model, ...] = MODELS) -> ASGIApp:
+    """The inference server for ``models``, guarded by HFAuthMiddleware."""
+    served = {model.id: model for model in models}
+
+    def visibility(repo: Repo) -> Visibility:
+        # What only the server knows: which of its models are public.
+        model = served.get(repo.id) if repo.type == "model" else None
+        return model.visibility if model else Visibility.PRIVATE
+
+    async def infer(request: Request) -> Response:
+        # The middleware's rule has already checked read access to this repository.
+        model_id = f"{request.path_params['owner']}/{request.path_params['name']}"
+        model = served.get(model_id)
+        if model is None:
+            return error_response(404, f"Model {model_id} does not exist", "RepoNotFound")
+        inputs = await _inputs(request)
+        if isinstance(inputs, str):
+            return JSONResponse(model.run(inputs))
+        return JSONResponse([model.run(text)[0] for text in inputs])
+
+    async def list_models(request: Request) -> Response:
+        auth = get_request_auth(request)
+        return JSONResponse(
+            [
+                {
+                    "id": model.id,
+                    "pipeline_tag": model.pipeline_tag,
+                    "private": model.visibility is not Visibility.PUBLIC,
+                }
+                for model in models
+                if auth.can_read(Repo.parse(f"model:{model.id}"))
+            ]
+        )
+
+    async def whoami(request: Request) -> Response:
+        return JSONResponse(get_request_auth(request).principal.to_dict())
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def bad_input(request: Request, error: Exception) -> Response:
+        return error_response(400, str(error))
+
+    app = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/api/whoami-v2", whoami),
+            Route("/api/models", list_models),
+            Route("/models/{owner}/{name}", infer, methods=["POST"]),
+        ],
+        exception_handlers={BadInput: bad_input},
+    )
+    # Default deny: every path but /health needs a valid token; the rule checks the
+    # model in the path. GET /api/* need any valid token.
+    app.add_middleware(
+        HFAuthMiddleware,
+        source=source,
+        public_paths=["/health"],
+        rules=[require_read("POST /models/{owner}/{name}")],
+        policy=AccessPolicy(visibility=visibility),
+    )
+    return HubErrors(app)  # GLUE
+
+
+async def _inputs(request: Request) -> str | list[str]:
+    """The body's ``inputs``: a text or a list of texts (``parameters`` are accepted, unused)."""
+    size, chunks = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadInput(f"the request body is over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except ValueError:
+        raise BadInput('send JSON {"inputs": "some text"}') from None
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    texts: list[str] = [inputs] if isinstance(inputs, str) else []
+    if isinstance(inputs, list) and all(isinstance(text, str) for text in inputs):
+        texts = inputs
+    if not texts or any(len(text) > MAX_INPUT_CHARS for text in texts):
+        raise BadInput(
+            f'send JSON {{"inputs": "some text"}} (or a list of texts), '
+            f"each at most {MAX_INPUT_CHARS} characters"
+        )
+    return texts[0] if isinstance(inputs, str) else texts
+
+
+# --- configuration: arguments or HFAUTH_* variables ---------------------------------------
+
+
+def token_source(hub_url: str | None, store: str | None) -> IntrospectionSource:
+    """The Hub at ``hub_url``, or the local store at ``store`` (which must exist)."""
+    if hub_url and store:
+        raise SetupError("give a Hub URL or a token store, not both")
+    if hub_url:
+        return HubWhoamiSource(hub_url)
+    if store:
+        if not Path(store).is_file():
+            raise SetupError(
+                f"no token store at {store} (create one: "
+                f"hfauth-mw token create --store {store} --user NAME --role read)"
+            )
+        return LocalStoreSource(LocalTokenStore(store))
+    raise SetupError("say where tokens are checked: a Hub URL or a token store")
+
+
+def app_from_environment(environ: Mapping[str, str]) -> ASGIApp:
+    """The app for ``HFAUTH_HUB_URL`` or ``HFAUTH_STORE`` (raises SetupError)."""
+    try:
+        source = token_source(environ.get("HFAUTH_HUB_URL"), environ.get("HFAUTH_STORE"))
+    except SetupError as error:
+        raise SetupError(f"{error} (set HFAUTH_HUB_URL or HFAUTH_STORE)") from None
+    return build_app(source)
+
+
+class FromEnvironment:
+    """An ASGI app built from ``HFAUTH_*`` variables when the server starts it
+    (in each worker), not at import: importing this module never fails, and a
+    bad setting stops start-up with its reason instead of a traceback."""
+
+    def __init__(self, build: Callable[[Mapping[str, str]], ASGIApp]) -> None:
+        self._build = build
+        self._app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None:
+            try:
+                self._app = self._build(os.environ)
+            except SetupError as error:
+                if scope["type"] != "lifespan":
+                    raise
+                await receive()  # lifespan.startup
+                await send({"type": "lifespan.startup.failed", "message": str(error)})
+                return
+        await self._app(scope, receive, send)
+
+
+#: For ``uvicorn examples.inference_server:app`` and gunicorn: options from HFAUTH_*.
+app = FromEnvironment(app_from_environment)
 
 
 def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--hub-url", metavar="URL", help="check tokens with {URL}/api/whoami-v2")
@@ -55,18 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-
-    source: IntrospectionSource
-    if args.hub_url:
-        source = HubWhoamiSource(args.hub_url)
-    elif Path(args.store).is_file():
-        source = LocalStoreSource(LocalTokenStore(args.store))
-    else:
-        parser.error(f"no token store at {args.store} (create one: hfauth-mw token create ...)")
-
-    app = build_app(source, repos=DEMO_MODELS)
-    print(f"serving {', '.join(m.id for m in DEMO_MODELS)} on http://{args.host}:{args.port}")
-    uvicorn.run(app, host=args.host, port=args.port)
+    try:
+        server = build_app(token_source(args.hub_url, args.store))
+    except SetupError as error:
+        parser.error(str(error))
+    print(f"serving {', '.join(m.id for m in MODELS)} on http://{args.host}:{args.port}")
+    uvicorn.run(server, host=args.host, port=args.port)
     return 0
 
 

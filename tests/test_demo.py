@@ -14,8 +14,6 @@ import secrets
 import socket
 import stat
 import string
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,7 +31,6 @@ from hfauth_mw import LocalStoreSource, LocalTokenStore, _demo
 from hfauth_mw._demo import DEMO_USERS, build_app, seed_demo_store
 
 TOKEN_SHAPE = re.compile(r"^hf_[A-Za-z0-9]{34}$")
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "inference_server.py"
 
 
 def made_up_token() -> str:
@@ -494,41 +491,3 @@ def test_under_a_real_uvicorn_server(live_url: str, tokens: dict[str, str]) -> N
     assert basic.status_code == 200
     assert fake.status_code == 401
     assert fake.json()["error"] == "invalid_token"
-
-
-# --- the example file ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def test_example_runs_directly(store_path: Path, tokens: dict[str, str]) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(EXAMPLE), "--store", str(store_path), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        lines = []
-        for line in process.stderr:  # uvicorn says when it listens
-            lines.append(line)
-            if "Uvicorn running on" in line:
-                break
-        else:
-            pytest.fail("the example exited early: " + "".join(lines))
-        base = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=base, trust_env=False) as client:
-            health = client.get("/health")
-            models = client.get("/v1/models", headers={"Authorization": f"Bearer {tokens['bob']}"})
-    finally:
-        process.terminate()
-        process.communicate(timeout=10)
-    assert health.status_code == 200
-    assert {model["id"] for model in models.json()["models"]} == {"bob/echo", "acme/public-demo"}
