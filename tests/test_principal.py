@@ -153,11 +153,13 @@ def test_to_dict_shows_restrictions_and_patterns() -> None:
             },
         )
     ).to_dict()
-    assert data["orgs"][0]["security_restrictions"] == ["mfa"]
-    assert data["orgs"][0]["pending_sso"] is True
+    assert data["orgs"][0]["security_restrictions"] == ["mfa", "pendingSSO"]
     assert data["scoped"][0]["patterns"] == [
         {"resource_type": "inference-endpoint", "wildcards": ["p*"]}
     ]
+    plain = principal_from_whoami(answer(entry={"entity": ENTITY, "permissions": ["x"]}))
+    assert "security_restrictions" not in plain.to_dict()["orgs"][0]
+    assert "patterns" not in plain.to_dict()["scoped"][0]
 
 
 _names = st.text(alphabet="abcdefghij-_0123", min_size=1, max_size=8)

@@ -181,7 +181,9 @@ class Principal:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready mapping of the principal (no token, no secret)."""
+        """A JSON-ready mapping of the principal (no token, no secret). An org's
+        ``security_restrictions`` (``missingMFA``/``pendingSSO`` included) and an
+        entry's ``patterns`` appear only when set."""
         return {
             "name": self.name,
             "type": self.type,
@@ -203,9 +205,13 @@ class Principal:
                         {"id": group.id, "name": group.name, "role": group.role}
                         for group in org.resource_groups
                     ],
-                    "security_restrictions": list(org.security_restrictions),
-                    "missing_mfa": org.missing_mfa,
-                    "pending_sso": org.pending_sso,
+                    # Only when set, so that the mapping of an unrestricted
+                    # membership keeps the shape it always had.
+                    **(
+                        {"security_restrictions": list(org.restrictions)}
+                        if org.restrictions
+                        else {}
+                    ),
                 }
                 for org in self.orgs
             ],
@@ -217,13 +223,19 @@ class Principal:
                         "id": grant.entity_id,
                     },
                     "permissions": sorted(grant.permissions),
-                    "patterns": [
+                    **(
                         {
-                            "resource_type": pattern.resource_type,
-                            "wildcards": list(pattern.wildcards),
+                            "patterns": [
+                                {
+                                    "resource_type": pattern.resource_type,
+                                    "wildcards": list(pattern.wildcards),
+                                }
+                                for pattern in grant.patterns
+                            ]
                         }
-                        for pattern in grant.patterns
-                    ],
+                        if grant.patterns
+                        else {}
+                    ),
                 }
                 for grant in self.scoped
             ],
