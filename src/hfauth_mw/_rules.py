@@ -7,9 +7,13 @@ is not confirmed, these rules accept any input and grant the smaller right.
 
 The rules follow the Hub's documented combination (see docs/access-rules.md):
 the token role says what the *token* may do, the org role caps what it may do
-in that org, fine-grained tokens reach only what they list. The server knows
-what we cannot see (visibility, gate acceptance, who created a repository) and
-passes it in, through :class:`AccessPolicy` callbacks or keyword arguments.
+in that org, fine-grained tokens reach only what they list; an org whose
+security restrictions refuse the token gives nothing. The server knows what we
+cannot see (visibility, gate acceptance, resource groups, who created a
+repository, an OAuth token's consent) and passes it in, through
+:class:`AccessPolicy` callbacks or keyword arguments. Where a hub is the token
+source, its per-repository auth-check (:mod:`hfauth_mw._hub_access`) is the
+authority and these rules the fallback: their decisions say ``decided_by="local"``.
 
 Differences from HF's own dataset-viewer admin check, which accepts an org
 action for a fine-grained token with a ``scoped`` entry on the org holding
