@@ -14,6 +14,7 @@ from hfauth_mw._principal import (
     OrgMembership,
     Principal,
     ResourceGroup,
+    ResourcePattern,
     ScopedGrant,
     principal_from_whoami,
 )
@@ -208,7 +209,7 @@ READ_ROWS = [
         id="oauth-gated",
     ),
     pytest.param(
-        fine(scoped=(grant("model", "acme/x", "repo.content.read"),)),
+        fine(scoped=(grant("model", "acme/other", "repo.content.read"),)),
         ACME,
         GATED,
         False,
@@ -560,53 +561,28 @@ def test_can_read(
 
 
 @pytest.mark.parametrize(
-    ("check", "allowed", "reason"),
+    "make",
     [
+        pytest.param(lambda: AccessPolicy(oauth_reads=True), id="policy"),
+        pytest.param(lambda: can_read(OAUTH, OWN, oauth_reads=True), id="can_read"),
         pytest.param(
-            lambda p: p.can_read(OAUTH, OWN),
-            True,
-            "read allowed: model alice/m, own namespace",
-            id="own-private",
-        ),
-        pytest.param(
-            lambda p: p.can_read(P_OAUTH, ACME), True, "role admin in org acme", id="org-private"
-        ),
-        pytest.param(
-            lambda p: p.can_read(OAUTH, BOB), False, "is private and outside", id="outside"
-        ),
-        pytest.param(
-            lambda p: AccessPolicy(visibility=lambda repo: GATED, oauth_reads=True).can_read(
-                OAUTH, BOB
-            ),
-            True,
-            "read allowed: gated repository, classic token",
-            id="gated",
-        ),
-        pytest.param(
-            lambda p: p.can_write(OAUTH, OWN),
-            False,
-            "write denied: OAuth token, scopes not reported: never writes",
-            id="never-writes",
-        ),
-        pytest.param(
-            lambda p: p.has_permission(OAUTH, "user.webhooks.read"),
-            True,
-            "classic read token",
-            id="read-permission",
-        ),
-        pytest.param(
-            lambda p: p.has_permission(OAUTH, "discussion.write"),
-            False,
-            "grants only *.read",
-            id="write-permission",
+            lambda: has_permission(OAUTH, "user.webhooks.read", oauth_reads=True),
+            id="has_permission",
         ),
     ],
 )
-def test_oauth_tokens_read_as_read_tokens_only_when_the_server_says_so(check, allowed, reason):
-    """AccessPolicy(oauth_reads=True): for a server whose OAuth app asks read-repos."""
-    decision = check(AccessPolicy(oauth_reads=True))
-    assert decision.allowed is allowed
-    assert reason in decision.reason
+def test_oauth_reads_is_refused_naming_its_replacement(make: Any) -> None:
+    """oauth_reads=True read an OAuth token as a read token over every org; the Hub's
+    read-repos covers only the orgs the user selected. It cannot keep working."""
+    with pytest.raises(ConfigurationError, match=r"oauth_access"):
+        make()
+
+
+def test_oauth_reads_false_is_still_accepted_and_grants_nothing() -> None:
+    policy = AccessPolicy(oauth_reads=False)
+    assert policy.oauth_reads is False
+    assert not policy.can_read(OAUTH, OWN)
+    assert not can_read(OAUTH, OWN, oauth_reads=False)
 
 
 def test_oauth_reads_must_be_a_real_boolean():
@@ -632,7 +608,7 @@ WRITE_ROWS = [
         OWN,
         False,
         False,
-        "write denied: OAuth token, scopes not reported: never writes",
+        "write denied: OAuth token, scopes not reported: writes only where",
         id="oauth-never-writes",
     ),
     pytest.param(
@@ -1006,7 +982,10 @@ PERMISSION_ROWS = [
         "repo.write",
         None,
         False,
-        "permission denied: token role read grants only *.read, not repo.write",
+        (
+            "permission denied: token role read grants only *.read and "
+            "inference.serverless.write, not repo.write"
+        ),
         id="read-write-perm",
     ),
     pytest.param(
@@ -1402,7 +1381,7 @@ def test_repo_parse_rejects_non_text() -> None:
 @pytest.mark.parametrize(
     ("kind", "owner", "name"),
     [
-        pytest.param("bucket", "acme", "x", id="bad-type"),
+        pytest.param("widget", "acme", "x", id="bad-type"),
         pytest.param("model", "", "x", id="empty-owner"),
         pytest.param("model", "a/b", "x", id="slash-owner"),
         pytest.param("model", "acme", "x y", id="space-name"),
@@ -1655,3 +1634,724 @@ def test_policy_has_permission() -> None:
     assert policy.has_permission(WRITE, "repo.write", OWN)
     assert not policy.has_permission(READ, "repo.write")
     assert policy.has_permission(fine(global_=("post.write",)), "post.write").allowed
+
+
+# --- issue 17: rules that granted too much or too little ----------------------------------
+# Every row below fails on the rules before issue 17 (the guard rows say so in their id).
+
+
+def restricted(name: str, role: str, *restrictions: str, mfa: bool = False, sso: bool = False):
+    return dataclasses.replace(
+        org(name, role),
+        security_restrictions=tuple(restrictions),
+        missing_mfa=mfa,
+        pending_sso=sso,
+    )
+
+
+REFUSED = "org acme refuses this token (security restrictions:"
+ACME_REPO_ENTRY = grant("model", "acme/x", "repo.content.read", "repo.write")
+
+
+@pytest.mark.parametrize(
+    ("check", "allowed", "reason"),
+    [
+        pytest.param(
+            lambda: can_read(user("read", restricted("acme", "admin", "mfa")), ACME),
+            False,
+            f"read denied: {REFUSED} mfa)",
+            id="classic-read-private-mfa",
+        ),
+        pytest.param(
+            lambda: can_write(user("write", restricted("acme", "write", "token-policy")), ACME),
+            False,
+            f"write denied: {REFUSED} token-policy)",
+            id="classic-write-token-policy",
+        ),
+        pytest.param(
+            lambda: can_read(
+                user("write", restricted("acme", "write", "sso", "ip")), ACME, visibility=GATED
+            ),
+            False,
+            f"read denied: {REFUSED} sso, ip)",
+            id="classic-gated-sso-ip",
+        ),
+        pytest.param(
+            lambda: can_read(user("read", restricted("acme", "read", mfa=True)), ACME),
+            False,
+            f"{REFUSED} missingMFA)",
+            id="missing-mfa",
+        ),
+        pytest.param(
+            lambda: can_write(user("write", restricted("acme", "admin", sso=True)), ACME),
+            False,
+            f"{REFUSED} pendingSSO)",
+            id="pending-sso",
+        ),
+        pytest.param(
+            lambda: can_read(
+                fine(
+                    restricted("acme", "write", "mfa"), scoped=(grant("org", "acme", "repo.write"),)
+                ),
+                ACME,
+            ),
+            False,
+            f"read denied: {REFUSED} mfa)",
+            id="fine-org-entry",
+        ),
+        pytest.param(
+            lambda: can_read(
+                fine(restricted("acme", "write", "mfa"), scoped=(ACME_REPO_ENTRY,)), ACME
+            ),
+            False,
+            f"read denied: {REFUSED} mfa)",
+            id="fine-repo-entry",
+        ),
+        pytest.param(
+            lambda: can_read(
+                fine(restricted("acme", "write", "mfa"), scoped=(ACME_REPO_ENTRY,)),
+                ACME,
+                visibility=GATED,
+            ),
+            False,
+            f"read denied: {REFUSED} mfa)",
+            id="fine-gated-repo-entry",
+        ),
+        pytest.param(
+            lambda: has_permission(
+                fine(restricted("acme", "admin", "ip"), global_=("discussion.write",)),
+                "discussion.write",
+                ACME,
+            ),
+            False,
+            f"permission denied: discussion.write on model acme/x: {REFUSED} ip)",
+            id="global-permission-on-org-repo",
+        ),
+        pytest.param(
+            lambda: has_permission(
+                user("write", restricted("acme", "admin", "mfa")), "repo.write", ORG_ACME
+            ),
+            False,
+            REFUSED,
+            id="classic-permission-on-org",
+        ),
+        pytest.param(
+            lambda: can_read(
+                user("read", restricted("acme", "admin", "mfa")), ACME, visibility=PUBLIC
+            ),
+            True,
+            "read allowed: public repository",
+            id="guard-public-still-readable",
+        ),
+        pytest.param(
+            lambda: can_read(
+                user("read", restricted("other", "admin", "mfa"), org("acme", "read")), ACME
+            ),
+            True,
+            "role read in org acme",
+            id="guard-other-org-unaffected",
+        ),
+        pytest.param(
+            lambda: can_write(user("write", restricted("acme", "admin", "mfa")), OWN),
+            True,
+            "own namespace",
+            id="guard-own-namespace-unaffected",
+        ),
+    ],
+)
+def test_security_restrictions_refuse_the_orgs_repositories(check, allowed, reason):
+    """hub-tokens.md: a non-empty securityRestrictions (or missingMFA, pendingSSO)
+    means the Hub refuses this token on that org's resources."""
+    decision = check()
+    assert decision.allowed is allowed
+    assert reason in decision.reason
+
+
+def test_an_odd_security_restrictions_value_refuses_the_org() -> None:
+    answer = {
+        "name": "alice",
+        "orgs": [{"name": "acme", "roleInOrg": "admin", "securityRestrictions": {"mfa": True}}],
+        "auth": {"type": "access_token", "accessToken": {"role": "write"}},
+    }
+    decision = can_read(principal_from_whoami(answer), ACME)
+    assert not decision
+    assert "security restrictions: unrecognised" in decision.reason
+
+
+GROUPED = Repo("model", "acme", "grouped")
+
+
+def in_group(repo: Repo) -> str | None:
+    return "rg1" if repo == GROUPED else None
+
+
+def group_policy(visibility: Visibility = PRIVATE) -> AccessPolicy:
+    return AccessPolicy(visibility=lambda repo: visibility, resource_group=in_group)
+
+
+RESEARCH_READ = ResourceGroup("rg1", "research", "read")
+RESEARCH_WRITE = ResourceGroup("rg1", "research", "write")
+OTHER_GROUP = ResourceGroup("rg2", "ops", "admin")
+
+
+@pytest.mark.parametrize(
+    ("check", "allowed", "reason"),
+    [
+        pytest.param(
+            lambda: group_policy().can_read(user("read", org("acme", "write")), GROUPED),
+            False,
+            "in resource group rg1 of org acme, which the user is not a member of",
+            id="org-member-not-in-group-private",
+        ),
+        pytest.param(
+            lambda: group_policy().can_read(
+                user("read", org("acme", "admin", OTHER_GROUP)), GROUPED
+            ),
+            False,
+            "which the user is not a member of",
+            id="member-of-another-group",
+        ),
+        pytest.param(
+            lambda: group_policy().can_write(
+                user("write", org("acme", "read", RESEARCH_WRITE)), GROUPED
+            ),
+            True,
+            "write allowed: model acme/grouped, role write in resource group research of org acme",
+            id="group-role-replaces-lower-org-role",
+        ),
+        pytest.param(
+            lambda: group_policy().can_write(
+                user("write", org("acme", "admin", RESEARCH_READ)), GROUPED
+            ),
+            False,
+            "write denied: role read in resource group research of org acme caps the token",
+            id="group-role-replaces-higher-org-role",
+        ),
+        pytest.param(
+            lambda: group_policy().can_read(
+                user("read", org("acme", "no_access", RESEARCH_READ)), GROUPED
+            ),
+            True,
+            "role read in resource group research of org acme",
+            id="group-member-without-org-role-reads",
+        ),
+        pytest.param(
+            lambda: group_policy(PUBLIC).can_write(user("write", org("acme", "write")), GROUPED),
+            False,
+            "which the user is not a member of",
+            id="public-group-repo-write-needs-the-group",
+        ),
+        pytest.param(
+            lambda: group_policy(PUBLIC).can_read(user("read"), GROUPED),
+            True,
+            "read allowed: public repository",
+            id="guard-public-group-repo-readable",
+        ),
+        pytest.param(
+            lambda: group_policy().can_read(user("read", org("acme", "read")), ACME),
+            True,
+            "role read in org acme",
+            id="guard-repo-outside-groups",
+        ),
+        pytest.param(
+            lambda: group_policy().can_read(
+                fine(
+                    org("acme", "write", RESEARCH_READ),
+                    scoped=(grant("org", "acme", "repo.content.read"),),
+                ),
+                GROUPED,
+            ),
+            False,
+            "lists no repo.content.read on model acme/grouped",
+            id="fine-org-entry-does-not-reach-group",
+        ),
+        pytest.param(
+            lambda: group_policy().can_read(
+                fine(
+                    org("acme", "no_access", RESEARCH_READ),
+                    scoped=(
+                        ScopedGrant(
+                            "resource-group", None, frozenset({"repo.content.read"}), "rg1"
+                        ),
+                    ),
+                ),
+                GROUPED,
+            ),
+            True,
+            "lists repo.content.read on resource-group rg1, role read in resource group research",
+            id="fine-group-entry-reaches-group",
+        ),
+        pytest.param(
+            lambda: group_policy().can_read(
+                fine(
+                    org("acme", "write"),
+                    scoped=(
+                        ScopedGrant(
+                            "resource-group", None, frozenset({"repo.content.read"}), "rg1"
+                        ),
+                    ),
+                ),
+                GROUPED,
+            ),
+            False,
+            "which the user is not a member of",
+            id="fine-group-entry-needs-membership",
+        ),
+        pytest.param(
+            lambda: group_policy().has_permission(
+                fine(org("acme", "admin"), global_=("repo.content.read",)),
+                "repo.content.read",
+                GROUPED,
+            ),
+            False,
+            "which the user is not a member of",
+            id="global-repo-permission-capped-by-group",
+        ),
+    ],
+)
+def test_resource_groups_through_the_policy(check, allowed, reason):
+    """A private repo in a resource group is visible only to its members; their
+    group role replaces the org role there (hub-tokens.md, Resource groups)."""
+    decision = check()
+    assert decision.allowed is allowed
+    assert reason in decision.reason
+
+
+def test_resource_group_callback_failure_is_a_503() -> None:
+    def broken(repo: Repo) -> str | None:
+        raise OSError("catalogue down")
+
+    policy = AccessPolicy(resource_group=broken)
+    with pytest.raises(SourceUnavailable):
+        policy.can_read(READ, ACME)
+
+
+def test_resource_group_callback_is_not_asked_for_public_reads_or_anonymous() -> None:
+    policy = AccessPolicy(visibility=lambda repo: PUBLIC, resource_group=_fail)  # type: ignore[arg-type]
+    assert policy.can_read(READ, ACME)
+    assert not AccessPolicy(resource_group=_fail).can_read(ANONYMOUS, ACME)  # type: ignore[arg-type]
+
+
+def endpoint_grant(
+    *wildcards: str, permissions: tuple[str, ...] = ("inference.endpoints.infer.write",)
+):
+    return ScopedGrant(
+        "org",
+        "acme",
+        frozenset(permissions),
+        patterns=(ResourcePattern("inference-endpoint", wildcards),),
+    )
+
+
+PROD_ENDPOINT = Entity("inference-endpoint", "acme/prod-llama")
+DEV_ENDPOINT = Entity("inference-endpoint", "acme/dev-llama")
+
+
+@pytest.mark.parametrize(
+    ("check", "allowed", "reason"),
+    [
+        pytest.param(
+            lambda: has_permission(
+                fine(org("acme", "write"), scoped=(endpoint_grant("prod-*"),)),
+                "inference.endpoints.infer.write",
+                ORG_ACME,
+            ),
+            False,
+            "lists no inference.endpoints.infer.write on org acme",
+            id="patterned-org-entry-not-the-whole-org",
+        ),
+        pytest.param(
+            lambda: has_permission(
+                fine(org("acme", "write"), scoped=(endpoint_grant("prod-*"),)),
+                "inference.endpoints.infer.write",
+                DEV_ENDPOINT,
+            ),
+            False,
+            "lists no inference.endpoints.infer.write",
+            id="endpoint-outside-patterns",
+        ),
+        pytest.param(
+            lambda: has_permission(
+                fine(org("acme", "write"), scoped=(endpoint_grant("prod-*"),)),
+                "inference.endpoints.infer.write",
+                PROD_ENDPOINT,
+            ),
+            True,
+            "lists inference.endpoints.infer.write on org acme, role write in org acme",
+            id="endpoint-inside-patterns",
+        ),
+        pytest.param(
+            lambda: has_permission(
+                fine(org("acme", "write"), scoped=(endpoint_grant("acme/prod-*"),)),
+                "inference.endpoints.infer.write",
+                PROD_ENDPOINT,
+            ),
+            True,
+            "on org acme",
+            id="pattern-with-namespace",
+        ),
+        pytest.param(
+            lambda: can_read(
+                fine(
+                    org("acme", "write"),
+                    scoped=(endpoint_grant("*", permissions=("repo.content.read",)),),
+                ),
+                ACME,
+            ),
+            False,
+            "lists no repo.content.read on model acme/x",
+            id="endpoint-patterns-grant-no-repo",
+        ),
+        pytest.param(
+            lambda: can_write(
+                fine(
+                    org("acme", "write"),
+                    scoped=(
+                        ScopedGrant(
+                            "model",
+                            "acme/x",
+                            frozenset({"repo.write"}),
+                            patterns=(ResourcePattern("inference-endpoint", ("*",)),),
+                        ),
+                    ),
+                ),
+                ACME,
+            ),
+            False,
+            "lists no repo.write on model acme/x",
+            id="patterned-repo-entry-not-the-repo",
+        ),
+        pytest.param(
+            lambda: has_permission(
+                fine(org("acme", "write"), scoped=(endpoint_grant("prod-?"),)),
+                "inference.endpoints.infer.write",
+                Entity("inference-endpoint", "acme/prod-x"),
+            ),
+            False,
+            "lists no",
+            id="only-star-is-a-wildcard",
+        ),
+    ],
+)
+def test_patterns_narrow_their_entry(check, allowed, reason):
+    """hub-tokens.md: an entry with patterns grants nothing outside them."""
+    decision = check()
+    assert decision.allowed is allowed
+    assert reason in decision.reason
+
+
+def grants_acme_reads(principal: Principal, repo: Repo) -> str | None:
+    return "read" if repo.owner in ("alice", "acme") else None
+
+
+def grants_own_writes(principal: Principal, repo: Repo) -> str | None:
+    return "write" if repo.owner == principal.name else None
+
+
+@pytest.mark.parametrize(
+    ("check", "allowed", "reason"),
+    [
+        pytest.param(
+            lambda: AccessPolicy(oauth_access=grants_acme_reads).can_read(P_OAUTH, ACME),
+            True,
+            "read allowed: model acme/x, role admin in org acme",
+            id="mapped-org-reads",
+        ),
+        pytest.param(
+            lambda: AccessPolicy(oauth_access=grants_acme_reads).can_read(
+                dataclasses.replace(P_OAUTH, orgs=(org("acme", "no_access"),)), ACME
+            ),
+            False,
+            "read denied: role no_access in org acme",
+            id="mapping-capped-by-org-role",
+        ),
+        pytest.param(
+            lambda: AccessPolicy(oauth_access=grants_acme_reads).can_read(
+                dataclasses.replace(P_OAUTH, orgs=(org("acme", "admin"), org("beta", "admin"))),
+                Repo("model", "beta", "x"),
+            ),
+            False,
+            OAUTH_PUBLIC_ONLY,
+            id="unmapped-org-denied",
+        ),
+        pytest.param(
+            lambda: AccessPolicy(oauth_access=grants_acme_reads).can_write(P_OAUTH, ACME),
+            False,
+            "writes only where AccessPolicy(oauth_access=...) grants write",
+            id="read-mapping-never-writes",
+        ),
+        pytest.param(
+            lambda: AccessPolicy(oauth_access=grants_own_writes).can_write(OAUTH, OWN),
+            True,
+            "write allowed: model alice/m, own namespace",
+            id="write-mapping-writes",
+        ),
+        pytest.param(
+            lambda: AccessPolicy(oauth_access=lambda p, r: True).can_read(OAUTH, OWN),  # type: ignore[arg-type,return-value]
+            False,
+            OAUTH_PUBLIC_ONLY,
+            id="truthy-non-grant-grants-nothing",
+        ),
+        pytest.param(
+            lambda: AccessPolicy(oauth_access=grants_acme_reads).has_permission(
+                P_OAUTH, "user.webhooks.read"
+            ),
+            False,
+            OAUTH_PUBLIC_ONLY,
+            id="no-permission-without-a-repo",
+        ),
+        pytest.param(
+            lambda: AccessPolicy(oauth_access=grants_acme_reads).can_read(OAUTH, BOB),
+            False,
+            OAUTH_PUBLIC_ONLY,
+            id="unmapped-user-denied",
+        ),
+        pytest.param(
+            lambda: AccessPolicy(visibility=lambda repo: PUBLIC, oauth_access=_fail).can_read(
+                OAUTH, BOB
+            ),  # type: ignore[arg-type]
+            True,
+            "read allowed: public repository",
+            id="guard-public-without-asking",
+        ),
+    ],
+)
+def test_oauth_tokens_get_public_repos_plus_the_operators_mapping(check, allowed, reason):
+    """OAuth read-repos covers personal repos plus only the orgs the user selected:
+    the operator says what it knows, the org role still caps it."""
+    decision = check()
+    assert decision.allowed is allowed
+    assert reason in decision.reason
+
+
+def test_oauth_access_is_not_asked_for_tokens_with_a_role() -> None:
+    assert AccessPolicy(oauth_access=_fail).can_read(READ, OWN)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("principal", "allowed", "reason"),
+    [
+        pytest.param(
+            fine(scoped=(grant("model", "acme/x", "repo.content.read"),)),
+            True,
+            (
+                "read allowed: gated repository, fine-grained token lists "
+                "repo.content.read on model acme/x"
+            ),
+            id="entry-on-the-gated-repo",
+        ),
+        pytest.param(
+            fine(scoped=(grant("model", "acme/x", "repo.write"),)),
+            True,
+            "lists repo.write on model acme/x",
+            id="write-entry-on-the-gated-repo",
+        ),
+        pytest.param(
+            fine(scoped=(grant("dataset", "acme/x", "repo.content.read"),)),
+            False,
+            "lacks canReadGatedRepos and lists no entry on model acme/x",
+            id="guard-entry-on-another-type",
+        ),
+        pytest.param(
+            fine(scoped=(grant("model", "acme/x", "discussion.write"),)),
+            False,
+            "lacks canReadGatedRepos",
+            id="guard-entry-without-read",
+        ),
+    ],
+)
+def test_a_fine_grained_entry_naming_a_gated_repo_reads_it(principal, allowed, reason):
+    decision = can_read(principal, ACME, visibility=GATED)
+    assert decision.allowed is allowed
+    assert reason in decision.reason
+
+
+@pytest.mark.parametrize("kind", ["bucket", "kernel"])
+def test_bucket_and_kernel_repositories_parse_and_are_checked(kind: str) -> None:
+    repo = Repo.parse(f"{kind}:acme/x")
+    assert (repo.type, repo.id, str(repo)) == (kind, "acme/x", f"{kind}:acme/x")
+    assert kind in _rules.REPO_TYPES
+    member = user("write", org("acme", "write"))
+    assert can_write(member, repo).reason == f"write allowed: {kind} acme/x, role write in org acme"
+    entry = fine(org("acme", "read"), scoped=(grant(kind, "acme/x", "repo.content.read"),))
+    assert can_read(entry, repo)
+    assert not can_read(entry, Repo.parse("model:acme/x"))
+
+
+def test_repo_types_is_the_public_set_of_hub_repository_types() -> None:
+    assert _rules.REPO_TYPES == ("model", "dataset", "space", "bucket", "kernel")
+    assert "REPO_TYPES" in _rules.__all__
+    with pytest.raises(ValueError, match="expected model, dataset, space, bucket, kernel"):
+        Repo.parse("widget:acme/x")
+
+
+WHOAMI_APP: dict[str, Any] = {
+    "type": "app",
+    "id": "a1",
+    "name": "my-app",
+    "scope": {"role": "write", "entities": ["acme"]},
+    "auth": {"type": "app_token"},
+}
+P_APP = principal_from_whoami(WHOAMI_APP)
+APP_AS_USER = dataclasses.replace(
+    user("write", org("acme", "admin")), auth_type="app_token_as_user"
+)
+GOD = user("god", org("acme", "god"))
+APP_ONLY_PUBLIC = "app token: what an app's scope grants is not confirmed"
+
+
+@pytest.mark.parametrize(
+    ("check", "allowed", "reason"),
+    [
+        pytest.param(
+            lambda: can_read(P_APP, Repo("model", "my-app", "x")),
+            False,
+            APP_ONLY_PUBLIC,
+            id="app-own-name",
+        ),
+        pytest.param(lambda: can_read(P_APP, ACME), False, APP_ONLY_PUBLIC, id="app-scope-org"),
+        pytest.param(
+            lambda: can_read(P_APP, ACME, visibility=GATED), False, APP_ONLY_PUBLIC, id="app-gated"
+        ),
+        pytest.param(lambda: can_write(P_APP, ACME), False, APP_ONLY_PUBLIC, id="app-write"),
+        pytest.param(
+            lambda: has_permission(P_APP, "repo.content.read"),
+            False,
+            APP_ONLY_PUBLIC,
+            id="app-permission",
+        ),
+        pytest.param(
+            lambda: can_read(P_APP, ACME, visibility=PUBLIC),
+            True,
+            "public repository",
+            id="app-public",
+        ),
+        pytest.param(
+            lambda: can_write(APP_AS_USER, ACME), False, APP_ONLY_PUBLIC, id="app-as-user-write"
+        ),
+        pytest.param(
+            lambda: can_read(APP_AS_USER, OWN), False, APP_ONLY_PUBLIC, id="app-as-user-own"
+        ),
+        pytest.param(
+            lambda: can_read(GOD, OWN),
+            False,
+            "token role 'god' is not recognised",
+            id="god-token-own",
+        ),
+        pytest.param(
+            lambda: can_write(GOD, ACME),
+            False,
+            "token role 'god' is not recognised",
+            id="god-token-write",
+        ),
+        pytest.param(
+            lambda: has_permission(GOD, "org.write", ORG_ACME),
+            False,
+            "'god' is not recognised",
+            id="god-permission",
+        ),
+        pytest.param(
+            lambda: can_read(user("read", org("acme", "god")), ACME),
+            False,
+            "role god in org acme is not recognised",
+            id="guard-god-org-role",
+        ),
+        pytest.param(
+            lambda: can_read(
+                user("read", org("acme", "no_access", ResourceGroup("rg1", "r", "god"))),
+                GROUPED,
+                resource_group="rg1",
+            ),
+            False,
+            "role god in resource group r of org acme is not recognised",
+            id="god-group-role",
+        ),
+        pytest.param(
+            lambda: can_read(GOD, ACME, visibility=PUBLIC),
+            True,
+            "public repository",
+            id="guard-god-public",
+        ),
+    ],
+)
+def test_apps_and_the_god_role_get_public_repositories_only(check, allowed, reason):
+    """Unconfirmed facts grant the smaller right: an app's scope, app_token_as_user
+    and a 'god' role (seen nowhere confirmed) reach public repositories only."""
+    decision = check()
+    assert decision.allowed is allowed
+    assert reason in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("check", "allowed", "reason"),
+    [
+        pytest.param(
+            lambda: has_permission(READ, "inference.serverless.write"),
+            True,
+            "permission allowed: inference.serverless.write, classic read token",
+            id="read-token",
+        ),
+        pytest.param(
+            lambda: has_permission(
+                user("read", org("acme", "read")), "inference.serverless.write", ACME
+            ),
+            True,
+            "role read in org acme",
+            id="read-token-on-org-model",
+        ),
+        pytest.param(
+            lambda: has_permission(
+                fine(
+                    org("acme", "read"),
+                    scoped=(grant("org", "acme", "inference.serverless.write"),),
+                ),
+                "inference.serverless.write",
+                ACME,
+            ),
+            True,
+            "role read in org acme",
+            id="fine-entry-read-member",
+        ),
+        pytest.param(
+            lambda: has_permission(READ, "inference.endpoints.infer.write"),
+            False,
+            "grants only *.read and inference.serverless.write",
+            id="guard-other-inference-still-write",
+        ),
+        pytest.param(
+            lambda: has_permission(FINE, "inference.serverless.write"),
+            False,
+            "lists no global inference.serverless.write",
+            id="guard-fine-grained-must-list-it",
+        ),
+    ],
+)
+def test_a_read_token_may_do_serverless_inference(check, allowed, reason):
+    """hub-tokens.md: the Hub documents read tokens for "doing inference"."""
+    decision = check()
+    assert decision.allowed is allowed
+    assert reason in decision.reason
+
+
+JWT_TOKEN = "hf_jwt_eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOmFjbWUveCJ9.c2ln"
+
+
+def test_trusted_publisher_tokens_are_masked_in_reasons_and_messages() -> None:
+    from hfauth_mw._checks import LIKELY_TOKEN, shown
+
+    decision = has_permission(READ, JWT_TOKEN)
+    assert "hf_jwt_" not in decision.reason
+    assert "<redacted>" in decision.reason
+    assert "eyJ" not in shown(JWT_TOKEN)
+    assert LIKELY_TOKEN.search(f"name {JWT_TOKEN}")
+    assert not LIKELY_TOKEN.search("acme/my_hf_jwt_tools")
+
+
+def test_decisions_say_who_decided_and_stay_backwards_compatible() -> None:
+    legacy = Decision(True, "read allowed: public repository", "repo.content.read")
+    assert legacy.decided_by == "local"
+    assert can_read(READ, OWN).decided_by == "local"
+    hub = Decision(False, "read denied: x", "repo.content.read", "hub")
+    assert hub.decided_by == "hub"
+    assert hub != Decision(False, "read denied: x", "repo.content.read")
+    assert "DecidedBy" in _rules.__all__

@@ -503,6 +503,7 @@ def seeded(hub_store: LocalTokenStore) -> Iterator[httpx.Client]:
         HubEmulator(hub_store, repos=REPOS) as emulator,
         httpx.Client(base_url=emulator.url, timeout=WAIT) as http,
     ):
+        emulator.grant_gate(GATED, "carol")
         yield http
 
 
@@ -535,7 +536,9 @@ ORG_DATA = "dataset:acme/private-data"
         _case("unlisted-is-private", "hf_bob_write", UNLISTED, "read", 404, "RepoNotFound"),
         _case("stranger-public-read", "hf_bob_write", PUBLIC, "read", 200),
         _case("stranger-public-write", "hf_bob_write", PUBLIC, "write", 403),
-        _case("classic-token-gated-read", "hf_bob_write", GATED, "read", 200),
+        _case("gate-not-passed", "hf_bob_write", GATED, "read", 403, "GatedRepo"),
+        _case("gate-passed", "hf_carol_admin", GATED, "read", 200),
+        _case("owner-needs-no-gate", "hf_alice_read", GATED, "read", 200),
         # organizations
         _case("org-read-member-reads", "hf_bob_write", ORG_DATA, "read", 200),
         _case("org-read-role-caps-write", "hf_bob_write", ORG_DATA, "write", 403),
@@ -631,3 +634,405 @@ def test_store_answer_of_the_wrong_shape_answers_500_json(tmp_path: Path) -> Non
         response = http.get("/api/models/alice/demo/auth-check", headers=bearer("hf_x"))
         assert response.status_code == 500
         assert response.json() == {"error": "Internal Server Error"}
+
+
+# --- issue 17: the emulator speaks auth-check like the Hub -------------------------------
+
+
+def _path(repo: str, access: str = "read") -> str:
+    kind, _, repo_id = repo.partition(":")
+    return f"/api/{kind}s/{repo_id}/auth-check" + ("/write" if access == "write" else "")
+
+
+OAUTH_ANSWER: dict[str, Any] = {
+    "type": "user",
+    "id": "u-olga",
+    "name": "olga",
+    "fullname": "Olga",
+    "orgs": [
+        {"type": "org", "id": "o1", "name": "acme", "roleInOrg": "write"},
+        {"type": "org", "id": "o2", "name": "beta", "roleInOrg": "admin"},
+    ],
+    "auth": {"type": "oauth", "expiresAt": "2099-01-01T00:00:00.000Z"},
+}
+APP_ANSWER: dict[str, Any] = {
+    "type": "app",
+    "id": "a1",
+    "name": "my-app",
+    "scope": {"role": "write", "entities": ["acme"]},
+    "auth": {"type": "app_token"},
+}
+PATTERNED_ANSWER: dict[str, Any] = {
+    "type": "user",
+    "id": "u-pat",
+    "name": "pat",
+    "orgs": [{"type": "org", "id": "o1", "name": "acme", "roleInOrg": "write"}],
+    "auth": {
+        "type": "access_token",
+        "accessToken": {
+            "displayName": "endpoints",
+            "role": "fineGrained",
+            "fineGrained": {
+                "scoped": [
+                    {
+                        "entity": {"_id": "o1", "type": "org", "name": "acme"},
+                        "permissions": ["repo.content.read", "inference.endpoints.infer.write"],
+                        "patterns": [
+                            {"resourceType": "inference-endpoint", "wildcardPatterns": ["prod-*"]}
+                        ],
+                    }
+                ]
+            },
+        },
+    },
+}
+GOD_ANSWER: dict[str, Any] = {
+    "type": "user",
+    "id": "u-zeus",
+    "name": "zeus",
+    "orgs": [{"type": "org", "id": "o1", "name": "acme", "roleInOrg": "god"}],
+    "auth": {"type": "access_token", "accessToken": {"displayName": "x", "role": "god"}},
+}
+
+HUB_REPOS = {
+    "model:acme/private": "private",
+    "model:acme/public": "public",
+    "model:acme/gated": "gated",
+    "model:meta/llama": "gated",
+    "dataset:acme/grouped": "private",
+    "dataset:acme/grouped-public": "public",
+    "model:beta/private": "private",
+    "bucket:acme/files": "private",
+    "kernel:acme/kern": "public",
+}
+
+
+@pytest.fixture
+def hub(hub_store: LocalTokenStore) -> Iterator[tuple[HubEmulator, httpx.Client]]:
+    hub_store.add_token("hf_reader", user="rita", role="read", orgs=[OrgGrant("acme", "read")])
+    hub_store.add_token("hf_writer", user="will", role="write", orgs=[OrgGrant("acme", "write")])
+    hub_store.add_token("hf_member", user="mia", role="write", orgs=[OrgGrant("acme", "read")])
+    hub_store.add_token(
+        "hf_fine_entry",
+        user="fay",
+        role="fineGrained",
+        orgs=[OrgGrant("acme", "read")],
+        fine_grained=[FineGrainedEntry("model", "meta/llama", ("repo.content.read",))],
+    )
+    hub_store.add_token(
+        "hf_fine_flag",
+        user="flo",
+        role="fineGrained",
+        can_read_gated_repos=True,
+        global_permissions=["discussion.write"],
+    )
+    hub_store.add_token(
+        "hf_fine_none",
+        user="fred",
+        role="fineGrained",
+        global_permissions=["discussion.write"],
+    )
+    hub_store.add_token("hf_locked", user="lou", role="write", orgs=[OrgGrant("acme", "admin")])
+    with (
+        HubEmulator(hub_store, repos=HUB_REPOS, unknown_repos="missing") as emulator,
+        httpx.Client(base_url=emulator.url, timeout=WAIT) as http,
+    ):
+        for user in ("rita", "fay", "flo", "fred", "olga"):
+            emulator.grant_gate("model:meta/llama", user)
+        emulator.add_resource_group(
+            "acme",
+            "rg1",
+            name="research",
+            repos=["dataset:acme/grouped", "dataset:acme/grouped-public"],
+        )
+        emulator.add_group_member("acme", "rg1", "mia", "write")
+        emulator.rename_repo("model:acme/old", "model:acme/private")
+        emulator.set_org_restrictions("acme", ["mfa"], users=["lou"])
+        emulator.register_token(
+            "hf_oauth_olga",
+            OAUTH_ANSWER,
+            oauth_scopes=["openid", "read-repos"],
+            oauth_orgs=["acme"],
+        )
+        emulator.register_token(
+            "hf_oauth_gated", OAUTH_ANSWER, oauth_scopes=["gated-repos"], oauth_orgs=[]
+        )
+        emulator.register_token("hf_app", APP_ANSWER)
+        emulator.register_token("hf_patterned", PATTERNED_ANSWER)
+        emulator.register_token("hf_god", GOD_ANSWER)
+        yield emulator, http
+
+
+def _hub_case(case_id: str, token: str | None, repo: str, access: str, status: int, code=None):
+    return pytest.param(token, repo, access, status, code, id=case_id)
+
+
+@pytest.mark.parametrize(
+    ("token", "repo", "access", "status", "code"),
+    [
+        # gates
+        _hub_case("gate-passed-classic", "hf_reader", "model:meta/llama", "read", 200),
+        _hub_case("gate-not-passed", "hf_writer", "model:meta/llama", "read", 403, "GatedRepo"),
+        _hub_case(
+            "gate-org-member-not-passed", "hf_reader", "model:acme/gated", "read", 403, "GatedRepo"
+        ),
+        _hub_case("gate-passed-fine-entry", "hf_fine_entry", "model:meta/llama", "read", 200),
+        _hub_case("gate-passed-fine-flag", "hf_fine_flag", "model:meta/llama", "read", 200),
+        _hub_case(
+            "gate-passed-fine-neither", "hf_fine_none", "model:meta/llama", "read", 403, "GatedRepo"
+        ),
+        _hub_case("gated-write", "hf_reader", "model:meta/llama", "write", 403),
+        _hub_case("anonymous-gated", None, "model:meta/llama", "read", 401, "GatedRepo"),
+        # missing and private
+        _hub_case("missing", "hf_writer", "model:acme/never", "read", 404, "RepoNotFound"),
+        _hub_case("anonymous-missing", None, "model:acme/never", "read", 401, "RepoNotFound"),
+        _hub_case(
+            "private-stranger", "hf_writer", "model:beta/private", "read", 404, "RepoNotFound"
+        ),
+        _hub_case("private-member", "hf_reader", "model:acme/private", "read", 200),
+        _hub_case("private-read-member-write", "hf_member", "model:acme/private", "write", 403),
+        _hub_case("private-write-member", "hf_writer", "model:acme/private", "write", 200),
+        # resource groups
+        _hub_case(
+            "group-non-member", "hf_writer", "dataset:acme/grouped", "read", 404, "RepoNotFound"
+        ),
+        _hub_case("group-member-role-replaces", "hf_member", "dataset:acme/grouped", "write", 200),
+        _hub_case("group-public-read", "hf_writer", "dataset:acme/grouped-public", "read", 200),
+        _hub_case(
+            "group-public-write-non-member",
+            "hf_writer",
+            "dataset:acme/grouped-public",
+            "write",
+            403,
+        ),
+        # renames
+        _hub_case("renamed", "hf_writer", "model:acme/old", "read", 307),
+        _hub_case("renamed-anonymous", None, "model:acme/old", "read", 307),
+        # security restrictions
+        _hub_case("restricted-private", "hf_locked", "model:acme/private", "read", 403),
+        _hub_case("restricted-public-read", "hf_locked", "model:acme/public", "read", 200),
+        _hub_case("restricted-public-write", "hf_locked", "model:acme/public", "write", 403),
+        # OAuth: read-repos over the selected org only
+        _hub_case("oauth-selected-org", "hf_oauth_olga", "model:acme/private", "read", 200),
+        _hub_case(
+            "oauth-unselected-org",
+            "hf_oauth_olga",
+            "model:beta/private",
+            "read",
+            404,
+            "RepoNotFound",
+        ),
+        _hub_case("oauth-read-never-writes", "hf_oauth_olga", "model:acme/private", "write", 403),
+        _hub_case("oauth-gated-scope", "hf_oauth_gated", "model:meta/llama", "read", 200),
+        _hub_case(
+            "oauth-no-gated-scope", "hf_oauth_olga", "model:meta/llama", "read", 403, "GatedRepo"
+        ),
+        # apps, patterns, unconfirmed roles
+        _hub_case("app-public", "hf_app", "model:acme/public", "read", 200),
+        _hub_case("app-private", "hf_app", "model:acme/private", "read", 404, "RepoNotFound"),
+        _hub_case(
+            "patterned-entry-no-repo",
+            "hf_patterned",
+            "model:acme/private",
+            "read",
+            404,
+            "RepoNotFound",
+        ),
+        _hub_case("god-role", "hf_god", "model:acme/private", "read", 404, "RepoNotFound"),
+        # new repository types
+        _hub_case("bucket", "hf_writer", "bucket:acme/files", "write", 200),
+        _hub_case("kernel", None, "kernel:acme/kern", "read", 200),
+    ],
+)
+def test_auth_check_like_the_hub(
+    hub: tuple[HubEmulator, httpx.Client],
+    token: str | None,
+    repo: str,
+    access: str,
+    status: int,
+    code: str | None,
+) -> None:
+    _, http = hub
+    response = http.get(_path(repo, access), headers=bearer(token) if token else {})
+    assert response.status_code == status, response.text
+    assert response.headers.get("X-Error-Code") == code
+    if status == 307:
+        assert response.headers["Location"] == _path("model:acme/private", access)
+    if status == 404:
+        assert response.json() == {"error": "Repository not found"}
+    if status == 403 and token == "hf_locked":
+        assert "security restrictions: mfa" in response.json()["error"]
+
+
+def test_a_rename_moves_visibility_gates_and_groups(hub: tuple[HubEmulator, httpx.Client]) -> None:
+    emulator, http = hub
+    emulator.rename_repo("model:meta/llama", "model:meta/llama-2")
+    emulator.rename_repo("dataset:acme/grouped", "dataset:acme/grouped-2")
+    assert http.get(_path("model:meta/llama"), headers=bearer("hf_reader")).status_code == 307
+    assert http.get(_path("model:meta/llama-2"), headers=bearer("hf_reader")).status_code == 200
+    assert http.get(_path("model:meta/llama-2"), headers=bearer("hf_writer")).status_code == 403
+    assert http.get(_path("dataset:acme/grouped-2"), headers=bearer("hf_writer")).status_code == 404
+    emulator.add_repo("model:meta/llama", "public")  # a new repository takes the old name
+    assert http.get(_path("model:meta/llama"), headers=bearer("hf_writer")).status_code == 200
+
+
+def test_gates_can_be_revoked(hub: tuple[HubEmulator, httpx.Client]) -> None:
+    emulator, http = hub
+    emulator.revoke_gate("model:meta/llama", "rita")
+    response = http.get(_path("model:meta/llama"), headers=bearer("hf_reader"))
+    assert (response.status_code, response.headers["X-Error-Code"]) == (403, "GatedRepo")
+
+
+def test_whoami_shows_groups_and_restrictions_only_when_set(
+    hub: tuple[HubEmulator, httpx.Client],
+) -> None:
+    emulator, http = hub
+    mia = http.get("/api/whoami-v2", headers=bearer("hf_member")).json()
+    acme = next(org for org in mia["orgs"] if org["name"] == "acme")
+    assert acme["resourceGroups"] == [{"id": "rg1", "name": "research", "role": "write"}]
+    assert "securityRestrictions" not in acme
+    assert "missingMFA" not in acme
+    assert "pendingSSO" not in acme
+    lou = http.get("/api/whoami-v2", headers=bearer("hf_locked")).json()
+    assert lou["orgs"][0]["securityRestrictions"] == ["mfa"]
+    assert "missingMFA" not in lou["orgs"][0]
+    emulator.set_org_restrictions("acme", missing_mfa=True, pending_sso=True)
+    will = http.get("/api/whoami-v2", headers=bearer("hf_writer")).json()
+    assert will["orgs"][0]["missingMFA"] is True
+    assert will["orgs"][0]["pendingSSO"] is True
+    assert "securityRestrictions" not in will["orgs"][0]
+    principal = principal_from_whoami(will)
+    assert principal.orgs[0].restrictions == ("missingMFA", "pendingSSO")
+    emulator.set_org_restrictions("acme")  # nothing set: cleared
+    cleared = http.get("/api/whoami-v2", headers=bearer("hf_writer")).json()
+    assert "missingMFA" not in cleared["orgs"][0]
+
+
+def test_registered_tokens_answer_as_given(hub: tuple[HubEmulator, httpx.Client]) -> None:
+    _, http = hub
+    oauth = http.get("/api/whoami-v2", headers=bearer("hf_oauth_olga")).json()
+    assert oauth == OAUTH_ANSWER
+    assert "accessToken" not in oauth["auth"]
+    assert "email" not in oauth
+    app = http.get("/api/whoami-v2", headers=bearer("hf_app")).json()
+    assert app == APP_ANSWER
+    patterned = http.get("/api/whoami-v2", headers=bearer("hf_patterned")).json()
+    assert patterned == PATTERNED_ANSWER
+    assert principal_from_whoami(patterned).scoped[0].patterns
+
+
+def test_the_store_answer_keeps_its_shape(
+    hub: tuple[HubEmulator, httpx.Client], hub_store: LocalTokenStore
+) -> None:
+    _, http = hub
+    answer = http.get("/api/whoami-v2", headers=bearer("hf_writer")).json()
+    assert answer == hub_store.lookup(token_digest("hf_writer"))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        pytest.param(lambda e: e.add_repo("widget:a/b"), "repo", id="repo-type"),
+        pytest.param(lambda e: e.add_repo("model:a/b", "hidden"), "visibility", id="visibility"),
+        pytest.param(lambda e: e.grant_gate("model:a/b", ""), "user", id="gate-user"),
+        pytest.param(lambda e: e.rename_repo("model:a/b", "model:a/b"), "itself", id="rename-self"),
+        pytest.param(
+            lambda e: e.add_resource_group("acme", "rg", repos=["model:beta/x"]),
+            "not in org",
+            id="group-repo-of-another-org",
+        ),
+        pytest.param(
+            lambda e: e.add_group_member("acme", "nope", "u", "read"),
+            "no resource group",
+            id="no-group",
+        ),
+        pytest.param(
+            lambda e: e.set_org_restrictions("acme", missing_mfa="yes"), "True or False", id="flag"
+        ),
+        pytest.param(lambda e: e.register_token("", {"name": "a"}), "token", id="empty-token"),
+        pytest.param(
+            lambda e: e.register_token("hf_x", {"orgs": []}), "whoami-v2", id="bad-answer"
+        ),
+        pytest.param(lambda e: e.fail_next(503, endpoint="whoami-v2"), "endpoint", id="endpoint"),
+        pytest.param(lambda e: setattr(e, "auth_check_delay", -1), "seconds", id="delay"),
+    ],
+)
+def test_hub_facts_are_validated(hub_emulator: HubEmulator, call: Any, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        call(hub_emulator)
+
+
+def test_unknown_repos_must_be_private_or_missing(hub_store: LocalTokenStore) -> None:
+    with pytest.raises(ConfigurationError, match="unknown_repos"):
+        HubEmulator(hub_store, unknown_repos="public")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "whoami_status", "auth_check_status"),
+    [
+        pytest.param("whoami", 503, 200, id="whoami-only"),
+        pytest.param("auth-check", 200, 503, id="auth-check-only"),
+        pytest.param(None, 503, 503, id="both"),
+    ],
+)
+def test_faults_per_endpoint(
+    hub_emulator: HubEmulator,
+    hub_store: LocalTokenStore,
+    client: httpx.Client,
+    endpoint: Any,
+    whoami_status: int,
+    auth_check_status: int,
+) -> None:
+    issued = hub_store.create_token(user="alice", role="write")
+    hub_emulator.fail_next(503, times=2, endpoint=endpoint)
+    whoami = client.get("/api/whoami-v2", headers=bearer(issued.token))
+    check = client.get("/api/models/alice/x/auth-check", headers=bearer(issued.token))
+    assert (whoami.status_code, check.status_code) == (whoami_status, auth_check_status)
+
+
+def test_a_fault_for_one_endpoint_does_not_block_the_others_queue(
+    hub_emulator: HubEmulator, hub_store: LocalTokenStore, client: httpx.Client
+) -> None:
+    issued = hub_store.create_token(user="alice", role="write")
+    hub_emulator.fail_next(429, times=1, endpoint="auth-check")
+    hub_emulator.fail_next(502, times=1)
+    assert client.get("/api/whoami-v2", headers=bearer(issued.token)).status_code == 502
+    assert (
+        client.get("/api/models/alice/x/auth-check", headers=bearer(issued.token)).status_code
+        == 429
+    )
+    assert (
+        client.get("/api/models/alice/x/auth-check", headers=bearer(issued.token)).status_code
+        == 200
+    )
+
+
+def test_auth_check_delay_holds_until_released(
+    hub_emulator: HubEmulator,
+    hub_store: LocalTokenStore,
+    client: httpx.Client,
+    pool: ThreadPoolExecutor,
+) -> None:
+    issued = hub_store.create_token(user="alice", role="write")
+    hub_emulator.auth_check_delay = 600.0
+    held = pool.submit(client.get, "/api/models/alice/x/auth-check", headers=bearer(issued.token))
+    assert hub_emulator.wait_for_held(1, timeout=WAIT)
+    # whoami-v2 is not delayed by the auth-check delay.
+    assert client.get("/api/whoami-v2", headers=bearer(issued.token)).status_code == 200
+    assert not held.done()
+    hub_emulator.release_held()
+    assert held.result(timeout=WAIT).status_code == 200
+    hub_emulator.clear_faults()
+    assert hub_emulator.auth_check_delay == 0.0
+
+
+def test_auth_checks_are_logged_and_reset(
+    hub_emulator: HubEmulator, hub_store: LocalTokenStore, client: httpx.Client
+) -> None:
+    issued = hub_store.create_token(user="alice", role="write")
+    client.get("/api/models/alice/x/auth-check", headers=bearer(issued.token))
+    client.get("/api/kernels/alice/k/auth-check/write", headers=bearer(issued.token))
+    client.get("/api/whoami-v2", headers=bearer(issued.token))
+    assert hub_emulator.auth_checks == ["read model:alice/x", "write kernel:alice/k"]
+    hub_emulator.reset_counters()
+    assert hub_emulator.auth_checks == []

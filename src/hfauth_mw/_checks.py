@@ -27,13 +27,14 @@ __all__ = [
 
 T = TypeVar("T")
 
-# Anything that might be an access token: masked in every message (masking too much is harmless).
+# Anything that might be an access token: masked in every message (masking too much is
+# harmless). hf_ covers user, OAuth (hf_oauth_) and trusted-publisher (hf_jwt_) tokens.
 TOKEN_SHAPED = re.compile(r"(?:hf_|api_org_)[A-Za-z0-9_.\-]*")
-# What is almost surely a pasted token (hf_ + 34 letters/digits, org and OAuth tokens),
-# and never a name: refused where a name is expected. Narrower than TOKEN_SHAPED so
-# that names such as "acme/my_hf_tools" stay usable.
+# What is almost surely a pasted token (hf_ + 34 letters/digits, org, OAuth and
+# trusted-publisher JWT tokens), and never a name: refused where a name is expected.
+# Narrower than TOKEN_SHAPED so that names such as "acme/my_hf_tools" stay usable.
 LIKELY_TOKEN = re.compile(
-    r"(?<![A-Za-z0-9])(?:hf_|api_org_)(?:oauth_+(?:refresh_)?)?[A-Za-z0-9]{20,}"
+    r"(?<![A-Za-z0-9])(?:hf_|api_org_)(?:oauth_+(?:refresh_)?|jwt_)?[A-Za-z0-9]{20,}"
 )
 
 

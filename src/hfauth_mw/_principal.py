@@ -21,8 +21,11 @@ __all__ = [
     "OrgMembership",
     "Principal",
     "ResourceGroup",
+    "ResourcePattern",
     "ScopedGrant",
     "fingerprint_of",
+    "is_app",
+    "principal_as_whoami",
     "principal_from_whoami",
     "token_digest",
 ]
@@ -77,7 +80,13 @@ class ResourceGroup:
 
 @dataclass(frozen=True, slots=True)
 class OrgMembership:
-    """An organization the user belongs to and their ``roleInOrg``."""
+    """An organization the user belongs to and their ``roleInOrg``.
+
+    ``security_restrictions`` (the Hub's ``securityRestrictions``: ``mfa``,
+    ``token-policy``, ``sso``, ``ip``, ...), ``missing_mfa`` and ``pending_sso``
+    say the org refuses this token on its resources: the membership then gives
+    nothing (see :attr:`restrictions`).
+    """
 
     name: str
     role: str
@@ -85,6 +94,29 @@ class OrgMembership:
     plan: str | None = None
     is_enterprise: bool = False
     resource_groups: tuple[ResourceGroup, ...] = ()
+    security_restrictions: tuple[str, ...] = ()
+    missing_mfa: bool = False
+    pending_sso: bool = False
+
+    @property
+    def restrictions(self) -> tuple[str, ...]:
+        """Why the org refuses this token (empty when it does not): the security
+        restrictions, then ``missingMFA`` and ``pendingSSO`` when set."""
+        return (
+            self.security_restrictions
+            + (("missingMFA",) if self.missing_mfa else ())
+            + (("pendingSSO",) if self.pending_sso else ())
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResourcePattern:
+    """One ``patterns`` item of a fine-grained entry: the entry applies only to
+    resources of ``resource_type`` (e.g. ``inference-endpoint``) whose name
+    matches one of ``wildcards`` (``*`` is the only wildcard)."""
+
+    resource_type: str
+    wildcards: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +132,8 @@ class ScopedGrant:
     entity_name: str | None
     permissions: frozenset[str]
     entity_id: str | None = None
+    #: When not empty, the entry applies only to resources these patterns match.
+    patterns: tuple[ResourcePattern, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +167,12 @@ class Principal:
     def is_authenticated(self) -> bool:
         return not self.is_anonymous
 
+    @property
+    def is_app(self) -> bool:
+        """An app principal (``type: app``, or an ``app_token``/``app_token_as_user``
+        authentication): what an app's scope grants is not confirmed."""
+        return is_app(self)
+
     def org(self, name: str) -> OrgMembership | None:
         """The user's membership of organization ``name``, if any."""
         for membership in self.orgs:
@@ -141,7 +181,9 @@ class Principal:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready mapping of the principal (no token, no secret)."""
+        """A JSON-ready mapping of the principal (no token, no secret). An org's
+        ``security_restrictions`` (``missingMFA``/``pendingSSO`` included) and an
+        entry's ``patterns`` appear only when set."""
         return {
             "name": self.name,
             "type": self.type,
@@ -163,6 +205,13 @@ class Principal:
                         {"id": group.id, "name": group.name, "role": group.role}
                         for group in org.resource_groups
                     ],
+                    # Only when set, so that the mapping of an unrestricted
+                    # membership keeps the shape it always had.
+                    **(
+                        {"security_restrictions": list(org.restrictions)}
+                        if org.restrictions
+                        else {}
+                    ),
                 }
                 for org in self.orgs
             ],
@@ -174,6 +223,19 @@ class Principal:
                         "id": grant.entity_id,
                     },
                     "permissions": sorted(grant.permissions),
+                    **(
+                        {
+                            "patterns": [
+                                {
+                                    "resource_type": pattern.resource_type,
+                                    "wildcards": list(pattern.wildcards),
+                                }
+                                for pattern in grant.patterns
+                            ]
+                        }
+                        if grant.patterns
+                        else {}
+                    ),
                 }
                 for grant in self.scoped
             ],
@@ -187,6 +249,16 @@ class Principal:
 
 
 ANONYMOUS = Principal(name="anonymous", type="anonymous", auth_type="none", is_anonymous=True)
+
+#: ``auth.type`` values of app tokens; ``type: app`` marks an app principal too.
+APP_AUTH_TYPES = frozenset({"app_token", "app_token_as_user"})
+
+
+def is_app(principal: Principal) -> bool:
+    """Whether ``principal`` is an app (or an app acting as a user): the Hub's
+    app scopes are not confirmed, so the local rules grant such principals
+    public repositories only."""
+    return principal.type == "app" or principal.auth_type in APP_AUTH_TYPES
 
 
 # --- the whoami-v2 parser -------------------------------------------------------------
@@ -298,6 +370,33 @@ def parse_timestamp(value: object, where: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+#: A restriction of a shape we do not know: the org's repositories are refused, not opened.
+UNRECOGNISED_RESTRICTION = "unrecognised"
+
+
+def _restrictions(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """``securityRestrictions``, strict the other way round from the rest of the
+    parser: a value of an odd shape refuses the org's repositories (a 403 the
+    Hub would give) instead of being dropped, which would grant them."""
+    value = data.get("securityRestrictions")
+    if value is None or value == []:
+        return ()
+    if isinstance(value, str):
+        return (sys.intern(value),) if value else ()
+    if isinstance(value, list):
+        return tuple(
+            sys.intern(item) if isinstance(item, str) and item else UNRECOGNISED_RESTRICTION
+            for item in value
+        )
+    return (UNRECOGNISED_RESTRICTION,)
+
+
+def _refusal_flag(data: Mapping[str, Any], key: str) -> bool:
+    # missingMFA/pendingSSO: anything but absent, null or false refuses (fail closed).
+    value = data.get(key)
+    return value is not None and value is not False
+
+
 def _org(value: object, index: int) -> OrgMembership:
     where = f"orgs[{index}]"
     data = _mapping(value, where)
@@ -323,7 +422,39 @@ def _org(value: object, index: int) -> OrgMembership:
         plan=_label(_informational_str(data, "plan")),
         is_enterprise=_informational_bool(data, "isEnterprise"),
         resource_groups=tuple(groups),
+        security_restrictions=_restrictions(data),
+        missing_mfa=_refusal_flag(data, "missingMFA"),
+        pending_sso=_refusal_flag(data, "pendingSSO"),
     )
+
+
+#: What an unreadable ``patterns`` item becomes: a pattern that matches nothing,
+#: so the entry it narrows grants nothing (rather than everything).
+_MATCHES_NOTHING = ResourcePattern("", ())
+
+
+def _pattern(value: object) -> ResourcePattern:
+    if not isinstance(value, Mapping):
+        return _MATCHES_NOTHING
+    kind = value.get("resourceType")
+    wildcards = value.get("wildcardPatterns")
+    if not isinstance(kind, str) or not kind or not isinstance(wildcards, list):
+        return _MATCHES_NOTHING
+    if not all(isinstance(item, str) and item for item in wildcards):
+        return _MATCHES_NOTHING
+    return ResourcePattern(sys.intern(kind), tuple(wildcards))
+
+
+def _patterns(data: Mapping[str, Any]) -> tuple[ResourcePattern, ...]:
+    """``patterns`` narrow an entry. Absent, null or an empty list narrow nothing
+    (the Hub may send an empty list on every entry); a value of another shape
+    narrows the entry to nothing."""
+    value = data.get("patterns")
+    if value is None or value == []:
+        return ()
+    if not isinstance(value, list):
+        return (_MATCHES_NOTHING,)
+    return tuple(_pattern(item) for item in value)
 
 
 def _grant(value: object, index: int) -> ScopedGrant:
@@ -335,6 +466,7 @@ def _grant(value: object, index: int) -> ScopedGrant:
         entity_name=_optional_str(entity, "name", f"{where}.entity"),
         entity_id=_optional_str(entity, "_id", f"{where}.entity"),
         permissions=_strings(data, "permissions", where),
+        patterns=_patterns(data),
     )
 
 
@@ -367,3 +499,78 @@ def principal_from_whoami(data: object, *, fingerprint: str = "", source: str = 
         fingerprint=fingerprint,
         source=source,
     )
+
+
+def principal_as_whoami(principal: Principal) -> dict[str, Any]:
+    """``principal`` as a whoami-v2 answer that :func:`principal_from_whoami`
+    reads back into an equal principal (fingerprint and source aside, which
+    are arguments of the parser; ``oauth_scopes`` is not a whoami-v2 field
+    and is left to the caller). Every fact that can refuse access (security
+    restrictions, ``missingMFA``, ``pendingSSO``, ``patterns``) is kept: a copy
+    that dropped one would grant more than the original."""
+    access_token: dict[str, Any] = {
+        "role": principal.token_role,
+        "displayName": principal.token_name,
+        "fineGrained": {
+            "scoped": [
+                {
+                    "entity": {
+                        "_id": grant.entity_id,
+                        "type": grant.entity_type,
+                        "name": grant.entity_name,
+                    },
+                    "permissions": sorted(grant.permissions),
+                    **(
+                        {
+                            "patterns": [
+                                {
+                                    "resourceType": pattern.resource_type,
+                                    "wildcardPatterns": list(pattern.wildcards),
+                                }
+                                for pattern in grant.patterns
+                            ]
+                        }
+                        if grant.patterns
+                        else {}
+                    ),
+                }
+                for grant in principal.scoped
+            ],
+            "global": sorted(principal.global_permissions),
+            "canReadGatedRepos": principal.can_read_gated_repos,
+        },
+    }
+    orgs: list[dict[str, Any]] = []
+    for org in principal.orgs:
+        entry: dict[str, Any] = {
+            "type": "org",
+            "name": org.name,
+            "roleInOrg": org.role,
+            "id": org.id,
+            "plan": org.plan,
+            "isEnterprise": org.is_enterprise,
+            "resourceGroups": [
+                {"id": group.id, "name": group.name, "role": group.role}
+                for group in org.resource_groups
+            ],
+        }
+        if org.security_restrictions:
+            entry["securityRestrictions"] = list(org.security_restrictions)
+        if org.missing_mfa:
+            entry["missingMFA"] = True
+        if org.pending_sso:
+            entry["pendingSSO"] = True
+        orgs.append(entry)
+    return {
+        "type": principal.type,
+        "id": principal.id,
+        "name": principal.name,
+        "fullname": principal.fullname,
+        "email": principal.email,
+        "orgs": orgs,
+        "auth": {
+            "type": principal.auth_type,
+            "accessToken": access_token,
+            "expiresAt": principal.expires_at.isoformat() if principal.expires_at else None,
+        },
+    }
