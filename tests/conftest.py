@@ -93,7 +93,7 @@ def tokens(hub_store) -> dict[str, str]:
     writer: write token, acme write member; reader and other: read tokens, acme
     write members; fine: fine-grained, reads model acme/sentiment only;
     serverless: fine-grained, reads acme/sentiment and holds the global
-    permission inference.serverless.write.
+    permission inference.endpoints.infer.write.
     """
     from hfauth_mw import FineGrainedEntry, OrgGrant
 
@@ -111,6 +111,6 @@ def tokens(hub_store) -> dict[str, str]:
             role="fineGrained",
             orgs=acme_write,
             fine_grained=read_sentiment,
-            global_permissions=("inference.serverless.write",),
+            global_permissions=("inference.endpoints.infer.write",),
         ).token,
     }

@@ -362,12 +362,23 @@ def test_revoked_token_is_refused(store: LocalTokenStore, tokens: dict[str, str]
     assert response.json()["error"] == "invalid_token"
 
 
-def test_gated_option_marks_repos_gated(store: LocalTokenStore, tokens: dict[str, str]) -> None:
-    # carol's fine-grained token lacks canReadGatedRepos: a gated repo is refused.
-    app = build_app(LocalStoreSource(store), gated=["acme/sentiment"])
-    response = asyncio.run(send(app, Call("POST", INFER.format("acme/sentiment"), "carol"), tokens))
-    assert response.status_code == 403
-    assert "gated" in response.json()["error_description"]
+@pytest.mark.parametrize(
+    ("repo", "status"),
+    [
+        # The Hub documents a fine-grained entry naming a gated repo as the way to read it.
+        pytest.param("acme/sentiment", 200, id="entry-on-the-gated-repo-reads-it"),
+        # carol's token lacks canReadGatedRepos: another gated repo is refused.
+        pytest.param("acme/public-demo", 403, id="no-entry-no-gated-reads"),
+    ],
+)
+def test_gated_option_marks_repos_gated(
+    store: LocalTokenStore, tokens: dict[str, str], repo: str, status: int
+) -> None:
+    app = build_app(LocalStoreSource(store), gated=[repo])
+    response = asyncio.run(send(app, Call("POST", INFER.format(repo), "carol"), tokens))
+    assert response.status_code == status
+    if status == 403:
+        assert "gated" in response.json()["error_description"]
 
 
 # --- WebSocket -------------------------------------------------------------------------------

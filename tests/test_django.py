@@ -79,7 +79,7 @@ async def async_card(request: HttpRequest, owner: str, name: str) -> JsonRespons
     return JsonResponse({"model": f"{owner}/{name}", "by": request.principal.name})
 
 
-@require_permission("inference.serverless.write")
+@require_permission("inference.endpoints.infer.write")
 def serverless(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"ok": True})
 

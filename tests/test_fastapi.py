@@ -69,7 +69,7 @@ def create_app() -> FastAPI:
         "/v1/models/{owner}/{name}/serverless",
         dependencies=[
             Security(RequireRepo("read")),
-            Security(RequirePermission("inference.serverless.write")),
+            Security(RequirePermission("inference.endpoints.infer.write")),
         ],
     )
     async def serverless(owner: str, name: str) -> dict[str, bool]:
@@ -277,7 +277,7 @@ def test_openapi_lists_schemes_and_per_route_requirements(make_app):
         {"HuggingFaceToken": ["repo.write"]},
         {"HuggingFaceBasic": ["repo.write"]},
     ]
-    both = ["repo.content.read", "inference.serverless.write"]
+    both = ["repo.content.read", "inference.endpoints.infer.write"]
     assert security("/v1/models/{owner}/{name}/serverless", "post") == [
         {"HuggingFaceToken": both},
         {"HuggingFaceBasic": both},

@@ -73,7 +73,7 @@ def create_app(hfauth: HFAuth, **config) -> Flask:
         return {"dataset": f"{org}/{ds}"}
 
     @app.post("/v1/serverless")
-    @hfauth.require_permission("inference.serverless.write")
+    @hfauth.require_permission("inference.endpoints.infer.write")
     def serverless():
         return {"ok": True}
 
