@@ -209,18 +209,38 @@ class RedisSentinelSet:
             client.execute_command("SENTINEL", "FAILOVER", self.service)
         finally:
             client.close()
+        return self.wait_promoted(old)
+
+    def stop_primary(self) -> int:
+        """Kill the primary's process; wait until the Sentinel promoted the replica; its port."""
+        old = self.primary_port()
+        (self.primary if self.primary.port == old else self.replica).stop()
+        return self.wait_promoted(old)
+
+    def wait_promoted(self, old: int) -> int:
+        """Wait until the Sentinel names a healthy primary other than ``old`` (as
+        redis-py requires: not subjectively or objectively down) and that server
+        says it is a primary."""
         new_port = self.replica.port if old == self.primary.port else self.primary.port
 
         def promoted() -> bool:
-            if self.primary_port() != new_port:
-                return False
+            sentinel = self.sentinel_client()
             node = RedisServer(new_port).client()
             try:
-                return node.info("replication")["role"] == "master"
+                state = sentinel.sentinel_masters()[self.service]
+                return (
+                    int(state["port"]) == new_port
+                    and not state["is_sdown"]
+                    and not state["is_odown"]
+                    and node.info("replication")["role"] == "master"
+                )
+            except Exception:
+                return False
             finally:
+                sentinel.close()
                 node.close()
 
-        wait_for(promoted, "the failover to finish")
+        wait_for(promoted, "the Sentinel to promote the replica", 30)
         return new_port
 
     def stop(self) -> None:

@@ -42,6 +42,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -519,14 +520,23 @@ class RedisBackend:
     def wait_subscribed(self, timeout: float) -> bool:
         return self._subscribed.wait(timeout)
 
-    def _subscriber_client(self) -> tuple[Any, list[Any]]:
+    def _subscriber_client(self) -> tuple[Any, list[Any], Callable[[], bool] | None]:
+        """The listener's client, what to close with it, and (Sentinel only) a check
+        that the primary it listens on is still the primary."""
         client, closers = self._build(
             asynchronous=False,
             timeout=self.subscriber_timeout,
             name="hfauth-mw-revocations",
             pooled=False,
         )
-        return client, closers
+        if self.kind != "sentinel":
+            return client, closers, None
+        # A demoted primary may keep our subscription open while the new primary's
+        # PUBLISHes never reach it: follow the Sentinels' answer instead.
+        manager = client.connection_pool.sentinel_manager
+        service = self.target.service
+        listening_on = manager.discover_master(service)
+        return client, closers, lambda: bool(manager.discover_master(service) == listening_on)
 
     def _listen(
         self,
@@ -543,10 +553,17 @@ class RedisBackend:
             pubsub = None
             closers: list[Any] = []
             try:
-                client, closers = self._subscriber_client()
+                client, closers, same_primary = self._subscriber_client()
                 pubsub = client.pubsub()
                 pubsub.subscribe(channel)
+                next_check = time.monotonic() + self.health_check_interval
                 while not stop.is_set():
+                    if same_primary is not None and time.monotonic() >= next_check:
+                        next_check = time.monotonic() + self.health_check_interval
+                        if not same_primary():
+                            # Resubscribing empties the in-process caches: nothing
+                            # published to the new primary meanwhile is missed.
+                            raise redis.ConnectionError("the Sentinels named a new primary")
                     message = pubsub.get_message(timeout=0.25)
                     if message is None:
                         continue
