@@ -296,3 +296,40 @@ def test_sentinel_failover_is_followed(redis_sentinel, hub_store, hub_emulator, 
     finally:
         holder_shared.close()
         revoker_shared.close()
+
+
+def test_cli_revoke_broadcasts_on_the_cluster(
+    redis_cluster, hub_store, hub_emulator, monkeypatch, capsys
+):
+    """`hfauth-mw token revoke --redis-url redis+cluster://...` reaches a listener."""
+    from hfauth_mw._cli import main as cli_main
+
+    prefix = _prefix()
+    issued = hub_store.create_token(user="alice", role="write")
+    holder_shared = _shared(redis_cluster.url, prefix)
+    holder = Authenticator(HubWhoamiSource(hub_emulator.url, timeout=5.0), shared=holder_shared)
+    try:
+        assert holder_shared.wait_ready(10)
+        holder.authenticate_sync(Credentials.from_token(issued.token))
+        assert len(holder.cache) == 1
+        monkeypatch.setenv("HFAUTH_TEST_REDIS_SECRET", SECRET)
+        code = cli_main(
+            [
+                "token",
+                "revoke",
+                "--store",
+                str(hub_store.path),
+                "--redis-url",
+                redis_cluster.url,
+                "--redis-secret-env",
+                "HFAUTH_TEST_REDIS_SECRET",
+                "--redis-prefix",
+                prefix,
+                issued.record.fingerprint,
+            ]
+        )
+        assert code == 0, capsys.readouterr().err
+        assert "1 process" in capsys.readouterr().out
+        wait_for(lambda: len(holder.cache) == 0, "the revocation to reach the holder", 5)
+    finally:
+        holder_shared.close()
