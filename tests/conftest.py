@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -114,3 +117,57 @@ def tokens(hub_store) -> dict[str, str]:
             global_permissions=("inference.endpoints.infer.write",),
         ).token,
     }
+
+
+# --- Redis -------------------------------------------------------------------------------------
+# The Redis tests use their own DB of the machine's Redis (127.0.0.1:6379), never
+# DB 0 where other software keeps its data, and delete only the keys under their
+# own per-test prefix. HFAUTH_TEST_REDIS_DB picks another DB.
+
+#: The DB number of the machine's Redis that the test suite writes to.
+REDIS_TEST_DB = int(os.environ.get("HFAUTH_TEST_REDIS_DB", "9"))
+if not 0 < REDIS_TEST_DB < 16:
+    raise pytest.UsageError("HFAUTH_TEST_REDIS_DB must be 1 to 15 (DB 0 is left alone)")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """``redis://`` for the test DB: the machine's Redis, else a server this session starts."""
+    from redis_servers import RedisServer, ping
+
+    if ping(6379):
+        yield f"redis://127.0.0.1:6379/{REDIS_TEST_DB}"
+        return
+    server = RedisServer().start()
+    try:
+        yield f"redis://127.0.0.1:{server.port}/{REDIS_TEST_DB}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys (and only those) are deleted afterwards."""
+    import redis
+
+    name = f"hfauth-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{name}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[Any]:
+    """A redis-server of this test's own (it may be stopped and restarted)."""
+    from redis_servers import RedisServer
+
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

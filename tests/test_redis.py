@@ -1,18 +1,16 @@
 """The shared cache tier: the flow against an in-memory store on the fake clock,
-then real Redis (127.0.0.1:6379, or a server this session starts) with worker
-processes, revocation broadcast and Redis dying mid-run."""
+then real Redis (the test DB of 127.0.0.1:6379, or a server this session starts;
+see conftest.py) with worker processes, revocation broadcast and Redis dying
+mid-run. Sentinel and Cluster: tests/test_redis_topologies.py."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import multiprocessing
-import shutil
 import socket
-import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -706,94 +704,6 @@ def test_unreachable_redis_is_reported_as_down_quickly():
 # --- real Redis ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-class RedisServer:
-    """A redis-server this test session owns, on a free loopback port."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("no Redis at 127.0.0.1:6379 and no redis-server binary to start one")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not _ping(self.port):
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.stop()
-                pytest.skip(f"could not start redis-server on port {self.port}")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    if _ping(6379):
-        yield "redis://127.0.0.1:6379/0"
-        return
-    server = RedisServer().start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def prefix(redis_url) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards."""
-    import redis
-
-    name = f"hfauth-test-{uuid.uuid4().hex[:12]}"
-    yield name
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{name}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
 def redis_dump(url: str, prefix: str) -> list[bytes]:
     import redis
 
@@ -1004,15 +914,6 @@ def test_four_workers_one_cold_token_then_revocation(
                 worker.kill()
 
 
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def _ok_app(scope: Any, receive: Any, send: Any) -> Any:
     async def app() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -1128,3 +1029,155 @@ def test_cli_revoke_broadcast_needs_the_secret(hub_store, monkeypatch, capsys):
     assert code == 2
     assert "HFAUTH_TEST_MISSING" in capsys.readouterr().err
     assert len(hub_store.list_tokens()) == 1  # nothing revoked when the broadcast cannot happen
+
+
+# --- the test suite's own Redis DB (issue 18, item E) ----------------------------------------
+
+
+@pytest.mark.redis
+def test_the_suite_keeps_to_its_own_redis_db(redis_url, prefix):
+    """Other software keeps its data in DB 0 of the machine's Redis: the suite
+    writes only to its own DB (HFAUTH_TEST_REDIS_DB, default 9), under its prefix."""
+    import redis
+
+    from conftest import REDIS_TEST_DB
+
+    assert REDIS_TEST_DB != 0
+    assert redis_url.endswith(f"/{REDIS_TEST_DB}")
+    shared = SharedCache.from_url(redis_url, secret=SECRET, prefix=prefix, socket_timeout=2.0)
+    try:
+        shared.revoke_fingerprint("0123456789ab")  # writes one tombstone key
+    finally:
+        shared.close()
+    base = redis_url.rsplit("/", 1)[0]
+    ours, zero = redis.Redis.from_url(redis_url), redis.Redis.from_url(f"{base}/0")
+    try:
+        assert list(ours.scan_iter(match=f"{prefix}:*"))
+        assert not list(zero.scan_iter(match=f"{prefix}:*"))
+    finally:
+        ours.close()
+        zero.close()
+
+
+# --- the async pool (issue 18, item C) ---------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_async_pool_works_under_warnings_as_errors(
+    redis_url, prefix, hub_store, hub_emulator
+):
+    """redis-py 8 warns when an asyncio client gets the sync Retry; under -W error
+    (or filterwarnings=error) the old pool made every request a 500. Now: no
+    warning, and the answer really goes through Redis."""
+    import warnings
+
+    alice = Credentials.from_token(hub_store.create_token(user="alice", role="write").token)
+    shared = SharedCache.from_url(
+        redis_url, secret=SECRET, prefix=prefix, socket_timeout=COUNTING_SOCKET_TIMEOUT
+    )
+    auth = Authenticator(HubWhoamiSource(hub_emulator.url, timeout=5.0), shared=shared)
+    app = HFAuthMiddleware(_ok_app, authenticator=auth, limiter=None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app), base_url="http://t"
+            ) as client:
+                answer = await client.get("/", headers={"Authorization": f"Bearer {alice.token}"})
+        assert answer.status_code == 200
+        stats = auth.stats()
+        assert (stats["shared_errors"], stats["shared_stores"]) == (0, 1)
+    finally:
+        await shared.aclose()
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        pytest.param(RuntimeError("pool exploded"), id="any-exception"),
+        pytest.param(UserWarning("a warning raised as an error"), id="warning-as-error"),
+    ],
+)
+@pytest.mark.anyio
+async def test_an_error_building_the_async_pool_falls_back_to_the_source(
+    monkeypatch, hub_store, hub_emulator, failure
+):
+    """Building a pool is part of calling Redis: whatever it raises is a Redis
+    failure (the breaker counts it; the source decides), never a 500."""
+    import redis.asyncio
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise failure
+
+    monkeypatch.setattr(redis.asyncio.BlockingConnectionPool, "from_url", broken)
+    alice = hub_store.create_token(user="alice", role="write").token
+    shared = SharedCache.from_url("redis://127.0.0.1:1/9", secret=SECRET)
+    auth = Authenticator(HubWhoamiSource(hub_emulator.url, timeout=5.0), shared=shared)
+    app = HFAuthMiddleware(_ok_app, authenticator=auth, limiter=None)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+            answer = await c.get("/", headers={"Authorization": f"Bearer {alice}"})
+        assert answer.status_code == 200
+        assert auth.stats()["shared_errors"] == 1
+        assert auth.stats()["upstream_calls"] == 1
+    finally:
+        await shared.aclose()
+
+
+def test_the_async_pool_is_built_with_the_asyncio_retry():
+    """The cause of the warning: the sync redis.retry.Retry given to an asyncio pool."""
+    from redis.asyncio.retry import Retry as AsyncRetry
+
+    from hfauth_mw._redis import RedisBackend
+
+    backend = RedisBackend("redis://127.0.0.1:1/9")
+    options = backend._options(asynchronous=True, timeout=0.1, name="x")
+    assert isinstance(options["retry"], AsyncRetry)
+
+
+# --- no import circle in the Redis tier (issue 16, asked of issue 18) -------------------------
+
+
+def _runtime_imports(module: str) -> set[str]:
+    """The package modules ``module`` imports when it runs (lazy imports included,
+    ``if TYPE_CHECKING:`` blocks left out)."""
+    import ast
+    from pathlib import Path
+
+    import hfauth_mw
+
+    tree = ast.parse((Path(hfauth_mw.__file__).parent / f"{module}.py").read_text())
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped.update(id(child) for stmt in node.body for child in ast.walk(stmt))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and id(node) not in skipped:
+            found.add(node.module or "")
+    return found
+
+
+def test_the_redis_tier_has_no_import_circle():
+    from pathlib import Path
+
+    import hfauth_mw
+
+    modules = [path.stem for path in Path(hfauth_mw.__file__).parent.glob("_*.py")]
+    graph = {module: _runtime_imports(module) for module in modules if module != "__init__"}
+    tier = {"_shared", "_redis", "_shared_protocol"}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, ()):
+            if nxt == goal:
+                return True
+            if nxt not in seen:
+                seen.add(nxt)
+                if reaches(nxt, goal, seen):
+                    return True
+        return False
+
+    circles = sorted(module for module in tier if reaches(module, module, set()))
+    assert circles == []
+    assert "_shared" not in graph["_redis"]  # the backend knows only the protocol

@@ -11,12 +11,14 @@ import json
 import threading
 import time
 from datetime import UTC, datetime
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import faults
 from hfauth_mw import (
     Authenticator,
     ChainSource,
@@ -335,6 +337,13 @@ def test_acceptable_hub_urls(url, options):
 INTROSPECT = OAuthIntrospectionSource(
     "https://auth.example/introspect", client_id="mw", client_secret="s3cret"
 )
+#: An operator whose IdP is dedicated to this service, stating the generic scopes' meaning.
+STATED = OAuthIntrospectionSource(
+    "https://auth.example/introspect",
+    client_id="mw",
+    client_secret="s3cret",
+    scope_roles={"read": "read", "write": "write", "repo.write": "write"},
+)
 
 
 def test_rfc7662_request():
@@ -367,7 +376,7 @@ def test_rfc7662_request():
     ],
 )
 def test_rfc7662_active(body, name, role):
-    _, outcome = drive(INTROSPECT, answer(200, body))
+    _, outcome = drive(STATED, answer(200, body))
     assert isinstance(outcome, Valid)
     assert (outcome.principal.name, outcome.principal.token_role) == (name, role)
     assert outcome.principal.auth_type == "oauth2_introspection"
@@ -608,7 +617,7 @@ def test_two_local_stores_never_share_a_cache_namespace(tmp_path):
 class _Introspection(http.server.BaseHTTPRequestHandler):
     """An RFC 7662 endpoint at /o/introspect/ (django-oauth-toolkit's path, with its
     slash) that tells each client something else: client "writer" hears the
-    token is active with scope write, any other client that it is inactive."""
+    token is active with scope write-repos, any other client that it is inactive."""
 
     paths: list[str]
 
@@ -623,7 +632,7 @@ class _Introspection(http.server.BaseHTTPRequestHandler):
             return
         client = base64.b64decode(self.headers["authorization"].split()[1]).split(b":")[0]
         body = (
-            {"active": True, "sub": "alice", "scope": "write"}
+            {"active": True, "sub": "alice", "scope": "write-repos"}
             if client == b"writer"
             else {"active": False}
         )
@@ -665,6 +674,7 @@ def test_rfc7662_endpoint_is_asked_at_the_url_given(introspection_endpoint):
     [
         pytest.param({"client_id": "reader"}, id="another-client"),
         pytest.param({"client_id": "writer", "scope_roles": {"read": "read"}}, id="other-roles"),
+        pytest.param({"client_id": "writer", "audience": "hub-api"}, id="an-audience-check"),
     ],
 )
 def test_rfc7662_sources_on_one_endpoint_never_share_answers(introspection_endpoint, second):
@@ -677,7 +687,7 @@ def test_rfc7662_sources_on_one_endpoint_never_share_answers(introspection_endpo
     credentials = Credentials.from_token(TOKEN)
     assert Authenticator(first, cache=cache).authenticate_sync(credentials).token_role == "write"
 
-    if second["client_id"] == "reader":
+    if second["client_id"] == "reader" or "audience" in second:
         with pytest.raises(InvalidToken):
             Authenticator(other, cache=cache).authenticate_sync(credentials)
     else:
@@ -698,3 +708,267 @@ def test_rfc7662_url_query_and_fragment(url, refused):
             OAuthIntrospectionSource(url, client_id="c", client_secret="s")
     else:
         assert OAuthIntrospectionSource(url, client_id="c", client_secret="s").url == url
+
+
+# --- RFC 7662: tokens for other APIs (issue 18, item 3) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scope", "role"),
+    [
+        pytest.param("write", None, id="bare-write-grants-nothing"),
+        pytest.param("read", None, id="bare-read-grants-nothing"),
+        pytest.param("read write openid", None, id="both-bare-grant-nothing"),
+        pytest.param("write-repos", "write", id="hub-named-write"),
+        pytest.param("repo.content.read", "read", id="hub-named-read"),
+    ],
+)
+def test_rfc7662_default_maps_only_hub_named_scopes(scope, role):
+    """A company IdP's token for the billing API with scope `write` must not upload
+    models: the generic scopes mean nothing unless the operator says so."""
+    _, outcome = drive(INTROSPECT, answer(200, {"active": True, "sub": "u", "scope": scope}))
+    assert isinstance(outcome, Valid)
+    assert outcome.principal.token_role == role
+
+
+def _checked(**options):
+    return OAuthIntrospectionSource(
+        "https://auth.example/introspect",
+        client_id="mw",
+        client_secret="s3cret",
+        scope_roles={"hub:write": "write"},
+        **options,
+    )
+
+
+_ISS = "https://kc.example/realms/acme"
+
+
+@pytest.mark.parametrize(
+    ("options", "claims", "refusal"),
+    [
+        pytest.param({"audience": "hub-api"}, {"aud": "hub-api"}, None, id="aud-string"),
+        pytest.param(
+            {"audience": ["hub-api", "hub"]}, {"aud": ["account", "hub"]}, None, id="aud-list"
+        ),
+        pytest.param({"audience": "hub-api"}, {"aud": "billing-api"}, "audience", id="aud-other"),
+        pytest.param({"audience": "hub-api"}, {"aud": ["billing", "x"]}, "audience", id="aud-none"),
+        pytest.param({"audience": "hub-api"}, {}, "audience", id="aud-missing"),
+        pytest.param({"issuer": _ISS}, {"iss": _ISS}, None, id="iss"),
+        pytest.param({"issuer": _ISS}, {"iss": _ISS + "x"}, "issuer", id="iss-other"),
+        pytest.param({"issuer": _ISS}, {}, "issuer", id="iss-missing"),
+        pytest.param({"client_ids": ["hub-cli"]}, {"client_id": "hub-cli"}, None, id="client"),
+        pytest.param({"client_ids": "hub-cli"}, {"azp": "hub-cli"}, None, id="keycloak-azp"),
+        pytest.param({"client_ids": ["hub-cli"]}, {"client_id": "billing"}, "client", id="other"),
+        pytest.param({"client_ids": ["hub-cli"]}, {}, "client", id="client-missing"),
+        pytest.param(
+            {"audience": "hub-api", "issuer": _ISS, "client_ids": ["hub-cli"]},
+            {"aud": "hub-api", "iss": _ISS, "client_id": "billing"},
+            "client",
+            id="all-three-one-wrong",
+        ),
+        pytest.param({}, {"aud": "billing-api", "iss": "x"}, None, id="nothing-checked"),
+    ],
+)
+def test_rfc7662_audience_issuer_and_client_checks(options, claims, refusal):
+    body = {"active": True, "sub": "alice", "scope": "hub:write", **claims}
+    _, outcome = drive(_checked(**options), answer(200, body))
+    if refusal is None:
+        assert isinstance(outcome, Valid)
+        assert outcome.principal.token_role == "write"
+    else:
+        assert isinstance(outcome, Invalid)
+        assert refusal in outcome.reason
+        # Log-safe: fixed words, nothing quoted from the answer.
+        for value in ("billing", "kc.example", "hub-api", "alice"):
+            assert value not in outcome.reason
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"aud": 7}, id="aud-number"),
+        pytest.param({"aud": ["hub-api", 7]}, id="aud-list-with-number"),
+        pytest.param({"iss": ["x"]}, id="iss-list"),
+        pytest.param({"client_id": 7}, id="client-id-number"),
+    ],
+)
+def test_rfc7662_claims_of_the_wrong_type_are_unavailable(body):
+    source = _checked(audience="hub-api", issuer=_ISS, client_ids=["hub-cli"])
+    full = {"active": True, "sub": "u", "aud": "hub-api", "iss": _ISS, "client_id": "hub-cli"}
+    with pytest.raises(SourceUnavailable):
+        drive(source, answer(200, {**full, **body}))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"audience": ""}, id="empty-audience"),
+        pytest.param({"audience": []}, id="no-audience"),
+        pytest.param({"audience": [""]}, id="blank-audience"),
+        pytest.param({"issuer": ""}, id="empty-issuer"),
+        pytest.param({"client_ids": []}, id="no-client-ids"),
+        pytest.param({"client_ids": [7]}, id="client-id-number"),
+    ],
+)
+def test_rfc7662_check_options_refused_at_start_up(options):
+    with pytest.raises(ConfigurationError):
+        _checked(**options)
+
+
+def test_rfc7662_each_check_policy_has_its_own_cache_namespace():
+    names = {
+        _checked().name,
+        _checked(audience="hub-api").name,
+        _checked(audience="other").name,
+        _checked(issuer=_ISS).name,
+        _checked(client_ids="hub-cli").name,
+        INTROSPECT.name,
+    }
+    assert len(names) == 6
+    assert "s3cret" not in "".join(names)
+
+
+class _CompanyIdP(http.server.BaseHTTPRequestHandler):
+    """A Keycloak-shaped RFC 7662 endpoint: token "billing" was issued for the
+    billing API with the generic scope `write`; token "hub" for this service."""
+
+    answers: ClassVar[dict[str, Any]] = {
+        "hf_billing": {
+            "active": True,
+            "username": "alice",
+            "scope": "openid write",
+            "aud": "billing-api",
+            "iss": _ISS,
+            "azp": "billing-frontend",
+        },
+        "hf_hubtoken": {
+            "active": True,
+            "username": "alice",
+            "scope": "openid hub-write",
+            "aud": ["account", "hub-api"],
+            "iss": _ISS,
+            "azp": "hub-cli",
+        },
+    }
+
+    def do_POST(self) -> None:
+        form = dict(
+            pair.split("=", 1)
+            for pair in self.rfile.read(int(self.headers["content-length"])).decode().split("&")
+        )
+        data = json.dumps(self.answers.get(form["token"], {"active": False})).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def company_idp():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CompanyIdP)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/realms/acme/introspect"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_token_for_another_api_never_writes_here(company_idp):
+    """Issue 18, item 3, reproduced over HTTP: the billing API's token is refused
+    (401), this service's token is accepted with the role the operator stated."""
+    source = OAuthIntrospectionSource(
+        company_idp,
+        client_id="hub-gateway",
+        client_secret="s",
+        audience="hub-api",
+        issuer=_ISS,
+        client_ids=["hub-cli"],
+        scope_roles={"hub-read": "read", "hub-write": "write"},
+    )
+    auth = Authenticator(source)
+    with pytest.raises(InvalidToken):
+        auth.authenticate_sync(Credentials.from_token("hf_billing"))
+    principal = auth.authenticate_sync(Credentials.from_token("hf_hubtoken"))
+    assert (principal.name, principal.token_role) == ("alice", "write")
+
+
+def test_rfc7662_401_is_our_credentials_never_the_token():
+    """RFC 7662 section 2.1: a 401 refuses the *caller* (bad client secret); the
+    token was never judged, so it is a 503 whatever the body or challenge says."""
+    for response in (
+        answer(401, {"error": "invalid_client"}),
+        answer(401, {"error": "x"}, headers={"x-error-message": "Invalid credentials"}),
+        answer(401, raw=b"<html/>", headers={"www-authenticate": 'Basic realm="sso"'}),
+    ):
+        with pytest.raises(SourceUnavailable):
+            drive(INTROSPECT, response)
+
+
+# --- a 401 that is not the Hub's (issue 18, item 4) -------------------------------------
+
+_HUB_401 = {"error": "Invalid credentials in Authorization header"}
+_SSO_PAGE = "<html><body><h1>Sign in to Acme SSO</h1></body></html>"
+
+
+@pytest.mark.parametrize(
+    ("fault", "hubs"),
+    [
+        pytest.param(faults.json_answer(_HUB_401, 401), True, id="hub-json-error"),
+        pytest.param(
+            faults.answer(401, "", content_type=None, headers=[("X-Error-Message", "Invalid")]),
+            True,
+            id="hub-x-error-message-only",
+        ),
+        pytest.param(
+            faults.json_answer(_HUB_401, 401, headers=[("WWW-Authenticate", 'Bearer realm="hf"')]),
+            True,
+            id="hub-with-bearer-challenge",
+        ),
+        pytest.param(
+            faults.answer(
+                401,
+                _SSO_PAGE,
+                content_type="text/html",
+                headers=[("WWW-Authenticate", 'Basic realm="Acme SSO"')],
+            ),
+            False,
+            id="sso-proxy-html-basic",
+        ),
+        pytest.param(
+            faults.json_answer(_HUB_401, 401, headers=[("WWW-Authenticate", "Negotiate")]),
+            False,
+            id="json-but-negotiate-challenge",
+        ),
+        pytest.param(
+            faults.json_answer(
+                _HUB_401, 401, headers=[("WWW-Authenticate", 'Bearer realm="a", Basic realm="b"')]
+            ),
+            False,
+            id="basic-among-challenges",
+        ),
+        pytest.param(faults.answer(401, "", content_type=None), False, id="bare-401"),
+        pytest.param(faults.json_answer({"message": "no"}, 401), False, id="json-without-error"),
+        pytest.param(faults.answer(401, _SSO_PAGE, content_type="text/html"), False, id="html"),
+    ],
+)
+def test_only_the_hubs_own_401_means_invalid_token(fault, hubs):
+    """An SSO proxy's 401 in front of a private hub is upstream trouble (503, not
+    cached: asked again next time), never "your token is bad"."""
+    token = "hf_" + "S" * 34
+    with faults.FaultServer(fault) as upstream:
+        auth = Authenticator(HubWhoamiSource(upstream.url, timeout=5.0))
+        for _ in range(2):
+            expected = InvalidToken if hubs else SourceUnavailable
+            with pytest.raises(expected) as caught:
+                auth.authenticate_sync(Credentials.from_token(token))
+            assert token not in str(caught.value)
+        assert upstream.calls == (1 if hubs else 2)  # a refusal is cached, a 503 never
+        if not hubs:
+            assert "not the hub's" in str(caught.value)

@@ -1,7 +1,9 @@
 """The shared cache tier, sans-IO: work items, keys, signed values, revocation.
 
 Several processes (workers of one server, replicas on several hosts) share
-introspection answers through a store, today Redis (:mod:`hfauth_mw._redis`).
+introspection answers through a store, today Redis (:mod:`hfauth_mw._redis`:
+one server, a Sentinel service or a Redis Cluster), behind the small protocol
+of :mod:`hfauth_mw._shared_protocol`.
 Everything that decides lives here and in
 :meth:`~hfauth_mw.Authenticator.flow`; the store's backend only runs the work
 items below and reports failures as :class:`SharedDown`.
@@ -58,14 +60,28 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Any
 
 from ._cache import MAX_TTL, TokenCache
 from ._exceptions import ConfigurationError, HFAuthError, MalformedAnswer
 from ._outcome import Invalid, Outcome, Valid
 from ._principal import FINGERPRINT_LENGTH, Principal, fingerprint_of, principal_from_whoami
 from ._protection import UpstreamBreaker
+from ._shared_protocol import (
+    CLAIM_HIT,
+    CLAIM_LEAD,
+    CLAIM_WAIT,
+    Pause,
+    SharedBackend,
+    SharedClaim,
+    SharedDown,
+    SharedKeys,
+    SharedOp,
+    SharedRelease,
+    SharedRevoke,
+    SharedStore,
+)
 
 __all__ = [
     "CLAIM_HIT",
@@ -96,121 +112,11 @@ _MAC_BYTES = 32
 _TAG_HEX = 32
 _POSITIVE, _NEGATIVE = b"+", b"-"
 
-CLAIM_WAIT, CLAIM_HIT, CLAIM_LEAD = 0, 1, 2
-
 
 class SharedCacheUnavailable(HFAuthError):
     """The shared cache (Redis) could not be reached for an explicit operation
     such as a revocation broadcast. Request handling never raises this: it
     falls back to the in-process cache and the source."""
-
-
-# --- work items -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SharedKeys:
-    """The store keys of one token under one source: its answer, its lock, its tombstone."""
-
-    entry: str
-    lock: str
-    tomb: str
-
-
-@dataclass(frozen=True, slots=True)
-class SharedClaim:
-    """Work item: read the token's shared answer, else try to take its lock (one round trip).
-
-    The driver answers ``(CLAIM_HIT, value)``, ``(CLAIM_LEAD, None)`` (the lock
-    is ours) or ``(CLAIM_WAIT, None)`` (someone else holds it). A positive
-    value under a tombstone is not a hit.
-    """
-
-    keys: SharedKeys
-    owner: str
-    lock_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class SharedStore:
-    """Work item: store a value for ``ttl_ms`` (a positive one only if the
-    token has no tombstone) and release our lock. The driver answers a bool:
-    whether the value was stored."""
-
-    keys: SharedKeys
-    owner: str
-    value: bytes
-    ttl_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class SharedRelease:
-    """Work item: release our lock on the token (if it is still ours)."""
-
-    keys: SharedKeys
-    owner: str
-
-
-@dataclass(frozen=True, slots=True)
-class SharedRevoke:
-    """Work item: set a tombstone on ``tomb`` and publish ``tag`` on ``channel``.
-    The driver answers how many subscribers got the message."""
-
-    tomb: str
-    tomb_ms: int
-    channel: str
-    tag: str
-
-
-@dataclass(frozen=True, slots=True)
-class Pause:
-    """Work item: sleep ``seconds`` (a waiter polling for another process's answer)."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class SharedDown:
-    """What a driver sends back instead of a result when the store failed
-    (timeout, connection refused, out of memory, ...). ``reason`` is log-safe."""
-
-    reason: str
-
-
-SharedOp = SharedClaim | SharedStore | SharedRelease | SharedRevoke
-
-
-class SharedBackend(Protocol):
-    """What :class:`SharedCache` needs of a store. :mod:`hfauth_mw._redis` has the real one.
-
-    ``execute`` and ``execute_async`` never raise for store trouble: they
-    return :class:`SharedDown`. Every call is bounded by a socket timeout.
-    """
-
-    def describe(self) -> str:
-        """Where the store is, without any password."""
-        ...
-
-    def execute(self, op: SharedOp) -> object: ...
-
-    async def execute_async(self, op: SharedOp) -> object: ...
-
-    def start_subscriber(
-        self,
-        channel: str,
-        on_tags: Callable[[list[str]], None],
-        on_subscribed: Callable[[bool], None],
-    ) -> None:
-        """Start (idempotently, once per process) a daemon thread that calls
-        ``on_tags`` with batches of published tags, and ``on_subscribed`` each
-        time it starts listening (with ``True`` when it had to reconnect)."""
-        ...
-
-    def wait_subscribed(self, timeout: float) -> bool: ...
-
-    def close(self) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 # --- the principal in the whoami-v2 shape ---------------------------------------------------
@@ -384,8 +290,13 @@ class SharedCache:
         max_connections: int = 32,
         **options: Any,
     ) -> SharedCache:
-        """A shared cache on the Redis at ``url`` (``redis://``, ``rediss://`` or
-        ``unix://``; user, password and DB number as redis-py reads them).
+        """A shared cache on the Redis at ``url``: ``redis://``, ``rediss://`` or
+        ``unix://`` for one server (user, password and DB number as redis-py
+        reads them); ``redis+sentinel://host:26379[,host:26379...]/service[/db]``
+        for the primary the Sentinels name (failover followed);
+        ``redis+cluster://host:6379[,host:6379...]`` for a Redis Cluster (every
+        key of a token in one slot). ``rediss+...`` for TLS. See
+        ``docs/deployment.md``.
 
         ``socket_timeout`` (default 100 ms) bounds every Redis call, connecting
         included; ``max_connections`` bounds each connection pool. Other

@@ -16,7 +16,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import quote_plus, urlsplit
@@ -105,6 +105,53 @@ def unavailable_for(response: httpx.Response, source: str) -> SourceUnavailable:
     )
 
 
+#: ``WWW-Authenticate`` schemes the Hub may use on its own 401; any other is a proxy's.
+_HUB_CHALLENGES = frozenset({"bearer"})
+#: Named in the 503's reason; any other scheme is "non-Bearer" (no upstream text is echoed).
+_KNOWN_SCHEMES = {"basic": "Basic", "negotiate": "Negotiate", "ntlm": "NTLM", "digest": "Digest"}
+_CHALLENGE_SCHEME = re.compile(r"(?:^|,)\s*([A-Za-z0-9!#$%&'*+.^_`|~-]+)(?=\s|,|$)")
+
+
+def _challenge_schemes(value: str) -> set[str]:
+    # A challenge is `scheme [token68 | auth-params]`; schemes start the header or
+    # follow a comma and are not followed by "=" (that would be a parameter name).
+    schemes = set()
+    for match in _CHALLENGE_SCHEME.finditer(value):
+        rest = value[match.end() :].lstrip()
+        if not rest.startswith("="):
+            schemes.add(match.group(1).lower())
+    return schemes
+
+
+def foreign_401(response: httpx.Response) -> str | None:
+    """Why a 401 is not the Hub's own "invalid token" answer, or None if it is.
+
+    The Hub answers an unknown or revoked token with a JSON body carrying
+    ``error`` and/or an ``X-Error-Message`` header, and no challenge other than
+    ``Bearer``. An SSO or auth proxy in front of a private hub answers an HTML
+    page with a ``Basic`` or ``Negotiate`` challenge: that says nothing about
+    the token. The reason returned is log-safe (fixed words, no upstream text).
+    """
+    schemes: set[str] = set()
+    for value in response.headers.get_list("www-authenticate"):
+        schemes |= _challenge_schemes(value)
+    others = sorted(schemes - _HUB_CHALLENGES)
+    if others:
+        named = [_KNOWN_SCHEMES[s] for s in others if s in _KNOWN_SCHEMES]
+        return f"a {'/'.join(named) or 'non-Bearer'} challenge"
+    if response.headers.get("x-error-message"):
+        return None
+    if "json" in response.headers.get("content-type", "").lower():
+        try:
+            body = json.loads(response.content)
+        except (ValueError, RecursionError):
+            return "a malformed JSON body"
+        if isinstance(body, Mapping) and isinstance(body.get("error"), str):
+            return None
+        return "a JSON body without an error"
+    return "no X-Error-Message and no JSON error body"
+
+
 def decode_json(response: httpx.Response, source: str) -> Any:
     # Media types are case-insensitive (RFC 9110 section 8.3.1).
     content_type = response.headers.get("content-type", "").lower()
@@ -181,9 +228,13 @@ def _wait_timeout(timeout: httpx.Timeout) -> float:
 class HubWhoamiSource:
     """Validates tokens with ``GET {hub_url}/api/whoami-v2``, as the Hub's clients do.
 
-    200 is a valid token; 401 an invalid one. Everything else (429, 5xx, a
-    redirect, a timeout, an answer that is not the documented JSON) means the
-    Hub could not tell, and becomes :class:`~hfauth_mw.SourceUnavailable`.
+    200 is a valid token; 401 an invalid one, but only when it is the Hub's
+    answer (a JSON ``error`` body or an ``X-Error-Message`` header, and no
+    challenge other than ``Bearer``: see :func:`foreign_401`). Everything else
+    (429, 5xx, a redirect, a timeout, an answer that is not the documented
+    JSON, an SSO proxy's HTML 401 with a ``Basic`` challenge) means the Hub
+    could not tell, and becomes :class:`~hfauth_mw.SourceUnavailable` (503,
+    never cached).
 
     ``hub_url`` may be huggingface.co, a private hub or a local emulator. Plain
     ``http`` is refused unless the host is loopback or ``allow_insecure_http``
@@ -234,7 +285,17 @@ class HubWhoamiSource:
             extensions=_timeout_extension(self.timeout),
         )
         if response.status_code == 401:
-            return Invalid("the hub does not know this token")
+            foreign = foreign_401(response)
+            if foreign is None:
+                return Invalid("the hub does not know this token")
+            # Not the Hub's refusal: an SSO or auth proxy in front of it refused
+            # *us*. Saying "invalid token" would tell every client its token is
+            # bad and cache that; the token was never judged.
+            raise SourceUnavailable(
+                f"The token source answered HTTP 401 that is not the hub's ({foreign}); "
+                "is an SSO or auth proxy in front of it?",
+                retry_after=DEFAULT_RETRY_AFTER,
+            )
         if response.status_code != 200:
             raise unavailable_for(response, self.name)
         answer = decode_json(response, self.name)
@@ -249,16 +310,26 @@ class HubWhoamiSource:
         return Valid(principal)
 
 
-#: Default RFC 7662 scope -> token role mapping; the highest role wins.
+#: Default RFC 7662 scope -> token role mapping; the highest role wins. Only
+#: Hub-named scopes: the bare ``read``/``write`` of a company IdP (the default
+#: scopes of django-oauth-toolkit, say) may have been granted for any API, so
+#: they map to nothing unless the operator says so in ``scope_roles``.
 DEFAULT_SCOPE_ROLES: Mapping[str, str] = {
-    "read": "read",
     "read-repos": "read",
     "repo.content.read": "read",
-    "write": "write",
     "write-repos": "write",
     "repo.write": "write",
 }
 _ROLE_RANK = {"read": 1, "write": 2}
+
+
+def _string_set(name: str, value: str | Iterable[str] | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    values = [value] if isinstance(value, str) else list(value)
+    if not values or not all(isinstance(item, str) and item for item in values):
+        raise ConfigurationError(f"{name} must be a non-empty string or list of strings")
+    return frozenset(values)
 
 
 class OAuthIntrospectionSource:
@@ -274,9 +345,23 @@ class OAuthIntrospectionSource:
     access token's (``Bearer``, ``access_token``: a refresh or ID token, say), is
     invalid; ``scope`` is split on spaces and
     mapped to a token role through ``scope_roles`` (default
-    :data:`DEFAULT_SCOPE_ROLES`): the highest role listed wins, and a token with
-    no mapped scope gets no role and can read public repositories only.
+    :data:`DEFAULT_SCOPE_ROLES`, Hub-named scopes only): the highest role
+    listed wins, and a token with no mapped scope gets no role and can read
+    public repositories only.
     Introspected principals have ``auth_type == "oauth2_introspection"``.
+
+    Security caveat: an IdP issues tokens for many APIs, and "active" only
+    means "a live token of ours". Say which tokens are for this service:
+    ``audience`` (the answer's ``aud``, a string or a list, must name one of
+    these), ``issuer`` (``iss`` must be exactly this) and ``client_ids``
+    (``client_id``, else Keycloak's ``azp``, must be one of these). A claim
+    that is configured but missing or different makes the token
+    :class:`~hfauth_mw.Invalid`, with a reason that never quotes the answer.
+    Without any of the three, every active token of the IdP is accepted.
+
+    RFC 7662 401s: the endpoint answers 401 when *our* client credentials are
+    wrong (section 2.1), never for the token being checked (an inactive token
+    is a 200). So any status but 200 is a 503 here, never "invalid token".
     """
 
     def __init__(
@@ -286,6 +371,9 @@ class OAuthIntrospectionSource:
         client_id: str,
         client_secret: str,
         scope_roles: Mapping[str, str] = DEFAULT_SCOPE_ROLES,
+        audience: str | Iterable[str] | None = None,
+        issuer: str | None = None,
+        client_ids: str | Iterable[str] | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         allow_insecure_http: bool = False,
         name: str | None = None,
@@ -295,9 +383,16 @@ class OAuthIntrospectionSource:
         self.url = check_url(url, allow_insecure_http=allow_insecure_http, what="url")
         if not client_id or not client_secret:
             raise ConfigurationError("client_id and client_secret are both required")
+        if not isinstance(scope_roles, Mapping):
+            raise ConfigurationError("scope_roles must map scope names to 'read' or 'write'")
         unknown = sorted(set(scope_roles.values()) - set(_ROLE_RANK))
         if unknown:
             raise ConfigurationError(f"scope_roles maps to unknown roles {unknown}; use read/write")
+        if issuer is not None and (not isinstance(issuer, str) or not issuer):
+            raise ConfigurationError("issuer must be a non-empty string (the IdP's `iss`)")
+        self.audience = _string_set("audience", audience)
+        self.issuer = issuer
+        self.client_ids = _string_set("client_ids", client_ids)
         self.client_id = client_id
         # RFC 6749 section 2.3.1: form-encode both before joining them for Basic.
         pair = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()
@@ -305,13 +400,24 @@ class OAuthIntrospectionSource:
         self.scope_roles = dict(scope_roles)
         self.timeout = request_timeout(timeout)
         # The cache's namespace: another client of the same endpoint may be told
-        # otherwise about a token (RFC 7662 section 2.2), and other scope_roles
-        # make other principals of the same answer; neither may read these entries.
-        roles = ""
-        if self.scope_roles != DEFAULT_SCOPE_ROLES:
-            mapping = json.dumps(self.scope_roles, sort_keys=True).encode()
-            roles = f"&scope_roles={hashlib.sha256(mapping).hexdigest()[:12]}"
-        self._name = name or f"rfc7662:{self.url}?client_id={quote_plus(client_id)}{roles}"
+        # otherwise about a token (RFC 7662 section 2.2), and other scope_roles or
+        # audience/issuer/client_ids make other decisions on the same answer;
+        # neither may read these entries. "v2": entries of versions that mapped
+        # bare read/write by default are not read back either.
+        policy = json.dumps(
+            {
+                "v": 2,
+                "scope_roles": self.scope_roles,
+                "audience": sorted(self.audience or ()),
+                "issuer": self.issuer,
+                "client_ids": sorted(self.client_ids or ()),
+            },
+            sort_keys=True,
+        ).encode()
+        digest = hashlib.sha256(policy).hexdigest()[:12]
+        self._name = name or (
+            f"rfc7662:{self.url}?client_id={quote_plus(client_id)}&policy={digest}"
+        )
 
     @property
     def name(self) -> str:
@@ -368,6 +474,9 @@ class OAuthIntrospectionSource:
             if token_type.lower() not in _ACCESS_TOKEN_TYPES:
                 # A refresh or ID token (or a DPoP one, whose proof we cannot check).
                 return Invalid("the token is not an access token")
+        refused = self._refusal(answer)
+        if refused is not None:
+            return Invalid(refused)
         exp = _numeric_date(answer, "exp")
         nbf = _numeric_date(answer, "nbf")
         if nbf is not None and nbf > time.time() + NBF_LEEWAY:
@@ -394,6 +503,38 @@ class OAuthIntrospectionSource:
                 source=self.name,
             )
         )
+
+    def _refusal(self, answer: Mapping[str, Any]) -> str | None:
+        """Why this active token is not for this service, or None. Fixed words:
+        the answer's values never reach a log line."""
+        if self.issuer is not None:
+            iss = answer.get("iss")
+            if iss is None:
+                return "the token's issuer is not stated (issuer is required)"
+            if not isinstance(iss, str):
+                raise MalformedAnswer("'iss' is not a string")
+            if iss != self.issuer:
+                return "the token was issued by another issuer"
+        if self.audience is not None:
+            aud = answer.get("aud")
+            if aud is None:
+                return "the token names no audience (an audience is required)"
+            audiences = [aud] if isinstance(aud, str) else aud
+            if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
+                raise MalformedAnswer("'aud' is not a string or a list of strings")
+            if self.audience.isdisjoint(audiences):
+                return "the token was issued for another audience"
+        if self.client_ids is not None:
+            client = answer.get("client_id")
+            if client is None:
+                client = answer.get("azp")  # Keycloak's "authorized party"
+            if client is None:
+                return "the token names no client (client_ids is set)"
+            if not isinstance(client, str):
+                raise MalformedAnswer("'client_id' is not a string")
+            if client not in self.client_ids:
+                return "the token was issued to another client"
+        return None
 
 
 #: RFC 7662 ``token_type`` values of a token that may be used as a bearer access token.
