@@ -39,6 +39,7 @@ from hfauth_mw import (
 )
 from hfauth_mw._cli import main as cli_main
 from hfauth_mw._outcome import WaitFor
+from hfauth_mw._principal import ResourcePattern
 from hfauth_mw._shared import (
     CLAIM_HIT,
     CLAIM_LEAD,
@@ -531,6 +532,31 @@ def test_a_value_moved_to_another_token_is_ignored(fake_redis, clock):
                 source="hub",
             ),
             id="oauth",
+        ),
+        pytest.param(
+            # Every fact that refuses access survives the shared tier: a copy that
+            # dropped one would grant more in the other processes.
+            Principal(
+                name="erin",
+                token_role="fineGrained",
+                orgs=(
+                    OrgMembership(
+                        "acme", "admin", security_restrictions=("mfa", "sso"), missing_mfa=True
+                    ),
+                    OrgMembership("beta", "write", pending_sso=True),
+                ),
+                scoped=(
+                    ScopedGrant(
+                        "user",
+                        "erin",
+                        frozenset({"inference.endpoints.infer.write"}),
+                        "u1",
+                        patterns=(ResourcePattern("inference-endpoint", ("prod-*",)),),
+                    ),
+                ),
+                source="hub",
+            ),
+            id="restrictions-and-patterns",
         ),
         pytest.param(
             Principal(

@@ -66,7 +66,13 @@ from typing import Any
 from ._cache import MAX_TTL, TokenCache
 from ._exceptions import ConfigurationError, HFAuthError, MalformedAnswer
 from ._outcome import Invalid, Outcome, Valid
-from ._principal import FINGERPRINT_LENGTH, Principal, fingerprint_of, principal_from_whoami
+from ._principal import (
+    FINGERPRINT_LENGTH,
+    Principal,
+    fingerprint_of,
+    principal_as_whoami,
+    principal_from_whoami,
+)
 from ._protection import UpstreamBreaker
 from ._shared_protocol import (
     CLAIM_HIT,
@@ -124,56 +130,14 @@ class SharedCacheUnavailable(HFAuthError):
 
 def principal_to_whoami(principal: Principal) -> dict[str, Any]:
     """The principal as a whoami-v2 answer, so that one parser
-    (:func:`~hfauth_mw.principal_from_whoami`) reads it back. Fields whoami-v2
-    does not have (``source``, ``oauth_scopes``) go under ``hfauth``. The token
-    fingerprint is left out (it is a prefix of the token's plain SHA-256)."""
-    access_token: dict[str, Any] = {
-        "role": principal.token_role,
-        "displayName": principal.token_name,
-        "fineGrained": {
-            "scoped": [
-                {
-                    "entity": {
-                        "_id": grant.entity_id,
-                        "type": grant.entity_type,
-                        "name": grant.entity_name,
-                    },
-                    "permissions": sorted(grant.permissions),
-                }
-                for grant in principal.scoped
-            ],
-            "global": sorted(principal.global_permissions),
-            "canReadGatedRepos": principal.can_read_gated_repos,
-        },
-    }
-    return {
-        "type": principal.type,
-        "id": principal.id,
-        "name": principal.name,
-        "fullname": principal.fullname,
-        "email": principal.email,
-        "orgs": [
-            {
-                "type": "org",
-                "name": org.name,
-                "roleInOrg": org.role,
-                "id": org.id,
-                "plan": org.plan,
-                "isEnterprise": org.is_enterprise,
-                "resourceGroups": [
-                    {"id": group.id, "name": group.name, "role": group.role}
-                    for group in org.resource_groups
-                ],
-            }
-            for org in principal.orgs
-        ],
-        "auth": {
-            "type": principal.auth_type,
-            "accessToken": access_token,
-            "expiresAt": principal.expires_at.isoformat() if principal.expires_at else None,
-        },
-        "hfauth": {"source": principal.source, "oauthScopes": sorted(principal.oauth_scopes)},
-    }
+    (:func:`~hfauth_mw.principal_from_whoami`) reads it back: the writer next
+    to that parser (:func:`~hfauth_mw._principal.principal_as_whoami`), which
+    keeps every fact that can refuse access. Fields whoami-v2 does not have
+    (``source``, ``oauth_scopes``) go under ``hfauth``. The token fingerprint
+    is left out (it is a prefix of the token's plain SHA-256)."""
+    answer = principal_as_whoami(principal)
+    answer["hfauth"] = {"source": principal.source, "oauthScopes": sorted(principal.oauth_scopes)}
+    return answer
 
 
 def _principal_from_value(answer: Mapping[str, Any], fingerprint: str) -> Principal:
