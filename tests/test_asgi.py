@@ -281,9 +281,13 @@ async def test_public_paths(client, path, status):
         ),
         pytest.param("reader", "POST", "/v1/models/acme/public-demo/infer", 200, None, id="public"),
         pytest.param(
-            "reader", "POST", "/anything", 403, "insufficient_scope", id="method-policy-post"
+            "reader", "DELETE", "/anything", 403, "insufficient_scope", id="method-policy-delete"
         ),
         pytest.param("reader", "GET", "/anything", 200, None, id="method-policy-get"),
+        pytest.param("reader", "POST", "/anything", 200, None, id="method-policy-post-is-a-read"),
+        pytest.param(
+            "reader", "PATCH", "/anything", 403, "insufficient_scope", id="method-policy-patch"
+        ),
         pytest.param("writer", "DELETE", "/anything", 200, None, id="method-policy-write"),
     ],
 )

@@ -230,9 +230,11 @@ def test_one_enforcement_path(make_app):
 
 def test_method_policy_applies_by_default(make_app, tokens):
     client = make_app(HFAUTH_METHOD_POLICY=True).test_client()
-    response = client.post("/v1/serverless", headers=bearer(tokens["reader"]))
+    response = client.delete("/v1/anything", headers=bearer(tokens["reader"]))
     assert response.status_code == 403
     assert response.json["scope"] == "repo.write"
+    # Inference is a read: a POST needs no more than a valid token.
+    assert client.post("/v1/anything", headers=bearer(tokens["reader"])).status_code == 404
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ def make_client(hub_emulator, clock):
         authenticator = Authenticator(
             HubWhoamiSource(hub_emulator.url), cache=TokenCache(timer=clock, clock=clock)
         )
-        app = Starlette(routes=[Route("/x", ok, methods=["GET", "POST"])])
+        app = Starlette(routes=[Route("/x", ok, methods=["GET", "POST", "DELETE"])])
         app.add_middleware(HFAuthMiddleware, authenticator=authenticator, **options)
         transport = httpx.ASGITransport(app, client=("203.0.113.7", 5000))
         return httpx.AsyncClient(transport=transport, base_url="http://t")
@@ -65,7 +65,7 @@ async def test_one_audit_event_per_decision(make_client, hub_store, hub_emulator
     token = hub_store.create_token(user="bob", role="read").token
     async with make_client() as client:
         await client.get("/x", headers={"Authorization": f"Bearer {token}"})
-        await client.post("/x", headers={"Authorization": f"Bearer {token}"})
+        await client.delete("/x", headers={"Authorization": f"Bearer {token}"})
         await client.get("/x")
         await client.get("/x", headers={"Authorization": "Token nope"})
         await client.get("/x", headers={"Authorization": "Bearer hf_" + "u" * 34})
@@ -278,9 +278,12 @@ ALLOWED = "allowed"
         pytest.param("Bearer  {t}", "GET", "/x", {}, ALLOWED, id="two-spaces"),
         pytest.param("Bearer {t} ", "GET", "/x", {}, ALLOWED, id="trailing-space"),
         pytest.param("Bearer {t}x", "GET", "/x", {}, ("InvalidToken", 401), id="other-token"),
-        pytest.param("Bearer {t}", "POST", "/x", {}, ("InsufficientScope", 403), id="read-posts"),
+        pytest.param("Bearer {t}", "POST", "/x", {}, ALLOWED, id="read-posts-inference-is-a-read"),
         pytest.param(
-            "Bearer {t}", "post", "/x", {}, ("InsufficientScope", 403), id="read-posts-lc"
+            "Bearer {t}", "DELETE", "/x", {}, ("InsufficientScope", 403), id="read-deletes"
+        ),
+        pytest.param(
+            "Bearer {t}", "delete", "/x", {}, ("InsufficientScope", 403), id="read-deletes-lc"
         ),
         pytest.param("Bearer {t}", "HEAD", "/x", {}, ALLOWED, id="head"),
         pytest.param("Bearer {t}", "OPTIONS", "/x", {}, ALLOWED, id="options"),
@@ -544,7 +547,7 @@ def test_cached_path_with_audit_at_warning(local_guard, hub_store, caplog, no_to
     header = [f"Bearer {token}".encode()]
     assert isinstance(decide(guard, header), RequestAuth)
     assert isinstance(decide(guard, header), RequestAuth)
-    assert decide(guard, header, method="POST") == ("InsufficientScope", 403)
+    assert decide(guard, header, method="DELETE") == ("InsufficientScope", 403)
     assert not audit_events(no_token_in_logs)
     assert decide(guard, header, path="/models/acme/m") == ("SourceUnavailable", 503)
     (event,) = audit_events(no_token_in_logs)

@@ -50,7 +50,7 @@ from ._sources import ChainSource, HubWhoamiSource, LocalStoreSource, OAuthIntro
 from ._store import FineGrainedEntry, IssuedToken, LocalTokenStore, OrgGrant, TokenRecord
 from ._wsgi import HFAuthWSGIMiddleware
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ANONYMOUS",

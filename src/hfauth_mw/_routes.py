@@ -56,7 +56,7 @@ DEFAULT_METHOD_ACCESS: Mapping[str, Access] = {
     "GET": "read",
     "HEAD": "read",
     "OPTIONS": "read",
-    "POST": "write",
+    "POST": "read",
     "PUT": "write",
     "PATCH": "write",
     "DELETE": "write",
