@@ -77,9 +77,48 @@ def test_create_uses_hfauth_store_env(cli: Cli, tmp_path: Path) -> None:
     assert path.is_file()
 
 
-def test_create_default_store_is_in_cwd(cli: Cli, tmp_path: Path) -> None:
-    assert cli("token", "create", "--user", "bob").code == 0
-    assert (tmp_path / "hfauth-tokens.sqlite3").is_file()
+FORMER_DEFAULT = "hfauth-tokens.sqlite3"  # the default store's name before 0.1.0
+
+
+@pytest.mark.parametrize(
+    ("present", "used", "note"),
+    [
+        pytest.param([], "tokens.sqlite3", False, id="none-yet"),
+        pytest.param(["tokens.sqlite3"], "tokens.sqlite3", False, id="the-readme-s"),
+        pytest.param([FORMER_DEFAULT], FORMER_DEFAULT, True, id="only-the-former-default"),
+        pytest.param(
+            ["tokens.sqlite3", FORMER_DEFAULT], "tokens.sqlite3", False, id="both-the-new-wins"
+        ),
+    ],
+)
+@pytest.mark.parametrize("action", ["create", "list"])
+def test_the_default_store_is_the_readme_s_tokens_sqlite3(
+    cli: Cli, tmp_path: Path, present: list[str], used: str, note: bool, action: str
+) -> None:
+    """Without --store or $HFAUTH_STORE: ./tokens.sqlite3, the name the README uses
+    throughout; a store under the former default name, alone, is still found."""
+    for name in present:
+        with LocalTokenStore(tmp_path / name) as store:
+            store.create_token(user=f"in-{name}")
+    result = cli("token", action, *(["--user", "bob"] if action == "create" else ["--json"]))
+    if action == "list" and not present:
+        assert result.code == 1
+        assert "no token store at tokens.sqlite3" in result.err
+        assert not (tmp_path / "tokens.sqlite3").exists()
+        return
+    assert result.code == 0, result.err
+    with LocalTokenStore(tmp_path / used) as store:
+        users = {record.user for record in store.list_tokens()}
+    if action == "create":
+        assert "bob" in users
+        assert f"in {used}." in result.err
+    else:
+        assert [record["user"] for record in json.loads(result.out)] == sorted(users)
+    assert sorted(p.name for p in tmp_path.glob("*.sqlite3")) == sorted({*present, used})
+    former_note = f"note: using {FORMER_DEFAULT}, the default store's former name"
+    assert (former_note in result.err) is note
+    if note:
+        assert "rename it to tokens.sqlite3" in result.err
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,12 @@ from .._rules import Repo
 from .._store import LocalTokenStore
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INVALID_TOKEN, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
-DEFAULT_STORE = "hfauth-tokens.sqlite3"
-STORE_HELP = "token store file (default: $HFAUTH_STORE or ./hfauth-tokens.sqlite3)"
+#: The store of the ``token`` commands and ``hub-emulator`` without ``--store`` or
+#: ``$HFAUTH_STORE``: the name the README and the examples use.
+DEFAULT_STORE = "tokens.sqlite3"
+#: The default's name before 0.1.0, still used where it is the only one (with a note).
+FORMER_DEFAULT_STORE = "hfauth-tokens.sqlite3"
+STORE_HELP = f"token store file (default: $HFAUTH_STORE or ./{DEFAULT_STORE})"
 
 
 class UsageError(Exception):
@@ -121,18 +125,31 @@ def format_time(value: datetime | None) -> str:
 # --- the token store ----------------------------------------------------------------------
 
 
-def default_store() -> str:
-    return os.environ.get("HFAUTH_STORE") or DEFAULT_STORE
-
-
 def store_path(args: argparse.Namespace) -> Path:
-    return Path(args.store or default_store())
+    """The store ``--store`` names, else ``$HFAUTH_STORE``, else ``./tokens.sqlite3``.
+
+    Where only ``./hfauth-tokens.sqlite3`` (the former default) exists, that one,
+    with a note on stderr: tokens made there keep working, and no second store
+    starts beside it. Call it once per command: each call may print the note.
+    """
+    if args.store:
+        return Path(args.store)
+    if from_env := os.environ.get("HFAUTH_STORE"):
+        return Path(from_env)
+    path, former = Path(DEFAULT_STORE), Path(FORMER_DEFAULT_STORE)
+    if path.exists() or not former.is_file():
+        return path
+    print(
+        f"hfauth-mw: note: using {former}, the default store's former name; rename it to "
+        f"{path} (or pass --store {former}) to silence this note",
+        file=sys.stderr,
+    )
+    return former
 
 
-def existing_store(args: argparse.Namespace) -> LocalTokenStore:
-    """The store ``--store`` names, which must exist: a mistyped path would
-    otherwise become a new, empty store that knows no token."""
-    path = store_path(args)
+def existing_store(path: Path) -> LocalTokenStore:
+    """The store at ``path``, which must exist: a mistyped path would otherwise
+    become a new, empty store that knows no token."""
     if not path.is_file():
         raise Failure(f"no token store at {path} (create one with `hfauth-mw token create`)")
     return LocalTokenStore(path)

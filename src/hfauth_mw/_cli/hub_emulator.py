@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     path = store_path(args)
     # An emulator on a new, empty store would answer 401 to every token: a
     # mistyped --store is a clear error instead.
-    with existing_store(args) as store:
+    with existing_store(path) as store:
         emulator = HubEmulator(store, host=args.host, port=args.port, repos=repos)
         try:
             emulator.start()

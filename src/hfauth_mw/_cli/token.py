@@ -314,7 +314,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -
 
 
 def run_list(args: argparse.Namespace) -> int:
-    with existing_store(args) as store:
+    path = store_path(args)
+    with existing_store(path) as store:
         records = store.list_tokens(args.user)
     now = datetime.now(UTC)
     # Rows written before names were checked may hold token-shaped text: masked.
@@ -323,7 +324,7 @@ def run_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     if not records:
         who = f" for {args.user}" if args.user else ""
-        print(redact(f"no tokens{who} in {store_path(args)}"), file=sys.stderr)
+        print(redact(f"no tokens{who} in {path}"), file=sys.stderr)
         return EXIT_OK
     rows = [
         [
@@ -351,7 +352,8 @@ def run_revoke(args: argparse.Namespace) -> int:
         from .._shared import revocation_broadcaster
 
         broadcast = revocation_broadcaster(args.redis_url, args.redis_secret_env, args.redis_prefix)
-    with existing_store(args) as store:
+    path = store_path(args)
+    with existing_store(path) as store:
         try:
             record = store.find_token(args.fingerprint)
         except TokenStoreError:
@@ -367,13 +369,13 @@ def run_revoke(args: argparse.Namespace) -> int:
             )
         revoked = store.revoke(args.fingerprint)
     if not revoked:
-        raise Failure(f"no token with fingerprint {prefix} in {store_path(args)}")
+        raise Failure(f"no token with fingerprint {prefix} in {path}")
     if record is not None:
         name = f" ({record.display_name!r})" if record.display_name else ""
         what = f"{record.role} token {record.fingerprint} of {record.user}{name}"
     else:
         what = f"token {fingerprint} (its entry did not parse)"
-    print(redact(f"Revoked {what} from {store_path(args)}."))
+    print(redact(f"Revoked {what} from {path}."))
     if broadcast is not None:
         reached = broadcast(fingerprint)
         print(f"Broadcast the revocation through Redis: {reached} process(es) listening.")
