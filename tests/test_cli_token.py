@@ -4,16 +4,20 @@ as the real console script. Fixtures: ``cli_fixtures.py``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
 import json
+import os
+import pty
 import re
 import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,7 +66,7 @@ def test_create_prints_only_the_token(
     assert TOKEN_LINE.match(result.out.rstrip("\n"))
     assert result.out.count("\n") == 1
     assert summary in result.err
-    assert "shown once" in result.err
+    assert "went once to standard output (not a terminal)" in result.err  # capsys's
     assert not ANY_TOKEN.search(result.err)
     fingerprint = re.search(r"token ([0-9a-f]{12}) for", result.err)
     assert fingerprint is not None
@@ -194,6 +198,59 @@ def test_names_that_merely_contain_hf_are_accepted(
     argv = argv if argv[0] == "--user" else ["--user", "bob", *argv]
     result = cli("token", "create", "--store", str(store_path), *argv)
     assert result.code == 0, result.err
+
+
+@pytest.mark.parametrize(
+    ("destination", "says", "never"),
+    [
+        pytest.param("terminal", "The token is shown once, above;", "standard output", id="tty"),
+        pytest.param("pipe", "went once to standard output, a pipe", "above", id="captured"),
+        pytest.param("file", "went once to standard output, a file", "above", id="redirected"),
+        pytest.param("null", "went to /dev/null: nobody can use it", "above", id="dev-null"),
+    ],
+)
+def test_create_says_where_the_token_went(
+    tmp_path: Path, destination: str, says: str, never: str
+) -> None:
+    """ "Shown once, above" only when it was: TOKEN=$(...) shows nothing on the terminal."""
+    store = tmp_path / "cli.sqlite3"
+    argv = [str(CONSOLE_SCRIPT), "token", "create", "--store", str(store), "--user", "alice"]
+    output = tmp_path / "token.txt"
+    with contextlib.ExitStack() as stack:
+        if destination == "terminal":
+            primary, secondary = pty.openpty()
+            stack.callback(os.close, primary)
+            stdout: Any = secondary
+        elif destination == "pipe":
+            stdout = subprocess.PIPE
+        elif destination == "file":
+            stdout = stack.enter_context(output.open("w"))
+        else:
+            stdout = subprocess.DEVNULL
+        result = subprocess.run(
+            argv, stdout=stdout, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+            timeout=60, check=False,
+        )  # fmt: skip
+        if destination == "terminal":
+            os.close(secondary)
+            printed = os.read(primary, 4096).decode()
+    assert result.returncode == 0, result.stderr
+    assert says in result.stderr
+    assert never not in result.stderr
+    assert not ANY_TOKEN.search(result.stderr)
+    token = {
+        "terminal": lambda: printed.strip(),
+        "pipe": lambda: result.stdout.strip(),
+        "file": lambda: output.read_text().strip(),
+        "null": lambda: None,
+    }[destination]()
+    with LocalTokenStore(store) as token_store:
+        [record] = token_store.list_tokens()
+        if token is not None:
+            assert TOKEN_LINE.match(token)
+            assert token_store.lookup(hashlib.sha256(token.encode()).digest()) is not None
+    if destination == "null":  # how to undo it, by fingerprint
+        assert f"hfauth-mw token revoke --store {store} {record.fingerprint}" in result.stderr
 
 
 class BrokenStdout(io.StringIO):

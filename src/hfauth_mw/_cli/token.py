@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import stat
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -258,11 +259,36 @@ def run_create(args: argparse.Namespace) -> int:
         redact(
             f"Created {record.role} token {record.fingerprint} for {record.user}{name}, "
             f"expires {format_time(record.expires_at)}, in {path}.\n"
-            "The token is shown once, above; only its digest is stored."
+            f"{_where_it_went(sys.stdout, path, record)}"
         ),
         file=sys.stderr,
     )
     return EXIT_OK
+
+
+def _where_it_went(stdout: TextIO, path: Path, record: TokenRecord) -> str:
+    """Where the token was written, said for the person reading stderr: "above"
+    only on a terminal (``TOKEN=$(...)`` shows them nothing)."""
+    kept = "only its digest is stored."
+    try:
+        if stdout.isatty():
+            return f"The token is shown once, above; {kept}"
+        info = os.fstat(stdout.fileno())
+        null = os.stat(os.devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a file descriptor
+        return f"The token went once to standard output (not a terminal); {kept}"
+    if (info.st_dev, info.st_ino) == (null.st_dev, null.st_ino):
+        return (
+            f"The token went to {os.devnull}: nobody can use it; revoke it with "
+            f"`hfauth-mw token revoke --store {path} {record.fingerprint}`."
+        )
+    if stat.S_ISFIFO(info.st_mode):
+        where = "a pipe (as in TOKEN=$(hfauth-mw token create ...))"
+    elif stat.S_ISREG(info.st_mode):
+        where = "a file (keep it private)"
+    else:
+        where = "not a terminal"
+    return f"The token went once to standard output, {where}; {kept}"
 
 
 def _discard_stdout() -> None:
