@@ -193,7 +193,9 @@ def test_register_prometheus_twice_refuses_colliding_series(
     target = registry if registry_of_second == "same" else prometheus_client.CollectorRegistry()
 
     if refused:
-        with pytest.raises(ConfigurationError, match="already exported .* share one Authenticator"):
+        with pytest.raises(
+            ConfigurationError, match=r"already exported .* share one Authenticator"
+        ):
             register_prometheus(other, registry=target, prefix=prefix_of_second)
     else:
         register_prometheus(other, registry=target, prefix=prefix_of_second)
