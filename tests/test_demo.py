@@ -29,6 +29,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
+from checkout import git_ignores
 from hfauth_mw import LocalStoreSource, LocalTokenStore, _demo
 from hfauth_mw._demo import DEMO_USERS, build_app, seed_demo_store
 
@@ -532,3 +533,15 @@ def test_example_runs_directly(store_path: Path, tokens: dict[str, str]) -> None
         process.communicate(timeout=10)
     assert health.status_code == 200
     assert {model["id"] for model in models.json()["models"]} == {"bob/echo", "acme/public-demo"}
+
+
+def test_git_ignores_a_demo_store_and_its_seed_anywhere(tmp_path: Path) -> None:
+    """``demo --store PATH`` outside .hfauth-demo/: the seed beside it makes every demo
+    token again, so it must not be committed, nor the store, its mark or its WAL."""
+    store_path = tmp_path / "demo.sqlite3"
+    seed_demo_store(store_path)
+    with LocalTokenStore(store_path):
+        beside = sorted(p.name for p in tmp_path.iterdir())
+    assert {"demo.sqlite3.demo-seed", "demo.sqlite3.demo"} <= set(beside)
+    ignored = git_ignores([*beside, ".hfauth-demo/tokens.sqlite3"])
+    assert ignored == dict.fromkeys(ignored, True)
