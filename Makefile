@@ -2,17 +2,26 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# What is installed, each with its own stamp: the dev toolchain (tests, lint) for
+# everything but the demo, which needs only the package and its demo extra.
 STAMP := $(VENV)/.installed-stamp
+DEMO_STAMP := $(VENV)/.demo-installed-stamp
 
 .PHONY: demo test lint format bench clean
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	@touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/hfauth-mw demo $(DEMO_ARGS)
 
 test: $(STAMP)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import uvicorn
@@ -120,11 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8003)
     args = parser.parse_args(argv)
-    source: IntrospectionSource = (
-        HubWhoamiSource(args.hub_url)
-        if args.hub_url
-        else LocalStoreSource(LocalTokenStore(args.store))
-    )
+    source: IntrospectionSource
+    if args.hub_url:
+        source = HubWhoamiSource(args.hub_url)
+    elif Path(args.store).is_file():
+        source = LocalStoreSource(LocalTokenStore(args.store))
+    else:  # a mistyped path would become a new, empty store: every token a 401
+        parser.error(f"no token store at {args.store} (create one: hfauth-mw token create ...)")
     uvicorn.run(create_app(source), host=args.host, port=args.port)
     return 0
 

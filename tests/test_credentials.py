@@ -88,6 +88,27 @@ def test_invalid_credentials(headers, message):
     assert caught.value.error == "invalid_request"
 
 
+@pytest.mark.parametrize(
+    ("user", "says"),
+    [
+        pytest.param(TOKEN, "password is empty (the user name is not)", id="curl-u-TOKEN-colon"),
+        pytest.param("alice", "password is empty (the user name is not)", id="user-no-password"),
+        pytest.param("", "user name and password are both empty", id="curl-u-colon"),
+    ],
+)
+def test_an_empty_basic_password_says_which_half_and_where_the_token_goes(user, says):
+    """`curl -u TOKEN:` is a common slip: the answer says so, never echoing the token."""
+    with pytest.raises(InvalidRequest) as caught:
+        parse_credentials([basic(user, "")])
+    description = caught.value.description
+    assert says in description
+    assert "the token goes in the password" in description
+    assert "curl -u user:TOKEN or curl -u :TOKEN" in description
+    for shown in (description, str(caught.value), repr(caught.value)):
+        assert TOKEN not in shown
+        assert user == "" or user not in shown
+
+
 def test_basic_refused_when_not_allowed():
     with pytest.raises(InvalidRequest, match="use Bearer"):
         parse_credentials([basic("u", TOKEN)], allow_basic=False)

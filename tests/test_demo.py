@@ -11,6 +11,7 @@ import asyncio
 import base64
 import re
 import secrets
+import shutil
 import socket
 import stat
 import string
@@ -27,6 +28,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
+from checkout import CHECKOUT, git_ignores
 from hfauth_mw import LocalStoreSource, LocalTokenStore, _demo
 from hfauth_mw._demo import DEMO_USERS, build_app, seed_demo_store
 
@@ -502,3 +504,43 @@ def test_under_a_real_uvicorn_server(live_url: str, tokens: dict[str, str]) -> N
     assert basic.status_code == 200
     assert fake.status_code == 401
     assert fake.json()["error"] == "invalid_token"
+
+
+def test_git_ignores_a_demo_store_and_its_seed_anywhere(tmp_path: Path) -> None:
+    """``demo --store PATH`` outside .hfauth-demo/: the seed beside it makes every demo
+    token again, so it must not be committed, nor the store, its mark or its WAL."""
+    store_path = tmp_path / "demo.sqlite3"
+    seed_demo_store(store_path)
+    with LocalTokenStore(store_path):
+        beside = sorted(p.name for p in tmp_path.iterdir())
+    assert {"demo.sqlite3.demo-seed", "demo.sqlite3.demo"} <= set(beside)
+    ignored = git_ignores([*beside, ".hfauth-demo/tokens.sqlite3"])
+    assert ignored == dict.fromkeys(ignored, True)
+
+
+@pytest.mark.parametrize(
+    ("target", "installs", "never"),
+    [
+        pytest.param("demo", "-e '.[demo]'", ".[dev]", id="demo-runtime-only"),
+        pytest.param("test", "-e '.[dev]'", ".[demo]", id="test-whole-toolchain"),
+    ],
+)
+def test_make_targets_install_what_they_need(
+    tmp_path: Path, target: str, installs: str, never: str
+) -> None:
+    """``make demo`` installs the package and the demo extra, not pytest, mypy and
+    ruff; ``make test`` the dev toolchain. Both make the virtualenv first if needed."""
+    if shutil.which("make") is None or not (CHECKOUT / "Makefile").is_file():
+        pytest.skip("needs make and the source checkout's Makefile")
+    venv = tmp_path / "venv"
+    dry_run = subprocess.run(
+        ["make", "-n", "-C", str(CHECKOUT), target, f"VENV={venv}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert dry_run.returncode == 0, dry_run.stderr
+    commands = dry_run.stdout.splitlines()
+    made = next(i for i, line in enumerate(commands) if f"-m venv {venv}" in line)
+    installed = next(i for i, line in enumerate(commands) if installs in line)
+    assert made < installed
+    assert never not in dry_run.stdout
+    assert not venv.exists()  # a dry run

@@ -156,3 +156,62 @@ def test_register_prometheus_refuses_two_sources_of_one_name(make_authenticator)
         register_prometheus(first, second, registry=prometheus_client.CollectorRegistry())
     # The same authenticator named twice is one.
     register_prometheus(first, first, registry=prometheus_client.CollectorRegistry())
+
+
+def _named(make_authenticator, hub_emulator, name: str | None) -> Authenticator:
+    authenticator: Authenticator = make_authenticator()
+    if name is None:
+        return authenticator
+    source = HubWhoamiSource(hub_emulator.url, timeout=httpx.Timeout(5.0), name=name)
+    return Authenticator(source)
+
+
+@pytest.mark.parametrize(
+    ("second", "registry_of_second", "prefix_of_second", "refused"),
+    [
+        pytest.param("same-name", "same", "hfauth", True, id="same-name-same-registry"),
+        pytest.param("itself", "same", "hfauth", True, id="itself-again"),
+        pytest.param("same-name", "other", "hfauth", False, id="same-name-other-registry"),
+        pytest.param("same-name", "same", "other", False, id="same-name-other-prefix"),
+        pytest.param("other-name", "same", "hfauth", False, id="distinct-names"),
+    ],
+)
+def test_register_prometheus_twice_refuses_colliding_series(
+    make_authenticator, hub_emulator, second, registry_of_second, prefix_of_second, refused
+):
+    """Two calls (a FastAPI install() and a middleware, each registering its own
+    authenticator) collide as one call with both would: the docs say refused."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    first = make_authenticator()
+    register_prometheus(first, registry=registry)
+    other = {
+        "same-name": lambda: make_authenticator(),
+        "itself": lambda: first,
+        "other-name": lambda: _named(make_authenticator, hub_emulator, "second-hub"),
+    }[second]()
+    target = registry if registry_of_second == "same" else prometheus_client.CollectorRegistry()
+
+    if refused:
+        with pytest.raises(
+            ConfigurationError, match=r"already exported .* share one Authenticator"
+        ):
+            register_prometheus(other, registry=target, prefix=prefix_of_second)
+    else:
+        register_prometheus(other, registry=target, prefix=prefix_of_second)
+    # Whatever happened, each series is exported once.
+    for family in registry.collect():
+        labels = [(sample.name, tuple(sorted(sample.labels.items()))) for sample in family.samples]
+        assert len(labels) == len(set(labels)), family.name
+
+
+def test_register_prometheus_again_after_unregister(make_authenticator):
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    authenticator = make_authenticator()
+    registry.unregister(register_prometheus(authenticator, registry=registry))
+    register_prometheus(make_authenticator(), registry=registry)
+    assert (
+        registry.get_sample_value("hfauth_cache_entries", {"source": authenticator.source.name})
+        == 0
+    )

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from checkout import git_ignores
 from hfauth_mw import _store
 from hfauth_mw._exceptions import ConfigurationError, TokenStoreError
 from hfauth_mw._principal import fingerprint_of, principal_from_whoami, token_digest
@@ -1213,3 +1214,18 @@ def test_malformed_row_is_a_token_store_error(
         assert str(caught.value) == expected
         assert issued.token not in str(caught.value)
     assert store.revoke(issued.record.fingerprint) == 1  # the way out the message names
+
+
+# --- version control ----------------------------------------------------------------------
+
+
+def test_git_ignores_every_file_a_store_keeps(tmp_path: Path) -> None:
+    """``tokens.sqlite3`` in a checkout must not be committed, nor the -wal and
+    -shm files SQLite keeps beside it (they hold the newest digests), nor a journal."""
+    path = tmp_path / "tokens.sqlite3"
+    with LocalTokenStore(path) as store:
+        store.create_token(user="alice")  # its pooled connection keeps the WAL files open
+        beside = sorted(p.name for p in tmp_path.iterdir())
+    assert {"tokens.sqlite3-wal", "tokens.sqlite3-shm"} <= set(beside)
+    ignored = git_ignores([*beside, "tokens.sqlite3-journal"])
+    assert ignored == dict.fromkeys(ignored, True)

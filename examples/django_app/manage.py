@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--hub-url", metavar="URL")
     args, rest = parser.parse_known_args()
     if args.store:
+        if not Path(args.store).is_file():  # else a new, empty store: every token a 401
+            parser.error(f"no token store at {args.store} (create one: hfauth-mw token create ...)")
         os.environ["HFAUTH_STORE"] = str(Path(args.store).resolve())
     if args.hub_url:
         os.environ["HFAUTH_HUB_URL"] = args.hub_url

@@ -122,7 +122,16 @@ def _parse_basic(value: str) -> Credentials:
     if not colon:
         raise InvalidRequest("The Basic credentials have no ':' between user name and token")
     if not password:
-        raise InvalidRequest("The Basic credentials carry an empty token")
+        # `curl -u TOKEN:` is a common slip: say which half is empty, never what the other holds.
+        half = (
+            "password is empty (the user name is not)"
+            if username
+            else "user name and password are both empty"
+        )
+        raise InvalidRequest(
+            f"The Basic {half}: the token goes in the password, "
+            "as in curl -u user:TOKEN or curl -u :TOKEN"
+        )
     if not _B64TOKEN.fullmatch(password):
         raise InvalidRequest("The Basic password is not a well-formed access token")
     return Credentials.from_token(password, "basic", username)

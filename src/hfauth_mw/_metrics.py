@@ -34,6 +34,9 @@ __all__ = [
     "register_prometheus",
 ]
 
+#: Held from checking a registry for colliding series to registering on it.
+_registering = threading.Lock()
+
 #: Upper bounds (seconds) of the resolve-latency buckets.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.001,
@@ -158,8 +161,11 @@ def register_prometheus(
     worker (or sum ``stats()`` yourself); prometheus_client's multiprocess mode
     does not read custom collectors. Raises
     :class:`~hfauth_mw.ConfigurationError` if ``prometheus_client`` is missing,
-    or if two of ``authenticators`` have sources of one name (their series
-    would collide).
+    or if two authenticators would export series of one source name under one
+    ``prefix`` to one registry (Prometheus would keep one of each): two of
+    ``authenticators``, or one of them and one registered by an earlier call.
+    The earlier ones are found by reading ``registry`` once (a collection, at
+    start-up); one unregistered since no longer counts.
     """
     try:
         from prometheus_client import REGISTRY
@@ -183,6 +189,7 @@ def register_prometheus(
             f"two authenticators have the source {twice[0]!r}: share one Authenticator "
             "between the adapters (authenticator=...), or give the sources distinct name=..."
         )
+    registry = registry if registry is not None else REGISTRY
 
     class _Collector:
         def __init__(self, targets: Iterable[Authenticator]) -> None:
@@ -250,5 +257,20 @@ def register_prometheus(
             yield latency
 
     collector = _Collector(targets)
-    (registry if registry is not None else REGISTRY).register(collector)
+    with _registering:  # no other call registers between the check and the registration
+        # Every collector of ours exports {prefix}_cache_entries once per source: a
+        # source already there was registered by an earlier call (a FastAPI install()
+        # and a middleware each calling this, say).
+        gauge = f"{prefix}_cache_entries"
+        exported = [
+            name for name in names if registry.get_sample_value(gauge, {"source": name}) is not None
+        ]
+        if exported:
+            raise ConfigurationError(
+                f"the source {exported[0]!r} is already exported to this registry under "
+                f"the prefix {prefix!r} by an earlier register_prometheus call: register "
+                "each authenticator once, share one Authenticator between the adapters "
+                "(authenticator=...), or give the sources distinct name=..."
+            )
+        registry.register(collector)
     return collector

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
 
 from hfauth_mw import AccessPolicy, LocalStoreSource, LocalTokenStore
 
@@ -34,6 +37,11 @@ HFAUTH = {
     "METHOD_POLICY": False,  # each view says what it needs with a decorator
 }
 if os.environ.get("HFAUTH_STORE"):
+    if not Path(os.environ["HFAUTH_STORE"]).is_file():  # else a new, empty store: all 401
+        raise ImproperlyConfigured(
+            f"no token store at {os.environ['HFAUTH_STORE']} ($HFAUTH_STORE; create one: "
+            "hfauth-mw token create ...)"
+        )
     HFAUTH["SOURCE"] = LocalStoreSource(LocalTokenStore(os.environ["HFAUTH_STORE"]))
 else:
     HFAUTH["HUB_URL"] = os.environ.get("HFAUTH_HUB_URL", "https://huggingface.co")

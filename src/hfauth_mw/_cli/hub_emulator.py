@@ -1,0 +1,109 @@
+"""``hfauth-mw hub-emulator``: serve whoami-v2 and auth-check from a local store.
+
+Plain HTTP and it tells anyone who asks whose each token is: it binds to a
+loopback address unless ``--allow-remote`` insists, and it refuses a store
+that does not exist (a new, empty one would answer 401 to every token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+from .._sources import _is_loopback
+from .common import (
+    EXIT_OK,
+    STORE_HELP,
+    Failure,
+    UsageError,
+    existing_store,
+    parse_bind_host,
+    parse_port,
+    parse_repo,
+    redact,
+    store_path,
+)
+
+
+def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
+    """Add ``hub-emulator`` to the ``hfauth-mw`` parser's ``commands``."""
+    hub = commands.add_parser(
+        "hub-emulator",
+        help="serve whoami-v2 and auth-check from a local store (tests, offline dev)",
+        description="Run a local Hub emulator in the foreground. Prints its URL on stdout; "
+        "stops on Ctrl-C or SIGTERM. Plain HTTP, for loopback use.",
+    )
+    hub.add_argument("--store", metavar="PATH", help=STORE_HELP)
+    hub.add_argument(
+        "--host",
+        type=parse_bind_host,
+        default="127.0.0.1",
+        help="bind address (default: 127.0.0.1)",
+    )
+    hub.add_argument("--port", type=parse_port, default=0, help="port (default: 0, any free port)")
+    hub.add_argument(
+        "--public",
+        action="append",
+        default=[],
+        type=parse_repo,
+        metavar="REPO",
+        help="a public repo",
+    )
+    hub.add_argument(
+        "--gated", action="append", default=[], type=parse_repo, metavar="REPO", help="a gated repo"
+    )
+    hub.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host (it answers who owns each token, over plain HTTP)",
+    )
+    hub.set_defaults(run=run)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..testing import HubEmulator
+
+    # The same test as the library's for plain-http hubs; "[::1]" is loopback here too.
+    if not _is_loopback(args.host.strip("[]")) and not args.allow_remote:
+        raise UsageError(
+            f"refusing to serve on non-loopback host {args.host!r}: the emulator tells anyone "
+            "who asks whose each token is, over plain HTTP. Pass --allow-remote to insist."
+        )
+    repos = {str(repo): "public" for repo in args.public}
+    repos.update({str(repo): "gated" for repo in args.gated})
+    path = store_path(args)
+    # An emulator on a new, empty store would answer 401 to every token: a
+    # mistyped --store is a clear error instead.
+    with existing_store(path) as store:
+        emulator = HubEmulator(store, host=args.host, port=args.port, repos=repos)
+        try:
+            emulator.start()
+        except OSError as exc:
+            raise Failure(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+        previous = signal.signal(signal.SIGTERM, _raise_stop)
+        try:
+            print(emulator.url, flush=True)
+            print(
+                redact(f"hub emulator on {emulator.url} answering from {path}; Ctrl-C to stop"),
+                file=sys.stderr,
+                flush=True,
+            )
+            threading.Event().wait()
+        except (KeyboardInterrupt, _Stop):
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            emulator.stop()
+    return EXIT_OK

@@ -1,0 +1,269 @@
+"""``hfauth-mw inspect``: who a token belongs to and what it may read or write.
+
+The token is read from standard input (one line) or ``$HF_TOKEN``, or
+prompted for on a terminal: never from the command line, so it lands neither
+in shell history nor in ``ps``. Output shows its fingerprint, never the token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import io
+import json
+import os
+import select
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from .._authenticator import Authenticator
+from .._credentials import Credentials
+from .._exceptions import InvalidToken, SourceUnavailable, TokenStoreError
+from .._outcome import IntrospectionSource
+from .._principal import Principal
+from .._rules import AccessPolicy, Decision, Repo, Visibility
+from .._sources import HubWhoamiSource, LocalStoreSource
+from .._store import LocalTokenStore
+from .common import (
+    EXIT_INVALID_TOKEN,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    Failure,
+    UsageError,
+    format_time,
+    parse_hub_url,
+    parse_repo,
+    redact,
+)
+
+
+def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
+    """Add ``inspect`` to the ``hfauth-mw`` parser's ``commands``."""
+    inspect = commands.add_parser(
+        "inspect",
+        help="show who a token belongs to and what it may do",
+        description="Introspect a token read from standard input (one line), or from "
+        "$HF_TOKEN when nothing is piped (prompted for on a terminal). A piped token wins "
+        "over $HF_TOKEN; the output says which was used. Never pass a token on the command "
+        "line. Exit 0 valid, 3 invalid, 4 source unavailable.",
+    )
+    where = inspect.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--hub-url", type=parse_hub_url, metavar="URL", help="ask {URL}/api/whoami-v2"
+    )
+    where.add_argument("--store", metavar="PATH", help="look the token up in a local store")
+    inspect.add_argument(
+        "--repo",
+        action="append",
+        default=[],
+        type=parse_repo,
+        metavar="REPO",
+        help="show read/write decisions on TYPE:OWNER/NAME (bare OWNER/NAME is a model); "
+        "repeatable",
+    )
+    inspect.add_argument(
+        "--public",
+        action="append",
+        default=[],
+        type=parse_repo,
+        metavar="REPO",
+        help="treat as public",
+    )
+    inspect.add_argument(
+        "--gated",
+        action="append",
+        default=[],
+        type=parse_repo,
+        metavar="REPO",
+        help="treat as gated",
+    )
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.set_defaults(run=run)
+
+
+_NO_TOKEN = "no token: set HF_TOKEN or pipe the token on standard input"
+_STDIN_WAIT_SECONDS = 3.0
+#: Past this many bytes without a newline, standard input holds no token.
+_MAX_TOKEN_LINE = 64 * 1024
+
+
+_ORIGINS = {"stdin": "standard input", "HF_TOKEN": "$HF_TOKEN", "prompt": "the prompt"}
+
+
+def _read_token() -> tuple[str, str, str]:
+    """The token to inspect, where it came from (``_ORIGINS``), and that said for people.
+
+    A token piped on standard input is what the user gave this time: it wins
+    over ``$HF_TOKEN`` (often exported long ago, for the real Hub), and a blank
+    line there is an error, never a reason to send ``$HF_TOKEN``. ``$HF_TOKEN``
+    is used when standard input is a terminal, closed or empty; without it, a
+    terminal is prompted. With ``$HF_TOKEN`` set, a pipe that sends no whole
+    line within ``_STDIN_WAIT_SECONDS`` (a CI runner's that stays silent, say)
+    is an error, not a hang and not a silent fallback that would send
+    ``$HF_TOKEN`` where the piped token was meant to go.
+    """
+    from_env = os.environ.get("HF_TOKEN", "").strip()
+    stdin = sys.stdin
+    if stdin is not None and not stdin.isatty():
+        line = _first_line(stdin, _STDIN_WAIT_SECONDS) if from_env else stdin.readline()
+        piped = line.strip()
+        if piped:
+            ignored = " ($HF_TOKEN, also set, ignored)" if from_env else ""
+            return piped, "stdin", _ORIGINS["stdin"] + ignored
+        if line:
+            # `echo "$TOKEN" |` with $TOKEN unset: the token meant for this run is
+            # missing, and $HF_TOKEN must not go where it was to go.
+            also = "; to inspect $HF_TOKEN, add </dev/null" if from_env else ""
+            raise UsageError(
+                "standard input held an empty line, not a token "
+                f"(is the variable you echoed set?){also}"
+            )
+    if from_env:
+        return from_env, "HF_TOKEN", _ORIGINS["HF_TOKEN"]
+    if stdin is None or not stdin.isatty():
+        raise UsageError(_NO_TOKEN)
+    typed = getpass.getpass("Token (input hidden): ", stream=sys.stderr).strip()
+    if not typed:
+        raise UsageError(_NO_TOKEN)
+    return typed, "prompt", _ORIGINS["prompt"]
+
+
+def _first_line(stream: TextIO, timeout: float) -> str:
+    """The first line of ``stream`` (``""`` at once-closed input), which must
+    come whole within ``timeout`` seconds."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return stream.readline()  # not a file descriptor (an in-memory stream): it never blocks
+    deadline = time.monotonic() + timeout
+    data = b""
+    # Read straight from the descriptor: a readline() on a line that never ends
+    # would wait forever, past any deadline. A token line is short.
+    while b"\n" not in data and len(data) <= _MAX_TOKEN_LINE:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise UsageError(
+                f"{'no whole line' if data else 'nothing'} on standard input after "
+                f"{timeout:g} s, and $HF_TOKEN is set: add </dev/null to inspect $HF_TOKEN, "
+                "or pipe the token with a newline after it"
+            )
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    line, newline, _ = data.partition(b"\n")
+    return line.decode("utf-8", "replace") + newline.decode()
+
+
+def _visibility_of(public: Sequence[Repo], gated: Sequence[Repo]) -> Callable[[Repo], Visibility]:
+    public_set, gated_set = frozenset(public), frozenset(gated)
+
+    def visibility(repo: Repo) -> Visibility:
+        if repo in gated_set:
+            return Visibility.GATED
+        if repo in public_set:
+            return Visibility.PUBLIC
+        return Visibility.PRIVATE
+
+    return visibility
+
+
+def _decision_dict(decision: Decision) -> dict[str, Any]:
+    return {"allowed": decision.allowed, "reason": decision.reason, "needed": decision.needed}
+
+
+def _principal_lines(principal: Principal) -> list[tuple[str, str]]:
+    orgs = ", ".join(f"{org.name} ({org.role})" for org in principal.orgs) or "-"
+    scoped = [
+        f"{grant.entity_type} {grant.entity_name or grant.entity_id or '?'}: "
+        + ", ".join(sorted(grant.permissions))
+        for grant in principal.scoped
+    ]
+    expires = format_time(principal.expires_at)
+    lines = [
+        ("user", f"{principal.name} ({principal.type})"),
+        ("auth type", principal.auth_type),
+        ("token role", principal.token_role or "-"),
+        ("token name", principal.token_name or "-"),
+        ("fingerprint", principal.fingerprint or "-"),
+        ("orgs", orgs),
+    ]
+    if principal.token_role == "fineGrained" or principal.scoped:
+        lines.append(("fine-grained", scoped[0] if scoped else "-"))
+        lines.extend(("", entry) for entry in scoped[1:])
+        lines.append(("global", ", ".join(sorted(principal.global_permissions)) or "-"))
+        lines.append(("gated repos", "yes" if principal.can_read_gated_repos else "no"))
+    if principal.oauth_scopes:
+        lines.append(("oauth scopes", " ".join(sorted(principal.oauth_scopes))))
+    lines.append(("expires", expires))
+    lines.append(("source", principal.source or "-"))
+    return lines
+
+
+def _source_for(args: argparse.Namespace) -> IntrospectionSource:
+    if args.hub_url:
+        return HubWhoamiSource(args.hub_url)
+    path = Path(args.store)
+    if not path.is_file():
+        raise Failure(f"no token store at {path}", EXIT_UNAVAILABLE)
+    try:
+        return LocalStoreSource(LocalTokenStore(path))
+    except TokenStoreError as exc:  # not SQLite, unreadable, too new: it cannot answer
+        raise Failure(str(exc), EXIT_UNAVAILABLE) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    source = _source_for(args)
+    token, origin_key, origin = _read_token()
+    credentials = Credentials.from_token(token)
+    del token
+    # Said in every outcome: which token (by fingerprint) went where.
+    which = f"token {credentials.fingerprint} from {origin}"
+    try:
+        principal = Authenticator(source).authenticate_sync(credentials)
+    except InvalidToken as exc:
+        raise Failure(
+            f"invalid {which}, asked {source.name}: {exc.description}", EXIT_INVALID_TOKEN
+        ) from None
+    except SourceUnavailable as exc:
+        raise Failure(
+            f"{exc.description.rstrip('.')} ({which}, asked {source.name})", EXIT_UNAVAILABLE
+        ) from None
+    except TokenStoreError as exc:
+        raise Failure(str(exc), EXIT_UNAVAILABLE) from None
+    finally:
+        if isinstance(source, LocalStoreSource) and isinstance(source.store, LocalTokenStore):
+            source.store.close()
+    policy = AccessPolicy(visibility=_visibility_of(args.public, args.gated))
+    visibility = _visibility_of(args.public, args.gated)
+    decisions = [
+        (repo, policy.can_read(principal, repo), policy.can_write(principal, repo))
+        for repo in args.repo
+    ]
+    if args.json:
+        document = principal.to_dict()
+        document["token_from"] = origin_key
+        document["decisions"] = [
+            {
+                "repo": str(repo),
+                "visibility": visibility(repo).value,
+                "read": _decision_dict(read),
+                "write": _decision_dict(write),
+            }
+            for repo, read, write in decisions
+        ]
+        # Names written to a local store before they were checked are masked.
+        print(redact(json.dumps(document, indent=2)))
+        return EXIT_OK
+    out = sys.stdout
+    for label, value in [*_principal_lines(principal), ("token from", origin)]:
+        out.write(f"{label + ':' if label else '':<14}{redact(value)}\n")
+    for repo, read, write in decisions:
+        out.write(f"\n{repo} ({visibility(repo).value})\n")
+        for what, decision in (("read", read), ("write", write)):
+            verdict = "allowed" if decision else "denied"
+            out.write(f"  {what + ':':<7}{verdict:<8} {decision.reason}\n")
+    return EXIT_OK

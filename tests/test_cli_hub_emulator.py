@@ -1,0 +1,75 @@
+"""``hfauth-mw hub-emulator`` (``_cli/hub_emulator.py``). Fixtures: ``cli_fixtures.py``."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cli_fixtures import CONSOLE_SCRIPT, TOKEN_LINE, Cli, subprocess_env
+
+pytest_plugins = ["cli_fixtures"]
+pytestmark = pytest.mark.usefixtures("cli_env")
+
+
+def test_hub_emulator_refuses_a_store_that_does_not_exist(cli: Cli, tmp_path: Path) -> None:
+    """A new, empty store would answer 401 to every token: a mistyped --store says so."""
+    missing = tmp_path / "typo.sqlite3"
+    result = cli("hub-emulator", "--store", str(missing))
+    assert result.code == 1
+    assert "no token store at" in result.err
+    assert not missing.exists()
+
+
+def test_console_script_create_then_inspect_through_emulator(tmp_path: Path) -> None:
+    store = tmp_path / "cli.sqlite3"
+    created = subprocess.run(
+        [str(CONSOLE_SCRIPT), "token", "create", "--store", str(store), "--user", "alice",
+         "--role", "write", "--org", "acme:read"],
+        capture_output=True, text=True, env=subprocess_env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert TOKEN_LINE.match(token)
+    assert created.stdout == token + "\n"
+    assert token not in created.stderr
+
+    hub = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "hub-emulator", "--store", str(store), "--public", "acme/open"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        assert hub.stdout is not None
+        url = hub.stdout.readline().strip()  # printed once the emulator listens
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url), url
+        inspected = subprocess.run(
+            [str(CONSOLE_SCRIPT), "inspect", "--hub-url", url, "--repo", "acme/sentiment",
+             "--repo", "acme/open", "--public", "acme/open"],
+            input=token + "\n", capture_output=True, text=True, env=subprocess_env(),
+            timeout=60, check=False,
+        )  # fmt: skip
+        auth_check = httpx.get(
+            f"{url}/api/models/acme/open/auth-check", headers={"Authorization": f"Bearer {token}"}
+        )
+        invalid = subprocess.run(
+            [str(CONSOLE_SCRIPT), "inspect", "--hub-url", url],
+            input="hf_" + "X" * 34 + "\n", capture_output=True, text=True,
+            env=subprocess_env(), timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        _, hub_err = hub.communicate(timeout=10)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "model:acme/sentiment (private)" in inspected.stdout
+    assert "write: denied   write denied: role read in org acme caps the token" in inspected.stdout
+    assert "read:  allowed  read allowed: public repository" in inspected.stdout
+    assert token not in inspected.stdout + inspected.stderr
+    assert auth_check.status_code == 200
+    assert invalid.returncode == 3
+    assert "invalid token" in invalid.stderr
+    assert hub.returncode == 0
+    assert token not in hub_err

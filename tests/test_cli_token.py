@@ -1,0 +1,490 @@
+"""``hfauth-mw token create | list | revoke`` (``_cli/token.py``), in-process and
+as the real console script. Fixtures: ``cli_fixtures.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import pty
+import re
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli_fixtures import ANY_TOKEN, CONSOLE_SCRIPT, TOKEN_LINE, Cli, subprocess_env
+from hfauth_mw import LocalTokenStore
+from hfauth_mw._cli import main
+
+pytest_plugins = ["cli_fixtures"]
+pytestmark = pytest.mark.usefixtures("cli_env")
+
+
+# --- token create ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "summary"),
+    [
+        pytest.param(["--user", "bob"], "read token", id="default-read"),
+        pytest.param(
+            ["--user", "alice", "--role", "write", "--org", "acme:write"], "write token", id="write"
+        ),
+        pytest.param(
+            ["--user", "carol", "--grant", "model:acme/sentiment:repo.content.read,repo.write"],
+            "fineGrained token",
+            id="grant-implies-fine-grained",
+        ),
+        pytest.param(
+            ["--user", "erin", "--role", "fineGrained", "--global", "inference.serverless.write"],
+            "fineGrained token",
+            id="global-only",
+        ),
+        pytest.param(["--user", "dan", "--expires", "12h"], "expires 20", id="expires-relative"),
+        pytest.param(
+            ["--user", "dan", "--expires", "2999-01-01T00:00:00Z"],
+            "expires 2999-01-01",
+            id="expires-iso",
+        ),
+        pytest.param(["--user", "dan", "--name", "laptop"], "name 'laptop'", id="display-name"),
+    ],
+)
+def test_create_prints_only_the_token(
+    cli: Cli, store_path: Path, args: list[str], summary: str
+) -> None:
+    result = cli("token", "create", "--store", str(store_path), *args)
+    assert result.code == 0, result.err
+    assert TOKEN_LINE.match(result.out.rstrip("\n"))
+    assert result.out.count("\n") == 1
+    assert summary in result.err
+    assert "went once to standard output (not a terminal)" in result.err  # capsys's
+    assert not ANY_TOKEN.search(result.err)
+    fingerprint = re.search(r"token ([0-9a-f]{12}) for", result.err)
+    assert fingerprint is not None
+    with LocalTokenStore(store_path) as store:
+        assert [r.fingerprint for r in store.list_tokens()] == [fingerprint.group(1)]
+
+
+def test_create_uses_hfauth_store_env(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "from-env.sqlite3"
+    result = cli("token", "create", "--user", "bob", env={"HFAUTH_STORE": str(path)})
+    assert result.code == 0
+    assert path.is_file()
+
+
+FORMER_DEFAULT = "hfauth-tokens.sqlite3"  # the default store's name before 0.1.0
+
+
+@pytest.mark.parametrize(
+    ("present", "used", "note"),
+    [
+        pytest.param([], "tokens.sqlite3", False, id="none-yet"),
+        pytest.param(["tokens.sqlite3"], "tokens.sqlite3", False, id="the-readme-s"),
+        pytest.param([FORMER_DEFAULT], FORMER_DEFAULT, True, id="only-the-former-default"),
+        pytest.param(
+            ["tokens.sqlite3", FORMER_DEFAULT], "tokens.sqlite3", False, id="both-the-new-wins"
+        ),
+    ],
+)
+@pytest.mark.parametrize("action", ["create", "list"])
+def test_the_default_store_is_the_readme_s_tokens_sqlite3(
+    cli: Cli, tmp_path: Path, present: list[str], used: str, note: bool, action: str
+) -> None:
+    """Without --store or $HFAUTH_STORE: ./tokens.sqlite3, the name the README uses
+    throughout; a store under the former default name, alone, is still found."""
+    for name in present:
+        with LocalTokenStore(tmp_path / name) as store:
+            store.create_token(user=f"in-{name}")
+    result = cli("token", action, *(["--user", "bob"] if action == "create" else ["--json"]))
+    if action == "list" and not present:
+        assert result.code == 1
+        assert "no token store at tokens.sqlite3" in result.err
+        assert not (tmp_path / "tokens.sqlite3").exists()
+        return
+    assert result.code == 0, result.err
+    with LocalTokenStore(tmp_path / used) as store:
+        users = {record.user for record in store.list_tokens()}
+    if action == "create":
+        assert "bob" in users
+        assert f"in {used}." in result.err
+    else:
+        assert [record["user"] for record in json.loads(result.out)] == sorted(users)
+    assert sorted(p.name for p in tmp_path.glob("*.sqlite3")) == sorted({*present, used})
+    former_note = f"note: using {FORMER_DEFAULT}, the default store's former name"
+    assert (former_note in result.err) is note
+    if note:
+        assert "rename it to tokens.sqlite3" in result.err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--user", "a", "--org", "acme"], "NAME:ROLE", id="org-without-role"),
+        pytest.param(["--user", "a", "--org", "acme:boss"], "not one of", id="org-unknown-role"),
+        pytest.param(
+            ["--user", "a", "--grant", "model:acme/x"], "TYPE:NAME:PERM", id="grant-shape"
+        ),
+        pytest.param(
+            ["--user", "a", "--role", "write", "--grant", "model:acme/x:repo.write"],
+            "need --role fineGrained",
+            id="grant-on-classic",
+        ),
+        pytest.param(
+            ["--user", "a", "--role", "fineGrained"], "needs at least one", id="empty-fine"
+        ),
+        pytest.param(
+            ["--user", "a", "--expires", "soon"], "duration like 30d", id="expires-garbage"
+        ),
+        pytest.param(["--user", "a", "--expires", "2001-01-01"], "in the past", id="expires-past"),
+        pytest.param(
+            ["--user", "a", "--expires", "5000000d"], "too far in the future", id="expires-5e6-days"
+        ),
+        pytest.param(
+            ["--user", "a", "--expires", "99999999999d"],
+            "too far in the future",
+            id="expires-beyond-timedelta",
+        ),
+        pytest.param(
+            ["--user", "a", "--expires", "9999-12-31T23:59:59-01:00"],
+            "too far in the future",
+            id="expires-past-year-9999-in-utc",
+        ),
+        pytest.param(["--user", "a", "--role", "admin"], "invalid choice", id="role-unknown"),
+        pytest.param(["--user", "a/b"], "must not contain", id="user-with-slash"),
+        # Printed raw by `token list`: an escape sequence would rewrite the terminal.
+        pytest.param(["--user", "a\x1b[2Jb"], "control characters", id="user-with-escape"),
+        pytest.param(
+            ["--user", "a", "--name", "laptop\nforged line"],
+            "control characters",
+            id="name-newline",
+        ),
+        pytest.param(
+            ["--user", "a", "--org", "ac\x07me:read"], "control characters", id="org-with-bell"
+        ),
+        pytest.param([], "--user", id="user-missing"),
+    ],
+)
+def test_create_usage_errors(cli: Cli, store_path: Path, args: list[str], message: str) -> None:
+    result = cli("token", "create", "--store", str(store_path), *args)
+    assert result.code == 2
+    assert result.out == ""
+    assert message in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert result.err.startswith("hfauth-mw")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["--user", "my_hf_bot"], id="user-with-hf_"),
+        pytest.param(["--user", "hf_team"], id="user-starting-hf_"),
+        pytest.param(["--name", "hf_transformers_laptop"], id="name-with-hf_words"),
+        pytest.param(["--org", "hf_friends:write"], id="org-with-hf_"),
+    ],
+)
+def test_names_that_merely_contain_hf_are_accepted(
+    cli: Cli, store_path: Path, argv: list[str]
+) -> None:
+    """Only what is almost surely a token is refused: names may hold ``hf_``."""
+    argv = argv if argv[0] == "--user" else ["--user", "bob", *argv]
+    result = cli("token", "create", "--store", str(store_path), *argv)
+    assert result.code == 0, result.err
+
+
+@pytest.mark.parametrize(
+    ("destination", "says", "never"),
+    [
+        pytest.param("terminal", "The token is shown once, above;", "standard output", id="tty"),
+        pytest.param("pipe", "went once to standard output, a pipe", "above", id="captured"),
+        pytest.param("file", "went once to standard output, a file", "above", id="redirected"),
+        pytest.param("null", "went to /dev/null: nobody can use it", "above", id="dev-null"),
+    ],
+)
+def test_create_says_where_the_token_went(
+    tmp_path: Path, destination: str, says: str, never: str
+) -> None:
+    """ "Shown once, above" only when it was: TOKEN=$(...) shows nothing on the terminal."""
+    store = tmp_path / "cli.sqlite3"
+    argv = [str(CONSOLE_SCRIPT), "token", "create", "--store", str(store), "--user", "alice"]
+    output = tmp_path / "token.txt"
+    with contextlib.ExitStack() as stack:
+        if destination == "terminal":
+            primary, secondary = pty.openpty()
+            stack.callback(os.close, primary)
+            stdout: Any = secondary
+        elif destination == "pipe":
+            stdout = subprocess.PIPE
+        elif destination == "file":
+            stdout = stack.enter_context(output.open("w"))
+        else:
+            stdout = subprocess.DEVNULL
+        result = subprocess.run(
+            argv, stdout=stdout, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+            timeout=60, check=False,
+        )  # fmt: skip
+        if destination == "terminal":
+            os.close(secondary)
+            printed = os.read(primary, 4096).decode()
+    assert result.returncode == 0, result.stderr
+    assert says in result.stderr
+    assert never not in result.stderr
+    assert not ANY_TOKEN.search(result.stderr)
+    token = {
+        "terminal": lambda: printed.strip(),
+        "pipe": lambda: result.stdout.strip(),
+        "file": lambda: output.read_text().strip(),
+        "null": lambda: None,
+    }[destination]()
+    with LocalTokenStore(store) as token_store:
+        [record] = token_store.list_tokens()
+        if token is not None:
+            assert TOKEN_LINE.match(token)
+            assert token_store.lookup(hashlib.sha256(token.encode()).digest()) is not None
+    if destination == "null":  # how to undo it, by fingerprint
+        assert f"hfauth-mw token revoke --store {store} {record.fingerprint}" in result.stderr
+
+
+class BrokenStdout(io.StringIO):
+    """A standard output that cannot take the token (a full disk, a closed pipe)."""
+
+    def __init__(self, fail_on: str) -> None:
+        super().__init__()
+        self.fail_on = fail_on
+
+    def write(self, text: str) -> int:
+        if self.fail_on == "write":
+            raise OSError(errno.EPIPE, "Broken pipe")
+        return super().write(text)
+
+    def flush(self) -> None:
+        if self.fail_on == "flush":
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("fail_on", ["write", "flush"])
+def test_create_revokes_the_token_it_could_not_print(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    store_path: Path,
+    fail_on: str,
+) -> None:
+    """A token nobody saw must not stay valid in the store."""
+    broken = BrokenStdout(fail_on)
+    monkeypatch.setattr(sys, "stdout", broken)
+    code = main(["token", "create", "--store", str(store_path), "--user", "alice"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "cannot write the token to standard output" in err
+    assert re.search(r"token [0-9a-f]{12} was revoked", err)
+    assert len(err.strip().splitlines()) == 1
+    assert not ANY_TOKEN.search(err)
+    with LocalTokenStore(store_path) as store:
+        assert store.list_tokens() == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_console_script_create_into_a_full_stdout(tmp_path: Path) -> None:
+    store = tmp_path / "cli.sqlite3"
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [str(CONSOLE_SCRIPT), "token", "create", "--store", str(store), "--user", "alice"],
+            stdout=full, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+            timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("hfauth-mw: error: cannot write the token")
+    assert len(result.stderr.strip().splitlines()) == 1  # no "Exception ignored" at exit
+    assert not ANY_TOKEN.search(result.stderr)
+    with LocalTokenStore(store) as token_store:
+        assert token_store.list_tokens() == []
+
+
+def test_console_script_create_with_stdout_closed_creates_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "cli.sqlite3"
+    result = subprocess.run(
+        ["sh", "-c", '"$0" token create --store "$1" --user alice >&-', str(CONSOLE_SCRIPT),
+         str(store)],
+        stderr=subprocess.PIPE, text=True, env=subprocess_env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("hfauth-mw: error: standard output is closed")
+    with LocalTokenStore(store) as token_store:
+        assert token_store.list_tokens() == []
+
+
+# --- token list / revoke --------------------------------------------------------------------------
+
+
+def test_list_shows_fingerprints_never_tokens(
+    cli: Cli, store_path: Path, alice: str, carol: str
+) -> None:
+    result = cli("token", "list", "--store", str(store_path))
+    assert result.code == 0
+    header, *rows = result.out.splitlines()
+    assert header.split() == ["FINGERPRINT", "USER", "ROLE", "NAME", "CREATED", "EXPIRES"]
+    assert len(rows) == 2
+    assert any("alice" in row and "write" in row for row in rows)
+    assert any("carol" in row and "fineGrained" in row and "prod-inference" in row for row in rows)
+    for token in (alice, carol):
+        assert token not in result.out + result.err
+    assert not ANY_TOKEN.search(result.out)
+
+
+def test_list_json_and_user_filter(cli: Cli, store_path: Path, alice: str, carol: str) -> None:
+    result = cli("token", "list", "--store", str(store_path), "--user", "carol", "--json")
+    assert result.code == 0
+    records = json.loads(result.out)
+    assert [(r["user"], r["role"], r["name"], r["expired"]) for r in records] == [
+        ("carol", "fineGrained", "prod-inference", False)
+    ]
+    assert set(records[0]) == {
+        "fingerprint",
+        "user",
+        "role",
+        "name",
+        "created",
+        "expires",
+        "expired",
+    }
+    assert carol not in result.out
+
+
+def test_list_marks_expired_tokens(cli: Cli, store_path: Path) -> None:
+    with LocalTokenStore(store_path) as store:
+        store.create_token(user="old", expires_at=datetime.now(UTC) - timedelta(days=1))
+    result = cli("token", "list", "--store", str(store_path))
+    assert "(expired)" in result.out
+
+
+def test_list_missing_store_fails_without_creating_it(cli: Cli, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.sqlite3"
+    result = cli("token", "list", "--store", str(missing))
+    assert result.code == 1
+    assert "no token store" in result.err
+    assert not missing.exists()
+
+
+def test_revoke_by_prefix(cli: Cli, store_path: Path, alice: str, carol: str) -> None:
+    listed = json.loads(cli("token", "list", "--store", str(store_path), "--json").out)
+    fingerprint = next(r["fingerprint"] for r in listed if r["user"] == "alice")
+    result = cli("token", "revoke", "--store", str(store_path), fingerprint[:8])
+    assert result.code == 0, result.err
+    assert f"Revoked write token {fingerprint} of alice" in result.out
+    remaining = json.loads(cli("token", "list", "--store", str(store_path), "--json").out)
+    assert [r["user"] for r in remaining] == ["carol"]
+    inspected = cli("inspect", "--store", str(store_path), env={"HF_TOKEN": alice})
+    assert inspected.code == 3
+
+
+@pytest.mark.parametrize(
+    ("fingerprint", "code", "message"),
+    [
+        pytest.param("00000000", 1, "no token with fingerprint", id="unknown"),
+        pytest.param("abc", 2, "hexadecimal digits", id="too-short"),
+        pytest.param("zzzzzzzzzz", 2, "hexadecimal digits", id="not-hex"),
+    ],
+)
+def test_revoke_errors(
+    cli: Cli, store_path: Path, alice: str, fingerprint: str, code: int, message: str
+) -> None:
+    result = cli("token", "revoke", "--store", str(store_path), fingerprint)
+    assert (result.code, result.out) == (code, "")
+    assert message in result.err
+    assert len(result.err.strip().splitlines()) == 1
+
+
+def _break_entry(store_path: Path, user: str) -> str:
+    """Hand-edit ``user``'s token row so that it no longer parses; its fingerprint."""
+    [record] = LocalTokenStore(store_path).list_tokens(user)
+    conn = sqlite3.connect(store_path)
+    conn.execute("UPDATE tokens SET created_at = 'last week' WHERE user = ?", (user,))
+    conn.commit()
+    conn.close()
+    return record.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("revoked_user", "digits", "shown"),
+    [
+        pytest.param(
+            "alice", 12, "Revoked token {given} (its entry did not parse)", id="the-broken-entry"
+        ),
+        pytest.param(
+            "alice", 8, "Revoked token {given} (its entry did not parse)", id="broken-by-prefix"
+        ),
+        pytest.param(
+            "carol", 12, "Revoked fineGrained token {fingerprint} of carol", id="a-sound-entry"
+        ),
+    ],
+)
+def test_revoke_works_beside_an_entry_that_does_not_parse(
+    cli: Cli,
+    store_path: Path,
+    alice: str,
+    carol: str,
+    revoked_user: str,
+    digits: int,
+    shown: str,
+) -> None:
+    """A leaked token must stay revocable when some row of the store was hand-edited."""
+    broken = _break_entry(store_path, "alice")
+    token = alice if revoked_user == "alice" else carol
+    fingerprint = broken if token == alice else hashlib.sha256(token.encode()).hexdigest()[:12]
+
+    result = cli("token", "revoke", "--store", str(store_path), fingerprint[:digits])
+
+    assert result.code == 0, result.err
+    assert shown.format(fingerprint=fingerprint, given=fingerprint[:digits]) in result.out
+    assert LocalTokenStore(store_path).lookup(hashlib.sha256(token.encode()).digest()) is None
+    assert token not in result.out + result.err
+
+
+def test_revoke_broadcast_of_a_broken_entry_needs_its_full_fingerprint(
+    cli: Cli, store_path: Path, alice: str
+) -> None:
+    broken = _break_entry(store_path, "alice")
+    result = cli(
+        "token", "revoke", "--store", str(store_path), "--redis-url", "redis://127.0.0.1:1/0",
+        broken[:8], env={"HFAUTH_REDIS_SECRET": "s" * 32},
+    )  # fmt: skip
+
+    assert result.code == 2
+    assert "give its full 12-digit fingerprint" in result.err
+    with sqlite3.connect(store_path) as conn:  # nothing deleted before the refusal
+        assert conn.execute("SELECT count(*) FROM tokens").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(
+    ("secret_env", "shown", "hidden"),
+    [
+        pytest.param("HFAUTH_TEST_UNSET_SECRET", "HFAUTH_TEST_UNSET_SECRET", None, id="a-name"),
+        pytest.param(
+            "9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c",
+            "named by --redis-secret-env",
+            "9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c",
+            id="the-secret-pasted",
+        ),
+    ],
+)
+def test_revoke_broadcast_without_its_secret_names_the_variable_not_the_value(
+    cli: Cli, store_path: Path, alice: str, secret_env: str, shown: str, hidden: str | None
+) -> None:
+    fingerprint = cli("token", "list", "--store", str(store_path), "--json")
+    result = cli(
+        "token", "revoke", "--store", str(store_path), "--redis-url", "redis://127.0.0.1:1/0",
+        "--redis-secret-env", secret_env, json.loads(fingerprint.out)[0]["fingerprint"],
+    )  # fmt: skip
+    assert result.code != 0
+    assert shown in result.err
+    if hidden is not None:
+        assert hidden not in result.err
