@@ -15,6 +15,7 @@ import shutil
 import socket
 import stat
 import string
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
