@@ -4,15 +4,18 @@ Everything public is importable from here; the ``_``-prefixed modules are
 private and may change.
 """
 
+from ._answers import ErrorResponse
 from ._asgi import HFAuthMiddleware, HubAuthCredentials, HubUser, get_request_auth
 from ._authenticator import Authenticator
 from ._cache import TokenCache
 from ._credentials import Credentials, parse_credentials
 from ._exceptions import (
     AuthenticationError,
+    BodyTooLarge,
     ConfigurationError,
     HFAuthError,
     InsufficientScope,
+    InvalidBody,
     InvalidRequest,
     InvalidToken,
     MalformedAnswer,
@@ -20,6 +23,7 @@ from ._exceptions import (
     SourceUnavailable,
     TokenStoreError,
     TooManyFailures,
+    UnknownModel,
 )
 from ._metrics import register_prometheus
 from ._outcome import IntrospectionSource, Invalid, Valid
@@ -34,7 +38,16 @@ from ._principal import (
 )
 from ._protection import FailureLimiter, UpstreamBreaker
 from ._request_auth import RequestAuth
-from ._routes import RepoRule, require_read, require_write
+from ._routes import (
+    RepoFrom,
+    RepoRule,
+    from_body,
+    from_header,
+    openai_rules,
+    require_read,
+    require_write,
+    tgi_rules,
+)
 from ._rules import (
     AccessPolicy,
     Decision,
@@ -57,11 +70,13 @@ __all__ = [
     "AccessPolicy",
     "AuthenticationError",
     "Authenticator",
+    "BodyTooLarge",
     "ChainSource",
     "ConfigurationError",
     "Credentials",
     "Decision",
     "Entity",
+    "ErrorResponse",
     "FailureLimiter",
     "FineGrainedEntry",
     "Guard",
@@ -74,6 +89,7 @@ __all__ = [
     "InsufficientScope",
     "IntrospectionSource",
     "Invalid",
+    "InvalidBody",
     "InvalidRequest",
     "InvalidToken",
     "IssuedToken",
@@ -86,6 +102,7 @@ __all__ = [
     "OrgMembership",
     "Principal",
     "Repo",
+    "RepoFrom",
     "RepoRule",
     "RequestAuth",
     "ResourceGroup",
@@ -97,17 +114,22 @@ __all__ = [
     "TokenRecord",
     "TokenStoreError",
     "TooManyFailures",
+    "UnknownModel",
     "UpstreamBreaker",
     "Valid",
     "Visibility",
     "__version__",
     "can_read",
     "can_write",
+    "from_body",
+    "from_header",
     "get_request_auth",
     "has_permission",
+    "openai_rules",
     "parse_credentials",
     "principal_from_whoami",
     "register_prometheus",
     "require_read",
     "require_write",
+    "tgi_rules",
 ]

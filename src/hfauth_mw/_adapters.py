@@ -18,6 +18,8 @@ an environ, ``request.user``) and how an error response is sent.
 
 from __future__ import annotations
 
+import collections
+import io
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -25,6 +27,7 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 
 from werkzeug.wsgi import get_path_info
 
+from ._exceptions import BodyTooLarge
 from ._pipeline import Guard, RequestContext, RequestFlow
 from ._principal import Principal
 from ._request_auth import RequestAuth
@@ -38,8 +41,10 @@ __all__ = [
     "private_headers",
     "private_send",
     "private_start_response",
+    "read_asgi_body",
     "read_environ",
     "read_scope",
+    "read_wsgi_body",
     "request_path",
     "settle",
     "settle_async",
@@ -96,6 +101,7 @@ def read_scope(scope: Scope, query_param: str | None) -> RequestContext:
         else (),
         peer[0] if peer else None,
         forwarded.decode("latin-1") if forwarded is not None else None,
+        scope["headers"],
     )
 
 
@@ -120,6 +126,7 @@ def read_environ(
         else (),
         environ.get("REMOTE_ADDR"),
         environ.get("HTTP_X_FORWARDED_FOR"),
+        environ,
     )
 
 
@@ -127,6 +134,77 @@ def _query_tokens(query_string: str, name: str | None) -> list[str]:
     if not query_string or name is None:
         return []
     return [v for k, v in parse_qsl(query_string, keep_blank_values=True) if k == name]
+
+
+# --- the body, for a rule that reads it -----------------------------------------------
+
+Receive = Callable[[], Awaitable[Message]]
+
+
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"The request body is larger than {limit} bytes")
+
+
+def _declared_length(value: str | bytes | None) -> int | None:
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
+
+
+async def read_asgi_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, Receive]:
+    """Read an ASGI request's body (at most ``limit`` bytes; BodyTooLarge past it)
+    and return it with a ``receive`` that replays the same messages to the app,
+    then goes on with the server's (a disconnect, say)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            declared = _declared_length(value)
+            if declared is not None and declared > limit:
+                raise _too_large(limit)
+    messages: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break  # http.disconnect: the app hears it too
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise _too_large(limit)
+        if not message.get("more_body", False):
+            break
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+    pending = collections.deque(messages)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.popleft()
+        return await receive()
+
+    return body, replay
+
+
+def read_wsgi_body(environ: WSGIEnvironment, limit: int) -> bytes:
+    """Read a WSGI request's body (at most ``limit`` bytes; BodyTooLarge past it)
+    and put it back in ``wsgi.input`` for the app, unchanged."""
+    declared = _declared_length(environ.get("CONTENT_LENGTH"))
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        body = b""
+    elif declared is not None:
+        body = stream.read(declared)
+    elif environ.get("wsgi.input_terminated"):  # chunked: read to the end, capped
+        body = stream.read(limit + 1)
+        if len(body) > limit:
+            raise _too_large(limit)
+    else:
+        body = b""  # no length and no terminated stream: WSGI says there is no body
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return body
 
 
 # --- driving the decision -----------------------------------------------------------

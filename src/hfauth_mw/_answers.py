@@ -1,19 +1,32 @@
 """What a refused request is answered: RFC 6750 status, challenges and body.
 
 :class:`Answers` is built once from the options (realm, whether Basic is
-accepted); :meth:`Answers.render` turns any
+accepted, the body format); :meth:`Answers.render` turns any
 :class:`~hfauth_mw.AuthenticationError` into an :class:`ErrorResponse` that
 every adapter sends as it is. Besides RFC 6750's ``WWW-Authenticate``, each
 denial carries ``X-Error-Code`` and ``X-Error-Message``, as the Hub's answers
 do (huggingface_hub shows ``X-Error-Message`` to its users).
+
+Body formats (``error_format``):
+
+* ``"rfc6750"`` (default): ``{"error": code, "error_description": reason}``
+  (and ``scope`` for a 403);
+* ``"openai"``: ``{"error": {"message", "type", "param", "code"}}``, what the
+  ``openai`` client shows (``Error code: 403 - {...}``);
+* ``"hub"``: ``{"error": reason}``, the Hugging Face Hub's own shape (TGI and
+  the HF Inference API answer so);
+* a function ``(error, response) -> ErrorResponse`` of your own, given the
+  RFC 6750 answer to change (keep its headers: the challenge and
+  ``Retry-After`` are what clients act on).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from ._checks import shown
 from ._exceptions import (
@@ -23,18 +36,34 @@ from ._exceptions import (
     MissingCredentials,
     SourceUnavailable,
     TooManyFailures,
+    UnknownModel,
 )
 from ._principal import Principal
 from ._rules import Decision
 
-__all__ = ["Answers", "ErrorResponse", "denial"]
+__all__ = ["Answers", "ErrorFormat", "ErrorResponse", "denial"]
 
 # A realm is a quoted-string in a header: printable ASCII without '"' or '\\'
 # (anything else fails to encode, or is a control character, at the first 401).
 _REALM = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]+")
 # RFC 6750 error_description: printable ASCII except '"' and '\\' (and latin-1 for the server).
 _DESCRIPTION_UNSAFE = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
-_BODY_ERROR = {401: "unauthorized", 429: "too_many_requests", 503: "temporarily_unavailable"}
+_BODY_ERROR = {
+    401: "unauthorized",
+    413: "payload_too_large",
+    429: "too_many_requests",
+    503: "temporarily_unavailable",
+}
+# OpenAI's error types, by status (what its client maps to exception classes).
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "server_error",
+}
 
 
 def denial(principal: Principal, decision: Decision) -> AuthenticationError:
@@ -53,18 +82,32 @@ class ErrorResponse:
     body: bytes
 
 
+ErrorFormat = (
+    Literal["rfc6750", "openai", "hub"]
+    | Callable[[AuthenticationError, ErrorResponse], ErrorResponse]
+)
+
+
 class Answers:
-    """The RFC 6750 answers of one middleware (its realm; Basic offered or not)."""
+    """The answers of one middleware: its realm, Basic offered or not, the body format."""
 
-    __slots__ = ("_challenges", "realm")
+    __slots__ = ("_challenges", "_format", "realm")
 
-    def __init__(self, realm: str, allow_basic: bool) -> None:
+    def __init__(
+        self, realm: str, allow_basic: bool, error_format: ErrorFormat = "rfc6750"
+    ) -> None:
         if not isinstance(realm, str) or not _REALM.fullmatch(realm):
             raise ConfigurationError(
                 "realm must be non-empty printable ASCII text, without quotes or backslashes, "
                 f"not {shown(realm)}"
             )
+        if not callable(error_format) and error_format not in ("rfc6750", "openai", "hub"):
+            raise ConfigurationError(
+                "error_format must be 'rfc6750', 'openai', 'hub' or a function "
+                f"(error, response) -> ErrorResponse, not {shown(error_format)}"
+            )
         self.realm = realm
+        self._format = error_format
         self._challenges = [("www-authenticate", f'Bearer realm="{realm}"')]
         if allow_basic:
             self._challenges.append(("www-authenticate", f'Basic realm="{realm}"'))
@@ -75,7 +118,7 @@ class Answers:
         headers = [("content-type", "application/json"), ("cache-control", "no-store")]
         if error.status_code == 401 and error.error is None:
             headers += self._challenges
-        elif error.error is not None:
+        elif error.status_code in (400, 401, 403) and error.error is not None:
             params = f'Bearer realm="{self.realm}", error="{error.error}"'
             if isinstance(error, InsufficientScope):
                 params += f', scope="{_DESCRIPTION_UNSAFE.sub("", error.scope)}"'
@@ -84,7 +127,31 @@ class Answers:
         if isinstance(error, SourceUnavailable | TooManyFailures):
             headers.append(("retry-after", str(error.retry_after)))
         headers += [("x-error-code", code), ("x-error-message", description)]
-        body: dict[str, Any] = {"error": code, "error_description": error.description}
-        if isinstance(error, InsufficientScope):
-            body["scope"] = error.scope
-        return ErrorResponse(error.status_code, headers, json.dumps(body).encode("utf-8"))
+        error_format = self._format
+        body: dict[str, Any]
+        if error_format == "openai":
+            param = error.param if isinstance(error, UnknownModel) else None
+            body = {
+                "error": {
+                    "message": error.description,
+                    "type": _OPENAI_TYPES.get(error.status_code, "invalid_request_error"),
+                    "param": param,
+                    "code": code,
+                }
+            }
+        elif error_format == "hub":
+            body = {"error": error.description}
+        else:
+            body = {"error": code, "error_description": error.description}
+            if isinstance(error, InsufficientScope):
+                body["scope"] = error.scope
+        response = ErrorResponse(error.status_code, headers, json.dumps(body).encode("utf-8"))
+        if callable(error_format):
+            custom = error_format(error, replace(response, headers=list(headers)))
+            if not isinstance(custom, ErrorResponse):
+                raise TypeError(
+                    "error_format must return an hfauth_mw ErrorResponse, "
+                    f"not {type(custom).__name__}"
+                )
+            return custom
+        return response

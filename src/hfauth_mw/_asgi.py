@@ -28,7 +28,14 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketState
 
-from ._adapters import PrincipalUser, drive_async, private_send, read_scope, watched_send
+from ._adapters import (
+    PrincipalUser,
+    drive_async,
+    private_send,
+    read_asgi_body,
+    read_scope,
+    watched_send,
+)
 from ._checks import require_bool
 from ._exceptions import AuthenticationError
 from ._options import AdapterOptions, build_guard
@@ -185,7 +192,10 @@ class HFAuthMiddleware:
             return
         guard = self.guard
         try:
-            auth = guard.decide(read_scope(scope, guard.query_param))
+            request = read_scope(scope, guard.query_param)
+            if guard.routes.request_rules and guard.reads_body(request):
+                request.body, receive = await read_asgi_body(scope, receive, guard.max_body_bytes)
+            auth = guard.decide(request)
             if auth is not None and not isinstance(auth, RequestAuth):
                 auth = await drive_async(guard, auth)
         except AuthenticationError as error:

@@ -9,6 +9,10 @@ The hierarchy::
     │                                sources turn it into SourceUnavailable
     └── AuthenticationError          a request cannot go on; carries its HTTP answer
         ├── InvalidRequest           400 invalid_request: malformed or ambiguous credentials
+        ├── InvalidBody              400 invalid_request: the body a rule reads to find the
+        │   │                        repository is not JSON, or lacks the field
+        │   └── BodyTooLarge         413: that body is over the cap
+        ├── UnknownModel             404 model_not_found: a rule's model is not served here
         ├── MissingCredentials       401, no error code: a protected route and no credentials
         ├── InvalidToken             401 invalid_token: unknown, revoked, expired or inactive
         ├── InsufficientScope        403 insufficient_scope: valid token, not enough rights
@@ -24,9 +28,11 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "BodyTooLarge",
     "ConfigurationError",
     "HFAuthError",
     "InsufficientScope",
+    "InvalidBody",
     "InvalidRequest",
     "InvalidToken",
     "MalformedAnswer",
@@ -34,6 +40,7 @@ __all__ = [
     "SourceUnavailable",
     "TokenStoreError",
     "TooManyFailures",
+    "UnknownModel",
 ]
 
 
@@ -69,6 +76,35 @@ class InvalidRequest(AuthenticationError):
 
     status_code = 400
     error = "invalid_request"
+
+
+class InvalidBody(AuthenticationError):
+    """The body a rule reads to find the repository is not a JSON object, or
+    lacks the field (400 ``invalid_request``). Not a failed authentication:
+    the brute-force guard does not count it."""
+
+    status_code = 400
+    error: str | None = "invalid_request"
+
+
+class BodyTooLarge(InvalidBody):
+    """The body a rule must read to find the repository is over the cap (413)."""
+
+    status_code = 413
+    error = None
+
+
+class UnknownModel(AuthenticationError):
+    """The model a request names is not one this server serves (404
+    ``model_not_found``, as the OpenAI API answers). ``param`` names where the
+    request named it (``"model"``)."""
+
+    status_code = 404
+    error = "model_not_found"
+
+    def __init__(self, description: str, param: str | None = None) -> None:
+        super().__init__(description)
+        self.param = param
 
 
 class MissingCredentials(AuthenticationError):

@@ -31,7 +31,7 @@ import time
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypedDict, get_args
 
-from ._answers import Answers, ErrorResponse
+from ._answers import Answers, ErrorFormat, ErrorResponse
 from ._audit import audit_logger, write_event
 from ._authenticator import Authenticator
 from ._checks import require_bool, require_instance, require_int, require_items, shown
@@ -47,7 +47,14 @@ from ._exceptions import (
 from ._principal import ANONYMOUS, Principal
 from ._protection import FailureLimiter, client_address
 from ._request_auth import PrincipalMemo, RequestAuth
-from ._routes import PathClass, PathRules, RepoRule, RouteRules, method_access_map
+from ._routes import (
+    DEFAULT_MAX_BODY_BYTES,
+    PathClass,
+    PathRules,
+    RepoRule,
+    RouteRules,
+    method_access_map,
+)
 from ._rules import AccessPolicy
 
 __all__ = ["Guard", "GuardOptions", "RequestContext", "RequestFlow"]
@@ -66,9 +73,11 @@ class RequestContext:
 
     __slots__ = (
         "authorization",
+        "body",
         "client",
         "credentials",
         "forwarded_for",
+        "headers",
         "method",
         "path",
         "peer",
@@ -85,6 +94,7 @@ class RequestContext:
         query_tokens: Sequence[str] = (),
         peer: str | None = None,
         forwarded_for: str | None = None,
+        headers: Sequence[tuple[bytes, bytes]] | Mapping[str, Any] | None = None,
     ) -> None:
         self.started = _perf_counter()
         # Servers pass "get" through, and routers may still serve it.
@@ -101,6 +111,23 @@ class RequestContext:
         self.client: str | None = _UNRESOLVED
         self.credentials: Credentials | None = None
         self.principal: Principal | None = None
+        #: The request's headers as the server gave them (an ASGI header list, or
+        #: a WSGI environ), for a rule that reads one; the body, once a rule
+        #: that reads it made the adapter read it.
+        self.headers = headers
+        self.body: bytes | None = None
+
+    def header(self, name: str) -> str | None:
+        """The value of header ``name`` (repeated ones joined with ``", "``)."""
+        source = self.headers
+        if source is None:
+            return None
+        if isinstance(source, Mapping):  # a WSGI environ
+            value = source.get("HTTP_" + name.upper().replace("-", "_"))
+            return None if value is None else str(value)
+        wanted = name.lower().encode("latin-1")
+        values = [value.decode("latin-1") for key, value in source if key == wanted]
+        return ", ".join(values) if values else None
 
     def __repr__(self) -> str:
         return f"RequestContext({self.method} {self.path!r}, credentials={self.credentials!r})"
@@ -121,6 +148,8 @@ class GuardOptions(TypedDict, total=False):
     method_policy: bool | Mapping[str, str]
     policy: AccessPolicy | None
     limiter: FailureLimiter | Literal["default"] | None
+    error_format: ErrorFormat
+    max_body_bytes: int
 
 
 class Guard:
@@ -152,6 +181,10 @@ class Guard:
     public or gated and who created what.
     ``limiter``: the brute-force guard (:class:`~hfauth_mw.FailureLimiter`,
     on by default: 30 failures per minute per client); ``None`` turns it off.
+    ``error_format``: the body of refusals: ``"rfc6750"`` (default),
+    ``"openai"``, ``"hub"``, or a function (see :mod:`hfauth_mw._answers`).
+    ``max_body_bytes``: the most a rule that reads the repository from the
+    body reads of it (1 MiB; 413 past it).
 
     :meth:`credentials` and :meth:`authorize` are the hooks for checks of
     one's own: override them in a subclass (or set them on the instance), and
@@ -174,6 +207,8 @@ class Guard:
         method_policy: bool | Mapping[str, str] = True,
         policy: AccessPolicy | None = None,
         limiter: FailureLimiter | Literal["default"] | None = "default",
+        error_format: ErrorFormat = "rfc6750",
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         require_instance(
             "authenticator", authenticator, Authenticator, "an hfauth_mw.Authenticator"
@@ -196,7 +231,7 @@ class Guard:
         if isinstance(method_policy, bool):
             require_bool("method_policy", method_policy)
         self.authenticator = authenticator
-        self.answers = Answers(realm, require_bool("allow_basic", allow_basic))
+        self.answers = Answers(realm, require_bool("allow_basic", allow_basic), error_format)
         self.realm = realm
         self.paths = PathRules(
             require_items("public_paths", public_paths, "['/health', '/docs/*']"),
@@ -212,6 +247,7 @@ class Guard:
         self.max_header_bytes = max_header_bytes
         self.policy = policy if policy is not None else AccessPolicy()
         self.routes = RouteRules(rules, method_access_map(method_policy), self.policy)
+        self.max_body_bytes = require_int("max_body_bytes", max_body_bytes, 1024, 1 << 30)
         self.limiter = (
             FailureLimiter(timer=authenticator.cache.timer) if limiter == "default" else limiter
         )
@@ -298,6 +334,9 @@ class Guard:
     def _conclude(self, request: RequestContext, principal: Principal) -> RequestAuth:
         """Steps 5 to 7: authorize, audit, attach."""
         request.principal = principal
+        routes = self.routes
+        if routes.request_rules:  # a rule that reads the repository from the request
+            routes.authorize_request(request, principal)
         self.authorize(request.method, request.path, principal)
         if audit_logger.isEnabledFor(_INFO):
             self._audit(None, request)
@@ -327,6 +366,11 @@ class Guard:
         if (open_methods is None or method in open_methods) and path.isprintable():
             return
         routes.authorize(method, path, principal)
+
+    def reads_body(self, request: RequestContext) -> bool:
+        """Whether a rule needs this request's body (the adapter reads it first,
+        at most ``max_body_bytes``, and hands it to the app unchanged)."""
+        return self.routes.reads_body(request.method, request.path)
 
     def client(self, request: RequestContext) -> str | None:
         """The address the brute-force guard keys on, resolved once per request."""

@@ -6,7 +6,7 @@ immutable, so every request with that token can share it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -52,6 +52,13 @@ class RequestAuth:
         if not decision:
             raise denial(self.principal, decision)
         return decision
+
+    def readable(self, repos: Iterable[Repo | str]) -> list[Repo]:
+        """The repositories of ``repos`` the caller may read, in order: what
+        ``GET /v1/models`` lists. A policy callback that fails raises
+        :class:`~hfauth_mw.SourceUnavailable` (503), never lists more."""
+        wanted = [as_repo(repo) for repo in repos]
+        return [repo for repo in wanted if self.policy.can_read(self.principal, repo)]
 
     def require_permission(self, permission: str, entity: Entity | Repo | None = None) -> Decision:
         decision = self.has_permission(permission, entity)

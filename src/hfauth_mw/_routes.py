@@ -14,14 +14,22 @@ Built once from the options and read on every request:
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ._answers import denial
-from ._exceptions import AuthenticationError, ConfigurationError, InvalidRequest, SourceUnavailable
+from ._exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidBody,
+    InvalidRequest,
+    SourceUnavailable,
+    UnknownModel,
+)
 from ._principal import Principal
 from ._request_auth import RequestAuth
 from ._rules import (
@@ -34,16 +42,25 @@ from ._rules import (
     Repo,
 )
 
+if TYPE_CHECKING:
+    from ._pipeline import RequestContext
+
 __all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_METHOD_ACCESS",
     "SAFE_METHODS",
     "PathClass",
     "PathRules",
+    "RepoFrom",
     "RepoRequirement",
     "RepoRule",
     "RouteRules",
+    "from_body",
+    "from_header",
+    "openai_rules",
     "require_read",
     "require_write",
+    "tgi_rules",
 ]
 
 logger = logging.getLogger("hfauth_mw")
@@ -63,6 +80,8 @@ DEFAULT_METHOD_ACCESS: Mapping[str, Access] = {
 }
 
 PathClass = Literal["public", "optional", "protected"]
+#: The most a rule that reads the repository from the body reads of it.
+DEFAULT_MAX_BODY_BYTES = 1 << 20
 
 _REPO_TYPES = frozenset(REPO_TYPES)
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -152,6 +171,107 @@ class PathRules:
 
 
 @dataclass(frozen=True, slots=True)
+class RepoFrom:
+    """Where a rule finds the repository, when not in its path: a field of the
+    JSON body (:func:`from_body`), a header (:func:`from_header`), or one fixed
+    repository (a repo id given to :func:`require_read`).
+
+    ``served`` lists what this server serves: repo ids, or a mapping of the
+    names clients send to repo ids (``{"llama": "meta-llama/Llama-3.1-8B"}``).
+    A name it does not list is answered 404 ``model_not_found``, as the OpenAI
+    API answers. Without it, the name must itself be a repo id.
+    """
+
+    kind: Literal["body", "header", "fixed"]
+    name: str
+    served: Mapping[str, str] | None = None
+
+    def repo(self, request: RequestContext, repo_type: str) -> Repo:
+        """The repository this request names; raises InvalidBody (400) or
+        UnknownModel (404)."""
+        if self.kind == "fixed":
+            value: object = self.name
+        elif self.kind == "header":
+            value = request.header(self.name)
+            if value is None:
+                raise InvalidBody(f"The request has no {self.name} header naming the model")
+        else:
+            value = _body_field(request.body, self.name)
+        if not isinstance(value, str) or not value:
+            raise InvalidBody(f"The {self.name!r} field must be a non-empty string")
+        if self.served is not None:
+            repo_id = self.served.get(value)
+            if repo_id is None:
+                raise UnknownModel(
+                    f"The model {_shown_name(value)} does not exist or is not served here",
+                    param=self.name if self.kind == "body" else None,
+                )
+        else:
+            repo_id = value
+        try:
+            return Repo.parse(f"{repo_type}:{repo_id}")
+        except ValueError:
+            raise InvalidBody(
+                f"The {self.name!r} field must name a repository as owner/name"
+            ) from None
+
+
+def _shown_name(value: str) -> str:
+    """A client's model name for a message: printable, short, quoted."""
+    text = "".join(char if char.isprintable() else "?" for char in value[:96])
+    return repr(text + ("..." if len(value) > 96 else ""))
+
+
+def _body_field(body: bytes | None, name: str) -> object:
+    if body is None:  # pragma: no cover - the adapters read the body first
+        raise InvalidBody("The request body was not read")
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidBody("The request body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise InvalidBody("The request body must be a JSON object")
+    if name not in document:
+        raise InvalidBody(f"The request body has no {name!r} field")
+    return document[name]
+
+
+def _served(served: Mapping[str, str] | Iterable[str] | None) -> Mapping[str, str] | None:
+    if served is None:
+        return None
+    if isinstance(served, str):
+        raise ConfigurationError("served must be a list of repo ids or a mapping, not one string")
+    mapping = dict(served) if isinstance(served, Mapping) else {repo: repo for repo in served}
+    for name, repo_id in mapping.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"served name {name!r} must be non-empty text")
+        try:
+            Repo.parse(f"model:{repo_id}")
+        except (ValueError, TypeError):
+            raise ConfigurationError(
+                f"served[{name!r}] = {repo_id!r} is not a repo id (owner/name)"
+            ) from None
+    return mapping
+
+
+def from_body(
+    field: str = "model", *, served: Mapping[str, str] | Iterable[str] | None = None
+) -> RepoFrom:
+    """The repository is the JSON body's ``field`` (``"model"``, as in the
+    OpenAI-compatible and TGI-style APIs), through ``served`` if given."""
+    if not isinstance(field, str) or not field:
+        raise ConfigurationError("from_body needs the name of a JSON field, e.g. 'model'")
+    return RepoFrom("body", field, _served(served))
+
+
+def from_header(name: str, *, served: Mapping[str, str] | Iterable[str] | None = None) -> RepoFrom:
+    """The repository is the value of the header ``name``, through ``served`` if given."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9-]+", name):
+        raise ConfigurationError(f"from_header needs a header name, not {name!r}")
+    return RepoFrom("header", name.lower(), _served(served))
+
+
+@dataclass(frozen=True, slots=True)
 class RepoRule:
     """Requests matching ``method`` and ``path`` need ``access`` on a repository
     built from the path's ``{owner}`` and ``{name}`` (and optional ``{type}``:
@@ -164,14 +284,24 @@ class RepoRule:
     template: str
     access: Access
     repo_type: str = "model"
+    #: Where the repository comes from when not from the path (``None``: the path).
+    source: RepoFrom | None = None
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = _PLACEHOLDER.findall(self.template)
-        if not self.template.startswith("/") or not {"owner", "name"} <= set(names):
+        if not self.template.startswith("/"):
+            raise ConfigurationError(f"rule path {self.template!r} must start with '/'")
+        if self.source is None and not {"owner", "name"} <= set(names):
             raise ConfigurationError(
-                f"rule path {self.template!r} must start with '/' "
-                "and contain {owner} and {name}"
+                f"rule path {self.template!r} must contain {{owner}} and {{name}}, or the "
+                "rule must say where the repository comes from (repo=from_body('model'), "
+                "from_header(...), or a repo id)"
+            )
+        if self.source is not None and names:
+            raise ConfigurationError(
+                f"rule path {self.template!r}: a rule that takes the repository from "
+                f"the {self.source.kind} has no placeholders in its path"
             )
         if len(names) != len(set(names)) or not set(names) <= {"owner", "name", "type"}:
             raise ConfigurationError(
@@ -209,22 +339,65 @@ class RepoRule:
             return None
 
 
-def _rule(spec: str, access: Access, repo_type: str) -> RepoRule:
+def _rule(spec: str, access: Access, repo_type: str, repo: RepoFrom | str | None) -> RepoRule:
     method, _, path = spec.strip().partition(" ")
     if not path:
         raise ConfigurationError(f"rule {spec!r} must look like 'POST /models/{{owner}}/{{name}}'")
     methods = frozenset(m.strip().upper() for m in method.split(","))
-    return RepoRule(methods, path.strip(), access, repo_type)
+    if isinstance(repo, str):
+        try:
+            Repo.parse(f"{repo_type}:{repo}")
+        except ValueError:
+            raise ConfigurationError(f"repo {repo!r} is not a repo id (owner/name)") from None
+        repo = RepoFrom("fixed", repo)
+    elif repo is not None and not isinstance(repo, RepoFrom):
+        raise ConfigurationError(
+            "repo must be from_body(...), from_header(...) or a repo id such as 'acme/m'"
+        )
+    return RepoRule(methods, path.strip(), access, repo_type, repo)
 
 
-def require_read(spec: str, *, repo_type: str = "model") -> RepoRule:
-    """``require_read("POST /v1/models/{owner}/{name}/infer")``: read access on that repo."""
-    return _rule(spec, "read", repo_type)
+def require_read(
+    spec: str, *, repo_type: str = "model", repo: RepoFrom | str | None = None
+) -> RepoRule:
+    """Read access on a repository: named by the path
+    (``require_read("POST /v1/models/{owner}/{name}/infer")``), by the body
+    (``require_read("POST /v1/chat/completions", repo=from_body("model"))``),
+    by a header, or fixed (``repo="acme/m"``, a server of one model)."""
+    return _rule(spec, "read", repo_type, repo)
 
 
-def require_write(spec: str, *, repo_type: str = "model") -> RepoRule:
-    """``require_write("PUT /v1/models/{owner}/{name}")``: write access on that repo."""
-    return _rule(spec, "write", repo_type)
+def require_write(
+    spec: str, *, repo_type: str = "model", repo: RepoFrom | str | None = None
+) -> RepoRule:
+    """``require_write("PUT /v1/models/{owner}/{name}")``: write access on that repo
+    (``repo`` as for :func:`require_read`)."""
+    return _rule(spec, "write", repo_type, repo)
+
+
+def openai_rules(
+    served: Mapping[str, str] | Iterable[str] | None = None, *, prefix: str = "/v1"
+) -> list[RepoRule]:
+    """The OpenAI-compatible API's inference routes, each a read of the model its
+    JSON body names: chat completions, completions and embeddings. ``GET
+    /v1/models`` needs any valid token (list only what the caller may read:
+    :meth:`RequestAuth.readable <hfauth_mw.RequestAuth.readable>`). Use with
+    ``error_format="openai"``."""
+    source = from_body("model", served=served)
+    return [
+        require_read(f"POST {prefix}{route}", repo=source)
+        for route in ("/chat/completions", "/completions", "/embeddings")
+    ]
+
+
+def tgi_rules(model: str) -> list[RepoRule]:
+    """A TGI-style server of one model: ``POST /generate``, ``/generate_stream``
+    and ``/`` (what huggingface_hub's ``InferenceClient`` calls) read ``model``.
+    Use with ``error_format="hub"``."""
+    return [
+        require_read(f"POST {route}", repo=model)
+        for route in ("/generate", "/generate_stream", "/")
+    ]
 
 
 def method_access_map(method_policy: bool | Mapping[str, str]) -> dict[str, Access] | None:
@@ -255,7 +428,7 @@ def method_access_map(method_policy: bool | Mapping[str, str]) -> dict[str, Acce
 class RouteRules:
     """The repository rules, then the method map, for one request."""
 
-    __slots__ = ("method_access", "open_methods", "policy", "rules")
+    __slots__ = ("method_access", "open_methods", "path_rules", "policy", "request_rules", "rules")
 
     def __init__(
         self,
@@ -264,18 +437,47 @@ class RouteRules:
         policy: AccessPolicy,
     ) -> None:
         self.rules = tuple(rules)
+        #: Rules whose path names the repository (:meth:`authorize`) and rules that
+        #: find it in the request itself, body or header (:meth:`request_rule`).
+        self.path_rules = tuple(rule for rule in self.rules if rule.source is None)
+        self.request_rules = tuple(rule for rule in self.rules if rule.source is not None)
         self.method_access = method_access
         self.policy = policy
         #: Methods for which, on a printable path, any valid token is enough (no
-        #: rule can match, and the method map asks only for a read): ``None``
-        #: for every method (no rules, no method map).
+        #: path rule can match, and the method map asks only for a read): ``None``
+        #: for every method (no path rules, no method map).
         self.open_methods: frozenset[str] | None = frozenset()
-        if not self.rules:
+        if not self.path_rules:
             self.open_methods = (
                 None
                 if method_access is None
                 else frozenset(m for m, access in method_access.items() if access == "read")
             )
+
+    def request_rule(self, method: str, path: str) -> RepoRule | None:
+        """The first rule that finds its repository in the request (body, header,
+        fixed) and matches ``method`` and ``path``, if any."""
+        if "//" in path:
+            path = _SLASH_RUNS.sub("/", path)
+        for rule in self.request_rules:
+            if rule.accepts(method) and rule.pattern.fullmatch(path):
+                return rule
+        return None
+
+    def reads_body(self, method: str, path: str) -> bool:
+        """Whether a rule must read this request's body to find the repository
+        (the adapter then reads it, capped, and hands it to the app unchanged)."""
+        if not self.request_rules:
+            return False
+        rule = self.request_rule(method, path)
+        return rule is not None and rule.source is not None and rule.source.kind == "body"
+
+    def authorize_request(self, request: RequestContext, principal: Principal) -> None:
+        """The rule that finds the repository in the request, if one matches:
+        raises the 400/401/403/404/503 to answer."""
+        rule = self.request_rule(request.method, request.path)
+        if rule is not None and rule.source is not None:
+            self.require_repo(principal, rule.source.repo(request, rule.repo_type), rule.access)
 
     def allows_any_token(self, method: str) -> bool:
         """Whether, with no rule, ``method`` needs nothing more than a valid token."""
@@ -300,7 +502,7 @@ class RouteRules:
         """
         if not path.isprintable() and _CONTROL_CHARS.search(path):
             raise InvalidRequest("The request path holds control characters")
-        if not self.rules:
+        if not self.path_rules:
             method_access = self.method_access
             if method_access is not None and method_access.get(method) != "read":
                 self._by_method(method, principal)
@@ -308,18 +510,18 @@ class RouteRules:
         if "//" in path:
             path = _SLASH_RUNS.sub("/", path)
         guarded: tuple[RepoRule, re.Match[str]] | None = None
-        for rule in self.rules:
+        for rule in self.path_rules:
             match = rule.pattern.fullmatch(path)
             if match is None:
                 continue
             if rule.accepts(method):
-                self._require_repo(principal, rule.repo_from(match), rule.access)
+                self.require_repo(principal, rule.repo_from(match), rule.access)
                 return
             if guarded is None:
                 guarded = rule, match
         if guarded is not None:
             access: Access = "read" if method in SAFE_METHODS else "write"
-            self._require_repo(principal, guarded[0].repo_from(guarded[1]), access)
+            self.require_repo(principal, guarded[0].repo_from(guarded[1]), access)
             return
         self._by_method(method, principal)
 
@@ -336,7 +538,7 @@ class RouteRules:
             ),
         )
 
-    def _require_repo(self, principal: Principal, repo: Repo | None, access: Access) -> None:
+    def require_repo(self, principal: Principal, repo: Repo | None, access: Access) -> None:
         needed = READ_PERMISSION if access == "read" else WRITE_PERMISSION
         if repo is None:
             reason = f"{access} denied: the path does not name a valid repository"

@@ -45,6 +45,7 @@ from ._adapters import (
     needs_private_marks,
     private_start_response,
     read_environ,
+    read_wsgi_body,
     settle,
     with_private_headers,
 )
@@ -149,7 +150,10 @@ class HFAuthWSGIMiddleware:
         environ.pop(_ENVIRON_UNMARKED, None)
         guard = self.guard
         try:
-            auth = settle(guard, read_environ(environ, guard.query_param))
+            request = read_environ(environ, guard.query_param)
+            if guard.routes.request_rules and guard.reads_body(request):
+                request.body = read_wsgi_body(environ, guard.max_body_bytes)
+            auth = settle(guard, request)
         except AuthenticationError as error:
             return refuse(guard, error, environ, start_response)
         if auth is None:  # a public path
