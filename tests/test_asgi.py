@@ -180,6 +180,9 @@ def make_app(hub_emulator, clock):
         app = Starlette(routes=ROUTES)
         options.setdefault("public_paths", ["/health", "/docs/*"])
         options.setdefault("rules", RULES)
+        # These tests are about the local rules and their policy callbacks; the
+        # hub's auth-check has its own (tests/test_authority.py).
+        options.setdefault("authority", "local")
         options.setdefault(
             "policy", AccessPolicy(visibility=lambda repo: PUBLIC.get(repo, Visibility.PRIVATE))
         )

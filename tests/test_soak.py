@@ -78,8 +78,12 @@ app = build_app(HubWhoamiSource(hub_url), repos=DEMO_MODELS)
 # * limiter=None: the soak sends thousands of bad credentials from 127.0.0.1
 #   on purpose, and the brute-force guard (30 failures a minute) would answer
 #   429 to everything after the first half-second. It has its own tests.
+# * authority="local": the soak predicts the whoami-v2 calls exactly, and the
+#   demo's repositories are its own; the hub's auth-check has its own tests.
 (declared,) = [m for m in app.user_middleware if m.cls is HFAuthMiddleware]
-declared.kwargs.update(cache=TokenCache(ttl=ttl, negative_ttl=ttl), limiter=None)
+declared.kwargs.update(
+    cache=TokenCache(ttl=ttl, negative_ttl=ttl), limiter=None, authority="local"
+)
 
 
 class Everything(logging.Formatter):

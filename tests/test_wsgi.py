@@ -84,7 +84,13 @@ OPTIONS = {"public_paths": ["/health", "/docs/*"], "rules": RULES}
 @pytest.fixture
 def make_middleware(authenticator):
     def make(app=wsgi_app, **options) -> HFAuthWSGIMiddleware:
-        merged = {**OPTIONS, "policy": AccessPolicy(visibility=visibility), **options}
+        # The local rules and their policy callbacks (the hub's auth-check: test_authority.py).
+        merged = {
+            **OPTIONS,
+            "policy": AccessPolicy(visibility=visibility),
+            "authority": "local",
+            **options,
+        }
         if "source" not in merged and "hub_url" not in merged:
             merged.setdefault("authenticator", authenticator)
         return HFAuthWSGIMiddleware(app, **merged)
@@ -334,6 +340,7 @@ def test_same_answers_as_asgi(
         HFAuthMiddleware,
         authenticator=authenticator,
         policy=AccessPolicy(visibility=visibility),
+        authority="local",
         **OPTIONS,
     )
     names = ("www-authenticate", "retry-after", "cache-control", "content-type")

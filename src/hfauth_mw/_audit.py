@@ -43,6 +43,7 @@ def write_event(
     principal: Principal | None,
     source: str,
     started: float,
+    decided_by: str | None = None,
 ) -> None:
     """Write the audit event of one decision (``error`` is ``None`` when allowed)."""
     if error is None:
@@ -80,5 +81,6 @@ def write_event(
             "hfauth_source": source,
             "hfauth_reason": reason,
             "hfauth_latency_ms": latency_ms,
+            "hfauth_decided_by": decided_by,
         },
     )

@@ -20,11 +20,13 @@ from typing import Any, TypeVar
 
 import httpx
 
+from ._authority import DecisionCache, HubAuthority
 from ._cache import Leader, TokenCache
 from ._checks import require_instance, require_int, shown
 from ._credentials import Credentials
 from ._drivers import AsyncDriver, Cleanup, SyncDriver, Work
 from ._exceptions import ConfigurationError, InvalidToken, SourceUnavailable
+from ._hub_access import HubAccessCheck
 from ._metrics import Metrics
 from ._outcome import EXPIRED, Flow, IntrospectionSource, Invalid, Outcome, Valid, WaitFor
 from ._principal import Principal, fingerprint_of, token_digest
@@ -148,6 +150,8 @@ class Authenticator:
             self._lock_ttl + shared.max_poll_interval if shared else 0.0
         )
         self._cleanup = Cleanup()
+        self._decisions: DecisionCache | None = None
+        self._hub_authority: HubAuthority | None = None
         driver_config: dict[str, Any] = {
             "max_answer_bytes": max_answer_bytes,
             "request_timeout": source.wait_timeout,
@@ -525,19 +529,43 @@ class Authenticator:
     # --- cache control ---------------------------------------------------------------
 
     def invalidate(self, token: str) -> None:
-        """Forget the cached answer for ``token`` in this process only.
+        """Forget the cached answer for ``token``, and the hub's repository
+        decisions for it, in this process only.
 
         With a shared cache, use :meth:`revoke` to reach every process.
         """
-        self.cache.invalidate(self.cache_key(token_digest(token)))
+        self.forget_digest(token_digest(token))
+
+    def forget_digest(self, digest: bytes) -> None:
+        """:meth:`invalidate` by the token's SHA-256 digest."""
+        self.cache.invalidate(self.cache_key(digest))
+        if self._hub_authority is not None:
+            self._hub_authority.forget(digest)
 
     def clear(self) -> None:
         self.cache.clear()
+        if self._decisions is not None:
+            self._decisions.clear()
+
+    def hub_authority(self, check: HubAccessCheck) -> HubAuthority:
+        """The hub's repository decisions for this authenticator's tokens: one
+        cache of them per authenticator, dropped with the token (invalidate,
+        revoke, a 401 from the hub), behind the same breaker as the source."""
+        if self._hub_authority is None or self._hub_authority.check.hub_url != check.hub_url:
+            self._decisions = DecisionCache(timer=self.cache.timer, clock=self.cache.clock)
+            self._hub_authority = HubAuthority(
+                check,
+                breaker=self.breaker,
+                cache=self._decisions,
+                namespace=self._namespace,
+                forget_token=lambda digest: self.cache.invalidate(self.cache_key(digest)),
+            )
+        return self._hub_authority
 
     def revoke_flow(self, token: str) -> Generator[Work, Any, int]:
         """The flow behind :meth:`revoke` and :meth:`arevoke`."""
         digest = token_digest(token)
-        self.cache.invalidate(self.cache_key(digest))
+        self.forget_digest(digest)
         if self.shared is None:
             return 0
         op = self.shared.revoke_op(fingerprint_of(digest))

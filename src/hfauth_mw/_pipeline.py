@@ -31,9 +31,10 @@ import time
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypedDict, get_args
 
-from ._answers import Answers, ErrorFormat, ErrorResponse
+from ._answers import Answers, ErrorFormat, ErrorResponse, denial
 from ._audit import audit_logger, write_event
 from ._authenticator import Authenticator
+from ._authority import Authority, HubAuthority
 from ._checks import require_bool, require_instance, require_int, require_items, shown
 from ._credentials import DEFAULT_MAX_HEADER_BYTES, Credentials, Scheme, parse_credentials
 from ._drivers import Work
@@ -44,6 +45,7 @@ from ._exceptions import (
     InvalidToken,
     MissingCredentials,
 )
+from ._hub_access import HubAccessCheck
 from ._principal import ANONYMOUS, Principal
 from ._protection import FailureLimiter, client_address
 from ._request_auth import PrincipalMemo, RequestAuth
@@ -55,7 +57,8 @@ from ._routes import (
     RouteRules,
     method_access_map,
 )
-from ._rules import AccessPolicy
+from ._rules import READ_PERMISSION, WRITE_PERMISSION, Access, AccessPolicy, Decision, Repo
+from ._sources import HubWhoamiSource
 
 __all__ = ["Guard", "GuardOptions", "RequestContext", "RequestFlow"]
 
@@ -76,6 +79,7 @@ class RequestContext:
         "body",
         "client",
         "credentials",
+        "decided_by",
         "forwarded_for",
         "headers",
         "method",
@@ -116,6 +120,8 @@ class RequestContext:
         #: that reads it made the adapter read it.
         self.headers = headers
         self.body: bytes | None = None
+        #: Who decided on the repository the request names: "hub" or "local".
+        self.decided_by: str | None = None
 
     def header(self, name: str) -> str | None:
         """The value of header ``name`` (repeated ones joined with ``", "``)."""
@@ -150,6 +156,7 @@ class GuardOptions(TypedDict, total=False):
     limiter: FailureLimiter | Literal["default"] | None
     error_format: ErrorFormat
     max_body_bytes: int
+    authority: Authority | None
 
 
 class Guard:
@@ -185,6 +192,11 @@ class Guard:
     ``"openai"``, ``"hub"``, or a function (see :mod:`hfauth_mw._answers`).
     ``max_body_bytes``: the most a rule that reads the repository from the
     body reads of it (1 MiB; 413 past it).
+    ``authority``: who decides the rules' repository access: ``"hub"`` (the
+    default when the token source is a :class:`~hfauth_mw.HubWhoamiSource`:
+    the hub's own auth-check, which alone knows gate grants, org policies and
+    resource groups) or ``"local"`` (the local rules and ``policy``: the
+    default for every other source).
 
     :meth:`credentials` and :meth:`authorize` are the hooks for checks of
     one's own: override them in a subclass (or set them on the instance), and
@@ -209,6 +221,7 @@ class Guard:
         limiter: FailureLimiter | Literal["default"] | None = "default",
         error_format: ErrorFormat = "rfc6750",
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        authority: Authority | None = None,
     ) -> None:
         require_instance(
             "authenticator", authenticator, Authenticator, "an hfauth_mw.Authenticator"
@@ -246,7 +259,10 @@ class Guard:
         self.query_param = query_param
         self.max_header_bytes = max_header_bytes
         self.policy = policy if policy is not None else AccessPolicy()
-        self.routes = RouteRules(rules, method_access_map(method_policy), self.policy)
+        self.hub = _hub_authority(authenticator, authority)
+        self.routes = RouteRules(
+            rules, method_access_map(method_policy), self.policy, decide_repos=self.hub is None
+        )
         self.max_body_bytes = require_int("max_body_bytes", max_body_bytes, 1024, 1 << 30)
         self.limiter = (
             FailureLimiter(timer=authenticator.cache.timer) if limiter == "default" else limiter
@@ -316,28 +332,73 @@ class Guard:
             # 4. resolve: a fresh answer in the in-process cache, or a flow that asks
             principal = self.authenticator.fresh(credentials.digest)
             if principal is None:
-                return self._resolve(request, credentials)
-            return self._conclude(request, principal)
+                flow = self._resolve(request, credentials)
+            else:
+                concluded = self._conclude(request, principal)
+                if isinstance(concluded, RequestAuth):
+                    return concluded
+                flow = concluded  # the hub must decide on a repository
+        except AuthenticationError as error:
+            self._refused(request, error)
+            raise
+        return self._refusing(request, flow)
+
+    def _refusing(self, request: RequestContext, flow: RequestFlow) -> RequestFlow:
+        """``flow``, with the refusal it raises counted and audited once."""
+        try:
+            return (yield from flow)
         except AuthenticationError as error:
             self._refused(request, error)
             raise
 
     def _resolve(self, request: RequestContext, credentials: Credentials) -> RequestFlow:
-        """Steps 4 (the cache missed: the authenticator's flow) to 7, as a flow."""
-        try:
-            principal = yield from self.authenticator.flow(credentials)
-            return self._conclude(request, principal)
-        except AuthenticationError as error:
-            self._refused(request, error)
-            raise
+        """Step 4 for a token the cache has no fresh answer for (the
+        authenticator's flow), then steps 5 to 7."""
+        principal = yield from self.authenticator.flow(credentials)
+        concluded = self._conclude(request, principal)
+        if not isinstance(concluded, RequestAuth):
+            concluded = yield from concluded
+        return concluded
 
-    def _conclude(self, request: RequestContext, principal: Principal) -> RequestAuth:
-        """Steps 5 to 7: authorize, audit, attach."""
+    def _ask_hub(
+        self, request: RequestContext, principal: Principal, repo: Repo, access: Access
+    ) -> RequestFlow:
+        """Step 5 when the hub must decide on a repository: its auth-check, then
+        steps 5 to 7 with that decision."""
+        assert self.hub is not None
+        decision = yield from self.hub.flow(request.credentials, principal, repo, access)
+        concluded = self._conclude(request, principal, decision)
+        assert isinstance(concluded, RequestAuth)  # decided: nothing more to ask
+        return concluded
+
+    def _conclude(
+        self, request: RequestContext, principal: Principal, decided: Decision | None = None
+    ) -> RequestAuth | RequestFlow:
+        """Steps 5 to 7: authorize, audit, attach; a flow when the hub must first
+        decide on a repository (``decided``: what it said)."""
         request.principal = principal
         routes = self.routes
-        if routes.request_rules:  # a rule that reads the repository from the request
+        hub = self.hub
+        if routes.request_rules and hub is None:  # a rule reading the repository from the request
             routes.authorize_request(request, principal)
         self.authorize(request.method, request.path, principal)
+        if hub is not None and routes.rules:
+            needed = routes.requirement(request)
+            if needed is not None:
+                repo, access = needed
+                if repo is None:
+                    reason = f"{access} denied: the path does not name a valid repository"
+                    raise denial(principal, Decision(False, reason, _NEEDED[access]))
+                decision = (
+                    decided
+                    if decided is not None
+                    else hub.cached(request.credentials, principal, repo, access)
+                )
+                if decision is None:
+                    return self._ask_hub(request, principal, repo, access)
+                request.decided_by = decision.decided_by
+                if not decision:
+                    raise denial(principal, decision)
         if audit_logger.isEnabledFor(_INFO):
             self._audit(None, request)
         credentials = request.credentials
@@ -400,6 +461,7 @@ class Guard:
             principal=request.principal,
             source=self.authenticator.source.name,
             started=request.started,
+            decided_by=request.decided_by,
         )
 
     # --- the same, for callers that pass the request's parts ------------------------
@@ -444,6 +506,29 @@ class Guard:
     def error_response(self, error: AuthenticationError) -> ErrorResponse:
         """The RFC 6750 answer to ``error``."""
         return self.answers.render(error)
+
+
+_NEEDED: dict[str, str] = {"read": READ_PERMISSION, "write": WRITE_PERMISSION}
+
+
+def _hub_authority(
+    authenticator: Authenticator, authority: Authority | None
+) -> HubAuthority | None:
+    """The hub that decides the rules' repository access, or ``None`` (local rules)."""
+    source = authenticator.source
+    if authority is None:
+        authority = "hub" if isinstance(source, HubWhoamiSource) else "local"
+    if authority == "local":
+        return None
+    if authority != "hub":
+        raise ConfigurationError(f"authority must be 'hub' or 'local', not {shown(authority)}")
+    if not isinstance(source, HubWhoamiSource):
+        raise ConfigurationError(
+            "authority='hub' needs a hub as the token source (hub_url= or a "
+            f"HubWhoamiSource); {type(source).__name__} has no auth-check: use "
+            "authority='local'"
+        )
+    return authenticator.hub_authority(HubAccessCheck.for_source(source))
 
 
 def _is_limiter(limiter: object) -> bool:

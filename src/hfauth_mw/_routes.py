@@ -428,15 +428,28 @@ def method_access_map(method_policy: bool | Mapping[str, str]) -> dict[str, Acce
 class RouteRules:
     """The repository rules, then the method map, for one request."""
 
-    __slots__ = ("method_access", "open_methods", "path_rules", "policy", "request_rules", "rules")
+    __slots__ = (
+        "decide_repos",
+        "method_access",
+        "open_methods",
+        "path_rules",
+        "policy",
+        "request_rules",
+        "rules",
+    )
 
     def __init__(
         self,
         rules: Sequence[RepoRule],
         method_access: Mapping[str, Access] | None,
         policy: AccessPolicy,
+        *,
+        decide_repos: bool = True,
     ) -> None:
         self.rules = tuple(rules)
+        #: Whether the rules decide repository access here, with the local rules
+        #: (else a hub does: :mod:`hfauth_mw._authority`, asked by the pipeline).
+        self.decide_repos = decide_repos
         #: Rules whose path names the repository (:meth:`authorize`) and rules that
         #: find it in the request itself, body or header (:meth:`request_rule`).
         self.path_rules = tuple(rule for rule in self.rules if rule.source is None)
@@ -507,6 +520,16 @@ class RouteRules:
             if method_access is not None and method_access.get(method) != "read":
                 self._by_method(method, principal)
             return
+        needed = self.path_requirement(method, path)
+        if needed is None:
+            self._by_method(method, principal)
+        elif self.decide_repos:
+            self.require_repo(principal, *needed)
+
+    def path_requirement(self, method: str, path: str) -> tuple[Repo | None, Access] | None:
+        """What the first path rule that matches needs: the repository its path
+        names (``None`` if it names no valid one) and the access; ``None`` when
+        no path rule guards the path."""
         if "//" in path:
             path = _SLASH_RUNS.sub("/", path)
         guarded: tuple[RepoRule, re.Match[str]] | None = None
@@ -515,15 +538,25 @@ class RouteRules:
             if match is None:
                 continue
             if rule.accepts(method):
-                self.require_repo(principal, rule.repo_from(match), rule.access)
-                return
+                return rule.repo_from(match), rule.access
             if guarded is None:
                 guarded = rule, match
         if guarded is not None:
             access: Access = "read" if method in SAFE_METHODS else "write"
-            self.require_repo(principal, guarded[0].repo_from(guarded[1]), access)
-            return
-        self._by_method(method, principal)
+            return guarded[0].repo_from(guarded[1]), access
+        return None
+
+    def requirement(self, request: RequestContext) -> tuple[Repo | None, Access] | None:
+        """What the request needs of a repository, by the first rule that finds
+        one in the request itself, else by the path rules; ``None`` if no rule
+        guards it. Raises InvalidBody (400) or UnknownModel (404) for a body or
+        header that names no repository this server serves."""
+        rule = self.request_rule(request.method, request.path) if self.request_rules else None
+        if rule is not None and rule.source is not None:
+            return rule.source.repo(request, rule.repo_type), rule.access
+        if not self.path_rules:
+            return None
+        return self.path_requirement(request.method, request.path)
 
     def _by_method(self, method: str, principal: Principal) -> None:
         if self.allows_any_token(method) or _can_write_somewhere(principal):

@@ -1,0 +1,333 @@
+"""The hub as the authority for repository decisions (issue 17): the middleware
+answers what the hub's own auth-check answers, caches it, and fails closed.
+
+Every test runs against the real hub emulator on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from werkzeug.test import Client
+
+from hfauth_mw import (
+    Authenticator,
+    ConfigurationError,
+    FineGrainedEntry,
+    HFAuthMiddleware,
+    HFAuthWSGIMiddleware,
+    HubWhoamiSource,
+    LocalStoreSource,
+    OrgGrant,
+    from_body,
+    require_read,
+    require_write,
+)
+from hfauth_mw.testing import HubEmulator
+
+pytestmark = pytest.mark.anyio
+
+RULES = [
+    require_read("POST /v1/models/{owner}/{name}/infer"),
+    require_write("PUT /v1/models/{owner}/{name}"),
+    require_read("POST /v1/chat/completions", repo=from_body("model")),
+]
+
+
+async def ok(request):
+    return PlainTextResponse("ok")
+
+
+def starlette_app(**options) -> Starlette:
+    app = Starlette(
+        routes=[
+            Route("/v1/models/{owner}/{name}/infer", ok, methods=["POST"]),
+            Route("/v1/models/{owner}/{name}", ok, methods=["PUT"]),
+            Route("/v1/chat/completions", ok, methods=["POST"]),
+        ]
+    )
+    app.add_middleware(HFAuthMiddleware, **options)
+    return app
+
+
+def wsgi_ok(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+@pytest.fixture
+def hub(hub_store):
+    """An emulator that knows the repositories of the table below."""
+    with HubEmulator(hub_store, unknown_repos="missing") as emulator:
+        emulator.add_repo("model:acme/private", "private")
+        emulator.add_repo("model:acme/grouped", "private")
+        emulator.add_repo("model:acme/public", "public")
+        emulator.add_repo("model:meta/gated", "gated")
+        emulator.add_repo("model:bob/own", "private")
+        emulator.add_repo("model:acme/old-name", "private")
+        emulator.rename_repo("model:acme/old-name", "model:acme/new-name")
+        emulator.add_resource_group("acme", "rg1", name="research", repos=["model:acme/grouped"])
+        emulator.grant_gate("model:meta/gated", "gina")
+        yield emulator
+
+
+@pytest.fixture
+def callers(hub_store):
+    sentiment = FineGrainedEntry("model", "acme/private", ("repo.content.read",))
+    return {
+        "reader": hub_store.create_token(user="bob", orgs=[OrgGrant("acme", "read")]).token,
+        "writer": hub_store.create_token(
+            user="alice", role="write", orgs=[OrgGrant("acme", "write")]
+        ).token,
+        "outsider": hub_store.create_token(user="zoe").token,
+        "gated-passed": hub_store.create_token(user="gina").token,
+        "fine-repo": hub_store.create_token(
+            user="carol",
+            role="fineGrained",
+            orgs=[OrgGrant("acme", "write")],
+            fine_grained=[sentiment],
+        ).token,
+    }
+
+
+async def answer(app_kind, hub, callers, who, method, path, body=None, **options):
+    token = callers.get(who)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    options.setdefault("rules", RULES)
+    authenticator = Authenticator(HubWhoamiSource(hub.url))
+    if app_kind == "wsgi":
+        wsgi = HFAuthWSGIMiddleware(wsgi_ok, authenticator=authenticator, **options)
+        response = Client(wsgi).open(path, method=method, headers=headers, json=body)
+        return response.status_code, response.headers, response.get_data(as_text=True)
+    app = starlette_app(authenticator=authenticator, **options)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        response = await c.request(method, path, headers=headers, json=body)
+    return response.status_code, response.headers, response.text
+
+
+def hub_says(hub, token, repo, access):
+    """The emulator's own auth-check status for ``token`` on ``repo``."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    suffix = "/write" if access == "write" else ""
+    owner, name = repo.split("/")
+    url = f"{hub.url}/api/models/{owner}/{name}/auth-check{suffix}"
+    response = httpx.get(url, headers=headers, follow_redirects=False)
+    if response.status_code == 307:  # renamed: the middleware re-checks the new id
+        response = httpx.get(httpx.URL(url).join(response.headers["location"]), headers=headers)
+    return response.status_code
+
+
+EXPECTED = {200: 200, 401: 401, 403: 403, 404: 403}
+KINDS = [pytest.param("asgi", id="asgi"), pytest.param("wsgi", id="wsgi")]
+CALLERS = ["reader", "writer", "outsider", "gated-passed", "fine-repo", None]
+REPOS = [
+    "acme/private",
+    "acme/grouped",
+    "acme/public",
+    "meta/gated",
+    "bob/own",
+    "acme/old-name",
+    "acme/missing",
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("repo", REPOS)
+@pytest.mark.parametrize("who", CALLERS, ids=lambda who: who or "anonymous")
+@pytest.mark.parametrize("access", ["read", "write"])
+async def test_the_middleware_answers_what_the_hub_answers(hub, callers, kind, repo, who, access):
+    token = callers.get(who)
+    if access == "read":
+        method, path, body = "POST", "/v1/chat/completions", {"model": repo}
+    else:
+        method, path, body = "PUT", f"/v1/models/{repo}", None
+    hub_status = hub_says(hub, token, repo, access)
+    status, headers, _ = await answer(
+        kind, hub, callers, who, method, path, body, allow_anonymous=True
+    )
+    if who == "reader" and access == "write":
+        assert status == 403  # decided locally: a read token never writes
+    else:
+        assert status == EXPECTED[hub_status], (hub_status, headers.get("x-error-message"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_gate_not_passed_says_so(hub, callers, kind):
+    status, headers, _ = await answer(
+        kind, hub, callers, "reader", "POST", "/v1/models/meta/gated/infer"
+    )
+    assert status == 403
+    assert (
+        "gated: bob has not been granted access to meta/gated on the Hub"
+        in (headers["x-error-message"])
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_local_denials_ask_the_hub_nothing(hub, callers, kind):
+    hub.reset_counters()
+    status, _, _ = await answer(kind, hub, callers, "reader", "PUT", "/v1/models/bob/own")
+    assert status == 403
+    assert hub.auth_check_calls == 0
+
+
+async def test_decisions_are_cached_per_token_repo_and_access(hub, callers):
+    authenticator = Authenticator(HubWhoamiSource(hub.url))
+    app = starlette_app(authenticator=authenticator, rules=RULES)
+    headers = {"Authorization": f"Bearer {callers['writer']}"}
+    hub.reset_counters()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        for _ in range(3):
+            assert (
+                await c.post("/v1/models/acme/private/infer", headers=headers)
+            ).status_code == 200
+        assert (await c.put("/v1/models/acme/private", headers=headers)).status_code == 200
+        assert (await c.post("/v1/models/bob/own/infer", headers=headers)).status_code == 403
+        assert (await c.post("/v1/models/bob/own/infer", headers=headers)).status_code == 403
+    assert hub.auth_check_calls == 3  # read, write, and the denied repo once
+    authenticator.invalidate(callers["writer"])  # the token's decisions go with it
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        assert (await c.post("/v1/models/acme/private/infer", headers=headers)).status_code == 200
+    assert hub.auth_check_calls == 4
+
+
+async def test_a_thousand_cold_requests_make_one_call_of_each(hub, callers):
+    app = starlette_app(hub_url=hub.url, rules=RULES)
+    headers = {"Authorization": f"Bearer {callers['writer']}"}
+    hub.reset_counters()
+    hub.auth_check_delay = 0.05
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://t", timeout=30
+    ) as client:
+        responses = await asyncio.gather(
+            *(client.post("/v1/models/acme/private/infer", headers=headers) for _ in range(1000))
+        )
+    assert {response.status_code for response in responses} == {200}
+    assert (hub.whoami_calls, hub.auth_check_calls) == (1, 1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("status", "headers", "body"),
+    [
+        pytest.param(429, {"Retry-After": "7"}, b"", id="rate-limited"),
+        pytest.param(500, {}, b"boom", id="server-error"),
+        pytest.param(503, {}, b"", id="unavailable"),
+        pytest.param(502, {"Content-Type": "text/html"}, b"<html>", id="bad-gateway-html"),
+        pytest.param(418, {}, b"", id="undocumented-status"),
+        pytest.param(307, {"Location": "https://evil.example/x"}, b"", id="redirect-elsewhere"),
+    ],
+)
+async def test_hub_trouble_is_503_never_allowed_never_401_never_cached(
+    hub, callers, kind, status, headers, body
+):
+    authenticator = Authenticator(HubWhoamiSource(hub.url))
+    token = callers["writer"]
+    assert hub_says(hub, token, "acme/private", "read") == 200  # warm whoami; allowed
+    hub.fail_next(status, headers=headers, body=body, times=1, endpoint="auth-check")
+    request_headers = {"Authorization": f"Bearer {token}"}
+    path = "/v1/models/acme/private/infer"
+    if kind == "asgi":
+        app = starlette_app(authenticator=authenticator, rules=RULES)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+            failed = await c.post(path, headers=request_headers)
+            after = await c.post(path, headers=request_headers)
+        failed_headers = failed.headers
+    else:
+        wsgi = Client(HFAuthWSGIMiddleware(wsgi_ok, authenticator=authenticator, rules=RULES))
+        failed = wsgi.post(path, headers=request_headers)
+        after = wsgi.post(path, headers=request_headers)
+        failed_headers = failed.headers
+    assert failed.status_code == 503
+    assert int(failed_headers["retry-after"]) >= 1
+    if status == 429:
+        # The hub said when to come back: not asked before then (the breaker), so
+        # still a 503, not a cached denial.
+        assert after.status_code == 503
+    else:
+        assert after.status_code == 200  # nothing cached: asked again, and allowed
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_token_the_hub_refuses_is_invalid_and_dropped(hub, callers, kind):
+    token = callers["writer"]
+    authenticator = Authenticator(HubWhoamiSource(hub.url))
+    options = {"authenticator": authenticator, "rules": RULES}
+    path = "/v1/models/acme/private/infer"
+    headers = {"Authorization": f"Bearer {token}"}
+    if kind == "asgi":
+        app = starlette_app(**options)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+            assert (await c.post(path, headers=headers)).status_code == 200
+            hub.fail_next(401, body=b'{"error": "Invalid credentials"}', endpoint="auth-check",
+                          headers={"Content-Type": "application/json"}, times=1)  # fmt: skip
+            authenticator.hub_authority(hub_check(hub)).cache.clear()  # the decision expired
+            refused = await c.post(path, headers=headers)
+    else:
+        wsgi = Client(HFAuthWSGIMiddleware(wsgi_ok, **options))
+        assert wsgi.post(path, headers=headers).status_code == 200
+        hub.fail_next(401, body=b'{"error": "Invalid credentials"}', endpoint="auth-check",
+                      headers={"Content-Type": "application/json"}, times=1)  # fmt: skip
+        authenticator.hub_authority(hub_check(hub)).cache.clear()
+        refused = wsgi.post(path, headers=headers)
+    assert refused.status_code == 401
+    assert "invalid_token" in refused.headers["www-authenticate"]
+    assert authenticator.cached(_credentials(token)) is None  # dropped from the token cache
+
+
+def hub_check(hub):
+    from hfauth_mw._hub_access import HubAccessCheck
+
+    return HubAccessCheck(hub.url)
+
+
+def _credentials(token):
+    from hfauth_mw import Credentials
+
+    return Credentials.from_token(token)
+
+
+async def test_a_renamed_repo_is_checked_under_its_new_id(hub, callers):
+    hub.reset_counters()
+    status, _, _ = await answer(
+        "asgi", hub, callers, "writer", "POST", "/v1/models/acme/old-name/infer"
+    )
+    assert status == 200
+    assert hub.auth_checks[-2:] == ["read model:acme/old-name", "read model:acme/new-name"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param({"authority": "hub", "source": "local"}, "needs a hub", id="hub-on-store"),
+        pytest.param({"authority": "remote"}, "authority must be", id="unknown"),
+    ],
+)
+def test_bad_authority_fails_at_start_up(hub_store, options, message):
+    if options.get("source") == "local":
+        options = {**options, "source": LocalStoreSource(hub_store)}
+    with pytest.raises(ConfigurationError, match=message):
+        HFAuthWSGIMiddleware(wsgi_ok, **options)
+
+
+def test_the_default_authority_follows_the_source(hub, hub_store):
+    assert HFAuthWSGIMiddleware(wsgi_ok, hub_url=hub.url).guard.hub is not None
+    assert HFAuthWSGIMiddleware(wsgi_ok, source=LocalStoreSource(hub_store)).guard.hub is None
+    local = HFAuthWSGIMiddleware(wsgi_ok, hub_url=hub.url, authority="local")
+    assert local.guard.hub is None
+
+
+async def test_decided_by_is_in_the_audit_event(hub, callers, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="hfauth_mw.audit")
+    await answer("asgi", hub, callers, "writer", "POST", "/v1/models/acme/private/infer")
+    events = [r for r in caplog.records if r.name == "hfauth_mw.audit"]
+    assert events[-1].hfauth_decided_by == "hub"
+    assert json.dumps(events[-1].hfauth_decided_by)
