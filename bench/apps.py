@@ -9,6 +9,7 @@ rows differ only in the authentication layer.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import secrets
 import time
@@ -19,6 +20,12 @@ from typing import Any
 
 PATH = "/v1/ping"
 HOST = "127.0.0.1"
+#: The body-rule comparison: one 2 KiB chat request, the model named in its JSON
+#: body (openai_rules) or in its path (a path rule), on the same app.
+CHAT_MODEL = "acme/bench-model"
+CHAT_PATH = "/v1/chat/completions"
+MODEL_CHAT_PATH = f"/v1/models/{CHAT_MODEL}/chat"
+CHAT_BODY_BYTES = 2048
 #: Other tokens in the comparators' dicts, so they look up in a realistic table.
 EXTRA_TOKENS = 999
 
@@ -41,6 +48,18 @@ class Fixture:
     @property
     def authorization(self) -> bytes:
         return f"Bearer {self.token}".encode("latin-1")
+
+
+def chat_body(model: str = CHAT_MODEL, size: int = CHAT_BODY_BYTES) -> bytes:
+    """An OpenAI chat-completions request of exactly ``size`` bytes of JSON naming ``model``."""
+    frame = {"model": model, "messages": [{"role": "user", "content": ""}], "max_tokens": 64}
+    padding = size - len(json.dumps(frame).encode())
+    if padding < 0:
+        raise ValueError(f"a chat body for {model!r} is longer than {size} bytes")
+    frame["messages"] = [{"role": "user", "content": "x" * padding}]
+    body = json.dumps(frame).encode()
+    assert len(body) == size
+    return body
 
 
 def make_fixture(directory: Path) -> Fixture:
@@ -240,6 +259,51 @@ def _starlette(middleware: list[Any]) -> ASGIApp:
 
 def bare_starlette(fixture: Fixture) -> ASGIApp:
     return _starlette([])
+
+
+def _chat_starlette(middleware: list[Any]) -> ASGIApp:
+    """Both chat routes; each reads the whole body and answers its length (what a
+    server does first, and what shows the body reached the app whole)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def chat(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(len(await request.body())))
+
+    routes = [
+        Route(CHAT_PATH, chat, methods=["POST"]),
+        Route("/v1/models/{owner}/{name}/chat", chat, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, middleware=middleware)
+
+
+def bare_chat(fixture: Fixture) -> ASGIApp:
+    return _chat_starlette([])
+
+
+def _hfauth_chat(fixture: Fixture, rules: list[Any]) -> ASGIApp:
+    from starlette.middleware import Middleware
+
+    from hfauth_mw import HFAuthMiddleware, LocalStoreSource, LocalTokenStore
+
+    source = LocalStoreSource(LocalTokenStore(fixture.store_path))
+    return _chat_starlette([Middleware(HFAuthMiddleware, source=source, rules=rules)])
+
+
+def hfauth_body_rule(fixture: Fixture) -> ASGIApp:
+    """hfauth-mw with ``openai_rules()``: the model is read from the JSON body."""
+    from hfauth_mw import openai_rules
+
+    return _hfauth_chat(fixture, openai_rules())
+
+
+def hfauth_path_rule(fixture: Fixture) -> ASGIApp:
+    """hfauth-mw with a path rule: the model is in the path, the body is not read."""
+    from hfauth_mw import require_read
+
+    return _hfauth_chat(fixture, [require_read("POST /v1/models/{owner}/{name}/chat")])
 
 
 def hfauth_starlette(

@@ -23,6 +23,8 @@ from typing import Any
 
 from .apps import HOST, PATH
 
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
 _RECEIVE_MESSAGE = {"type": "http.request", "body": b"", "more_body": False}
 
 
@@ -61,19 +63,27 @@ def percentile(values: Sequence[float], q: float) -> float:
 # --- ASGI -----------------------------------------------------------------------------
 
 
-def asgi_scope(authorization: bytes | None, path: str = PATH) -> dict[str, Any]:
+def asgi_scope(
+    authorization: bytes | None, path: str = PATH, body: bytes | None = None
+) -> dict[str, Any]:
+    """A ``GET path`` scope; with ``body``, a ``POST`` of that JSON (see :func:`body_receive`)."""
     headers = [
         (b"host", f"{HOST}:8000".encode()),
         (b"user-agent", b"bench/1.0"),
         (b"accept", b"*/*"),
     ]
+    if body is not None:
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
     if authorization is not None:
         headers.append((b"authorization", authorization))
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
         "http_version": "1.1",
-        "method": "GET",
+        "method": "GET" if body is None else "POST",
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
@@ -90,11 +100,24 @@ async def _receive() -> dict[str, Any]:
     return _RECEIVE_MESSAGE
 
 
+def body_receive(body: bytes) -> Receive:
+    """A ``receive`` that hands over ``body`` in one message, as servers do for a
+    small request (every call: each request of a batch gets the whole body)."""
+    message = {"type": "http.request", "body": body, "more_body": False}
+
+    async def receive() -> dict[str, Any]:
+        return message
+
+    return receive
+
+
 async def _discard(message: Any) -> None:
     return None
 
 
-async def asgi_call(app: Any, scope: Mapping[str, Any]) -> tuple[int, bytes]:
+async def asgi_call(
+    app: Any, scope: Mapping[str, Any], receive: Receive = _receive
+) -> tuple[int, bytes]:
     """One request: (status, body)."""
     status, body = 0, bytearray()
 
@@ -105,13 +128,15 @@ async def asgi_call(app: Any, scope: Mapping[str, Any]) -> tuple[int, bytes]:
         elif message["type"] == "http.response.body":
             body.extend(message.get("body", b""))
 
-    await app(dict(scope), _receive, send)
+    await app(dict(scope), receive, send)
     return status, bytes(body)
 
 
-async def asgi_batch(app: Any, scope: Mapping[str, Any], n: int) -> float:
+async def asgi_batch(
+    app: Any, scope: Mapping[str, Any], n: int, receive: Receive = _receive
+) -> float:
     """Mean µs per request over ``n`` sequential requests, garbage collector off."""
-    receive, send, copy = _receive, _discard, dict
+    send, copy = _discard, dict
     gc.disable()
     try:
         start = time.perf_counter_ns()
@@ -130,8 +155,15 @@ def run_asgi_rounds(
     batch: int,
     warmup: int,
     seed: int = 5,
+    requests: Mapping[str, tuple[Mapping[str, Any], Receive]] | None = None,
 ) -> dict[str, Timing]:
-    runners = {name: functools.partial(asgi_batch, app, scope) for name, app in apps.items()}
+    """Interleaved rounds of every app on ``scope`` (an empty body), or on its own
+    ``(scope, receive)`` in ``requests``."""
+    own = requests or {}
+    runners = {}
+    for name, app in apps.items():
+        app_scope, receive = own.get(name, (scope, _receive))
+        runners[name] = functools.partial(asgi_batch, app, app_scope, receive=receive)
     return asyncio.run(
         interleaved_rounds(runners, rounds=rounds, batch=batch, warmup=warmup, seed=seed)
     )

@@ -14,6 +14,7 @@ from .harness import (
     Timing,
     asgi_call,
     asgi_scope,
+    body_receive,
     run_asgi_rounds,
     run_wsgi_rounds,
     wsgi_call,
@@ -29,6 +30,9 @@ class Variant:
     build: Callable[[Fixture], Any]
     baseline: str | None  # key of the bare app it is compared with; None for a bare app
     needs: str | None = None  # importable module it needs
+    #: The request timed: "ping" (GET /v1/ping), "chat" (POST /v1/chat/completions,
+    #: 2 KiB JSON) or "model-chat" (the same body, POST /v1/models/{owner}/{name}/chat).
+    request: str = "ping"
 
 
 ASGI_VARIANTS = [
@@ -67,6 +71,28 @@ ASGI_VARIANTS = [
         apps.fastapi_bearer,
         "bare-fastapi",
         "fastapi",
+    ),
+    Variant("bare-chat", "bare Starlette, POST 2 KiB JSON", apps.bare_chat, None, request="chat"),
+    Variant(
+        "hfauth-body-rule",
+        "hfauth-mw, body rule: openai_rules(), model in the JSON",
+        apps.hfauth_body_rule,
+        "bare-chat",
+        request="chat",
+    ),
+    Variant(
+        "bare-model-chat",
+        "bare Starlette, the same POST, model in the path",
+        apps.bare_chat,
+        None,
+        request="model-chat",
+    ),
+    Variant(
+        "hfauth-path-rule",
+        "hfauth-mw, path rule: POST /v1/models/{owner}/{name}/chat",
+        apps.hfauth_path_rule,
+        "bare-model-chat",
+        request="model-chat",
     ),
 ]
 
@@ -121,6 +147,8 @@ def _table(
         row = [variant.label, fmt(timing.best, 2), fmt(timing.spread, 2)]
         if variant.baseline is None:
             row += ["(baseline)"] + [""] * len(refs)
+        elif variant.request != "ping":  # another request: ratios to GET rows would mislead
+            row += [fmt(over[variant.key], 2)] + [""] * len(refs)
         else:
             row.append(fmt(over[variant.key], 2))
             row += [fmt(ratio(over[variant.key], over.get(ref)), 2) for ref, _ in refs]
@@ -153,8 +181,11 @@ def run_asgi(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> Secti
             "`request.auth`). The comparators hash the token with SHA-256 and look it up in a "
             "dict of 1,000 tokens; the vLLM-style check mirrors vLLM's `--api-key` middleware "
             "(`URL(scope=...)`, `Headers`, SHA-256, `compare_digest`). FastAPI's row is "
-            f"compared with a bare FastAPI app. {rounds} rounds x {batch} requests; best round "
-            "per variant (see the method below)."
+            "compared with a bare FastAPI app. The body-rule rows time `POST` of a 2 KiB "
+            "JSON chat request (the app reads the body): `openai_rules()` reads the model "
+            "from the body, the path rule from `/v1/models/{owner}/{name}/chat`, each "
+            f"against the bare app on the same request. {rounds} rounds x {batch} requests; "
+            "best round per variant (see the method below)."
         ),
     )
     section.data["plot_title"] = "ASGI, in-process: auth overhead"
@@ -169,16 +200,36 @@ def run_asgi(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> Secti
             )
     built = {v.key: v.build(fixture) for v in variants}
     good, none = asgi_scope(fixture.authorization), asgi_scope(None)
+    body = apps.chat_body()
+    paths = {"chat": apps.CHAT_PATH, "model-chat": apps.MODEL_CHAT_PATH}
+    requests = {
+        v.key: (asgi_scope(fixture.authorization, paths[v.request], body), body_receive(body))
+        for v in variants
+        if v.request != "ping"
+    }
 
     async def verify() -> None:
         for variant in variants:
             app = built[variant.key]
+            if variant.key in requests:
+                scope, receive = requests[variant.key]
+                answer = await asgi_call(app, scope, receive)
+                _check(answer, variant.label, 200)
+                if answer[1] != str(len(body)).encode():
+                    raise RuntimeError(f"{variant.label}: the app read {answer[1]!r} bytes")
+                anonymous = {**scope, "headers": scope["headers"][:-1]}  # no Authorization
+                if variant.baseline is not None:
+                    no_token = await asgi_call(app, anonymous, receive)
+                    _check(no_token, f"{variant.label} without token", (401, 403))
+                continue
             _check(await asgi_call(app, good), variant.label, 200)
             if variant.baseline is not None:
                 _check(await asgi_call(app, none), f"{variant.label} without token", (401, 403))
 
     asyncio.run(verify())  # also warms hfauth's cache
-    timings = run_asgi_rounds(built, good, rounds=rounds, batch=batch, warmup=warmup)
+    timings = run_asgi_rounds(
+        built, good, rounds=rounds, batch=batch, warmup=warmup, requests=requests
+    )
     over = overheads(timings, variants)
     _table(
         section,
@@ -187,6 +238,13 @@ def run_asgi(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> Secti
         over,
         [("starlette-auth", "Starlette auth"), ("static-key", "static key")],
     )
+    body_rule, path_rule = over.get("hfauth-body-rule"), over.get("hfauth-path-rule")
+    if body_rule is not None and path_rule is not None:
+        section.notes.append(
+            f"body rule vs path rule, cached token, {len(body):,}-byte JSON body: "
+            f"{fmt(body_rule, 2)} µs vs {fmt(path_rule, 2)} µs overhead "
+            f"({fmt(body_rule - path_rule, 2)} µs to read, parse and replay the body)"
+        )
     section.data.update(timings={k: t.best for k, t in timings.items()}, overhead=over)
     return section
 

@@ -47,7 +47,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hfauth_mw import (
     AccessPolicy,
@@ -112,79 +112,13 @@ def sentiment(text: str) -> list[list[dict[str, Any]]]:
     return [sorted(labels, key=lambda label: -float(label["score"]))]
 
 
-# --- GLUE: hfauth-mw's public API today; to be replaced by core options (issue 20) ------
-#
-# HubErrors: the middleware's RFC 6750 denials go out as the Hub answers them,
-# {"error": message} with X-Error-Code / X-Error-Message (what huggingface_hub shows).
-# To become the middleware's default headers and error-body option.
-
-
 def error_response(status: int, message: str, code: str | None = None) -> JSONResponse:
-    """The HF Inference API's error body plus the Hub's X-Error-* headers."""
+    """The HF Inference API's error body for the app's own errors, with the Hub's
+    X-Error-* headers (hfauth-mw answers its refusals alike: ``error_format="hub"``)."""
     headers = {"x-error-message": re.sub(r"[^\x20-\x7e]", "?", message)[:500]}
     if code:
         headers["x-error-code"] = code
     return JSONResponse({"error": message}, status, headers=headers)
-
-
-class HubErrors:
-    """Outside HFAuthMiddleware: its denials (``{"error", "error_description"}``
-    with ``Cache-Control: no-store``) go out as ``{"error": description}`` with
-    X-Error-Code / X-Error-Message, keeping status, ``WWW-Authenticate`` and
-    ``Retry-After``. Other answers pass untouched."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        held: list[Message] = []
-
-        async def send_rewritten(message: Message) -> None:
-            if message["type"] == "http.response.start" and _is_denial(message):
-                held.append(message)
-                return
-            if not held:
-                await send(message)
-                return
-            held.append(message)
-            if message.get("more_body"):
-                return
-            start, *parts = held
-            await _send_rewritten_denial(start, b"".join(p.get("body", b"") for p in parts), send)
-
-        await self.app(scope, receive, send_rewritten)
-
-
-def _is_denial(start: Message) -> bool:
-    headers = {name.lower(): value for name, value in start.get("headers", ())}
-    return (
-        start["status"] >= 400
-        and headers.get(b"cache-control") == b"no-store"
-        and headers.get(b"content-type", b"").startswith(b"application/json")
-    )
-
-
-async def _send_rewritten_denial(start: Message, body: bytes, send: Send) -> None:
-    try:
-        denial = json.loads(body)
-        message, code = denial["error_description"], denial["error"]
-    except (ValueError, KeyError, TypeError):
-        denial = None
-    if denial is None:  # not the middleware's shape: as it was
-        await send(start)
-        await send({"type": "http.response.body", "body": body})
-        return
-    response = error_response(start["status"], str(message), str(code))
-    for name, value in start.get("headers", ()):
-        if name.lower() in (b"www-authenticate", b"retry-after", b"vary", b"cache-control"):
-            response.headers.append(name.decode("latin-1"), value.decode("latin-1"))
-    await send(
-        {"type": "http.response.start", "status": start["status"], "headers": response.raw_headers}
-    )
-    await send({"type": "http.response.body", "body": response.body})
 
 
 # --- the application -----------------------------------------------------------------------
@@ -215,16 +149,15 @@ def build_app(source: IntrospectionSource, models: tuple[Model, ...] = MODELS) -
         return JSONResponse([model.run(text)[0] for text in inputs])
 
     async def list_models(request: Request) -> Response:
-        auth = get_request_auth(request)
+        readable = get_request_auth(request).readable(served)
         return JSONResponse(
             [
                 {
-                    "id": model.id,
-                    "pipeline_tag": model.pipeline_tag,
-                    "private": model.visibility is not Visibility.PUBLIC,
+                    "id": repo.id,
+                    "pipeline_tag": served[repo.id].pipeline_tag,
+                    "private": served[repo.id].visibility is not Visibility.PUBLIC,
                 }
-                for model in models
-                if auth.can_read(Repo.parse(f"model:{model.id}"))
+                for repo in readable
             ]
         )
 
@@ -247,15 +180,17 @@ def build_app(source: IntrospectionSource, models: tuple[Model, ...] = MODELS) -
         exception_handlers={BadInput: bad_input},
     )
     # Default deny: every path but /health needs a valid token; the rule checks the
-    # model in the path. GET /api/* need any valid token.
+    # model in the path. GET /api/* need any valid token. Refusals go out in the
+    # Hub's shape, with X-Error-Message (what huggingface_hub shows).
     app.add_middleware(
         HFAuthMiddleware,
         source=source,
         public_paths=["/health"],
         rules=[require_read("POST /models/{owner}/{name}")],
+        error_format="hub",
         policy=AccessPolicy(visibility=visibility),
     )
-    return HubErrors(app)  # GLUE
+    return app
 
 
 async def _inputs(request: Request) -> str | list[str]:

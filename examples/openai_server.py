@@ -33,10 +33,11 @@ without either, the demo models). Served models are private unless listed as
 public: a token reads a private model when its user or one of their orgs owns it
 (or a fine-grained token names it), as on the Hub.
 
-Security caveats: the model named in the body is checked inside each route
-(see the GLUE section), so a new route must call ``require_model`` itself;
-``method_policy=False`` means a route no rule and no ``require_model`` covers
-is open to any valid token.
+Security caveats: the middleware checks the model the body names on the three
+inference routes (``openai_rules``); any other route needs only a valid token
+for GET and POST (and one that can write for PUT, PATCH, DELETE), so a new route
+that serves a model must get a rule, or check in the route as
+``GET /v1/models/{owner}/{name}`` does.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hfauth_mw import (
     AccessPolicy,
@@ -68,14 +69,16 @@ from hfauth_mw import (
     LocalStoreSource,
     LocalTokenStore,
     Repo,
+    UnknownModel,
     Visibility,
     get_request_auth,
+    openai_rules,
 )
 
 #: The demo's models (as ``hfauth-mw demo`` serves them): served when none are named.
 DEMO_MODELS = ("acme/sentiment", "alice/tiny-lm", "bob/echo")
 DEMO_PUBLIC_MODELS = ("acme/public-demo",)
-#: Largest request body read (the core option of issue 20 will make it 413 before the app).
+#: Largest request body the middleware reads (413 past it, before the app runs).
 MAX_BODY_BYTES = 1 << 20
 EMBEDDING_SIZE = 16
 
@@ -84,128 +87,11 @@ class SetupError(Exception):
     """The server cannot start with these options; the message says why, for a person."""
 
 
-# --- GLUE: hfauth-mw's public API today; to be replaced by core options (issue 20) ------
-#
-# 1. require_model(): the route checks the model named in the body. To become a body
-#    rule in the middleware (repository from the JSON field "model", 400/413 there).
-# 2. OpenAIErrors: rewrites the middleware's RFC 6750 denials into OpenAI's error shape
-#    with X-Error-Code / X-Error-Message. To become the OpenAI error-body option.
-# 3. method_policy=False (below): POST inference is a read. To become the default.
-# 4. readable(): one can_read per model. To become the batch filter helper.
-
-
-def require_model(request: Request, model_id: str) -> None:
-    """Raise the 401/403 denial unless the caller may read ``model_id``."""
-    get_request_auth(request).require(Repo.parse(f"model:{model_id}"), "read")
-
-
-def readable(request: Request, model_ids: Iterable[str]) -> list[str]:
-    """The models among ``model_ids`` the caller may read."""
-    auth = get_request_auth(request)
-    return [m for m in model_ids if auth.can_read(Repo.parse(f"model:{m}"))]
-
-
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "server_error",
-}
-
-
-def error_response(
-    status: int,
-    message: str,
-    code: str | None,
-    *,
-    param: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    """OpenAI's error body, plus the Hub's X-Error-Code / X-Error-Message headers."""
-    body = {
-        "error": {
-            "message": message,
-            "type": _ERROR_TYPES.get(status, "invalid_request_error"),
-            "param": param,
-            "code": code,
-        }
-    }
-    extra = {"x-error-message": _header_safe(message)}
-    if code:
-        extra["x-error-code"] = code
-    return JSONResponse(body, status, headers={**(headers or {}), **extra})
-
-
-def _header_safe(text: str) -> str:
-    """``text`` as one header value: printable ASCII, at most 500 characters."""
-    return re.sub(r"[^\x20-\x7e]", "?", text)[:500]
-
-
-class OpenAIErrors:
-    """Outside HFAuthMiddleware: its denials (``{"error", "error_description"}``
-    with ``Cache-Control: no-store``) go out in OpenAI's shape, keeping status,
-    ``WWW-Authenticate`` and ``Retry-After``. Other answers pass untouched."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        held: list[Message] = []
-
-        async def send_rewritten(message: Message) -> None:
-            if message["type"] == "http.response.start" and _is_denial(message):
-                held.append(message)
-                return
-            if not held:
-                await send(message)
-                return
-            held.append(message)
-            if message.get("more_body"):
-                return
-            start, *parts = held
-            body = b"".join(part.get("body", b"") for part in parts)
-            await _send_rewritten_denial(start, body, send)
-
-        await self.app(scope, receive, send_rewritten)
-
-
-def _is_denial(start: Message) -> bool:
-    headers = {name.lower(): value for name, value in start.get("headers", ())}
-    return (
-        start["status"] >= 400
-        and headers.get(b"cache-control") == b"no-store"
-        and headers.get(b"content-type", b"").startswith(b"application/json")
-    )
-
-
-async def _send_rewritten_denial(start: Message, body: bytes, send: Send) -> None:
-    try:
-        denial = json.loads(body)
-        message, code = denial["error_description"], denial["error"]
-    except (ValueError, KeyError, TypeError):
-        denial = None
-    if denial is None:  # not the middleware's shape: as it was
-        await send(start)
-        await send({"type": "http.response.body", "body": body})
-        return
-    kept = [
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in start.get("headers", ())
-        if name.lower() in (b"www-authenticate", b"retry-after", b"vary", b"cache-control")
-    ]
-    response = error_response(start["status"], str(message), str(code))
-    for name, value in kept:
-        response.headers.append(name, value)
-    await send(
-        {"type": "http.response.start", "status": start["status"], "headers": response.raw_headers}
-    )
-    await send({"type": "http.response.body", "body": response.body})
+def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
+    """OpenAI's error body, for the app's own errors (hfauth-mw answers its refusals
+    in the same shape: ``error_format="openai"``)."""
+    error = {"message": message, "type": "invalid_request_error", "param": param, "code": None}
+    return JSONResponse({"error": error}, status)
 
 
 # --- the echo model ----------------------------------------------------------------------
@@ -240,9 +126,9 @@ def embed(text: str) -> list[float]:
 
 
 class BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
+    def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
-        self.message, self.param, self.status = message, param, status
+        self.message, self.param = message, param
 
 
 def build_app(
@@ -260,30 +146,9 @@ def build_app(
             served.get(repo.id, Visibility.PRIVATE) if repo.type == "model" else Visibility.PRIVATE
         )
 
-    async def body_of(request: Request) -> dict[str, Any]:
-        """The JSON object sent, the model named in it served and readable by the caller."""
-        size, chunks = 0, []
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise BadRequest(f"request body over {MAX_BODY_BYTES} bytes", status=413)
-            chunks.append(chunk)
-        try:
-            body = json.loads(b"".join(chunks))
-        except ValueError:
-            raise BadRequest("the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the request body must be a JSON object")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise BadRequest("you must provide a model parameter", "model")
-        if model not in served:
-            raise ModelNotFound(model)
-        require_model(request, model)
-        return body
-
     async def chat_completions(request: Request) -> Response:
-        body = await body_of(request)
+        # The middleware has checked the body: JSON, a served "model" the caller may read.
+        body = await request.json()
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequest("messages must be a non-empty list", "messages")
@@ -300,7 +165,7 @@ def build_app(
         return JSONResponse({**meta, "choices": [choice], "usage": usage})
 
     async def completions(request: Request) -> Response:
-        body = await body_of(request)
+        body = await request.json()
         prompts = body.get("prompt")
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -319,7 +184,7 @@ def build_app(
         return JSONResponse({**meta, "choices": choices, "usage": usage})
 
     async def embeddings(request: Request) -> Response:
-        body = await body_of(request)
+        body = await request.json()
         inputs = body.get("input")
         if isinstance(inputs, str):
             inputs = [inputs]
@@ -340,15 +205,14 @@ def build_app(
         )
 
     async def list_models(request: Request) -> Response:
-        return JSONResponse(
-            {"object": "list", "data": [_model_card(m) for m in readable(request, served)]}
-        )
+        readable = get_request_auth(request).readable(served)
+        return JSONResponse({"object": "list", "data": [_model_card(r.id) for r in readable]})
 
     async def one_model(request: Request) -> Response:
         model = f"{request.path_params['owner']}/{request.path_params['name']}"
-        if model not in served:
-            raise ModelNotFound(model)
-        require_model(request, model)
+        if model not in served:  # as the body rules answer: 404 first, then 403
+            raise UnknownModel(f"The model {model!r} does not exist or is not served here")
+        get_request_auth(request).require(model, "read")
         return JSONResponse(_model_card(model))
 
     async def health(request: Request) -> Response:
@@ -356,11 +220,7 @@ def build_app(
 
     async def bad_request(request: Request, error: Exception) -> Response:
         assert isinstance(error, BadRequest)
-        return error_response(error.status, error.message, None, param=error.param)
-
-    async def model_not_found(request: Request, error: Exception) -> Response:
-        message = f"The model `{error}` does not exist or you do not have access to it."
-        return error_response(404, message, "model_not_found", param="model")
+        return error_response(400, error.message, error.param)
 
     app = Starlette(
         routes=[
@@ -371,20 +231,21 @@ def build_app(
             Route("/v1/models", list_models),
             Route("/v1/models/{owner}/{name}", one_model),
         ],
-        exception_handlers={BadRequest: bad_request, ModelNotFound: model_not_found},
+        exception_handlers={BadRequest: bad_request},
     )
+    # Every path but /health needs a valid token. The inference routes read the model
+    # the JSON body names: unknown is 404 model_not_found, unreadable 403, a body over
+    # max_body_bytes 413, all before the app runs, in OpenAI's error shape.
     app.add_middleware(
         HFAuthMiddleware,
         source=source,
         public_paths=["/health"],
-        method_policy=False,  # GLUE 3: inference is a POST and a read; routes check the model
+        rules=openai_rules(served=list(served)),
+        error_format="openai",
+        max_body_bytes=MAX_BODY_BYTES,
         policy=AccessPolicy(visibility=visibility),
     )
-    return OpenAIErrors(app)  # GLUE 2
-
-
-class ModelNotFound(Exception):
-    """The body names a model this server does not serve (OpenAI: 404 model_not_found)."""
+    return app
 
 
 def _content(message: object) -> str:

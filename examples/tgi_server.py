@@ -23,9 +23,9 @@ Run it::
 Variables: ``HFAUTH_HUB_URL`` or ``HFAUTH_STORE`` (one of them), ``HFAUTH_MODELS``
 (the model, default ``bob/echo``), ``HFAUTH_PUBLIC_MODELS`` (the model, public).
 
-Security caveat: access is checked inside each route (see the GLUE section);
-a new route must call ``require_model`` itself, since ``method_policy=False``
-lets any valid token through to routes that do not.
+Security caveat: the rules name the routes that read the model; a route added
+without one needs only a valid token (GET, POST) or a token that can write
+(PUT, PATCH, DELETE), not access to the model.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hfauth_mw import (
     AccessPolicy,
@@ -54,7 +54,8 @@ from hfauth_mw import (
     LocalTokenStore,
     Repo,
     Visibility,
-    get_request_auth,
+    require_read,
+    tgi_rules,
 )
 
 #: A demo model (as ``hfauth-mw demo`` serves it): served when none is named.
@@ -68,93 +69,10 @@ class SetupError(Exception):
     """The server cannot start with these options; the message says why, for a person."""
 
 
-# --- GLUE: hfauth-mw's public API today; to be replaced by core options (issue 20) ------
-#
-# 1. require_model(): each route checks the one served model. (TGI has no model in
-#    the path or body; a rule for "every route reads this repo" would replace it.)
-# 2. HubErrors: the middleware's RFC 6750 denials go out as the Hub answers them,
-#    {"error": message} with X-Error-Code / X-Error-Message (what huggingface_hub
-#    prints). To become the error-body option and the default headers.
-# 3. method_policy=False (below): POST inference is a read. To become the default.
-
-
-def require_model(request: Request, model_id: str) -> None:
-    """Raise the 401/403 denial unless the caller may read ``model_id``."""
-    get_request_auth(request).require(Repo.parse(f"model:{model_id}"), "read")
-
-
-def error_response(
-    status: int, message: str, code: str | None, error_type: str | None = None
-) -> JSONResponse:
-    """TGI's error body (``error_type`` for the model's own errors only) plus the
-    Hub's X-Error-Code / X-Error-Message headers."""
-    body: dict[str, str] = {"error": message}
-    if error_type is not None:
-        body["error_type"] = error_type
-    headers = {"x-error-message": re.sub(r"[^\x20-\x7e]", "?", message)[:500]}
-    if code:
-        headers["x-error-code"] = code
-    return JSONResponse(body, status, headers=headers)
-
-
-class HubErrors:
-    """Outside HFAuthMiddleware: its denials (``{"error", "error_description"}``
-    with ``Cache-Control: no-store``) go out as ``{"error": description}`` with
-    X-Error-Code / X-Error-Message, keeping status, ``WWW-Authenticate`` and
-    ``Retry-After``. Other answers pass untouched."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        held: list[Message] = []
-
-        async def send_rewritten(message: Message) -> None:
-            if message["type"] == "http.response.start" and _is_denial(message):
-                held.append(message)
-                return
-            if not held:
-                await send(message)
-                return
-            held.append(message)
-            if message.get("more_body"):
-                return
-            start, *parts = held
-            await _send_rewritten_denial(start, b"".join(p.get("body", b"") for p in parts), send)
-
-        await self.app(scope, receive, send_rewritten)
-
-
-def _is_denial(start: Message) -> bool:
-    headers = {name.lower(): value for name, value in start.get("headers", ())}
-    return (
-        start["status"] >= 400
-        and headers.get(b"cache-control") == b"no-store"
-        and headers.get(b"content-type", b"").startswith(b"application/json")
-    )
-
-
-async def _send_rewritten_denial(start: Message, body: bytes, send: Send) -> None:
-    try:
-        denial = json.loads(body)
-        message, code = denial["error_description"], denial["error"]
-    except (ValueError, KeyError, TypeError):
-        denial = None
-    if denial is None:  # not the middleware's shape: as it was
-        await send(start)
-        await send({"type": "http.response.body", "body": body})
-        return
-    response = error_response(start["status"], str(message), str(code))
-    for name, value in start.get("headers", ()):
-        if name.lower() in (b"www-authenticate", b"retry-after", b"vary", b"cache-control"):
-            response.headers.append(name.decode("latin-1"), value.decode("latin-1"))
-    await send(
-        {"type": "http.response.start", "status": start["status"], "headers": response.raw_headers}
-    )
-    await send({"type": "http.response.body", "body": response.body})
+def error_response(status: int, message: str) -> JSONResponse:
+    """TGI's body for the model's own errors (hfauth-mw answers its refusals as the
+    Hub does, ``{"error": reason}``: ``error_format="hub"``)."""
+    return JSONResponse({"error": message, "error_type": "validation"}, status)
 
 
 # --- the echo model ----------------------------------------------------------------------
@@ -234,9 +152,9 @@ def build_app(
     def visibility(repo: Repo) -> Visibility:
         return served if repo.type == "model" and repo.id == model_id else Visibility.PRIVATE
 
-    async def checked_body(request: Request) -> dict[str, Any]:
-        """The JSON body, once the caller may read the model (the check comes first)."""
-        require_model(request, model_id)
+    async def body_of(request: Request) -> dict[str, Any]:
+        """The JSON body, at most MAX_BODY_BYTES (the middleware has checked the caller:
+        a rule with one fixed model needs no body, so the cap is the app's)."""
         size, chunks = 0, []
         async for chunk in request.stream():
             size += len(chunk)
@@ -252,21 +170,20 @@ def build_app(
         return body
 
     async def generate_once(request: Request) -> Response:
-        return _generated(*parse_request(await checked_body(request)))
+        return _generated(*parse_request(await body_of(request)))
 
     async def generate_stream(request: Request) -> Response:
-        return _streamed(*parse_request(await checked_body(request)))
+        return _streamed(*parse_request(await body_of(request)))
 
     async def compat(request: Request) -> Response:
         # TGI's POST /: /generate or /generate_stream by the body's "stream".
-        body = await checked_body(request)
+        body = await body_of(request)
         inputs, parameters = parse_request(body)
         if body.get("stream") is True:
             return _streamed(inputs, parameters)
         return _generated(inputs, parameters, as_list=True)
 
     async def info(request: Request) -> Response:
-        require_model(request, model_id)
         return JSONResponse(
             {
                 "model_id": model_id,
@@ -286,7 +203,7 @@ def build_app(
 
     async def validation_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, ValidationError)
-        return error_response(error.status, str(error), "validation", error_type="validation")
+        return error_response(error.status, str(error))
 
     app = Starlette(
         routes=[
@@ -298,14 +215,17 @@ def build_app(
         ],
         exception_handlers={ValidationError: validation_error},
     )
+    # Every route but /health reads the one model: refusals before the app runs,
+    # in the Hub's shape with X-Error-Message (what huggingface_hub shows).
     app.add_middleware(
         HFAuthMiddleware,
         source=source,
         public_paths=["/health"],
-        method_policy=False,  # GLUE 3: inference is a POST and a read; routes check the model
+        rules=[*tgi_rules(model_id), require_read("GET /info", repo=model_id)],
+        error_format="hub",
         policy=AccessPolicy(visibility=visibility),
     )
-    return HubErrors(app)  # GLUE 2
+    return app
 
 
 def _generated(inputs: str, parameters: Mapping[str, Any], as_list: bool = False) -> Response:

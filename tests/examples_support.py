@@ -105,6 +105,23 @@ def serve_in_thread(app: Any) -> Iterator[str]:
         sock.close()
 
 
+@contextmanager
+def serve_wsgi_in_thread(app: Any) -> Iterator[str]:
+    """``app`` under werkzeug's threaded WSGI server (HTTP/1.1: chunked request and
+    response bodies) on 127.0.0.1, a free port; yields its base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()  # the socket listens already: make_server bound it
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

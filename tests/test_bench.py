@@ -47,6 +47,9 @@ def test_smoke_run_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixtu
         f"{verdict}  Cold stampede: upstream calls" in printed for verdict in ("PASS", "FAIL")
     )
     assert "hfauth-mw HFAuthMiddleware, cached token" in printed
+    assert "hfauth-mw, body rule: openai_rules(), model in the JSON" in printed
+    assert "hfauth-mw, path rule: POST /v1/models/{owner}/{name}/chat" in printed
+    assert "body rule vs path rule, cached token, 2,048-byte JSON body" in printed
     if importlib.util.find_spec("uvicorn") is not None:
         # uvicorn's protocol is driven in process: the section ran, it was not skipped.
         assert "Server CPU per request: uvicorn's HTTP/1.1 protocol in process" in printed
@@ -143,3 +146,51 @@ async def test_only_the_private_floor_adds_the_two_headers(
     assert response.status_code == 200
     assert response.headers.get("cache-control") == ("private" if marked_private else None)
     assert response.headers.get("vary") == ("Authorization" if marked_private else None)
+
+
+def test_chat_body_is_the_size_it_claims() -> None:
+    import json
+
+    from bench.apps import CHAT_BODY_BYTES, CHAT_MODEL, chat_body
+
+    body = chat_body()
+    assert len(body) == CHAT_BODY_BYTES == 2048
+    assert json.loads(body)["model"] == CHAT_MODEL
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("builder", "path", "model", "status"),
+    [
+        pytest.param("hfauth_body_rule", "/v1/chat/completions", "acme/bench-model", 200,
+                     id="body-rule-readable-model"),
+        pytest.param("hfauth_body_rule", "/v1/chat/completions", "zed/private", 403,
+                     id="body-rule-other-model"),
+        pytest.param("hfauth_path_rule", "/v1/models/acme/bench-model/chat", "zed/private", 200,
+                     id="path-rule-readable-path"),
+        pytest.param("hfauth_path_rule", "/v1/models/zed/private/chat", "acme/bench-model", 403,
+                     id="path-rule-other-path"),
+        pytest.param("bare_chat", "/v1/models/zed/private/chat", "zed/private", 200,
+                     id="bare-app"),
+    ],
+)  # fmt: skip
+async def test_rule_rows_check_the_model_where_they_claim(
+    tmp_path: Path, builder: str, path: str, model: str, status: int
+) -> None:
+    """The body rule reads the model from the body, the path rule from the path,
+    and the app gets the whole body: the rows measure what they are named for."""
+    import httpx
+    from bench import apps
+
+    fixture = apps.make_fixture(tmp_path)
+    app = getattr(apps, builder)(fixture)
+    body = apps.chat_body(model)
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.post(
+            path, content=body, headers={"authorization": fixture.authorization.decode()}
+        )
+
+    assert response.status_code == status
+    if status == 200:
+        assert response.text == str(len(body))

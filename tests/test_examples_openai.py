@@ -6,11 +6,15 @@ write, fine-grained, unknown and missing tokens from a real token store.
 from __future__ import annotations
 
 import base64
+import json
+import re
 import struct
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import httpx
 import httpx2
@@ -28,8 +32,15 @@ from examples_support import (
     seed_store,
     serve_in_subprocess,
     serve_in_thread,
+    serve_wsgi_in_thread,
 )
-from hfauth_mw import HubWhoamiSource, LocalStoreSource, LocalTokenStore
+from hfauth_mw import (
+    HFAuthWSGIMiddleware,
+    HubWhoamiSource,
+    LocalStoreSource,
+    LocalTokenStore,
+    openai_rules,
+)
 from hfauth_mw.testing import HubEmulator
 
 PRIVATE_REASON = "read denied: model acme/sentiment is private"
@@ -399,6 +410,138 @@ def test_inference_client_shows_the_reason(
     assert "Forbidden: None" not in str(raised.value)
 
 
+# --- the same routes on WSGI: a small streaming app behind HFAuthWSGIMiddleware --------------
+
+
+class StreamingWSGIChat:
+    """A WSGI chat-completions route streaming OpenAI's server-sent events, the echo
+    of the last message word by word. It records the body it read, and waits after
+    its first event until the client says it has it: a response held back anywhere
+    (the middleware, the server) shows as ``streamed == [False]``."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.streamed: list[bool] = []
+        self.first_event_read = threading.Event()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        self.bodies.append(raw)
+        body = json.loads(raw)
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        return self._events(body["model"], body["messages"][-1]["content"])
+
+    def _events(self, model: str, text: str) -> Iterator[bytes]:
+        meta = {"id": "chatcmpl-wsgi", "object": "chat.completion.chunk", "created": 0}
+        for index, piece in enumerate(re.findall(r"\s*\S+", text)):
+            delta = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+            yield f"data: {json.dumps({**meta, 'model': model, 'choices': [delta]})}\n\n".encode()
+            if index == 0:
+                self.streamed.append(self.first_event_read.wait(timeout=10))
+        done = {"index": 0, "delta": {}, "finish_reason": "stop"}
+        yield f"data: {json.dumps({**meta, 'model': model, 'choices': [done]})}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+
+@pytest.fixture
+def wsgi_chat(store_path: Path, tokens: dict[str, str]) -> Iterator[tuple[str, StreamingWSGIChat]]:
+    chat = StreamingWSGIChat()
+    with LocalTokenStore(store_path) as store:
+        app = HFAuthWSGIMiddleware(
+            chat,
+            source=LocalStoreSource(store),
+            rules=openai_rules(served=["bob/echo", "acme/sentiment"]),
+            error_format="openai",
+        )
+        with serve_wsgi_in_thread(app) as base:
+            yield base, chat
+
+
+def test_wsgi_stream_arrives_whole_and_as_it_is_made(
+    wsgi_chat: tuple[str, StreamingWSGIChat], tokens: dict[str, str]
+) -> None:
+    base, chat = wsgi_chat
+    text = "streamed  through the WSGI middleware"
+    stream = client(base, tokens["bob"]).chat.completions.create(
+        model="bob/echo", messages=[{"role": "user", "content": text}], stream=True
+    )
+    pieces = []
+    for chunk in stream:
+        pieces.append(chunk.choices[0].delta.content or "")
+        chat.first_event_read.set()
+    assert "".join(pieces) == text
+    assert chat.streamed == [True]
+    assert json.loads(chat.bodies[0])["messages"] == [{"role": "user", "content": text}]
+
+
+def test_wsgi_chunked_body_reaches_the_app_unchanged(
+    wsgi_chat: tuple[str, StreamingWSGIChat], tokens: dict[str, str]
+) -> None:
+    base, chat = wsgi_chat
+    chat.first_event_read.set()
+    body = json.dumps(
+        {"model": "bob/echo", "messages": [{"role": "user", "content": "é ü 1 2 3"}]},
+        ensure_ascii=False,
+    ).encode()
+
+    def chunked() -> Iterator[bytes]:  # no length: Transfer-Encoding: chunked
+        yield from (body[i : i + 7] for i in range(0, len(body), 7))
+
+    with httpx.Client(base_url=base, trust_env=False) as http:
+        answer = http.post(
+            "/v1/chat/completions",
+            content=chunked(),
+            headers={"Authorization": f"Bearer {tokens['bob']}"},
+        )
+    assert answer.status_code == 200
+    assert chat.bodies == [body]
+    assert answer.text.endswith("data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize(
+    ("who", "model", "content", "shown"),
+    [
+        pytest.param(
+            "bob",
+            "acme/sentiment",
+            "hi",
+            "Error code: 403 - read denied: model acme/sentiment is private "
+            "and outside the user's namespace and orgs",
+            id="403-private-model",
+        ),
+        pytest.param(
+            "bob",
+            "nobody/nothing",
+            "hi",
+            "Error code: 404 - The model 'nobody/nothing' does not exist or is not served here",
+            id="404-unknown-model",
+        ),
+        pytest.param(
+            "bob",
+            "bob/echo",
+            "x" * (1 << 20),
+            "Error code: 413 - The request body is larger than 1048576 bytes",
+            id="413-body-over-the-cap",
+        ),
+    ],
+)
+def test_wsgi_refusals_come_before_the_app(
+    wsgi_chat: tuple[str, StreamingWSGIChat],
+    tokens: dict[str, str],
+    who: str,
+    model: str,
+    content: str,
+    shown: str,
+) -> None:
+    base, chat = wsgi_chat
+    with pytest.raises(openai.APIStatusError) as raised:
+        client(base, tokens[who]).chat.completions.create(
+            model=model, messages=[{"role": "user", "content": content}], stream=True
+        )
+    assert str(raised.value) == shown
+    assert chat.bodies == []  # the app never ran
+
+
 # --- the module as a server: arguments, HFAUTH_* variables, uvicorn --workers, gunicorn -----
 
 
@@ -448,13 +591,91 @@ def test_hub_down_is_503_in_openai_shape(
 
 
 def test_body_over_the_cap_is_413(url: str, tokens: dict[str, str], example: ModuleType) -> None:
+    """The middleware's answer (it reads the body to find the model), before the app runs."""
     padding = "x" * example.MAX_BODY_BYTES
     with pytest.raises(openai.APIStatusError) as raised:
         client(url, tokens["bob"]).chat.completions.create(
             model="bob/echo", messages=[{"role": "user", "content": padding}]
         )
     assert raised.value.status_code == 413
-    assert "over 1048576 bytes" in str(raised.value)
+    assert str(raised.value) == "Error code: 413 - The request body is larger than 1048576 bytes"
+    assert raised.value.code == "payload_too_large"
+    assert raised.value.type == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("who", "model", "shown"),
+    [
+        pytest.param(
+            "bob",
+            "nobody/nothing",
+            "Error code: 404 - The model 'nobody/nothing' does not exist or is not served here",
+            id="404-unknown-model",
+        ),
+        pytest.param(
+            "bob",
+            "acme/sentiment",
+            "Error code: 403 - read denied: model acme/sentiment is private "
+            "and outside the user's namespace and orgs",
+            id="403-private-model",
+        ),
+        pytest.param(
+            None, "bob/echo", "Error code: 401 - Authentication required", id="401-no-token"
+        ),
+    ],
+)
+def test_openai_client_shows_the_message(
+    url: str, tokens: dict[str, str], who: str | None, model: str, shown: str
+) -> None:
+    """What a person sees: the exception's text is the status and the reason, whole."""
+    with pytest.raises(openai.APIStatusError) as raised:
+        client(url, token_of(tokens, who)).chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert str(raised.value) == shown
+
+
+def test_unknown_model_names_the_param(url: str, tokens: dict[str, str]) -> None:
+    with pytest.raises(openai.NotFoundError) as raised:
+        client(url, tokens["bob"]).embeddings.create(model="llama", input="x")
+    assert raised.value.param == "model"
+    assert raised.value.code == "model_not_found"
+    assert raised.value.type == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        pytest.param(b"{not json", "The request body is not valid JSON", id="not-json"),
+        pytest.param(b"[1, 2]", "The request body must be a JSON object", id="not-an-object"),
+        pytest.param(b'{"messages": []}', "The request body has no 'model' field", id="no-model"),
+        pytest.param(
+            b'{"model": 7}', "The 'model' field must be a non-empty string", id="model-not-text"
+        ),
+    ],
+)
+def test_body_the_rule_cannot_read_is_400(
+    url: str, tokens: dict[str, str], body: bytes, reason: str
+) -> None:
+    with httpx.Client(base_url=url, trust_env=False) as http:
+        answer = http.post(
+            "/v1/chat/completions",
+            content=body,
+            headers={
+                "Authorization": f"Bearer {tokens['bob']}",
+                "Content-Type": "application/json",
+            },
+        )
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": {
+            "message": reason,
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_request",
+        }
+    }
+    assert answer.headers["x-error-message"] == reason
 
 
 def test_script_refuses_a_missing_store(tmp_path: Path) -> None:
