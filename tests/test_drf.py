@@ -33,10 +33,8 @@ if not settings.configured:  # as tests/test_django.py, whichever is imported fi
     django.setup()
 
 # DRF reads the settings when imported: after settings.configure().
-from django.http import HttpRequest, JsonResponse
 from django.test import override_settings
 from django.urls import path
-from django.views import View
 from rest_framework.authentication import (
     BaseAuthentication,
     SessionAuthentication,
@@ -167,32 +165,6 @@ class DecoratedMethods(HubAPIView):
         return Response({"by": request.principal.name})
 
 
-class DjangoMethods(View):
-    """A Django class-based view with the decorators on its methods."""
-
-    @require_repo("read")
-    def get(self, request: HttpRequest, owner: str, name: str) -> JsonResponse:
-        return JsonResponse({"by": request.principal.name})
-
-    @require_repo("write")
-    def put(self, request: HttpRequest, owner: str, name: str) -> JsonResponse:
-        return JsonResponse({"by": request.principal.name})
-
-
-@require_repo("write")
-class DjangoClass(View):
-    """A Django class-based view decorated as a whole: every method needs write."""
-
-    def get(self, request: HttpRequest, owner: str, name: str) -> JsonResponse:
-        return JsonResponse({"by": request.principal.name})
-
-
-@require_repo("read")
-class AsyncDjangoClass(View):
-    async def get(self, request: HttpRequest, owner: str, name: str) -> JsonResponse:
-        return JsonResponse({"by": request.principal.name})
-
-
 urlpatterns = [
     path("v1/models/<str:owner>/<str:name>/infer", Infer.as_view()),
     path("v1/models/<str:owner>/<str:name>", Upload.as_view()),
@@ -203,9 +175,6 @@ urlpatterns = [
     path("v1/datasets/<str:owner>/<str:name>", Composed.as_view()),
     path("v1/serverless", Serverless.as_view()),
     path("cbv/drf/<str:owner>/<str:name>", DecoratedMethods.as_view()),
-    path("cbv/django/<str:owner>/<str:name>", DjangoMethods.as_view()),
-    path("cbv/class/<str:owner>/<str:name>", DjangoClass.as_view()),
-    path("cbv/async/<str:owner>/<str:name>", AsyncDjangoClass.as_view()),
 ]
 
 
@@ -484,38 +453,19 @@ def test_with_the_middleware_an_optional_path(configure, tokens):
         pytest.param("reader", "GET", "/cbv/drf/acme/sentiment", 200, id="drf-method-read"),
         pytest.param("reader", "PUT", "/cbv/drf/acme/sentiment", 403, id="drf-method-denied"),
         pytest.param(None, "GET", "/cbv/drf/acme/sentiment", 401, id="drf-method-no-token"),
-        pytest.param("reader", "GET", "/cbv/django/acme/sentiment", 200, id="django-method"),
-        pytest.param("reader", "PUT", "/cbv/django/acme/sentiment", 403, id="django-denied"),
-        pytest.param("writer", "PUT", "/cbv/django/acme/sentiment", 200, id="django-write"),
-        pytest.param("reader", "GET", "/cbv/class/acme/sentiment", 403, id="class-needs-write"),
-        pytest.param("writer", "GET", "/cbv/class/acme/sentiment", 200, id="class-write"),
-        pytest.param("reader", "GET", "/cbv/async/acme/sentiment", 200, id="async-class"),
-        pytest.param("fine", "GET", "/cbv/async/acme/other", 403, id="async-class-denied"),
     ],
 )
-def test_decorators_on_class_based_views(configure, tokens, who, method, path, status):
+def test_decorators_on_drf_view_methods(configure, tokens, who, method, path, status):
     """A 500 before ('Direct' object has no attribute 'META')."""
     configure()
     headers = bearer(tokens[who]) if who else {}
     response = APIClient().generic(method, path, **headers)
     assert response.status_code == status, response.content
     if status == 200:
-        assert response.json()["by"] == {"reader": "bob", "writer": "alice", "fine": "carol"}[who]
+        assert response.json()["by"] == "bob"
         assert response["Cache-Control"] == "private"
     else:
         assert response.json()["error"] in ("unauthorized", "insufficient_scope")
-
-
-@pytest.mark.anyio
-async def test_async_class_based_view_under_asgi(configure, tokens):
-    from django.test import AsyncClient
-
-    configure()
-    response = await AsyncClient().get(
-        "/cbv/async/acme/sentiment", headers={"Authorization": f"Bearer {tokens['reader']}"}
-    )
-    assert response.status_code == 200
-    assert response.json() == {"by": "bob"}
 
 
 def test_has_repo_access_arguments_are_checked():
