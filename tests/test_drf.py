@@ -587,3 +587,17 @@ def test_example_project(hub_emulator, tokens):
     assert answers[2][1]["user"] is None
     assert answers[5][1]["by"] == "bob"
     assert set(answers[6][1]) == {"detail"}
+
+
+def test_malformed_credentials_count_as_failures(configure, tokens, clock):
+    """Refused before any lookup, but counted by the brute-force guard."""
+    from hfauth_mw import FailureLimiter
+
+    configure(LIMITER=FailureLimiter(max_failures=2, timer=clock))
+    client = APIClient()
+    for _ in range(2):
+        assert client.get("/v1/optional", HTTP_AUTHORIZATION="Token x").status_code == 400
+    locked = client.get("/v1/optional", **bearer(tokens["reader"]))
+    assert locked.status_code == 429
+    assert int(locked["Retry-After"]) >= 1
+    assert set(locked.json()) == {"detail"}

@@ -236,3 +236,18 @@ def test_another_backends_error_keeps_starlettes_answer(authenticator):
     backend = HubTokenBackend(authenticator=authenticator)
     response = backend.on_error(None, StarletteError("nope"))  # type: ignore[arg-type]
     assert (response.status_code, response.body) == (400, b"nope")
+
+
+async def test_malformed_credentials_count_as_failures(authenticator, tokens, clock):
+    """Refused before any lookup, but counted by the brute-force guard and audited."""
+    from hfauth_mw import FailureLimiter
+
+    limiter = FailureLimiter(max_failures=2, timer=clock)
+    transport = httpx.ASGITransport(with_hub_middleware(authenticator, limiter=limiter))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for _ in range(2):
+            assert (
+                await client.get("/whoami", headers={"Authorization": "Token x"})
+            ).status_code == 400
+        locked = await client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert locked.status_code == 429

@@ -88,6 +88,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from ._adapters import mark_private, read_environ, settle
 from ._answers import ErrorResponse
+from ._credentials import Credentials
 from ._exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -118,6 +119,8 @@ __all__ = [
 Request = Any  # rest_framework.request.Request (DRF ships no type hints)
 View = Any
 RepoSource = Callable[[Request, View], "Repo | str"]
+
+_MALFORMED = Credentials("", "bearer", b"")  # stands for credentials that did not parse
 
 # On the Django request: the challenge a refused request is answered with
 # (authenticate_header reads it), and whether this class marked the view.
@@ -258,12 +261,17 @@ class HubTokenAuthentication(BaseAuthentication):  # type: ignore[misc]
         context = read_environ(django_request.META, guard.query_param, django_request.path_info)
         try:
             credentials = guard.credentials(context.authorization, context.query_tokens)
-            if credentials is None:
-                return None
-            if credentials.scheme == "basic" and not self.claims_basic(
-                credentials.username or "", credentials.token
-            ):
-                return None  # a Django user's password: DRF's BasicAuthentication's
+        except AuthenticationError:
+            credentials = _MALFORMED  # settle() refuses them: audited, and counted
+        if credentials is None:
+            return None
+        if (
+            credentials is not _MALFORMED
+            and credentials.scheme == "basic"
+            and not self.claims_basic(credentials.username or "", credentials.token)
+        ):
+            return None  # a Django user's password: DRF's BasicAuthentication's
+        try:
             auth = settle(guard, context, lazy=True)
         except AuthenticationError as error:
             raise _refuse(request, error) from None

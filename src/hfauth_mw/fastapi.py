@@ -106,6 +106,7 @@ from ._principal import ANONYMOUS
 from ._request_auth import RequestAuth
 from ._routes import RepoRequirement
 from ._rules import Access
+from .starlette import carries_credentials
 
 __all__ = [
     "OptionalToken",
@@ -382,7 +383,7 @@ class OptionalToken(RequireToken):
             return known  # the middleware's answer, anonymous ones included
         guard = _state(request).guard
         context = read_scope(request.scope, guard.query_param)
-        if guard.credentials(context.authorization, context.query_tokens) is None:
+        if not carries_credentials(guard, context):
             anonymous = RequestAuth(ANONYMOUS, guard.policy)
             request.scope["hfauth"] = anonymous
             return anonymous

@@ -68,7 +68,7 @@ from ._asgi import HubAuthCredentials, HubUser, answer_denial, render, starlette
 from ._checks import require_bool
 from ._exceptions import AuthenticationError
 from ._options import AdapterOptions, build_guard
-from ._pipeline import Guard
+from ._pipeline import Guard, RequestContext
 from ._request_auth import PrincipalMemo
 
 __all__ = ["HubAuthenticationMiddleware", "HubTokenBackend", "TokenRefused"]
@@ -78,6 +78,15 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def carries_credentials(guard: Guard, request: RequestContext) -> bool:
+    """Whether the request carries credentials. Malformed ones count: the check
+    that follows refuses them (400), audited and counted by the brute-force guard."""
+    try:
+        return guard.credentials(request.authorization, request.query_tokens) is not None
+    except AuthenticationError:
+        return True
 
 
 class TokenRefused(StarletteAuthenticationError):
@@ -115,9 +124,9 @@ class HubTokenBackend(AuthenticationBackend):
     ) -> tuple[HubAuthCredentials, BaseUser] | None:
         guard = self.guard
         request = read_scope(conn.scope, guard.query_param)
+        if not carries_credentials(guard, request):
+            return None  # anonymous: Starlette's UnauthenticatedUser
         try:
-            if guard.credentials(request.authorization, request.query_tokens) is None:
-                return None  # anonymous: Starlette's UnauthenticatedUser
             auth = await settle_async(guard, request, lazy=True)
         except AuthenticationError as error:
             raise TokenRefused(error) from None
