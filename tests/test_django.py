@@ -175,7 +175,14 @@ def hfauth_settings(hub_emulator, clock):
             "METHOD_POLICY": False,  # every view states its needs with a decorator
             **options,
         }
-        override = override_settings(HFAUTH=config)
+        # The URL conf and middleware too: tests/test_drf.py may have configured
+        # Django first in this process, with its own.
+        override = override_settings(
+            HFAUTH=config,
+            ROOT_URLCONF=__name__,
+            MIDDLEWARE=["hfauth_mw.django.HFAuthMiddleware"],
+            ALLOWED_HOSTS=["testserver"],
+        )
         override.enable()
         applied.append(override)
         return config

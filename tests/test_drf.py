@@ -417,8 +417,9 @@ def test_token_answers_are_private(client, tokens):
         pytest.param("basic", 403, id="basic-keeps-the-csrf-check"),
     ],
 )
-def test_csrf_for_basic_only(configure, tokens, scheme, status):
-    configure()
+@pytest.mark.parametrize("middleware", [False, True], ids=["alone", "with-middleware"])
+def test_csrf_for_basic_only(configure, tokens, middleware, scheme, status):
+    configure(middleware=middleware)
     headers = bearer(tokens["reader"]) if scheme == "bearer" else basic(tokens["reader"])
     response = APIClient(enforce_csrf_checks=True).post(
         "/v1/models/acme/sentiment/infer", **headers

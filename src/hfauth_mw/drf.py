@@ -123,7 +123,7 @@ RepoSource = Callable[[Request, View], "Repo | str"]
 _MALFORMED = Credentials("", "bearer", b"")  # stands for credentials that did not parse
 
 # On the Django request: the challenge a refused request is answered with
-# (authenticate_header reads it), and whether this class marked the view.
+# (authenticate_header reads it).
 _CHALLENGE = "_hfauth_challenge"
 
 
@@ -256,7 +256,11 @@ class HubTokenAuthentication(BaseAuthentication):  # type: ignore[misc]
         known = getattr(django_request, "hfauth", None)
         if isinstance(known, RequestAuth):
             # The Django middleware checked this request already.
-            return None if known.principal.is_anonymous else (HubUser(known.principal), known)
+            if known.principal.is_anonymous:
+                return None
+            if known.scheme == "basic":
+                self.enforce_csrf(request)  # DRF views are csrf_exempt for Django's check
+            return HubUser(known.principal), known
         guard = django_guard()
         context = read_environ(django_request.META, guard.query_param, django_request.path_info)
         try:
