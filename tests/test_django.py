@@ -14,6 +14,7 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.test import AsyncClient, Client, override_settings
 from django.urls import path
+from django.views import View
 
 from contract import ADAPTER_ACCESS_ROWS
 from hfauth_mw import (
@@ -90,6 +91,18 @@ def checks_more_in_the_view(request: HttpRequest, owner: str, name: str) -> Json
     return JsonResponse({"ok": True})
 
 
+async def site_page(request: HttpRequest) -> JsonResponse:
+    """A page of the site: what Django's own user and hfauth-mw's principal are."""
+    user = getattr(request, "user", None)
+    principal = getattr(request, "principal", None)
+    return JsonResponse(
+        {
+            "principal": principal.name if principal is not None else None,
+            "django_user": type(user).__name__ if user is not None else None,
+        }
+    )
+
+
 async def async_whoami(request: HttpRequest) -> JsonResponse:
     user = await request.auser()
     return JsonResponse({"user": type(user).__name__, "name": user.get_username()})
@@ -98,6 +111,32 @@ async def async_whoami(request: HttpRequest) -> JsonResponse:
 def route_check(request: HttpRequest) -> JsonResponse:
     request.hfauth.require("model:acme/sentiment", "write")
     return JsonResponse({"ok": True})
+
+
+class DjangoMethods(View):
+    """A Django class-based view with the decorators on its methods."""
+
+    @require_repo("read")
+    def get(self, request: HttpRequest, owner: str, name: str) -> JsonResponse:
+        return JsonResponse({"by": request.principal.name})
+
+    @require_repo("write")
+    def put(self, request: HttpRequest, owner: str, name: str) -> JsonResponse:
+        return JsonResponse({"by": request.principal.name})
+
+
+@require_repo("write")
+class DjangoClass(View):
+    """A Django class-based view decorated as a whole: every method needs write."""
+
+    def get(self, request: HttpRequest, owner: str, name: str) -> JsonResponse:
+        return JsonResponse({"by": request.principal.name})
+
+
+@require_repo("read")
+class AsyncDjangoClass(View):
+    async def get(self, request: HttpRequest, owner: str, name: str) -> JsonResponse:
+        return JsonResponse({"by": request.principal.name})
 
 
 urlpatterns = [
@@ -111,6 +150,10 @@ urlpatterns = [
     path("route-check", route_check),
     path("v1/checked/<str:owner>/<str:name>", checks_more_in_the_view),
     path("async-whoami", async_whoami),
+    path("cbv/django/<str:owner>/<str:name>", DjangoMethods.as_view()),
+    path("cbv/class/<str:owner>/<str:name>", DjangoClass.as_view()),
+    path("cbv/async/<str:owner>/<str:name>", AsyncDjangoClass.as_view()),
+    path("", site_page),
 ]
 
 
@@ -132,7 +175,14 @@ def hfauth_settings(hub_emulator, clock):
             "METHOD_POLICY": False,  # every view states its needs with a decorator
             **options,
         }
-        override = override_settings(HFAUTH=config)
+        # The URL conf and middleware too: tests/test_drf.py may have configured
+        # Django first in this process, with its own.
+        override = override_settings(
+            HFAUTH=config,
+            ROOT_URLCONF=__name__,
+            MIDDLEWARE=["hfauth_mw.django.HFAuthMiddleware"],
+            ALLOWED_HOSTS=["testserver"],
+        )
         override.enable()
         applied.append(override)
         return config
@@ -464,3 +514,121 @@ def test_example_project(hub_emulator, tokens):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout) == [call[3] for call in calls]
+
+
+# --- class-based views, optional and protected paths (issue 19) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "path", "status"),
+    [
+        pytest.param("reader", "GET", "/cbv/django/acme/sentiment", 200, id="method-read"),
+        pytest.param("reader", "PUT", "/cbv/django/acme/sentiment", 403, id="method-denied"),
+        pytest.param("writer", "PUT", "/cbv/django/acme/sentiment", 200, id="method-write"),
+        pytest.param(None, "GET", "/cbv/django/acme/sentiment", 401, id="method-no-token"),
+        pytest.param("reader", "GET", "/cbv/class/acme/sentiment", 403, id="class-needs-write"),
+        pytest.param("writer", "GET", "/cbv/class/acme/sentiment", 200, id="class-write"),
+        pytest.param("reader", "GET", "/cbv/async/acme/sentiment", 200, id="async-class"),
+        pytest.param("fine", "GET", "/cbv/async/acme/other", 403, id="async-class-denied"),
+    ],
+)
+@pytest.mark.parametrize("middleware", [True, False], ids=["with-middleware", "decorators-alone"])
+def test_decorators_on_class_based_views(
+    hfauth_settings, tokens, middleware, who, method, path, status
+):
+    """A 500 before ('Direct' object has no attribute 'META')."""
+    hfauth_settings()
+    headers = bearer(tokens[who]) if who else {}
+    with override_settings(MIDDLEWARE=["hfauth_mw.django.HFAuthMiddleware"] if middleware else []):
+        response = Client().generic(method, path, headers=headers)
+    assert response.status_code == status, response.content
+    if status == 200:
+        assert response.json()["by"] == {"reader": "bob", "writer": "alice"}[who]
+        assert response.headers["Cache-Control"] == "private"
+    else:
+        assert response.json()["error"] in ("unauthorized", "insufficient_scope")
+
+
+@pytest.mark.anyio
+async def test_async_class_based_view_under_asgi(hfauth_settings, tokens):
+    hfauth_settings()
+    response = await AsyncClient().get(
+        "/cbv/async/acme/sentiment", headers=bearer(tokens["reader"])
+    )
+    assert response.status_code == 200
+    assert response.json() == {"by": "bob"}
+
+
+def test_decorating_a_class_without_dispatch_is_an_error():
+    with pytest.raises(ConfigurationError, match="dispatch"):
+        require_repo("read")(type("NotAView", (), {}))
+
+
+MADE_UP = "hf_" + "Z" * 34
+
+
+@pytest.mark.parametrize(
+    ("who", "status", "principal"),
+    [
+        pytest.param(None, 200, "anonymous", id="no-token"),
+        pytest.param("reader", 200, "bob", id="token"),
+        pytest.param("bad", 401, None, id="bad-token"),
+    ],
+)
+def test_optional_paths(hfauth_settings, tokens, who, status, principal):
+    hfauth_settings(OPTIONAL_PATHS=["/"])
+    token = MADE_UP if who == "bad" else tokens.get(who)
+    response = Client().get("/", headers=bearer(token) if token else {})
+    assert response.status_code == status
+    if principal:
+        assert response.json()["principal"] == principal
+
+
+@pytest.mark.parametrize(
+    ("who", "status", "hub_user"),
+    [
+        pytest.param(None, 200, False, id="no-token-keeps-djangos-user"),
+        pytest.param("reader", 200, True, id="token-sets-the-hub-user"),
+    ],
+)
+def test_set_user_on_an_optional_path(hfauth_settings, tokens, who, status, hub_user):
+    """Without a token, Django's own request.user stays (a site's session login);
+    only a token replaces it. Here a stand-in for AuthenticationMiddleware."""
+
+    class DjangoUser:
+        is_authenticated = False
+
+    def set_django_user(get_response):
+        def middleware(request):
+            request.user = DjangoUser()
+            return get_response(request)
+
+        return middleware
+
+    sys.modules[__name__].set_django_user = set_django_user
+    hfauth_settings(OPTIONAL_PATHS=["/"], SET_USER=True)
+    stack = [f"{__name__}.set_django_user", "hfauth_mw.django.HFAuthMiddleware"]
+    with override_settings(MIDDLEWARE=stack):
+        response = Client().get("/", headers=bearer(tokens[who]) if who else {})
+    assert response.status_code == status
+    assert response.json()["django_user"] == ("HubUser" if hub_user else "DjangoUser")
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "path", "status"),
+    [
+        pytest.param(None, "GET", "/", 200, id="unlisted-no-token"),
+        pytest.param("bad", "GET", "/", 200, id="unlisted-bad-token-unchecked"),
+        pytest.param(None, "POST", "/v1/models/acme/sentiment/infer", 401, id="listed-no-token"),
+        pytest.param("reader", "POST", "/v1/models/acme/sentiment/infer", 200, id="listed-read"),
+        pytest.param("reader", "PUT", "/v1/models/acme/sentiment", 403, id="listed-denied"),
+    ],
+)
+def test_protected_paths(hfauth_settings, hub_emulator, tokens, who, method, path, status):
+    hfauth_settings(PUBLIC_PATHS=[], PROTECTED_PATHS=["/v1/*"])
+    token = MADE_UP if who == "bad" else tokens.get(who)
+    response = Client().generic(method, path, headers=bearer(token) if token else {})
+    assert response.status_code == status
+    if path == "/":
+        assert response.json() == {"principal": None, "django_user": None}
+        assert hub_emulator.whoami_calls == 0

@@ -24,7 +24,14 @@ from hfauth_mw import (
     TokenCache,
     Visibility,
 )
-from hfauth_mw.fastapi import RequirePermission, RequireRepo, RequireToken, install
+from hfauth_mw.fastapi import (
+    OptionalToken,
+    RequirePermission,
+    RequireRepo,
+    RequireToken,
+    docs_paths,
+    install,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -303,7 +310,7 @@ def test_swagger_ui_is_served(make_app):
 
 def test_without_install_is_a_clear_error(tokens):
     client = TestClient(create_app())
-    with pytest.raises(RuntimeError, match="install"):
+    with pytest.raises(ConfigurationError, match=r"install\(app"):
         client.get("/whoami", headers=bearer(tokens["reader"]))
 
 
@@ -523,3 +530,115 @@ def test_install_keeps_the_apps_own_lifespan(new_authenticator):
     with TestClient(app) as client:
         assert client.get("/model").json() == {"model": "loaded"}
     assert events == ["start", "stop"]
+
+
+# --- FastAPI's own pages, optional authentication, path options (issue 19) -----------------
+
+DOCS = ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"]
+
+
+@pytest.mark.parametrize("order", ["install-first", "middleware-first"])
+@pytest.mark.parametrize("path", DOCS)
+async def test_install_makes_the_docs_public_for_the_middleware(
+    new_authenticator, hub_emulator, order, path
+):
+    app = create_app()
+    middleware = {"authenticator": new_authenticator(), "public_paths": ["/health"]}
+    if order == "middleware-first":
+        app.add_middleware(HFAuthMiddleware, **middleware)
+    install(app, authenticator=new_authenticator())
+    if order == "install-first":
+        app.add_middleware(HFAuthMiddleware, **middleware)
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get(path)
+        guarded = await client.get("/whoami")
+    assert response.status_code == 200, response.text
+    assert guarded.status_code == 401  # the rest stays guarded
+    assert hub_emulator.whoami_calls == 0
+
+
+async def test_docs_stay_guarded_when_told(new_authenticator):
+    app = create_app()
+    install(app, authenticator=new_authenticator(), docs_public=False)
+    app.add_middleware(HFAuthMiddleware, authenticator=new_authenticator())
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for path in DOCS:
+            assert (await client.get(path)).status_code == 401
+
+
+def test_docs_paths_follow_the_apps_settings():
+    assert docs_paths(FastAPI()) == DOCS
+    custom = FastAPI(docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    assert docs_paths(custom) == ["/api/docs", "/api/openapi.json", "/docs/oauth2-redirect"]
+    assert docs_paths(FastAPI(openapi_url=None, docs_url=None, redoc_url=None)) == []
+
+
+async def test_a_middleware_with_protected_paths_is_left_alone(new_authenticator, tokens):
+    app = create_app()
+    install(app, authenticator=new_authenticator())
+    app.add_middleware(
+        HFAuthMiddleware,
+        authenticator=new_authenticator(),
+        protected_paths=["/v1/*"],
+        method_policy=False,
+    )
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/docs")).status_code == 200
+        assert (await client.get("/health")).status_code == 200
+        refused = await client.post("/v1/models/acme/sentiment/infer")
+        assert refused.status_code == 401
+        allowed = await client.post(
+            "/v1/models/acme/sentiment/infer", headers=bearer(tokens["reader"])
+        )
+        assert allowed.json()["by"] == "bob"
+
+
+def optional_app() -> FastAPI:
+    app = create_app()
+
+    @app.get("/v1/models")
+    async def models(auth: Annotated[RequestAuth, Security(OptionalToken())]) -> dict[str, object]:
+        principal = auth.principal
+        return {"user": None if principal.is_anonymous else principal.name}
+
+    return app
+
+
+@pytest.mark.parametrize("middleware", [False, True], ids=["alone", "with-middleware"])
+@pytest.mark.parametrize(
+    ("who", "status", "user"),
+    [
+        pytest.param(None, 200, None, id="no-token"),
+        pytest.param("reader", 200, "bob", id="token"),
+        pytest.param("bad", 401, None, id="bad-token"),
+    ],
+)
+async def test_optional_token(new_authenticator, tokens, middleware, who, status, user):
+    app = optional_app()
+    install(app, authenticator=new_authenticator())
+    if middleware:
+        app.add_middleware(
+            HFAuthMiddleware, authenticator=new_authenticator(), optional_paths=["/v1/models"]
+        )
+    token = "hf_" + "Z" * 34 if who == "bad" else tokens.get(who)
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/v1/models", headers=bearer(token) if token else {})
+    assert response.status_code == status
+    if status == 200:
+        assert response.json() == {"user": user}
+    else:
+        assert response.json()["error"] == "invalid_token"
+
+
+async def test_a_token_route_on_an_optional_path_still_needs_a_token(new_authenticator):
+    app = create_app()
+    install(app, authenticator=new_authenticator())
+    app.add_middleware(HFAuthMiddleware, authenticator=new_authenticator(), optional_paths=["/*"])
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/whoami")
+    assert response.status_code == 401

@@ -484,3 +484,116 @@ def test_private_responses_can_be_switched_off(make_app, tokens):
     response = client.get("/whoami", headers=bearer(tokens["reader"]))
     assert response.status_code == 200
     assert "Vary" not in response.headers
+
+
+# --- class-based views, optional and protected paths (issue 19) ---------------------------
+
+
+def add_class_based_views(app: Flask) -> None:
+    from flask.views import MethodView, View
+
+    hfauth = HFAuth()
+
+    class ModelAPI(MethodView):
+        @hfauth.require_repo("read")
+        def get(self, owner: str, name: str):
+            return {"by": current_principal.name}
+
+        @hfauth.require_repo("write")
+        def put(self, owner: str, name: str):
+            return {"by": current_principal.name}
+
+    @hfauth.require_repo("write")
+    class WritersOnly(MethodView):
+        def get(self, owner: str, name: str):
+            return {"by": current_principal.name}
+
+    @hfauth.require_permission("inference.endpoints.infer.write")
+    class Serverless(View):
+        methods = ["POST"]  # noqa: RUF012 - Flask's own attribute
+
+        def dispatch_request(self):
+            return {"by": current_principal.name}
+
+    app.add_url_rule("/cbv/models/<owner>/<name>", view_func=ModelAPI.as_view("model_api"))
+    app.add_url_rule("/cbv/writers/<owner>/<name>", view_func=WritersOnly.as_view("writers"))
+    app.add_url_rule("/cbv/serverless", view_func=Serverless.as_view("cbv_serverless"))
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "path", "status"),
+    [
+        pytest.param("reader", "GET", "/cbv/models/acme/sentiment", 200, id="method-read"),
+        pytest.param("reader", "PUT", "/cbv/models/acme/sentiment", 403, id="method-denied"),
+        pytest.param("writer", "PUT", "/cbv/models/acme/sentiment", 200, id="method-write"),
+        pytest.param("fine", "GET", "/cbv/models/acme/other", 403, id="method-fine-denied"),
+        pytest.param("reader", "GET", "/cbv/writers/acme/sentiment", 403, id="class-needs-write"),
+        pytest.param("writer", "GET", "/cbv/writers/acme/sentiment", 200, id="class-write"),
+        pytest.param("serverless", "POST", "/cbv/serverless", 200, id="view-permission"),
+        pytest.param("reader", "POST", "/cbv/serverless", 403, id="view-no-permission"),
+    ],
+)
+def test_decorators_on_method_views(make_app, tokens, who, method, path, status):
+    app = make_app()
+    add_class_based_views(app)
+    response = app.test_client().open(path, method=method, headers=bearer(tokens[who]))
+    assert response.status_code == status, response.data
+    if status == 200:
+        assert (
+            response.json["by"]
+            == {
+                "reader": "bob",
+                "writer": "alice",
+                "serverless": "sam",
+            }[who]
+        )
+    else:
+        assert response.json["error"] == "insufficient_scope"
+
+
+def test_decorating_a_class_without_dispatch_is_an_error():
+    with pytest.raises(ConfigurationError, match="dispatch_request"):
+        HFAuth.require_repo("read")(type("NotAView", (), {}))
+
+
+@pytest.mark.parametrize(
+    ("who", "path", "status", "user"),
+    [
+        pytest.param(None, "/whoami", 200, "anonymous", id="optional-no-token"),
+        pytest.param("reader", "/whoami", 200, "bob", id="optional-token"),
+        pytest.param("bad", "/whoami", 401, None, id="optional-bad-token"),
+        pytest.param(None, "/route-check", 401, None, id="protected-no-token"),
+    ],
+)
+def test_optional_paths(make_app, tokens, who, path, status, user):
+    client = make_app(HFAUTH_OPTIONAL_PATHS=["/whoami"]).test_client()
+    token = "hf_" + "Z" * 34 if who == "bad" else tokens.get(who)
+    response = client.get(path, headers=bearer(token) if token else {})
+    assert response.status_code == status
+    if user:
+        assert response.json["user"] == user
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "path", "status"),
+    [
+        pytest.param(None, "GET", "/health", 200, id="unlisted-no-token"),
+        pytest.param("bad", "GET", "/health", 200, id="unlisted-bad-token-unchecked"),
+        pytest.param(None, "POST", "/v1/models/acme/sentiment/infer", 401, id="listed-no-token"),
+        pytest.param("reader", "POST", "/v1/models/acme/sentiment/infer", 200, id="listed-read"),
+        pytest.param("reader", "PUT", "/v1/models/acme/sentiment", 403, id="listed-denied"),
+        pytest.param(None, "GET", "/v1//models/x", 401, id="unsafe-spelling-still-checked"),
+    ],
+)
+def test_protected_paths(make_app, hub_emulator, tokens, who, method, path, status):
+    client = make_app(HFAUTH_PUBLIC_PATHS=(), HFAUTH_PROTECTED_PATHS=["/v1/*"]).test_client()
+    token = "hf_" + "Z" * 34 if who == "bad" else tokens.get(who)
+    response = client.open(path, method=method, headers=bearer(token) if token else {})
+    assert response.status_code == status
+    if path == "/health":
+        assert hub_emulator.whoami_calls == 0
+
+
+def test_protected_and_public_paths_together_fail_at_init_app(make_app):
+    with pytest.raises(ConfigurationError, match="not both"):
+        make_app(HFAUTH_PROTECTED_PATHS=["/v1/*"])

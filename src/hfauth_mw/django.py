@@ -62,6 +62,7 @@ Security caveats, plainly:
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -190,7 +191,9 @@ def _attach(request: Request, auth: RequestAuth) -> RequestAuth:
         # cannot be forged cross-site. Basic credentials it does replay, like
         # cookies: those requests keep Django's CSRF check.
         request._dont_enforce_csrf_checks = True
-    if _setup().set_user:
+    # Without a token (an optional path, allow_anonymous) Django's own user stays:
+    # its AnonymousUser, or the session's user on a site that also logs people in.
+    if _setup().set_user and (auth.scheme is not None or not hasattr(request, "user")):
         user = HubUser(auth.principal)
 
         async def auser() -> HubUser:
@@ -302,14 +305,17 @@ def require_permission(permission: str) -> Callable[[F], F]:
 
 def _guarded(check: Callable[[RequestAuth, Mapping[str, object]], object]) -> Callable[[F], F]:
     def decorator(view: F) -> F:
+        if isinstance(view, type):
+            return cast(F, _guard_class(view, decorator))
         if iscoroutinefunction(view):
             async_view = cast(Callable[..., Awaitable[Any]], view)
 
             @functools.wraps(view)
-            async def async_wrapper(request: Request, *args: Any, **kwargs: Any) -> Any:
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                request = _request_of(args)
                 try:
                     check(await _request_auth_async(request), kwargs)
-                    response = await async_view(request, *args, **kwargs)
+                    response = await async_view(*args, **kwargs)
                 except AuthenticationError as error:
                     return render(guard(), error)
                 return _finish(request, response)
@@ -320,10 +326,11 @@ def _guarded(check: Callable[[RequestAuth, Mapping[str, object]], object]) -> Ca
         # there is: it also renders denials raised in the view and marks the
         # answer private, as the middleware would (both are idempotent).
         @functools.wraps(view)
-        def wrapper(request: Request, *args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            request = _request_of(args)
             try:
                 check(_request_auth(request), kwargs)
-                response = view(request, *args, **kwargs)
+                response = view(*args, **kwargs)
             except AuthenticationError as error:
                 return render(guard(), error)
             return _finish(request, response)
@@ -331,3 +338,37 @@ def _guarded(check: Callable[[RequestAuth, Mapping[str, object]], object]) -> Ca
         return cast(F, wrapper)
 
     return decorator
+
+
+def _request_of(args: tuple[Any, ...]) -> Request:
+    """The request among a view's positional arguments: the first for a view
+    function, the second for a method of a class-based view (after ``self``)."""
+    for arg in args[:2]:
+        if hasattr(arg, "META"):  # an HttpRequest, or DRF's Request over one
+            return arg
+    raise TypeError(
+        "hfauth-mw: the decorated view was not called with a request as its first "
+        "argument (a view function) or second (a method of a class-based view)"
+    )
+
+
+def _guard_class(view_class: type, decorator: Callable[[F], F]) -> type:
+    """A class-based view (Django's ``View``, DRF's ``APIView``): its ``dispatch``
+    runs the check first, so every method of the class needs it."""
+    dispatch = getattr(view_class, "dispatch", None)
+    if dispatch is None:
+        raise ConfigurationError(
+            f"{view_class.__name__} has no dispatch(): decorate a view function, a method "
+            "of a class-based view, or a class-based view"
+        )
+    if getattr(view_class, "view_is_async", False):
+        # Async class-based views: dispatch returns the handler's coroutine.
+        @functools.wraps(dispatch)
+        async def async_dispatch(self: Any, request: Request, *args: Any, **kwargs: Any) -> Any:
+            response = dispatch(self, request, *args, **kwargs)
+            return await response if inspect.isawaitable(response) else response
+
+        setattr(view_class, "dispatch", decorator(cast(F, async_dispatch)))  # noqa: B010
+    else:
+        setattr(view_class, "dispatch", decorator(cast(F, dispatch)))  # noqa: B010
+    return view_class

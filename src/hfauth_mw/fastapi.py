@@ -35,7 +35,21 @@ dependencies (a mounted sub-app is an app of its own): it holds the options
 used when the middleware did not run, and the exception handler that renders
 every :class:`~hfauth_mw.AuthenticationError` as the RFC 6750 answer
 (``{"error", "error_description"}``, not FastAPI's ``{"detail": ...}``). With
-``allow_basic=False`` it also leaves the Basic scheme out of OpenAPI.
+``allow_basic=False`` it also leaves the Basic scheme out of OpenAPI. Routes
+using them on an app without it are a :class:`~hfauth_mw.ConfigurationError`
+at their first request (nothing of hfauth-mw's runs at such an app's start-up
+to see it earlier); with it, a ``RequireRepo`` naming a path parameter its
+route lacks stops start-up.
+
+FastAPI's own pages (``/docs``, ``/redoc``, ``/openapi.json``, the OAuth2
+redirect: :func:`docs_paths`) stay public: :func:`install` adds them to the
+``public_paths`` of the :class:`~hfauth_mw.HFAuthMiddleware` the app adds
+with ``add_middleware`` (``install(..., docs_public=False)`` to keep them
+guarded); a middleware wrapping the app from outside needs
+``public_paths=[..., *docs_paths(app)]``.
+
+:class:`OptionalToken` is for optional authentication: a valid token's
+``RequestAuth``, the anonymous one without credentials, a bad token refused.
 
 Security caveats, plainly:
 
@@ -79,24 +93,29 @@ try:
     from fastapi.dependencies.models import Dependant
     from fastapi.routing import APIRoute
     from fastapi.security import HTTPBasic, HTTPBearer
+    from starlette.middleware import Middleware
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra("fastapi", "fastapi") from exc
 
 from ._adapters import mark_private, needs_private_marks, read_scope, settle_async
-from ._asgi import answer_denial, render
+from ._asgi import HFAuthMiddleware, answer_denial, render
 from ._exceptions import AuthenticationError, ConfigurationError, MissingCredentials
 from ._options import AdapterOptions, build_guard
 from ._pipeline import Guard
+from ._principal import ANONYMOUS
 from ._request_auth import RequestAuth
 from ._routes import RepoRequirement
 from ._rules import Access
+from .starlette import carries_credentials
 
 __all__ = [
+    "OptionalToken",
     "RequirePermission",
     "RequireRepo",
     "RequireToken",
     "basic_scheme",
     "bearer_scheme",
+    "docs_paths",
     "install",
     "render",
     "request_auth",
@@ -139,11 +158,28 @@ class _State:
 
 
 def install(
-    app: FastAPI, *, private_responses: bool = True, **options: Unpack[AdapterOptions]
+    app: FastAPI,
+    *,
+    private_responses: bool = True,
+    docs_public: bool = True,
+    **options: Unpack[AdapterOptions],
 ) -> Guard:
     """Set up hfauth-mw on ``app``: the options for requests the middleware did not
-    check, and the RFC 6750 exception handler. Returns the :class:`Guard`."""
+    check, and the RFC 6750 exception handler. Returns the :class:`Guard`.
+
+    With ``docs_public`` (the default), FastAPI's own pages (:func:`docs_paths`:
+    ``docs_url``, ``redoc_url``, ``openapi_url`` and the OAuth2 redirect) are
+    public for an :class:`~hfauth_mw.HFAuthMiddleware` added to this app with
+    ``add_middleware`` (or ``FastAPI(middleware=[...])``), before or after this
+    call: they are added to its ``public_paths`` when the app builds its
+    middleware (one with ``protected_paths`` needs nothing: paths it does not
+    list are not checked). ``docs_public=False`` leaves them as the middleware's
+    options say.
+    """
     options.setdefault("method_policy", False)
+    require_bool("docs_public", docs_public)
+    if docs_public and options.get("protected_paths") is None:
+        options["public_paths"] = [*options.get("public_paths", ()), *docs_paths(app)]
     guard = build_guard(options)
     setattr(
         app.state,
@@ -154,8 +190,46 @@ def install(
     app.add_exception_handler(AuthenticationError, _handle)  # type: ignore[arg-type]
     if not guard.allow_basic:
         _hide_basic_scheme(app)
+    if docs_public:
+        _docs_public_for_the_middleware(app)
     _check_routes_at_startup(app)
     return guard
+
+
+def docs_paths(app: FastAPI) -> list[str]:
+    """FastAPI's own pages on ``app``: ``docs_url``, its OAuth2 redirect,
+    ``redoc_url`` and ``openapi_url`` (those switched off are left out). For an
+    :class:`~hfauth_mw.HFAuthMiddleware` that wraps the app from outside
+    (``HFAuthMiddleware(app, public_paths=["/health", *docs_paths(app)])``),
+    which :func:`install` cannot reach."""
+    paths = [app.docs_url, app.redoc_url, app.openapi_url]
+    if app.docs_url:
+        paths.append(app.swagger_ui_oauth2_redirect_url)
+    return [path for path in paths if path]
+
+
+def _docs_public_for_the_middleware(app: FastAPI) -> None:
+    """Add :func:`docs_paths` to the ``public_paths`` of every HFAuthMiddleware in
+    ``app.user_middleware`` when the app builds its middleware stack (its first
+    request or lifespan event): middleware added after ``install()`` counts too."""
+    build = app.build_middleware_stack
+
+    def build_with_public_docs() -> Any:
+        app.user_middleware = [_with_public_docs(app, entry) for entry in app.user_middleware]
+        return build()
+
+    app.build_middleware_stack = build_with_public_docs  # type: ignore[method-assign]
+
+
+def _with_public_docs(app: FastAPI, entry: Middleware) -> Middleware:
+    cls, args, kwargs = entry
+    if not (isinstance(cls, type) and issubclass(cls, HFAuthMiddleware)):
+        return entry
+    if kwargs.get("protected_paths") is not None:
+        return entry  # only the listed paths are checked; the user chose them
+    public = list(kwargs.get("public_paths", ()))
+    added = [path for path in docs_paths(app) if path not in public]
+    return Middleware(cls, *args, **{**kwargs, "public_paths": [*public, *added]})
 
 
 def _check_routes_at_startup(app: FastAPI) -> None:
@@ -221,9 +295,13 @@ def _hide_basic_scheme(app: FastAPI) -> None:
 def _state(request: HTTPConnection) -> _State:
     state = getattr(request.app.state, _STATE, None)
     if not isinstance(state, _State):
-        raise RuntimeError(
-            "hfauth-mw is not set up on this app: call hfauth_mw.fastapi.install(app, ...) "
-            "on every FastAPI app with hfauth-mw dependencies, mounted sub-apps included"
+        # Nothing of hfauth-mw's runs when such an app starts (install() is what
+        # adds the start-up check), so this is the first moment it can be seen.
+        raise ConfigurationError(
+            "hfauth-mw is not set up on this app: a route uses RequireToken, RequireRepo, "
+            "RequirePermission or OptionalToken, but hfauth_mw.fastapi.install(app, ...) was "
+            "not called; call it on every FastAPI app with these dependencies, mounted "
+            "sub-apps included"
         )
     return state
 
@@ -290,6 +368,26 @@ class RequireToken:
 
     def check(self, auth: RequestAuth, request: Request) -> None:
         """Raise the 401/403 error when ``auth`` does not meet the requirement."""
+
+
+class OptionalToken(RequireToken):
+    """Dependency for optional authentication: the :class:`~hfauth_mw.RequestAuth`
+    of a valid token, the anonymous one (``auth.principal.is_anonymous``) for a
+    request without credentials; a bad token is refused (401/400), as everywhere."""
+
+    async def __call__(
+        self, *, request: Request, response: Response, bearer: None = None, basic: None = None
+    ) -> RequestAuth:
+        known = request.scope.get("hfauth")
+        if isinstance(known, RequestAuth):
+            return known  # the middleware's answer, anonymous ones included
+        guard = _state(request).guard
+        context = read_scope(request.scope, guard.query_param)
+        if not carries_credentials(guard, context):
+            anonymous = RequestAuth(ANONYMOUS, guard.policy)
+            request.scope["hfauth"] = anonymous
+            return anonymous
+        return await request_auth(request, response)
 
 
 class RequireRepo(RequireToken):

@@ -161,6 +161,19 @@ class HFAuth:
 
 def _guarded(check: Callable[[dict[str, Any]], None]) -> Callable[[F], F]:
     def decorator(view: F) -> F:
+        if isinstance(view, type):
+            # A class-based view (View, MethodView): every method needs the check.
+            dispatch = getattr(view, "dispatch_request", None)
+            if dispatch is None:
+                raise ConfigurationError(
+                    f"{view.__name__} has no dispatch_request(): decorate a view function, "
+                    "a method of a MethodView, or a flask.views.View class"
+                )
+            setattr(view, "dispatch_request", decorator(dispatch))  # noqa: B010
+            return view
+
+        # A view function, or a method of a class-based view (self comes first in
+        # args; the check reads the URL's keyword arguments only).
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:

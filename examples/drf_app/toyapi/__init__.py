@@ -1,0 +1,1 @@
+"""The toy model API's Django project (see ``../manage.py``)."""

@@ -1,0 +1,196 @@
+"""Starlette integration: an ``AuthenticationBackend`` over the hfauth-mw core.
+
+For apps that leave access to each route (``@requires``) and want optional
+authentication: a valid token sets ``request.user``, no token leaves it
+anonymous, a bad one is refused with the RFC 6750 answer::
+
+    from starlette.applications import Starlette
+    from starlette.authentication import requires
+    from starlette.middleware import Middleware
+    from hfauth_mw.starlette import HubAuthenticationMiddleware
+
+    @requires("authenticated")
+    async def whoami(request):
+        return JSONResponse({"user": request.user.display_name})
+
+    app = Starlette(
+        routes=[Route("/whoami", whoami)],
+        middleware=[Middleware(HubAuthenticationMiddleware, hub_url="https://huggingface.co")],
+    )
+
+:class:`HubAuthenticationMiddleware` is Starlette's ``AuthenticationMiddleware``
+with a :class:`HubTokenBackend`, its ``on_error`` answer and the private marks
+on token-authenticated answers. The backend alone plugs into Starlette's own
+middleware too::
+
+    backend = HubTokenBackend(hub_url="https://huggingface.co")
+    Middleware(AuthenticationMiddleware, backend=backend, on_error=backend.on_error)
+
+``request.user`` is a :class:`~hfauth_mw.HubUser` (Starlette's
+``UnauthenticatedUser`` without a token), ``request.auth`` a
+:class:`~hfauth_mw.HubAuthCredentials` whose scopes ``@requires`` checks
+(``authenticated``, ``role:read``/``role:write``/``role:fineGrained``, the
+fine-grained global permissions), and ``request.scope["hfauth"]``
+(:func:`~hfauth_mw.get_request_auth`) the :class:`~hfauth_mw.RequestAuth`.
+
+Security caveats, plainly:
+
+* Nothing is refused for lack of a token here: every route says what it
+  needs with ``@requires`` (Starlette answers 403 when a scope is missing, or
+  redirects). For default deny, use :class:`~hfauth_mw.HFAuthMiddleware`
+  (``optional_paths`` gives it this behaviour on chosen paths).
+* ``method_policy`` defaults to ``False`` here: ``rules`` still apply to the
+  requests that carry a token.
+* A bad token (unknown, revoked, malformed) is refused, never treated as
+  anonymous; a token source that cannot answer is a 503 with ``Retry-After``.
+* With the backend in Starlette's own ``AuthenticationMiddleware``, pass
+  ``on_error=backend.on_error`` (Starlette's default answers 400 in plain
+  text), and add ``Vary: Authorization`` yourself where caches sit in front;
+  :class:`HubAuthenticationMiddleware` does both.
+* Denials raised in a route (``get_request_auth(request).require(...)``)
+  need the app's exception handler: ``exception_handlers={AuthenticationError:
+  backend.exception_handler}`` (:class:`~hfauth_mw.AuthenticationError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Unpack
+
+from starlette.authentication import AuthenticationBackend, BaseUser
+from starlette.authentication import AuthenticationError as StarletteAuthenticationError
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection
+from starlette.responses import PlainTextResponse, Response
+
+from ._adapters import needs_private_marks, private_send, read_scope, settle_async
+from ._asgi import HubAuthCredentials, HubUser, answer_denial, render, starlette_scopes
+from ._checks import require_bool
+from ._exceptions import AuthenticationError
+from ._options import AdapterOptions, build_guard
+from ._pipeline import Guard, RequestContext
+from ._request_auth import PrincipalMemo
+
+__all__ = ["HubAuthenticationMiddleware", "HubTokenBackend", "TokenRefused"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def carries_credentials(guard: Guard, request: RequestContext) -> bool:
+    """Whether the request carries credentials. Malformed ones count: the check
+    that follows refuses them (400), audited and counted by the brute-force guard."""
+    try:
+        return guard.credentials(request.authorization, request.query_tokens) is not None
+    except AuthenticationError:
+        return True
+
+
+class TokenRefused(StarletteAuthenticationError):
+    """What the backend raises for a refused token: Starlette's
+    ``AuthenticationError``, carrying hfauth-mw's (``.error``) for ``on_error``."""
+
+    def __init__(self, error: AuthenticationError) -> None:
+        super().__init__(error.description)
+        self.error = error
+
+
+class HubTokenBackend(AuthenticationBackend):
+    """A Starlette ``AuthenticationBackend`` accepting Hugging Face tokens.
+
+    Options are those of :class:`~hfauth_mw.HFAuthMiddleware` (``hub_url``,
+    ``source`` or ``authenticator``, ``realm``, ``rules``, ``policy``, ...);
+    ``method_policy`` defaults to ``False``. Path options (``public_paths``,
+    ``optional_paths``, ``protected_paths``) do not apply: every request
+    carrying a token is checked, every request without one is anonymous.
+    """
+
+    def __init__(self, **options: Unpack[AdapterOptions]) -> None:
+        options.setdefault("method_policy", False)
+        self.guard: Guard = build_guard(options)
+        self._views: PrincipalMemo[tuple[HubAuthCredentials, HubUser]] = PrincipalMemo(
+            lambda principal: (HubAuthCredentials(starlette_scopes(principal)), HubUser(principal)),
+            self.guard.authenticator.cache.maxsize,
+        )
+
+    def __repr__(self) -> str:
+        return f"HubTokenBackend({self.guard!r})"
+
+    async def authenticate(
+        self, conn: HTTPConnection
+    ) -> tuple[HubAuthCredentials, BaseUser] | None:
+        guard = self.guard
+        request = read_scope(conn.scope, guard.query_param)
+        if not carries_credentials(guard, request):
+            return None  # anonymous: Starlette's UnauthenticatedUser
+        try:
+            auth = await settle_async(guard, request, lazy=True)
+        except AuthenticationError as error:
+            raise TokenRefused(error) from None
+        assert auth is not None  # a lazy check never skips the path
+        conn.scope["hfauth"] = auth
+        return self._views.get(auth.principal)
+
+    def on_error(self, conn: HTTPConnection, exc: StarletteAuthenticationError) -> Response:
+        """``AuthenticationMiddleware``'s ``on_error``: the RFC 6750 answer."""
+        if isinstance(exc, TokenRefused):
+            return render(self.guard, exc.error)
+        return PlainTextResponse(str(exc), status_code=400)  # another backend's error
+
+    async def exception_handler(self, conn: HTTPConnection, exc: Exception) -> Response | None:
+        """The app's handler for :class:`~hfauth_mw.AuthenticationError` raised in
+        routes (``get_request_auth(request).require(...)``)."""
+        assert isinstance(exc, AuthenticationError)  # registered for it only
+        return await answer_denial(self.guard, conn, exc)
+
+
+class HubAuthenticationMiddleware(AuthenticationMiddleware):
+    """Starlette's ``AuthenticationMiddleware`` with a :class:`HubTokenBackend`
+    (built from ``options``, or given as ``backend``), its RFC 6750 ``on_error``,
+    and ``Vary: Authorization`` / ``Cache-Control: private`` on answers to
+    token-authenticated requests (``private_responses``); denials raised in
+    routes (``get_request_auth(request).require(...)``) are answered too."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        backend: HubTokenBackend | None = None,
+        *,
+        private_responses: bool = True,
+        **options: Unpack[AdapterOptions],
+    ) -> None:
+        if backend is None:
+            backend = HubTokenBackend(**options)
+        elif options:
+            raise TypeError("give a backend or its options, not both")
+        super().__init__(app, backend=backend, on_error=backend.on_error)
+        self.hub_backend = backend
+        self.private_responses = require_bool("private_responses", private_responses)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        started: list[bool] = []
+        private = private_send(send, started)
+
+        async def send_marked(message: Message) -> None:
+            # The backend has run by the time the app answers.
+            if self.private_responses and needs_private_marks(scope.get("hfauth")):
+                await private(message)
+                return
+            if message["type"] == "http.response.start":
+                started.append(True)
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, send_marked)
+        except AuthenticationError as error:
+            # A denial a route raised (auth.require(...)), past the app's own
+            # handlers: answered as the backend's, unless the answer had started.
+            if started:
+                raise
+            await render(self.hub_backend.guard, error)(scope, receive, send)
