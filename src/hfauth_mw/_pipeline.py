@@ -212,9 +212,8 @@ class Guard:
         self.max_header_bytes = max_header_bytes
         self.policy = policy if policy is not None else AccessPolicy()
         self.routes = RouteRules(rules, method_access_map(method_policy), self.policy)
-        self.limiter = (
-            FailureLimiter(timer=authenticator.cache.timer) if limiter == "default" else limiter
-        )
+        # "default": the authenticator's, shared by every adapter built on it.
+        self.limiter = authenticator.limiter if limiter == "default" else limiter
         # RequestAuth is immutable: one per cached principal and scheme.
         self._request_auth: dict[str | None, PrincipalMemo[RequestAuth]] = {
             scheme: self._request_auth_memo(scheme) for scheme in (None, *get_args(Scheme))
@@ -289,7 +288,7 @@ class Guard:
     def _resolve(self, request: RequestContext, credentials: Credentials) -> RequestFlow:
         """Steps 4 (the cache missed: the authenticator's flow) to 7, as a flow."""
         try:
-            principal = yield from self.authenticator.flow(credentials)
+            principal = yield from self.authenticator.flow(credentials, self.client(request))
             return self._conclude(request, principal)
         except AuthenticationError as error:
             self._refused(request, error)
@@ -342,7 +341,10 @@ class Guard:
         return client_address(peer, forwarded_for, self.limiter.trusted_proxies)
 
     def _refused(self, request: RequestContext, error: AuthenticationError) -> None:
-        if self.limiter is not None and isinstance(error, InvalidToken | InvalidRequest):
+        if self.limiter is not None and (
+            isinstance(error, InvalidToken | InvalidRequest)
+            or getattr(error, "charged_to_client", False)  # a token the upstream refused
+        ):
             self.limiter.failed(self.client(request))
         self._audit(error, request)
 
