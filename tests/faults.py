@@ -383,7 +383,9 @@ class Gateway:
     * a token containing ``explode``: 502 (an upstream that falls over on
       one token: a failure that counts against the breaker).
 
-    Everything else is forwarded to ``upstream`` and its answer relayed.
+    Everything else is forwarded to ``upstream`` and its answer relayed (also
+    when it is used as a forward proxy, ``HTTP_PROXY``: the request then names
+    the upstream's absolute URL).
     :attr:`calls` counts the requests that reached the gateway.
     """
 
@@ -411,7 +413,10 @@ class Gateway:
                 elif "explode" in authorization:
                     self._reply(502, b"<html>502 Bad Gateway</html>")
                 else:
-                    status, headers, body = gateway._forward(self.path, dict(self.headers))
+                    # As a forward proxy (HTTP_PROXY) it is sent the absolute URL.
+                    target = urlsplit(self.path)
+                    path = target.path + (f"?{target.query}" if target.query else "")
+                    status, headers, body = gateway._forward(path, dict(self.headers))
                     self._reply(status, body, headers)
 
             def _reply(
