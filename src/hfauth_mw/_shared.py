@@ -556,16 +556,30 @@ class SharedFailureLimiter(FailureLimiter):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._counted(key, self.shared.backend.execute(op))
+            try:
+                result = self.shared.backend.execute(op)
+            except Exception as exc:  # a backend of one's own that raises: still no 500
+                result = SharedDown(type(exc).__name__)
+            self._counted(key, result)
             return
         task = loop.create_task(self._count_async(key, op))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def flush(self) -> None:
+        """Wait for the counts this event loop still has on their way to Redis
+        (tests, and a clean shutdown)."""
+        loop = asyncio.get_running_loop()
+        pending = [task for task in self._tasks if task.get_loop() is loop]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
     async def _count_async(self, key: str, op: SharedCount) -> object:
         try:
             result = await self.shared.backend.execute_async(op)
-        except BaseException:
+        except Exception as exc:
+            result = SharedDown(type(exc).__name__)
+        except BaseException:  # cancelled (the loop is closing): neither success nor failure
             self.shared.breaker.cancel()
             raise
         self._counted(key, result)
