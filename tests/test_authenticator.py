@@ -736,3 +736,13 @@ def test_the_middleware_and_fastapi_install_share_one_limiter(hub_store):
     own = FailureLimiter(trusted_proxies=["10.0.0.1"])
     assert Guard(authenticator, limiter=own).limiter is own
     assert Guard(authenticator, limiter=None).limiter is None
+
+
+def test_the_authenticators_limiter_trusts_its_proxies(hub_store):
+    from hfauth_mw import ConfigurationError, Guard, LocalStoreSource
+
+    authenticator = Authenticator(LocalStoreSource(hub_store), trusted_proxies=["unix", "10.0.0.5"])
+    assert authenticator.limiter.trusted_proxies == {"unix", "10.0.0.5"}
+    assert Guard(authenticator).client_address("", "9.9.9.9") == "9.9.9.9"
+    with pytest.raises(ConfigurationError, match="trusted proxy"):
+        Authenticator(LocalStoreSource(hub_store), trusted_proxies=["proxy.internal"])

@@ -15,7 +15,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypeVar
 
 import httpx
@@ -118,6 +118,8 @@ class Authenticator:
     authenticator shares (the middleware and FastAPI's ``install()``): one
     count per client per app. With ``shared``, the counts are cluster-wide
     (:class:`~hfauth_mw._shared.SharedFailureLimiter`); without, per process.
+    ``trusted_proxies`` are its proxies (``"unix"`` for one on a Unix
+    socket; see :class:`~hfauth_mw.FailureLimiter`).
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class Authenticator:
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
         shared: SharedCache | None = None,
         trust_env: bool = True,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         if not isinstance(source, IntrospectionSource):  # a Protocol: no require_instance
             raise ConfigurationError(
@@ -148,6 +151,8 @@ class Authenticator:
                 require_instance(name, value, kind, how)
         require_int("max_answer_bytes", max_answer_bytes, 1024, 1 << 26)
         self.trust_env = require_bool("trust_env", trust_env)
+        # Checked now (a ConfigurationError at start-up), used by the limiter built on demand.
+        self._trusted_proxies = FailureLimiter(trusted_proxies=trusted_proxies).trusted_proxies
         self.source = source
         self.cache = cache if cache is not None else TokenCache()
         self.max_answer_bytes = max_answer_bytes
@@ -186,10 +191,14 @@ class Authenticator:
         use; cluster-wide with a shared tier."""
         limiter = self._limiter
         if limiter is None:
+            options: dict[str, Any] = {
+                "timer": self.cache.timer,
+                "trusted_proxies": self._trusted_proxies,
+            }
             limiter = (
-                SharedFailureLimiter(self.shared, timer=self.cache.timer)
+                SharedFailureLimiter(self.shared, **options)
                 if self.shared is not None
-                else FailureLimiter(timer=self.cache.timer)
+                else FailureLimiter(**options)
             )
             self._limiter = limiter
         return limiter
