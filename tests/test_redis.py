@@ -50,6 +50,7 @@ from hfauth_mw._shared import (
     CLAIM_WAIT,
     Pause,
     SharedClaim,
+    SharedCount,
     SharedDown,
     SharedFailureLimiter,
     SharedOp,
@@ -120,6 +121,13 @@ class FakeRedis:
             if self.get(op.keys.lock) == op.owner.encode():
                 del self.data[op.keys.lock]
             return stored
+        if isinstance(op, SharedCount):
+            count = int(self.get(op.key) or b"0") + 1
+            left = (
+                self.data[op.key][1] - self.clock() if op.key in self.data else op.window_ms / 1000
+            )
+            self.set(op.key, str(count).encode(), max(1, round(left * 1000)))
+            return count, max(1, round(left * 1000))
         if isinstance(op, SharedRelease):
             if self.get(op.keys.lock) == op.owner.encode():
                 del self.data[op.keys.lock]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypeVar
@@ -180,6 +181,7 @@ class Authenticator:
         if shared is not None:
             shared.attach(self.cache, self._namespace)
         self._limiter: FailureLimiter | None = None
+        self._limiter_lock = threading.Lock()
         # The audit line masks what this source accepts as a token (IdP tokens too).
         register_token_shape(source.name, getattr(source, "token_shape", None))
 
@@ -189,19 +191,18 @@ class Authenticator:
         with ``limiter="default"``: one per authenticator, so the middleware
         and FastAPI's ``install()`` share one count per client. Built on first
         use; cluster-wide with a shared tier."""
-        limiter = self._limiter
-        if limiter is None:
-            options: dict[str, Any] = {
-                "timer": self.cache.timer,
-                "trusted_proxies": self._trusted_proxies,
-            }
-            limiter = (
-                SharedFailureLimiter(self.shared, **options)
-                if self.shared is not None
-                else FailureLimiter(**options)
-            )
-            self._limiter = limiter
-        return limiter
+        with self._limiter_lock:  # two adapters built at once still get one
+            if self._limiter is None:
+                options: dict[str, Any] = {
+                    "timer": self.cache.timer,
+                    "trusted_proxies": self._trusted_proxies,
+                }
+                self._limiter = (
+                    SharedFailureLimiter(self.shared, **options)
+                    if self.shared is not None
+                    else FailureLimiter(**options)
+                )
+            return self._limiter
 
     def __repr__(self) -> str:
         shared = f", {self.shared!r}" if self.shared is not None else ""

@@ -185,7 +185,9 @@ def _transport_failure(exc: Exception, request: httpx.Request) -> SourceUnavaila
     else:
         description = "The token source cannot be reached"
     detail = f"{request.method} {loggable_url(request.url)}: {_error_class(exc)}"
-    logger.warning(
+    # DEBUG: the request's audit line (WARNING) carries the same detail, and a
+    # CLI without logging set up must not print it twice.
+    logger.debug(
         "hfauth-mw: %s: %s",
         description,
         detail,

@@ -49,6 +49,7 @@ from ._protection import FailureLimiter, client_address
 from ._request_auth import PrincipalMemo, RequestAuth
 from ._routes import PathClass, PathRules, RepoRule, RouteRules, method_access_map
 from ._rules import AccessPolicy
+from ._shared import SharedFailureLimiter
 
 __all__ = ["Guard", "GuardOptions", "RequestContext", "RequestFlow"]
 
@@ -58,6 +59,8 @@ RequestFlow = Generator[Work, Any, RequestAuth]
 _INFO = logging.INFO
 _perf_counter = time.perf_counter
 _UNRESOLVED = "\x00unresolved"  # RequestContext.client before the guard needed it
+#: Limiters whose lockouts are all in their ``lockouts`` table (read lock-free).
+_OWN_LIMITERS = (FailureLimiter, SharedFailureLimiter)
 
 
 class RequestContext:
@@ -265,7 +268,7 @@ class Guard:
             # check() (and resolving the client): while nobody is locked out.
             limiter = self.limiter
             if limiter is not None and (
-                type(limiter) is not FailureLimiter or (limiter.lockouts and limiter.locking_out())
+                type(limiter) not in _OWN_LIMITERS or (limiter.lockouts and limiter.locking_out())
             ):
                 limiter.check(self.client(request))
             # 3. credentials
