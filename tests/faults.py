@@ -37,6 +37,7 @@ Stalls end when the fault is cleared or the server stops, and are bounded by
 
 from __future__ import annotations
 
+import http.client
 import json
 import select
 import socket
@@ -44,7 +45,9 @@ import socketserver
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 #: Upper bound on any deliberate stall, should a test forget to clear or stop.
 STALL_LIMIT = 15.0
@@ -364,3 +367,115 @@ class FaultServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+# --- a gateway in front of the Hub -----------------------------------------------------------
+
+
+class Gateway:
+    """A real HTTP reverse proxy on the loopback interface, in front of an
+    upstream (the hub emulator), that refuses some requests *because of the
+    token they carry*, as nginx and WAFs do:
+
+    * an ``Authorization`` line longer than ``max_header_line`` bytes: 400
+      (nginx's "Request Header Or Cookie Too Large");
+    * a token with ``..``: 403 (a WAF's path-traversal rule);
+    * a token containing ``explode``: 502 (an upstream that falls over on
+      one token: a failure that counts against the breaker).
+
+    Everything else is forwarded to ``upstream`` and its answer relayed (also
+    when it is used as a forward proxy, ``HTTP_PROXY``: the request then names
+    the upstream's absolute URL).
+    :attr:`calls` counts the requests that reached the gateway.
+    """
+
+    def __init__(self, upstream: str, *, max_header_line: int = 128) -> None:
+        self.upstream = urlsplit(upstream)
+        self.max_header_line = max_header_line
+        self._lock = threading.Lock()
+        self._calls = 0
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # head and body are two writes: no 40 ms ACK wait
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # a test's gateway logs nothing (the request line is harmless, but quiet)
+
+            def do_GET(self) -> None:
+                gateway._count()
+                authorization = self.headers.get("Authorization", "")
+                if len(authorization) + len("Authorization: ") > gateway.max_header_line:
+                    self._reply(400, b"<html>400 Request Header Or Cookie Too Large</html>")
+                elif ".." in authorization:
+                    self._reply(403, b"<html>403 Forbidden</html>")
+                elif "explode" in authorization:
+                    self._reply(502, b"<html>502 Bad Gateway</html>")
+                else:
+                    # As a forward proxy (HTTP_PROXY) it is sent the absolute URL.
+                    target = urlsplit(self.path)
+                    path = target.path + (f"?{target.query}" if target.query else "")
+                    status, headers, body = gateway._forward(path, dict(self.headers))
+                    self._reply(status, body, headers)
+
+            def _reply(
+                self, status: int, body: bytes, headers: Iterable[tuple[str, str]] = ()
+            ) -> None:
+                self.send_response(status)
+                sent_type = False
+                for name, value in headers:
+                    if name.lower() in ("content-length", "connection", "transfer-encoding"):
+                        continue
+                    sent_type = sent_type or name.lower() == "content-type"
+                    self.send_header(name, value)
+                if not sent_type:
+                    self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    def _count(self) -> None:
+        with self._lock:
+            self._calls += 1
+
+    @property
+    def calls(self) -> int:
+        with self._lock:
+            return self._calls
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def _forward(
+        self, path: str, headers: dict[str, str]
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        connection = http.client.HTTPConnection(
+            self.upstream.hostname or "127.0.0.1", self.upstream.port, timeout=5
+        )
+        try:
+            kept = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection")}
+            connection.request("GET", path, headers=kept)
+            response = connection.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            connection.close()
+
+    def __enter__(self) -> Gateway:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.shutdown()
+        if self._thread is not None:
+            self._thread.join()
+        self._server.server_close()

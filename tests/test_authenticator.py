@@ -708,3 +708,41 @@ async def test_a_client_with_auth_of_its_own_never_replaces_the_callers_token(
     )
     with pytest.raises(InvalidToken):
         await check
+
+
+# --- issue 18 item 5: one brute-force guard per app ------------------------------------------
+
+
+def test_the_middleware_and_fastapi_install_share_one_limiter(hub_store):
+    # Before: install() and the middleware each built a FailureLimiter, so a
+    # client had 30 failures on the middleware's paths and 30 more on routes
+    # the dependencies check.
+    from fastapi import FastAPI
+
+    from hfauth_mw import FailureLimiter, Guard, HFAuthMiddleware, LocalStoreSource, TooManyFailures
+    from hfauth_mw.fastapi import install
+
+    authenticator = Authenticator(LocalStoreSource(hub_store))
+    middleware_guard = HFAuthMiddleware(FastAPI(), authenticator=authenticator).guard
+    dependency_guard = install(FastAPI(), authenticator=authenticator)
+    assert middleware_guard.limiter is dependency_guard.limiter is authenticator.limiter
+    assert type(authenticator.limiter) is FailureLimiter  # per process without Redis
+    for _ in range(15):
+        middleware_guard.limiter.failed("203.0.113.66")
+        dependency_guard.limiter.failed("203.0.113.66")
+    with pytest.raises(TooManyFailures):
+        dependency_guard.limiter.check("203.0.113.66")
+    # A limiter of one's own, or none, is still each guard's own choice.
+    own = FailureLimiter(trusted_proxies=["10.0.0.1"])
+    assert Guard(authenticator, limiter=own).limiter is own
+    assert Guard(authenticator, limiter=None).limiter is None
+
+
+def test_the_authenticators_limiter_trusts_its_proxies(hub_store):
+    from hfauth_mw import ConfigurationError, Guard, LocalStoreSource
+
+    authenticator = Authenticator(LocalStoreSource(hub_store), trusted_proxies=["unix", "10.0.0.5"])
+    assert authenticator.limiter.trusted_proxies == {"unix", "10.0.0.5"}
+    assert Guard(authenticator).client_address("", "9.9.9.9") == "9.9.9.9"
+    with pytest.raises(ConfigurationError, match="trusted proxy"):
+        Authenticator(LocalStoreSource(hub_store), trusted_proxies=["proxy.internal"])

@@ -559,7 +559,10 @@ def test_runs_as_a_script_against_a_hub(store_path: Path, tokens: dict[str, str]
                 model="acme/m", messages=[{"role": "user", "content": "yes"}]
             )
             models = {model.id for model in client(base, tokens["alice"]).models.list()}
-            with pytest.raises(openai.PermissionDeniedError, match=r"read denied: .*acme/m (is private|is not found)"):
+            with pytest.raises(
+                openai.PermissionDeniedError,
+                match=r"read denied: .*acme/m (is private|is not found)",
+            ):
                 client(base, tokens["bob"]).chat.completions.create(
                     model="acme/m", messages=[{"role": "user", "content": "no"}]
                 )

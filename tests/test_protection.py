@@ -264,3 +264,88 @@ def test_locking_out_forgets_lockouts_that_ended():
     clock.advance(1)
     assert not limiter.locking_out()
     limiter.check("203.0.113.7")  # no longer raises
+
+
+# --- issue 18: who holds the breaker open; Unix-socket peers -------------------------------------
+
+
+def test_the_breaker_knows_whose_failures_hold_it_open(clock):
+    breaker = UpstreamBreaker(failure_threshold=3, cooldown=10, timer=clock)
+    for client in ("9.9.9.9", "9.9.9.9", "8.8.8.8"):
+        breaker.acquire()
+        breaker.release(FAIL, client=client)
+    assert breaker.state == "open"
+    # Opened by two clients, neither alone: stale answers for both.
+    assert not breaker.held_open_by("9.9.9.9")
+    assert not breaker.held_open_by("8.8.8.8")
+    clock.advance(10)
+    breaker.acquire()
+    breaker.release(FAIL, client="9.9.9.9")
+    assert breaker.held_open_by("9.9.9.9")
+    assert not breaker.held_open_by("8.8.8.8")
+    assert not breaker.held_open_by(None)
+    # A failure blamed on nobody (a warm token) blames nobody; a success forgets.
+    clock.advance(10)
+    breaker.acquire()
+    breaker.release(None)
+    assert breaker.state == "closed"
+    assert not breaker.held_open_by("9.9.9.9")
+
+
+def test_ipv6_clients_are_blamed_per_64(clock):
+    breaker = UpstreamBreaker(failure_threshold=2, timer=clock)
+    for address in ("2001:db8::1", "2001:db8::2"):
+        breaker.acquire()
+        breaker.release(FAIL, client=address)
+    assert breaker.held_open_by("2001:db8::ffff")
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "trusted", "expected"),
+    [
+        # uvicorn on a Unix socket: client=None; gunicorn: ''; werkzeug: '<local>'.
+        pytest.param(None, "9.9.9.9", {"unix"}, "9.9.9.9", id="uvicorn-trusted"),
+        pytest.param("", "9.9.9.9", {"unix"}, "9.9.9.9", id="gunicorn-trusted"),
+        pytest.param("<local>", "9.9.9.9", {"unix"}, "9.9.9.9", id="werkzeug-trusted"),
+        pytest.param("", "6.6.6.6, 9.9.9.9", {"unix"}, "9.9.9.9", id="rightmost-hop"),
+        pytest.param(
+            "", "9.9.9.9, 10.0.0.2", {"unix", "10.0.0.2"}, "9.9.9.9", id="unix-then-proxy"
+        ),
+        # Never one key for everyone: no header, junk, or an untrusted socket.
+        pytest.param("", None, {"unix"}, None, id="trusted-no-header"),
+        pytest.param("", "junk", {"unix"}, None, id="trusted-junk-header"),
+        pytest.param("", "9.9.9.9", set(), None, id="gunicorn-untrusted"),
+        pytest.param("<local>", "9.9.9.9", {"10.0.0.1"}, None, id="werkzeug-untrusted"),
+        # An IP peer is never read as the socket.
+        pytest.param("10.0.0.1", "9.9.9.9", {"unix"}, "10.0.0.1", id="ip-peer-not-unix"),
+    ],
+)
+def test_unix_socket_peers(peer, forwarded, trusted, expected):
+    assert client_address(peer, forwarded, frozenset(trusted)) == expected
+
+
+def test_an_untrusted_unix_socket_is_named_once(no_token_in_logs, monkeypatch):
+    monkeypatch.setattr("hfauth_mw._protection._warned", set())
+    for _ in range(3):
+        assert client_address("", "9.9.9.9", frozenset()) is None
+    warnings = [r for r in no_token_in_logs if getattr(r, "hfauth_event", None) == "unix_peer"]
+    assert len(warnings) == 1
+    assert "trusted_proxies=['unix']" in warnings[0].getMessage()
+
+
+def test_a_unix_socket_never_shares_one_key_and_never_locks_out_everyone(clock):
+    # Before: gunicorn's REMOTE_ADDR='' was one key: 30 bad tokens locked out every user.
+    limiter = FailureLimiter(max_failures=3, timer=clock)
+    for _ in range(10):
+        limiter.failed(client_address("", None, limiter.trusted_proxies))
+    limiter.check(client_address("", None, limiter.trusted_proxies))
+    assert not limiter.lockouts
+
+
+def test_unix_is_a_trusted_proxy_name():
+    assert FailureLimiter(trusted_proxies=["unix", "10.0.0.1"]).trusted_proxies == {
+        "unix",
+        "10.0.0.1",
+    }
+    with pytest.raises(ConfigurationError, match="unix"):
+        FailureLimiter(trusted_proxies=["unix:/run/nginx.sock"])

@@ -9,9 +9,11 @@ import asyncio
 import hashlib
 import multiprocessing
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +26,7 @@ from hfauth_mw import (
     ConfigurationError,
     Credentials,
     HFAuthMiddleware,
+    HFAuthWSGIMiddleware,
     HubWhoamiSource,
     Invalid,
     InvalidToken,
@@ -35,6 +38,7 @@ from hfauth_mw import (
     SharedCacheUnavailable,
     SourceUnavailable,
     TokenCache,
+    TooManyFailures,
     Valid,
 )
 from hfauth_mw._cli import main as cli_main
@@ -46,7 +50,9 @@ from hfauth_mw._shared import (
     CLAIM_WAIT,
     Pause,
     SharedClaim,
+    SharedCount,
     SharedDown,
+    SharedFailureLimiter,
     SharedOp,
     SharedRelease,
     SharedRevoke,
@@ -115,6 +121,13 @@ class FakeRedis:
             if self.get(op.keys.lock) == op.owner.encode():
                 del self.data[op.keys.lock]
             return stored
+        if isinstance(op, SharedCount):
+            count = int(self.get(op.key) or b"0") + 1
+            left = (
+                self.data[op.key][1] - self.clock() if op.key in self.data else op.window_ms / 1000
+            )
+            self.set(op.key, str(count).encode(), max(1, round(left * 1000)))
+            return count, max(1, round(left * 1000))
         if isinstance(op, SharedRelease):
             if self.get(op.keys.lock) == op.owner.encode():
                 del self.data[op.keys.lock]
@@ -1207,3 +1220,130 @@ def test_the_redis_tier_has_no_import_circle():
     circles = sorted(module for module in tier if reaches(module, module, set()))
     assert circles == []
     assert "_shared" not in graph["_redis"]  # the backend knows only the protocol
+
+
+# --- issue 18 item 5: one failure count per client across workers and replicas -------------------
+
+
+def _workers(redis_url: str, prefix: str, source: Any, **options: Any) -> list[Authenticator]:
+    """Two workers' authenticators on one Redis, as two processes would have them."""
+    return [
+        Authenticator(
+            source,
+            shared=SharedCache.from_url(
+                redis_url, secret=SECRET, prefix=prefix, socket_timeout=COUNTING_SOCKET_TIMEOUT
+            ),
+            **options,
+        )
+        for _ in range(2)
+    ]
+
+
+@pytest.mark.redis
+def test_failure_counts_are_cluster_wide(redis_url, prefix, clock):
+    # Before: each worker counted alone: 2 workers let a client fail 58 times
+    # (29 each) unchallenged, 4 workers about 120, each a whoami-v2 call.
+    source = FakeSource({})
+    first, second = (auth.limiter for auth in _workers(redis_url, prefix, source))
+    try:
+        assert isinstance(first, SharedFailureLimiter)
+        for n in range(29):
+            (first if n % 2 else second).failed("203.0.113.66")
+        first.check("203.0.113.66")
+        second.check("203.0.113.66")
+        second.failed("203.0.113.66")  # the 30th failure, counted in Redis
+        with pytest.raises(TooManyFailures):
+            second.check("203.0.113.66")
+        first.check("203.0.113.66")  # not yet told: locks out at its first failure
+        first.failed("203.0.113.66")
+        with pytest.raises(TooManyFailures):
+            first.check("203.0.113.66")
+        first.check("198.51.100.7")  # nobody else
+        # No address in Redis: a keyed hash of it.
+        assert not any(b"203.0.113" in item for item in redis_dump(redis_url, prefix))
+    finally:
+        first.shared.close()
+        second.shared.close()
+
+
+@pytest.mark.redis
+def test_without_redis_the_counts_are_per_process_and_never_an_error():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, not listening: Redis "down"
+        shared = SharedCache.from_url(f"redis://127.0.0.1:{sock.getsockname()[1]}/0", secret=SECRET)
+        limiter = Authenticator(FakeSource({}), shared=shared).limiter
+        for _ in range(29):
+            limiter.failed("203.0.113.66")
+        limiter.check("203.0.113.66")
+        limiter.failed("203.0.113.66")
+        with pytest.raises(TooManyFailures):
+            limiter.check("203.0.113.66")
+        assert shared.breaker.state == "open"  # Redis left alone after 3 failures
+        shared.close()
+
+
+@asynccontextmanager
+async def _asgi_worker(auth: Authenticator) -> AsyncIterator[Callable[[str], Awaitable[int]]]:
+    app = HFAuthMiddleware(_ok_app, authenticator=auth)
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+
+        async def send(token: str) -> int:
+            status = (
+                await client.get("/", headers={"Authorization": f"Bearer {token}"})
+            ).status_code
+            await auth.limiter.flush()  # type: ignore[attr-defined]  # the count reached Redis
+            return status
+
+        yield send
+
+
+@asynccontextmanager
+async def _wsgi_worker(auth: Authenticator) -> AsyncIterator[Callable[[str], Awaitable[int]]]:
+    from werkzeug.serving import make_server
+
+    def ok(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    server = make_server(
+        "127.0.0.1", 0, HFAuthWSGIMiddleware(ok, authenticator=auth), threaded=True
+    )
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.server_port}") as client:
+
+            async def send(token: str) -> int:
+                response = await client.get("/", headers={"Authorization": f"Bearer {token}"})
+                return response.status_code
+
+            yield send
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+@pytest.mark.parametrize("worker", [_asgi_worker, _wsgi_worker], ids=["asgi", "wsgi"])
+async def test_two_workers_lock_a_guesser_out_after_the_one_limit(
+    worker, redis_url, prefix, hub_emulator
+):
+    source = HubWhoamiSource(hub_emulator.url, timeout=httpx.Timeout(5.0))
+    auths = _workers(redis_url, prefix, source)
+    statuses: list[int] = []
+    try:
+        async with worker(auths[0]) as first, worker(auths[1]) as second:
+            for n in range(80):  # round robin, as a load balancer spreads one client
+                statuses.append(await (first, second)[n % 2](f"hf_guess{n:030d}"))
+    finally:
+        for auth in auths:
+            assert auth.shared is not None
+            await auth.shared.aclose()
+    # 30 failures cluster-wide, then the other worker's one more, then 429 only.
+    assert statuses[:30] == [401] * 30
+    assert statuses[30] == 401
+    assert set(statuses[31:]) == {429}
+    assert hub_emulator.whoami_calls == 31  # before: 60 (30 per worker)

@@ -33,7 +33,7 @@ from hfauth_mw import (
     TokenCache,
     Valid,
 )
-from hfauth_mw._sources import retry_after_from
+from hfauth_mw._sources import TokenRefusedUpstream, retry_after_from
 
 TOKEN = "hf_" + "b" * 34
 CREDENTIALS = Credentials.from_token(TOKEN)
@@ -972,3 +972,68 @@ def test_only_the_hubs_own_401_means_invalid_token(fault, hubs):
         assert upstream.calls == (1 if hubs else 2)  # a refusal is cached, a 503 never
         if not hubs:
             assert "not the hub's" in str(caught.value)
+
+
+# --- issue 18 item 1: refusals caused by the token, and the token-length cap --------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "token_specific"),
+    [
+        *(pytest.param(status, True, id=str(status)) for status in (400, 403, 404, 413, 414, 431)),
+        *(pytest.param(status, False, id=str(status)) for status in (429, 500, 502, 503, 418)),
+    ],
+)
+@pytest.mark.parametrize("kind", ["hub", "rfc7662"])
+def test_refusals_caused_by_the_token_are_told_apart(status, token_specific, kind):
+    source = (
+        HubWhoamiSource()
+        if kind == "hub"
+        else OAuthIntrospectionSource(
+            "https://idp.example/introspect", client_id="a", client_secret="b"
+        )
+    )
+    with pytest.raises(SourceUnavailable) as caught:
+        drive(source, answer(status, raw=b"<html>no</html>", headers={"content-type": "text/html"}))
+    assert caught.value.status_code == 503  # never "invalid": the token was not judged
+    assert isinstance(caught.value, TokenRefusedUpstream) is token_specific
+    assert getattr(caught.value, "charged_to_client", False) is token_specific
+
+
+@pytest.mark.parametrize(
+    ("make", "limit"),
+    [
+        pytest.param(lambda **o: HubWhoamiSource(**o), 256, id="hub"),
+        pytest.param(
+            lambda **o: OAuthIntrospectionSource(
+                "https://idp.example/introspect", client_id="a", client_secret="b", **o
+            ),
+            4096,
+            id="rfc7662",
+        ),
+    ],
+)
+def test_tokens_past_the_cap_are_invalid_without_a_call(make, limit):
+    under = make().flow(Credentials.from_token("hf_" + "A" * (limit - 3)))
+    assert isinstance(next(under), httpx.Request)  # at the cap: asked
+    over = make().flow(Credentials.from_token("hf_" + "A" * (limit - 2)))
+    with pytest.raises(StopIteration) as done:  # one byte more: answered without a call
+        next(over)
+    assert isinstance(done.value.value, Invalid)
+    assert f"{limit} bytes" in done.value.value.reason
+    # The cap is the operator's to choose, and checked at start-up.
+    assert make(max_token_bytes=64).max_token_bytes == 64
+    for bad in (0, 15, 65537, "256", True, None):
+        with pytest.raises(ConfigurationError, match="max_token_bytes"):
+            make(max_token_bytes=bad)
+
+
+def test_a_chain_masks_the_token_shapes_of_its_sources(tmp_path):
+    idp = OAuthIntrospectionSource(
+        "https://idp.example/introspect", client_id="a", client_secret="b"
+    )
+    chain = ChainSource(HubWhoamiSource(), idp)
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+    assert chain.token_shape is not None
+    assert chain.token_shape.sub("***", f"/x/{jwt}") == "/x/***"
+    assert ChainSource(HubWhoamiSource()).token_shape is None

@@ -9,6 +9,8 @@ escaped and token-shaped text masked.
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
 
 from ._checks import TOKEN_SHAPED
@@ -16,20 +18,37 @@ from ._credentials import Credentials
 from ._exceptions import AuthenticationError, SourceUnavailable
 from ._principal import Principal
 
-__all__ = ["audit_logger", "loggable", "write_event"]
+__all__ = ["audit_logger", "loggable", "register_token_shape", "write_event"]
 
 audit_logger = logging.getLogger("hfauth_mw.audit")
 
+#: Source name -> the shape of the tokens it accepts besides the Hub's (an IdP's
+#: JWTs and opaque tokens), registered by each Authenticator. Bounded by the
+#: number of sources a process configures.
+_token_shapes: dict[str, re.Pattern[str]] = {}
+_shapes_lock = threading.Lock()
 
-def loggable(text: str) -> str:
+
+def register_token_shape(source: str, shape: re.Pattern[str] | None) -> None:
+    """Mask text of ``shape`` in the audit lines of ``source`` too (Hub-shaped
+    text is always masked)."""
+    if shape is not None:
+        with _shapes_lock:
+            _token_shapes[source] = shape
+
+
+def loggable(text: str, shape: re.Pattern[str] | None = None) -> str:
     """``text`` for one audit line: control characters escaped (a decoded ``%0A``
     in a path would start a forged line of its own) and anything shaped like a
-    token masked (a token pasted into a URL by mistake)."""
+    token masked (a token pasted into a URL by mistake): Hub tokens always,
+    and text of ``shape``, the tokens another source accepts."""
     if not text.isprintable():
         text = "".join(
             char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
             for char in text
         )
+    if shape is not None:
+        text = shape.sub("***", text)
     return TOKEN_SHAPED.sub("hf_***", text) if "hf_" in text or "api_org_" in text else text
 
 
@@ -50,14 +69,18 @@ def write_event(
         event, status, level, reason = "allowed", 200, logging.INFO, "allowed"
     elif isinstance(error, SourceUnavailable):
         event, status, level, reason = "unavailable", 503, logging.WARNING, error.description
+        # Which source, and what went wrong on the wire (log-safe, never sent to clients).
+        detail = getattr(error, "detail", None)
+        reason = f"{reason} [{source}{': ' + detail if detail else ''}]"
     else:
         event, status, level = "denied", error.status_code, logging.INFO
         reason = error.description
     if not audit_logger.isEnabledFor(level):
         return
     fingerprint = credentials.fingerprint if credentials else None
-    name = loggable(principal.name) if principal else None
-    method, path = loggable(method), loggable(path)
+    shape = _token_shapes.get(source)
+    name = loggable(principal.name, shape) if principal else None
+    method, path = loggable(method, shape), loggable(path, shape)
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
     audit_logger.log(
         level,

@@ -14,15 +14,17 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypeVar
 
 import httpx
 
+from ._audit import register_token_shape
 from ._authority import DecisionCache, HubAuthority
 from ._cache import Leader, TokenCache
-from ._checks import require_instance, require_int, shown
+from ._checks import require_bool, require_instance, require_int, shown
 from ._credentials import Credentials
 from ._drivers import AsyncDriver, Cleanup, SyncDriver, Work
 from ._exceptions import ConfigurationError, InvalidToken, SourceUnavailable
@@ -30,7 +32,7 @@ from ._hub_access import HubAccessCheck
 from ._metrics import Metrics
 from ._outcome import EXPIRED, Flow, IntrospectionSource, Invalid, Outcome, Valid, WaitFor
 from ._principal import Principal, fingerprint_of, token_digest
-from ._protection import UpstreamBreaker
+from ._protection import FailureLimiter, UpstreamBreaker
 from ._shared import (
     CLAIM_HIT,
     CLAIM_LEAD,
@@ -40,12 +42,13 @@ from ._shared import (
     SharedCacheUnavailable,
     SharedClaim,
     SharedDown,
+    SharedFailureLimiter,
     SharedKeys,
     SharedOp,
     SharedRelease,
     SharedStore,
 )
-from ._sources import DEFAULT_MAX_ANSWER_BYTES
+from ._sources import DEFAULT_MAX_ANSWER_BYTES, TokenRefusedUpstream
 
 __all__ = ["AuthFlow", "Authenticator"]
 
@@ -108,6 +111,18 @@ class Authenticator:
     across all of them, and :meth:`revoke` reaching every process within a
     second. When Redis fails, requests fall back to the in-process cache and
     the source (never "valid" by default, never an error of their own).
+
+    ``trust_env`` (default ``True``, as httpx): the process-wide clients take
+    proxies (``HTTPS_PROXY``, ``NO_PROXY``, ...) and the CA bundle
+    (``SSL_CERT_FILE``, ``SSL_CERT_DIR``) from the environment. ``False``
+    ignores them. Clients of your own keep their own settings.
+
+    :attr:`limiter` is the brute-force guard every adapter built on this
+    authenticator shares (the middleware and FastAPI's ``install()``): one
+    count per client per app. With ``shared``, the counts are cluster-wide
+    (:class:`~hfauth_mw._shared.SharedFailureLimiter`); without, per process.
+    ``trusted_proxies`` are its proxies (``"unix"`` for one on a Unix
+    socket; see :class:`~hfauth_mw.FailureLimiter`).
     """
 
     def __init__(
@@ -120,6 +135,8 @@ class Authenticator:
         breaker: UpstreamBreaker | None = None,
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
         shared: SharedCache | None = None,
+        trust_env: bool = True,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         if not isinstance(source, IntrospectionSource):  # a Protocol: no require_instance
             raise ConfigurationError(
@@ -136,6 +153,9 @@ class Authenticator:
             if value is not None:
                 require_instance(name, value, kind, how)
         require_int("max_answer_bytes", max_answer_bytes, 1024, 1 << 26)
+        self.trust_env = require_bool("trust_env", trust_env)
+        # Checked now (a ConfigurationError at start-up), used by the limiter built on demand.
+        self._trusted_proxies = FailureLimiter(trusted_proxies=trusted_proxies).trusted_proxies
         self.source = source
         self.cache = cache if cache is not None else TokenCache()
         self.max_answer_bytes = max_answer_bytes
@@ -158,11 +178,35 @@ class Authenticator:
             "wait_timeout": wait_timeout,
             "shared_backend": self._shared_backend,
             "cleanup": self._cleanup,
+            "trust_env": trust_env,
         }
         self.sync_driver = SyncDriver(client, **driver_config)
         self.async_driver = AsyncDriver(async_client, **driver_config)
         if shared is not None:
             shared.attach(self.cache, self._namespace)
+        self._limiter: FailureLimiter | None = None
+        self._limiter_lock = threading.Lock()
+        # The audit line masks what this source accepts as a token (IdP tokens too).
+        register_token_shape(source.name, getattr(source, "token_shape", None))
+
+    @property
+    def limiter(self) -> FailureLimiter:
+        """The brute-force guard of the adapters built on this authenticator
+        with ``limiter="default"``: one per authenticator, so the middleware
+        and FastAPI's ``install()`` share one count per client. Built on first
+        use; cluster-wide with a shared tier."""
+        with self._limiter_lock:  # two adapters built at once still get one
+            if self._limiter is None:
+                options: dict[str, Any] = {
+                    "timer": self.cache.timer,
+                    "trusted_proxies": self._trusted_proxies,
+                }
+                self._limiter = (
+                    SharedFailureLimiter(self.shared, **options)
+                    if self.shared is not None
+                    else FailureLimiter(**options)
+                )
+            return self._limiter
 
     def __repr__(self) -> str:
         shared = f", {self.shared!r}" if self.shared is not None else ""
@@ -177,16 +221,18 @@ class Authenticator:
 
     # --- the sans-IO core ------------------------------------------------------------
 
-    def flow(self, credentials: Credentials) -> AuthFlow:
+    def flow(self, credentials: Credentials, client: str | None = None) -> AuthFlow:
         """The decision for one token, as a generator of work for a driver
-        (:meth:`run_sync` / :meth:`run_async`)."""
+        (:meth:`run_sync` / :meth:`run_async`). ``client`` is the address the
+        brute-force guard keys on, if known: a client whose own failures hold
+        the breaker open is never served a stale answer."""
         key = self._namespace + credentials.digest
         for _ in range(1 + _MAX_TAKEOVERS):  # the first try, then the takeovers
             step = self.cache.begin(key)
             if isinstance(step, Valid | Invalid):
                 return self._settle(step)
             if isinstance(step, Leader):
-                return self._settle((yield from self._resolve(step, credentials)))
+                return self._settle((yield from self._resolve(step, credentials, client)))
             try:
                 return self._settle((yield WaitFor(step)))
             except LeaderCancelled:
@@ -216,13 +262,15 @@ class Authenticator:
         next(self.metrics.valid)
         return entry.outcome.principal
 
-    def _resolve(self, leader: Leader, credentials: Credentials) -> Generator[Work, Any, Outcome]:
+    def _resolve(
+        self, leader: Leader, credentials: Credentials, client: str | None
+    ) -> Generator[Work, Any, Outcome]:
         """Answer a token the in-process cache does not have (timed, counted)."""
         started = time.perf_counter()
         try:
             if self.shared is None:
-                return (yield from self._lead(leader, self.source.flow(credentials)))
-            return (yield from self._lead_shared(self.shared, leader, credentials))
+                return (yield from self._lead(leader, self.source.flow(credentials), client))
+            return (yield from self._lead_shared(self.shared, leader, credentials, client))
         except SourceUnavailable:
             next(self.metrics.unavailable)
             raise
@@ -232,7 +280,7 @@ class Authenticator:
     # --- the shared tier -------------------------------------------------------------
 
     def _lead_shared(
-        self, shared: SharedCache, leader: Leader, credentials: Credentials
+        self, shared: SharedCache, leader: Leader, credentials: Credentials, client: str | None
     ) -> Generator[Work, Any, Outcome]:
         """Lead this process's flight through the shared tier: read another
         process's answer, or take the cluster-wide lock and introspect, or wait
@@ -257,7 +305,7 @@ class Authenticator:
             if found is not None:
                 return found
             try:
-                outcome = yield from self._lead(leader, self.source.flow(credentials))
+                outcome = yield from self._lead(leader, self.source.flow(credentials), client)
             except SourceUnavailable:
                 if maybe_locked:
                     # Let a waiter take over now rather than at the lock's expiry.
@@ -370,11 +418,20 @@ class Authenticator:
 
     # --- the source ------------------------------------------------------------------
 
-    def _lead(self, leader: Leader, source_flow: Flow) -> Generator[httpx.Request, Any, Outcome]:
+    def _lead(
+        self, leader: Leader, source_flow: Flow, client: str | None = None
+    ) -> Generator[httpx.Request, Any, Outcome]:
         """Ask the source. The breaker guards the network: its slot is taken at
         the flow's first request, so a source that answers without one (a
         local store, first in a ChainSource) still answers while the breaker
-        is open for the hub behind it."""
+        is open for the hub behind it.
+
+        A failure caused by the token itself (:class:`TokenRefusedUpstream`: a
+        proxy's 400, a WAF's 403, ...) gives the slot back without counting:
+        it says nothing about the source, and one client sending such tokens
+        must not open the breaker for everyone (the pipeline charges it to
+        the client instead). Other failures count, blamed on ``client`` when
+        the token was cold (no answer of ours to fall back on)."""
         slot = False
         refused: SourceUnavailable | None = None
         try:
@@ -393,27 +450,30 @@ class Authenticator:
                     self._count("upstream_calls")
                     outcome = yield from _resumed(source_flow, request)
         except SourceUnavailable as failure:
-            if slot:
+            if slot and isinstance(failure, TokenRefusedUpstream):
+                self.breaker.cancel()  # neither a success nor the source's failure
+            elif slot:
                 self.breaker.release(
                     failure,
                     upstream_retry_after=failure.retry_after if failure.upstream_asked else None,
+                    client=client if leader.stale is None else None,
                 )
             else:  # before any network call (a local store that cannot be read): the
                 # breaker guards the network, and this says nothing about it
                 self._count("upstream_calls")
             self._count("upstream_errors")
-            return self._fall_back(leader, failure)
+            return self._fall_back(leader, failure, client)
         except Exception:
             # A bug in a source, or a failure it did not expect: never a 500, never
             # "valid". Once the source is on the network, it counts against the breaker.
             logger.exception("hfauth-mw: the token source %r failed unexpectedly", self.source.name)
             unexpected = SourceUnavailable("The token could not be checked")
             if slot:
-                self.breaker.release(unexpected)
+                self.breaker.release(unexpected, client=client if leader.stale is None else None)
             else:
                 self._count("upstream_calls")
             self._count("upstream_errors")
-            return self._fall_back(leader, unexpected)
+            return self._fall_back(leader, unexpected, client)
         except BaseException:
             # This request was cancelled (GeneratorExit): free the slot without
             # counting a success (that would close an open breaker), and let a
@@ -424,20 +484,24 @@ class Authenticator:
             raise
         if refused is not None:
             source_flow.close()
-            return self._fall_back(leader, refused)
+            return self._fall_back(leader, refused, client)
         if slot:
             self.breaker.release(None)
         self.cache.complete(leader, outcome)
         return outcome
 
-    def _fall_back(self, leader: Leader, failure: SourceUnavailable) -> Outcome:
+    def _fall_back(
+        self, leader: Leader, failure: SourceUnavailable, client: str | None = None
+    ) -> Outcome:
         """Serve the stale answer if stale-if-error allows, else fail the flight."""
         # Not if the cache was invalidated since the flight began: the token
-        # may have been revoked meanwhile.
+        # may have been revoked meanwhile. Not to a client whose own failures
+        # hold the breaker open: it could keep a revoked token working so.
         if (
             leader.stale is not None
             and self.cache.stale_if_error > 0
             and self.cache.is_current(leader)
+            and not self.breaker.held_open_by(client)
         ):
             self._count("stale_served")
             audit_logger.warning(

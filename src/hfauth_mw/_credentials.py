@@ -19,10 +19,19 @@ from typing import Literal
 from ._exceptions import InvalidRequest
 from ._principal import fingerprint_of, sha256, token_digest
 
-__all__ = ["DEFAULT_MAX_HEADER_BYTES", "Credentials", "parse_credentials"]
+__all__ = [
+    "DEFAULT_MAX_HEADER_BYTES",
+    "DEFAULT_MAX_TOKEN_BYTES",
+    "Credentials",
+    "parse_credentials",
+]
 
 #: OWASP advises refusing oversized Authorization headers before any hashing.
 DEFAULT_MAX_HEADER_BYTES = 8192
+#: The longest token sent upstream by default: a Hub token is 37 bytes, and a
+#: longer one can only make a proxy or WAF in front of the source refuse the
+#: request (see ``Authenticator(max_token_bytes=...)``).
+DEFAULT_MAX_TOKEN_BYTES = 256
 
 # RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -59,6 +68,11 @@ class Credentials:
         if isinstance(token, bytes):
             token = self._token = token.decode("ascii")
         return token
+
+    @property
+    def size(self) -> int:
+        """The token's length in bytes (a token is ASCII), without decoding it."""
+        return len(self._token)
 
     @classmethod
     def from_token(

@@ -28,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
+import ssl
 import threading
 import time
 import weakref
@@ -36,14 +38,22 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
+import httpcore
 import httpx
 
-from ._deadline import bounded_transport, within
+from ._deadline import _BoundedBackend, within
 from ._exceptions import SourceUnavailable
 from ._outcome import Outcome, WaitFor
 from ._shared import Pause, SharedBackend, SharedOp
 
-__all__ = ["AsyncDriver", "Cleanup", "SyncDriver", "shared_async_client", "shared_sync_client"]
+__all__ = [
+    "AsyncDriver",
+    "Cleanup",
+    "SyncDriver",
+    "TransportFailure",
+    "shared_async_client",
+    "shared_sync_client",
+]
 
 logger = logging.getLogger("hfauth_mw")
 T = TypeVar("T")
@@ -58,37 +68,58 @@ Work = httpx.Request | WaitFor | SharedOp | Pause
 _NO_AUTH = httpx.Auth()
 
 # Timeouts are set per request by each source, so these clients are neutral.
+# One client per trust_env value: with it, httpx takes proxies (HTTPS_PROXY,
+# NO_PROXY, ...) and the CA bundle (SSL_CERT_FILE, SSL_CERT_DIR) from the environment.
 _LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-_sync_client: httpx.Client | None = None
+_sync_clients: dict[bool, httpx.Client] = {}
 _sync_client_lock = threading.Lock()
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
-    weakref.WeakKeyDictionary()
-)
+_async_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[bool, httpx.AsyncClient]
+] = weakref.WeakKeyDictionary()
 
 
-def shared_sync_client() -> httpx.Client:
+def _bound(transport: object) -> bool:
+    """Make the connections of one of httpx's transports honour :func:`within`
+    (see :func:`hfauth_mw._deadline.bounded_transport`); whether that took."""
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if not isinstance(backend, httpcore.NetworkBackend):
+        return False
+    if not isinstance(backend, _BoundedBackend):
+        pool._network_backend = _BoundedBackend(backend)  # type: ignore[union-attr]
+    return True
+
+
+def shared_sync_client(trust_env: bool = True) -> httpx.Client:
     """The process's pooled blocking client (every socket operation bounded by
-    what is left of the call's deadline)."""
-    global _sync_client
+    what is left of the call's deadline), with or without the environment's
+    proxies and CA bundle."""
     with _sync_client_lock:
-        if _sync_client is None:
-            transport, bounded = bounded_transport(_LIMITS)
+        client = _sync_clients.get(trust_env)
+        if client is None:
+            client = httpx.Client(limits=_LIMITS, follow_redirects=False, trust_env=trust_env)
+            # The default transport and each proxy's (mounted from the environment).
+            transports = [client._transport, *client._mounts.values()]
+            bounded = all(_bound(t) for t in transports if t is not None)
             if not bounded:  # pragma: no cover - only with an httpx this code does not know
                 logger.warning(
                     "hfauth-mw: this httpx cannot bound a whole blocking call; each read "
                     "is still bounded by the source's read timeout"
                 )
-            _sync_client = httpx.Client(transport=transport, follow_redirects=False)
-        return _sync_client
+            _sync_clients[trust_env] = client
+        return client
 
 
-def shared_async_client() -> httpx.AsyncClient:
+def shared_async_client(trust_env: bool = True) -> httpx.AsyncClient:
     """The running event loop's pooled async client."""
     loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
+    clients = _async_clients.get(loop)
+    if clients is None:
+        clients = _async_clients[loop] = {}
+    client = clients.get(trust_env)
     if client is None:
-        client = httpx.AsyncClient(limits=_LIMITS, follow_redirects=False, trust_env=False)
-        _async_clients[loop] = client
+        client = httpx.AsyncClient(limits=_LIMITS, follow_redirects=False, trust_env=trust_env)
+        clients[trust_env] = client
     return client
 
 
@@ -108,16 +139,61 @@ class AnswerEncoded(Exception):
 _ANSWER_FAILURES = (httpx.HTTPError, AnswerTooLarge, AnswerTooSlow, AnswerEncoded, TimeoutError)
 
 
-def _transport_failure(exc: Exception) -> SourceUnavailable:
+class TransportFailure(SourceUnavailable):
+    """A 503 because the call to the source failed on the wire. :attr:`detail`
+    says where and how, for the log line only (never sent to the client):
+    the URL without credentials or query, and the error class."""
+
+    def __init__(self, description: str, detail: str) -> None:
+        super().__init__(description)
+        self.detail = detail
+
+
+def loggable_url(url: httpx.URL) -> str:
+    """``url`` without user name, password, query or fragment: safe to log."""
+    port = f":{url.port}" if url.port is not None else ""
+    return f"{url.scheme}://{url.host}{port}{url.path}"
+
+
+def _error_class(exc: BaseException) -> str:
+    """The error's class, and what lies under it where that tells more: a TLS
+    certificate that did not verify, a refused connection, an unknown name."""
+    name = type(exc).__name__
+    cause: BaseException | None = exc
+    seen = 0
+    while cause is not None and seen < 8:
+        seen += 1
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"{name} (TLS verify failure: {cause.verify_message or 'certificate'})"
+        if isinstance(cause, ssl.SSLError):
+            return f"{name} (TLS error: {cause.reason or type(cause).__name__})"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"{name} (connection refused)"
+        if isinstance(cause, socket.gaierror):
+            return f"{name} (name resolution failed)"
+        cause = cause.__cause__ or cause.__context__
+    return name
+
+
+def _transport_failure(exc: Exception, request: httpx.Request) -> SourceUnavailable:
     if isinstance(exc, httpx.TimeoutException | AnswerTooSlow | TimeoutError):
-        return SourceUnavailable("The token source timed out")
-    if isinstance(exc, AnswerTooLarge):
-        return SourceUnavailable("The token source answered more than we accept")
-    if isinstance(exc, AnswerEncoded):
-        return SourceUnavailable(
-            "The token source sent a compressed answer although asked for none"
-        )
-    return SourceUnavailable("The token source cannot be reached")
+        description = "The token source timed out"
+    elif isinstance(exc, AnswerTooLarge):
+        description = "The token source answered more than we accept"
+    elif isinstance(exc, AnswerEncoded):
+        description = "The token source sent a compressed answer although asked for none"
+    else:
+        description = "The token source cannot be reached"
+    detail = f"{request.method} {loggable_url(request.url)}: {_error_class(exc)}"
+    # DEBUG: the request's audit line (WARNING) carries the same detail, and a
+    # CLI without logging set up must not print it twice.
+    logger.debug(
+        "hfauth-mw: %s: %s",
+        description,
+        detail,
+        extra={"hfauth_event": "source_error", "hfauth_detail": detail},
+    )
+    return TransportFailure(description, detail)
 
 
 class _AnswerBody:
@@ -208,6 +284,7 @@ class _DriverBase:
         wait_timeout: float,
         shared_backend: Callable[[], SharedBackend],
         cleanup: Cleanup,
+        trust_env: bool = True,
     ) -> None:
         self.max_answer_bytes = max_answer_bytes
         # Fallback deadline of a request that names no timeout phases.
@@ -216,6 +293,8 @@ class _DriverBase:
         self.wait_timeout = wait_timeout
         self.shared_backend = shared_backend
         self.cleanup = cleanup
+        #: For the process-wide clients: proxies and CA bundle from the environment.
+        self.trust_env = trust_env
 
 
 class SyncDriver(_DriverBase):
@@ -226,7 +305,7 @@ class SyncDriver(_DriverBase):
         self._client = client
 
     def run(self, flow: Generator[Any, Any, T]) -> T:
-        client = self._client or shared_sync_client()
+        client = self._client or shared_sync_client(self.trust_env)
         try:
             work = next(flow)
             while True:
@@ -276,7 +355,7 @@ class SyncDriver(_DriverBase):
                 finally:
                     response.close()
         except _ANSWER_FAILURES as exc:
-            raise _transport_failure(exc) from None
+            raise _transport_failure(exc, work) from None
         return body.response(response)
 
 
@@ -319,7 +398,7 @@ class AsyncDriver(_DriverBase):
         self.cleanups: set[asyncio.Task[object]] = set()
 
     async def run(self, flow: Generator[Any, Any, T]) -> T:
-        client = self._client or shared_async_client()
+        client = self._client or shared_async_client(self.trust_env)
         try:
             work = next(flow)
             while True:
@@ -378,7 +457,7 @@ class AsyncDriver(_DriverBase):
                 finally:
                     await response.aclose()
         except _ANSWER_FAILURES as exc:
-            raise _transport_failure(exc) from None
+            raise _transport_failure(exc, work) from None
         return body.response(response)
 
     def _loop_waiter(self, flight: Future[Outcome]) -> asyncio.Future[Outcome]:

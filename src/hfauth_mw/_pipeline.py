@@ -58,6 +58,7 @@ from ._routes import (
     method_access_map,
 )
 from ._rules import READ_PERMISSION, WRITE_PERMISSION, Access, AccessPolicy, Decision, Repo
+from ._shared import SharedFailureLimiter
 from ._sources import HubWhoamiSource
 
 __all__ = ["Guard", "GuardOptions", "RequestContext", "RequestFlow"]
@@ -68,6 +69,8 @@ RequestFlow = Generator[Work, Any, RequestAuth]
 _INFO = logging.INFO
 _perf_counter = time.perf_counter
 _UNRESOLVED = "\x00unresolved"  # RequestContext.client before the guard needed it
+#: Limiters whose lockouts are all in their ``lockouts`` table (read lock-free).
+_OWN_LIMITERS = (FailureLimiter, SharedFailureLimiter)
 
 
 class RequestContext:
@@ -264,9 +267,8 @@ class Guard:
             rules, method_access_map(method_policy), self.policy, decide_repos=self.hub is None
         )
         self.max_body_bytes = require_int("max_body_bytes", max_body_bytes, 1024, 1 << 30)
-        self.limiter = (
-            FailureLimiter(timer=authenticator.cache.timer) if limiter == "default" else limiter
-        )
+        # "default": the authenticator's, shared by every adapter built on it.
+        self.limiter = authenticator.limiter if limiter == "default" else limiter
         # RequestAuth is immutable: one per cached principal and scheme.
         self._request_auth: dict[str | None, PrincipalMemo[RequestAuth]] = {
             scheme: self._request_auth_memo(scheme) for scheme in (None, *get_args(Scheme))
@@ -318,7 +320,7 @@ class Guard:
             # check() (and resolving the client): while nobody is locked out.
             limiter = self.limiter
             if limiter is not None and (
-                type(limiter) is not FailureLimiter or (limiter.lockouts and limiter.locking_out())
+                type(limiter) not in _OWN_LIMITERS or (limiter.lockouts and limiter.locking_out())
             ):
                 limiter.check(self.client(request))
             # 3. credentials
@@ -354,7 +356,7 @@ class Guard:
     def _resolve(self, request: RequestContext, credentials: Credentials) -> RequestFlow:
         """Step 4 for a token the cache has no fresh answer for (the
         authenticator's flow), then steps 5 to 7."""
-        principal = yield from self.authenticator.flow(credentials)
+        principal = yield from self.authenticator.flow(credentials, self.client(request))
         concluded = self._conclude(request, principal)
         if not isinstance(concluded, RequestAuth):
             concluded = yield from concluded
@@ -447,7 +449,10 @@ class Guard:
         return client_address(peer, forwarded_for, self.limiter.trusted_proxies)
 
     def _refused(self, request: RequestContext, error: AuthenticationError) -> None:
-        if self.limiter is not None and isinstance(error, InvalidToken | InvalidRequest):
+        if self.limiter is not None and (
+            isinstance(error, InvalidToken | InvalidRequest)
+            or getattr(error, "charged_to_client", False)  # a token the upstream refused
+        ):
             self.limiter.failed(self.client(request))
         self._audit(error, request)
 

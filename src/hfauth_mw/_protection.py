@@ -8,6 +8,7 @@ All state is bounded and guarded by a lock; all time comes from an injected
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import threading
 import time
@@ -17,7 +18,17 @@ from cachetools import TTLCache
 
 from ._exceptions import ConfigurationError, SourceUnavailable, TooManyFailures
 
-__all__ = ["FailureLimiter", "UpstreamBreaker", "client_address"]
+__all__ = ["UNIX_PEER", "FailureLimiter", "UpstreamBreaker", "client_address"]
+
+logger = logging.getLogger("hfauth_mw")
+
+#: The ``trusted_proxies`` entry for the proxy on the other end of a Unix socket.
+UNIX_PEER = "unix"
+#: How servers report a Unix-socket peer: uvicorn ``client=None``, gunicorn
+#: ``REMOTE_ADDR=''``, werkzeug ``REMOTE_ADDR='<local>'``.
+_UNIX_PEERS = frozenset({"", "<local>"})
+#: Clients whose breaker failures are remembered between two successes.
+_MAX_BLAMED = 1024
 
 
 class UpstreamBreaker:
@@ -60,6 +71,9 @@ class UpstreamBreaker:
         self._asked_until = -math.inf
         self._trial_running = False
         self.rejected = 0
+        # Who caused the failures since the last success (client key -> count):
+        # only failures of tokens we had no answer for, see release().
+        self._blamed: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"UpstreamBreaker(state={self.state!r}, running={self._running})"
@@ -104,9 +118,14 @@ class UpstreamBreaker:
             self._trial_running = False
 
     def release(
-        self, error: SourceUnavailable | None, *, upstream_retry_after: int | None = None
+        self,
+        error: SourceUnavailable | None,
+        *,
+        upstream_retry_after: int | None = None,
+        client: str | None = None,
     ) -> None:
-        """Give the slot back, recording how the call went."""
+        """Give the slot back, recording how the call went. ``client`` is the
+        address a failure is blamed on (a cold token's: see :meth:`held_open_by`)."""
         with self._lock:
             self._running -= 1
             self._trial_running = False
@@ -114,12 +133,30 @@ class UpstreamBreaker:
             if error is None:
                 self._failures = 0
                 self._open_until = -math.inf
+                self._blamed.clear()
                 return
             self._failures += 1
+            if client is not None:
+                key = _client_key(client)
+                if key in self._blamed or len(self._blamed) < _MAX_BLAMED:
+                    self._blamed[key] = self._blamed.get(key, 0) + 1
             if self._failures >= self.failure_threshold:
                 self._open_until = max(self._open_until, now + self.cooldown)
             if upstream_retry_after is not None:
                 self._asked_until = max(self._asked_until, now + upstream_retry_after)
+
+    def held_open_by(self, client: str | None) -> bool:
+        """Whether ``client``'s own failures hold the breaker open: it is not
+        closed, and that client alone caused enough failures since the last
+        success to open it. Such a client is never served a stale answer (it
+        could otherwise keep a revoked token working by tripping the breaker
+        with junk tokens)."""
+        if client is None:
+            return False
+        with self._lock:
+            if self._failures < self.failure_threshold:
+                return False
+            return self._blamed.get(_client_key(client), 0) >= self.failure_threshold
 
 
 def client_address(
@@ -130,10 +167,34 @@ def client_address(
     Behind trusted proxies, ``X-Forwarded-For`` is read from the right and the
     first address that is not a trusted proxy is the client. Entries that are
     not IP addresses end the walk (they cannot be trusted).
+
+    A Unix-socket peer (ASGI ``client=None``, WSGI ``REMOTE_ADDR`` ``''`` or
+    ``'<local>'``) has no address: with ``"unix"`` among the trusted proxies
+    its ``X-Forwarded-For`` is read; without, or without the header, the
+    client is unknown (``None``: not counted, never one key shared by every
+    client), and a warning says so once per process.
     """
-    if peer is None:
-        return None
-    peer = unmapped(peer)
+    if peer is None or peer in _UNIX_PEERS:
+        if UNIX_PEER not in trusted_proxies:
+            _warn_unix_peer(
+                "hfauth-mw: requests arrive without a peer address (over a Unix socket) and "
+                "trusted_proxies does not name 'unix': the brute-force guard cannot tell "
+                "clients apart and does not count them. Behind a proxy on a Unix socket "
+                "(nginx, ...), pass trusted_proxies=['unix'] and have the proxy set "
+                "X-Forwarded-For."
+            )
+            return None
+        if not forwarded_for:
+            _warn_unix_peer(
+                "hfauth-mw: a request over the trusted Unix socket carries no "
+                "X-Forwarded-For: the brute-force guard cannot tell its client apart "
+                "(have the proxy set X-Forwarded-For $remote_addr or "
+                "$proxy_add_x_forwarded_for)."
+            )
+            return None
+        peer = UNIX_PEER
+    else:
+        peer = unmapped(peer)
     if peer not in trusted_proxies or not forwarded_for:
         return peer
     client = peer
@@ -141,12 +202,22 @@ def client_address(
         try:
             ipaddress.ip_address(hop)
         except ValueError:
-            return client
+            # Never "unix" itself: that would be one key for every client.
+            return None if client == UNIX_PEER else client
         hop = unmapped(hop)
         client = hop
         if hop not in trusted_proxies:
             return hop
     return client
+
+
+_warned: set[str] = set()
+
+
+def _warn_unix_peer(message: str) -> None:
+    if message not in _warned:  # once per process each; a race may log it twice
+        _warned.add(message)
+        logger.warning(message, extra={"hfauth_event": "unix_peer"})
 
 
 def unmapped(address: str) -> str:
@@ -188,7 +259,10 @@ class FailureLimiter:
     IPv6 clients are counted per /64. Defaults: 30 failures per 60 s, 10,000
     clients. Behind a reverse proxy, every client has the proxy's address
     unless ``trusted_proxies`` names it: set it, or one sprayer can lock out
-    everyone behind the proxy.
+    everyone behind the proxy. A proxy on a Unix socket is ``"unix"``.
+
+    Counts are per process (per worker) unless the authenticator has a
+    shared tier (Redis): then see :class:`~hfauth_mw._shared.SharedFailureLimiter`.
     """
 
     def __init__(
@@ -206,12 +280,18 @@ class FailureLimiter:
             trusted_proxies = [trusted_proxies]  # one address, not its characters
         proxies = set()
         for proxy in trusted_proxies:
+            if proxy == UNIX_PEER:
+                proxies.add(UNIX_PEER)
+                continue
             try:
                 if not isinstance(proxy, str):
                     raise ValueError
                 canonical = str(ipaddress.ip_address(proxy))
             except ValueError:
-                raise ConfigurationError(f"trusted proxy {proxy!r} is not an IP address") from None
+                raise ConfigurationError(
+                    f"trusted proxy {proxy!r} is not an IP address (or 'unix', the peer "
+                    "of a Unix socket)"
+                ) from None
             proxies.add(unmapped(canonical))
         self.max_failures = max_failures
         self.window = window

@@ -55,6 +55,7 @@ from ._shared_protocol import (
     CLAIM_LEAD,
     CLAIM_WAIT,
     SharedClaim,
+    SharedCount,
     SharedDown,
     SharedOp,
     SharedRelease,
@@ -118,7 +119,23 @@ _REVOKE = """
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 return redis.call('PUBLISH', ARGV[2], ARGV[3])
 """
-_SCRIPTS = {"claim": _CLAIM, "store": _STORE, "release": _RELEASE, "revoke": _REVOKE}
+# KEYS: a client's failure count. ARGV: window ms. The window starts at the first failure.
+_COUNT = """
+local count = redis.call('INCR', KEYS[1])
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  left = tonumber(ARGV[1])
+end
+return {count, left}
+"""
+_SCRIPTS = {
+    "claim": _CLAIM,
+    "store": _STORE,
+    "release": _RELEASE,
+    "revoke": _REVOKE,
+    "count": _COUNT,
+}
 
 _MAX_BATCH = 1000  # revocation tags handled per scan of the in-process caches
 _BACKOFF_START, _BACKOFF_CAP = 0.1, 5.0
@@ -274,6 +291,8 @@ def _args(op: SharedOp) -> tuple[str, list[str], list[str | int | bytes]]:
         return "store", [keys.entry, keys.lock, keys.tomb], [op.owner, op.value, op.ttl_ms]
     if isinstance(op, SharedRelease):
         return "release", [op.keys.lock], [op.owner]
+    if isinstance(op, SharedCount):
+        return "count", [op.key], [op.window_ms]
     return "revoke", [op.tomb], [op.tomb_ms, op.channel, op.tag]
 
 
@@ -287,6 +306,8 @@ def _result(op: SharedOp, raw: Any) -> object:
         return bool(raw)
     if isinstance(op, SharedRevoke):
         return int(raw)
+    if isinstance(op, SharedCount):
+        return int(raw[0]), int(raw[1])
     return None
 
 

@@ -49,6 +49,7 @@ everywhere (the old entries are then ignored and expire).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -64,7 +65,7 @@ from dataclasses import replace
 from typing import Any
 
 from ._cache import MAX_TTL, TokenCache
-from ._exceptions import ConfigurationError, HFAuthError, MalformedAnswer
+from ._exceptions import ConfigurationError, HFAuthError, MalformedAnswer, SourceUnavailable
 from ._outcome import Invalid, Outcome, Valid
 from ._principal import (
     FINGERPRINT_LENGTH,
@@ -73,7 +74,7 @@ from ._principal import (
     principal_as_whoami,
     principal_from_whoami,
 )
-from ._protection import UpstreamBreaker
+from ._protection import FailureLimiter, UpstreamBreaker, _client_key
 from ._shared_protocol import (
     CLAIM_HIT,
     CLAIM_LEAD,
@@ -81,6 +82,7 @@ from ._shared_protocol import (
     Pause,
     SharedBackend,
     SharedClaim,
+    SharedCount,
     SharedDown,
     SharedKeys,
     SharedOp,
@@ -99,7 +101,9 @@ __all__ = [
     "SharedCache",
     "SharedCacheUnavailable",
     "SharedClaim",
+    "SharedCount",
     "SharedDown",
+    "SharedFailureLimiter",
     "SharedKeys",
     "SharedOp",
     "SharedRelease",
@@ -236,6 +240,7 @@ class SharedCache:
         self._id_key = hmac.digest(key, b"hfauth-mw/v1/entry-id", "sha256")
         self._tag_key = hmac.digest(key, b"hfauth-mw/v1/revocation-tag", "sha256")
         self._mac_key = hmac.digest(key, b"hfauth-mw/v1/value-mac", "sha256")
+        self._client_key = hmac.digest(key, b"hfauth-mw/v1/client-failures", "sha256")
         self._attached: list[tuple[weakref.ref[TokenCache], bytes]] = []
         self._attached_lock = threading.Lock()
         self._started_pid: int | None = None
@@ -291,6 +296,11 @@ class SharedCache:
         source = hashlib.sha256(namespace).hexdigest()[:12]
         entry = f"{self.prefix}:{{{tag}}}:{source}:{token_id}"
         return SharedKeys(entry, entry + ":lock", f"{self.prefix}:{{{tag}}}:revoked")
+
+    def failure_key(self, client: str) -> str:
+        """The store key of one client's failure count (keyed: no address in Redis)."""
+        name = hmac.new(self._client_key, client.encode("utf-8"), "sha256").hexdigest()[:32]
+        return f"{self.prefix}:failures:{name}"
 
     def _mac(self, keys: SharedKeys, marker: bytes, body: bytes) -> bytes:
         return hmac.digest(
@@ -497,3 +507,101 @@ def revocation_broadcaster(
             shared.close()
 
     return broadcast
+
+
+class SharedFailureLimiter(FailureLimiter):
+    """The brute-force guard with cluster-wide counts: one limit per client
+    across every worker and replica that shares the Redis of ``shared``.
+
+    Each failure is counted in this process (as :class:`FailureLimiter` does)
+    and in Redis, where the count of a client lives ``window`` seconds from
+    its first failure anywhere. A process locks a client out when either
+    count reaches ``max_failures``; a process that has not seen the client
+    fail yet locks it out at its first failure there, so a client spreading
+    guesses over N processes gets at most ``max_failures + N - 1``.
+
+    Blocking code counts in Redis inline (bounded by the socket timeout);
+    async code counts in a task on the running loop, so the lockout follows
+    the failure by one Redis round trip. While Redis fails (or its breaker
+    is open) the counts are per process: never an error, never a lockout of
+    its own. Redis keys hold a keyed hash of the address, never the address.
+    Built by :attr:`Authenticator.limiter <hfauth_mw.Authenticator.limiter>`
+    when the authenticator has a shared tier.
+    """
+
+    def __init__(self, shared: SharedCache, **options: Any) -> None:
+        super().__init__(**options)
+        self.shared = shared
+        self._window_ms = max(1, math.ceil(self.window * 1000))
+        # Counting tasks in flight (the loop keeps only weak references).
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    def __repr__(self) -> str:
+        return (
+            f"SharedFailureLimiter(max_failures={self.max_failures}, window={self.window:g}, "
+            f"{self.shared.backend.describe()})"
+        )
+
+    def failed(self, client: str | None) -> None:
+        if client is None:
+            return
+        super().failed(client)
+        key = _client_key(client)
+        breaker = self.shared.breaker
+        try:
+            breaker.acquire()
+        except SourceUnavailable:
+            return  # Redis is failing: this process's count stands alone
+        op = SharedCount(self.shared.failure_key(key), self._window_ms)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            try:
+                result = self.shared.backend.execute(op)
+            except Exception as exc:  # a backend of one's own that raises: still no 500
+                result = SharedDown(type(exc).__name__)
+            self._counted(key, result)
+            return
+        task = loop.create_task(self._count_async(key, op))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def flush(self) -> None:
+        """Wait for the counts this event loop still has on their way to Redis
+        (tests, and a clean shutdown)."""
+        loop = asyncio.get_running_loop()
+        pending = [task for task in self._tasks if task.get_loop() is loop]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _count_async(self, key: str, op: SharedCount) -> object:
+        try:
+            result = await self.shared.backend.execute_async(op)
+        except Exception as exc:
+            result = SharedDown(type(exc).__name__)
+        except BaseException:  # cancelled (the loop is closing): neither success nor failure
+            self.shared.breaker.cancel()
+            raise
+        self._counted(key, result)
+        return result
+
+    def _counted(self, key: str, result: object) -> None:
+        breaker = self.shared.breaker
+        if isinstance(result, SharedDown) or not isinstance(result, tuple):
+            breaker.release(SourceUnavailable("Redis failed"))
+            logger.warning(
+                "shared cache (Redis) could not count a failed authentication (%s); "
+                "counting in this process only (breaker %s)",
+                result.reason if isinstance(result, SharedDown) else "unexpected answer",
+                breaker.state,
+                extra={"hfauth_event": "shared_error"},
+            )
+            return
+        breaker.release(None)
+        count, remaining_ms = result
+        if count >= self.max_failures:
+            with self._lock:
+                until = self.timer() + max(remaining_ms, 1) / 1000
+                if len(self.lockouts) >= self._maxsize and key not in self.lockouts:
+                    self._make_room_for_lockout(self.timer())
+                self.lockouts[key] = max(self.lockouts.get(key, until), until)

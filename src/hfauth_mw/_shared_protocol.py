@@ -19,6 +19,7 @@ __all__ = [
     "Pause",
     "SharedBackend",
     "SharedClaim",
+    "SharedCount",
     "SharedDown",
     "SharedKeys",
     "SharedOp",
@@ -88,6 +89,16 @@ class SharedRevoke:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedCount:
+    """Work item: count one failed authentication of a client on ``key``, whose
+    count lives ``window_ms`` from its first failure. The driver answers
+    ``(count, remaining_ms)``: the cluster-wide count and what is left of its window."""
+
+    key: str
+    window_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Pause:
     """Work item: sleep ``seconds`` (a waiter polling for another process's answer)."""
 
@@ -102,7 +113,7 @@ class SharedDown:
     reason: str
 
 
-SharedOp = SharedClaim | SharedStore | SharedRelease | SharedRevoke
+SharedOp = SharedClaim | SharedStore | SharedRelease | SharedRevoke | SharedCount
 
 
 class SharedBackend(Protocol):

@@ -23,8 +23,8 @@ from urllib.parse import quote_plus, urlsplit
 
 import httpx
 
-from ._checks import require_bool, require_instance, shown
-from ._credentials import Credentials
+from ._checks import require_bool, require_instance, require_int, shown
+from ._credentials import DEFAULT_MAX_TOKEN_BYTES, Credentials
 from ._exceptions import ConfigurationError, MalformedAnswer, SourceUnavailable, TokenStoreError
 from ._outcome import Flow, IntrospectionSource, Invalid, Outcome, Valid
 from ._principal import Principal, principal_from_whoami
@@ -37,6 +37,7 @@ __all__ = [
     "LocalStoreSource",
     "OAuthIntrospectionSource",
     "TokenLookup",
+    "TokenRefusedUpstream",
 ]
 
 DEFAULT_HUB_URL = "https://huggingface.co"
@@ -47,6 +48,17 @@ DEFAULT_TIMEOUT = httpx.Timeout(3.0, connect=2.0, pool=1.0)
 DEFAULT_MAX_ANSWER_BYTES = 256 * 1024
 #: Bounds on Retry-After we pass on: at least 1 s, never ask clients to wait hours.
 MIN_RETRY_AFTER, MAX_RETRY_AFTER, DEFAULT_RETRY_AFTER = 1, 300, 5
+
+#: What an IdP's access token looks like in a URL or a name, for the audit line:
+#: a JWT (``eyJ...``), or an opaque run of 24 or more token characters holding a
+#: letter and a digit. Masking a long path segment too is the price.
+IDP_TOKEN_SHAPE = re.compile(
+    r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]*"
+    r"|(?<![A-Za-z0-9\-._~+])(?=[A-Za-z0-9\-._~+]*[0-9])(?=[A-Za-z0-9\-._~+]*[A-Za-z])"
+    r"[A-Za-z0-9\-._~+]{24,}=*"
+)
+#: What an RFC 7662 endpoint's tokens may run to (JWT access tokens are a few KiB).
+IDP_MAX_TOKEN_BYTES = 4096
 
 _RATELIMIT_RESET = re.compile(r"(?:^|[;,\s])t=([0-9]+)")
 # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
@@ -90,11 +102,38 @@ def _bounded_int(digits: str) -> int:
     return int(digits) if len(digits) <= 9 else MAX_RETRY_AFTER
 
 
+#: Upstream answers that concern the request we sent for one token, not the
+#: upstream's health: a proxy's 400 for a long header line, a WAF's 403 for a
+#: traversal-looking token, 404, 413, 414, 431. See :class:`TokenRefusedUpstream`.
+TOKEN_SPECIFIC_STATUSES = frozenset({400, 403, 404, 413, 414, 431})
+
+
+class TokenRefusedUpstream(SourceUnavailable):
+    """A 503 caused by the request's own token: something between us and the
+    source (nginx, a WAF) refused the request that carried it.
+
+    The token was not judged, so it is never cached as invalid; the answer
+    says nothing about the source's health, so it does not count against the
+    breaker (one client sending such tokens would otherwise open it for
+    everyone); and it is charged to the client in the brute-force guard, like
+    an invalid token (:attr:`charged_to_client`).
+    """
+
+    #: Read by the request pipeline: the limiter counts this against the client.
+    charged_to_client = True
+
+
 def unavailable_for(response: httpx.Response, source: str) -> SourceUnavailable:
     """The 503 that stands for an upstream answer that says nothing about the token."""
     status = response.status_code
     if status == 429:
         description = "The token source is rate limiting us; try again later"
+    elif status in TOKEN_SPECIFIC_STATUSES:
+        return TokenRefusedUpstream(
+            f"The token source (or a proxy in front of it) refused the request for this "
+            f"token with HTTP {status}; the token was not checked",
+            retry_after=DEFAULT_RETRY_AFTER,
+        )
     else:
         description = f"The token source answered HTTP {status}; try again later"
     asked = _upstream_retry_after(response.headers)
@@ -150,6 +189,11 @@ def foreign_401(response: httpx.Response) -> str | None:
             return None
         return "a JSON body without an error"
     return "no X-Error-Message and no JSON error body"
+
+
+def too_long(limit: int) -> Invalid:
+    """A token longer than a network source accepts: invalid, and never sent."""
+    return Invalid(f"the token is longer than {limit} bytes (max_token_bytes)")
 
 
 def decode_json(response: httpx.Response, source: str) -> Any:
@@ -239,7 +283,15 @@ class HubWhoamiSource:
     ``hub_url`` may be huggingface.co, a private hub or a local emulator. Plain
     ``http`` is refused unless the host is loopback or ``allow_insecure_http``
     is set, because the token travels in every request.
+
+    ``max_token_bytes`` (default 256; a Hub token is 37 bytes): a longer token
+    is invalid (401) without any call. A proxy or WAF in front of the Hub
+    would refuse it (nginx answers 400 to a long header line), and such a
+    refusal says nothing about the token.
     """
+
+    #: Hub tokens are masked in audit lines anyway.
+    token_shape: re.Pattern[str] | None = None
 
     def __init__(
         self,
@@ -248,7 +300,9 @@ class HubWhoamiSource:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         allow_insecure_http: bool = False,
         name: str | None = None,
+        max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
     ) -> None:
+        self.max_token_bytes = require_int("max_token_bytes", max_token_bytes, 16, 65536)
         self.hub_url = check_url(
             hub_url, allow_insecure_http=allow_insecure_http, what="hub_url"
         ).rstrip("/")
@@ -274,6 +328,8 @@ class HubWhoamiSource:
         return f"HubWhoamiSource({self.hub_url!r})"
 
     def flow(self, credentials: Credentials) -> Flow:
+        if credentials.size > self.max_token_bytes:
+            return too_long(self.max_token_bytes)
         response = yield httpx.Request(
             "GET",
             self.whoami_url,
@@ -362,7 +418,13 @@ class OAuthIntrospectionSource:
     RFC 7662 401s: the endpoint answers 401 when *our* client credentials are
     wrong (section 2.1), never for the token being checked (an inactive token
     is a 200). So any status but 200 is a 503 here, never "invalid token".
+
+    ``max_token_bytes`` (default :data:`IDP_MAX_TOKEN_BYTES`, 4096: JWT
+    access tokens run to a few KiB): a longer token is invalid without any
+    call. Audit lines mask :data:`IDP_TOKEN_SHAPE` text (JWTs, opaque tokens).
     """
+
+    token_shape: re.Pattern[str] | None = IDP_TOKEN_SHAPE
 
     def __init__(
         self,
@@ -377,7 +439,9 @@ class OAuthIntrospectionSource:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         allow_insecure_http: bool = False,
         name: str | None = None,
+        max_token_bytes: int = IDP_MAX_TOKEN_BYTES,
     ) -> None:
+        self.max_token_bytes = require_int("max_token_bytes", max_token_bytes, 16, 65536)
         # The endpoint as given: django-oauth-toolkit's ends in "/", and without it
         # the server answers a redirect, which is never followed.
         self.url = check_url(url, allow_insecure_http=allow_insecure_http, what="url")
@@ -434,6 +498,8 @@ class OAuthIntrospectionSource:
         )
 
     def flow(self, credentials: Credentials) -> Flow:
+        if credentials.size > self.max_token_bytes:
+            return too_long(self.max_token_bytes)
         response = yield httpx.Request(
             "POST",
             self.url,
@@ -575,6 +641,8 @@ class LocalStoreSource:
     keeps them off the hot path.
     """
 
+    token_shape: re.Pattern[str] | None = None
+
     def __init__(self, store: TokenLookup, *, name: str | None = None) -> None:
         self.store = store
         # The name namespaces cache keys: two stores must never share answers.
@@ -623,6 +691,11 @@ class ChainSource:
             raise ConfigurationError("ChainSource needs at least one source")
         self.sources: Sequence[IntrospectionSource] = sources
         self._name = name or "chain(" + ",".join(source.name for source in sources) + ")"
+        shapes = [getattr(source, "token_shape", None) for source in sources]
+        patterns = sorted({shape.pattern for shape in shapes if shape is not None})
+        self.token_shape: re.Pattern[str] | None = (
+            re.compile("|".join(f"(?:{pattern})" for pattern in patterns)) if patterns else None
+        )
 
     @property
     def name(self) -> str:
