@@ -30,8 +30,8 @@ import httpx
 import pytest
 
 from faults import REFUSED, SILENT, FaultServer, Gateway, whoami_answer
-from hfauth_mw import Authenticator, HubWhoamiSource, SourceUnavailable
-from hfauth_mw._drivers import TransportFailure, loggable_url
+from hfauth_mw import Authenticator, HubWhoamiSource, SourceUnavailable, TransportFailure
+from hfauth_mw._drivers import loggable_url
 
 pytestmark = pytest.mark.anyio
 

@@ -31,9 +31,10 @@ from hfauth_mw import (
     OAuthIntrospectionSource,
     SourceUnavailable,
     TokenCache,
+    TokenRefusedUpstream,
     Valid,
 )
-from hfauth_mw._sources import TokenRefusedUpstream, retry_after_from
+from hfauth_mw._sources import retry_after_from
 
 TOKEN = "hf_" + "b" * 34
 CREDENTIALS = Credentials.from_token(TOKEN)

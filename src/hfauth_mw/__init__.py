@@ -21,8 +21,10 @@ from ._exceptions import (
     MalformedAnswer,
     MissingCredentials,
     SourceUnavailable,
+    TokenRefusedUpstream,
     TokenStoreError,
     TooManyFailures,
+    TransportFailure,
     UnknownModel,
 )
 from ._metrics import register_prometheus
@@ -58,7 +60,7 @@ from ._rules import (
     can_write,
     has_permission,
 )
-from ._shared import SharedCache, SharedCacheUnavailable
+from ._shared import SharedCache, SharedCacheUnavailable, SharedFailureLimiter
 from ._sources import ChainSource, HubWhoamiSource, LocalStoreSource, OAuthIntrospectionSource
 from ._store import FineGrainedEntry, IssuedToken, LocalTokenStore, OrgGrant, TokenRecord
 from ._wsgi import HFAuthWSGIMiddleware
@@ -109,11 +111,14 @@ __all__ = [
     "ScopedGrant",
     "SharedCache",
     "SharedCacheUnavailable",
+    "SharedFailureLimiter",
     "SourceUnavailable",
     "TokenCache",
     "TokenRecord",
+    "TokenRefusedUpstream",
     "TokenStoreError",
     "TooManyFailures",
+    "TransportFailure",
     "UnknownModel",
     "UpstreamBreaker",
     "Valid",

@@ -197,9 +197,15 @@ def read_wsgi_body(environ: WSGIEnvironment, limit: int) -> bytes:
     elif declared is not None:
         body = stream.read(declared)
     elif environ.get("wsgi.input_terminated"):  # chunked: read to the end, capped
-        body = stream.read(limit + 1)
-        if len(body) > limit:
-            raise _too_large(limit)
+        # read(n) may return less than n before the end: read until it gives nothing.
+        parts: list[bytes] = []
+        size = 0
+        while chunk := stream.read(limit + 1 - size):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+        body = b"".join(parts)
     else:
         body = b""  # no length and no terminated stream: WSGI says there is no body
     environ["wsgi.input"] = io.BytesIO(body)

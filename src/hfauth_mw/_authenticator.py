@@ -27,7 +27,12 @@ from ._cache import Leader, TokenCache
 from ._checks import require_bool, require_instance, require_int, shown
 from ._credentials import Credentials
 from ._drivers import AsyncDriver, Cleanup, SyncDriver, Work
-from ._exceptions import ConfigurationError, InvalidToken, SourceUnavailable
+from ._exceptions import (
+    ConfigurationError,
+    InvalidToken,
+    SourceUnavailable,
+    TokenRefusedUpstream,
+)
 from ._hub_access import HubAccessCheck
 from ._metrics import Metrics
 from ._outcome import EXPIRED, Flow, IntrospectionSource, Invalid, Outcome, Valid, WaitFor
@@ -48,7 +53,7 @@ from ._shared import (
     SharedRelease,
     SharedStore,
 )
-from ._sources import DEFAULT_MAX_ANSWER_BYTES, TokenRefusedUpstream
+from ._sources import DEFAULT_MAX_ANSWER_BYTES
 
 __all__ = ["AuthFlow", "Authenticator"]
 

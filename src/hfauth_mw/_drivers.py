@@ -42,7 +42,7 @@ import httpcore
 import httpx
 
 from ._deadline import _BoundedBackend, within
-from ._exceptions import SourceUnavailable
+from ._exceptions import SourceUnavailable, TransportFailure
 from ._outcome import Outcome, WaitFor
 from ._shared import Pause, SharedBackend, SharedOp
 
@@ -137,16 +137,6 @@ class AnswerEncoded(Exception):
 
 #: Raised by the drivers' reads of an upstream answer; each becomes a 503.
 _ANSWER_FAILURES = (httpx.HTTPError, AnswerTooLarge, AnswerTooSlow, AnswerEncoded, TimeoutError)
-
-
-class TransportFailure(SourceUnavailable):
-    """A 503 because the call to the source failed on the wire. :attr:`detail`
-    says where and how, for the log line only (never sent to the client):
-    the URL without credentials or query, and the error class."""
-
-    def __init__(self, description: str, detail: str) -> None:
-        super().__init__(description)
-        self.detail = detail
 
 
 def loggable_url(url: httpx.URL) -> str:

@@ -18,6 +18,11 @@ The hierarchy::
         ├── InsufficientScope        403 insufficient_scope: valid token, not enough rights
         ├── TooManyFailures          429: too many failed authentications from one client
         └── SourceUnavailable        503 + Retry-After: the introspection source cannot answer
+            ├── TransportFailure     the call failed on the wire (``detail``: URL and error
+            │                        class, for the log line only)
+            └── TokenRefusedUpstream a proxy or WAF refused the request carrying this token
+                                     (400/403/404/413/414/431): charged to the client, not
+                                     to the breaker, never cached
 
 No message or attribute of any of these ever holds a token: they carry a short
 SHA-256 fingerprint at most. ``AuthenticationError.description`` is written for
@@ -38,8 +43,10 @@ __all__ = [
     "MalformedAnswer",
     "MissingCredentials",
     "SourceUnavailable",
+    "TokenRefusedUpstream",
     "TokenStoreError",
     "TooManyFailures",
+    "TransportFailure",
     "UnknownModel",
 ]
 
@@ -175,3 +182,28 @@ class SourceUnavailable(AuthenticationError):
         self.retry_after = max(1, int(retry_after))
         #: True when the upstream itself said when to come back (Retry-After, RateLimit).
         self.upstream_asked = upstream_asked
+
+
+class TransportFailure(SourceUnavailable):
+    """A 503 because the call to the source failed on the wire. :attr:`detail`
+    says where and how, for the log line only (never sent to the client):
+    the URL without credentials or query, and the error class."""
+
+    def __init__(self, description: str, detail: str) -> None:
+        super().__init__(description)
+        self.detail = detail
+
+
+class TokenRefusedUpstream(SourceUnavailable):
+    """A 503 caused by the request's own token: something between us and the
+    source (nginx, a WAF) refused the request that carried it.
+
+    The token was not judged, so it is never cached as invalid; the answer
+    says nothing about the source's health, so it does not count against the
+    breaker (one client sending such tokens would otherwise open it for
+    everyone); and it is charged to the client in the brute-force guard, like
+    an invalid token (:attr:`charged_to_client`).
+    """
+
+    #: Read by the request pipeline: the limiter counts this against the client.
+    charged_to_client = True

@@ -25,7 +25,13 @@ import httpx
 
 from ._checks import require_bool, require_instance, require_int, shown
 from ._credentials import DEFAULT_MAX_TOKEN_BYTES, Credentials
-from ._exceptions import ConfigurationError, MalformedAnswer, SourceUnavailable, TokenStoreError
+from ._exceptions import (
+    ConfigurationError,
+    MalformedAnswer,
+    SourceUnavailable,
+    TokenRefusedUpstream,
+    TokenStoreError,
+)
 from ._outcome import Flow, IntrospectionSource, Invalid, Outcome, Valid
 from ._principal import Principal, principal_from_whoami
 
@@ -106,21 +112,6 @@ def _bounded_int(digits: str) -> int:
 #: upstream's health: a proxy's 400 for a long header line, a WAF's 403 for a
 #: traversal-looking token, 404, 413, 414, 431. See :class:`TokenRefusedUpstream`.
 TOKEN_SPECIFIC_STATUSES = frozenset({400, 403, 404, 413, 414, 431})
-
-
-class TokenRefusedUpstream(SourceUnavailable):
-    """A 503 caused by the request's own token: something between us and the
-    source (nginx, a WAF) refused the request that carried it.
-
-    The token was not judged, so it is never cached as invalid; the answer
-    says nothing about the source's health, so it does not count against the
-    breaker (one client sending such tokens would otherwise open it for
-    everyone); and it is charged to the client in the brute-force guard, like
-    an invalid token (:attr:`charged_to_client`).
-    """
-
-    #: Read by the request pipeline: the limiter counts this against the client.
-    charged_to_client = True
 
 
 def unavailable_for(response: httpx.Response, source: str) -> SourceUnavailable:
