@@ -331,3 +331,32 @@ async def test_decided_by_is_in_the_audit_event(hub, callers, caplog):
     events = [r for r in caplog.records if r.name == "hfauth_mw.audit"]
     assert events[-1].hfauth_decided_by == "hub"
     assert json.dumps(events[-1].hfauth_decided_by)
+
+
+async def test_a_cold_request_asks_whoami_and_auth_check_together(hub, callers):
+    """One round trip, not two: both upstream calls are in flight at once."""
+    app = starlette_app(hub_url=hub.url, rules=RULES)
+    headers = {"Authorization": f"Bearer {callers['gated-passed']}"}
+    hub.delay = 30  # held until released: the test never waits on a clock
+    hub.auth_check_delay = 30
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://t", timeout=60
+    ) as client:
+        pending = asyncio.ensure_future(
+            client.post("/v1/models/meta/gated/infer", headers=headers)
+        )
+        both_in_flight = await asyncio.to_thread(hub.wait_for_held, 2, 10.0)
+        hub.delay = hub.auth_check_delay = 0
+        hub.release_held()
+        response = await pending
+    assert both_in_flight
+    assert response.status_code == 200
+    assert (hub.whoami_calls, hub.auth_check_calls) >= (1, 1)
+
+
+async def test_a_gated_denial_asked_together_still_names_the_caller(hub, callers):
+    status, headers, _ = await answer(
+        "asgi", hub, callers, "outsider", "POST", "/v1/models/meta/gated/infer"
+    )
+    assert status == 403
+    assert "gated: zoe has not been granted access to meta/gated" in headers["x-error-message"]

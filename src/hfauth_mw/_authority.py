@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any, Literal
 
 from cachetools import TLRUCache, TTLCache
@@ -35,7 +36,7 @@ from ._hub_access import HubAccessCheck
 from ._outcome import WaitFor
 from ._principal import Principal
 from ._protection import UpstreamBreaker
-from ._rules import WRITE_PERMISSION, Access, Decision, Repo
+from ._rules import WRITE_PERMISSION, Access, Decision, Repo, _safe
 
 __all__ = ["DEFAULT_NEGATIVE_TTL", "DEFAULT_POSITIVE_TTL", "DecisionCache", "HubAuthority"]
 
@@ -163,6 +164,18 @@ def _certain_local_denial(principal: Principal, access: Access) -> Decision | No
     return None
 
 
+_UNNAMED_CALLER = "gated: the caller has"
+
+
+def personal(decision: Decision, principal: Principal) -> Decision:
+    """``decision`` naming the caller where the hub's gated denial says "the
+    caller" (the check runs before, or without, knowing who the token is)."""
+    if decision.allowed or _UNNAMED_CALLER not in decision.reason or principal.is_anonymous:
+        return decision
+    reason = decision.reason.replace(_UNNAMED_CALLER, f"gated: {_safe(principal.name)} has", 1)
+    return replace(decision, reason=reason)
+
+
 class HubAuthority:
     """Repository decisions asked of a hub's auth-check, cached.
 
@@ -202,21 +215,28 @@ class HubAuthority:
         local = _certain_local_denial(principal, access)
         if local is not None:
             return local
-        return self.cache.peek(self._key(credentials, repo, access))
+        decision = self.cache.peek(self._key(credentials, repo, access))
+        return None if decision is None else personal(decision, principal)
 
     def forget(self, digest: bytes) -> None:
         """Drop every decision of the token with this digest."""
         self.cache.drop_token(self._namespace + digest + b"\x00")
 
     def flow(
-        self, credentials: Credentials | None, principal: Principal, repo: Repo, access: Access
+        self,
+        credentials: Credentials | None,
+        principal: Principal | None,
+        repo: Repo,
+        access: Access,
     ) -> Generator[Work, Any, Decision]:
         """The hub's decision on ``access`` to ``repo`` for this caller. Raises
         InvalidToken when the hub no longer accepts the token, SourceUnavailable
-        (503) on upstream trouble."""
-        local = _certain_local_denial(principal, access)
-        if local is not None:
-            return local
+        (503) on upstream trouble. ``principal`` is ``None`` while whoami-v2 is
+        asked at the same time (then see :func:`personal`)."""
+        if principal is not None:
+            local = _certain_local_denial(principal, access)
+            if local is not None:
+                return local
         key = self._key(credentials, repo, access)
         step = self.cache.begin(key)
         if isinstance(step, Decision):
@@ -228,13 +248,13 @@ class HubAuthority:
         if result == _TOKEN_INVALID:
             raise InvalidToken()
         assert isinstance(result, Decision)
-        return result
+        return result if principal is None else personal(result, principal)
 
     def _lead(
         self,
         key: bytes,
         credentials: Credentials | None,
-        principal: Principal,
+        principal: Principal | None,
         repo: Repo,
         access: Access,
     ) -> Generator[Work, Any, Decision | str]:
@@ -244,7 +264,9 @@ class HubAuthority:
             self.cache.abandon(key, refused)
             raise
         try:
-            answer = yield from self.check.flow(credentials, repo, access, user=principal.name)
+            # The decision is cached per token, for whoever asks: the caller is named
+            # when it is returned (personal()).
+            answer = yield from self.check.flow(credentials, repo, access)
         except SourceUnavailable as failure:
             self.breaker.release(
                 failure,
@@ -268,6 +290,10 @@ class HubAuthority:
             self.forget(credentials.digest)
             self.cache.complete(key, _TOKEN_INVALID, None)
             return _TOKEN_INVALID
-        expires = principal.expires_at.timestamp() if principal.expires_at else None
+        expires = (
+            principal.expires_at.timestamp()
+            if principal is not None and principal.expires_at
+            else None
+        )
         self.cache.complete(key, answer.decision, expires)
         return answer.decision

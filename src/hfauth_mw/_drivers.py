@@ -36,6 +36,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpcore
@@ -58,8 +59,19 @@ __all__ = [
 logger = logging.getLogger("hfauth_mw")
 T = TypeVar("T")
 
+
+@dataclass(frozen=True, slots=True)
+class Together:
+    """Work item: run these flows at the same time (one round trip for two
+    upstream calls, e.g. whoami-v2 and the hub's auth-check of a cold token).
+    The result is a tuple of each flow's value, or of the exception it raised,
+    in order: the yielding flow decides what a failure means."""
+
+    flows: tuple[Generator[Any, Any, Any], ...]
+
+
 #: Everything a flow may yield. The drivers below handle all of it.
-Work = httpx.Request | WaitFor | SharedOp | Pause
+Work = httpx.Request | WaitFor | SharedOp | Pause | Together
 
 # The request carries the caller's token already: a client of the user's own
 # with auth= (their Hub token, say) must not replace it, or every token would
@@ -224,6 +236,14 @@ class _AnswerBody:
         )
 
 
+def _outcome_of(run: Callable[[Any], object], flow: Generator[Any, Any, Any]) -> object:
+    """``run(flow)``'s value, or the exception it raised (for :class:`Together`)."""
+    try:
+        return run(flow)
+    except Exception as error:
+        return error
+
+
 def _prepare(work: httpx.Request, fallback: float) -> float:
     """Ask for the answer without content coding; return the seconds the whole
     call may take: the sum of the request's timeout phases (connect, write,
@@ -318,6 +338,10 @@ class SyncDriver(_DriverBase):
             backend.execute(op)
 
     def _do(self, client: httpx.Client, work: Work) -> object:
+        if isinstance(work, Together):
+            # Blocking code runs them one after the other (a thread each would
+            # cost more than the round trip it saves under a WSGI server).
+            return tuple(_outcome_of(self.run, flow) for flow in work.flows)
         if isinstance(work, WaitFor):
             try:
                 return work.future.result(timeout=self.wait_timeout)
@@ -420,7 +444,18 @@ class AsyncDriver(_DriverBase):
         # A waiter awaits its future directly: no coroutine of its own per waiting request.
         if isinstance(work, WaitFor):
             return self._loop_waiter(work.future)
+        if isinstance(work, Together):
+            return self._together(work)
         return self._send(client, work)
+
+    async def _together(self, work: Together) -> tuple[object, ...]:
+        results = await asyncio.gather(
+            *(self.run(flow) for flow in work.flows), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # cancelled: not a result of the flow's
+        return tuple(results)
 
     async def _send(
         self, client: httpx.AsyncClient, work: httpx.Request | SharedOp | Pause

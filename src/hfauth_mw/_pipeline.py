@@ -34,10 +34,10 @@ from typing import Any, Literal, TypedDict, get_args
 from ._answers import Answers, ErrorFormat, ErrorResponse, denial
 from ._audit import audit_logger, write_event
 from ._authenticator import Authenticator
-from ._authority import Authority, HubAuthority
+from ._authority import Authority, HubAuthority, personal
 from ._checks import require_bool, require_instance, require_int, require_items, shown
 from ._credentials import DEFAULT_MAX_HEADER_BYTES, Credentials, Scheme, parse_credentials
-from ._drivers import Work
+from ._drivers import Together, Work
 from ._exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -334,7 +334,7 @@ class Guard:
             # 4. resolve: a fresh answer in the in-process cache, or a flow that asks
             principal = self.authenticator.fresh(credentials.digest)
             if principal is None:
-                flow = self._resolve(request, credentials)
+                flow = self._resolve(request, credentials, self._hub_read_wanted(request))
             else:
                 concluded = self._conclude(request, principal)
                 if isinstance(concluded, RequestAuth):
@@ -353,11 +353,42 @@ class Guard:
             self._refused(request, error)
             raise
 
-    def _resolve(self, request: RequestContext, credentials: Credentials) -> RequestFlow:
+    def _hub_read_wanted(self, request: RequestContext) -> Repo | None:
+        """The repository a cold request's rule will ask the hub to read, if any:
+        then whoami-v2 and the auth-check go out together (one round trip).
+        Writes are not asked ahead: a read token never writes, without a call."""
+        if self.hub is None or not self.routes.rules:
+            return None
+        try:
+            needed = self.routes.requirement(request)
+        except AuthenticationError:
+            return None  # refused in step 5, after the token is known
+        if needed is None or needed[1] != "read":
+            return None
+        return needed[0]
+
+    def _resolve(
+        self, request: RequestContext, credentials: Credentials, hub_read: Repo | None = None
+    ) -> RequestFlow:
         """Step 4 for a token the cache has no fresh answer for (the
-        authenticator's flow), then steps 5 to 7."""
-        principal = yield from self.authenticator.flow(credentials, self.client(request))
-        concluded = self._conclude(request, principal)
+        authenticator's flow), then steps 5 to 7. With ``hub_read``, the hub's
+        auth-check of that repository goes out at the same time."""
+        token_flow = self.authenticator.flow(credentials, self.client(request))
+        decided: Decision | None = None
+        if hub_read is None:
+            principal = yield from token_flow
+        else:
+            assert self.hub is not None
+            answers = yield Together(
+                (token_flow, self.hub.flow(credentials, None, hub_read, "read"))
+            )
+            principal, decision = answers
+            if isinstance(principal, BaseException):
+                raise principal  # the token's answer comes first: 401, 503
+            if isinstance(decision, BaseException):
+                raise decision
+            decided = personal(decision, principal)
+        concluded = self._conclude(request, principal, decided)
         if not isinstance(concluded, RequestAuth):
             concluded = yield from concluded
         return concluded
