@@ -1,4 +1,4 @@
-"""Benchmarks for hfauth-mw (issue 5): ``python -m bench`` or ``make bench``.
+"""Benchmarks for hfauth-mw (issues 5, 16, 17, 20): ``python -m bench`` or ``make bench``.
 
 Sections: in-process ASGI and WSGI overhead per request next to the
 authentication people use today, a breakdown of the cached path, uvicorn end

@@ -47,6 +47,7 @@ def serve(store_path: str, delay: float) -> None:
     patched = _no_nagle()
     with LocalTokenStore(store_path) as store, HubEmulator(store) as hub:
         hub.delay = delay
+        hub.auth_check_delay = delay  # one upstream round trip, whichever endpoint
         print(hub.url, int(patched), flush=True)
         while True:
             ready, _, _ = select.select([sys.stdin], [], [], 60.0)
@@ -54,6 +55,8 @@ def serve(store_path: str, delay: float) -> None:
             command = line.strip()
             if command == "calls":
                 print(hub.whoami_calls, flush=True)
+            elif command == "checks":
+                print(hub.auth_check_calls, flush=True)
             elif command == "reset":
                 hub.reset_counters()
                 print("ok", flush=True)
@@ -77,6 +80,9 @@ class RemoteHub:
 
     def whoami_calls(self) -> int:
         return int(self._ask("calls"))
+
+    def auth_check_calls(self) -> int:
+        return int(self._ask("checks"))
 
     def reset_counters(self) -> None:
         self._ask("reset")

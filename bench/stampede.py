@@ -58,6 +58,11 @@ class Burst:
         return sum(ms for generation, ms in self.pauses if generation == 2)
 
 
+#: Cold tokens sent one at a time on a rule-guarded route (the hub decides).
+COLD_RULE_REQUESTS = 30
+RULE_PATH = "/v1/models/{owner}/{name}"
+
+
 def run_stampede(directory: Path, *, requests: int, delay: float, bursts: int = 5) -> Section:
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
@@ -65,7 +70,7 @@ def run_stampede(directory: Path, *, requests: int, delay: float, bursts: int = 
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from hfauth_mw import HFAuthMiddleware, LocalTokenStore
+    from hfauth_mw import HFAuthMiddleware, LocalTokenStore, OrgGrant, require_read
 
     section = Section(
         "stampede",
@@ -94,10 +99,21 @@ def run_stampede(directory: Path, *, requests: int, delay: float, bursts: int = 
         colds = [store.create_token(user=f"bob{index}", role="read") for index in range(bursts)]
         alone = store.create_token(user="dave", role="read")
         warm = store.create_token(user="carol", role="read")
+        # Cold tokens on a rule-guarded route: the hub decides (auth-check).
+        members = [
+            store.create_token(user=f"m{index}", role="read", orgs=[OrgGrant("acme", "read")])
+            for index in range(COLD_RULE_REQUESTS + 1)
+        ]
     with hub_in_process(str(store_path), delay=delay) as hub:
         app = Starlette(
-            routes=[Route(PATH, ping)],
-            middleware=[Middleware(HFAuthMiddleware, hub_url=hub.url)],
+            routes=[Route(PATH, ping), Route(RULE_PATH, ping)],
+            middleware=[
+                Middleware(
+                    HFAuthMiddleware,
+                    hub_url=hub.url,
+                    rules=[require_read("GET /v1/models/{owner}/{name}")],
+                )
+            ],
         )
         bare = Starlette(routes=[Route(PATH, ping)])
 
@@ -140,7 +156,26 @@ def run_stampede(directory: Path, *, requests: int, delay: float, bursts: int = 
                     raise RuntimeError(f"stampede warm-up answered {status}")
             return single, [await burst(cold.token) for cold in colds], bare_wall
 
+        async def cold_rule() -> tuple[list[float], list[int], int, int]:
+            """One cold token at a time on a rule-guarded route: whoami-v2 and the
+            hub's auth-check both needed; one round trip when they go together."""
+            latencies, statuses = [], []
+            for index, member in enumerate(members):
+                if index == 1:
+                    # The first opened the pool's second connection (two calls at
+                    # once): warm-up, as the stampede warms the first.
+                    hub.reset_counters()
+                    latencies.clear()
+                    statuses.clear()
+                scope = asgi_scope(f"Bearer {member.token}".encode())
+                scope["path"] = scope["raw_path"] = RULE_PATH.replace("{owner}/{name}", "acme/m")
+                ms, status = await one(scope)
+                latencies.append(ms)
+                statuses.append(status)
+            return latencies, statuses, hub.whoami_calls(), hub.auth_check_calls()
+
         single, runs, bare_wall = asyncio.run(main())
+        rule_latencies, rule_statuses, rule_whoami, rule_checks = asyncio.run(cold_rule())
         patched = hub.nagle_patched
     median = sorted(runs, key=lambda run: run.p99)[len(runs) // 2]
     latencies = median.latencies
@@ -167,6 +202,15 @@ def run_stampede(directory: Path, *, requests: int, delay: float, bursts: int = 
         ["same burst on the bare app, no auth, wall (ms)", fmt(bare_wall * 1000, 1)],
         ["garbage collection, each burst (ms)", each([run.gc_ms for run in runs])],
         ["  of it in full collections (ms)", each([run.full_gc_ms for run in runs])],
+        [
+            f"cold rule-guarded request, one at a time ({len(rule_latencies)} tokens): "
+            "p50 / p99 (ms)",
+            f"{fmt(percentile(rule_latencies, 50), 1)} / {fmt(percentile(rule_latencies, 99), 1)}",
+        ],
+        [
+            "  upstream calls for them: whoami-v2 / auth-check",
+            f"{rule_whoami} / {rule_checks}",
+        ],
     ]
     section.notes.append(
         "one event loop runs every request, so no request can finish sooner than the "
@@ -180,6 +224,8 @@ def run_stampede(directory: Path, *, requests: int, delay: float, bursts: int = 
             "the middleware, not the emulator"
         )
     section.data.update(
+        rule_p99=percentile(rule_latencies, 99),
+        rule_statuses=sorted(set(rule_statuses)),
         upstream_each=upstream,
         p50=p50,
         p99=p99,
