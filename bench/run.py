@@ -115,7 +115,7 @@ SMOKE = Settings(
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="hfauth-mw benchmarks (issues 5, 16, 17, 20): prints a table, writes docs/benchmarks.md.",
+        description="hfauth-mw benchmarks: prints a table, writes docs/benchmarks.md.",
     )
     parser.add_argument(
         "--smoke",
