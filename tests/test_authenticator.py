@@ -243,7 +243,7 @@ def test_a_thread_takes_over_when_the_leader_is_cancelled(make_authenticator, hu
 def test_a_waiter_takes_over_up_to_three_times_then_gives_up(make_authenticator, alice):
     """docs/caching.md: a cancelled leader's flight is taken over up to 3 times. Driven by
     hand: each round a new request leads, the waiter joins it, the leader goes away."""
-    from hfauth_mw._outcome import WaitFor
+    from hfauth_mw._source_protocol import WaitFor
 
     authenticator = make_authenticator()
     leader = authenticator.flow(alice)
@@ -576,7 +576,7 @@ async def test_waiters_share_one_relay_and_time_out(clock):
 
 async def test_waiters_after_a_timeout_still_get_the_flights_answer(clock):
     from hfauth_mw import Principal
-    from hfauth_mw._outcome import Valid
+    from hfauth_mw._source_protocol import Valid
 
     authenticator = Authenticator(_StuckSource(), cache=TokenCache(timer=clock, clock=clock))
     credentials = Credentials.from_token("hf_" + "t" * 34)
@@ -594,7 +594,7 @@ async def test_waiters_after_a_timeout_still_get_the_flights_answer(clock):
 
 async def test_cancelled_waiters_do_not_pile_up_while_a_flight_lasts(clock):
     from hfauth_mw import Principal
-    from hfauth_mw._outcome import Valid
+    from hfauth_mw._source_protocol import Valid
 
     source = _StuckSource()
     source.wait_timeout = 30.0

@@ -342,9 +342,7 @@ async def test_a_cold_request_asks_whoami_and_auth_check_together(hub, callers):
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app), base_url="http://t", timeout=60
     ) as client:
-        pending = asyncio.ensure_future(
-            client.post("/v1/models/meta/gated/infer", headers=headers)
-        )
+        pending = asyncio.ensure_future(client.post("/v1/models/meta/gated/infer", headers=headers))
         both_in_flight = await asyncio.to_thread(hub.wait_for_held, 2, 10.0)
         hub.delay = hub.auth_check_delay = 0
         hub.release_held()

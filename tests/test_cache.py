@@ -5,7 +5,7 @@ import pytest
 
 from hfauth_mw import ConfigurationError, Invalid, Principal, TokenCache, Valid
 from hfauth_mw._cache import Leader
-from hfauth_mw._outcome import EXPIRED
+from hfauth_mw._source_protocol import EXPIRED
 
 
 def valid(expires_in: float | None, clock) -> Valid:

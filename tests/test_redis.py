@@ -42,9 +42,8 @@ from hfauth_mw import (
     Valid,
 )
 from hfauth_mw._cli import main as cli_main
-from hfauth_mw._outcome import WaitFor
 from hfauth_mw._principal import ResourcePattern
-from hfauth_mw._shared import (
+from hfauth_mw._shared_tier import (
     CLAIM_HIT,
     CLAIM_LEAD,
     CLAIM_WAIT,
@@ -58,6 +57,7 @@ from hfauth_mw._shared import (
     SharedRevoke,
     SharedStore,
 )
+from hfauth_mw._source_protocol import WaitFor
 
 SECRET = "test-deployment-secret-0123456789"
 #: Tests that count upstream calls exactly against the real Redis: a loaded CI
@@ -1205,7 +1205,7 @@ def test_the_redis_tier_has_no_import_circle():
 
     modules = [path.stem for path in Path(hfauth_mw.__file__).parent.glob("_*.py")]
     graph = {module: _runtime_imports(module) for module in modules if module != "__init__"}
-    tier = {"_shared", "_redis", "_shared_protocol"}
+    tier = {"_shared_tier", "_redis", "_shared_tier_protocol"}
 
     def reaches(start: str, goal: str, seen: set[str]) -> bool:
         for nxt in graph.get(start, ()):

@@ -39,7 +39,7 @@ from hfauth_mw import (
     require_write,
     tgi_rules,
 )
-from hfauth_mw._pipeline import RequestContext
+from hfauth_mw._request import RequestContext
 
 pytestmark = pytest.mark.anyio
 

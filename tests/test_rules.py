@@ -2337,7 +2337,7 @@ JWT_TOKEN = "hf_jwt_eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOmFjbWUveCJ9.c2ln"
 
 
 def test_trusted_publisher_tokens_are_masked_in_reasons_and_messages() -> None:
-    from hfauth_mw._checks import LIKELY_TOKEN, shown
+    from hfauth_mw._validation import LIKELY_TOKEN, shown
 
     decision = has_permission(READ, JWT_TOKEN)
     assert "hf_jwt_" not in decision.reason

@@ -155,7 +155,7 @@ def socket_path() -> Iterator[Path]:
 
 @pytest.fixture(autouse=True)
 def warn_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("hfauth_mw._protection._warned", set(), raising=False)
+    monkeypatch.setattr("hfauth_mw._breaker_limiter._warned", set(), raising=False)
 
 
 @pytest.mark.parametrize("server", SERVERS)

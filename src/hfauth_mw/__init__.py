@@ -7,6 +7,7 @@ private and may change.
 from ._answers import ErrorResponse
 from ._asgi import HFAuthMiddleware, HubAuthCredentials, HubUser, get_request_auth
 from ._authenticator import Authenticator
+from ._breaker_limiter import FailureLimiter, UpstreamBreaker
 from ._cache import TokenCache
 from ._credentials import Credentials, parse_credentials
 from ._exceptions import (
@@ -28,7 +29,6 @@ from ._exceptions import (
     UnknownModel,
 )
 from ._metrics import register_prometheus
-from ._outcome import IntrospectionSource, Invalid, Valid
 from ._pipeline import Guard
 from ._principal import (
     ANONYMOUS,
@@ -38,7 +38,6 @@ from ._principal import (
     ScopedGrant,
     principal_from_whoami,
 )
-from ._protection import FailureLimiter, UpstreamBreaker
 from ._request_auth import RequestAuth
 from ._routes import (
     RepoFrom,
@@ -60,7 +59,8 @@ from ._rules import (
     can_write,
     has_permission,
 )
-from ._shared import SharedCache, SharedCacheUnavailable, SharedFailureLimiter
+from ._shared_tier import SharedCache, SharedCacheUnavailable, SharedFailureLimiter
+from ._source_protocol import IntrospectionSource, Invalid, Valid
 from ._sources import ChainSource, HubWhoamiSource, LocalStoreSource, OAuthIntrospectionSource
 from ._store import FineGrainedEntry, IssuedToken, LocalTokenStore, OrgGrant, TokenRecord
 from ._wsgi import HFAuthWSGIMiddleware

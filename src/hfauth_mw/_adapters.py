@@ -28,8 +28,9 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 from werkzeug.wsgi import get_path_info
 
 from ._exceptions import BodyTooLarge
-from ._pipeline import Guard, RequestContext, RequestFlow
+from ._pipeline import Guard, RequestFlow
 from ._principal import Principal
+from ._request import RequestContext
 from ._request_auth import RequestAuth
 
 __all__ = [

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from ._checks import shown
 from ._exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -40,6 +39,7 @@ from ._exceptions import (
 )
 from ._principal import Principal
 from ._rules import Decision
+from ._validation import shown
 
 __all__ = ["Answers", "ErrorFormat", "ErrorResponse", "denial"]
 

@@ -36,12 +36,12 @@ from ._adapters import (
     read_scope,
     watched_send,
 )
-from ._checks import require_bool
 from ._exceptions import AuthenticationError
 from ._options import AdapterOptions, build_guard
 from ._pipeline import Guard
 from ._principal import ANONYMOUS, Principal
 from ._request_auth import PrincipalMemo, RequestAuth
+from ._validation import require_bool
 
 __all__ = ["HFAuthMiddleware", "HubAuthCredentials", "HubUser", "get_request_auth"]
 

@@ -13,10 +13,10 @@ import re
 import threading
 import time
 
-from ._checks import TOKEN_SHAPED
 from ._credentials import Credentials
 from ._exceptions import AuthenticationError, SourceUnavailable
 from ._principal import Principal
+from ._validation import TOKEN_SHAPED
 
 __all__ = ["audit_logger", "loggable", "register_token_shape", "write_event"]
 

@@ -3,9 +3,9 @@
 :meth:`Authenticator.flow` is the whole decision for one token, written once
 as a generator that yields work: an HTTP request to send, another request's
 flight to wait for, and, with a shared cache, a shared-tier operation
-(:mod:`hfauth_mw._shared`) or a pause. It never does I/O and never calls back
+(:mod:`hfauth_mw._shared_tier`) or a pause. It never does I/O and never calls back
 into its caller: the drivers in :mod:`hfauth_mw._drivers` run it, and a Redis
-failure comes back to the flow as :class:`~hfauth_mw._shared.SharedDown` for
+failure comes back to the flow as :class:`~hfauth_mw._shared_tier.SharedDown` for
 the flow to decide.
 """
 
@@ -23,8 +23,8 @@ import httpx
 
 from ._audit import register_token_shape
 from ._authority import DecisionCache, HubAuthority
+from ._breaker_limiter import FailureLimiter, UpstreamBreaker
 from ._cache import Leader, TokenCache
-from ._checks import require_bool, require_instance, require_int, shown
 from ._credentials import Credentials
 from ._drivers import AsyncDriver, Cleanup, SyncDriver, Work
 from ._exceptions import (
@@ -35,10 +35,8 @@ from ._exceptions import (
 )
 from ._hub_access import HubAccessCheck
 from ._metrics import Metrics
-from ._outcome import EXPIRED, Flow, IntrospectionSource, Invalid, Outcome, Valid, WaitFor
 from ._principal import Principal, fingerprint_of, token_digest
-from ._protection import FailureLimiter, UpstreamBreaker
-from ._shared import (
+from ._shared_tier import (
     CLAIM_HIT,
     CLAIM_LEAD,
     Pause,
@@ -53,7 +51,9 @@ from ._shared import (
     SharedRelease,
     SharedStore,
 )
+from ._source_protocol import EXPIRED, Flow, IntrospectionSource, Invalid, Outcome, Valid, WaitFor
 from ._sources import DEFAULT_MAX_ANSWER_BYTES
+from ._validation import require_bool, require_instance, require_int, shown
 
 __all__ = ["AuthFlow", "Authenticator"]
 
@@ -125,7 +125,7 @@ class Authenticator:
     :attr:`limiter` is the brute-force guard every adapter built on this
     authenticator shares (the middleware and FastAPI's ``install()``): one
     count per client per app. With ``shared``, the counts are cluster-wide
-    (:class:`~hfauth_mw._shared.SharedFailureLimiter`); without, per process.
+    (:class:`~hfauth_mw._shared_tier.SharedFailureLimiter`); without, per process.
     ``trusted_proxies`` are its proxies (``"unix"`` for one on a Unix
     socket; see :class:`~hfauth_mw.FailureLimiter`).
     """

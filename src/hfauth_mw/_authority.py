@@ -29,14 +29,14 @@ from typing import Any, Literal
 
 from cachetools import TLRUCache, TTLCache
 
+from ._breaker_limiter import UpstreamBreaker
 from ._credentials import Credentials
 from ._drivers import Work
 from ._exceptions import InvalidToken, SourceUnavailable
 from ._hub_access import HubAccessCheck
-from ._outcome import WaitFor
 from ._principal import Principal
-from ._protection import UpstreamBreaker
 from ._rules import WRITE_PERMISSION, Access, Decision, Repo, _safe
+from ._source_protocol import WaitFor
 
 __all__ = ["DEFAULT_NEGATIVE_TTL", "DEFAULT_POSITIVE_TTL", "DecisionCache", "HubAuthority"]
 

@@ -39,8 +39,8 @@ from cachetools import TLRUCache
 
 from ._exceptions import ConfigurationError
 from ._metrics import count_value
-from ._outcome import EXPIRED, Invalid, Outcome, Valid
 from ._principal import Principal
+from ._source_protocol import EXPIRED, Invalid, Outcome, Valid
 
 __all__ = [
     "DEFAULT_MAXSIZE",

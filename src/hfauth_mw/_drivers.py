@@ -7,10 +7,10 @@ out of ``Auth``. A driver runs such a generator to its end:
 
 * an :class:`httpx.Request` is sent (one deadline for the whole call, the
   answer's size capped as sent, no redirects, no content coding);
-* a :class:`~hfauth_mw._outcome.WaitFor` waits for another request's flight
+* a :class:`~hfauth_mw._source_protocol.WaitFor` waits for another request's flight
   of the same token (bounded);
-* a shared-tier operation (:mod:`hfauth_mw._shared`) goes to its backend,
-  and a :class:`~hfauth_mw._shared.Pause` sleeps.
+* a shared-tier operation (:mod:`hfauth_mw._shared_tier`) goes to its backend,
+  and a :class:`~hfauth_mw._shared_tier.Pause` sleeps.
 
 A failure of the I/O itself is thrown back into the generator as
 :class:`~hfauth_mw.SourceUnavailable`: the core decides what it means.
@@ -42,10 +42,10 @@ from typing import Any, TypeVar
 import httpcore
 import httpx
 
-from ._deadline import _BoundedBackend, within
+from ._deadline_transport import _BoundedBackend, within
 from ._exceptions import SourceUnavailable, TransportFailure
-from ._outcome import Outcome, WaitFor
-from ._shared import Pause, SharedBackend, SharedOp
+from ._shared_tier import Pause, SharedBackend, SharedOp
+from ._source_protocol import Outcome, WaitFor
 
 __all__ = [
     "AsyncDriver",
@@ -92,7 +92,7 @@ _async_clients: weakref.WeakKeyDictionary[
 
 def _bound(transport: object) -> bool:
     """Make the connections of one of httpx's transports honour :func:`within`
-    (see :func:`hfauth_mw._deadline.bounded_transport`); whether that took."""
+    (see :func:`hfauth_mw._deadline_transport.bounded_transport`); whether that took."""
     pool = getattr(transport, "_pool", None)
     backend = getattr(pool, "_network_backend", None)
     if not isinstance(backend, httpcore.NetworkBackend):

@@ -45,7 +45,6 @@ from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
 import httpx
 
-from ._checks import require_bool
 from ._credentials import Credentials
 from ._exceptions import ConfigurationError, SourceUnavailable
 from ._rules import (
@@ -70,6 +69,7 @@ from ._sources import (
     request_timeout,
     unavailable_for,
 )
+from ._validation import require_bool
 
 __all__ = [
     "GATED_REPO",

@@ -20,12 +20,9 @@ import bisect
 import itertools
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ._exceptions import ConfigurationError
-
-if TYPE_CHECKING:
-    from ._authenticator import Authenticator
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -69,6 +66,24 @@ COUNTERS = (
     "revocations_sent",
 )
 DECISIONS = ("valid", "invalid", "expired", "unavailable")
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Authenticator(Protocol):
+    """What :func:`register_prometheus` reads of an :class:`~hfauth_mw.Authenticator`
+    (a protocol, so that this module does not import the authenticator's)."""
+
+    @property
+    def source(self) -> _Named: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    def stats(self) -> dict[str, int]: ...
 
 
 def count_value(counter: itertools.count[int]) -> int:

@@ -10,8 +10,8 @@ from typing import Any, cast
 from ._authenticator import Authenticator
 from ._cache import TokenCache
 from ._exceptions import ConfigurationError
-from ._outcome import IntrospectionSource
 from ._pipeline import Guard, GuardOptions
+from ._source_protocol import IntrospectionSource
 from ._sources import HubWhoamiSource
 
 __all__ = [

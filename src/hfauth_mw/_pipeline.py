@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypedDict, get_args
 
@@ -35,7 +34,7 @@ from ._answers import Answers, ErrorFormat, ErrorResponse, denial
 from ._audit import audit_logger, write_event
 from ._authenticator import Authenticator
 from ._authority import Authority, HubAuthority, personal
-from ._checks import require_bool, require_instance, require_int, require_items, shown
+from ._breaker_limiter import FailureLimiter, client_address
 from ._credentials import DEFAULT_MAX_HEADER_BYTES, Credentials, Scheme, parse_credentials
 from ._drivers import Together, Work
 from ._exceptions import (
@@ -47,7 +46,7 @@ from ._exceptions import (
 )
 from ._hub_access import HubAccessCheck
 from ._principal import ANONYMOUS, Principal
-from ._protection import FailureLimiter, client_address
+from ._request import UNRESOLVED, RequestContext
 from ._request_auth import PrincipalMemo, RequestAuth
 from ._routes import (
     DEFAULT_MAX_BODY_BYTES,
@@ -58,8 +57,9 @@ from ._routes import (
     method_access_map,
 )
 from ._rules import READ_PERMISSION, WRITE_PERMISSION, Access, AccessPolicy, Decision, Repo
-from ._shared import SharedFailureLimiter
+from ._shared_tier import SharedFailureLimiter
 from ._sources import HubWhoamiSource
+from ._validation import require_bool, require_instance, require_int, require_items, shown
 
 __all__ = ["Guard", "GuardOptions", "RequestContext", "RequestFlow"]
 
@@ -67,79 +67,8 @@ __all__ = ["Guard", "GuardOptions", "RequestContext", "RequestFlow"]
 RequestFlow = Generator[Work, Any, RequestAuth]
 
 _INFO = logging.INFO
-_perf_counter = time.perf_counter
-_UNRESOLVED = "\x00unresolved"  # RequestContext.client before the guard needed it
 #: Limiters whose lockouts are all in their ``lockouts`` table (read lock-free).
 _OWN_LIMITERS = (FailureLimiter, SharedFailureLimiter)
-
-
-class RequestContext:
-    """One request, as the pipeline sees it: what the adapter read, and what
-    the steps found so far. Built by the adapter kit, one per request."""
-
-    __slots__ = (
-        "authorization",
-        "body",
-        "client",
-        "credentials",
-        "decided_by",
-        "forwarded_for",
-        "headers",
-        "method",
-        "path",
-        "peer",
-        "principal",
-        "query_tokens",
-        "started",
-    )
-
-    def __init__(
-        self,
-        method: str,
-        path: str,
-        authorization: Sequence[bytes | str],
-        query_tokens: Sequence[str] = (),
-        peer: str | None = None,
-        forwarded_for: str | None = None,
-        headers: Sequence[tuple[bytes, bytes]] | Mapping[str, Any] | None = None,
-    ) -> None:
-        self.started = _perf_counter()
-        # Servers pass "get" through, and routers may still serve it.
-        self.method = method if method.isupper() else method.upper()
-        self.path = path
-        #: Every ``Authorization`` header value (WSGI servers join them into one).
-        self.authorization = authorization
-        #: Every value of the opted-in query parameter.
-        self.query_tokens = query_tokens
-        #: The address the connection comes from, and the ``X-Forwarded-For`` lines.
-        self.peer = peer
-        self.forwarded_for = forwarded_for
-        #: The brute-force guard's key, resolved only when a step needs it.
-        self.client: str | None = _UNRESOLVED
-        self.credentials: Credentials | None = None
-        self.principal: Principal | None = None
-        #: The request's headers as the server gave them (an ASGI header list, or
-        #: a WSGI environ), for a rule that reads one; the body, once a rule
-        #: that reads it made the adapter read it.
-        self.headers = headers
-        self.body: bytes | None = None
-        #: Who decided on the repository the request names: "hub" or "local".
-        self.decided_by: str | None = None
-
-    def header(self, name: str) -> str | None:
-        """The value of header ``name`` (repeated ones joined with ``", "``)."""
-        source = self.headers
-        if source is None:
-            return None
-        if isinstance(source, Mapping):  # a WSGI environ
-            value = source.get("HTTP_" + name.upper().replace("-", "_"))
-            return None if value is None else str(value)
-        wanted = name.lower().encode("latin-1")
-        values = [value.decode("latin-1") for key, value in source if key == wanted]
-        return ", ".join(values) if values else None
-
-    def __repr__(self) -> str:
-        return f"RequestContext({self.method} {self.path!r}, credentials={self.credentials!r})"
 
 
 class GuardOptions(TypedDict, total=False):
@@ -469,7 +398,7 @@ class Guard:
     def client(self, request: RequestContext) -> str | None:
         """The address the brute-force guard keys on, resolved once per request."""
         client = request.client
-        if client is _UNRESOLVED:
+        if client is UNRESOLVED:
             client = request.client = self.client_address(request.peer, request.forwarded_for)
         return client
 

@@ -1,10 +1,10 @@
 """The Redis backend of the shared cache tier (redis-py, sync and asyncio).
 
-It only translates the work items of :mod:`hfauth_mw._shared_protocol` into
+It only translates the work items of :mod:`hfauth_mw._shared_tier_protocol` into
 Redis calls (one Lua script each, so every step is one round trip and atomic)
-and reports any Redis trouble as :class:`~hfauth_mw._shared_protocol.SharedDown`;
+and reports any Redis trouble as :class:`~hfauth_mw._shared_tier_protocol.SharedDown`;
 every decision stays in :meth:`~hfauth_mw.Authenticator.flow`. It never imports
-:mod:`hfauth_mw._shared` (no import circle).
+:mod:`hfauth_mw._shared_tier` (no import circle).
 
 Three deployments, chosen by the URL's scheme:
 
@@ -50,7 +50,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ._exceptions import ConfigurationError
-from ._shared_protocol import (
+from ._shared_tier_protocol import (
     CLAIM_HIT,
     CLAIM_LEAD,
     CLAIM_WAIT,

@@ -43,7 +43,7 @@ from ._rules import (
 )
 
 if TYPE_CHECKING:
-    from ._pipeline import RequestContext
+    from ._request import RequestContext
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",

@@ -36,9 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from ._checks import require_bool
 from ._exceptions import ConfigurationError, SourceUnavailable
 from ._principal import Principal, ResourcePattern, ScopedGrant, is_app
+from ._validation import require_bool
 
 logger = logging.getLogger("hfauth_mw")
 _T = TypeVar("_T")

@@ -1,7 +1,7 @@
 """Introspection sources: the Hub's whoami-v2, RFC 7662 endpoints, the local
 token store, and a chain of them.
 
-Each source is sans-IO (see ``_outcome``): it builds requests and reads
+Each source is sans-IO (see ``_source_protocol``): it builds requests and reads
 responses; it never opens a socket itself. Every request it builds carries an
 explicit timeout.
 """
@@ -23,7 +23,6 @@ from urllib.parse import quote_plus, urlsplit
 
 import httpx
 
-from ._checks import require_bool, require_instance, require_int, shown
 from ._credentials import DEFAULT_MAX_TOKEN_BYTES, Credentials
 from ._exceptions import (
     ConfigurationError,
@@ -32,8 +31,9 @@ from ._exceptions import (
     TokenRefusedUpstream,
     TokenStoreError,
 )
-from ._outcome import Flow, IntrospectionSource, Invalid, Outcome, Valid
 from ._principal import Principal, principal_from_whoami
+from ._source_protocol import Flow, IntrospectionSource, Invalid, Outcome, Valid
+from ._validation import require_bool, require_instance, require_int, shown
 
 __all__ = [
     "DEFAULT_HUB_URL",

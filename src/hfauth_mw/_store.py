@@ -60,9 +60,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
-from ._checks import shown
 from ._exceptions import ConfigurationError, TokenStoreError
 from ._principal import ORG_ROLES, TOKEN_ROLES, fingerprint_of, token_digest
+from ._validation import shown
 
 __all__ = [
     "FineGrainedEntry",

@@ -49,11 +49,11 @@ from ._adapters import (
     settle,
     with_private_headers,
 )
-from ._checks import require_bool
 from ._exceptions import AuthenticationError
 from ._options import AdapterOptions, build_guard
 from ._pipeline import Guard
 from ._request_auth import RequestAuth
+from ._validation import require_bool
 
 __all__ = [
     "ENVIRON_AUTH",

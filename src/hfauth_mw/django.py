@@ -67,7 +67,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from ._checks import missing_extra
+from ._validation import missing_extra
 
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -86,13 +86,14 @@ from ._adapters import (
     settle,
     settle_async,
 )
-from ._checks import require_bool
 from ._exceptions import AuthenticationError, ConfigurationError
 from ._options import AdapterOptions, build_guard, options_from_config
-from ._pipeline import Guard, RequestContext
+from ._pipeline import Guard
+from ._request import RequestContext
 from ._request_auth import RequestAuth
 from ._routes import RepoRequirement
 from ._rules import Access
+from ._validation import require_bool
 
 __all__ = ["HFAuthMiddleware", "HubUser", "require_permission", "require_repo"]
 

@@ -69,7 +69,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._checks import missing_extra
+from ._validation import missing_extra
 
 try:
     from django.http import HttpResponseBase  # type: ignore[import-untyped]

@@ -86,7 +86,7 @@ from typing import Any, Unpack
 
 from starlette.requests import HTTPConnection
 
-from ._checks import missing_extra, require_bool
+from ._validation import missing_extra, require_bool
 
 try:
     from fastapi import FastAPI, Request, Response, Security

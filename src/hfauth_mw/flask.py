@@ -54,7 +54,7 @@ from typing import Any, TypeVar, Unpack, cast
 
 from werkzeug.local import LocalProxy
 
-from ._checks import missing_extra
+from ._validation import missing_extra
 
 try:
     from flask import Flask, Response, current_app, request

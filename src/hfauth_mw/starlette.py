@@ -65,11 +65,12 @@ from starlette.responses import PlainTextResponse, Response
 
 from ._adapters import needs_private_marks, private_send, read_scope, settle_async
 from ._asgi import HubAuthCredentials, HubUser, answer_denial, render, starlette_scopes
-from ._checks import require_bool
 from ._exceptions import AuthenticationError
 from ._options import AdapterOptions, build_guard
-from ._pipeline import Guard, RequestContext
+from ._pipeline import Guard
+from ._request import RequestContext
 from ._request_auth import PrincipalMemo
+from ._validation import require_bool
 
 __all__ = ["HubAuthenticationMiddleware", "HubTokenBackend", "TokenRefused"]
 

@@ -9,9 +9,9 @@ Exit codes: 0 success, 1 failure, 2 usage error, 3 invalid token (``inspect``),
 Tokens are printed only by ``token create`` (once, alone on stdout) and by
 ``demo`` (its own throwaway demo tokens); ``inspect`` reads the token from
 ``HF_TOKEN`` or standard input, never from the command line. A free-text
-value holding what is almost surely a token (``_checks.LIKELY_TOKEN``) is
+value holding what is almost surely a token (``_validation.LIKELY_TOKEN``) is
 refused as a usage error, shown as ``hf_***``; messages mask the wider
-``_checks.TOKEN_SHAPED``, so a name such as ``my_hf_tools`` is accepted but
+``_validation.TOKEN_SHAPED``, so a name such as ``my_hf_tools`` is accepted but
 may print partly masked.
 """
 

@@ -1,8 +1,8 @@
 """What every ``hfauth-mw`` command shares: exit codes, errors, masking, argument types, the store.
 
 Masking: a free-text value holding what is almost surely a token
-(``_checks.LIKELY_TOKEN``) is refused as a usage error, shown as ``hf_***``;
-messages mask the wider ``_checks.TOKEN_SHAPED``, so a name such as
+(``_validation.LIKELY_TOKEN``) is refused as a usage error, shown as ``hf_***``;
+messages mask the wider ``_validation.TOKEN_SHAPED``, so a name such as
 ``my_hf_tools`` is accepted but may print partly masked.
 """
 
@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
-from .._checks import LIKELY_TOKEN, TOKEN_SHAPED
 from .._rules import Repo
 from .._store import LocalTokenStore
+from .._validation import LIKELY_TOKEN, TOKEN_SHAPED
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INVALID_TOKEN, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 #: The store of the ``token`` commands and ``hub-emulator`` without ``--store`` or
@@ -58,7 +58,7 @@ _LOOKS_LIKE_TOKEN = "looks like an access token"
 
 def not_a_token(text: str, instead: str) -> str:
     """``text``, unless it holds what is almost surely a token: then a usage error
-    showing it masked. The test is ``_checks.LIKELY_TOKEN``, shared with the library."""
+    showing it masked. The test is ``_validation.LIKELY_TOKEN``, shared with the library."""
     if LIKELY_TOKEN.search(text):
         raise argparse.ArgumentTypeError(f"{_LOOKS_LIKE_TOKEN} ({redact(text)}); give {instead}")
     return text

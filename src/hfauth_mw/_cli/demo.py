@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .._outcome import IntrospectionSource
+from .._source_protocol import IntrospectionSource
 from .._sources import HubWhoamiSource, LocalStoreSource
 from .._store import LocalTokenStore
 from .common import (

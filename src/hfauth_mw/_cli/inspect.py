@@ -22,9 +22,9 @@ from typing import Any, TextIO
 from .._authenticator import Authenticator
 from .._credentials import Credentials
 from .._exceptions import InvalidToken, SourceUnavailable, TokenStoreError
-from .._outcome import IntrospectionSource
 from .._principal import Principal
 from .._rules import AccessPolicy, Decision, Repo, Visibility
+from .._source_protocol import IntrospectionSource
 from .._sources import HubWhoamiSource, LocalStoreSource
 from .._store import LocalTokenStore
 from .common import (

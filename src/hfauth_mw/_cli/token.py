@@ -375,7 +375,7 @@ def run_revoke(args: argparse.Namespace) -> int:
     prefix = args.fingerprint.strip().lower()
     broadcast = None
     if args.redis_url:  # checked before anything changes
-        from .._shared import revocation_broadcaster
+        from .._shared_tier import revocation_broadcaster
 
         broadcast = revocation_broadcaster(args.redis_url, args.redis_secret_env, args.redis_prefix)
     path = store_path(args)

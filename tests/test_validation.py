@@ -23,7 +23,7 @@ from hfauth_mw import (
     OAuthIntrospectionSource,
     require_read,
 )
-from hfauth_mw._checks import shown
+from hfauth_mw._validation import shown
 
 TOKEN = "hf_" + "aB3" * 12
 

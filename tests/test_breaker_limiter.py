@@ -10,7 +10,7 @@ from hfauth_mw import (
     TooManyFailures,
     UpstreamBreaker,
 )
-from hfauth_mw._protection import client_address
+from hfauth_mw._breaker_limiter import client_address
 
 FAIL = SourceUnavailable("down")
 
@@ -325,7 +325,7 @@ def test_unix_socket_peers(peer, forwarded, trusted, expected):
 
 
 def test_an_untrusted_unix_socket_is_named_once(no_token_in_logs, monkeypatch):
-    monkeypatch.setattr("hfauth_mw._protection._warned", set())
+    monkeypatch.setattr("hfauth_mw._breaker_limiter._warned", set())
     for _ in range(3):
         assert client_address("", "9.9.9.9", frozenset()) is None
     warnings = [r for r in no_token_in_logs if getattr(r, "hfauth_event", None) == "unix_peer"]

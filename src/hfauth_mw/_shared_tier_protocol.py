@@ -1,6 +1,6 @@
 """The shared cache tier's work items and the protocol of the store behind it.
 
-:mod:`hfauth_mw._shared` (the decisions: keys, signed values, revocation) and
+:mod:`hfauth_mw._shared_tier` (the decisions: keys, signed values, revocation) and
 the flow in :mod:`hfauth_mw._authenticator` produce these work items; a
 backend (:mod:`hfauth_mw._redis`) runs them. Both sides import this module and
 neither imports the other at module level, so the tier has no import circle.

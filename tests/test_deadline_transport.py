@@ -8,7 +8,7 @@ import httpcore
 import httpx
 import pytest
 
-from hfauth_mw._deadline import _left, bounded_transport, within
+from hfauth_mw._deadline_transport import _left, bounded_transport, within
 from hfauth_mw._drivers import shared_sync_client
 
 

@@ -3,7 +3,7 @@
 Several processes (workers of one server, replicas on several hosts) share
 introspection answers through a store, today Redis (:mod:`hfauth_mw._redis`:
 one server, a Sentinel service or a Redis Cluster), behind the small protocol
-of :mod:`hfauth_mw._shared_protocol`.
+of :mod:`hfauth_mw._shared_tier_protocol`.
 Everything that decides lives here and in
 :meth:`~hfauth_mw.Authenticator.flow`; the store's backend only runs the work
 items below and reports failures as :class:`SharedDown`.
@@ -64,9 +64,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from ._breaker_limiter import FailureLimiter, UpstreamBreaker, _client_key
 from ._cache import MAX_TTL, TokenCache
 from ._exceptions import ConfigurationError, HFAuthError, MalformedAnswer, SourceUnavailable
-from ._outcome import Invalid, Outcome, Valid
 from ._principal import (
     FINGERPRINT_LENGTH,
     Principal,
@@ -74,8 +74,7 @@ from ._principal import (
     principal_as_whoami,
     principal_from_whoami,
 )
-from ._protection import FailureLimiter, UpstreamBreaker, _client_key
-from ._shared_protocol import (
+from ._shared_tier_protocol import (
     CLAIM_HIT,
     CLAIM_LEAD,
     CLAIM_WAIT,
@@ -90,6 +89,7 @@ from ._shared_protocol import (
     SharedRevoke,
     SharedStore,
 )
+from ._source_protocol import Invalid, Outcome, Valid
 
 __all__ = [
     "CLAIM_HIT",

@@ -262,7 +262,7 @@ class FailureLimiter:
     everyone behind the proxy. A proxy on a Unix socket is ``"unix"``.
 
     Counts are per process (per worker) unless the authenticator has a
-    shared tier (Redis): then see :class:`~hfauth_mw._shared.SharedFailureLimiter`.
+    shared tier (Redis): then see :class:`~hfauth_mw._shared_tier.SharedFailureLimiter`.
     """
 
     def __init__(

@@ -15,14 +15,14 @@ from __future__ import annotations
 from collections.abc import Generator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
 from ._credentials import Credentials
 from ._principal import Principal
 
-__all__ = ["Flow", "IntrospectionSource", "Invalid", "Outcome", "Valid", "WaitFor", "Work"]
+__all__ = ["Flow", "IntrospectionSource", "Invalid", "Outcome", "Valid", "WaitFor"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +48,12 @@ Outcome = Valid | Invalid
 
 @dataclass(frozen=True, slots=True)
 class WaitFor:
-    """Work item: wait for another request's introspection of the same token."""
+    """Work item: wait for another request's flight (the introspection of the
+    same token, or the hub's decision on the same repository) and take its result."""
 
-    future: Future[Outcome]
+    future: Future[Any]
 
 
-#: What a flow may yield: an HTTP request to send, or a flight to wait for.
-Work = httpx.Request | WaitFor
 Flow = Generator[httpx.Request, httpx.Response, Outcome]
 
 
