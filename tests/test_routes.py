@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import fastapi
 import httpx
 import pytest
 from hypothesis import given
@@ -30,6 +31,7 @@ from hfauth_mw import (
     InvalidBody,
     LocalStoreSource,
     OrgGrant,
+    RequestAuth,
     TokenCache,
     UnknownModel,
     from_body,
@@ -352,3 +354,43 @@ async def test_readable_lists_only_what_the_caller_may_read(make, hub_store, cal
         auth = RequestAuth(principal_from_whoami(answer), policy)
         listed[caller] = [f"{r.owner}/{r.name}" for r in auth.readable(models)]
     assert listed == {"member": ["acme/m", "acme/public"], "outsider": ["acme/public", "zoe/own"]}
+
+
+def test_fastapi_reads_the_body_for_a_body_rule(hub_store, callers, clock):
+    """The adapters whose framework reads the body itself hand it to the rule, capped."""
+    from fastapi.testclient import TestClient
+
+    from hfauth_mw.fastapi import RequireToken, install
+
+    app = fastapi.FastAPI()
+    authenticator = Authenticator(LocalStoreSource(hub_store), cache=TokenCache(timer=clock))
+    install(
+        app,
+        authenticator=authenticator,
+        rules=[require_read(f"POST {CHAT}", repo=from_body("model"))],
+        max_body_bytes=1024,
+    )
+
+    @app.post(CHAT)
+    async def chat(
+        request: fastapi.Request,
+        auth: RequestAuth = fastapi.Security(RequireToken()),  # noqa: B008
+    ) -> dict[str, str]:
+        return {"received": (await request.body()).decode(), "caller": auth.principal.name}
+
+    client = TestClient(app)
+    ok = client.post(
+        CHAT, json={"model": "acme/m"}, headers={"Authorization": f"Bearer {callers['member']}"}
+    )
+    assert ok.status_code == 200
+    assert json.loads(ok.json()["received"]) == {"model": "acme/m"}
+    denied = client.post(
+        CHAT, json={"model": "acme/m"}, headers={"Authorization": f"Bearer {callers['outsider']}"}
+    )
+    assert denied.status_code == 403
+    too_big = client.post(
+        CHAT,
+        json={"model": "acme/m", "pad": "x" * 2000},
+        headers={"Authorization": f"Bearer {callers['member']}"},
+    )
+    assert too_big.status_code == 413

@@ -49,6 +49,8 @@ __all__ = [
     "request_path",
     "settle",
     "settle_async",
+    "take_body",
+    "take_body_async",
     "with_private_headers",
 ]
 
@@ -184,6 +186,31 @@ async def read_asgi_body(scope: Scope, receive: Receive, limit: int) -> tuple[by
         return await receive()
 
     return body, replay
+
+
+def take_body(guard: Guard, request: RequestContext, read: Callable[[], bytes]) -> None:
+    """For an adapter whose framework reads (and keeps) the body itself (Django's
+    ``request.body``): hand it to a rule that needs it, capped like the others."""
+    if guard.routes.request_rules and guard.reads_body(request):
+        body = read()
+        if len(body) > guard.max_body_bytes:
+            raise _too_large(guard.max_body_bytes)
+        request.body = body
+
+
+async def take_body_async(
+    guard: Guard, request: RequestContext, read: Callable[[], Awaitable[bytes]]
+) -> None:
+    """:func:`take_body` for a framework that reads the body with ``await``
+    (Starlette's and FastAPI's ``await request.body()``, which keeps it)."""
+    if guard.routes.request_rules and guard.reads_body(request):
+        declared = _declared_length(request.header("content-length"))
+        if declared is not None and declared > guard.max_body_bytes:
+            raise _too_large(guard.max_body_bytes)
+        body = await read()
+        if len(body) > guard.max_body_bytes:
+            raise _too_large(guard.max_body_bytes)
+        request.body = body
 
 
 def read_wsgi_body(environ: WSGIEnvironment, limit: int) -> bytes:

@@ -85,6 +85,7 @@ from ._adapters import (
     read_environ,
     settle,
     settle_async,
+    take_body,
 )
 from ._exceptions import AuthenticationError, ConfigurationError
 from ._options import AdapterOptions, build_guard, options_from_config
@@ -217,7 +218,9 @@ def _finish(request: Request, response: Any) -> Any:
 
 
 def _facts(guard: Guard, request: Request) -> RequestContext:
-    return read_environ(request.META, guard.query_param, request.path_info)
+    facts = read_environ(request.META, guard.query_param, request.path_info)
+    take_body(guard, facts, lambda: bytes(request.body))  # a rule that reads the body
+    return facts
 
 
 class HFAuthMiddleware:

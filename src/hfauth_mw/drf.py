@@ -86,7 +86,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra("drf", "drf") from exc
 
-from ._adapters import mark_private, read_environ, settle
+from ._adapters import mark_private, read_environ, settle, take_body
 from ._answers import ErrorResponse
 from ._credentials import Credentials
 from ._exceptions import (
@@ -263,6 +263,7 @@ class HubTokenAuthentication(BaseAuthentication):  # type: ignore[misc]
             return HubUser(known.principal), known
         guard = django_guard()
         context = read_environ(django_request.META, guard.query_param, django_request.path_info)
+        take_body(guard, context, lambda: bytes(django_request.body))  # a rule that reads it
         try:
             credentials = guard.credentials(context.authorization, context.query_tokens)
         except AuthenticationError:

@@ -97,7 +97,13 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra("fastapi", "fastapi") from exc
 
-from ._adapters import mark_private, needs_private_marks, read_scope, settle_async
+from ._adapters import (
+    mark_private,
+    needs_private_marks,
+    read_scope,
+    settle_async,
+    take_body_async,
+)
 from ._asgi import HFAuthMiddleware, answer_denial, render
 from ._exceptions import AuthenticationError, ConfigurationError, MissingCredentials
 from ._options import AdapterOptions, build_guard
@@ -323,7 +329,9 @@ async def request_auth(request: Request, response: Response | None = None) -> Re
             # The middleware admits anonymous callers; these routes do not.
             raise MissingCredentials()
         return known
-    auth = await settle_async(guard, read_scope(request.scope, guard.query_param), lazy=True)
+    context = read_scope(request.scope, guard.query_param)
+    await take_body_async(guard, context, request.body)  # a rule that reads the body
+    auth = await settle_async(guard, context, lazy=True)
     assert auth is not None  # a lazy check never skips the path
     request.scope["hfauth"] = auth
     if response is not None and state.private_responses and needs_private_marks(auth):
