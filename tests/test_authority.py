@@ -358,3 +358,96 @@ async def test_a_gated_denial_asked_together_still_names_the_caller(hub, callers
     )
     assert status == 403
     assert "gated: zoe has not been granted access to meta/gated" in headers["x-error-message"]
+
+
+# --- decisions route code asks for ---------------------------------------------------------
+
+
+async def test_route_code_asks_the_hub_too(hub, callers):
+    """auth.arequire / areadable in a route: the hub's decisions, cached, the cold
+    ones of a list asked at once."""
+    from starlette.requests import Request
+
+    from hfauth_mw import get_request_auth
+
+    models = ["acme/private", "acme/public", "meta/gated", "bob/own", "acme/missing"]
+
+    async def listing(request: Request):
+        auth = get_request_auth(request)
+        readable = await auth.areadable(models)
+        return PlainTextResponse(",".join(repo.id for repo in readable))
+
+    async def gated(request: Request):
+        await get_request_auth(request).arequire("meta/gated", "read")
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/models", listing), Route("/gated", gated)])
+    app.add_middleware(HFAuthMiddleware, hub_url=hub.url)
+    expected = {
+        who: ",".join(m for m in models if hub_says(hub, callers[who], m, "read") == 200)
+        for who in ("reader", "gated-passed")
+    }
+    hub.reset_counters()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        for who in ("reader", "gated-passed"):
+            headers = {"Authorization": f"Bearer {callers[who]}"}
+            assert (await c.get("/models", headers=headers)).text == expected[who]
+            assert (await c.get("/models", headers=headers)).text == expected[who]  # cached
+        assert hub.auth_check_calls == 2 * len(models)
+        refused = await c.get("/gated", headers={"Authorization": f"Bearer {callers['reader']}"})
+        passed = await c.get(
+            "/gated", headers={"Authorization": f"Bearer {callers['gated-passed']}"}
+        )
+    assert refused.status_code == 403
+    assert "gated: bob has not been granted access" in refused.headers["x-error-message"]
+    assert passed.status_code == 200
+
+
+def test_blocking_route_code_asks_the_hub(hub, callers):
+    """WSGI code (Flask) uses the blocking require: the same decisions."""
+    from flask import Flask
+
+    from hfauth_mw.flask import HFAuth, current_auth
+
+    app = Flask(__name__)
+    HFAuth(app, hub_url=hub.url)
+
+    @app.get("/gated")
+    def gated():
+        current_auth.require("meta/gated", "read")
+        return "ok"
+
+    client = app.test_client()
+    refused = client.get("/gated", headers={"Authorization": f"Bearer {callers['reader']}"})
+    passed = client.get("/gated", headers={"Authorization": f"Bearer {callers['gated-passed']}"})
+    assert (refused.status_code, passed.status_code) == (403, 200)
+
+
+async def test_fastapi_require_repo_asks_the_hub(hub, callers):
+    from fastapi import FastAPI, Security
+
+    from hfauth_mw import RequestAuth
+    from hfauth_mw.fastapi import RequireRepo, install
+
+    app = FastAPI()
+    install(app, hub_url=hub.url)
+
+    @app.post("/v1/models/{owner}/{name}/infer")
+    async def infer(
+        owner: str,
+        name: str,
+        auth: RequestAuth = Security(RequireRepo("read")),  # noqa: B008
+    ):
+        return {"ok": True}
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        statuses = [
+            (
+                await c.post(
+                    "/v1/models/meta/gated/infer",
+                    headers={"Authorization": f"Bearer {callers[who]}"},
+                )
+            ).status_code
+            for who in ("reader", "gated-passed")
+        ]
+    assert statuses == [403, 200]

@@ -172,6 +172,8 @@ def hfauth_settings(hub_emulator, clock):
             ),
             "PUBLIC_PATHS": ["/health", "/public/*"],
             "POLICY": AccessPolicy(visibility=lambda r: PUBLIC.get(r, Visibility.PRIVATE)),
+            # The local rules and their policy callbacks (the hub's: test_authority.py).
+            "AUTHORITY": "local",
             "METHOD_POLICY": False,  # every view states its needs with a decorator
             **options,
         }

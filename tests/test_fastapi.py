@@ -457,13 +457,15 @@ async def test_a_failing_policy_callback_is_503_with_retry_after(
 
     policy = AccessPolicy(visibility=cannot_tell, caller_created=cannot_tell)
     app = create_app()
-    install(app, policy=policy, authenticator=new_authenticator())
+    # The local rules' callbacks failing: with the hub deciding, they are not asked.
+    install(app, policy=policy, authenticator=new_authenticator(), authority="local")
     if middleware:
         app.add_middleware(
             HFAuthMiddleware,
             authenticator=new_authenticator(),
             policy=policy,
             method_policy=False,
+            authority="local",
         )
     transport = httpx.ASGITransport(app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

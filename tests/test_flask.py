@@ -116,6 +116,8 @@ def make_app(authenticator):
             "HFAUTH_AUTHENTICATOR": authenticator,
             "HFAUTH_PUBLIC_PATHS": ["/health", "/public/*"],
             "HFAUTH_POLICY": AccessPolicy(visibility=lambda r: PUBLIC.get(r, Visibility.PRIVATE)),
+            # The local rules and their policy callbacks (the hub's: test_authority.py).
+            "HFAUTH_AUTHORITY": "local",
             "HFAUTH_METHOD_POLICY": False,  # every route states its needs with a decorator
             **config,
         }

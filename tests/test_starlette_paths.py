@@ -70,6 +70,7 @@ def make_app(hub_emulator, clock):
             HubWhoamiSource(hub_emulator.url), cache=TokenCache(timer=clock, clock=clock)
         )
         app = Starlette(routes=ROUTES)
+        options.setdefault("authority", "local")  # the local rules and POLICY's callbacks
         app.add_middleware(HFAuthMiddleware, authenticator=authenticator, policy=POLICY, **options)
         return app
 

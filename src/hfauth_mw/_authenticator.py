@@ -628,6 +628,8 @@ class Authenticator:
                 cache=self._decisions,
                 namespace=self._namespace,
                 forget_token=lambda digest: self.cache.invalidate(self.cache_key(digest)),
+                sync_driver=self.sync_driver,
+                async_driver=self.async_driver,
             )
         return self._hub_authority
 

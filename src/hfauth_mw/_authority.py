@@ -31,7 +31,7 @@ from cachetools import TLRUCache, TTLCache
 
 from ._breaker_limiter import UpstreamBreaker
 from ._credentials import Credentials
-from ._drivers import Work
+from ._drivers import AsyncDriver, SyncDriver, Work
 from ._exceptions import InvalidToken, SourceUnavailable
 from ._hub_access import HubAccessCheck
 from ._principal import Principal
@@ -191,8 +191,13 @@ class HubAuthority:
         cache: DecisionCache,
         namespace: bytes,
         forget_token: Callable[[bytes], None],
+        sync_driver: SyncDriver,
+        async_driver: AsyncDriver,
     ) -> None:
         self.check = check
+        #: The drivers that run a decision route code asks for (RequestAuth.require).
+        self.sync_driver = sync_driver
+        self.async_driver = async_driver
         self.breaker = breaker
         self.cache = cache
         self._namespace = namespace

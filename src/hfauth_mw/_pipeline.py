@@ -364,6 +364,9 @@ class Guard:
         if audit_logger.isEnabledFor(_INFO):
             self._audit(None, request)
         credentials = request.credentials
+        if hub is not None:  # route code may ask the hub too: it needs the credentials
+            scheme = credentials.scheme if credentials else None
+            return RequestAuth(principal, self.policy, scheme, hub, credentials)
         memo = self._request_auth[credentials.scheme if credentials else None]
         hit = memo.table.get(id(principal))
         return hit[1] if hit is not None else memo.get(principal)

@@ -620,16 +620,25 @@ class RepoRequirement:
         """The permission this needs: ``repo.content.read`` or ``repo.write``."""
         return WRITE_PERMISSION if self.access == "write" else READ_PERMISSION
 
-    def check(self, auth: RequestAuth, params: Mapping[str, object]) -> Decision:
-        """The decision if ``auth`` may; else raise the 401/403 error. An owner or
-        name that is not a valid repository id is denied."""
+    def repo_from(self, auth: RequestAuth, params: Mapping[str, object]) -> Repo:
+        """The repository the route's parameters name; refused (401/403) when
+        they name no valid repository id."""
         for arg in (self.owner_arg, self.name_arg):
             if arg not in params:
                 raise RuntimeError(f"hfauth-mw: the route has no {arg!r} parameter")
         owner, name = params[self.owner_arg], params[self.name_arg]
         try:
-            repo = Repo.parse(f"{self.repo_type}:{owner}/{name}")
+            return Repo.parse(f"{self.repo_type}:{owner}/{name}")
         except ValueError:
             reason = f"{self.access} denied: not a valid {self.repo_type} repository id"
             raise denial(auth.principal, Decision(False, reason, self.needed)) from None
-        return auth.require(repo, self.access)
+
+    def check(self, auth: RequestAuth, params: Mapping[str, object]) -> Decision:
+        """The decision if ``auth`` may; else raise the 401/403 error. An owner or
+        name that is not a valid repository id is denied. Blocking when the hub
+        decides (WSGI code); async code uses :meth:`acheck`."""
+        return auth.require(self.repo_from(auth, params), self.access)
+
+    async def acheck(self, auth: RequestAuth, params: Mapping[str, object]) -> Decision:
+        """:meth:`check` for async code."""
+        return await auth.arequire(self.repo_from(auth, params), self.access)

@@ -294,7 +294,7 @@ def require_repo(
     """The view needs ``access`` ("read" or "write") on the repo built from its
     ``owner_arg`` and ``name_arg`` URL arguments; 401/403 otherwise."""
     requirement = RepoRequirement(access, repo_type, owner_arg, name_arg)
-    return _guarded(requirement.check)
+    return _guarded(requirement.check, requirement.acheck)
 
 
 def require_permission(permission: str) -> Callable[[F], F]:
@@ -307,7 +307,10 @@ def require_permission(permission: str) -> Callable[[F], F]:
     return _guarded(check)
 
 
-def _guarded(check: Callable[[RequestAuth, Mapping[str, object]], object]) -> Callable[[F], F]:
+def _guarded(
+    check: Callable[[RequestAuth, Mapping[str, object]], object],
+    acheck: Callable[[RequestAuth, Mapping[str, object]], Awaitable[object]] | None = None,
+) -> Callable[[F], F]:
     def decorator(view: F) -> F:
         if isinstance(view, type):
             return cast(F, _guard_class(view, decorator))
@@ -318,7 +321,11 @@ def _guarded(check: Callable[[RequestAuth, Mapping[str, object]], object]) -> Ca
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 request = _request_of(args)
                 try:
-                    check(await _request_auth_async(request), kwargs)
+                    auth = await _request_auth_async(request)
+                    if acheck is not None:  # may ask the hub: without blocking the loop
+                        await acheck(auth, kwargs)
+                    else:
+                        check(auth, kwargs)
                     response = await async_view(*args, **kwargs)
                 except AuthenticationError as error:
                     return render(guard(), error)

@@ -371,11 +371,15 @@ class RequireToken:
         self, *, request: Request, response: Response, bearer: None = None, basic: None = None
     ) -> RequestAuth:
         auth = await request_auth(request, response)
-        self.check(auth, request)
+        await self.acheck(auth, request)
         return auth
 
     def check(self, auth: RequestAuth, request: Request) -> None:
         """Raise the 401/403 error when ``auth`` does not meet the requirement."""
+
+    async def acheck(self, auth: RequestAuth, request: Request) -> None:
+        """:meth:`check`, for requirements that may ask the hub (without blocking)."""
+        self.check(auth, request)
 
 
 class OptionalToken(RequireToken):
@@ -415,6 +419,9 @@ class RequireRepo(RequireToken):
 
     def check(self, auth: RequestAuth, request: Request) -> None:
         self.requirement.check(auth, request.path_params)
+
+    async def acheck(self, auth: RequestAuth, request: Request) -> None:
+        await self.requirement.acheck(auth, request.path_params)
 
     def __repr__(self) -> str:
         return f"RequireRepo({self.requirement.access!r}, repo_type={self.requirement.repo_type!r})"
