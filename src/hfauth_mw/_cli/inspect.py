@@ -31,7 +31,6 @@ from typing import Any, TextIO
 from .._authenticator import Authenticator
 from .._authority import HubAuthority
 from .._credentials import Credentials
-from .._drivers import TransportFailure
 from .._exceptions import InvalidToken, SourceUnavailable, TokenStoreError
 from .._hub_access import HubAccessCheck
 from .._principal import Principal
@@ -218,8 +217,10 @@ def _reason(exc: SourceUnavailable) -> str:
     when the call itself failed (:attr:`TransportFailure.detail`: URL without
     credentials or query, and the error class; never the token)."""
     reason = exc.description.rstrip(".")
-    if isinstance(exc, TransportFailure) and exc.detail:
-        reason += f" ({exc.detail})"
+    # Read by name, not by class: where TransportFailure lives may change.
+    detail = getattr(exc, "detail", None)
+    if isinstance(detail, str) and detail:
+        reason += f" ({detail})"
     return reason
 
 
