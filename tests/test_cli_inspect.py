@@ -8,12 +8,14 @@ import json
 import re
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cli_fixtures import CONSOLE_SCRIPT, Cli, closed_port, subprocess_env
+from cli_fixtures import CONSOLE_SCRIPT, Cli, closed_port, create, subprocess_env
 from hfauth_mw import LocalTokenStore
 from hfauth_mw.testing import HubEmulator
 
@@ -104,7 +106,9 @@ def test_inspect_json(cli: Cli, store_path: Path, carol: str) -> None:
         "allowed": False,
         "reason": decision["write"]["reason"],
         "needed": "repo.write",
+        "decided_by": "local",
     }
+    assert document["authority"] == "local"
     assert decision["write"]["reason"].startswith("write denied:")
     assert carol not in result.out
 
@@ -117,8 +121,218 @@ def test_inspect_against_hub_emulator(cli: Cli, emulator: HubEmulator, alice: st
     document = json.loads(result.out)
     assert document["name"] == "alice"
     assert document["source"] == f"hub:{emulator.url}"
+    assert document["authority"] == "hub"
     assert document["decisions"][0]["write"]["allowed"] is True
+    assert document["decisions"][0]["write"]["decided_by"] == "hub"
     assert emulator.whoami_calls == 1
+    assert emulator.auth_check_calls == 2
+
+
+# --- repository decisions: the hub's (default with --hub-url) or the local rules' ----------------
+
+GATED = "meta-llama/Llama-3.1-8B-Instruct"
+
+#: What the emulator knows; any other repository does not exist.
+HUB_REPOS = {
+    f"model:{GATED}": "gated",
+    "model:acme/open": "public",
+    "model:acme/sentiment": "private",
+    "model:bob/secret": "private",
+}
+
+
+@pytest.fixture
+def decisions_hub(store_path: Path, alice: str) -> Iterator[HubEmulator]:
+    """An emulator that says a missing repository is missing (the Hub's 404)."""
+    with (
+        LocalTokenStore(store_path) as store,
+        HubEmulator(store, repos=HUB_REPOS, unknown_repos="missing") as hub,
+    ):
+        yield hub
+
+
+def _decisions(result_out: str) -> dict[str, dict[str, Any]]:
+    return {entry["repo"]: entry for entry in json.loads(result_out)["decisions"]}
+
+
+@pytest.mark.parametrize(
+    ("repo", "granted", "authority", "read", "write", "decided_by", "reason"),
+    [
+        pytest.param(
+            "acme/open", False, [], True, True, ("hub", "hub"),
+            "read allowed: the Hub allows model:acme/open", id="public-hub",
+        ),
+        pytest.param(
+            "acme/sentiment", False, [], True, True, ("hub", "hub"),
+            "read allowed: the Hub allows model:acme/sentiment", id="org-write-member-hub",
+        ),
+        pytest.param(
+            GATED, True, [], True, False, ("hub", "hub"),
+            f"read allowed: the Hub allows model:{GATED}", id="gated-granted",
+        ),
+        pytest.param(
+            GATED, False, [], False, False, ("hub", "hub"),
+            f"read denied: gated: alice has not been granted access to {GATED} on the Hub",
+            id="gated-not-granted",
+        ),
+        pytest.param(
+            "bob/secret", False, [], False, False, ("hub", "hub"),
+            "read denied: model:bob/secret is not found or not visible to this token on the Hub",
+            id="private-of-another",
+        ),
+        pytest.param(
+            "nobody/missing", False, [], False, False, ("hub", "hub"),
+            "read denied: model:nobody/missing is not found or not visible",
+            id="missing",
+        ),
+        pytest.param(
+            # The local rules cannot see gate grants: told the repo is gated, they let
+            # a write token read it whether or not the Hub would.
+            GATED, False, ["--authority", "local", "--gated", GATED], True, False,
+            ("local", "local"), "read allowed: gated repository", id="authority-local",
+        ),
+    ],
+)  # fmt: skip
+def test_inspect_shows_whose_decision_each_is(
+    cli: Cli,
+    decisions_hub: HubEmulator,
+    alice: str,
+    repo: str,
+    granted: bool,
+    authority: list[str],
+    read: bool,
+    write: bool,
+    decided_by: tuple[str, str],
+    reason: str,
+) -> None:
+    """With --hub-url the hub's auth-check decides (gates, privacy, existence);
+    --authority local shows what the local rules say instead."""
+    if granted:
+        decisions_hub.grant_gate(f"model:{GATED}", "alice")
+    result = cli(
+        "inspect", "--hub-url", decisions_hub.url, "--json", "--repo", repo, *authority,
+        env={"HF_TOKEN": alice},
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    [entry] = _decisions(result.out).values()
+    assert (entry["read"]["allowed"], entry["write"]["allowed"]) == (read, write)
+    assert (entry["read"]["decided_by"], entry["write"]["decided_by"]) == decided_by
+    assert entry["read"]["reason"].startswith(reason), entry["read"]["reason"]
+    assert ("visibility" in entry) is bool(authority)
+    assert json.loads(result.out)["authority"] == ("local" if authority else "hub")
+    assert decisions_hub.auth_check_calls == (0 if authority else 2)
+    assert alice not in result.out + result.err
+
+
+def test_inspect_text_marks_who_decided(
+    cli: Cli, decisions_hub: HubEmulator, store_path: Path
+) -> None:
+    """A read token's write is a certain local denial, made without asking the hub."""
+    reader = create(cli, store_path, "--user", "bob", "--role", "read")
+    result = cli("inspect", "--hub-url", decisions_hub.url, "--repo", GATED, stdin=reader)
+    assert result.code == 0, result.err
+    assert f"decisions by: the hub's auth-check ({decisions_hub.url})" in result.out
+    assert f"\nmodel:{GATED}\n" in result.out
+    assert (
+        f"  read:  denied   read denied: gated: bob has not been granted access to {GATED} "
+        "on the Hub [hub]\n" in result.out
+    )
+    assert (
+        "  write: denied   write denied: this token cannot write (token role read) [local]\n"
+        in result.out
+    )
+    assert decisions_hub.auth_checks == [f"read model:{GATED}"]
+    assert reader not in result.out + result.err
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "message"),
+    [
+        pytest.param(
+            {"status": 503}, 4, "the hub could not decide read on model:acme/open: "
+            "The token source answered HTTP 503", id="auth-check-503",
+        ),
+        pytest.param(
+            {"status": 429, "headers": {"Retry-After": "30"}}, 4,
+            "the hub could not decide read on model:acme/open: The token source is rate limiting",
+            id="auth-check-429",
+        ),
+        pytest.param(
+            {"status": 307, "headers": {"Location": "https://elsewhere.example/api/x"}}, 4,
+            "the hub could not decide read on model:acme/open: The hub redirected the "
+            "repository check elsewhere", id="auth-check-redirected-away",
+        ),
+        pytest.param(
+            {"status": 401}, 3, "invalid token", id="auth-check-401",
+        ),
+    ],
+)  # fmt: skip
+def test_inspect_hub_trouble_is_one_line_never_a_decision(
+    cli: Cli,
+    decisions_hub: HubEmulator,
+    alice: str,
+    fault: dict[str, Any],
+    code: int,
+    message: str,
+) -> None:
+    """whoami-v2 answered, the auth-check did not: a one-line reason naming the
+    repository and the hub, no output, no traceback, no token."""
+    decisions_hub.fail_next(**fault, times=1, endpoint="auth-check")
+    result = cli(
+        "inspect", "--hub-url", decisions_hub.url, "--repo", "acme/open", env={"HF_TOKEN": alice}
+    )
+    assert (result.code, result.out) == (code, "")
+    assert result.err.startswith("hfauth-mw: error: "), result.err
+    assert message in result.err
+    assert f"hub:{decisions_hub.url}" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert "Traceback" not in result.err
+    assert alice not in result.err
+
+
+def test_inspect_a_hub_that_cannot_be_reached_says_where_and_how(cli: Cli, alice: str) -> None:
+    """TransportFailure.detail: the URL called and the error class, never the token."""
+    url = f"http://127.0.0.1:{closed_port()}"
+    result = cli("inspect", "--hub-url", url, "--repo", "acme/open", env={"HF_TOKEN": alice})
+    assert (result.code, result.out) == (4, "")
+    assert (
+        f"The token source cannot be reached (GET {url}/api/whoami-v2: ConnectError "
+        "(connection refused))" in result.err
+    ), result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert alice not in result.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(
+            ["--authority", "hub"], "--authority hub needs --hub-url", id="hub-with-store"
+        ),
+        pytest.param(
+            ["--hub", "--public", "acme/open"], "--public and --gated feed the local rules",
+            id="public-under-hub",
+        ),
+        pytest.param(
+            ["--hub", "--gated", GATED], "drop them, or add --authority local",
+            id="gated-under-hub",
+        ),
+    ],
+)  # fmt: skip
+def test_inspect_authority_misuse_is_a_usage_error(
+    cli: Cli,
+    store_path: Path,
+    decisions_hub: HubEmulator,
+    alice: str,
+    argv: list[str],
+    message: str,
+) -> None:
+    where = ["--hub-url", decisions_hub.url] if "--hub" in argv else ["--store", str(store_path)]
+    rest = [arg for arg in argv if arg != "--hub"]
+    result = cli("inspect", *where, "--repo", "acme/open", *rest, env={"HF_TOKEN": alice})
+    assert (result.code, result.out) == (2, "")
+    assert message in result.err
+    assert decisions_hub.whoami_calls == 0
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,9 @@ conventions: where the caller lands (``request.user``, ``current_principal``,
 ``request.principal``, a dependency's value) is what the app echoes, and the
 error bodies are RFC 6750 JSON, or DRF's ``{"detail": ...}``.
 
+The gated-model quick start (a Starlette app) runs against the emulator
+with the gate granted to one user and not to another.
+
 Django and DRF blocks are split into ``settings.py`` (appended to a settings
 module like the one ``django-admin startproject`` writes), ``views.py`` and
 ``urls.py`` at their ``# <file>.py`` comments, and run in a process of their
@@ -328,3 +331,64 @@ def test_a_basic_client_reads_through_the_drf_quick_start(hub_emulator, tokens, 
     assert result.returncode == 0, result.stderr[-3000:]
     [[status, _, content]] = json.loads(result.stdout)
     assert (status, json.loads(content)) == (200, {"user": "bob"})
+
+
+GATED = "meta-llama/Llama-3.1-8B-Instruct"
+
+#: (case, caller, model in the body) -> (status, X-Error-Code, the caller the app saw).
+GATED_CASES = [
+    pytest.param("granted", GATED, 200, None, "alice", id="gate-passed"),
+    pytest.param("not-granted", GATED, 403, "insufficient_scope", None, id="gate-not-passed"),
+    pytest.param("owner", GATED, 200, None, "meta-llama", id="owner-needs-no-gate"),
+    pytest.param(None, GATED, 401, "unauthorized", None, id="no-token"),
+    pytest.param("bad", GATED, 401, "invalid_token", None, id="bad-token"),
+    pytest.param("granted", "acme/other", 404, "model_not_found", None, id="model-not-served"),
+]
+
+
+@pytest.mark.parametrize(("who", "model", "status", "code", "user"), GATED_CASES)
+def test_the_gated_model_quick_start(
+    hub_emulator, hub_store, tmp_path, who, model, status, code, user
+):
+    """The gated-model quick start: the Hub's gate decides, per token, and a
+    decision is cached (one auth-check for two requests)."""
+    hub_emulator.add_repo(f"model:{GATED}", "gated")
+    hub_emulator.grant_gate(f"model:{GATED}", "alice")
+    callers = {
+        "granted": hub_store.create_token(user="alice", role="read").token,
+        "not-granted": hub_store.create_token(user="bob", role="read").token,
+        "owner": hub_store.create_token(user="meta-llama", role="read").token,
+        "bad": MADE_UP,
+    }
+    code_text = pointed_at(
+        quick_start("serve a gated model only to people who passed its gate"), hub_emulator.url
+    )
+    app = load_module(code_text, tmp_path, "quickstart_gated").app
+    headers = {"Authorization": f"Bearer {callers[who]}"} if who else {}
+    payload = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    import anyio
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return [
+                await client.post("/v1/chat/completions", json=payload, headers=headers)
+                for _ in range(2)
+            ]
+
+    first, again = anyio.run(run)
+    for response in (first, again):
+        assert response.status_code == status, response.text
+        assert response.headers.get("x-error-code") == code
+        if status == 200:
+            assert response.json() == {"model": GATED, "by": user}
+        else:
+            assert set(response.json()) == {"error"}, response.json()  # OpenAI's shape
+    if who == "not-granted":
+        assert (
+            f"gated: bob has not been granted access to {GATED}"
+            in (first.json()["error"]["message"])
+        )
+    if who not in (None, "bad") and model == GATED:
+        # The hub is asked once per token and model; the second answer is cached.
+        assert hub_emulator.auth_check_calls == 1

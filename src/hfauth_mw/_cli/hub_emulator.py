@@ -1,5 +1,9 @@
 """``hfauth-mw hub-emulator``: serve whoami-v2 and auth-check from a local store.
 
+``--public`` / ``--gated`` register repositories (any other is private);
+``--gate-grant REPO:USER`` lets a user through a gated repo's gate, which
+otherwise refuses everyone but the repo's owner.
+
 Plain HTTP and it tells anyone who asks whose each token is: it binds to a
 loopback address unless ``--allow-remote`` insists, and it refuses a store
 that does not exist (a new, empty one would answer 401 to every token).
@@ -14,6 +18,7 @@ import threading
 from types import FrameType
 from typing import Any
 
+from .._rules import Repo
 from .._sources import _is_loopback
 from .common import (
     EXIT_OK,
@@ -21,6 +26,7 @@ from .common import (
     Failure,
     UsageError,
     existing_store,
+    not_a_token,
     parse_bind_host,
     parse_port,
     parse_repo,
@@ -57,11 +63,31 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         "--gated", action="append", default=[], type=parse_repo, metavar="REPO", help="a gated repo"
     )
     hub.add_argument(
+        "--gate-grant",
+        action="append",
+        default=[],
+        type=parse_gate_grant,
+        metavar="REPO:USER",
+        help="let USER through the gate of REPO, a --gated repo (repeatable); until granted, "
+        "a gated repo refuses everyone but its owner",
+    )
+    hub.add_argument(
         "--allow-remote",
         action="store_true",
         help="allow a non-loopback --host (it answers who owns each token, over plain HTTP)",
     )
     hub.set_defaults(run=run)
+
+
+def parse_gate_grant(text: str) -> tuple[Repo, str]:
+    """``REPO:USER`` (the user after the last colon: ``model:acme/m:bob`` works)."""
+    not_a_token(text, "REPO:USER, e.g. meta-llama/Llama-3.1-8B-Instruct:alice")
+    repo, colon, user = text.rpartition(":")
+    if not colon or not repo or not user or "/" in user:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not REPO:USER, e.g. meta-llama/Llama-3.1-8B-Instruct:alice"
+        )
+    return parse_repo(repo), user
 
 
 class _Stop(Exception):
@@ -83,11 +109,17 @@ def run(args: argparse.Namespace) -> int:
         )
     repos = {str(repo): "public" for repo in args.public}
     repos.update({str(repo): "gated" for repo in args.gated})
+    for repo, user in args.gate_grant:
+        if repos.get(str(repo)) != "gated":
+            # A grant on a repository without a gate changes nothing: surely a typo.
+            raise UsageError(f"--gate-grant {repo}:{user}: {repo} is not gated; add --gated {repo}")
     path = store_path(args)
     # An emulator on a new, empty store would answer 401 to every token: a
     # mistyped --store is a clear error instead.
     with existing_store(path) as store:
         emulator = HubEmulator(store, host=args.host, port=args.port, repos=repos)
+        for repo, user in args.gate_grant:
+            emulator.grant_gate(str(repo), user)
         try:
             emulator.start()
         except OSError as exc:

@@ -3,6 +3,15 @@
 The token is read from standard input (one line) or ``$HF_TOKEN``, or
 prompted for on a terminal: never from the command line, so it lands neither
 in shell history nor in ``ps``. Output shows its fingerprint, never the token.
+
+Repository decisions (``--repo``) come from the hub's own auth-check with
+``--hub-url`` (``--authority hub``, the default there: it alone knows gate
+grants, org policies and resource groups), or from the local rules
+(``--authority local``, the only choice with ``--store``), fed with
+``--public`` / ``--gated``. Each decision says who made it (``decided_by``):
+even under the hub, a certain local denial (a read token never writes) is
+made without a call. Hub trouble is a one-line error and exit 4, never a
+decision.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .._authenticator import Authenticator
+from .._authority import HubAuthority
 from .._credentials import Credentials
 from .._exceptions import InvalidToken, SourceUnavailable, TokenStoreError
+from .._hub_access import HubAccessCheck
 from .._principal import Principal
 from .._rules import AccessPolicy, Decision, Repo, Visibility
 from .._source_protocol import IntrospectionSource
@@ -48,7 +59,9 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         description="Introspect a token read from standard input (one line), or from "
         "$HF_TOKEN when nothing is piped (prompted for on a terminal). A piped token wins "
         "over $HF_TOKEN; the output says which was used. Never pass a token on the command "
-        "line. Exit 0 valid, 3 invalid, 4 source unavailable.",
+        "line. Exit 0 valid, 3 invalid, 4 source unavailable. With --hub-url, --repo "
+        "decisions are the hub's own (its auth-check); --authority local shows the local "
+        "rules' instead.",
     )
     where = inspect.add_mutually_exclusive_group(required=True)
     where.add_argument(
@@ -65,12 +78,18 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         "repeatable",
     )
     inspect.add_argument(
+        "--authority",
+        choices=("hub", "local"),
+        help="who decides on --repo: the hub's auth-check (default with --hub-url) or the "
+        "local rules (default, and the only choice, with --store)",
+    )
+    inspect.add_argument(
         "--public",
         action="append",
         default=[],
         type=parse_repo,
         metavar="REPO",
-        help="treat as public",
+        help="treat as public (local rules only)",
     )
     inspect.add_argument(
         "--gated",
@@ -78,7 +97,7 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         default=[],
         type=parse_repo,
         metavar="REPO",
-        help="treat as gated",
+        help="treat as gated (local rules only)",
     )
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(run=run)
@@ -172,7 +191,72 @@ def _visibility_of(public: Sequence[Repo], gated: Sequence[Repo]) -> Callable[[R
 
 
 def _decision_dict(decision: Decision) -> dict[str, Any]:
-    return {"allowed": decision.allowed, "reason": decision.reason, "needed": decision.needed}
+    return {
+        "allowed": decision.allowed,
+        "reason": decision.reason,
+        "needed": decision.needed,
+        "decided_by": decision.decided_by,
+    }
+
+
+def _authority_of(args: argparse.Namespace) -> str:
+    """``"hub"`` or ``"local"``: ``--authority``, else the hub for ``--hub-url``."""
+    authority: str = args.authority or ("hub" if args.hub_url else "local")
+    if authority == "hub" and not args.hub_url:
+        raise UsageError("--authority hub needs --hub-url: a local store has no auth-check")
+    if authority == "hub" and (args.public or args.gated):
+        raise UsageError(
+            "--public and --gated feed the local rules; the hub knows each repository's "
+            "visibility and gate: drop them, or add --authority local"
+        )
+    return authority
+
+
+def _reason(exc: SourceUnavailable) -> str:
+    """A 503's reason for a person: what failed, and where and how on the wire
+    when the call itself failed (:attr:`TransportFailure.detail`: URL without
+    credentials or query, and the error class; never the token)."""
+    reason = exc.description.rstrip(".")
+    # Read by name, not by class: where TransportFailure lives may change.
+    detail = getattr(exc, "detail", None)
+    if isinstance(detail, str) and detail:
+        reason += f" ({detail})"
+    return reason
+
+
+Decisions = list[tuple[Repo, Decision, Decision]]
+
+
+def _hub_decisions(
+    authenticator: Authenticator,
+    hub: HubAuthority,
+    credentials: Credentials,
+    principal: Principal,
+    repos: Sequence[Repo],
+    which: str,
+) -> Decisions:
+    """The hub's read and write decisions on each of ``repos``; the first trouble
+    is a :class:`Failure` (exit 4, or 3 when the hub no longer accepts the token)."""
+    asked = f"{which}, asked {hub.check.name} auth-check"
+    decided: Decisions = []
+    for repo in repos:
+        pair: list[Decision] = []
+        for access in ("read", "write"):
+            try:
+                pair.append(authenticator.run_sync(hub.flow(credentials, principal, repo, access)))
+            except InvalidToken:
+                raise Failure(
+                    f"invalid {which}: the hub's auth-check no longer accepts it "
+                    f"(asked about {access} on {repo}, {hub.check.name})",
+                    EXIT_INVALID_TOKEN,
+                ) from None
+            except SourceUnavailable as exc:
+                raise Failure(
+                    f"the hub could not decide {access} on {repo}: {_reason(exc)} ({asked})",
+                    EXIT_UNAVAILABLE,
+                ) from None
+        decided.append((repo, pair[0], pair[1]))
+    return decided
 
 
 def _principal_lines(principal: Principal) -> list[tuple[str, str]]:
@@ -216,40 +300,49 @@ def _source_for(args: argparse.Namespace) -> IntrospectionSource:
 
 
 def run(args: argparse.Namespace) -> int:
+    authority = _authority_of(args)
     source = _source_for(args)
     token, origin_key, origin = _read_token()
     credentials = Credentials.from_token(token)
     del token
     # Said in every outcome: which token (by fingerprint) went where.
     which = f"token {credentials.fingerprint} from {origin}"
+    authenticator = Authenticator(source)
     try:
-        principal = Authenticator(source).authenticate_sync(credentials)
+        principal = authenticator.authenticate_sync(credentials)
     except InvalidToken as exc:
         raise Failure(
             f"invalid {which}, asked {source.name}: {exc.description}", EXIT_INVALID_TOKEN
         ) from None
     except SourceUnavailable as exc:
-        raise Failure(
-            f"{exc.description.rstrip('.')} ({which}, asked {source.name})", EXIT_UNAVAILABLE
-        ) from None
+        raise Failure(f"{_reason(exc)} ({which}, asked {source.name})", EXIT_UNAVAILABLE) from None
     except TokenStoreError as exc:
         raise Failure(str(exc), EXIT_UNAVAILABLE) from None
     finally:
         if isinstance(source, LocalStoreSource) and isinstance(source.store, LocalTokenStore):
             source.store.close()
-    policy = AccessPolicy(visibility=_visibility_of(args.public, args.gated))
     visibility = _visibility_of(args.public, args.gated)
-    decisions = [
-        (repo, policy.can_read(principal, repo), policy.can_write(principal, repo))
-        for repo in args.repo
-    ]
+    if authority == "hub":
+        assert isinstance(source, HubWhoamiSource)
+        hub = authenticator.hub_authority(HubAccessCheck.for_source(source))
+        decided_by = f"the hub's auth-check ({hub.check.hub_url})"
+        decisions = _hub_decisions(authenticator, hub, credentials, principal, args.repo, which)
+    else:
+        policy = AccessPolicy(visibility=visibility)
+        decided_by = "the local rules (--public, --gated; any other repository private)"
+        decisions = [
+            (repo, policy.can_read(principal, repo), policy.can_write(principal, repo))
+            for repo in args.repo
+        ]
     if args.json:
         document = principal.to_dict()
         document["token_from"] = origin_key
+        document["authority"] = authority
         document["decisions"] = [
             {
                 "repo": str(repo),
-                "visibility": visibility(repo).value,
+                # Only the local rules were told a visibility; the hub keeps its own.
+                **({"visibility": visibility(repo).value} if authority == "local" else {}),
                 "read": _decision_dict(read),
                 "write": _decision_dict(write),
             }
@@ -259,11 +352,18 @@ def run(args: argparse.Namespace) -> int:
         print(redact(json.dumps(document, indent=2)))
         return EXIT_OK
     out = sys.stdout
-    for label, value in [*_principal_lines(principal), ("token from", origin)]:
+    lines = [*_principal_lines(principal), ("token from", origin)]
+    if decisions:
+        lines.append(("decisions by", decided_by))
+    for label, value in lines:
         out.write(f"{label + ':' if label else '':<14}{redact(value)}\n")
     for repo, read, write in decisions:
-        out.write(f"\n{repo} ({visibility(repo).value})\n")
+        shown = f" ({visibility(repo).value})" if authority == "local" else ""
+        out.write(f"\n{repo}{shown}\n")
         for what, decision in (("read", read), ("write", write)):
             verdict = "allowed" if decision else "denied"
-            out.write(f"  {what + ':':<7}{verdict:<8} {decision.reason}\n")
+            out.write(
+                redact(f"  {what + ':':<7}{verdict:<8} {decision.reason} [{decision.decided_by}]")
+                + "\n"
+            )
     return EXIT_OK
