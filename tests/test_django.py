@@ -634,3 +634,29 @@ def test_protected_paths(hfauth_settings, hub_emulator, tokens, who, method, pat
     if path == "/":
         assert response.json() == {"principal": None, "django_user": None}
         assert hub_emulator.whoami_calls == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        pytest.param(b'{"model": "acme/sentiment"}', 200, id="may-read"),
+        pytest.param(b'{"model": "zed/private"}', 403, id="may-not-read"),
+        pytest.param(b"{nope", 400, id="not-json"),
+        pytest.param(
+            b'{"model": "acme/sentiment", "pad": "' + b"x" * 2000 + b'"}', 413, id="too-big"
+        ),
+    ],
+)
+def test_a_body_rule_reads_django_s_request_body(hfauth_settings, tokens, body, status):
+    from hfauth_mw import from_body, require_read
+
+    hfauth_settings(
+        RULES=[require_read("POST /whoami", repo=from_body("model"))], MAX_BODY_BYTES=1024
+    )
+    response = Client().post(
+        "/whoami",
+        data=body,
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {tokens['reader']}"},
+    )
+    assert response.status_code == status
