@@ -96,7 +96,7 @@ def create_app(source: IntrospectionSource) -> FastAPI:
 
     @app.get("/v1/models")
     async def list_models(auth: Caller) -> dict[str, list[str]]:
-        return {"models": [m for m in MODELS if auth.can_read(f"model:{m}")]}
+        return {"models": [repo.id for repo in await auth.areadable(MODELS)]}
 
     @app.post("/v1/models/{owner}/{name}/infer")
     async def infer(owner: str, name: str, body: Inputs, auth: CanRead) -> dict[str, Any]:

@@ -149,7 +149,7 @@ def build_app(source: IntrospectionSource, models: tuple[Model, ...] = MODELS) -
         return JSONResponse([model.run(text)[0] for text in inputs])
 
     async def list_models(request: Request) -> Response:
-        readable = get_request_auth(request).readable(served)
+        readable = await get_request_auth(request).areadable(served)
         return JSONResponse(
             [
                 {

@@ -205,14 +205,14 @@ def build_app(
         )
 
     async def list_models(request: Request) -> Response:
-        readable = get_request_auth(request).readable(served)
+        readable = await get_request_auth(request).areadable(served)
         return JSONResponse({"object": "list", "data": [_model_card(r.id) for r in readable]})
 
     async def one_model(request: Request) -> Response:
         model = f"{request.path_params['owner']}/{request.path_params['name']}"
         if model not in served:  # as the body rules answer: 404 first, then 403
             raise UnknownModel(f"The model {model!r} does not exist or is not served here")
-        get_request_auth(request).require(model, "read")
+        await get_request_auth(request).arequire(model, "read")
         return JSONResponse(_model_card(model))
 
     async def health(request: Request) -> Response:

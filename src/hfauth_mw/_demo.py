@@ -178,9 +178,9 @@ def build_app(
         auth = get_request_auth(request)
         visible = []
         for model in models.values():
-            if auth.can_read(model.spec.repo):
+            if await auth.acan_read(model.spec.repo):
                 card = model.card()
-                card["can_write"] = bool(auth.can_write(model.spec.repo))
+                card["can_write"] = bool(await auth.acan_write(model.spec.repo))
                 visible.append(card)
         return JSONResponse({"models": visible})
 
