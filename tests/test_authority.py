@@ -451,3 +451,15 @@ async def test_fastapi_require_repo_asks_the_hub(hub, callers):
             for who in ("reader", "gated-passed")
         ]
     assert statuses == [403, 200]
+
+
+async def test_an_anonymous_refusal_by_the_hub_is_audited_once(hub, callers, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="hfauth_mw.audit")
+    status, _, _ = await answer(
+        "asgi", hub, callers, None, "POST", "/v1/models/acme/private/infer", allow_anonymous=True
+    )
+    assert status == 401
+    events = [r for r in caplog.records if r.name == "hfauth_mw.audit"]
+    assert [(e.hfauth_event, e.hfauth_status) for e in events] == [("denied", 401)]

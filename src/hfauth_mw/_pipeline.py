@@ -13,7 +13,8 @@ An adapter reads the request into a :class:`RequestContext` (see
 5. **authorize**: the route rules, then the method map, then the access rules.
 6. **audit**: one event per decision.
 7. **attach**: the :class:`~hfauth_mw.RequestAuth` for the request, built once
-   per cached principal.
+   per cached principal (per request when the hub decides: it carries the
+   request's credentials for route code's own checks).
 
 A cached token runs the same steps; being fast is a property of each step
 (the limiter skips resolving the client while nobody is locked out, a cache
@@ -256,13 +257,16 @@ class Guard:
             credentials = request.credentials = self.credentials(
                 request.authorization, request.query_tokens
             )
+            principal: Principal | None
             if credentials is None:
                 if not (self.allow_anonymous or path_class == "optional"):
                     raise MissingCredentials()
-                return self._conclude(request, ANONYMOUS)
-            # 4. resolve: a fresh answer in the in-process cache, or a flow that asks
-            principal = self.authenticator.fresh(credentials.digest)
+                principal = ANONYMOUS
+            else:
+                # 4. resolve: a fresh answer in the in-process cache, or a flow that asks
+                principal = self.authenticator.fresh(credentials.digest)
             if principal is None:
+                assert credentials is not None
                 flow = self._resolve(request, credentials, self._hub_read_wanted(request))
             else:
                 concluded = self._conclude(request, principal)
