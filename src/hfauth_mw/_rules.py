@@ -30,6 +30,7 @@ action for a fine-grained token with a ``scoped`` entry on the org holding
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from typing import Literal, TypeVar
 
 from ._checks import require_bool
 from ._exceptions import ConfigurationError, SourceUnavailable
-from ._principal import Principal, ResourcePattern, ScopedGrant, is_app
+from ._principal import OrgMembership, Principal, ResourcePattern, ScopedGrant, is_app
 
 logger = logging.getLogger("hfauth_mw")
 _T = TypeVar("_T")
@@ -119,9 +120,15 @@ class Visibility(enum.Enum):
 
 def _line(text: str) -> str:
     """One printable line with anything shaped like a token cut out."""
-    return "".join(
-        char if char.isprintable() else "?" for char in _SECRET_LIKE.sub("<redacted>", text)
-    )
+    # Every reason goes through here, allowed ones included: the common text is
+    # printable and holds neither prefix every token shape starts with, and is
+    # then its own answer (two substring scans and one isprintable, no regex).
+    if "hf_" not in text and "api_org_" not in text and text.isprintable():
+        return text
+    text = _SECRET_LIKE.sub("<redacted>", text)
+    if text.isprintable():
+        return text
+    return "".join([char if char.isprintable() else "?" for char in text])
 
 
 def _safe(value: object) -> str:
@@ -207,7 +214,28 @@ class Entity:
     name: str
 
     def __str__(self) -> str:
-        return f"{_safe(self.type)} {_safe(self.name)}"
+        return _entity_text(self.type, self.name)
+
+
+def _entity_text(kind: str, name: str) -> str:
+    """``str(Entity(kind, name))``, without building the entity (reasons name one often)."""
+    return f"{_safe(kind)} {_safe(name)}"
+
+
+# The texts below recur in every decision for the same repository or org: they
+# are memoised (bounded, keyed by the strings they are made of) so that an
+# allowed decision costs a few lookups, not a cleaning of every character.
+
+
+@functools.lru_cache(maxsize=4096)
+def _repo_text(kind: str, owner: str, name: str) -> str:
+    """``str(Entity(repo.type, repo.id))``: how a reason names a repository."""
+    return _entity_text(kind, f"{owner}/{name}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _role_in_org(role: str, owner: str) -> str:
+    return f"role {_safe(role)} in org {_safe(owner)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +255,10 @@ class Decision:
         return self.allowed
 
 
+@functools.lru_cache(maxsize=4096)
 def _decide(allowed: bool, reason: str, needed: str) -> Decision:
+    # Memoised (bounded): a Decision is immutable, the same few reasons come back
+    # on every request, and building a frozen dataclass costs more than the lookup.
     return Decision(allowed, _line(reason), _line(needed))
 
 
@@ -274,9 +305,13 @@ def _role_text(principal: Principal) -> str:
     return f"token role {_safe(principal.token_role)!r} is not recognised"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Reach:
-    """How far the user's own rights go in one namespace (the org cap)."""
+    """How far the user's own rights go in one namespace (the org cap).
+
+    Not frozen only because a frozen dataclass is slower to build, and one is
+    built for nearly every decision; nothing changes one once built.
+    """
 
     allowed: bool
     member: bool  # the namespace is the user's own or one of their orgs
@@ -285,7 +320,10 @@ class _Reach:
 
 def _refusal(principal: Principal, owner: str) -> str | None:
     """Why the org ``owner`` refuses this token (security restrictions), if it does."""
-    membership = principal.org(owner)
+    return _refusal_of(principal.org(owner), owner)
+
+
+def _refusal_of(membership: OrgMembership | None, owner: str) -> str | None:
     if membership is None or not membership.restrictions:
         return None
     named = ", ".join(_safe(item) for item in membership.restrictions)
@@ -307,11 +345,11 @@ def _reach(
     membership = principal.org(owner) if org else None
     if membership is None:
         return _Reach(False, False, f"not a member of {_safe(owner)}")
-    refused = _refusal(principal, owner)
+    refused = _refusal_of(membership, owner)
     if refused is not None:
         return _Reach(False, True, refused)
     role = membership.role
-    where = f"role {_safe(role)} in org {_safe(owner)}"
+    where = _role_in_org(role, owner)
     if group is not None:
         # "A private repository that is part of a Resource Group will only be
         # visible to members of that Resource Group"; their group role applies
@@ -492,24 +530,27 @@ def can_read(
     public repositories only. ``oauth_reads=True`` is refused
     (:class:`~hfauth_mw.ConfigurationError`): it granted more than the Hub does.
     """
-    visibility = Visibility(visibility)
-    _refuse_oauth_reads(oauth_reads)
+    if type(visibility) is not Visibility:  # a value such as "public" (the enum call is slow)
+        visibility = Visibility(visibility)
+    if oauth_reads is not False:
+        _refuse_oauth_reads(oauth_reads)
     needed = READ_PERMISSION
     if visibility is Visibility.PUBLIC:
         return _decide(True, "read allowed: public repository", needed)
     if principal.is_anonymous:
         return _decide(False, "read denied: authentication required", needed)
     role = _token_role(principal, oauth_grant)
-    entity = Entity(repo.type, repo.id)
     if role is None:
         return _decide(False, f"read denied: {_role_text(principal)}", needed)
+    # Built only for the fine-grained rules: a classic token's reason needs only its text.
+    entity = Entity(repo.type, repo.id) if role == "fineGrained" else None
     if visibility is Visibility.GATED:
         # A gated repository is public: resource groups hide private ones only.
         # The org's own security restrictions still refuse the token.
         refused = _refusal(principal, repo.owner)
         if refused is not None:
             return _decide(False, f"read denied: {refused}", needed)
-        if role != "fineGrained":
+        if entity is None:  # a classic token
             return _decide(True, "read allowed: gated repository, classic token", needed)
         # The Hub's checkbox: "read access to contents of all public gated repos
         # you can access". The flag alone reaches them; the server's visibility
@@ -534,7 +575,7 @@ def can_read(
             f"and lists no entry on {entity}",
             needed,
         )
-    if role == "fineGrained":
+    if entity is not None:
         return _fine_grained(
             principal,
             entity,
@@ -546,11 +587,13 @@ def can_read(
         )
     reach = _reach(principal, repo.owner, "read", group=resource_group)
     if reach.allowed:
-        return _decide(True, f"read allowed: {entity}, {reach.detail}", needed)
+        what = _repo_text(repo.type, repo.owner, repo.name)
+        return _decide(True, f"read allowed: {what}, {reach.detail}", needed)
     if reach.member:
         return _decide(False, f"read denied: {reach.detail}", needed)
+    what = _repo_text(repo.type, repo.owner, repo.name)
     return _decide(
-        False, f"read denied: {entity} is private and outside the user's namespace and orgs", needed
+        False, f"read denied: {what} is private and outside the user's namespace and orgs", needed
     )
 
 
@@ -580,13 +623,12 @@ def can_write(
             needed,
         )
     role = _token_role(principal, oauth_grant)
-    entity = Entity(repo.type, repo.id)
     if role is None or role == "read":
         return _decide(False, f"write denied: {_role_text(principal)}", needed)
     if role == "fineGrained":
         return _fine_grained(
             principal,
-            entity,
+            Entity(repo.type, repo.id),
             verb="write",
             needed=needed,
             wanted=_WANTED["write"],
@@ -602,7 +644,8 @@ def can_write(
         group=resource_group,
     )
     if reach.allowed:
-        return _decide(True, f"write allowed: {entity}, {reach.detail}", needed)
+        what = _repo_text(repo.type, repo.owner, repo.name)
+        return _decide(True, f"write allowed: {what}, {reach.detail}", needed)
     return _decide(False, f"write denied: {reach.detail}", needed)
 
 
