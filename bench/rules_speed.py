@@ -31,6 +31,7 @@ FINE_GRAINED = Principal(
     global_permissions=frozenset({"discussion.write"}),
     fingerprint="0f1e2d3c4b5a",
 )
+ORG = Entity("org", "acme")
 REASON = "read allowed: model acme/bench-model, role read in org acme"
 
 CASES: dict[str, Callable[[], object]] = {
@@ -42,8 +43,12 @@ CASES: dict[str, Callable[[], object]] = {
     "fine-grained has_permission (global)": lambda: POLICY.has_permission(
         FINE_GRAINED, "discussion.write", REPO
     ),
-    "classic has_permission on org": lambda: POLICY.has_permission(
-        CLASSIC, "repo.content.read", Entity("org", "acme")
+    "classic has_permission on repo": lambda: POLICY.has_permission(
+        CLASSIC, "repo.content.read", REPO
+    ),
+    "classic has_permission on org": lambda: POLICY.has_permission(CLASSIC, "org.read", ORG),
+    "fine-grained has_permission on repo": lambda: POLICY.has_permission(
+        FINE_GRAINED, "repo.write", REPO
     ),
 }
 

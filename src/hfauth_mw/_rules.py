@@ -214,12 +214,8 @@ class Entity:
     name: str
 
     def __str__(self) -> str:
-        return _entity_text(self.type, self.name)
-
-
-def _entity_text(kind: str, name: str) -> str:
-    """``str(Entity(kind, name))``, without building the entity (reasons name one often)."""
-    return f"{_safe(kind)} {_safe(name)}"
+        # str() first: _safe(value) is _safe(str(value)), and the memo needs strings.
+        return _entity_text(str(self.type), str(self.name))
 
 
 # The texts below recur in every decision for the same repository or org: they
@@ -227,10 +223,20 @@ def _entity_text(kind: str, name: str) -> str:
 # allowed decision costs a few lookups, not a cleaning of every character.
 
 
+def _entity_of(repo: Repo) -> Entity:
+    """The entity of a repository, as the fine-grained rules and reasons name it."""
+    return _repo_entity(repo.type, repo.owner, repo.name)
+
+
 @functools.lru_cache(maxsize=4096)
-def _repo_text(kind: str, owner: str, name: str) -> str:
-    """``str(Entity(repo.type, repo.id))``: how a reason names a repository."""
-    return _entity_text(kind, f"{owner}/{name}")
+def _repo_entity(kind: str, owner: str, name: str) -> Entity:
+    return Entity(kind, f"{owner}/{name}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _entity_text(kind: str, name: str) -> str:
+    """``str(Entity(kind, name))``, without building the entity (reasons name one often)."""
+    return f"{_safe(kind)} {_safe(name)}"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -446,7 +452,7 @@ def _grants(
     exact: ScopedGrant | None = None
     namespace: ScopedGrant | None = None
     for grant in principal.scoped:
-        if not grant.permissions & wanted or not _narrowed_to(grant, entity):
+        if grant.permissions.isdisjoint(wanted) or not _narrowed_to(grant, entity):
             continue
         if grant.entity_type == entity.type and grant.entity_name == entity.name:
             exact = exact or grant
@@ -466,10 +472,19 @@ def _grants(
     return exact, namespace
 
 
+@functools.lru_cache(maxsize=4096)
+def _listed(permissions: frozenset[str], wanted: frozenset[str]) -> str:
+    """The permission a reason names as granted: the least wanted one the entry lists.
+
+    Memoised like the texts above (a frozenset keeps its hash once computed).
+    """
+    return _safe(min(permissions & wanted))
+
+
 def _grant_text(grant: ScopedGrant) -> str:
     if grant.entity_type == _RESOURCE_GROUP:
         return f"resource-group {_safe(grant.entity_name or grant.entity_id)}"
-    return f"{_safe(grant.entity_type)} {_safe(grant.entity_name)}"
+    return _entity_text(str(grant.entity_type), str(grant.entity_name))
 
 
 def _fine_grained(
@@ -490,7 +505,7 @@ def _fine_grained(
         return _decide(
             False, f"{verb} denied: fine-grained token lists no {_safe(needed)} on {entity}", needed
         )
-    listed = _safe(min(grant.permissions & wanted))
+    listed = _listed(grant.permissions, wanted)
     on = entity if grant is exact else _grant_text(grant)
     granted = f"{verb} allowed: fine-grained token lists {listed} on {on}"
     reach = _entity_reach(principal, entity, access, caller_created, group)
@@ -540,17 +555,16 @@ def can_read(
     if principal.is_anonymous:
         return _decide(False, "read denied: authentication required", needed)
     role = _token_role(principal, oauth_grant)
+    entity = _entity_of(repo)
     if role is None:
         return _decide(False, f"read denied: {_role_text(principal)}", needed)
-    # Built only for the fine-grained rules: a classic token's reason needs only its text.
-    entity = Entity(repo.type, repo.id) if role == "fineGrained" else None
     if visibility is Visibility.GATED:
         # A gated repository is public: resource groups hide private ones only.
         # The org's own security restrictions still refuse the token.
         refused = _refusal(principal, repo.owner)
         if refused is not None:
             return _decide(False, f"read denied: {refused}", needed)
-        if entity is None:  # a classic token
+        if role != "fineGrained":
             return _decide(True, "read allowed: gated repository, classic token", needed)
         # The Hub's checkbox: "read access to contents of all public gated repos
         # you can access". The flag alone reaches them; the server's visibility
@@ -563,7 +577,7 @@ def can_read(
         if exact is not None:
             # The Hub documents an entry on the gated repo itself as the way to
             # reach one gated model without the flag.
-            listed = _safe(min(exact.permissions & _WANTED["read"]))
+            listed = _listed(exact.permissions, _WANTED["read"])
             return _decide(
                 True,
                 f"read allowed: gated repository, fine-grained token lists {listed} on {entity}",
@@ -575,7 +589,7 @@ def can_read(
             f"and lists no entry on {entity}",
             needed,
         )
-    if entity is not None:
+    if role == "fineGrained":
         return _fine_grained(
             principal,
             entity,
@@ -587,13 +601,11 @@ def can_read(
         )
     reach = _reach(principal, repo.owner, "read", group=resource_group)
     if reach.allowed:
-        what = _repo_text(repo.type, repo.owner, repo.name)
-        return _decide(True, f"read allowed: {what}, {reach.detail}", needed)
+        return _decide(True, f"read allowed: {entity}, {reach.detail}", needed)
     if reach.member:
         return _decide(False, f"read denied: {reach.detail}", needed)
-    what = _repo_text(repo.type, repo.owner, repo.name)
     return _decide(
-        False, f"read denied: {what} is private and outside the user's namespace and orgs", needed
+        False, f"read denied: {entity} is private and outside the user's namespace and orgs", needed
     )
 
 
@@ -623,12 +635,13 @@ def can_write(
             needed,
         )
     role = _token_role(principal, oauth_grant)
+    entity = _entity_of(repo)
     if role is None or role == "read":
         return _decide(False, f"write denied: {_role_text(principal)}", needed)
     if role == "fineGrained":
         return _fine_grained(
             principal,
-            Entity(repo.type, repo.id),
+            entity,
             verb="write",
             needed=needed,
             wanted=_WANTED["write"],
@@ -644,8 +657,7 @@ def can_write(
         group=resource_group,
     )
     if reach.allowed:
-        what = _repo_text(repo.type, repo.owner, repo.name)
-        return _decide(True, f"write allowed: {what}, {reach.detail}", needed)
+        return _decide(True, f"write allowed: {entity}, {reach.detail}", needed)
     return _decide(False, f"write denied: {reach.detail}", needed)
 
 
@@ -684,8 +696,9 @@ def has_permission(
     """
     if not isinstance(permission, str):
         raise TypeError(f"a permission is a string, not {type(permission).__name__}")
-    _refuse_oauth_reads(oauth_reads)
-    target = Entity(entity.type, entity.id) if isinstance(entity, Repo) else entity
+    if oauth_reads is not False:
+        _refuse_oauth_reads(oauth_reads)
+    target = _entity_of(entity) if isinstance(entity, Repo) else entity
     decision = _permission(principal, permission, target, oauth_grant, resource_group)
     if (
         decision.allowed
