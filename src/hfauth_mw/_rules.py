@@ -218,9 +218,11 @@ class Entity:
         return _entity_text(str(self.type), str(self.name))
 
 
-# The texts below recur in every decision for the same repository or org: they
-# are memoised (bounded, keyed by the strings they are made of) so that an
-# allowed decision costs a few lookups, not a cleaning of every character.
+# The texts and entities below recur in every decision for the same repository
+# or org: they are memoised (bounded, keyed by the strings they are made of, so
+# callers pass str()) so that an allowed decision costs a few lookups, not a
+# cleaning of every character. Nothing secret goes in: these are reason texts.
+_MEMO_SIZE = 4096
 
 
 def _entity_of(repo: Repo) -> Entity:
@@ -228,19 +230,21 @@ def _entity_of(repo: Repo) -> Entity:
     return _repo_entity(repo.type, repo.owner, repo.name)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=_MEMO_SIZE)
 def _repo_entity(kind: str, owner: str, name: str) -> Entity:
+    # Shared: an Entity is immutable, and building a frozen dataclass is slow.
     return Entity(kind, f"{owner}/{name}")
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=_MEMO_SIZE)
 def _entity_text(kind: str, name: str) -> str:
     """``str(Entity(kind, name))``, without building the entity (reasons name one often)."""
     return f"{_safe(kind)} {_safe(name)}"
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=_MEMO_SIZE)
 def _role_in_org(role: str, owner: str) -> str:
+    """How a reason names the user's org role."""
     return f"role {_safe(role)} in org {_safe(owner)}"
 
 
@@ -261,7 +265,7 @@ class Decision:
         return self.allowed
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=_MEMO_SIZE)
 def _decide(allowed: bool, reason: str, needed: str) -> Decision:
     # Memoised (bounded): a Decision is immutable, the same few reasons come back
     # on every request, and building a frozen dataclass costs more than the lookup.
@@ -355,7 +359,7 @@ def _reach(
     if refused is not None:
         return _Reach(False, True, refused)
     role = membership.role
-    where = _role_in_org(role, owner)
+    where = _role_in_org(str(role), str(owner))
     if group is not None:
         # "A private repository that is part of a Resource Group will only be
         # visible to members of that Resource Group"; their group role applies
@@ -472,11 +476,12 @@ def _grants(
     return exact, namespace
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=_MEMO_SIZE)
 def _listed(permissions: frozenset[str], wanted: frozenset[str]) -> str:
     """The permission a reason names as granted: the least wanted one the entry lists.
 
-    Memoised like the texts above (a frozenset keeps its hash once computed).
+    Memoised like the texts above (a frozenset keeps its hash once computed;
+    callers pass frozenset() so that a set built by hand works too).
     """
     return _safe(min(permissions & wanted))
 
@@ -505,7 +510,7 @@ def _fine_grained(
         return _decide(
             False, f"{verb} denied: fine-grained token lists no {_safe(needed)} on {entity}", needed
         )
-    listed = _listed(grant.permissions, wanted)
+    listed = _listed(frozenset(grant.permissions), wanted)
     on = entity if grant is exact else _grant_text(grant)
     granted = f"{verb} allowed: fine-grained token lists {listed} on {on}"
     reach = _entity_reach(principal, entity, access, caller_created, group)
@@ -577,7 +582,7 @@ def can_read(
         if exact is not None:
             # The Hub documents an entry on the gated repo itself as the way to
             # reach one gated model without the flag.
-            listed = _listed(exact.permissions, _WANTED["read"])
+            listed = _listed(frozenset(exact.permissions), _WANTED["read"])
             return _decide(
                 True,
                 f"read allowed: gated repository, fine-grained token lists {listed} on {entity}",
