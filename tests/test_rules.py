@@ -2380,6 +2380,7 @@ _MEMOS = (
     _rules._repo_entity,
     _rules._role_in_org,
     _rules._listed,
+    _rules._permission_facts,
 )
 
 
@@ -2571,6 +2572,8 @@ _ORGS = st.builds(
     resource_groups=st.tuples(st.builds(ResourceGroup, st.just("g1"), _WORDS, _ORG_ROLES))
     | st.just(()),
     security_restrictions=st.sampled_from([(), ("mfa",), (TOKEN, "sso\n")]),
+    missing_mfa=st.booleans(),
+    pending_sso=st.booleans(),
 )
 _GRANTS = st.builds(
     ScopedGrant,

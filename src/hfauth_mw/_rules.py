@@ -677,6 +677,12 @@ def _access_of(permission: str) -> Access:
     return "write"
 
 
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _permission_facts(permission: str) -> tuple[str, Access]:
+    """How a reason names ``permission``, and the access it needs (memoised)."""
+    return _safe(permission), _access_of(permission)
+
+
 def has_permission(
     principal: Principal,
     permission: str,
@@ -737,8 +743,7 @@ def _permission(
     group: str | None,
 ) -> Decision:
     needed = permission
-    name = _safe(permission)
-    access = _access_of(permission)
+    name, access = _permission_facts(permission)
     if principal.is_anonymous:
         return _decide(False, "permission denied: authentication required", needed)
     role = _token_role(principal, oauth_grant if target is not None else None)
