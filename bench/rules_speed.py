@@ -9,7 +9,7 @@ from __future__ import annotations
 import timeit
 from collections.abc import Callable
 
-from hfauth_mw._principal import OrgMembership, Principal, ScopedGrant
+from hfauth_mw._principal import OrgMembership, Principal, ResourcePattern, ScopedGrant
 from hfauth_mw._rules import AccessPolicy, Entity, Repo, _line
 
 REPO = Repo.parse("model:acme/bench-model")
@@ -32,6 +32,19 @@ FINE_GRAINED = Principal(
     fingerprint="0f1e2d3c4b5a",
 )
 ORG = Entity("org", "acme")
+PATTERNED = Principal(
+    name="alice",
+    token_role="fineGrained",
+    orgs=(OrgMembership(name="acme", role="write"),),
+    scoped=(
+        ScopedGrant(
+            "org",
+            "acme",
+            frozenset({"repo.content.read"}),
+            patterns=(ResourcePattern("model", ("bench-*", "other")),),
+        ),
+    ),
+)
 REASON = "read allowed: model acme/bench-model, role read in org acme"
 
 CASES: dict[str, Callable[[], object]] = {
@@ -43,6 +56,7 @@ CASES: dict[str, Callable[[], object]] = {
     "fine-grained has_permission (global)": lambda: POLICY.has_permission(
         FINE_GRAINED, "discussion.write", REPO
     ),
+    "fine-grained can_read, entry with patterns": lambda: POLICY.can_read(PATTERNED, REPO),
     "classic has_permission on repo": lambda: POLICY.has_permission(
         CLASSIC, "repo.content.read", REPO
     ),
@@ -57,7 +71,7 @@ def main() -> None:
     for name, call in CASES.items():
         number = 20_000
         best = min(timeit.repeat(call, number=number, repeat=5)) / number
-        print(f"{name:40} {best * 1e6:7.2f} µs")
+        print(f"{name:44} {best * 1e6:7.2f} µs")
 
 
 if __name__ == "__main__":

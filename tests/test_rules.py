@@ -2581,6 +2581,14 @@ _GRANTS = st.builds(
     entity_name=st.one_of(_WORDS, _REPOS.map(lambda repo: repo.id), st.none()),
     permissions=st.frozensets(_PERMISSIONS, max_size=3),
     entity_id=st.sampled_from([None, "g1"]),
+    patterns=st.sampled_from(
+        [
+            (),
+            (ResourcePattern("model", ("a*", "acme/b*")),),
+            (ResourcePattern("dataset", ("*",)), ResourcePattern("model", ("hf_*",))),
+            (ResourcePattern("", ()),),
+        ]
+    ),
 )
 _PRINCIPALS = st.builds(
     Principal,

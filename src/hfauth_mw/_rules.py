@@ -414,8 +414,10 @@ def _entity_reach(
     return None
 
 
+@functools.lru_cache(maxsize=_MEMO_SIZE)
 def _wildcard(pattern: str) -> re.Pattern[str]:
-    # '*' is the only wildcard; everything else is literal.
+    # '*' is the only wildcard; everything else is literal. Memoised: a pattern
+    # is asked on every decision of the token that carries it.
     return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
 
 
