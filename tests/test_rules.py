@@ -2375,7 +2375,7 @@ def _line_before(text: str) -> str:
 
 
 _MEMOS = (
-    _rules._decide,
+    _rules._decision,
     _rules._entity_text,
     _rules._repo_entity,
     _rules._role_in_org,
@@ -2387,6 +2387,24 @@ _MEMOS = (
 def _forget_memos() -> None:
     for memo in _MEMOS:
         memo.cache_clear()
+
+
+def test_long_text_is_not_memoised_and_gives_the_reason_it_always_gave() -> None:
+    """A server may name an entity or a permission after a client's text: the
+    memos (bounded in count) keep none of it, so that they stay small."""
+    permission = "p" * 10_000 + ".read"
+    entity = Entity("collection", "acme/" + "n" * 10_000)
+    _forget_memos()
+    try:
+        decision = has_permission(READ, permission, entity)
+        assert [memo.cache_info().currsize for memo in _MEMOS] == [0] * len(_MEMOS)
+    finally:
+        _forget_memos()
+    assert decision == Decision(
+        False,
+        f"permission denied: {'p' * 93}... on collection acme/{'n' * 88}...: not a member of acme",
+        permission,
+    )
 
 
 _TEXT = st.one_of(

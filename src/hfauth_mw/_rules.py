@@ -215,7 +215,10 @@ class Entity:
 
     def __str__(self) -> str:
         # str() first: _safe(value) is _safe(str(value)), and the memo needs strings.
-        return _entity_text(str(self.type), str(self.name))
+        kind, name = str(self.type), str(self.name)
+        if len(kind) + len(name) > _MEMO_TEXT:
+            return _entity_text.__wrapped__(kind, name)
+        return _entity_text(kind, name)
 
 
 # The texts and entities below recur in every decision for the same repository
@@ -223,6 +226,9 @@ class Entity:
 # callers pass str()) so that an allowed decision costs a few lookups, not a
 # cleaning of every character. Nothing secret goes in: these are reason texts.
 _MEMO_SIZE = 4096
+#: Longer text (a server may name an entity or a permission after a client's
+#: text) is not memoised, so that every memo stays a few MB at most.
+_MEMO_TEXT = 512
 
 
 def _entity_of(repo: Repo) -> Entity:
@@ -265,10 +271,16 @@ class Decision:
         return self.allowed
 
 
-@functools.lru_cache(maxsize=_MEMO_SIZE)
 def _decide(allowed: bool, reason: str, needed: str) -> Decision:
     # Memoised (bounded): a Decision is immutable, the same few reasons come back
     # on every request, and building a frozen dataclass costs more than the lookup.
+    if len(reason) + len(needed) > _MEMO_TEXT:
+        return _decision.__wrapped__(allowed, reason, needed)
+    return _decision(allowed, reason, needed)
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _decision(allowed: bool, reason: str, needed: str) -> Decision:
     return Decision(allowed, _line(reason), _line(needed))
 
 
@@ -745,7 +757,10 @@ def _permission(
     group: str | None,
 ) -> Decision:
     needed = permission
-    name, access = _permission_facts(permission)
+    if len(permission) > _MEMO_TEXT:
+        name, access = _permission_facts.__wrapped__(permission)
+    else:
+        name, access = _permission_facts(permission)
     if principal.is_anonymous:
         return _decide(False, "permission denied: authentication required", needed)
     role = _token_role(principal, oauth_grant if target is not None else None)
