@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import re
 from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hfauth_mw import ConfigurationError, RequestAuth, SourceUnavailable, _rules
 from hfauth_mw._principal import (
@@ -2355,3 +2358,323 @@ def test_decisions_say_who_decided_and_stay_backwards_compatible() -> None:
     assert hub.decided_by == "hub"
     assert hub != Decision(False, "read denied: x", "repo.content.read")
     assert "DecidedBy" in _rules.__all__
+
+
+# --- reasons: log-safe, and the quick cleaning changes none of them ----------------------
+# _line skips its regex and per-character pass for text that cannot need them, and
+# the reason texts are memoised: the reference below is _line as it was before,
+# every decision is compared with one computed from scratch with it, and the
+# table gives exact reasons as the rules gave them before (each value cleaned,
+# cut to 96 characters, tokens redacted).
+
+
+def _line_before(text: str) -> str:
+    return "".join(
+        char if char.isprintable() else "?" for char in _rules._SECRET_LIKE.sub("<redacted>", text)
+    )
+
+
+_MEMOS = (
+    _rules._decision,
+    _rules._entity_text,
+    _rules._repo_entity,
+    _rules._role_in_org,
+    _rules._listed,
+    _rules._permission_facts,
+)
+
+
+def _forget_memos() -> None:
+    for memo in _MEMOS:
+        memo.cache_clear()
+
+
+def test_long_text_is_not_memoised_and_gives_the_reason_it_always_gave() -> None:
+    """A server may name an entity or a permission after a client's text: the
+    memos (bounded in count) keep none of it, so that they stay small."""
+    permission = "p" * 10_000 + ".read"
+    entity = Entity("collection", "acme/" + "n" * 10_000)
+    _forget_memos()
+    try:
+        decision = has_permission(READ, permission, entity)
+        assert [memo.cache_info().currsize for memo in _MEMOS] == [0] * len(_MEMOS)
+    finally:
+        _forget_memos()
+    assert decision == Decision(
+        False,
+        f"permission denied: {'p' * 93}... on collection acme/{'n' * 88}...: not a member of acme",
+        permission,
+    )
+
+
+_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.text(alphabet="hf_api_org_Ab0.-\n\x1b\u2028 ", max_size=60),
+    st.from_regex(_rules._SECRET_LIKE),
+    st.sampled_from([TOKEN, OAUTH_TOKEN, ORG_TOKEN, JWT_TOKEN, "a" * 300]),
+)
+
+
+@given(_TEXT)
+def test_the_quick_cleaning_gives_what_the_per_character_one_gave(text: str) -> None:
+    assert _rules._line(text) == _line_before(text)
+    assert _rules._safe(text) == _rules._safe(_line_before(text))
+
+
+TOKEN_SHAPED_NAME = "hf_" + "AbCdEfGhIjKlMnOpQrSt"  # a valid repository name, and token-shaped
+LONG_OWNER = "o" * 96
+LONG_NAME = "n" * 96
+LONG_PERMISSION = "p" * 120 + ".write"
+NUL_RIDDEN_NAME = "g\x00" * 40
+HOSTILE_GRANT = (
+    ScopedGrant("collection", "alice/c\n", frozenset({"x\u2028.write", TOKEN + ".write"})),
+)
+
+
+@pytest.mark.parametrize(
+    ("decide", "allowed", "reason"),
+    [
+        pytest.param(
+            lambda: can_read(
+                user("read", org(LONG_OWNER, "read")), Repo("model", LONG_OWNER, LONG_NAME)
+            ),
+            True,
+            f"read allowed: model {'o' * 93}..., role read in org {LONG_OWNER}",
+            id="long-repo-id-and-org",
+        ),
+        pytest.param(
+            lambda: can_write(user("write", org("acme", "r" * 200)), ACME),
+            False,
+            f"write denied: role {'r' * 93}... in org acme is not recognised",
+            id="long-org-role",
+        ),
+        pytest.param(
+            lambda: can_read(user("read", org("acme", "ad\nmin\x1b[31m")), ACME),
+            False,
+            "read denied: role ad?min?[31m in org acme is not recognised",
+            id="hostile-org-role",
+        ),
+        pytest.param(
+            lambda: can_read(
+                user(
+                    "fineGrained",
+                    org("acme", "write"),
+                    scoped=(grant("org", "acme", "repo.content.read"),),
+                ),
+                Repo("model", "acme", TOKEN_SHAPED_NAME),
+            ),
+            True,
+            "read allowed: fine-grained token lists repo.content.read on org acme, "
+            "role write in org acme",
+            id="namespace-grant-on-token-shaped-repo",
+        ),
+        pytest.param(
+            lambda: can_read(
+                user(
+                    "fineGrained",
+                    scoped=(grant("model", f"bob/{TOKEN_SHAPED_NAME}", "repo.content.read"),),
+                ),
+                Repo("model", "bob", TOKEN_SHAPED_NAME),
+            ),
+            True,
+            "read allowed: fine-grained token lists repo.content.read on model bob/<redacted>, "
+            "outside the user's namespace and orgs",
+            id="exact-grant-on-token-shaped-repo",
+        ),
+        pytest.param(
+            lambda: can_write(
+                user("write", org("acme", "admin")), Repo("dataset", "acme", TOKEN_SHAPED_NAME)
+            ),
+            True,
+            "write allowed: dataset acme/<redacted>, role admin in org acme",
+            id="token-shaped-repo-classic",
+        ),
+        pytest.param(
+            lambda: has_permission(
+                user("fineGrained", scoped=HOSTILE_GRANT),
+                "x\u2028.write",
+                Entity("collection", "alice/c\n"),
+            ),
+            True,
+            "permission allowed: fine-grained token lists x?.write on collection alice/c?, "
+            "own namespace",
+            id="hostile-listed-permission",
+        ),
+        pytest.param(
+            lambda: has_permission(
+                user("fineGrained", scoped=(grant("collection", "alice/c", LONG_PERMISSION),)),
+                LONG_PERMISSION,
+                Entity("collection", "alice/c"),
+            ),
+            True,
+            f"permission allowed: fine-grained token lists {'p' * 93}... on collection alice/c, "
+            "own namespace",
+            id="long-listed-permission",
+        ),
+        pytest.param(
+            lambda: can_read(
+                user("read", org("acme", "read", ResourceGroup("g1", f"team\n{TOKEN}", "write"))),
+                ACME,
+                resource_group="g1",
+            ),
+            True,
+            "read allowed: model acme/x, role write in resource group team?<redacted> of org acme",
+            id="hostile-group-name",
+        ),
+        pytest.param(
+            lambda: can_write(
+                user(
+                    "fineGrained",
+                    org("acme", "write", ResourceGroup("g1", None, "write")),
+                    scoped=(
+                        ScopedGrant(
+                            "resource-group", NUL_RIDDEN_NAME, frozenset({"repo.write"}), "g1"
+                        ),
+                    ),
+                ),
+                ACME,
+                resource_group="g1",
+            ),
+            True,
+            f"write allowed: fine-grained token lists repo.write on resource-group {'g?' * 40}, "
+            "role write in resource group g1 of org acme",
+            id="hostile-group-grant",
+        ),
+        pytest.param(
+            lambda: has_permission(
+                user(
+                    "write", OrgMembership("acme", "admin", security_restrictions=(TOKEN, "sso\n"))
+                ),
+                "repo.write",
+                ACME,
+            ),
+            False,
+            "permission denied: repo.write on model acme/x: org acme refuses this token "
+            "(security restrictions: <redacted>, sso?)",
+            id="restricted-org",
+        ),
+    ],
+)
+def test_hostile_values_give_the_reasons_they_always_gave(
+    decide: Any, allowed: bool, reason: str
+) -> None:
+    """Exact reasons, as the rules gave them before the texts were memoised: every
+    value cleaned and cut to 96 characters where it is named, tokens redacted."""
+    for _ in range(2):  # from scratch, then from the memos
+        decision = decide()
+        assert (decision.allowed, decision.reason) == (allowed, reason)
+    _forget_memos()
+
+
+_HOSTILE = [TOKEN, OAUTH_TOKEN, ORG_TOKEN, "ad\nmin\x1b[31m", "\u2028x", "r" * 200]
+_NAMES = st.sampled_from(["alice", "acme", "bob", TOKEN_SHAPED_NAME, "a" * 96])
+_WORDS = st.one_of(_NAMES, st.sampled_from(_HOSTILE))
+_ROLES = st.sampled_from([None, "read", "write", "fineGrained", "admin", *_HOSTILE])
+_ORG_ROLES = st.sampled_from(["no_access", "read", "contributor", "write", "admin", *_HOSTILE])
+_PERMISSIONS = st.sampled_from(
+    [
+        "repo.content.read",
+        "repo.write",
+        "discussion.write",
+        "org.write",
+        "org.read",
+        "inference.serverless.write",
+        *_HOSTILE,
+    ]
+)
+_REPOS = st.builds(Repo, st.sampled_from(_rules.REPO_TYPES), _NAMES, _NAMES)
+_ORGS = st.builds(
+    OrgMembership,
+    name=_NAMES,
+    role=_ORG_ROLES,
+    resource_groups=st.tuples(st.builds(ResourceGroup, st.just("g1"), _WORDS, _ORG_ROLES))
+    | st.just(()),
+    security_restrictions=st.sampled_from([(), ("mfa",), (TOKEN, "sso\n")]),
+    missing_mfa=st.booleans(),
+    pending_sso=st.booleans(),
+)
+_GRANTS = st.builds(
+    ScopedGrant,
+    entity_type=st.sampled_from(["model", "dataset", "user", "org", "resource-group", TOKEN]),
+    entity_name=st.one_of(_WORDS, _REPOS.map(lambda repo: repo.id), st.none()),
+    permissions=st.frozensets(_PERMISSIONS, max_size=3),
+    entity_id=st.sampled_from([None, "g1"]),
+    patterns=st.sampled_from(
+        [
+            (),
+            (ResourcePattern("model", ("a*", "acme/b*")),),
+            (ResourcePattern("dataset", ("*",)), ResourcePattern("model", ("hf_*",))),
+            (ResourcePattern("", ()),),
+        ]
+    ),
+)
+_PRINCIPALS = st.builds(
+    Principal,
+    name=_NAMES,
+    type=st.sampled_from(["user", "app"]),
+    auth_type=st.sampled_from(["access_token", "oauth", "app_token"]),
+    token_role=_ROLES,
+    orgs=st.lists(_ORGS, max_size=3).map(tuple),
+    scoped=st.lists(_GRANTS, max_size=3).map(tuple),
+    global_permissions=st.frozensets(_PERMISSIONS, max_size=2),
+    can_read_gated_repos=st.booleans(),
+    fingerprint=st.just(FINGERPRINT),
+)
+_ENTITIES = st.one_of(
+    st.none(),
+    _REPOS,
+    st.builds(Entity, st.sampled_from(["org", "user", "collection", TOKEN]), _WORDS),
+)
+
+
+def _decisions(
+    principal: Principal, repo: Repo, permission: str, entity: Entity | Repo | None, extra: Any
+) -> list[Decision]:
+    visibility, grant, group, created = extra
+    return [
+        can_read(principal, repo, visibility=visibility, oauth_grant=grant, resource_group=group),
+        can_write(principal, repo, caller_created=created, oauth_grant=grant, resource_group=group),
+        has_permission(principal, permission, entity, oauth_grant=grant, resource_group=group),
+    ]
+
+
+@given(
+    _PRINCIPALS,
+    _REPOS,
+    _PERMISSIONS,
+    _ENTITIES,
+    st.tuples(
+        st.sampled_from(list(Visibility)),
+        st.sampled_from([None, "read", "write"]),
+        st.sampled_from([None, "g1", "g2"]),
+        st.booleans(),
+    ),
+)
+@settings(max_examples=300, deadline=None)
+def test_reasons_are_log_safe_and_as_before(
+    principal: Principal, repo: Repo, permission: str, entity: Entity | Repo | None, extra: Any
+) -> None:
+    quick = _decisions(principal, repo, permission, entity, extra)
+    assert quick == _decisions(principal, repo, permission, entity, extra)  # from the memos
+    _forget_memos()
+    try:
+        with mock.patch.object(_rules, "_line", _line_before):
+            before = _decisions(principal, repo, permission, entity, extra)
+    finally:
+        _forget_memos()
+    assert quick == before
+    for decision in quick:
+        for text in (decision.reason, decision.needed):
+            assert text.isprintable()
+            assert not _rules._SECRET_LIKE.search(text)
+            for secret in (TOKEN, OAUTH_TOKEN, ORG_TOKEN):
+                assert secret not in text
+        assert FINGERPRINT not in decision.reason
+        assert decision.reason.split(":")[0] in {
+            "read allowed",
+            "read denied",
+            "write allowed",
+            "write denied",
+            "permission allowed",
+            "permission denied",
+        }

@@ -102,6 +102,8 @@ class OrgMembership:
     def restrictions(self) -> tuple[str, ...]:
         """Why the org refuses this token (empty when it does not): the security
         restrictions, then ``missingMFA`` and ``pendingSSO`` when set."""
+        if not self.missing_mfa and not self.pending_sso:  # asked on every decision
+            return self.security_restrictions
         return (
             self.security_restrictions
             + (("missingMFA",) if self.missing_mfa else ())

@@ -30,6 +30,7 @@ action for a fine-grained token with a ``scoped`` entry on the org holding
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from ._exceptions import ConfigurationError, SourceUnavailable
-from ._principal import Principal, ResourcePattern, ScopedGrant, is_app
+from ._principal import OrgMembership, Principal, ResourcePattern, ScopedGrant, is_app
 from ._validation import require_bool
 
 logger = logging.getLogger("hfauth_mw")
@@ -119,9 +120,15 @@ class Visibility(enum.Enum):
 
 def _line(text: str) -> str:
     """One printable line with anything shaped like a token cut out."""
-    return "".join(
-        char if char.isprintable() else "?" for char in _SECRET_LIKE.sub("<redacted>", text)
-    )
+    # Every reason goes through here, allowed ones included: the common text is
+    # printable and holds neither prefix every token shape starts with, and is
+    # then its own answer (two substring scans and one isprintable, no regex).
+    if "hf_" not in text and "api_org_" not in text and text.isprintable():
+        return text
+    text = _SECRET_LIKE.sub("<redacted>", text)
+    if text.isprintable():
+        return text
+    return "".join([char if char.isprintable() else "?" for char in text])
 
 
 def _safe(value: object) -> str:
@@ -207,7 +214,44 @@ class Entity:
     name: str
 
     def __str__(self) -> str:
-        return f"{_safe(self.type)} {_safe(self.name)}"
+        # str() first: _safe(value) is _safe(str(value)), and the memo needs strings.
+        kind, name = str(self.type), str(self.name)
+        if len(kind) + len(name) > _MEMO_TEXT:
+            return _entity_text.__wrapped__(kind, name)
+        return _entity_text(kind, name)
+
+
+# The texts and entities below recur in every decision for the same repository
+# or org: they are memoised (bounded, keyed by the strings they are made of, so
+# callers pass str()) so that an allowed decision costs a few lookups, not a
+# cleaning of every character. Nothing secret goes in: these are reason texts.
+_MEMO_SIZE = 4096
+#: Longer text (a server may name an entity or a permission after a client's
+#: text) is not memoised, so that every memo stays a few MB at most.
+_MEMO_TEXT = 512
+
+
+def _entity_of(repo: Repo) -> Entity:
+    """The entity of a repository, as the fine-grained rules and reasons name it."""
+    return _repo_entity(repo.type, repo.owner, repo.name)
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _repo_entity(kind: str, owner: str, name: str) -> Entity:
+    # Shared: an Entity is immutable, and building a frozen dataclass is slow.
+    return Entity(kind, f"{owner}/{name}")
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _entity_text(kind: str, name: str) -> str:
+    """``str(Entity(kind, name))``, without building the entity (reasons name one often)."""
+    return f"{_safe(kind)} {_safe(name)}"
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _role_in_org(role: str, owner: str) -> str:
+    """How a reason names the user's org role."""
+    return f"role {_safe(role)} in org {_safe(owner)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +272,15 @@ class Decision:
 
 
 def _decide(allowed: bool, reason: str, needed: str) -> Decision:
+    # Memoised (bounded): a Decision is immutable, the same few reasons come back
+    # on every request, and building a frozen dataclass costs more than the lookup.
+    if len(reason) + len(needed) > _MEMO_TEXT:
+        return _decision.__wrapped__(allowed, reason, needed)
+    return _decision(allowed, reason, needed)
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _decision(allowed: bool, reason: str, needed: str) -> Decision:
     return Decision(allowed, _line(reason), _line(needed))
 
 
@@ -274,9 +327,13 @@ def _role_text(principal: Principal) -> str:
     return f"token role {_safe(principal.token_role)!r} is not recognised"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Reach:
-    """How far the user's own rights go in one namespace (the org cap)."""
+    """How far the user's own rights go in one namespace (the org cap).
+
+    Not frozen only because a frozen dataclass is slower to build, and one is
+    built for nearly every decision; nothing changes one once built.
+    """
 
     allowed: bool
     member: bool  # the namespace is the user's own or one of their orgs
@@ -285,7 +342,10 @@ class _Reach:
 
 def _refusal(principal: Principal, owner: str) -> str | None:
     """Why the org ``owner`` refuses this token (security restrictions), if it does."""
-    membership = principal.org(owner)
+    return _refusal_of(principal.org(owner), owner)
+
+
+def _refusal_of(membership: OrgMembership | None, owner: str) -> str | None:
     if membership is None or not membership.restrictions:
         return None
     named = ", ".join(_safe(item) for item in membership.restrictions)
@@ -307,11 +367,11 @@ def _reach(
     membership = principal.org(owner) if org else None
     if membership is None:
         return _Reach(False, False, f"not a member of {_safe(owner)}")
-    refused = _refusal(principal, owner)
+    refused = _refusal_of(membership, owner)
     if refused is not None:
         return _Reach(False, True, refused)
     role = membership.role
-    where = f"role {_safe(role)} in org {_safe(owner)}"
+    where = _role_in_org(str(role), str(owner))
     if group is not None:
         # "A private repository that is part of a Resource Group will only be
         # visible to members of that Resource Group"; their group role applies
@@ -366,8 +426,10 @@ def _entity_reach(
     return None
 
 
+@functools.lru_cache(maxsize=_MEMO_SIZE)
 def _wildcard(pattern: str) -> re.Pattern[str]:
-    # '*' is the only wildcard; everything else is literal.
+    # '*' is the only wildcard; everything else is literal. Memoised: a pattern
+    # is asked on every decision of the token that carries it.
     return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
 
 
@@ -408,7 +470,7 @@ def _grants(
     exact: ScopedGrant | None = None
     namespace: ScopedGrant | None = None
     for grant in principal.scoped:
-        if not grant.permissions & wanted or not _narrowed_to(grant, entity):
+        if grant.permissions.isdisjoint(wanted) or not _narrowed_to(grant, entity):
             continue
         if grant.entity_type == entity.type and grant.entity_name == entity.name:
             exact = exact or grant
@@ -428,10 +490,20 @@ def _grants(
     return exact, namespace
 
 
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _listed(permissions: frozenset[str], wanted: frozenset[str]) -> str:
+    """The permission a reason names as granted: the least wanted one the entry lists.
+
+    Memoised like the texts above (a frozenset keeps its hash once computed;
+    callers pass frozenset() so that a set built by hand works too).
+    """
+    return _safe(min(permissions & wanted))
+
+
 def _grant_text(grant: ScopedGrant) -> str:
     if grant.entity_type == _RESOURCE_GROUP:
         return f"resource-group {_safe(grant.entity_name or grant.entity_id)}"
-    return f"{_safe(grant.entity_type)} {_safe(grant.entity_name)}"
+    return _entity_text(str(grant.entity_type), str(grant.entity_name))
 
 
 def _fine_grained(
@@ -452,7 +524,7 @@ def _fine_grained(
         return _decide(
             False, f"{verb} denied: fine-grained token lists no {_safe(needed)} on {entity}", needed
         )
-    listed = _safe(min(grant.permissions & wanted))
+    listed = _listed(frozenset(grant.permissions), wanted)
     on = entity if grant is exact else _grant_text(grant)
     granted = f"{verb} allowed: fine-grained token lists {listed} on {on}"
     reach = _entity_reach(principal, entity, access, caller_created, group)
@@ -492,15 +564,17 @@ def can_read(
     public repositories only. ``oauth_reads=True`` is refused
     (:class:`~hfauth_mw.ConfigurationError`): it granted more than the Hub does.
     """
-    visibility = Visibility(visibility)
-    _refuse_oauth_reads(oauth_reads)
+    if type(visibility) is not Visibility:  # a value such as "public" (the enum call is slow)
+        visibility = Visibility(visibility)
+    if oauth_reads is not False:
+        _refuse_oauth_reads(oauth_reads)
     needed = READ_PERMISSION
     if visibility is Visibility.PUBLIC:
         return _decide(True, "read allowed: public repository", needed)
     if principal.is_anonymous:
         return _decide(False, "read denied: authentication required", needed)
     role = _token_role(principal, oauth_grant)
-    entity = Entity(repo.type, repo.id)
+    entity = _entity_of(repo)
     if role is None:
         return _decide(False, f"read denied: {_role_text(principal)}", needed)
     if visibility is Visibility.GATED:
@@ -522,7 +596,7 @@ def can_read(
         if exact is not None:
             # The Hub documents an entry on the gated repo itself as the way to
             # reach one gated model without the flag.
-            listed = _safe(min(exact.permissions & _WANTED["read"]))
+            listed = _listed(frozenset(exact.permissions), _WANTED["read"])
             return _decide(
                 True,
                 f"read allowed: gated repository, fine-grained token lists {listed} on {entity}",
@@ -580,7 +654,7 @@ def can_write(
             needed,
         )
     role = _token_role(principal, oauth_grant)
-    entity = Entity(repo.type, repo.id)
+    entity = _entity_of(repo)
     if role is None or role == "read":
         return _decide(False, f"write denied: {_role_text(principal)}", needed)
     if role == "fineGrained":
@@ -617,6 +691,12 @@ def _access_of(permission: str) -> Access:
     return "write"
 
 
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _permission_facts(permission: str) -> tuple[str, Access]:
+    """How a reason names ``permission``, and the access it needs (memoised)."""
+    return _safe(permission), _access_of(permission)
+
+
 def has_permission(
     principal: Principal,
     permission: str,
@@ -641,8 +721,9 @@ def has_permission(
     """
     if not isinstance(permission, str):
         raise TypeError(f"a permission is a string, not {type(permission).__name__}")
-    _refuse_oauth_reads(oauth_reads)
-    target = Entity(entity.type, entity.id) if isinstance(entity, Repo) else entity
+    if oauth_reads is not False:
+        _refuse_oauth_reads(oauth_reads)
+    target = _entity_of(entity) if isinstance(entity, Repo) else entity
     decision = _permission(principal, permission, target, oauth_grant, resource_group)
     if (
         decision.allowed
@@ -676,8 +757,10 @@ def _permission(
     group: str | None,
 ) -> Decision:
     needed = permission
-    name = _safe(permission)
-    access = _access_of(permission)
+    if len(permission) > _MEMO_TEXT:
+        name, access = _permission_facts.__wrapped__(permission)
+    else:
+        name, access = _permission_facts(permission)
     if principal.is_anonymous:
         return _decide(False, "permission denied: authentication required", needed)
     role = _token_role(principal, oauth_grant if target is not None else None)
