@@ -148,12 +148,23 @@ def _too_large(limit: int) -> BodyTooLarge:
     return BodyTooLarge(f"The request body is larger than {limit} bytes")
 
 
-def _declared_length(value: str | bytes | None) -> int | None:
+def _declared_length(value: str | bytes | None, limit: int) -> int | None:
+    """The request's ``Content-Length``, if it states one; BodyTooLarge when it
+    is over ``limit`` (refused before a byte is read)."""
     if value is None:
         return None
     text = value.decode("latin-1") if isinstance(value, bytes) else value
     text = text.strip()
-    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
+    declared = int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+    return declared
+
+
+def _capped(body: bytes, limit: int) -> bytes:
+    if len(body) > limit:
+        raise _too_large(limit)
+    return body
 
 
 async def read_asgi_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, Receive]:
@@ -162,9 +173,7 @@ async def read_asgi_body(scope: Scope, receive: Receive, limit: int) -> tuple[by
     then goes on with the server's (a disconnect, say)."""
     for name, value in scope["headers"]:
         if name == b"content-length":
-            declared = _declared_length(value)
-            if declared is not None and declared > limit:
-                raise _too_large(limit)
+            _declared_length(value, limit)
     messages: list[Message] = []
     size = 0
     while True:
@@ -192,10 +201,7 @@ def take_body(guard: Guard, request: RequestContext, read: Callable[[], bytes]) 
     """For an adapter whose framework reads (and keeps) the body itself (Django's
     ``request.body``): hand it to a rule that needs it, capped like the others."""
     if guard.routes.request_rules and guard.reads_body(request):
-        body = read()
-        if len(body) > guard.max_body_bytes:
-            raise _too_large(guard.max_body_bytes)
-        request.body = body
+        request.body = _capped(read(), guard.max_body_bytes)
 
 
 async def take_body_async(
@@ -204,21 +210,14 @@ async def take_body_async(
     """:func:`take_body` for a framework that reads the body with ``await``
     (Starlette's and FastAPI's ``await request.body()``, which keeps it)."""
     if guard.routes.request_rules and guard.reads_body(request):
-        declared = _declared_length(request.header("content-length"))
-        if declared is not None and declared > guard.max_body_bytes:
-            raise _too_large(guard.max_body_bytes)
-        body = await read()
-        if len(body) > guard.max_body_bytes:
-            raise _too_large(guard.max_body_bytes)
-        request.body = body
+        _declared_length(request.header("content-length"), guard.max_body_bytes)
+        request.body = _capped(await read(), guard.max_body_bytes)
 
 
 def read_wsgi_body(environ: WSGIEnvironment, limit: int) -> bytes:
     """Read a WSGI request's body (at most ``limit`` bytes; BodyTooLarge past it)
     and put it back in ``wsgi.input`` for the app, unchanged."""
-    declared = _declared_length(environ.get("CONTENT_LENGTH"))
-    if declared is not None and declared > limit:
-        raise _too_large(limit)
+    declared = _declared_length(environ.get("CONTENT_LENGTH"), limit)
     stream = environ.get("wsgi.input")
     if stream is None:
         body = b""

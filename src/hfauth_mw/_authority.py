@@ -35,7 +35,7 @@ from ._drivers import AsyncDriver, SyncDriver, Work
 from ._exceptions import InvalidToken, SourceUnavailable
 from ._hub_access import HubAccessCheck
 from ._principal import Principal
-from ._rules import WRITE_PERMISSION, Access, Decision, Repo, _safe
+from ._rules import WRITE_PERMISSION, Access, Decision, Repo, _safe, can_write_somewhere
 from ._source_protocol import WaitFor
 
 __all__ = ["DEFAULT_NEGATIVE_TTL", "DEFAULT_POSITIVE_TTL", "DecisionCache", "HubAuthority"]
@@ -148,13 +148,7 @@ def _certain_local_denial(principal: Principal, access: Access) -> Decision | No
     a read token never writes, nor a fine-grained token with ``repo.write``
     nowhere. (OAuth and app tokens carry no role here: the hub decides.)"""
     role = principal.token_role
-    if access == "write" and (
-        role == "read"
-        or (
-            role == "fineGrained"
-            and not any(WRITE_PERMISSION in grant.permissions for grant in principal.scoped)
-        )
-    ):
+    if access == "write" and role in ("read", "fineGrained") and not can_write_somewhere(principal):
         return Decision(
             False,
             f"write denied: this token cannot write (token role {role})",

@@ -111,7 +111,7 @@ class RequestAuth:
         :class:`~hfauth_mw.SourceUnavailable` (503), never lists more."""
         wanted = [as_repo(repo) for repo in repos]
         if self.hub is None:
-            return [repo for repo in wanted if self.policy.can_read(self.principal, repo)]
+            return self._locally_readable(wanted)
         return self.hub.sync_driver.run(self._readable_flow(wanted))
 
     async def areadable(self, repos: Iterable[Repo | str]) -> list[Repo]:
@@ -119,8 +119,11 @@ class RequestAuth:
         all at once (one round trip), the cached ones answer at once."""
         wanted = [as_repo(repo) for repo in repos]
         if self.hub is None:
-            return [repo for repo in wanted if self.policy.can_read(self.principal, repo)]
+            return self._locally_readable(wanted)
         return await self.hub.async_driver.run(self._readable_flow(wanted))
+
+    def _locally_readable(self, wanted: list[Repo]) -> list[Repo]:
+        return [repo for repo in wanted if self.policy.can_read(self.principal, repo)]
 
     def _readable_flow(self, wanted: list[Repo]) -> Generator[Work, Any, list[Repo]]:
         results = yield Together(tuple(self.decision_flow(repo, "read") for repo in wanted))

@@ -40,6 +40,7 @@ from ._rules import (
     AccessPolicy,
     Decision,
     Repo,
+    can_write_somewhere,
 )
 
 if TYPE_CHECKING:
@@ -559,7 +560,7 @@ class RouteRules:
         return self.path_requirement(request.method, request.path)
 
     def _by_method(self, method: str, principal: Principal) -> None:
-        if self.allows_any_token(method) or _can_write_somewhere(principal):
+        if self.allows_any_token(method) or can_write_somewhere(principal):
             return
         role = principal.token_role or principal.auth_type
         raise denial(
@@ -588,14 +589,6 @@ class RouteRules:
             ) from None
         if not decision:
             raise denial(principal, decision)
-
-
-def _can_write_somewhere(principal: Principal) -> bool:
-    if principal.token_role == "write":
-        return True
-    if principal.token_role == "fineGrained":
-        return any("repo.write" in grant.permissions for grant in principal.scoped)
-    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,7 @@ __all__ = [
     "Visibility",
     "can_read",
     "can_write",
+    "can_write_somewhere",
     "has_permission",
 ]
 
@@ -974,3 +975,13 @@ class AccessPolicy:
         if access == "write":
             return self.can_write(principal, repo)
         raise ValueError(f"access must be 'read' or 'write', not {_safe(access)!r}")
+
+
+def can_write_somewhere(principal: Principal) -> bool:
+    """Whether the token can write any repository at all: a write token, or a
+    fine-grained one with ``repo.write`` on some entry."""
+    if principal.token_role == "write":
+        return True
+    if principal.token_role == "fineGrained":
+        return any(WRITE_PERMISSION in grant.permissions for grant in principal.scoped)
+    return False
