@@ -461,13 +461,13 @@ def test_a_subclass_authorize_is_called_on_the_short_path_too(local_guard, hub_s
 def parses(monkeypatch):
     """Counts the pipeline's calls of the credentials parser (the real one runs)."""
     calls = []
-    real = _pipeline.parse_credentials
+    real = _pipeline.read_credentials
 
     def counted(*args, **kwargs):
         calls.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_pipeline, "parse_credentials", counted)
+    monkeypatch.setattr(_pipeline, "read_credentials", counted)
     return calls
 
 

@@ -30,7 +30,7 @@ from werkzeug.wsgi import get_path_info
 from ._exceptions import BodyTooLarge
 from ._pipeline import Guard, RequestFlow
 from ._principal import Principal
-from ._request import RequestContext
+from ._request import UNRESOLVED, RequestContext
 from ._request_auth import RequestAuth
 
 __all__ = [
@@ -85,15 +85,9 @@ def app_path(scope: Scope) -> str:
 def read_scope(scope: Scope, query_param: str | None) -> RequestContext:
     """The request facts of an ASGI ``http`` or ``websocket`` scope."""
     authorization = []
-    forwarded = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             authorization.append(value)
-        elif name == b"x-forwarded-for":
-            # Each proxy may add a line of its own: read them as one list, in
-            # order (RFC 9110 5.3), as WSGI servers join them; the last line alone
-            # would make the nearest proxy everyone's address.
-            forwarded = value if forwarded is None else forwarded + b", " + value
     peer = scope.get("client")
     return RequestContext(
         scope.get("method", "GET"),
@@ -103,7 +97,7 @@ def read_scope(scope: Scope, query_param: str | None) -> RequestContext:
         if query_param is not None
         else (),
         peer[0] if peer else None,
-        forwarded.decode("latin-1") if forwarded is not None else None,
+        UNRESOLVED,  # X-Forwarded-For: read from the headers if a step needs it
         scope["headers"],
     )
 

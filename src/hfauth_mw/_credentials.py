@@ -189,6 +189,18 @@ def parse_credentials(
     headers, a token sent two ways, an unknown scheme, bad base64 or an empty or
     malformed token.
     """
+    return read_credentials(authorization, query_tokens, allow_basic, max_header_bytes)
+
+
+def read_credentials(
+    authorization: Sequence[bytes | str],
+    query_tokens: Sequence[str],
+    allow_basic: bool,
+    max_header_bytes: int,
+) -> Credentials | None:
+    """:func:`parse_credentials` with positional arguments: the pipeline's
+    credentials step calls it on every request, and keyword arguments cost
+    a tenth of a cached request."""
     if len(authorization) == 1 and not query_tokens:
         # The common case, without decoding or copying: one well-formed Bearer header
         # (WSGI servers hand it over as latin-1 text; a token is ASCII).

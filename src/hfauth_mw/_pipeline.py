@@ -36,7 +36,7 @@ from ._audit import audit_logger, write_event
 from ._authenticator import Authenticator
 from ._authority import Authority, HubAuthority, personal
 from ._breaker_limiter import FailureLimiter, client_address
-from ._credentials import DEFAULT_MAX_HEADER_BYTES, Credentials, Scheme, parse_credentials
+from ._credentials import DEFAULT_MAX_HEADER_BYTES, Credentials, Scheme, read_credentials
 from ._drivers import Together, Work
 from ._exceptions import (
     AuthenticationError,
@@ -379,11 +379,11 @@ class Guard:
         self, authorization: Sequence[bytes | str], query_tokens: Sequence[str] = ()
     ) -> Credentials | None:
         """Step 3: the request's credentials, ``None`` when it carries none."""
-        return parse_credentials(
+        return read_credentials(
             authorization,
-            query_tokens=query_tokens if self.query_param else (),
-            allow_basic=self.allow_basic,
-            max_header_bytes=self.max_header_bytes,
+            query_tokens if self.query_param else (),
+            self.allow_basic,
+            self.max_header_bytes,
         )
 
     def authorize(self, method: str, path: str, principal: Principal) -> None:

@@ -27,12 +27,12 @@ class RequestContext:
     the steps found so far. Built by the adapter kit, one per request."""
 
     __slots__ = (
+        "_forwarded_for",
         "authorization",
         "body",
         "client",
         "credentials",
         "decided_by",
-        "forwarded_for",
         "headers",
         "method",
         "path",
@@ -49,7 +49,7 @@ class RequestContext:
         authorization: Sequence[bytes | str],
         query_tokens: Sequence[str] = (),
         peer: str | None = None,
-        forwarded_for: str | None = None,
+        forwarded_for: str | None = UNRESOLVED,
         headers: Sequence[tuple[bytes, bytes]] | Mapping[str, Any] | None = None,
     ) -> None:
         self.started = _perf_counter()
@@ -60,9 +60,11 @@ class RequestContext:
         self.authorization = authorization
         #: Every value of the opted-in query parameter.
         self.query_tokens = query_tokens
-        #: The address the connection comes from, and the ``X-Forwarded-For`` lines.
+        #: The address the connection comes from.
         self.peer = peer
-        self.forwarded_for = forwarded_for
+        # UNRESOLVED: read from ``headers`` when the brute-force guard needs it
+        # (rarely: only while someone is locked out, or on a refusal).
+        self._forwarded_for = forwarded_for
         #: The brute-force guard's key, resolved only when a step needs it.
         self.client: str | None = UNRESOLVED
         self.credentials: Credentials | None = None
@@ -74,6 +76,16 @@ class RequestContext:
         self.body: bytes | None = None
         #: Who decided on the repository the request names: "hub" or "local".
         self.decided_by: str | None = None
+
+    @property
+    def forwarded_for(self) -> str | None:
+        """The ``X-Forwarded-For`` lines, joined in order (each proxy may add
+        its own line: the last alone would make the nearest proxy everyone's
+        address)."""
+        forwarded = self._forwarded_for
+        if forwarded is UNRESOLVED:
+            forwarded = self._forwarded_for = self.header("x-forwarded-for")
+        return forwarded
 
     def header(self, name: str) -> str | None:
         """The value of header ``name`` (repeated ones joined with ``", "``)."""
