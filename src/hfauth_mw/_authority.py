@@ -396,6 +396,10 @@ class HubAuthority:
         """The shared decision, else the hub's (stored in the shared tier after).
         Redis trouble (``call`` answers None) means asking the hub directly."""
         shared.cache.start()  # revocations must reach this process's decisions
+        # Asked together with whoami-v2, the token's flight is running now: held
+        # from here, its answer (the token's expiry) is known even if the token
+        # cache does not keep it.
+        token = shared.token_answer(credentials.digest) if principal is None else None
         keys = shared.cache.decision_keys(
             self._namespace, credentials.digest, f"{repo.type}:{repo.id}", access
         )
@@ -429,7 +433,7 @@ class HubAuthority:
             if result.allowed and expires == _UNKNOWN:
                 # Asked together with whoami-v2: its answer says how long the token
                 # lives, and no positive decision is shared past the token's expiry.
-                expires = yield from self._awaited_expiry(shared, credentials)
+                expires = yield from self._awaited_expiry(shared, credentials, token)
             if result.allowed and expires == _UNKNOWN:
                 ttl = 0.0
             else:
@@ -490,11 +494,16 @@ class HubAuthority:
         return principal.expires_at.timestamp() if principal.expires_at else None
 
     def _awaited_expiry(
-        self, shared: SharedDecisions, credentials: Credentials
+        self,
+        shared: SharedDecisions,
+        credentials: Credentials,
+        answer: Outcome | Future[Outcome] | None,
     ) -> Generator[Work, Any, float | None]:
-        """The token's expiry once its running whoami-v2 flight answers
-        (:data:`_UNKNOWN` if it fails, or says the token is invalid)."""
-        answer = shared.token_answer(credentials.digest)
+        """The token's expiry once its whoami-v2 flight (``answer``, as it was
+        when the decision's flight began) answers (:data:`_UNKNOWN` if it
+        fails, or says the token is invalid)."""
+        if answer is None:
+            answer = shared.token_answer(credentials.digest)
         if isinstance(answer, Future):
             try:
                 answer = yield WaitFor(answer)
