@@ -25,6 +25,7 @@ from hfauth_mw import (
     HubWhoamiSource,
     LocalStoreSource,
     OrgGrant,
+    SourceUnavailable,
     from_body,
     require_read,
     require_write,
@@ -753,3 +754,56 @@ def test_a_forged_or_stale_shared_decision_is_ignored(damage):
     else:
         value = shared.encode(keys, Invalid(), 10, 1000.0)
     assert shared.decode_decision(keys, value, now) is None
+
+
+def redis_locks(redis_url, prefix):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [key for key in client.scan_iter(match=f"{prefix}:*:repo:*:lock")]
+    finally:
+        client.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    "ending",
+    [
+        pytest.param("cancelled", id="leader-cancelled"),
+        pytest.param("hub-fault", id="hub-fault"),
+    ],
+)
+async def test_a_decision_leader_gives_its_redis_lock_back(
+    redis_url, prefix, workers, hub, callers, ending
+):
+    """Neither a client that hangs up nor a hub fault leaves the decision's
+    cluster-wide lock behind for the other processes to wait out."""
+    (worker,) = workers(1)
+    second = workers(1)[0]
+    token = callers["writer"]
+    for each in (worker, second):
+        await each.auth.authenticate(_credentials(token))
+    try:
+        if ending == "cancelled":
+            hub.auth_check_delay = 30  # held until released
+            leader = asyncio.create_task(worker.adecide(token, "acme/private"))
+            assert await asyncio.to_thread(hub.wait_for_held, 1)
+            assert redis_locks(redis_url, prefix)
+            leader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leader
+            await asyncio.gather(*worker.auth.async_driver.cleanups)
+            hub.release_held()
+            hub.auth_check_delay = 0
+        else:
+            hub.fail_next(500, endpoint="auth-check", times=1)
+            with pytest.raises(SourceUnavailable):
+                await worker.adecide(token, "acme/private")
+        assert not redis_locks(redis_url, prefix)
+        assert not decision_keys(redis_url, prefix)  # nothing stored for the failure
+        hub.reset_counters()
+        assert (await second.adecide(token, "acme/private")).allowed
+        assert hub.auth_check_calls == 1
+    finally:
+        hub.release_held()
