@@ -807,3 +807,51 @@ async def test_a_decision_leader_gives_its_redis_lock_back(
         assert hub.auth_check_calls == 1
     finally:
         hub.release_held()
+
+
+# --- the decision cache ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dropped_by",
+    [
+        pytest.param("drop_token", id="invalidate"),
+        pytest.param("drop_matching", id="revocation-broadcast"),
+        pytest.param("clear", id="clear"),
+    ],
+)
+def test_a_flight_overtaken_by_a_drop_does_not_store_its_decision(clock, dropped_by):
+    from hfauth_mw._authority import DecisionCache
+    from hfauth_mw._rules import Decision
+
+    cache = DecisionCache(timer=clock, clock=clock)
+    key = b"hub\x00" + bytes(32) + b"\x00model:acme/private\x00read"
+    assert cache.begin(key) is None  # this caller leads
+    waiter = cache.begin(key)
+    if dropped_by == "drop_token":
+        cache.drop_token(b"hub\x00" + bytes(32) + b"\x00")
+    elif dropped_by == "drop_matching":
+        cache.drop_matching(lambda _key: True)
+    else:
+        cache.clear()
+    allowed = Decision(True, "read allowed", "read", "hub")
+    cache.complete(key, allowed, None)
+    assert waiter.result(timeout=0) == allowed  # the waiters still get the answer
+    assert cache.peek(key) is None  # but it is not kept
+
+
+@pytest.mark.parametrize(
+    "allowed", [pytest.param(True, id="allowed"), pytest.param(False, id="denied")]
+)
+def test_a_decision_read_from_the_shared_tier_keeps_only_its_remaining_life(clock, allowed):
+    from hfauth_mw._authority import DecisionCache
+    from hfauth_mw._rules import Decision
+
+    cache = DecisionCache(timer=clock, clock=clock)
+    key = b"k"
+    assert cache.begin(key) is None
+    cache.complete(key, Decision(allowed, "why", "read", "hub"), None, max_age=3.0)
+    clock.advance(2.9)
+    assert cache.peek(key) is not None
+    clock.advance(0.2)
+    assert cache.peek(key) is None
