@@ -25,6 +25,7 @@ from hfauth_mw import (
     HubWhoamiSource,
     LocalStoreSource,
     OrgGrant,
+    SourceUnavailable,
     from_body,
     require_read,
     require_write,
@@ -463,3 +464,394 @@ async def test_an_anonymous_refusal_by_the_hub_is_audited_once(hub, callers, cap
     assert status == 401
     events = [r for r in caplog.records if r.name == "hfauth_mw.audit"]
     assert [(e.hfauth_event, e.hfauth_status) for e in events] == [("denied", 401)]
+
+
+# --- decisions shared through the Redis tier ------------------------------------------------
+# Two Authenticators with a SharedCache each over one real Redis are two "processes".
+
+SECRET = "test-deployment-secret-0123456789"
+
+
+class Worker:
+    """One simulated process: its own caches, its own SharedCache, one shared Redis."""
+
+    def __init__(self, redis_url, prefix, hub, clock=None):
+        from hfauth_mw import SharedCache, TokenCache
+
+        timing = {} if clock is None else {"timer": clock}
+        self.shared = SharedCache.from_url(
+            redis_url, secret=SECRET, prefix=prefix, socket_timeout=2.0, **timing
+        )
+        cache = TokenCache() if clock is None else TokenCache(timer=clock, clock=clock)
+        self.auth = Authenticator(
+            HubWhoamiSource(hub.url, timeout=httpx.Timeout(5.0)), cache=cache, shared=self.shared
+        )
+        self.hub = self.auth.hub_authority(hub_check(hub))
+
+    def decide(self, token, repo, access="read"):
+        """The hub authority's decision, asked with the token known (blocking driver)."""
+        credentials = _credentials(token)
+        principal = self.auth.authenticate_sync(credentials)
+        return self.auth.run_sync(self.hub.flow(credentials, principal, _repo(repo), access))
+
+    async def adecide(self, token, repo, access="read"):
+        credentials = _credentials(token)
+        principal = await self.auth.authenticate(credentials)
+        return await self.auth.run_async(self.hub.flow(credentials, principal, _repo(repo), access))
+
+
+def _repo(text):
+    from hfauth_mw import Repo
+
+    return Repo.parse(text)
+
+
+@pytest.fixture
+def workers(redis_url, prefix, hub):
+    made = []
+
+    def make(count=2, clock=None):
+        made.extend(Worker(redis_url, prefix, hub, clock) for _ in range(count))
+        return made[-count:]
+
+    yield make
+    for worker in made:
+        worker.shared.close()
+
+
+def decision_keys(redis_url, prefix):
+    """The repository decisions' keys in Redis, with their remaining life (ms)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = [k for k in client.scan_iter(match=f"{prefix}:*:repo:*") if not k.endswith(b":lock")]
+        return {key: (client.get(key), client.pttl(key)) for key in keys}
+    finally:
+        client.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    "driver", [pytest.param("sync", id="sync"), pytest.param("async", id="async")]
+)
+@pytest.mark.parametrize(
+    ("who", "repo", "allowed"),
+    [
+        pytest.param("writer", "acme/private", True, id="allowed"),
+        pytest.param("outsider", "acme/private", False, id="denied"),
+        pytest.param("reader", "meta/gated", False, id="gated-denied"),
+    ],
+)
+async def test_a_second_process_reuses_the_decision_through_redis(
+    workers, hub, callers, driver, who, repo, allowed
+):
+    first, second = workers()
+    token = callers[who]
+    hub.reset_counters()
+    if driver == "sync":
+        decided = [worker.decide(token, repo) for worker in (first, second)]
+    else:
+        decided = [await worker.adecide(token, repo) for worker in (first, second)]
+    assert [decision.allowed for decision in decided] == [allowed, allowed]
+    assert decided[0].reason == decided[1].reason
+    assert decided[1].decided_by == "hub"
+    assert hub.auth_check_calls == 1  # the second process asked Redis, not the hub
+    assert hub.whoami_calls == 1
+
+
+@pytest.mark.redis
+async def test_a_cold_request_in_a_second_process_asks_the_hub_nothing(workers, hub, callers):
+    """The pipeline's cold path (whoami-v2 and auth-check together) shares too:
+    the first process learns the token's expiry from whoami-v2 before storing."""
+    headers = {"Authorization": f"Bearer {callers['writer']}"}
+    hub.reset_counters()
+    for worker in workers():
+        app = starlette_app(authenticator=worker.auth, rules=RULES)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+            assert (
+                await c.post("/v1/models/acme/private/infer", headers=headers)
+            ).status_code == 200
+    assert (hub.whoami_calls, hub.auth_check_calls) == (1, 1)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("who", "repo", "lives"),
+    [
+        pytest.param("outsider", "acme/private", 10, id="negative-10s"),
+        pytest.param("writer", "acme/private", 60, id="positive-60s"),
+    ],
+)
+def test_a_shared_decision_expires_with_its_ttl(workers, hub, callers, clock, who, repo, lives):
+    first, second = workers(clock=clock)
+    hub.reset_counters()
+    first.decide(callers[who], repo)
+    clock.advance(lives - 1)
+    second.decide(callers[who], repo)  # still shared (the token's answer too)
+    assert hub.auth_check_calls == 1
+    clock.advance(2)  # past the decision's life here and in Redis (its signed expiry)
+    second.decide(callers[who], repo)
+    assert hub.auth_check_calls == 2
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    "path", [pytest.param("flow", id="token-known"), pytest.param("together", id="asked-together")]
+)
+async def test_the_token_expiry_caps_the_shared_ttl(
+    redis_url, prefix, workers, hub, hub_store, path
+):
+    from datetime import UTC, datetime, timedelta
+
+    expiring = hub_store.create_token(
+        user="alice",
+        role="write",
+        orgs=[OrgGrant("acme", "write")],
+        expires_at=datetime.now(UTC) + timedelta(seconds=20),
+    ).token
+    (worker,) = workers(1)
+    if path == "flow":
+        assert worker.decide(expiring, "acme/private").allowed
+    else:
+        app = starlette_app(authenticator=worker.auth, rules=RULES)
+        headers = {"Authorization": f"Bearer {expiring}"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+            assert (
+                await c.post("/v1/models/acme/private/infer", headers=headers)
+            ).status_code == 200
+    ((_, ttl_ms),) = decision_keys(redis_url, prefix).values()
+    assert 10_000 < ttl_ms <= 20_000  # not the 60 s of a token that does not expire
+
+
+@pytest.mark.redis
+def test_keys_and_values_in_redis_hold_no_token_material(redis_url, prefix, workers, hub, callers):
+    import hashlib
+
+    first, _ = workers()
+    token = callers["writer"]
+    first.decide(token, "acme/private")
+    first.decide(token, "acme/private", "write")
+    stored = decision_keys(redis_url, prefix)
+    assert len(stored) == 2  # one per (token, repository, access)
+    digest = hashlib.sha256(token.encode()).digest()
+    forbidden = [token.encode(), digest, digest.hex().encode(), digest.hex()[:12].encode()]
+    for key, (value, _) in stored.items():
+        assert not any(material in key for material in forbidden)
+        assert not any(material in value for material in forbidden)
+        assert b"acme" not in key  # keyed names: no repository either
+        assert b"private" not in key
+
+
+@pytest.mark.redis
+def test_a_revocation_drops_the_decisions_in_every_process(workers, hub, callers):
+    import time
+
+    first, second = workers()
+    token = callers["writer"]
+    for worker in (first, second):
+        assert worker.shared.wait_ready(10)  # listening before anything is cached
+    first.decide(token, "acme/private")
+    second.decide(token, "acme/private")
+    assert hub.auth_check_calls == 1
+    assert len(second.hub.cache) == 1
+    assert first.auth.revoke(token) >= 1
+    assert len(first.hub.cache) == 0
+    started = time.monotonic()
+    while len(second.hub.cache) and time.monotonic() - started < 2.0:
+        time.sleep(0.002)  # polling the broadcast's effect, bounded
+    assert len(second.hub.cache) == 0
+    # Redis's tombstone hides the positive decision: each process asks the hub again.
+    assert second.decide(token, "acme/private").allowed
+    assert hub.auth_check_calls == 2
+    assert first.decide(token, "acme/private").allowed
+    assert hub.auth_check_calls == 3
+
+
+@pytest.mark.redis
+def test_concurrent_processes_make_one_auth_check_call(workers, hub, callers):
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = callers["writer"]
+    processes = workers(4)
+    for worker in processes:  # the token's own answer first: only the decision is cold
+        worker.auth.authenticate_sync(_credentials(token))
+    hub.reset_counters()
+    hub.auth_check_delay = 0.2  # the leader's call is slow: the others find its lock
+    with ThreadPoolExecutor(len(processes)) as pool:
+        decided = list(pool.map(lambda w: w.decide(token, "acme/private"), processes))
+    assert all(decision.allowed for decision in decided)
+    assert hub.auth_check_calls == 1
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("kind", KINDS)
+async def test_redis_down_asks_the_hub_and_fails_closed(private_redis, hub, callers, kind):
+    from hfauth_mw import SharedCache
+
+    shared = SharedCache.from_url(private_redis.url, secret=SECRET)
+    authenticator = Authenticator(HubWhoamiSource(hub.url), shared=shared)
+    headers = {"Authorization": f"Bearer {callers['writer']}"}
+    try:
+        authenticator.authenticate_sync(_credentials(callers["writer"]))
+        private_redis.stop()
+        hub.reset_counters()
+        paths = ["/v1/models/acme/private/infer", "/v1/models/bob/own/infer"]
+        if kind == "asgi":
+            app = starlette_app(authenticator=authenticator, rules=RULES)
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app), base_url="http://t"
+            ) as c:
+                statuses = [(await c.post(path, headers=headers)).status_code for path in paths]
+                hub.fail_next(500, endpoint="auth-check", times=1)
+                fault = await c.post("/v1/models/acme/public/infer", headers=headers)
+        else:
+            wsgi = Client(HFAuthWSGIMiddleware(wsgi_ok, authenticator=authenticator, rules=RULES))
+            statuses = [wsgi.post(path, headers=headers).status_code for path in paths]
+            hub.fail_next(500, endpoint="auth-check", times=1)
+            fault = wsgi.post("/v1/models/acme/public/infer", headers=headers)
+        assert statuses == [200, 403]  # the hub's own answers
+        assert hub.auth_check_calls == 3
+        assert fault.status_code == 503
+        assert int(fault.headers["retry-after"]) >= 1
+    finally:
+        shared.close()
+
+
+# --- the shared value, without Redis ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param("flipped-marker", id="denial-turned-allowed"),
+        pytest.param("other-key", id="moved-to-another-key"),
+        pytest.param("edited-body", id="edited-body"),
+        pytest.param("expired", id="expired"),
+        pytest.param("token-answer", id="a-token-answer-there"),
+    ],
+)
+def test_a_forged_or_stale_shared_decision_is_ignored(damage):
+    from hfauth_mw import SharedCache
+    from hfauth_mw._rules import Decision
+    from hfauth_mw._source_protocol import Invalid
+
+    shared = SharedCache(object(), secret=SECRET)  # type: ignore[arg-type]  # no I/O here
+    digest = bytes(32)
+    keys = shared.decision_keys(b"hub\x00", digest, "model:acme/private", "read")
+    denied = Decision(False, "read denied: private", "read", "hub")
+    value = shared.encode_decision(keys, denied, 10, now=1000.0)
+    assert shared.decode_decision(keys, value, now=1001.0) == (denied, 9.0)
+    now = 1001.0
+    if damage == "flipped-marker":
+        value = b"+" + value[1:]
+    elif damage == "other-key":
+        keys = shared.decision_keys(b"hub\x00", digest, "model:acme/private", "write")
+    elif damage == "edited-body":
+        value = value.replace(b"private", b"public!")
+    elif damage == "expired":
+        now = 1010.0
+    else:
+        value = shared.encode(keys, Invalid(), 10, 1000.0)
+    assert shared.decode_decision(keys, value, now) is None
+
+
+def redis_locks(redis_url, prefix):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [key for key in client.scan_iter(match=f"{prefix}:*:repo:*:lock")]
+    finally:
+        client.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    "ending",
+    [
+        pytest.param("cancelled", id="leader-cancelled"),
+        pytest.param("hub-fault", id="hub-fault"),
+    ],
+)
+async def test_a_decision_leader_gives_its_redis_lock_back(
+    redis_url, prefix, workers, hub, callers, ending
+):
+    """Neither a client that hangs up nor a hub fault leaves the decision's
+    cluster-wide lock behind for the other processes to wait out."""
+    (worker,) = workers(1)
+    second = workers(1)[0]
+    token = callers["writer"]
+    for each in (worker, second):
+        await each.auth.authenticate(_credentials(token))
+    try:
+        if ending == "cancelled":
+            hub.auth_check_delay = 30  # held until released
+            leader = asyncio.create_task(worker.adecide(token, "acme/private"))
+            assert await asyncio.to_thread(hub.wait_for_held, 1)
+            assert redis_locks(redis_url, prefix)
+            leader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leader
+            await asyncio.gather(*worker.auth.async_driver.cleanups)
+            hub.release_held()
+            hub.auth_check_delay = 0
+        else:
+            hub.fail_next(500, endpoint="auth-check", times=1)
+            with pytest.raises(SourceUnavailable):
+                await worker.adecide(token, "acme/private")
+        assert not redis_locks(redis_url, prefix)
+        assert not decision_keys(redis_url, prefix)  # nothing stored for the failure
+        hub.reset_counters()
+        assert (await second.adecide(token, "acme/private")).allowed
+        assert hub.auth_check_calls == 1
+    finally:
+        hub.release_held()
+
+
+# --- the decision cache ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dropped_by",
+    [
+        pytest.param("drop_token", id="invalidate"),
+        pytest.param("drop_matching", id="revocation-broadcast"),
+        pytest.param("clear", id="clear"),
+    ],
+)
+def test_a_flight_overtaken_by_a_drop_does_not_store_its_decision(clock, dropped_by):
+    from hfauth_mw._authority import DecisionCache
+    from hfauth_mw._rules import Decision
+
+    cache = DecisionCache(timer=clock, clock=clock)
+    key = b"hub\x00" + bytes(32) + b"\x00model:acme/private\x00read"
+    assert cache.begin(key) is None  # this caller leads
+    waiter = cache.begin(key)
+    if dropped_by == "drop_token":
+        cache.drop_token(b"hub\x00" + bytes(32) + b"\x00")
+    elif dropped_by == "drop_matching":
+        cache.drop_matching(lambda _key: True)
+    else:
+        cache.clear()
+    allowed = Decision(True, "read allowed", "read", "hub")
+    cache.complete(key, allowed, None)
+    assert waiter.result(timeout=0) == allowed  # the waiters still get the answer
+    assert cache.peek(key) is None  # but it is not kept
+
+
+@pytest.mark.parametrize(
+    "allowed", [pytest.param(True, id="allowed"), pytest.param(False, id="denied")]
+)
+def test_a_decision_read_from_the_shared_tier_keeps_only_its_remaining_life(clock, allowed):
+    from hfauth_mw._authority import DecisionCache
+    from hfauth_mw._rules import Decision
+
+    cache = DecisionCache(timer=clock, clock=clock)
+    key = b"k"
+    assert cache.begin(key) is None
+    cache.complete(key, Decision(allowed, "why", "read", "hub"), None, max_age=3.0)
+    clock.advance(2.9)
+    assert cache.peek(key) is not None
+    clock.advance(0.2)
+    assert cache.peek(key) is None

@@ -17,12 +17,13 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import httpx
 
 from ._audit import register_token_shape
-from ._authority import DecisionCache, HubAuthority
+from ._authority import DecisionCache, HubAuthority, SharedDecisions
 from ._breaker_limiter import FailureLimiter, UpstreamBreaker
 from ._cache import Leader, TokenCache
 from ._credentials import Credentials
@@ -619,9 +620,23 @@ class Authenticator:
     def hub_authority(self, check: HubAccessCheck) -> HubAuthority:
         """The hub's repository decisions for this authenticator's tokens: one
         cache of them per authenticator, dropped with the token (invalidate,
-        revoke, a 401 from the hub), behind the same breaker as the source."""
+        revoke, a 401 from the hub), behind the same breaker as the source.
+        With a shared tier, decisions are shared through it too (and a
+        revocation broadcast drops them in every process)."""
         if self._hub_authority is None or self._hub_authority.check.hub_url != check.hub_url:
             self._decisions = DecisionCache(timer=self.cache.timer, clock=self.cache.clock)
+            shared: SharedDecisions | None = None
+            tier = self.shared
+            if tier is not None:
+                # Revocation broadcasts drop this process's decisions too.
+                tier.attach(self._decisions, self._namespace)
+                shared = SharedDecisions(
+                    cache=tier,
+                    call=lambda op: self._shared_call(tier, op),
+                    release_after_cancel=lambda op: self._release_after_cancel(tier, op),
+                    token_answer=self._token_answer,
+                    lock_ttl=self._lock_ttl,
+                )
             self._hub_authority = HubAuthority(
                 check,
                 breaker=self.breaker,
@@ -630,8 +645,15 @@ class Authenticator:
                 forget_token=lambda digest: self.cache.invalidate(self.cache_key(digest)),
                 sync_driver=self.sync_driver,
                 async_driver=self.async_driver,
+                shared=shared,
             )
         return self._hub_authority
+
+    def _token_answer(self, digest: bytes) -> Outcome | Future[Outcome] | None:
+        """The token's answer in the in-process cache, else its running flight."""
+        key = self.cache_key(digest)
+        answer = self.cache.get(key)
+        return answer if answer is not None else self.cache.flight(key)
 
     def revoke_flow(self, token: str) -> Generator[Work, Any, int]:
         """The flow behind :meth:`revoke` and :meth:`arevoke`."""

@@ -14,31 +14,60 @@ many requests wait for the same decision. Revoking or invalidating a token
 drops its decisions. Upstream trouble (429, 5xx, timeouts, garbage) is a 503
 with ``Retry-After``, counted by the same breaker as whoami-v2, never cached.
 
+With a shared tier (:class:`~hfauth_mw.SharedCache`, Redis), the leader of a
+decision's flight first looks the decision up there (another process may have
+asked the hub already), taking the decision's cluster-wide lock when it is
+missing, so one auth-check call answers every process; after asking the hub
+it stores the decision with the same TTL rules, signed and under keyed names
+(:meth:`~hfauth_mw.SharedCache.decision_keys`). A revocation's tombstone hides
+the token's positive decisions in Redis, and its broadcast drops them from
+every process's :class:`DecisionCache`. When Redis fails, the hub is asked
+directly, as for token answers.
+
 Like the rest of the core, :meth:`HubAuthority.flow` is a generator of work
 for the drivers: it never does I/O itself.
 """
 
 from __future__ import annotations
 
+import math
+import secrets
 import threading
 import time
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from cachetools import TLRUCache, TTLCache
+from cachetools import TLRUCache
 
 from ._breaker_limiter import UpstreamBreaker
 from ._credentials import Credentials
 from ._drivers import AsyncDriver, SyncDriver, Work
 from ._exceptions import InvalidToken, SourceUnavailable
-from ._hub_access import HubAccessCheck
+from ._hub_access import HubAccessCheck, HubAnswer
 from ._principal import Principal
 from ._rules import WRITE_PERMISSION, Access, Decision, Repo, _safe, can_write_somewhere
-from ._source_protocol import WaitFor
+from ._shared_tier import (
+    CLAIM_HIT,
+    CLAIM_LEAD,
+    Pause,
+    SharedCache,
+    SharedClaim,
+    SharedKeys,
+    SharedOp,
+    SharedRelease,
+    SharedStore,
+)
+from ._source_protocol import Outcome, Valid, WaitFor
 
-__all__ = ["DEFAULT_NEGATIVE_TTL", "DEFAULT_POSITIVE_TTL", "DecisionCache", "HubAuthority"]
+__all__ = [
+    "DEFAULT_NEGATIVE_TTL",
+    "DEFAULT_POSITIVE_TTL",
+    "DecisionCache",
+    "HubAuthority",
+    "SharedDecisions",
+]
 
 Authority = Literal["hub", "local"]
 DEFAULT_POSITIVE_TTL = 60.0
@@ -52,7 +81,11 @@ Flight = Future[Any]  # a Decision, or _TOKEN_INVALID
 
 class DecisionCache:
     """Bounded positive and negative caches of the hub's repository decisions,
-    with single flight. Keys hold the token's SHA-256 digest, never the token."""
+    with single flight. Keys hold the token's SHA-256 digest, never the token.
+
+    A flight that began before its token's decisions were dropped (invalidate,
+    revoke, a revocation broadcast) does not store its answer: it may be the
+    answer for a token revoked meanwhile."""
 
     def __init__(
         self,
@@ -67,22 +100,27 @@ class DecisionCache:
         self.negative_ttl = negative_ttl
         self.timer = timer
         self.clock = clock
+        # Both stores keep each entry's own end (on the timer): a decision read
+        # from the shared tier keeps only what is left of its life there.
         self._positive: TLRUCache[bytes, tuple[Decision, float]] = TLRUCache(
-            maxsize, lambda _key, entry, _now: entry[1], timer
+            maxsize, _entry_end, timer
         )
-        self._negative: TTLCache[bytes, Decision] = TTLCache(maxsize, negative_ttl, timer)
-        self._inflight: dict[bytes, Flight] = {}
+        self._negative: TLRUCache[bytes, tuple[Decision, float]] = TLRUCache(
+            maxsize, _entry_end, timer
+        )
+        self._inflight: dict[bytes, tuple[Flight, int]] = {}
+        self._generation = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def _lookup(self, key: bytes) -> Decision | None:
         # Called with self._lock held.
-        entry = self._positive.get(key)
-        decision = entry[0] if entry is not None else self._negative.get(key)
-        if decision is not None:
-            self.hits += 1
-        return decision
+        entry = self._positive.get(key) or self._negative.get(key)
+        if entry is None:
+            return None
+        self.hits += 1
+        return entry[0]
 
     def peek(self, key: bytes) -> Decision | None:
         """The cached decision for ``key``, if any (no flight is started)."""
@@ -98,49 +136,106 @@ class DecisionCache:
                 return decision
             running = self._inflight.get(key)
             if running is not None:
-                return running
+                return running[0]
             self.misses += 1
-            self._inflight[key] = Future()
+            self._inflight[key] = (Future(), self._generation)
             return None
 
-    def complete(self, key: bytes, result: Decision | str, expires_at: float | None) -> None:
-        """Store the leader's decision (a token-invalid result is not stored) and
-        wake every waiter."""
+    def lifetime(self, decision: Decision, expires_at: float | None) -> float:
+        """Seconds ``decision`` may be kept: the positive TTL capped by the
+        token's expiry (a POSIX time, or None), or the negative TTL."""
+        if not decision.allowed:
+            return self.negative_ttl
+        if expires_at is None:
+            return self.ttl
+        return min(self.ttl, expires_at - self.clock())
+
+    def complete(
+        self,
+        key: bytes,
+        result: Decision | str,
+        expires_at: float | None,
+        *,
+        max_age: float | None = None,
+    ) -> None:
+        """Store the leader's decision (a token-invalid result is not stored, nor
+        one whose token's decisions were dropped since the flight began) and
+        wake every waiter. ``max_age`` caps its life (a decision read from the
+        shared tier, where it already aged)."""
         with self._lock:
-            if isinstance(result, Decision):
-                if result.allowed:
-                    ttl = self.ttl
-                    if expires_at is not None:
-                        ttl = min(ttl, expires_at - self.clock())
-                    if ttl > 0:
-                        self._positive[key] = (result, self.timer() + ttl)
-                elif self.negative_ttl > 0:
-                    self._negative[key] = result
             flight = self._inflight.pop(key, None)
+            current = flight is not None and flight[1] == self._generation
+            if isinstance(result, Decision) and current:
+                ttl = self.lifetime(result, expires_at)
+                if max_age is not None:
+                    ttl = min(ttl, max_age)
+                if ttl > 0:
+                    store = self._positive if result.allowed else self._negative
+                    store[key] = (result, self.timer() + ttl)
         if flight is not None:
-            flight.set_result(result)
+            flight[0].set_result(result)
 
     def abandon(self, key: bytes, error: BaseException) -> None:
         """End a flight without a decision (upstream trouble): waiters get ``error``."""
         with self._lock:
             flight = self._inflight.pop(key, None)
         if flight is not None:
-            flight.set_exception(error)
+            flight[0].set_exception(error)
+
+    def drop_matching(self, predicate: Callable[[bytes], bool]) -> int:
+        """Forget every decision whose key satisfies ``predicate``; returns how
+        many. Flights running now will not store their answers."""
+        with self._lock:
+            self._generation += 1
+            dropped = 0
+            for store in (self._positive, self._negative):
+                for key in [key for key in store if predicate(key)]:
+                    del store[key]
+                    dropped += 1
+            return dropped
 
     def drop_token(self, prefix: bytes) -> None:
         """Forget every decision of one token (keys starting with ``prefix``)."""
-        with self._lock:
-            for store in (self._positive, self._negative):
-                for key in [key for key in store if key.startswith(prefix)]:
-                    del store[key]
+        self.drop_matching(lambda key: key.startswith(prefix))
 
     def clear(self) -> None:
         with self._lock:
+            self._generation += 1
             self._positive.clear()
             self._negative.clear()
 
     def __len__(self) -> int:
-        return len(self._positive) + len(self._negative)
+        with self._lock:
+            return len(self._positive) + len(self._negative)
+
+
+def _entry_end(_key: bytes, entry: tuple[Decision, float], _now: float) -> float:
+    return entry[1]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedDecisions:
+    """What :class:`HubAuthority` uses of its authenticator's shared tier.
+
+    ``call`` runs one operation behind the Redis breaker (``None`` when Redis
+    is unavailable); ``release_after_cancel`` gives a lock back after the
+    flow was cancelled; ``token_answer(digest)`` is the token's answer in the
+    in-process cache, or its running flight, or ``None`` (for the token's
+    expiry when the decision was asked together with whoami-v2); ``lock_ttl``
+    bounds a decision's cluster-wide lock.
+    """
+
+    cache: SharedCache
+    call: Callable[[SharedOp], Generator[Work, Any, Any]]
+    release_after_cancel: Callable[[SharedRelease], None]
+    token_answer: Callable[[bytes], Outcome | Future[Outcome] | None]
+    lock_ttl: float
+
+
+# How a decision was looked up in the shared tier.
+_NOT_SHARED, _SHARED_DOWN, _SHARED_HIT, _SHARED_LOCKED, _SHARED_UNLOCKED = range(5)
+#: The token's expiry could not be learnt: the decision is kept in this process only.
+_UNKNOWN = -math.inf
 
 
 def _certain_local_denial(principal: Principal, access: Access) -> Decision | None:
@@ -174,7 +269,8 @@ class HubAuthority:
     """Repository decisions asked of a hub's auth-check, cached.
 
     ``forget_token(digest)`` is called when the hub says a token is no longer
-    valid (a 401), so that the token cache drops it too.
+    valid (a 401), so that the token cache drops it too. ``shared``: the
+    authenticator's shared tier, if it has one (see the module docstring).
     """
 
     def __init__(
@@ -187,8 +283,11 @@ class HubAuthority:
         forget_token: Callable[[bytes], None],
         sync_driver: SyncDriver,
         async_driver: AsyncDriver,
+        shared: SharedDecisions | None = None,
     ) -> None:
         self.check = check
+        #: The shared tier the decisions also go through (None: this process only).
+        self.shared = shared
         #: The drivers that run a decision route code asks for (RequestAuth.require).
         self.sync_driver = sync_driver
         self.async_driver = async_driver
@@ -257,6 +356,105 @@ class HubAuthority:
         repo: Repo,
         access: Access,
     ) -> Generator[Work, Any, Decision | str]:
+        """Lead one decision's flight: through the shared tier if there is one
+        (anonymous decisions stay in-process), else straight to the hub."""
+        if self.shared is not None and credentials is not None:
+            return (
+                yield from self._lead_shared(self.shared, key, credentials, principal, repo, access)
+            )
+        answer = yield from self._ask(key, credentials, repo, access)
+        return self._settle(key, credentials, principal, answer)[0]
+
+    def _settle(
+        self,
+        key: bytes,
+        credentials: Credentials | None,
+        principal: Principal | None,
+        answer: HubAnswer,
+    ) -> tuple[Decision | str, float | None]:
+        """End the flight with the hub's answer: the result and the token's
+        expiry as far as it is known (:data:`_UNKNOWN` if not)."""
+        if answer.token_invalid:
+            assert credentials is not None
+            self._forget_token(credentials.digest)
+            self.forget(credentials.digest)
+            self.cache.complete(key, _TOKEN_INVALID, None)
+            return _TOKEN_INVALID, _UNKNOWN
+        expires = self._expiry(credentials, principal)
+        self.cache.complete(key, answer.decision, None if expires == _UNKNOWN else expires)
+        return answer.decision, expires
+
+    def _lead_shared(
+        self,
+        shared: SharedDecisions,
+        key: bytes,
+        credentials: Credentials,
+        principal: Principal | None,
+        repo: Repo,
+        access: Access,
+    ) -> Generator[Work, Any, Decision | str]:
+        """The shared decision, else the hub's (stored in the shared tier after).
+        Redis trouble (``call`` answers None) means asking the hub directly."""
+        shared.cache.start()  # revocations must reach this process's decisions
+        # Asked together with whoami-v2, the token's flight is running now: held
+        # from here, its answer (the token's expiry) is known even if the token
+        # cache does not keep it.
+        token = shared.token_answer(credentials.digest) if principal is None else None
+        keys = shared.cache.decision_keys(
+            self._namespace, credentials.digest, f"{repo.type}:{repo.id}", access
+        )
+        release = SharedRelease(keys, owner=secrets.token_hex(8))
+        try:
+            state, found = yield from self._claim(shared, keys, release.owner)
+        except BaseException as error:
+            # Cancelled (or a bug) while Redis may have granted us the lock.
+            if isinstance(error, GeneratorExit):
+                shared.release_after_cancel(release)
+            self.cache.abandon(key, SourceUnavailable("The repository check was interrupted"))
+            raise
+        if found is not None:
+            decision, remaining = found
+            self.cache.complete(key, decision, None, max_age=remaining)
+            return decision
+        locked = state == _SHARED_LOCKED
+        try:
+            try:
+                answer = yield from self._ask(key, credentials, repo, access)
+            except SourceUnavailable:
+                if locked:
+                    # Let another process's waiter ask now rather than at the lock's expiry.
+                    yield from shared.call(release)
+                raise
+            result, expires = self._settle(key, credentials, principal, answer)
+            if not isinstance(result, Decision) or state == _SHARED_DOWN:
+                if locked:
+                    yield from shared.call(release)
+                return result
+            if result.allowed and expires == _UNKNOWN:
+                # Asked together with whoami-v2: its answer says how long the token
+                # lives, and no positive decision is shared past the token's expiry.
+                expires = yield from self._awaited_expiry(shared, credentials, token)
+            if result.allowed and expires == _UNKNOWN:
+                ttl = 0.0
+            else:
+                ttl = self.cache.lifetime(result, None if expires == _UNKNOWN else expires)
+            if ttl > 0:
+                value = shared.cache.encode_decision(keys, result, ttl, self.cache.clock())
+                yield from shared.call(
+                    SharedStore(keys, release.owner, value, math.ceil(ttl * 1000))
+                )
+            elif locked:
+                yield from shared.call(release)
+            return result
+        except GeneratorExit:
+            if locked:
+                shared.release_after_cancel(release)
+            raise
+
+    def _ask(
+        self, key: bytes, credentials: Credentials | None, repo: Repo, access: Access
+    ) -> Generator[Work, Any, HubAnswer]:
+        """The hub's auth-check behind the breaker; the flight is abandoned on failure."""
         try:
             self.breaker.acquire()
         except SourceUnavailable as refused:
@@ -283,16 +481,60 @@ class HubAuthority:
             self.cache.abandon(key, SourceUnavailable("The repository check was interrupted"))
             raise
         self.breaker.release(None)
-        if answer.token_invalid:
-            assert credentials is not None
-            self._forget_token(credentials.digest)
-            self.forget(credentials.digest)
-            self.cache.complete(key, _TOKEN_INVALID, None)
-            return _TOKEN_INVALID
-        expires = (
-            principal.expires_at.timestamp()
-            if principal is not None and principal.expires_at
-            else None
-        )
-        self.cache.complete(key, answer.decision, expires)
-        return answer.decision
+        return answer
+
+    def _expiry(self, credentials: Credentials | None, principal: Principal | None) -> float | None:
+        """The token's expiry (POSIX time, None: it does not expire), as far as
+        it is known now; :data:`_UNKNOWN` while whoami-v2 has not answered."""
+        if principal is None and self.shared is not None and credentials is not None:
+            answer = self.shared.token_answer(credentials.digest)
+            principal = answer.principal if isinstance(answer, Valid) else None
+        if principal is None:
+            return _UNKNOWN
+        return principal.expires_at.timestamp() if principal.expires_at else None
+
+    def _awaited_expiry(
+        self,
+        shared: SharedDecisions,
+        credentials: Credentials,
+        answer: Outcome | Future[Outcome] | None,
+    ) -> Generator[Work, Any, float | None]:
+        """The token's expiry once its whoami-v2 flight (``answer``, as it was
+        when the decision's flight began) answers (:data:`_UNKNOWN` if it
+        fails, or says the token is invalid)."""
+        if answer is None:
+            answer = shared.token_answer(credentials.digest)
+        if isinstance(answer, Future):
+            try:
+                answer = yield WaitFor(answer)
+            except Exception:  # the token's own flow reports its failure
+                return _UNKNOWN
+        if not isinstance(answer, Valid):
+            return _UNKNOWN
+        expires_at = answer.principal.expires_at
+        return expires_at.timestamp() if expires_at else None
+
+    def _claim(
+        self, shared: SharedDecisions, keys: SharedKeys, owner: str
+    ) -> Generator[Work, Any, tuple[int, tuple[Decision, float] | None]]:
+        """Read the shared decision or take its lock, polling (bounded) while
+        another process holds it, then taking over."""
+        tier = shared.cache
+        lock_ms = math.ceil(shared.lock_ttl * 1000)
+        deadline = self.cache.timer() + shared.lock_ttl + tier.max_poll_interval
+        interval = tier.poll_interval
+        while True:
+            result = yield from shared.call(SharedClaim(keys, owner, lock_ms))
+            if result is None:
+                return _SHARED_DOWN, None
+            state, value = result
+            if state == CLAIM_HIT:
+                decoded = tier.decode_decision(keys, value, self.cache.clock())
+                # Damaged, forged or expired: ask the hub, overwrite it.
+                return (_SHARED_UNLOCKED, None) if decoded is None else (_SHARED_HIT, decoded)
+            if state == CLAIM_LEAD:
+                return _SHARED_LOCKED, None
+            if self.cache.timer() >= deadline:
+                return _SHARED_UNLOCKED, None
+            yield Pause(interval)
+            interval = min(interval * 2, tier.max_poll_interval)

@@ -322,6 +322,12 @@ class TokenCache:
             expires = None if expires_at is None else expires_at.timestamp()
             self._positive[key] = CacheEntry(outcome, now + lifetime, expires)
 
+    def flight(self, key: bytes) -> Future[Outcome] | None:
+        """The running flight for ``key``, if any (to wait for its answer
+        without leading one)."""
+        with self._lock:
+            return self._inflight.get(key)
+
     def is_current(self, leader: Leader) -> bool:
         """Whether nothing was invalidated since ``leader``'s flight began (then
         what it knew at the start, such as its stale answer, may still be used)."""

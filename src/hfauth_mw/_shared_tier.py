@@ -32,10 +32,17 @@ What is kept where, and why:
   A lock lives ``lock_ttl`` seconds (default: the source's own wait bound),
   so a crashed leader delays the others by at most that long; then one of
   them takes over.
+* **Repository decisions** (the hub's auth-check answers, see
+  :mod:`hfauth_mw._authority`) live next to the token's answer, under
+  ``<token entry>:repo:<id>`` where ``id`` is a keyed hash of the token, the
+  repository (type and id) and the access: same hash tag, same tombstone,
+  values signed the same way (:meth:`SharedCache.encode_decision`). Positive
+  decisions 60 s capped by the token's expiry, negative ones 10 s.
 * **Revocation**: :meth:`SharedCache.revoke` sets a tombstone on the token's
-  tag (positive answers for it are then neither read nor written by any
-  process for ``revocation_ttl``) and publishes the tag; each process's
-  subscriber thread drops matching in-process entries. A process whose
+  tag (positive answers for it, and its positive repository decisions, are
+  then neither read nor written by any process for ``revocation_ttl``) and
+  publishes the tag; each process's subscriber thread drops matching
+  in-process entries (token answers and repository decisions). A process whose
   subscription broke drops its whole in-process cache when it reconnects,
   because it may have missed revocations.
 
@@ -62,10 +69,10 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from ._breaker_limiter import FailureLimiter, UpstreamBreaker, _client_key
-from ._cache import MAX_TTL, TokenCache
+from ._cache import MAX_TTL
 from ._exceptions import ConfigurationError, HFAuthError, MalformedAnswer, SourceUnavailable
 from ._principal import (
     FINGERPRINT_LENGTH,
@@ -74,6 +81,7 @@ from ._principal import (
     principal_as_whoami,
     principal_from_whoami,
 )
+from ._rules import Decision
 from ._shared_tier_protocol import (
     CLAIM_HIT,
     CLAIM_LEAD,
@@ -121,6 +129,20 @@ _VALUE_VERSION = 1
 _MAC_BYTES = 32
 _TAG_HEX = 32
 _POSITIVE, _NEGATIVE = b"+", b"-"
+_DIGEST_BYTES = 32  # a SHA-256 digest, the start of every in-process key after the namespace
+_DECIDERS = ("hub", "local")
+
+
+class Droppable(Protocol):
+    """An in-process cache that revocations reach (:class:`~hfauth_mw.TokenCache`,
+    :class:`~hfauth_mw._authority.DecisionCache`): keys are a namespace, then
+    the token's SHA-256 digest, then anything."""
+
+    def drop_matching(self, predicate: Callable[[bytes], bool]) -> int: ...
+
+    def clear(self) -> None: ...
+
+    def __len__(self) -> int: ...
 
 
 class SharedCacheUnavailable(HFAuthError):
@@ -241,7 +263,8 @@ class SharedCache:
         self._tag_key = hmac.digest(key, b"hfauth-mw/v1/revocation-tag", "sha256")
         self._mac_key = hmac.digest(key, b"hfauth-mw/v1/value-mac", "sha256")
         self._client_key = hmac.digest(key, b"hfauth-mw/v1/client-failures", "sha256")
-        self._attached: list[tuple[weakref.ref[TokenCache], bytes]] = []
+        self._decision_key = hmac.digest(key, b"hfauth-mw/v1/repo-decision-id", "sha256")
+        self._attached: list[tuple[weakref.ref[Droppable], bytes]] = []
         self._attached_lock = threading.Lock()
         self._started_pid: int | None = None
         self._start_lock = threading.Lock()
@@ -297,6 +320,17 @@ class SharedCache:
         entry = f"{self.prefix}:{{{tag}}}:{source}:{token_id}"
         return SharedKeys(entry, entry + ":lock", f"{self.prefix}:{{{tag}}}:revoked")
 
+    def decision_keys(self, namespace: bytes, digest: bytes, repo: str, access: str) -> SharedKeys:
+        """The store keys of one repository decision (``repo`` is ``type:id``) for
+        the token with SHA-256 ``digest``: next to the token's own answer (same
+        hash tag, same tombstone, so a revocation hides both), named by a keyed
+        hash of token, repository and access (no repository name in Redis either)."""
+        token = self.keys(namespace, digest)
+        material = b"\x00".join((namespace, digest, repo.encode("utf-8"), access.encode("ascii")))
+        decision_id = hmac.new(self._decision_key, material, "sha256").hexdigest()[:_TAG_HEX]
+        entry = f"{token.entry}:repo:{decision_id}"
+        return SharedKeys(entry, entry + ":lock", token.tomb)
+
     def failure_key(self, client: str) -> str:
         """The store key of one client's failure count (keyed: no address in Redis)."""
         name = hmac.new(self._client_key, client.encode("utf-8"), "sha256").hexdigest()[:32]
@@ -345,6 +379,56 @@ class SharedCache:
             logger.warning("ignored a shared cache value that does not parse")
             return None
 
+    def encode_decision(
+        self, keys: SharedKeys, decision: Decision, ttl: float, now: float
+    ) -> bytes:
+        """The signed value of a repository decision, valid until ``now + ttl``
+        (wall clock). ``+`` for an allowed one (hidden by a tombstone), ``-`` for
+        a denial, then the MAC over key and body, as for token answers."""
+        marker = _POSITIVE if decision.allowed else _NEGATIVE
+        document = {
+            "v": _VALUE_VERSION,
+            "kind": "repo",
+            "exp": now + ttl,
+            "reason": decision.reason,
+            "needed": decision.needed,
+            "by": decision.decided_by,
+        }
+        body = json.dumps(document, separators=(",", ":")).encode("utf-8")
+        return marker + self._mac(keys, marker, body) + body
+
+    def decode_decision(
+        self, keys: SharedKeys, value: bytes, now: float
+    ) -> tuple[Decision, float] | None:
+        """The decision in a stored value and the seconds it stays fresh, or None
+        if the value is forged, damaged, of another key or kind, or expired."""
+        marker, mac, body = value[:1], value[1 : 1 + _MAC_BYTES], value[1 + _MAC_BYTES :]
+        if marker not in (_POSITIVE, _NEGATIVE) or not hmac.compare_digest(
+            mac, self._mac(keys, marker, body)
+        ):
+            logger.warning("ignored a shared repository decision that failed its integrity check")
+            return None
+        try:
+            document = json.loads(body)
+            remaining = float(document["exp"]) - now
+            reason, needed, by = document["reason"], document["needed"], document["by"]
+            if (
+                document.get("v") != _VALUE_VERSION
+                or document.get("kind") != "repo"
+                or not isinstance(reason, str)
+                or not isinstance(needed, str)
+                or by not in _DECIDERS
+                or not math.isfinite(remaining)
+            ):
+                logger.warning("ignored a shared repository decision of the wrong shape")
+                return None
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignored a shared repository decision that does not parse")
+            return None
+        if remaining <= 0:
+            return None
+        return Decision(marker == _POSITIVE, reason, needed, by), remaining
+
     # --- revocation -------------------------------------------------------------------
 
     def revoke_op(self, fingerprint: str) -> SharedRevoke:
@@ -379,13 +463,14 @@ class SharedCache:
             )
         return result if isinstance(result, int) else 0
 
-    def attach(self, cache: TokenCache, namespace: bytes) -> None:
-        """Let revocations received by this process reach ``cache`` (held weakly)."""
+    def attach(self, cache: Droppable, namespace: bytes) -> None:
+        """Let revocations received by this process reach ``cache`` (held weakly):
+        a token cache, or a cache of repository decisions."""
         with self._attached_lock:
             self._attached = [(ref, ns) for ref, ns in self._attached if ref() is not None]
             self._attached.append((weakref.ref(cache), namespace))
 
-    def _caches(self) -> list[tuple[TokenCache, bytes]]:
+    def _caches(self) -> list[tuple[Droppable, bytes]]:
         with self._attached_lock:
             alive = [(ref(), ns) for ref, ns in self._attached]
         return [(cache, ns) for cache, ns in alive if cache is not None]
@@ -400,7 +485,8 @@ class SharedCache:
             def revoked(key: bytes, size: int = size, namespace: bytes = namespace) -> bool:
                 if not key.startswith(namespace):
                     return False
-                return self.revocation_tag(fingerprint_of(key[size:])) in wanted
+                digest = key[size : size + _DIGEST_BYTES]
+                return self.revocation_tag(fingerprint_of(digest)) in wanted
 
             dropped += cache.drop_matching(revoked)
         with self._attached_lock:
