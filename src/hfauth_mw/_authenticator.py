@@ -38,19 +38,19 @@ from ._hub_access import HubAccessCheck
 from ._metrics import Metrics
 from ._principal import Principal, fingerprint_of, token_digest
 from ._shared_tier import (
+    CLAIM_DOWN,
     CLAIM_HIT,
     CLAIM_LEAD,
-    Pause,
     SharedBackend,
     SharedCache,
     SharedCacheUnavailable,
-    SharedClaim,
     SharedDown,
     SharedFailureLimiter,
     SharedKeys,
     SharedOp,
     SharedRelease,
     SharedStore,
+    claim,
 )
 from ._source_protocol import EXPIRED, Flow, IntrospectionSource, Invalid, Outcome, Valid, WaitFor
 from ._sources import DEFAULT_MAX_ANSWER_BYTES
@@ -359,38 +359,35 @@ class Authenticator:
         owner: str,
         credentials: Credentials,
     ) -> Generator[Work, Any, tuple[int, Outcome | None]]:
-        """Read the shared answer or take the lock, polling while another process
-        holds it: until the lock must have expired, then take over."""
-        lock_ms = math.ceil(self._lock_ttl * 1000)
-        deadline = self.cache.timer() + self._lock_ttl + shared.max_poll_interval
-        interval = shared.poll_interval
-        waited = False
-        while True:
-            result = yield from self._shared_call(shared, SharedClaim(keys, owner, lock_ms))
-            if result is None:
-                return _SHARED_DOWN, None
-            state, value = result
-            if state == CLAIM_HIT:
-                decoded = shared.decode(keys, value, credentials.fingerprint, self.clock())
-                if decoded is None:  # damaged or forged: ask the source, overwrite it
-                    return _SHARED_UNLOCKED, None
-                outcome, remaining = decoded
-                self.metrics.count("shared_hits")
-                self.cache.complete(leader, outcome, max_age=remaining)
-                return _SHARED_HIT, outcome
-            if state == CLAIM_LEAD:
-                self.metrics.count("shared_misses")
-                if waited:
-                    self.metrics.count("shared_takeovers")
-                return _SHARED_LOCKED, None
-            if not waited:
-                waited = True
-                self.metrics.count("shared_waits")
-            if self.cache.timer() >= deadline:
-                self.metrics.count("shared_misses")
+        """Read the shared answer or take the lock (:func:`~hfauth_mw._shared_tier.claim`),
+        counting what happened."""
+        state, value, waited = yield from claim(
+            lambda op: self._shared_call(shared, op),
+            shared,
+            keys,
+            owner,
+            self._lock_ttl,
+            self.cache.timer,
+        )
+        if waited:
+            self.metrics.count("shared_waits")
+        if state == CLAIM_DOWN:
+            return _SHARED_DOWN, None
+        if state == CLAIM_HIT:
+            assert value is not None
+            decoded = shared.decode(keys, value, credentials.fingerprint, self.clock())
+            if decoded is None:  # damaged or forged: ask the source, overwrite it
                 return _SHARED_UNLOCKED, None
-            yield Pause(interval)
-            interval = min(interval * 2, shared.max_poll_interval)
+            outcome, remaining = decoded
+            self.metrics.count("shared_hits")
+            self.cache.complete(leader, outcome, max_age=remaining)
+            return _SHARED_HIT, outcome
+        self.metrics.count("shared_misses")
+        if state == CLAIM_LEAD:
+            if waited:
+                self.metrics.count("shared_takeovers")
+            return _SHARED_LOCKED, None
+        return _SHARED_UNLOCKED, None
 
     def _shared_call(self, shared: SharedCache, op: SharedOp) -> Generator[Work, Any, Any]:
         """One shared-tier operation behind the Redis breaker; None if Redis is

@@ -49,15 +49,15 @@ from ._hub_access import HubAccessCheck, HubAnswer
 from ._principal import Principal
 from ._rules import WRITE_PERMISSION, Access, Decision, Repo, _safe, can_write_somewhere
 from ._shared_tier import (
+    CLAIM_DOWN,
     CLAIM_HIT,
     CLAIM_LEAD,
-    Pause,
     SharedCache,
-    SharedClaim,
     SharedKeys,
     SharedOp,
     SharedRelease,
     SharedStore,
+    claim,
 )
 from ._source_protocol import Outcome, Valid, WaitFor
 
@@ -517,24 +517,15 @@ class HubAuthority:
     def _claim(
         self, shared: SharedDecisions, keys: SharedKeys, owner: str
     ) -> Generator[Work, Any, tuple[int, tuple[Decision, float] | None]]:
-        """Read the shared decision or take its lock, polling (bounded) while
-        another process holds it, then taking over."""
-        tier = shared.cache
-        lock_ms = math.ceil(shared.lock_ttl * 1000)
-        deadline = self.cache.timer() + shared.lock_ttl + tier.max_poll_interval
-        interval = tier.poll_interval
-        while True:
-            result = yield from shared.call(SharedClaim(keys, owner, lock_ms))
-            if result is None:
-                return _SHARED_DOWN, None
-            state, value = result
-            if state == CLAIM_HIT:
-                decoded = tier.decode_decision(keys, value, self.cache.clock())
-                # Damaged, forged or expired: ask the hub, overwrite it.
-                return (_SHARED_UNLOCKED, None) if decoded is None else (_SHARED_HIT, decoded)
-            if state == CLAIM_LEAD:
-                return _SHARED_LOCKED, None
-            if self.cache.timer() >= deadline:
-                return _SHARED_UNLOCKED, None
-            yield Pause(interval)
-            interval = min(interval * 2, tier.max_poll_interval)
+        """Read the shared decision or take its lock (:func:`~hfauth_mw._shared_tier.claim`)."""
+        state, value, _waited = yield from claim(
+            shared.call, shared.cache, keys, owner, shared.lock_ttl, self.cache.timer
+        )
+        if state == CLAIM_DOWN:
+            return _SHARED_DOWN, None
+        if state == CLAIM_HIT:
+            assert value is not None
+            decoded = shared.cache.decode_decision(keys, value, self.cache.clock())
+            # Damaged, forged or expired: ask the hub, overwrite it.
+            return (_SHARED_UNLOCKED, None) if decoded is None else (_SHARED_HIT, decoded)
+        return (_SHARED_LOCKED, None) if state == CLAIM_LEAD else (_SHARED_UNLOCKED, None)

@@ -67,7 +67,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -117,6 +117,7 @@ __all__ = [
     "SharedRelease",
     "SharedRevoke",
     "SharedStore",
+    "claim",
     "principal_to_whoami",
     "revocation_broadcaster",
 ]
@@ -568,6 +569,48 @@ class SharedCache:
 
 
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+
+
+#: How :func:`claim` ends besides CLAIM_HIT and CLAIM_LEAD: the shared tier
+#: failed, or the holder of the lock never answered.
+CLAIM_DOWN, CLAIM_GAVE_UP = -1, -2
+
+
+def claim(
+    call: Callable[[SharedOp], Generator[Any, Any, Any]],
+    tier: SharedCache,
+    keys: SharedKeys,
+    owner: str,
+    lock_ttl: float,
+    timer: Callable[[], float],
+) -> Generator[Any, Any, tuple[int, bytes | None, bool]]:
+    """Read the shared value under ``keys``, else take its lock; while another
+    process holds the lock, poll (backing off to ``max_poll_interval``) until
+    the lock must have expired. One loop for token answers and repository
+    decisions alike.
+
+    ``call`` runs one operation and answers ``None`` when the shared tier is
+    failing. Returns ``(state, value, waited)``: ``(CLAIM_HIT, value, …)``,
+    ``(CLAIM_LEAD, None, …)`` (the lock is ours), ``(CLAIM_GAVE_UP, None, …)``
+    (its holder never answered: go on without the lock) or ``(CLAIM_DOWN,
+    None, …)``; ``waited`` says whether another process held the lock first.
+    """
+    lock_ms = math.ceil(lock_ttl * 1000)
+    deadline = timer() + lock_ttl + tier.max_poll_interval
+    interval = tier.poll_interval
+    waited = False
+    while True:
+        result = yield from call(SharedClaim(keys, owner, lock_ms))
+        if result is None:
+            return CLAIM_DOWN, None, waited
+        state, value = result
+        if state in (CLAIM_HIT, CLAIM_LEAD):
+            return state, value, waited
+        waited = True
+        if timer() >= deadline:
+            return CLAIM_GAVE_UP, None, waited
+        yield Pause(interval)
+        interval = min(interval * 2, tier.max_poll_interval)
 
 
 def revocation_broadcaster(
