@@ -669,6 +669,31 @@ def test_a_revocation_drops_the_decisions_in_every_process(workers, hub, callers
 
 
 @pytest.mark.redis
+def test_a_token_the_hub_refuses_is_dropped_in_every_process(workers, hub, callers):
+    """A 401 from the auth-check means the hub no longer accepts the token: the
+    other processes drop their cached answer too, not only the one that asked."""
+    import time
+
+    from hfauth_mw import InvalidToken
+
+    first, second = workers()
+    token = callers["writer"]
+    for worker in (first, second):
+        assert worker.shared.wait_ready(10)
+        worker.auth.authenticate_sync(_credentials(token))
+    assert second.auth.cached(_credentials(token)) is not None
+    hub.fail_next(401, body=b'{"error": "Invalid credentials"}', endpoint="auth-check",
+                  headers={"Content-Type": "application/json"}, times=1)  # fmt: skip
+    with pytest.raises(InvalidToken):
+        first.decide(token, "acme/private")
+    assert first.auth.cached(_credentials(token)) is None
+    started = time.monotonic()
+    while second.auth.cached(_credentials(token)) is not None and time.monotonic() - started < 2:
+        time.sleep(0.002)  # polling the broadcast's effect, bounded
+    assert second.auth.cached(_credentials(token)) is None
+
+
+@pytest.mark.redis
 def test_concurrent_processes_make_one_auth_check_call(workers, hub, callers):
     from concurrent.futures import ThreadPoolExecutor
 

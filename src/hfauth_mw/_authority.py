@@ -426,6 +426,10 @@ class HubAuthority:
                     yield from shared.call(release)
                 raise
             result, expires = self._settle(key, credentials, principal, answer)
+            if result == _TOKEN_INVALID and state != _SHARED_DOWN:
+                # The hub no longer accepts the token: every process drops it (its
+                # answer and decisions), as a revocation does, not only this one.
+                yield from shared.call(shared.cache.revoke_op(credentials.fingerprint))
             if not isinstance(result, Decision) or state == _SHARED_DOWN:
                 if locked:
                     yield from shared.call(release)
