@@ -36,10 +36,16 @@ used when the middleware did not run, and the exception handler that renders
 every :class:`~hfauth_mw.AuthenticationError` as the RFC 6750 answer
 (``{"error", "error_description"}``, not FastAPI's ``{"detail": ...}``). With
 ``allow_basic=False`` it also leaves the Basic scheme out of OpenAPI. Routes
-using them on an app without it are a :class:`~hfauth_mw.ConfigurationError`
-at their first request (nothing of hfauth-mw's runs at such an app's start-up
-to see it earlier); with it, a ``RequireRepo`` naming a path parameter its
-route lacks stops start-up.
+using them on an app without it stop the app's start-up (its lifespan) with a
+:class:`~hfauth_mw.ConfigurationError` naming them; the middleware alone does
+not count, since the dependencies take their options from :func:`install`.
+FastAPI has no start-up hook for dependencies: the check is added to the
+router a route is created on, when FastAPI reads the dependency's signature
+inside ``APIRouter.add_api_route``. What that cannot see (a router given
+routes after it was included, ``include_router(..., dependencies=...)`` on
+FastAPI 0.16x, a mounted sub-app, a server not running the lifespan) is the
+same error at the route's first request. With :func:`install`, a
+``RequireRepo`` naming a path parameter its route lacks stops start-up.
 
 FastAPI's own pages (``/docs``, ``/redoc``, ``/openapi.json``, the OAuth2
 redirect: :func:`docs_paths`) stay public: :func:`install` adds them to the
