@@ -3,12 +3,16 @@ loopback, with and without the ASGI middleware."""
 
 import base64
 import importlib.util
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request, Security
+from fastapi import APIRouter, FastAPI, Request, Security
 from starlette.testclient import TestClient
 
 from contract import ADAPTER_ACCESS_ROWS
@@ -644,3 +648,231 @@ async def test_a_token_route_on_an_optional_path_still_needs_a_token(new_authent
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         response = await client.get("/whoami")
     assert response.status_code == 401
+
+
+# --- without install(): start-up stops (issue 19) ------------------------------------------
+
+
+def on_app(app: FastAPI, dependency: RequireToken) -> None:
+    @app.get("/v1/models/{owner}/{name}", dependencies=[Security(dependency)])
+    async def card(owner: str, name: str) -> dict[str, bool]:
+        return {"ok": True}
+
+
+def as_parameter(app: FastAPI, dependency: RequireToken) -> None:
+    @app.get("/v1/models/{owner}/{name}")
+    async def card(
+        owner: str, name: str, auth: Annotated[RequestAuth, Security(dependency)]
+    ) -> dict[str, bool]:
+        return {"ok": True}
+
+
+def in_a_users_dependency(app: FastAPI, dependency: RequireToken) -> None:
+    async def caller(auth: Annotated[RequestAuth, Security(dependency)]) -> str:
+        return auth.principal.name or ""
+
+    @app.get("/v1/models/{owner}/{name}")
+    async def card(owner: str, name: str, who: Annotated[str, Security(caller)]) -> str:
+        return who
+
+
+def on_an_included_router(app: FastAPI, dependency: RequireToken) -> None:
+    router = APIRouter()
+
+    @router.get("/{owner}/{name}", dependencies=[Security(dependency)])
+    async def card(owner: str, name: str) -> dict[str, bool]:
+        return {"ok": True}
+
+    app.include_router(router, prefix="/v1/models")
+
+
+def on_a_router_included_twice_over(app: FastAPI, dependency: RequireToken) -> None:
+    inner, outer = APIRouter(), APIRouter()
+
+    @inner.get("/{owner}/{name}", dependencies=[Security(dependency)])
+    async def card(owner: str, name: str) -> dict[str, bool]:
+        return {"ok": True}
+
+    outer.include_router(inner, prefix="/models")
+    app.include_router(outer, prefix="/v1")
+
+
+PLACES = [
+    pytest.param(on_app, id="route-dependencies"),
+    pytest.param(as_parameter, id="parameter"),
+    pytest.param(in_a_users_dependency, id="sub-dependency"),
+    pytest.param(on_an_included_router, id="include_router"),
+    pytest.param(on_a_router_included_twice_over, id="nested-include_router"),
+]
+DEPENDENCIES = [
+    pytest.param(lambda: RequireRepo("read"), "RequireRepo", id="RequireRepo"),
+    pytest.param(lambda: RequireToken(), "RequireToken", id="RequireToken"),
+    pytest.param(lambda: RequirePermission("repo.write"), "RequirePermission", id="Permission"),
+    pytest.param(lambda: OptionalToken(), "OptionalToken", id="OptionalToken"),
+]
+
+
+@pytest.mark.parametrize("place", PLACES)
+@pytest.mark.parametrize(("dependency", "name"), DEPENDENCIES)
+def test_without_install_start_up_stops(place, dependency, name):
+    app = FastAPI()
+    place(app, dependency())
+    with (
+        pytest.raises(ConfigurationError, match=r"install\(app, \.\.\.\)") as caught,
+        TestClient(app),
+    ):
+        pass
+    assert f"the route /v1/models/{{owner}}/{{name}} ({name}) use" in str(caught.value)
+
+
+@pytest.mark.parametrize("place", PLACES)
+@pytest.mark.parametrize(
+    "order", ["install-first", "install-last", "middleware-too"], ids=lambda order: order
+)
+def test_installed_apps_start_and_serve(new_authenticator, tokens, place, order):
+    """The start-up check never stops an app with install(), before or after its
+    routes, whatever the routes' place; the routes then serve."""
+    app = FastAPI()
+    if order != "install-last":
+        install(app, authenticator=new_authenticator())
+    place(app, RequireRepo("read"))
+    if order == "install-last":
+        install(app, authenticator=new_authenticator())
+    if order == "middleware-too":
+        app.add_middleware(HFAuthMiddleware, authenticator=new_authenticator())
+    with TestClient(app) as client:
+        refused = client.get("/v1/models/acme/sentiment")
+        allowed = client.get("/v1/models/acme/sentiment", headers=bearer(tokens["reader"]))
+    assert refused.status_code == 401
+    assert allowed.status_code == 200, allowed.text
+
+
+@pytest.mark.parametrize("installed", [True, False], ids=["installed", "not-installed"])
+def test_the_apps_own_lifespan_runs_once_and_only_when_set_up(new_authenticator, installed):
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, str]]:
+        events.append("start")
+        yield {"model": "loaded"}
+        events.append("stop")
+
+    app = FastAPI(lifespan=lifespan)
+    if installed:
+        install(app, authenticator=new_authenticator())
+
+    @app.get("/model")
+    async def model(request: Request, auth: Caller) -> dict[str, str]:
+        return {"model": request.state.model}
+
+    @app.get("/whoami")
+    async def whoami(auth: Caller) -> dict[str, str]:
+        return {"user": auth.principal.name or ""}
+
+    if not installed:
+        with pytest.raises(ConfigurationError, match=r"/model .*/whoami"), TestClient(app):
+            pass
+        assert events == []  # stopped before the app's own start-up ran
+        return
+    with TestClient(app) as client:
+        assert client.get("/model").status_code == 401
+    assert events == ["start", "stop"]
+
+
+def test_the_middleware_alone_is_not_enough(new_authenticator):
+    """HFAuthMiddleware without install() does not make the dependencies work
+    (they take their options from install()): start-up says so."""
+    app = create_app()
+    app.add_middleware(HFAuthMiddleware, authenticator=new_authenticator())
+    with (
+        pytest.raises(ConfigurationError, match="HFAuthMiddleware alone is not enough"),
+        TestClient(app),
+    ):
+        pass
+
+
+def test_a_route_added_after_its_router_was_included_is_caught_at_its_first_request(tokens):
+    """What the start-up check cannot see (FastAPI 0.16x serves routes added to a
+    router after it was included, but no longer merges its lifespan) is the
+    same ConfigurationError at the route's first request, never a silent pass."""
+    app = FastAPI()
+    router = APIRouter()
+    app.include_router(router, prefix="/late")
+
+    @router.get("/whoami")
+    async def whoami(auth: Caller) -> dict[str, str]:
+        return {"user": auth.principal.name or ""}
+
+    with TestClient(app) as client:
+        if app.router.routes[-1].__class__.__name__ != "_IncludedRouter":
+            pytest.skip("this FastAPI copies included routes: nothing is added late")
+        with pytest.raises(ConfigurationError, match=r"/late/whoami .*install\(app"):
+            client.get("/late/whoami", headers=bearer(tokens["reader"]))
+
+
+def test_a_mounted_sub_app_without_install_does_not_stop_the_installed_app(
+    new_authenticator, tokens
+):
+    """Only the app whose lifespan runs is checked: a mounted FastAPI app gets no
+    lifespan, so its missing install() is its first request's error."""
+    app = FastAPI()
+    install(app, authenticator=new_authenticator())
+    sub = create_app()
+    app.mount("/sub", sub)
+    with TestClient(app) as client, pytest.raises(ConfigurationError, match=r"install\(app"):
+        client.get("/sub/whoami", headers=bearer(tokens["reader"]))
+
+
+def test_more_routes_on_a_router_add_no_second_check():
+    app = FastAPI()
+    on_app(app, RequireRepo("read"))
+    checked = app.router.lifespan_context
+
+    @app.get("/whoami")
+    async def whoami(auth: Caller) -> dict[str, str]:
+        return {"user": auth.principal.name or ""}
+
+    assert app.router.lifespan_context is checked
+
+
+def test_install_checks_repo_parameters_of_included_routers(new_authenticator):
+    """FastAPI 0.16x keeps an included router as one entry of app.routes: its
+    routes' RequireRepo path parameters are checked at start-up all the same."""
+    app = FastAPI()
+    install(app, authenticator=new_authenticator())
+    router = APIRouter()
+
+    @router.get("/{org}/{model}", dependencies=[Security(RequireRepo("read"))])
+    async def card(org: str, model: str) -> dict[str, bool]:
+        return {"ok": True}
+
+    app.include_router(router, prefix="/v1/models")
+    with pytest.raises(ConfigurationError, match="does not have") as caught, TestClient(app):
+        pass
+    assert "route /v1/models/{org}/{model}" in str(caught.value)
+
+
+NOT_INSTALLED_APP = """
+from fastapi import FastAPI, Security
+from hfauth_mw.fastapi import RequireRepo
+
+app = FastAPI()
+
+
+@app.get("/v1/models/{owner}/{name}", dependencies=[Security(RequireRepo("read"))])
+async def card(owner: str, name: str) -> dict[str, bool]:
+    return {"ok": True}
+"""
+
+
+def test_uvicorn_refuses_to_start_an_app_without_install(tmp_path):
+    (tmp_path / "not_installed.py").write_text(NOT_INSTALLED_APP)
+    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(tmp_path)]
+    command += ["--host", "127.0.0.1", "--port", "0", "not_installed:app"]
+    # Before, the server started and served: the timeout is what fails then.
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 3  # uvicorn's STARTUP_FAILURE
+    assert "Application startup failed" in done.stderr
+    assert "ConfigurationError" in done.stderr
+    assert "/v1/models/{owner}/{name} (RequireRepo)" in done.stderr
+    assert "install(app, ...)" in done.stderr

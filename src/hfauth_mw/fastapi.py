@@ -36,10 +36,16 @@ used when the middleware did not run, and the exception handler that renders
 every :class:`~hfauth_mw.AuthenticationError` as the RFC 6750 answer
 (``{"error", "error_description"}``, not FastAPI's ``{"detail": ...}``). With
 ``allow_basic=False`` it also leaves the Basic scheme out of OpenAPI. Routes
-using them on an app without it are a :class:`~hfauth_mw.ConfigurationError`
-at their first request (nothing of hfauth-mw's runs at such an app's start-up
-to see it earlier); with it, a ``RequireRepo`` naming a path parameter its
-route lacks stops start-up.
+using them on an app without it stop the app's start-up (its lifespan) with a
+:class:`~hfauth_mw.ConfigurationError` naming them; the middleware alone does
+not count, since the dependencies take their options from :func:`install`.
+FastAPI has no start-up hook for dependencies: the check is added to the
+router a route is created on, when FastAPI reads the dependency's signature
+inside ``APIRouter.add_api_route``. What that cannot see (a router given
+routes after it was included, ``include_router(..., dependencies=...)`` on
+FastAPI 0.16x, a mounted sub-app, a server not running the lifespan) is the
+same error at the route's first request. With :func:`install`, a
+``RequireRepo`` naming a path parameter its route lacks stops start-up.
 
 FastAPI's own pages (``/docs``, ``/redoc``, ``/openapi.json``, the OAuth2
 redirect: :func:`docs_paths`) stay public: :func:`install` adds them to the
@@ -79,19 +85,21 @@ Security caveats, plainly:
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Unpack
 
 from starlette.requests import HTTPConnection
+from starlette.routing import BaseRoute
 
 from ._validation import missing_extra, require_bool
 
 try:
+    import fastapi.routing
     from fastapi import FastAPI, Request, Response, Security
     from fastapi.dependencies.models import Dependant
-    from fastapi.routing import APIRoute
+    from fastapi.routing import APIRouter
     from fastapi.security import HTTPBasic, HTTPBearer
     from starlette.middleware import Middleware
 except ImportError as exc:  # pragma: no cover - depends on the install
@@ -243,37 +251,130 @@ def _check_routes_at_startup(app: FastAPI) -> None:
     a path parameter its route lacks is a ConfigurationError, not a 500 on
     every request. Routes are checked then, so that those declared after
     ``install()`` count too."""
-    lifespan = app.router.lifespan_context
+    _before_startup(app.router, lambda _: _check_repo_params(app))
+
+
+def _before_startup(router: APIRouter, check: Callable[[Any], None]) -> None:
+    """Run ``check(app)`` when ``router``'s lifespan starts, before the lifespan
+    it had (the app's own ``lifespan=`` included). FastAPI merges an included
+    router's lifespan into the including router's, so a check on an
+    ``APIRouter`` runs when the app that includes it starts."""
+    lifespan = router.lifespan_context
 
     @asynccontextmanager
     async def checked(application: Any) -> AsyncIterator[Any]:
-        _check_repo_params(app)
+        check(application)
         context: AbstractAsyncContextManager[Any] = lifespan(application)
         async with context as state:
             yield state
 
-    app.router.lifespan_context = checked
+    router.lifespan_context = checked
 
 
 def _check_repo_params(app: FastAPI) -> None:
-    for route in app.routes:
-        if not isinstance(route, APIRoute):
-            continue
-        for requirement in _repo_requirements(route.dependant):
+    for path, dependant, params in _api_routes(app.routes):
+        for requirement in _repo_requirements(dependant):
             for arg in (requirement.owner_arg, requirement.name_arg):
-                if arg not in route.param_convertors:
+                if arg not in params:
                     raise ConfigurationError(
-                        f"route {route.path}: RequireRepo reads the path parameter {arg!r}, "
+                        f"route {path}: RequireRepo reads the path parameter {arg!r}, "
                         "which the route does not have; name it in the path or pass "
                         "owner_param=/name_param="
                     )
 
 
+def _api_routes(routes: list[BaseRoute]) -> Iterator[tuple[str, Dependant, Iterable[str]]]:
+    """Each API route as served: its full path, its dependencies (those of the
+    routers including it too) and its path parameters. FastAPI 0.16x keeps an
+    included router as one entry of ``app.routes`` and lists its routes through
+    ``iter_route_contexts``; older versions copy them into ``app.routes``."""
+    iterate = getattr(fastapi.routing, "iter_route_contexts", None)
+    for route in iterate(routes) if iterate is not None else routes:
+        dependant = getattr(route, "dependant", None)
+        path = getattr(route, "path", None)
+        if isinstance(dependant, Dependant) and isinstance(path, str):
+            yield path, dependant, getattr(route, "param_convertors", None) or {}
+
+
 def _repo_requirements(dependant: Dependant) -> Iterator[RepoRequirement]:
+    for call in _hfauth_dependencies(dependant):
+        if isinstance(call, RequireRepo):
+            yield call.requirement
+
+
+def _hfauth_dependencies(dependant: Dependant) -> Iterator[RequireToken]:
     for sub in dependant.dependencies:
-        if isinstance(sub.call, RequireRepo):
-            yield sub.call.requirement
-        yield from _repo_requirements(sub)
+        if isinstance(sub.call, RequireToken):
+            yield sub.call
+        yield from _hfauth_dependencies(sub)
+
+
+# --- start-up without install() ---------------------------------------------------------
+#
+# FastAPI has no start-up hook for dependencies, and an app without install()
+# has nothing of hfauth-mw's in it. The one moment hfauth-mw code runs while
+# such an app is being built is FastAPI reading each dependency's signature
+# when a route is created (APIRoute -> get_dependant -> inspect.signature,
+# which reads __signature__). RequireToken.__signature__ then looks a few
+# frames up for APIRouter.add_api_route, the one place routes are created,
+# and adds a check to that router's lifespan. Each failure to find it (another
+# FastAPI, a route built by hand, an included router's own dependencies when
+# FastAPI reads them lazily, routes added to a router after it was included)
+# only loses the early check: the first request still raises the same error.
+
+_ADD_API_ROUTE = getattr(APIRouter.add_api_route, "__code__", None)
+_FRAMES_TO_ROUTER = 32  # FastAPI 0.165 needs 10; a bound, never a scan of the stack
+_WATCHED = "_hfauth_mw_startup_check"
+
+
+def _watch_the_router_being_built() -> None:
+    """Called while FastAPI reads a dependency's signature: if that happens inside
+    ``APIRouter.add_api_route``, check at that router's start-up that the app
+    it serves in has :func:`install` (once per router)."""
+    frame = inspect.currentframe()
+    for _ in range(_FRAMES_TO_ROUTER):
+        if frame is None:
+            return
+        if frame.f_code is _ADD_API_ROUTE:
+            router = frame.f_locals.get("self")
+            if isinstance(router, APIRouter) and not getattr(router, _WATCHED, False):
+                _watch(router)
+            return
+        frame = frame.f_back
+
+
+def _watch(router: APIRouter) -> None:
+    setattr(router, _WATCHED, True)  # one check per router, however many routes
+    _before_startup(router, lambda app: _require_install(app, router))
+
+
+def _require_install(app: Any, router: APIRouter) -> None:
+    if not isinstance(app, FastAPI) or isinstance(getattr(app.state, _STATE, None), _State):
+        return  # not a FastAPI app (the first request will tell), or set up
+    uses = _uses(app.routes) or _uses(router.routes)  # the app's paths say more
+    if not uses:
+        return  # nothing here needs it (the routes were removed)
+    shown = ", ".join(uses[:5]) + (f" and {len(uses) - 5} more" if len(uses) > 5 else "")
+    routes = "the route" if len(uses) == 1 else "the routes"
+    raise ConfigurationError(
+        f"hfauth-mw is not set up on this app: {routes} {shown} use its dependencies, but {_FIX}"
+    )
+
+
+def _uses(routes: list[BaseRoute]) -> list[str]:
+    """Each route using these dependencies, with their names: ``/x (RequireRepo)``."""
+    named: dict[str, dict[str, None]] = {}
+    for path, dependant, _ in _api_routes(routes):
+        for call in _hfauth_dependencies(dependant):
+            named.setdefault(path, {})[type(call).__name__] = None
+    return [f"{path} ({', '.join(names)})" for path, names in named.items()]
+
+
+_FIX = (
+    "hfauth_mw.fastapi.install(app, ...) was not called; call it on every FastAPI app "
+    "with these dependencies, mounted sub-apps included "
+    "(HFAuthMiddleware alone is not enough: the dependencies take their options from install())"
+)
 
 
 def _hide_basic_scheme(app: FastAPI) -> None:
@@ -301,13 +402,11 @@ def _hide_basic_scheme(app: FastAPI) -> None:
 def _state(request: HTTPConnection) -> _State:
     state = getattr(request.app.state, _STATE, None)
     if not isinstance(state, _State):
-        # Nothing of hfauth-mw's runs when such an app starts (install() is what
-        # adds the start-up check), so this is the first moment it can be seen.
+        # Start-up normally caught it (see _watch_the_router_being_built); this
+        # is for the routes it could not see.
         raise ConfigurationError(
-            "hfauth-mw is not set up on this app: a route uses RequireToken, RequireRepo, "
-            "RequirePermission or OptionalToken, but hfauth_mw.fastapi.install(app, ...) was "
-            "not called; call it on every FastAPI app with these dependencies, mounted "
-            "sub-apps included"
+            f"hfauth-mw is not set up on this app: the route {request.url.path} uses "
+            f"RequireToken, RequireRepo, RequirePermission or OptionalToken, but {_FIX}"
         )
     return state
 
@@ -348,13 +447,11 @@ class RequireToken:
     """Dependency: any valid token (or the anonymous principal with
     ``allow_anonymous``); returns the :class:`~hfauth_mw.RequestAuth`."""
 
-    __signature__: inspect.Signature
-
     def __init__(self, *, scopes: tuple[str, ...] = ()) -> None:
         # FastAPI reads the parameters from this signature: the two schemes, with
         # this requirement's scopes, make the route's OpenAPI security requirement.
         keyword = inspect.Parameter.KEYWORD_ONLY
-        self.__signature__ = inspect.Signature(
+        self._signature = inspect.Signature(
             [
                 inspect.Parameter("request", keyword, annotation=Request),
                 inspect.Parameter("response", keyword, annotation=Response),
@@ -366,6 +463,13 @@ class RequireToken:
                 ),
             ]
         )
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """What FastAPI reads when it creates a route: the moment to make sure
+        the app will be checked for :func:`install` at its start-up."""
+        _watch_the_router_being_built()
+        return self._signature
 
     async def __call__(
         self, *, request: Request, response: Response, bearer: None = None, basic: None = None
