@@ -356,8 +356,10 @@ def _require_install(app: Any, router: APIRouter) -> None:
         return  # nothing here needs it (the routes were removed)
     shown = ", ".join(uses[:5]) + (f" and {len(uses) - 5} more" if len(uses) > 5 else "")
     routes = "the route" if len(uses) == 1 else "the routes"
+    verb = "uses" if len(uses) == 1 else "use"
     raise ConfigurationError(
-        f"hfauth-mw is not set up on this app: {routes} {shown} use its dependencies, but {_FIX}"
+        f"hfauth-mw is not set up on this app: {routes} {shown} {verb} its dependencies, "
+        f"but {_FIX}"
     )
 
 
