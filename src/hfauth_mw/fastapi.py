@@ -358,8 +358,7 @@ def _require_install(app: Any, router: APIRouter) -> None:
     routes = "the route" if len(uses) == 1 else "the routes"
     verb = "uses" if len(uses) == 1 else "use"
     raise ConfigurationError(
-        f"hfauth-mw is not set up on this app: {routes} {shown} {verb} its dependencies, "
-        f"but {_FIX}"
+        f"hfauth-mw is not set up on this app: {routes} {shown} {verb} its dependencies, but {_FIX}"
     )
 
 
