@@ -342,39 +342,58 @@ class SharedCache:
             self._mac_key, keys.entry.encode("ascii") + b"\x00" + marker + body, "sha256"
         )
 
+    def _sign(self, keys: SharedKeys, positive: bool, document: dict[str, Any]) -> bytes:
+        """``+`` (hidden by a tombstone) or ``-``, the MAC over key and body, the body."""
+        marker = _POSITIVE if positive else _NEGATIVE
+        body = json.dumps(document, separators=(",", ":")).encode("utf-8")
+        return marker + self._mac(keys, marker, body) + body
+
+    def _open(
+        self, keys: SharedKeys, value: bytes, now: float, what: str
+    ) -> tuple[bool, dict[str, Any], float] | None:
+        """A signed value's (positive, document, seconds left), or None if it is
+        forged, damaged, of another key or version, or expired."""
+        marker, mac, body = value[:1], value[1 : 1 + _MAC_BYTES], value[1 + _MAC_BYTES :]
+        if marker not in (_POSITIVE, _NEGATIVE) or not hmac.compare_digest(
+            mac, self._mac(keys, marker, body)
+        ):
+            logger.warning("ignored a %s that failed its integrity check", what)
+            return None
+        try:
+            document = json.loads(body)
+            remaining = float(document["exp"]) - now
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignored a %s that does not parse", what)
+            return None
+        if document.get("v") != _VALUE_VERSION or not math.isfinite(remaining):
+            logger.warning("ignored a %s of the wrong shape", what)
+            return None
+        if remaining <= 0:
+            return None
+        return marker == _POSITIVE, document, remaining
+
     def encode(self, keys: SharedKeys, outcome: Outcome, ttl: float, now: float) -> bytes:
         """The signed value for ``outcome``, valid until ``now + ttl`` (wall clock)."""
         document: dict[str, Any] = {"v": _VALUE_VERSION, "exp": now + ttl}
         if isinstance(outcome, Valid):
-            marker = _POSITIVE
             document["whoami"] = principal_to_whoami(outcome.principal)
         else:
-            marker = _NEGATIVE
             document["reason"] = outcome.reason
-        body = json.dumps(document, separators=(",", ":")).encode("utf-8")
-        return marker + self._mac(keys, marker, body) + body
+        return self._sign(keys, isinstance(outcome, Valid), document)
 
     def decode(
         self, keys: SharedKeys, value: bytes, fingerprint: str, now: float
     ) -> tuple[Outcome, float] | None:
         """The outcome in a stored value and the seconds it stays fresh, or None
         if the value is forged, damaged, of another key, or expired."""
-        marker, mac, body = value[:1], value[1 : 1 + _MAC_BYTES], value[1 + _MAC_BYTES :]
-        if marker not in (_POSITIVE, _NEGATIVE) or not hmac.compare_digest(
-            mac, self._mac(keys, marker, body)
-        ):
-            logger.warning("ignored a shared cache value that failed its integrity check")
+        opened = self._open(keys, value, now, "shared cache value")
+        if opened is None:
             return None
+        positive, document, remaining = opened
+        if not positive:
+            reason = document.get("reason")
+            return Invalid(reason if isinstance(reason, str) else Invalid().reason), remaining
         try:
-            document = json.loads(body)
-            remaining = float(document["exp"]) - now
-            if document.get("v") != _VALUE_VERSION or not math.isfinite(remaining):
-                return None
-            if remaining <= 0:
-                return None
-            if marker == _NEGATIVE:
-                reason = document.get("reason")
-                return Invalid(reason if isinstance(reason, str) else Invalid().reason), remaining
             return Valid(_principal_from_value(document["whoami"], fingerprint)), remaining
         except (ValueError, KeyError, TypeError, MalformedAnswer):
             logger.warning("ignored a shared cache value that does not parse")
@@ -384,9 +403,7 @@ class SharedCache:
         self, keys: SharedKeys, decision: Decision, ttl: float, now: float
     ) -> bytes:
         """The signed value of a repository decision, valid until ``now + ttl``
-        (wall clock). ``+`` for an allowed one (hidden by a tombstone), ``-`` for
-        a denial, then the MAC over key and body, as for token answers."""
-        marker = _POSITIVE if decision.allowed else _NEGATIVE
+        (wall clock), signed as token answers are."""
         document = {
             "v": _VALUE_VERSION,
             "kind": "repo",
@@ -395,40 +412,27 @@ class SharedCache:
             "needed": decision.needed,
             "by": decision.decided_by,
         }
-        body = json.dumps(document, separators=(",", ":")).encode("utf-8")
-        return marker + self._mac(keys, marker, body) + body
+        return self._sign(keys, decision.allowed, document)
 
     def decode_decision(
         self, keys: SharedKeys, value: bytes, now: float
     ) -> tuple[Decision, float] | None:
         """The decision in a stored value and the seconds it stays fresh, or None
         if the value is forged, damaged, of another key or kind, or expired."""
-        marker, mac, body = value[:1], value[1 : 1 + _MAC_BYTES], value[1 + _MAC_BYTES :]
-        if marker not in (_POSITIVE, _NEGATIVE) or not hmac.compare_digest(
-            mac, self._mac(keys, marker, body)
+        opened = self._open(keys, value, now, "shared repository decision")
+        if opened is None:
+            return None
+        allowed, document, remaining = opened
+        reason, needed, by = document.get("reason"), document.get("needed"), document.get("by")
+        if (
+            document.get("kind") != "repo"
+            or not isinstance(reason, str)
+            or not isinstance(needed, str)
+            or by not in _DECIDERS
         ):
-            logger.warning("ignored a shared repository decision that failed its integrity check")
+            logger.warning("ignored a shared repository decision of the wrong shape")
             return None
-        try:
-            document = json.loads(body)
-            remaining = float(document["exp"]) - now
-            reason, needed, by = document["reason"], document["needed"], document["by"]
-            if (
-                document.get("v") != _VALUE_VERSION
-                or document.get("kind") != "repo"
-                or not isinstance(reason, str)
-                or not isinstance(needed, str)
-                or by not in _DECIDERS
-                or not math.isfinite(remaining)
-            ):
-                logger.warning("ignored a shared repository decision of the wrong shape")
-                return None
-        except (ValueError, KeyError, TypeError):
-            logger.warning("ignored a shared repository decision that does not parse")
-            return None
-        if remaining <= 0:
-            return None
-        return Decision(marker == _POSITIVE, reason, needed, by), remaining
+        return Decision(allowed, reason, needed, by), remaining
 
     # --- revocation -------------------------------------------------------------------
 
