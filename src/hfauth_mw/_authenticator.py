@@ -41,6 +41,7 @@ from ._shared_tier import (
     CLAIM_DOWN,
     CLAIM_HIT,
     CLAIM_LEAD,
+    CLAIM_UNLOCKED,
     SharedBackend,
     SharedCache,
     SharedCacheUnavailable,
@@ -75,10 +76,6 @@ class LeaderCancelled(SourceUnavailable):
 
     def __init__(self) -> None:
         super().__init__("The token check was interrupted")
-
-
-# How a token was looked up in the shared tier.
-_SHARED_DOWN, _SHARED_HIT, _SHARED_LOCKED, _SHARED_UNLOCKED = range(4)
 
 
 def _resumed(flow: Flow, first: httpx.Request) -> Generator[httpx.Request, Any, Outcome]:
@@ -307,7 +304,7 @@ class Authenticator:
             except BaseException:
                 self.cache.abandon(leader, SourceUnavailable())
                 raise
-            maybe_locked = state == _SHARED_LOCKED
+            maybe_locked = state == CLAIM_LEAD
             if found is not None:
                 return found
             try:
@@ -317,7 +314,7 @@ class Authenticator:
                     # Let a waiter take over now rather than at the lock's expiry.
                     yield from self._shared_call(shared, release)
                 raise
-            if state == _SHARED_DOWN:
+            if state == CLAIM_DOWN:
                 return outcome
             ttl = self._shared_ttl(outcome) if outcome is not leader.stale else 0.0
             if ttl > 0:
@@ -372,22 +369,20 @@ class Authenticator:
         if waited:
             self.metrics.count("shared_waits")
         if state == CLAIM_DOWN:
-            return _SHARED_DOWN, None
+            return CLAIM_DOWN, None
         if state == CLAIM_HIT:
             assert value is not None
             decoded = shared.decode(keys, value, credentials.fingerprint, self.clock())
             if decoded is None:  # damaged or forged: ask the source, overwrite it
-                return _SHARED_UNLOCKED, None
+                return CLAIM_UNLOCKED, None
             outcome, remaining = decoded
             self.metrics.count("shared_hits")
             self.cache.complete(leader, outcome, max_age=remaining)
-            return _SHARED_HIT, outcome
+            return CLAIM_HIT, outcome
         self.metrics.count("shared_misses")
-        if state == CLAIM_LEAD:
-            if waited:
-                self.metrics.count("shared_takeovers")
-            return _SHARED_LOCKED, None
-        return _SHARED_UNLOCKED, None
+        if state == CLAIM_LEAD and waited:
+            self.metrics.count("shared_takeovers")
+        return state, None
 
     def _shared_call(self, shared: SharedCache, op: SharedOp) -> Generator[Work, Any, Any]:
         """One shared-tier operation behind the Redis breaker; None if Redis is

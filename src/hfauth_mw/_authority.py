@@ -52,6 +52,7 @@ from ._shared_tier import (
     CLAIM_DOWN,
     CLAIM_HIT,
     CLAIM_LEAD,
+    CLAIM_UNLOCKED,
     SharedCache,
     SharedKeys,
     SharedOp,
@@ -232,8 +233,6 @@ class SharedDecisions:
     lock_ttl: float
 
 
-# How a decision was looked up in the shared tier.
-_NOT_SHARED, _SHARED_DOWN, _SHARED_HIT, _SHARED_LOCKED, _SHARED_UNLOCKED = range(5)
 #: The token's expiry could not be learnt: the decision is kept in this process only.
 _UNKNOWN = -math.inf
 
@@ -416,7 +415,7 @@ class HubAuthority:
             decision, remaining = found
             self.cache.complete(key, decision, None, max_age=remaining)
             return decision
-        locked = state == _SHARED_LOCKED
+        locked = state == CLAIM_LEAD
         try:
             try:
                 answer = yield from self._ask(key, credentials, repo, access)
@@ -426,11 +425,11 @@ class HubAuthority:
                     yield from shared.call(release)
                 raise
             result, expires = self._settle(key, credentials, principal, answer)
-            if result == _TOKEN_INVALID and state != _SHARED_DOWN:
+            if result == _TOKEN_INVALID and state != CLAIM_DOWN:
                 # The hub no longer accepts the token: every process drops it (its
                 # answer and decisions), as a revocation does, not only this one.
                 yield from shared.call(shared.cache.revoke_op(credentials.fingerprint))
-            if not isinstance(result, Decision) or state == _SHARED_DOWN:
+            if not isinstance(result, Decision) or state == CLAIM_DOWN:
                 if locked:
                     yield from shared.call(release)
                 return result
@@ -525,11 +524,9 @@ class HubAuthority:
         state, value, _waited = yield from claim(
             shared.call, shared.cache, keys, owner, shared.lock_ttl, self.cache.timer
         )
-        if state == CLAIM_DOWN:
-            return _SHARED_DOWN, None
-        if state == CLAIM_HIT:
-            assert value is not None
-            decoded = shared.cache.decode_decision(keys, value, self.cache.clock())
-            # Damaged, forged or expired: ask the hub, overwrite it.
-            return (_SHARED_UNLOCKED, None) if decoded is None else (_SHARED_HIT, decoded)
-        return (_SHARED_LOCKED, None) if state == CLAIM_LEAD else (_SHARED_UNLOCKED, None)
+        if state != CLAIM_HIT:
+            return state, None
+        assert value is not None
+        decoded = shared.cache.decode_decision(keys, value, self.cache.clock())
+        # Damaged, forged or expired: ask the hub, overwrite it.
+        return (CLAIM_UNLOCKED, None) if decoded is None else (CLAIM_HIT, decoded)

@@ -576,8 +576,9 @@ _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 
 
 #: How :func:`claim` ends besides CLAIM_HIT and CLAIM_LEAD: the shared tier
-#: failed, or the holder of the lock never answered.
-CLAIM_DOWN, CLAIM_GAVE_UP = -1, -2
+#: failed, or go on without the lock (its holder never answered, or the
+#: value found could not be used).
+CLAIM_DOWN, CLAIM_UNLOCKED = -1, -2
 
 
 def claim(
@@ -595,7 +596,7 @@ def claim(
 
     ``call`` runs one operation and answers ``None`` when the shared tier is
     failing. Returns ``(state, value, waited)``: ``(CLAIM_HIT, value, …)``,
-    ``(CLAIM_LEAD, None, …)`` (the lock is ours), ``(CLAIM_GAVE_UP, None, …)``
+    ``(CLAIM_LEAD, None, …)`` (the lock is ours), ``(CLAIM_UNLOCKED, None, …)``
     (its holder never answered: go on without the lock) or ``(CLAIM_DOWN,
     None, …)``; ``waited`` says whether another process held the lock first.
     """
@@ -612,7 +613,7 @@ def claim(
             return state, value, waited
         waited = True
         if timer() >= deadline:
-            return CLAIM_GAVE_UP, None, waited
+            return CLAIM_UNLOCKED, None, waited
         yield Pause(interval)
         interval = min(interval * 2, tier.max_poll_interval)
 
