@@ -77,16 +77,19 @@ def no_token_in_logs() -> Iterator[list[logging.LogRecord]]:
 
 @pytest.fixture
 def client_logs_urls_with_tokens() -> Iterator[None]:
-    """For tests that put a token in a query string on purpose: the *test client*
+    """For tests that put a token in a URL on purpose: the *test client*
     (httpx) logs request URLs at INFO, which is exactly why RFC 6750 advises
     against query tokens. Our own code never sends one in a URL."""
-    httpx_logger = logging.getLogger("httpx")
-    previous = httpx_logger.level
-    httpx_logger.setLevel(logging.WARNING)
+    # Starlette's TestClient logs through "httpx2" on recent versions.
+    client_loggers = [logging.getLogger(name) for name in ("httpx", "httpx2")]
+    previous = [logger.level for logger in client_loggers]
+    for logger in client_loggers:
+        logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        httpx_logger.setLevel(previous)
+        for logger, level in zip(client_loggers, previous, strict=True):
+            logger.setLevel(level)
 
 
 @pytest.fixture

@@ -113,6 +113,7 @@ from ._adapters import (
     take_body_async,
 )
 from ._asgi import HFAuthMiddleware, answer_denial, render
+from ._audit import loggable
 from ._exceptions import AuthenticationError, ConfigurationError, MissingCredentials
 from ._options import AdapterOptions, build_guard
 from ._pipeline import Guard
@@ -405,8 +406,10 @@ def _state(request: HTTPConnection) -> _State:
     if not isinstance(state, _State):
         # Start-up normally caught it (see _watch_the_router_being_built); this
         # is for the routes it could not see.
+        # The path goes to the server's logs: masked, as the audit masks it (a
+        # client may have pasted a token there).
         raise ConfigurationError(
-            f"hfauth-mw is not set up on this app: the route {request.url.path} uses "
+            f"hfauth-mw is not set up on this app: the route {loggable(request.url.path)} uses "
             f"RequireToken, RequireRepo, RequirePermission or OptionalToken, but {_FIX}"
         )
     return state
