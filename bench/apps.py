@@ -201,13 +201,15 @@ class PrivateHeadersOnly:
     send wrapper. What the headers cost a server, apart from the layer."""
 
     def __init__(self, app: ASGIApp) -> None:
-        from hfauth_mw._adapters import private_send
+        from hfauth_mw._adapters import SendWatch
 
         self.app = app
-        self.wrap = private_send
+        self.watch = SendWatch
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, self.wrap(send, []) if scope["type"] == "http" else send)
+        if scope["type"] == "http":
+            send = self.watch().watch(send, True)
+        await self.app(scope, receive, send)
 
 
 def _digest_backend(tokens: dict[bytes, str]) -> Any:

@@ -2,7 +2,7 @@
 and a cProfile of the whole call (``python -m bench --profile``).
 
 The steps use a few private helpers of hfauth_mw (``_adapters.read_scope``,
-``_adapters.private_send``); a step whose helper has moved is skipped, not fatal.
+``_adapters.SendWatch``); a step whose helper has moved is skipped, not fatal.
 """
 
 from __future__ import annotations
@@ -155,17 +155,17 @@ def run_breakdown(fixture: Fixture, *, n: int, repeat: int) -> Section:
         ),
     )
     try:
-        from hfauth_mw._adapters import private_send as _private_responses
+        from hfauth_mw._adapters import SendWatch as _SendWatch
     except ImportError as exc:
         section.notes.append(f"send wrapper: not measured ({exc!r})")
-        _private_responses = None  # type: ignore[assignment]
+        _SendWatch = None  # type: ignore[assignment,misc]
 
     async def timed_async() -> list[tuple[str, float | None]]:
         out: list[tuple[str, float | None]] = []
-        if _private_responses is not None:
+        if _SendWatch is not None:
 
             async def private_send() -> None:
-                send = _private_responses(_send, [])
+                send = _SendWatch().watch(_send, True)
                 await send(dict(_START))
                 await send(_BODY)
 

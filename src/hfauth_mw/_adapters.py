@@ -36,11 +36,13 @@ from ._request_auth import RequestAuth
 __all__ = [
     "ENVIRON_AUTH",
     "ENVIRON_PRINCIPAL",
+    "AsgiRequest",
     "PrincipalUser",
+    "ResponseWatch",
+    "SendWatch",
     "app_path",
     "mark_private",
     "private_headers",
-    "private_send",
     "private_start_response",
     "read_asgi_body",
     "read_environ",
@@ -82,14 +84,14 @@ def app_path(scope: Scope) -> str:
     return path
 
 
-def read_scope(scope: Scope, query_param: str | None) -> RequestContext:
+def read_scope(scope: Scope, query_param: str | None) -> AsgiRequest:
     """The request facts of an ASGI ``http`` or ``websocket`` scope."""
     authorization = []
     for name, value in scope["headers"]:
         if name == b"authorization":
             authorization.append(value)
     peer = scope.get("client")
-    return RequestContext(
+    return AsgiRequest(
         scope.get("method", "GET"),
         app_path(scope) if scope.get("root_path") else scope["path"],
         authorization,
@@ -265,8 +267,9 @@ async def drive_async(guard: Guard, flow: RequestFlow) -> RequestAuth:
 
 # --- private responses --------------------------------------------------------------
 
-_VARY_ONLY: tuple[tuple[bytes, bytes], ...] = ((b"vary", b"Authorization"),)
-_PRIVATE_AND_VARY: tuple[tuple[bytes, bytes], ...] = ((b"cache-control", b"private"), *_VARY_ONLY)
+# Lists: the start message gets ``headers + added``, one new list.
+_VARY_ONLY: list[tuple[bytes, bytes]] = [(b"vary", b"Authorization")]
+_PRIVATE_AND_VARY: list[tuple[bytes, bytes]] = [(b"cache-control", b"private"), *_VARY_ONLY]
 
 
 def private_headers(has_cache_control: bool) -> tuple[tuple[str, str], ...]:
@@ -278,16 +281,40 @@ def private_headers(has_cache_control: bool) -> tuple[tuple[str, str], ...]:
     return (("Cache-Control", "private"), ("Vary", "Authorization"))
 
 
-def private_send(send: Send, started: list[bool]) -> Send:
-    """ASGI: ``send``, marking the response private (:func:`private_headers`) and
-    noting in ``started`` that it has started."""
+class ResponseWatch:
+    """ASGI: the app's ``send``, watched. A denial the route raises can be
+    answered until the response starts (:attr:`response_started`), and
+    :meth:`send_private` marks the start private (:func:`private_headers`).
 
-    async def send_private(message: Message) -> None:
+    A mixin without slots of its own: :class:`AsgiRequest` (the request
+    context the ASGI middleware already builds) and :class:`SendWatch` (on its
+    own) carry ``downstream`` and ``response_started``. The app gets a bound
+    method, a coroutine function as servers hand out, and no closure is made.
+    """
+
+    __slots__ = ()
+    downstream: Send
+    response_started: bool
+
+    def watch(self, send: Send, private: bool) -> Send:
+        """What the app gets instead of ``send``: :meth:`send_private` if
+        ``private``, else :meth:`send_watched`."""
+        # The slots are the concrete classes' (two slotted bases cannot be mixed).
+        self.downstream = send
+        self.response_started = False  # type: ignore[misc]
+        return self.send_private if private else self.send_watched
+
+    async def send_watched(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            started.append(True)
+            self.response_started = True  # type: ignore[misc]
+        await self.downstream(message)
+
+    async def send_private(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.response_started = True  # type: ignore[misc]
             headers = message.get("headers", ())
-            if type(headers) is not list and type(headers) is not tuple:
-                headers = list(headers)  # any iterable; a generator can be read once
+            if type(headers) is not list:
+                headers = list(headers)  # a tuple, or any iterable: a generator can be read once
             for name, _ in headers:
                 if len(name) == 13 and name.lower() == b"cache-control":
                     added = _VARY_ONLY
@@ -295,21 +322,21 @@ def private_send(send: Send, started: list[bool]) -> Send:
             else:
                 added = _PRIVATE_AND_VARY
             # New objects, never the app's: it may send one start message many times.
-            message = {**message, "headers": [*headers, *added]}
-        await send(message)
+            message = dict(message)
+            message["headers"] = headers + added
+        await self.downstream(message)
 
-    return send_private
+
+class AsgiRequest(RequestContext, ResponseWatch):
+    """The request context of an ASGI request, which also watches its response."""
+
+    __slots__ = ("downstream", "response_started")
 
 
-def watched_send(send: Send, started: list[bool]) -> Send:
-    """ASGI: ``send``, noting in ``started`` that the response has started."""
+class SendWatch(ResponseWatch):
+    """A :class:`ResponseWatch` for a layer that reads the request elsewhere."""
 
-    async def send_watched(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            started.append(True)
-        await send(message)
-
-    return send_watched
+    __slots__ = ("downstream", "response_started")
 
 
 def with_private_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

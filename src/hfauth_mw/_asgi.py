@@ -31,10 +31,8 @@ from starlette.websockets import WebSocket, WebSocketState
 from ._adapters import (
     PrincipalUser,
     drive_async,
-    private_send,
     read_asgi_body,
     read_scope,
-    watched_send,
 )
 from ._exceptions import AuthenticationError
 from ._options import AdapterOptions, build_guard
@@ -222,15 +220,11 @@ class HFAuthMiddleware:
         # A denial the route raises (auth.require(...)) is answered here, as
         # FastAPI's install() and the Flask and Django adapters answer it,
         # unless the response had started: then it goes on up, as any error.
-        started: list[bool] = []
-        if self.private_responses and auth.scheme is not None:
-            watched = private_send(send, started)
-        else:
-            watched = watched_send(send, started)
+        watched = request.watch(send, self.private_responses and auth.scheme is not None)
         try:
             await self.app(scope, receive, watched)
         except AuthenticationError as error:
-            if started:
+            if request.response_started:
                 raise
             await self._refuse_http(error, send)
 

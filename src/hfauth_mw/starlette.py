@@ -63,7 +63,7 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse, Response
 
-from ._adapters import needs_private_marks, private_send, read_scope, settle_async
+from ._adapters import SendWatch, needs_private_marks, read_scope, settle_async
 from ._asgi import HubAuthCredentials, HubUser, answer_denial, render, starlette_scopes
 from ._exceptions import AuthenticationError
 from ._options import AdapterOptions, build_guard
@@ -175,23 +175,21 @@ class HubAuthenticationMiddleware(AuthenticationMiddleware):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        started: list[bool] = []
-        private = private_send(send, started)
+        response = SendWatch()
+        private, watched = response.watch(send, True), response.watch(send, False)
 
         async def send_marked(message: Message) -> None:
             # The backend has run by the time the app answers.
             if self.private_responses and needs_private_marks(scope.get("hfauth")):
                 await private(message)
-                return
-            if message["type"] == "http.response.start":
-                started.append(True)
-            await send(message)
+            else:
+                await watched(message)
 
         try:
             await super().__call__(scope, receive, send_marked)
         except AuthenticationError as error:
             # A denial a route raised (auth.require(...)), past the app's own
             # handlers: answered as the backend's, unless the answer had started.
-            if started:
+            if response.response_started:
                 raise
             await render(self.hub_backend.guard, error)(scope, receive, send)
