@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hfauth_mw import Credentials, InvalidRequest, parse_credentials
-from hfauth_mw._credentials import bearer_token
+from hfauth_mw._credentials import bearer_token, read_credentials
 from hfauth_mw._principal import sha256, token_digest
 
 TOKEN = "hf_" + "a" * 34
@@ -200,14 +200,41 @@ _HEADERS = st.one_of(
 )
 
 
+def _whole_grammar(header: bytes | str) -> Credentials | str:
+    """What the whole grammar makes of one header: the credentials, or the refusal."""
+    try:
+        credentials = read_credentials([header], (), True, 8192)
+    except InvalidRequest as error:
+        return error.description
+    assert credentials is not None
+    return credentials
+
+
 @given(_HEADERS)
 @settings(max_examples=500)
 def test_short_path_bearer_reading_agrees_with_the_parser(header):
-    """The cached path reads the token without the parser: it may decline a header
-    (then the parser decides), never read one differently or accept what it refuses."""
+    """The credentials step reads a Bearer header without the whole grammar: it
+    may decline a header (then the grammar decides), never read one differently
+    or accept what the grammar refuses."""
     token = bearer_token(header)
     if token is None:
         return
-    credentials = parse_credentials([header])
-    assert credentials is not None
-    assert (credentials.scheme, credentials.token) == ("bearer", token.decode("ascii"))
+    whole = _whole_grammar(header)
+    assert isinstance(whole, Credentials), whole
+    assert (whole.scheme, whole.token) == ("bearer", token.decode("ascii"))
+
+
+@given(st.one_of(_HEADERS, _HEADERS.map(lambda header: header.decode("latin-1"))))
+@settings(max_examples=500)
+def test_the_credentials_step_agrees_with_the_whole_grammar(header):
+    """parse_credentials (the pipeline's step, quick reading first) and the
+    whole grammar alone give the same credentials, or both refuse."""
+    whole = _whole_grammar(header)
+    if not isinstance(whole, Credentials):
+        with pytest.raises(InvalidRequest) as refused:
+            parse_credentials([header])
+        assert refused.value.description == whole
+        return
+    step = parse_credentials([header])
+    assert step == whole
+    assert step.token == whole.token

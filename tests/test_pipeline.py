@@ -31,9 +31,9 @@ from hfauth_mw import (
     TokenCache,
     TooManyFailures,
     Valid,
-    _pipeline,
     require_read,
 )
+from hfauth_mw._credentials import CredentialsStep
 from hfauth_mw._principal import fingerprint_of, token_digest
 
 pytestmark = pytest.mark.anyio
@@ -459,15 +459,15 @@ def test_a_subclass_authorize_is_called_on_the_short_path_too(local_guard, hub_s
 
 @pytest.fixture
 def parses(monkeypatch):
-    """Counts the pipeline's calls of the credentials parser (the real one runs)."""
+    """Counts the pipeline's calls of the credentials step (the real one runs)."""
     calls = []
-    real = _pipeline.read_credentials
+    real = CredentialsStep.credentials
 
-    def counted(*args, **kwargs):
+    def counted(self, *args, **kwargs):
         calls.append(args[0])
-        return real(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(_pipeline, "read_credentials", counted)
+    monkeypatch.setattr(CredentialsStep, "credentials", counted)
     return calls
 
 

@@ -23,7 +23,9 @@ __all__ = [
     "DEFAULT_MAX_HEADER_BYTES",
     "DEFAULT_MAX_TOKEN_BYTES",
     "Credentials",
+    "CredentialsStep",
     "parse_credentials",
+    "read_credentials",
 ]
 
 #: OWASP advises refusing oversized Authorization headers before any hashing.
@@ -174,6 +176,55 @@ def _parse_authorization(header: str, allow_basic: bool) -> Credentials:
     return Credentials.from_token(value, "bearer")
 
 
+class CredentialsStep:
+    """The pipeline's credentials step, with the options it reads.
+
+    :class:`~hfauth_mw._pipeline.Guard` is one, and :meth:`credentials` is its
+    hook: override it there for checks of one's own. It lives here, beside the
+    grammar it applies, so that the step is a single call on every request.
+    """
+
+    __slots__ = ()
+    query_param: str | None
+    allow_basic: bool
+    max_header_bytes: int
+
+    def credentials(
+        self, authorization: Sequence[bytes | str], query_tokens: Sequence[str] = ()
+    ) -> Credentials | None:
+        """Step 3: the request's credentials, ``None`` when it carries none
+        (query tokens count only where :attr:`query_param` is set)."""
+        if len(authorization) == 1 and not query_tokens:
+            # The common case, without decoding or copying: one well-formed Bearer header
+            # (WSGI servers hand it over as latin-1 text; a token is ASCII).
+            raw = authorization[0]
+            if type(raw) is str and raw.isascii():
+                raw = raw.encode("ascii")
+            if type(raw) is bytes and len(raw) <= self.max_header_bytes:
+                # bearer_token's own first test, made here: the call costs more than it.
+                if raw.startswith(b"Bearer hf_") and raw[10:].isalnum():
+                    bearer: bytes | None = raw[7:]
+                else:
+                    bearer = bearer_token(raw)
+                if bearer is not None:
+                    return Credentials(bearer, "bearer", sha256(bearer).digest())
+        return read_credentials(
+            authorization,
+            query_tokens if self.query_param else (),
+            self.allow_basic,
+            self.max_header_bytes,
+        )
+
+
+class _Options(CredentialsStep):
+    __slots__ = ("allow_basic", "max_header_bytes", "query_param")
+
+    def __init__(self, allow_basic: bool, max_header_bytes: int) -> None:
+        self.query_param = "given"  # the caller passes only the values it accepts
+        self.allow_basic = allow_basic
+        self.max_header_bytes = max_header_bytes
+
+
 def parse_credentials(
     authorization: Sequence[bytes | str],
     *,
@@ -189,7 +240,7 @@ def parse_credentials(
     headers, a token sent two ways, an unknown scheme, bad base64 or an empty or
     malformed token.
     """
-    return read_credentials(authorization, query_tokens, allow_basic, max_header_bytes)
+    return _Options(allow_basic, max_header_bytes).credentials(authorization, query_tokens)
 
 
 def read_credentials(
@@ -198,23 +249,8 @@ def read_credentials(
     allow_basic: bool,
     max_header_bytes: int,
 ) -> Credentials | None:
-    """:func:`parse_credentials` with positional arguments: the pipeline's
-    credentials step calls it on every request, and keyword arguments cost
-    a tenth of a cached request."""
-    if len(authorization) == 1 and not query_tokens:
-        # The common case, without decoding or copying: one well-formed Bearer header
-        # (WSGI servers hand it over as latin-1 text; a token is ASCII).
-        raw = authorization[0]
-        if type(raw) is str and raw.isascii():
-            raw = raw.encode("ascii")
-        if type(raw) is bytes and len(raw) <= max_header_bytes:
-            # bearer_token's own first test, made here: the call costs more than it.
-            if raw.startswith(b"Bearer hf_") and raw[10:].isalnum():
-                bearer: bytes | None = raw[7:]
-            else:
-                bearer = bearer_token(raw)
-            if bearer is not None:
-                return Credentials(bearer, "bearer", sha256(bearer).digest())
+    """The whole grammar, which :meth:`CredentialsStep.credentials` applies to
+    every request its quick reading of one Bearer header does not settle."""
     if len(authorization) > 1:
         raise InvalidRequest("The request has more than one Authorization header")
     if len(query_tokens) > 1:

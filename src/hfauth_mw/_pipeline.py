@@ -36,7 +36,7 @@ from ._audit import audit_logger, write_event
 from ._authenticator import Authenticator
 from ._authority import Authority, HubAuthority, personal
 from ._breaker_limiter import FailureLimiter, client_address
-from ._credentials import DEFAULT_MAX_HEADER_BYTES, Credentials, Scheme, read_credentials
+from ._credentials import DEFAULT_MAX_HEADER_BYTES, Credentials, CredentialsStep, Scheme
 from ._drivers import Together, Work
 from ._exceptions import (
     AuthenticationError,
@@ -92,7 +92,7 @@ class GuardOptions(TypedDict, total=False):
     authority: Authority | None
 
 
-class Guard:
+class Guard(CredentialsStep):
     """The validated options of a middleware, and the request pipeline.
 
     Options (all validated here, once):
@@ -374,17 +374,6 @@ class Guard:
         memo = self._request_auth[credentials.scheme if credentials else None]
         hit = memo.table.get(id(principal))
         return hit[1] if hit is not None else memo.get(principal)
-
-    def credentials(
-        self, authorization: Sequence[bytes | str], query_tokens: Sequence[str] = ()
-    ) -> Credentials | None:
-        """Step 3: the request's credentials, ``None`` when it carries none."""
-        return read_credentials(
-            authorization,
-            query_tokens if self.query_param else (),
-            self.allow_basic,
-            self.max_header_bytes,
-        )
 
     def authorize(self, method: str, path: str, principal: Principal) -> None:
         """Step 5: the route rules, then the method map; raises the 400/401/403/503
