@@ -208,7 +208,7 @@ class PrivateHeadersOnly:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            send = self.watch().watch(send, True)
+            send = self.watch(send).send_private
         await self.app(scope, receive, send)
 
 

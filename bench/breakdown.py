@@ -1,7 +1,7 @@
 """Where the cached path's time goes: each step of ``HFAuthMiddleware.__call__`` timed alone,
 and a cProfile of the whole call (``python -m bench --profile``).
 
-The steps use a few private helpers of hfauth_mw (``_adapters.read_scope``,
+The steps use a few private helpers of hfauth_mw (``_adapters.AsgiRequest``,
 ``_adapters.SendWatch``); a step whose helper has moved is skipped, not fatal.
 """
 
@@ -115,20 +115,20 @@ def run_breakdown(fixture: Fixture, *, n: int, repeat: int) -> Section:
         return lambda: mw._starlette_view.get(principal)
 
     def read_request() -> Callable[[], object]:
-        from hfauth_mw._adapters import read_scope
+        from hfauth_mw._adapters import AsgiRequest
 
-        return lambda: read_scope(scope, None)
+        return lambda: AsgiRequest(scope, None)
 
     def decide() -> Callable[[], object]:
-        from hfauth_mw._adapters import read_scope
+        from hfauth_mw._adapters import AsgiRequest
 
-        request = read_scope(scope, None)
+        request = AsgiRequest(scope, None)
         assert guard.decide(request) is not None
-        return lambda: guard.decide(read_scope(scope, None))
+        return lambda: guard.decide(AsgiRequest(scope, None))
 
     add("empty loop (reference)", lambda: lambda: None)
-    add("read the request (read_scope: headers to RequestContext)", read_request)
-    add("Guard.decide, cached Bearer token (read_scope and every step)", decide)
+    add("read the request (AsgiRequest: the scope to the request context)", read_request)
+    add("Guard.decide, cached Bearer token (AsgiRequest and every step)", decide)
     add(
         "  step credentials: guard.credentials (grammar, SHA-256)",
         lambda: lambda: guard.credentials(raw, []),
@@ -165,7 +165,7 @@ def run_breakdown(fixture: Fixture, *, n: int, repeat: int) -> Section:
         if _SendWatch is not None:
 
             async def private_send() -> None:
-                send = _SendWatch().watch(_send, True)
+                send = _SendWatch(_send).send_private
                 await send(dict(_START))
                 await send(_BODY)
 

@@ -1,14 +1,14 @@
 """The adapter kit: what every framework adapter shares, written once.
 
 * Reading a request into a :class:`~hfauth_mw._pipeline.RequestContext`:
-  :func:`read_scope` (ASGI scope) and :func:`read_environ` (WSGI environ, or
+  :class:`AsgiRequest` (ASGI scope) and :func:`read_environ` (WSGI environ, or
   anything with WSGI-style keys such as Django's ``request.META``).
 * Driving a decision that needs I/O: :func:`settle` (blocking) and
   :func:`settle_async`, which also serve a check the app asks for itself when
   the middleware did not run (``lazy=True``).
 * Marking authenticated answers private (``Cache-Control: private`` unless
   the app set one, and ``Vary: Authorization``): :func:`private_headers` is
-  the rule, :func:`private_send` (ASGI), :func:`private_start_response` (WSGI)
+  the rule, :class:`ResponseWatch` (ASGI), :func:`private_start_response` (WSGI)
   and :func:`mark_private` (a framework's response object) apply it.
 * :class:`PrincipalUser`: the user attributes frameworks read, over a principal.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import io
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -46,7 +47,6 @@ __all__ = [
     "private_start_response",
     "read_asgi_body",
     "read_environ",
-    "read_scope",
     "read_wsgi_body",
     "request_path",
     "settle",
@@ -65,6 +65,8 @@ ENVIRON_AUTH = "hfauth"
 #: environ key of the request's :class:`~hfauth_mw.Principal`.
 ENVIRON_PRINCIPAL = "hfauth.principal"
 
+_perf_counter = time.perf_counter
+
 
 # --- reading the request ------------------------------------------------------------
 
@@ -82,26 +84,6 @@ def app_path(scope: Scope) -> str:
         if rest[0] == "/":
             return rest
     return path
-
-
-def read_scope(scope: Scope, query_param: str | None) -> AsgiRequest:
-    """The request facts of an ASGI ``http`` or ``websocket`` scope."""
-    authorization = []
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            authorization.append(value)
-    peer = scope.get("client")
-    return AsgiRequest(
-        scope.get("method", "GET"),
-        app_path(scope) if scope.get("root_path") else scope["path"],
-        authorization,
-        _query_tokens(scope.get("query_string", b"").decode("latin-1"), query_param)
-        if query_param is not None
-        else (),
-        peer[0] if peer else None,
-        UNRESOLVED,  # X-Forwarded-For: read from the headers if a step needs it
-        scope["headers"],
-    )
 
 
 def request_path(environ: WSGIEnvironment) -> str:
@@ -288,21 +270,15 @@ class ResponseWatch:
 
     A mixin without slots of its own: :class:`AsgiRequest` (the request
     context the ASGI middleware already builds) and :class:`SendWatch` (on its
-    own) carry ``downstream`` and ``response_started``. The app gets a bound
-    method, a coroutine function as servers hand out, and no closure is made.
+    own) carry ``downstream`` and ``response_started``. The app gets
+    :meth:`send_private` or :meth:`send_watched`: a bound method, a coroutine
+    function as servers hand out, and no closure is made per request.
     """
 
+    # The slots are the concrete classes' (two slotted bases cannot be mixed).
     __slots__ = ()
     downstream: Send
     response_started: bool
-
-    def watch(self, send: Send, private: bool) -> Send:
-        """What the app gets instead of ``send``: :meth:`send_private` if
-        ``private``, else :meth:`send_watched`."""
-        # The slots are the concrete classes' (two slotted bases cannot be mixed).
-        self.downstream = send
-        self.response_started = False  # type: ignore[misc]
-        return self.send_private if private else self.send_watched
 
     async def send_watched(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -327,16 +303,57 @@ class ResponseWatch:
         await self.downstream(message)
 
 
+# --- an ASGI request: its facts, and its response watched ------------------------------
+
+
 class AsgiRequest(RequestContext, ResponseWatch):
-    """The request context of an ASGI request, which also watches its response."""
+    """The request facts of an ASGI ``http`` or ``websocket`` scope; given the
+    server's ``send``, it also watches the response (:class:`ResponseWatch`).
+
+    It sets :class:`RequestContext`'s fields itself rather than calling its
+    ``__init__``: reading a scope is one call on every request, not two
+    (``tests/test_adapters.py`` holds the two to the same facts).
+    """
 
     __slots__ = ("downstream", "response_started")
+
+    def __init__(self, scope: Scope, query_param: str | None, send: Send | None = None) -> None:
+        self.started = _perf_counter()
+        method: str = scope.get("method", "GET")
+        self.method = method if method.isupper() else method.upper()
+        self.path = app_path(scope) if scope.get("root_path") else scope["path"]
+        headers = self.headers = scope["headers"]
+        authorization: list[bytes | str] = []
+        for name, value in headers:
+            if name == b"authorization":
+                authorization.append(value)
+        self.authorization = authorization
+        self.query_tokens = (
+            _query_tokens(scope.get("query_string", b"").decode("latin-1"), query_param)
+            if query_param is not None
+            else ()
+        )
+        peer = scope.get("client")
+        self.peer = peer[0] if peer else None
+        self._forwarded_for = UNRESOLVED  # read from the headers if a step needs it
+        self.client = UNRESOLVED
+        self.credentials = None
+        self.principal = None
+        self.body = None
+        self.decided_by = None
+        if send is not None:
+            self.downstream = send
+        self.response_started = False
 
 
 class SendWatch(ResponseWatch):
     """A :class:`ResponseWatch` for a layer that reads the request elsewhere."""
 
     __slots__ = ("downstream", "response_started")
+
+    def __init__(self, send: Send) -> None:
+        self.downstream = send
+        self.response_started = False
 
 
 def with_private_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:

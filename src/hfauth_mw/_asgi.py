@@ -29,10 +29,10 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketState
 
 from ._adapters import (
+    AsgiRequest,
     PrincipalUser,
     drive_async,
     read_asgi_body,
-    read_scope,
 )
 from ._exceptions import AuthenticationError
 from ._options import AdapterOptions, build_guard
@@ -190,7 +190,7 @@ class HFAuthMiddleware:
             return
         guard = self.guard
         try:
-            request = read_scope(scope, guard.query_param)
+            request = AsgiRequest(scope, guard.query_param, send)
             if guard.routes.request_rules and guard.reads_body(request):
                 request.body, receive = await read_asgi_body(scope, receive, guard.max_body_bytes)
             auth = guard.decide(request)
@@ -220,7 +220,10 @@ class HFAuthMiddleware:
         # A denial the route raises (auth.require(...)) is answered here, as
         # FastAPI's install() and the Flask and Django adapters answer it,
         # unless the response had started: then it goes on up, as any error.
-        watched = request.watch(send, self.private_responses and auth.scheme is not None)
+        if self.private_responses and auth.scheme is not None:
+            watched = request.send_private
+        else:
+            watched = request.send_watched
         try:
             await self.app(scope, receive, watched)
         except AuthenticationError as error:

@@ -106,9 +106,9 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra("fastapi", "fastapi") from exc
 
 from ._adapters import (
+    AsgiRequest,
     mark_private,
     needs_private_marks,
-    read_scope,
     settle_async,
     take_body_async,
 )
@@ -432,7 +432,7 @@ async def request_auth(request: Request, response: Response | None = None) -> Re
             # The middleware admits anonymous callers; these routes do not.
             raise MissingCredentials()
         return known
-    context = read_scope(request.scope, guard.query_param)
+    context = AsgiRequest(request.scope, guard.query_param)
     await take_body_async(guard, context, request.body)  # a rule that reads the body
     auth = await settle_async(guard, context, lazy=True)
     assert auth is not None  # a lazy check never skips the path
@@ -502,7 +502,7 @@ class OptionalToken(RequireToken):
         if isinstance(known, RequestAuth):
             return known  # the middleware's answer, anonymous ones included
         guard = _state(request).guard
-        context = read_scope(request.scope, guard.query_param)
+        context = AsgiRequest(request.scope, guard.query_param)
         if not carries_credentials(guard, context):
             anonymous = RequestAuth(ANONYMOUS, guard.policy)
             request.scope["hfauth"] = anonymous

@@ -63,7 +63,7 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse, Response
 
-from ._adapters import SendWatch, needs_private_marks, read_scope, settle_async
+from ._adapters import AsgiRequest, SendWatch, needs_private_marks, settle_async
 from ._asgi import HubAuthCredentials, HubUser, answer_denial, render, starlette_scopes
 from ._exceptions import AuthenticationError
 from ._options import AdapterOptions, build_guard
@@ -124,7 +124,7 @@ class HubTokenBackend(AuthenticationBackend):
         self, conn: HTTPConnection
     ) -> tuple[HubAuthCredentials, BaseUser] | None:
         guard = self.guard
-        request = read_scope(conn.scope, guard.query_param)
+        request = AsgiRequest(conn.scope, guard.query_param)
         if not carries_credentials(guard, request):
             return None  # anonymous: Starlette's UnauthenticatedUser
         try:
@@ -175,8 +175,8 @@ class HubAuthenticationMiddleware(AuthenticationMiddleware):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        response = SendWatch()
-        private, watched = response.watch(send, True), response.watch(send, False)
+        response = SendWatch(send)
+        private, watched = response.send_private, response.send_watched
 
         async def send_marked(message: Message) -> None:
             # The backend has run by the time the app answers.

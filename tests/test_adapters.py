@@ -1,0 +1,159 @@
+"""The adapter kit: reading an ASGI scope, and watching the response."""
+
+import asyncio
+
+import pytest
+
+from hfauth_mw._adapters import AsgiRequest, SendWatch
+from hfauth_mw._request import UNRESOLVED, RequestContext
+
+TOKEN_HEADER = b"Bearer hf_" + b"a" * 34
+
+
+def scope(**changes):
+    base = {
+        "type": "http",
+        "method": "GET",
+        "path": "/v1/ping",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"t"), (b"authorization", TOKEN_HEADER)],
+        "client": ("203.0.113.7", 50000),
+    }
+    return {**base, **changes}
+
+
+def facts(request):
+    """Every field of a request context, by slot name (unset ones shown as such;
+    a list and a tuple of the same values are the same sequence)."""
+    values = {name: getattr(request, name, "<unset>") for name in RequestContext.__slots__}
+    del values["started"]
+    return {
+        name: tuple(value) if isinstance(value, list) else value for name, value in values.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("asgi", "expected"),
+    [
+        pytest.param(
+            scope(),
+            RequestContext("GET", "/v1/ping", [TOKEN_HEADER], (), "203.0.113.7"),
+            id="bearer",
+        ),
+        pytest.param(
+            scope(method="post"),
+            RequestContext("POST", "/v1/ping", [TOKEN_HEADER], (), "203.0.113.7"),
+            id="lower-case-method",
+        ),
+        pytest.param(
+            scope(path="/api/v1/ping", root_path="/api"),
+            RequestContext("GET", "/v1/ping", [TOKEN_HEADER], (), "203.0.113.7"),
+            id="root-path",
+        ),
+        pytest.param(
+            scope(headers=[(b"authorization", b"a"), (b"authorization", b"b")], client=None),
+            RequestContext("GET", "/v1/ping", [b"a", b"b"], (), None),
+            id="two-headers-unix-socket",
+        ),
+        pytest.param(
+            scope(headers=[], query_string=b"access_token=x&other=1&access_token=y"),
+            RequestContext("GET", "/v1/ping", [], ["x", "y"], "203.0.113.7"),
+            id="query-tokens",
+        ),
+    ],
+)
+def test_a_scope_reads_as_the_same_request_facts(asgi, expected):
+    """AsgiRequest sets RequestContext's fields itself: the two must not drift."""
+    request = AsgiRequest(asgi, "access_token")
+    expected.headers = asgi["headers"]
+    assert facts(request) == facts(expected)
+    assert request.forwarded_for == expected.forwarded_for
+    assert request.client is UNRESOLVED
+    assert request.started > 0
+
+
+def test_query_tokens_are_read_only_when_opted_in():
+    request = AsgiRequest(scope(query_string=b"access_token=x"), None)
+    assert request.query_tokens == ()
+
+
+def test_forwarded_for_is_read_from_the_headers_when_asked():
+    request = AsgiRequest(
+        scope(headers=[(b"x-forwarded-for", b"198.51.100.1"), (b"x-forwarded-for", b"10.0.0.1")]),
+        None,
+    )
+    assert request.forwarded_for == "198.51.100.1, 10.0.0.1"
+
+
+START = {"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]}
+BODY = {"type": "http.response.body", "body": b"ok"}
+
+
+def sent_through(watch_for, private, messages):
+    out = []
+
+    async def send(message):
+        out.append(message)
+
+    async def run():
+        watch = watch_for(send)
+        wrapped = watch.send_private if private else watch.send_watched
+        assert asyncio.iscoroutinefunction(wrapped)
+        assert watch.response_started is False
+        for message in messages:
+            await wrapped(message)
+        return watch.response_started
+
+    return asyncio.run(run()), out
+
+
+WATCHES = [
+    pytest.param(SendWatch, id="send-watch"),
+    pytest.param(lambda send: AsgiRequest(scope(), None, send), id="asgi-request"),
+]
+
+
+@pytest.mark.parametrize("watch_for", WATCHES)
+@pytest.mark.parametrize(
+    ("headers", "added"),
+    [
+        pytest.param(
+            [(b"x-app", b"1")],
+            [(b"cache-control", b"private"), (b"vary", b"Authorization")],
+            id="no-cache-control",
+        ),
+        pytest.param(
+            ((b"Cache-Control", b"max-age=5"),), [(b"vary", b"Authorization")], id="app-chose"
+        ),
+        pytest.param(
+            iter([(b"x-app", b"1")]),
+            [(b"cache-control", b"private"), (b"vary", b"Authorization")],
+            id="generator",
+        ),
+    ],
+)
+def test_send_private_marks_the_start_and_leaves_the_app_message_alone(watch_for, headers, added):
+    start = {**START, "headers": headers}
+    kept = list(headers) if not isinstance(headers, type(iter([]))) else None
+    started, out = sent_through(watch_for, True, [start, BODY])
+    assert started is True
+    assert out[0]["headers"][-len(added) :] == added
+    assert out[0]["status"] == 200
+    assert out[1] is BODY
+    if kept is not None:
+        assert list(start["headers"]) == kept  # the app's own list is never changed
+
+
+@pytest.mark.parametrize("watch_for", WATCHES)
+def test_send_watched_passes_messages_unchanged(watch_for):
+    started, out = sent_through(watch_for, False, [START, BODY])
+    assert started is True
+    assert out == [START, BODY]
+    assert out[0] is START
+
+
+@pytest.mark.parametrize("private", [True, False], ids=["private", "watched"])
+def test_nothing_started_before_the_start_message(private):
+    started, _ = sent_through(SendWatch, private, [])
+    assert started is False
