@@ -555,6 +555,53 @@ def test_cached_path_with_audit_at_warning(local_guard, hub_store, caplog, no_to
     assert event.hfauth_fingerprint == fingerprint_of(token_digest(token))
 
 
+def _set_audit_level(level: int) -> None:
+    logging.getLogger("hfauth_mw.audit").setLevel(level)
+
+
+def _disable_info(level: int) -> None:
+    logging.getLogger("hfauth_mw.audit").setLevel(logging.INFO)
+    logging.disable(logging.INFO)
+
+
+def _disabled_logger(level: int) -> None:
+    logger = logging.getLogger("hfauth_mw.audit")
+    logger.setLevel(logging.INFO)
+    logger.disabled = True  # as dictConfig(disable_existing_loggers=True) leaves it
+
+
+@pytest.mark.parametrize(
+    ("switch", "written"),
+    [
+        pytest.param(_set_audit_level, True, id="set-level-info"),
+        pytest.param(_disable_info, False, id="logging-disable"),
+        pytest.param(_disabled_logger, False, id="logger-disabled"),
+    ],
+)
+def test_allowed_events_follow_the_audit_level_between_cached_requests(
+    local_guard, hub_store, caplog, no_token_in_logs, switch, written
+):
+    """The cached path skips the audit check while allowed events are off, from
+    what logging last answered; a level changed between two requests is seen
+    on the next one."""
+    logger = logging.getLogger("hfauth_mw.audit")
+    caplog.set_level(logging.WARNING, logger="hfauth_mw.audit")
+    token = hub_store.create_token(user="bob").token
+    guard = local_guard()
+    header = [f"Bearer {token}".encode()]
+    try:
+        assert isinstance(decide(guard, header), RequestAuth)
+        assert isinstance(decide(guard, header), RequestAuth)  # cached, audit off
+        assert not audit_events(no_token_in_logs)
+        switch(logging.INFO)
+        assert isinstance(decide(guard, header), RequestAuth)
+        events = [e.hfauth_event for e in audit_events(no_token_in_logs)]
+        assert events == (["allowed"] if written else [])
+    finally:
+        logging.disable(logging.NOTSET)
+        logger.disabled = False
+
+
 def test_token_expired_while_fresh_in_cache_is_refused(hub_store, clock):
     """Freshness never outlives a token's expiry, unless the wall clock jumps."""
     wall = FakeClock(clock.now)

@@ -18,9 +18,17 @@ from ._exceptions import AuthenticationError, SourceUnavailable
 from ._principal import Principal
 from ._validation import TOKEN_SHAPED
 
-__all__ = ["audit_logger", "loggable", "register_token_shape", "write_event"]
+__all__ = ["audit_levels", "audit_logger", "loggable", "register_token_shape", "write_event"]
 
 audit_logger = logging.getLogger("hfauth_mw.audit")
+_levels_cache = getattr(audit_logger, "_cache", None)
+#: What ``audit_logger.isEnabledFor(level)`` last answered, by level: logging's
+#: own cache, which it empties on every ``setLevel``, ``logging.disable`` and
+#: ``dictConfig``. A ``False`` in it is final, so the pipeline skips the call
+#: (a method call per request) while allowed events are off, as they are by
+#: default; anything else means "ask isEnabledFor". An empty stand-in where
+#: logging keeps no such cache.
+audit_levels: dict[int, bool] = _levels_cache if isinstance(_levels_cache, dict) else {}
 
 #: Source name -> the shape of the tokens it accepts besides the Hub's (an IdP's
 #: JWTs and opaque tokens), registered by each Authenticator. Bounded by the

@@ -32,7 +32,7 @@ from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypedDict, get_args
 
 from ._answers import Answers, ErrorFormat, ErrorResponse, denial
-from ._audit import audit_logger, write_event
+from ._audit import audit_levels, audit_logger, write_event
 from ._authenticator import Authenticator
 from ._authority import Authority, HubAuthority, personal
 from ._breaker_limiter import FailureLimiter, client_address
@@ -365,7 +365,7 @@ class Guard(CredentialsStep):
                 request.decided_by = decision.decided_by
                 if not decision:
                     raise denial(principal, decision)
-        if audit_logger.isEnabledFor(_INFO):
+        if audit_levels.get(_INFO) is not False and audit_logger.isEnabledFor(_INFO):
             self._audit(None, request)
         credentials = request.credentials
         if hub is not None:  # route code may ask the hub too: it needs the credentials
