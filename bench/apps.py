@@ -335,6 +335,22 @@ def starlette_auth(fixture: Fixture) -> ASGIApp:
     return _starlette([Middleware(AuthenticationMiddleware, backend=backend, on_error=_refuse)])
 
 
+def starlette_auth_private(fixture: Fixture) -> ASGIApp:
+    """Starlette's AuthenticationMiddleware with the two private-response headers
+    added as hfauth-mw adds them (:class:`PrivateHeadersOnly` outside it): the same
+    job as hfauth-mw's default, like for like."""
+    from starlette.middleware import Middleware
+    from starlette.middleware.authentication import AuthenticationMiddleware
+
+    backend = _digest_backend(fixture.tokens)
+    return _starlette(
+        [
+            Middleware(PrivateHeadersOnly),
+            Middleware(AuthenticationMiddleware, backend=backend, on_error=_refuse),
+        ]
+    )
+
+
 def static_key(fixture: Fixture) -> ASGIApp:
     from starlette.middleware import Middleware
 
@@ -457,6 +473,7 @@ ASGI_APPS: dict[str, Callable[[Fixture], ASGIApp]] = {
     "hfauth": hfauth_starlette,
     "hfauth-no-private": hfauth_starlette_shared_caching,
     "starlette-auth": starlette_auth,
+    "starlette-auth-private": starlette_auth_private,
     "static-key": static_key,
     "minimal-key": minimal_key,
     "token-cache-floor": token_cache_floor,

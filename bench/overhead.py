@@ -50,6 +50,12 @@ ASGI_VARIANTS = [
         apps.starlette_auth,
         "bare",
     ),
+    Variant(
+        "starlette-auth-private",
+        "  the same, plus Vary/Cache-Control: private (hfauth-mw's send wrapper)",
+        apps.starlette_auth_private,
+        "bare",
+    ),
     Variant("static-key", "static key, vLLM-style pure ASGI", apps.static_key, "bare"),
     Variant("minimal-key", "static key, minimal (floor)", apps.minimal_key, "bare"),
     Variant(

@@ -37,6 +37,7 @@ PROTOCOL_APPS = [
     ("hfauth-no-private", "  the same, private_responses=False"),
     ("headers-only", "  no authentication, only those two response headers"),
     ("starlette-auth", "Starlette AuthenticationMiddleware"),
+    ("starlette-auth-private", "  the same, plus those two response headers"),
     ("static-key", "static key, vLLM-style"),
 ]
 

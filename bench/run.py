@@ -188,6 +188,12 @@ def targets(by_key: dict[str, Section]) -> list[Target]:
             if floor is not None and private_floor is not None
             else ""
         )
+        same_job = over.get("starlette-auth-private")
+        if same_job is not None:
+            floor_note += (
+                f"; like for like, against Starlette's middleware with the same two "
+                f"headers ({fmt(same_job, 2)} µs): {fmt(ratio(ours, same_job), 2)}x"
+            )
         out.append(
             Target(
                 "ASGI cached-token overhead vs Starlette AuthenticationMiddleware",
@@ -243,11 +249,17 @@ def targets(by_key: dict[str, Section]) -> list[Target]:
         )
     if fast and not fast.skipped:
         ours, theirs = fast.data["shares"]["hfauth"], fast.data["shares"]["starlette-auth"]
+        same_job = fast.data["shares"].get("starlette-auth-private")
+        same_job_share = (
+            f" (like for like, Starlette's with the same two headers: {fmt(same_job * 100, 1)}%)"
+            if same_job is not None
+            else ""
+        )
         out.append(
             Target(
                 "uvicorn[standard] (httptools) in process: share of bare vs Starlette's "
                 "AuthenticationMiddleware",
-                f"{fmt(ours * 100, 1)}% vs {fmt(theirs * 100, 1)}%",
+                f"{fmt(ours * 100, 1)}% vs {fmt(theirs * 100, 1)}%{same_job_share}",
                 ">= Starlette's",
                 ours >= theirs,
             )
