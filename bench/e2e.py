@@ -34,6 +34,7 @@ E2E_APPS = [
     ("hfauth-no-private", "  the same, private_responses=False"),
     ("static-key", "static key, vLLM-style"),
     ("starlette-auth", "Starlette AuthenticationMiddleware"),
+    ("starlette-auth-private", "  the same, plus Vary/Cache-Control: private"),
 ]
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}

@@ -233,6 +233,13 @@ def targets(by_key: dict[str, Section]) -> list[Target]:
     if e2e and not e2e.skipped:
         results = e2e.data["results"]
         share = results["hfauth"].share
+        same_job_e2e = results.get("starlette-auth-private")
+        if same_job_e2e is not None:
+            steadier += (
+                f"; Starlette's AuthenticationMiddleware end to end: "
+                f"{fmt(results['starlette-auth'].share * 100, 1)}%, with the same two headers "
+                f"{fmt(same_job_e2e.share * 100, 1)}%"
+            )
         out.append(
             Target(
                 "uvicorn end to end: requests/s vs bare app",
