@@ -249,10 +249,6 @@ async def drive_async(guard: Guard, flow: RequestFlow) -> RequestAuth:
 
 # --- private responses --------------------------------------------------------------
 
-# Lists: the start message gets ``headers + added``, one new list.
-_VARY_ONLY: list[tuple[bytes, bytes]] = [(b"vary", b"Authorization")]
-_PRIVATE_AND_VARY: list[tuple[bytes, bytes]] = [(b"cache-control", b"private"), *_VARY_ONLY]
-
 
 def private_headers(has_cache_control: bool) -> tuple[tuple[str, str], ...]:
     """What an authenticated answer gets, so that shared caches do not serve one
@@ -261,6 +257,16 @@ def private_headers(has_cache_control: bool) -> tuple[tuple[str, str], ...]:
     if has_cache_control:
         return (("Vary", "Authorization"),)
     return (("Cache-Control", "private"), ("Vary", "Authorization"))
+
+
+def _asgi_lines(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+# The same rule as ASGI header lines, encoded once. Lists: the start message
+# gets ``headers + added``, one new list.
+_VARY_ONLY = _asgi_lines(private_headers(True))
+_PRIVATE_AND_VARY = _asgi_lines(private_headers(False))
 
 
 class ResponseWatch:
