@@ -1,10 +1,29 @@
-"""The adapter kit: reading an ASGI scope, and watching the response."""
+"""The adapter kit: reading an ASGI scope, watching the response, marking it
+private when the caller is known only later, and telling whether a request
+carries credentials."""
 
 import asyncio
 
 import pytest
 
-from hfauth_mw._adapters import AsgiRequest, SendWatch
+from hfauth_mw import (
+    AccessPolicy,
+    Authenticator,
+    Guard,
+    LocalStoreSource,
+    LocalTokenStore,
+    RequestAuth,
+)
+from hfauth_mw._adapters import (
+    ENVIRON_AUTH,
+    ENVIRON_SENT_UNMARKED,
+    MALFORMED,
+    AsgiRequest,
+    SendWatch,
+    carried_credentials,
+    private_start_response,
+)
+from hfauth_mw._principal import ANONYMOUS, Principal
 from hfauth_mw._request import UNRESOLVED, RequestContext
 
 TOKEN_HEADER = b"Bearer hf_" + b"a" * 34
@@ -157,3 +176,92 @@ def test_send_watched_passes_messages_unchanged(watch_for):
 def test_nothing_started_before_the_start_message(private):
     started, _ = sent_through(SendWatch, private, [])
     assert started is False
+
+
+BOB = Principal(name="bob", token_role="read")
+PRIVATE = [(b"cache-control", b"private"), (b"vary", b"Authorization")]
+
+
+@pytest.mark.parametrize(
+    ("auth", "marked"),
+    [
+        pytest.param(RequestAuth(BOB, AccessPolicy(), "bearer"), True, id="token"),
+        pytest.param(RequestAuth(ANONYMOUS, AccessPolicy()), False, id="anonymous"),
+        pytest.param(None, False, id="not-checked"),
+    ],
+)
+def test_send_marked_decides_when_the_response_starts(auth, marked):
+    """A layer before the authentication (Starlette's AuthenticationMiddleware):
+    what counts is scope["hfauth"] when the app starts its answer."""
+    request_scope = scope()
+    out = []
+
+    async def send(message):
+        out.append(message)
+
+    async def run():
+        watch = SendWatch(send, request_scope)
+        if auth is not None:
+            request_scope["hfauth"] = auth  # the backend ran after the watch was made
+        await watch.send_marked(START)
+        await watch.send_marked(BODY)
+        return watch.response_started
+
+    assert asyncio.run(run()) is True
+    assert out[0]["headers"] == START["headers"] + (PRIVATE if marked else [])
+    assert out[1] is BODY
+
+
+@pytest.mark.parametrize(
+    ("environ", "marked", "noted"),
+    [
+        pytest.param(None, True, False, id="authenticated-path"),
+        pytest.param(
+            {ENVIRON_AUTH: RequestAuth(BOB, AccessPolicy(), "basic")}, True, False, id="lazy"
+        ),
+        pytest.param({}, False, True, id="public-unchecked"),
+        pytest.param(
+            {ENVIRON_AUTH: RequestAuth(ANONYMOUS, AccessPolicy())}, False, True, id="anonymous"
+        ),
+    ],
+)
+def test_private_start_response_with_and_without_the_environ(environ, marked, noted):
+    started = []
+
+    def server_start(status, headers, exc_info=None):
+        started.append(headers)
+
+    start = private_start_response(server_start, *([] if environ is None else [environ]))
+    start("200 OK", [("Content-Type", "text/plain")])
+    private = [("Cache-Control", "private"), ("Vary", "Authorization")]
+    assert started == [[("Content-Type", "text/plain"), *(private if marked else [])]]
+    assert (environ or {}).get(ENVIRON_SENT_UNMARKED, False) is noted
+
+
+@pytest.fixture
+def guard(tmp_path):
+    store = LocalTokenStore(tmp_path / "tokens.db")
+    return Guard(Authenticator(LocalStoreSource(store)))
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param([], None, id="none"),
+        pytest.param([(b"authorization", TOKEN_HEADER)], "bearer", id="bearer"),
+        pytest.param([(b"authorization", b"Bearer a b")], MALFORMED, id="malformed"),
+        pytest.param(
+            [(b"authorization", TOKEN_HEADER), (b"authorization", TOKEN_HEADER)],
+            MALFORMED,
+            id="two-headers",
+        ),
+    ],
+)
+def test_carried_credentials(guard, headers, expected):
+    found = carried_credentials(guard, AsgiRequest(scope(headers=headers), None))
+    if isinstance(expected, str):
+        assert found is not None
+        assert found is not MALFORMED
+        assert found.scheme == expected
+    else:
+        assert found is expected

@@ -5,11 +5,15 @@
   anything with WSGI-style keys such as Django's ``request.META``).
 * Driving a decision that needs I/O: :func:`settle` (blocking) and
   :func:`settle_async`, which also serve a check the app asks for itself when
-  the middleware did not run (``lazy=True``).
+  the middleware did not run (``lazy=True``); :func:`carried_credentials`
+  tells such a check whether there is anything to check.
 * Marking authenticated answers private (``Cache-Control: private`` unless
   the app set one, and ``Vary: Authorization``): :func:`private_headers` is
   the rule, :class:`ResponseWatch` (ASGI), :func:`private_start_response` (WSGI)
-  and :func:`mark_private` (a framework's response object) apply it.
+  and :func:`mark_private` (a framework's response object) apply it; where the
+  request is authenticated only later (a lazy check on a public path, a
+  Starlette backend), :meth:`SendWatch.send_marked` and
+  ``private_start_response(..., environ)`` decide when the response starts.
 * :class:`PrincipalUser`: the user attributes frameworks read, over a principal.
 
 Adapters keep only their framework's glue: where the result goes (a scope,
@@ -28,7 +32,8 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 
 from werkzeug.wsgi import get_path_info
 
-from ._exceptions import BodyTooLarge
+from ._credentials import Credentials
+from ._exceptions import AuthenticationError, BodyTooLarge
 from ._pipeline import Guard, RequestFlow
 from ._principal import Principal
 from ._request import UNRESOLVED, RequestContext
@@ -37,12 +42,17 @@ from ._request_auth import RequestAuth
 __all__ = [
     "ENVIRON_AUTH",
     "ENVIRON_PRINCIPAL",
+    "ENVIRON_SENT_UNMARKED",
+    "MALFORMED",
     "AsgiRequest",
     "PrincipalUser",
     "ResponseWatch",
     "SendWatch",
     "app_path",
+    "carried_credentials",
+    "drive_async",
     "mark_private",
+    "needs_private_marks",
     "private_headers",
     "private_start_response",
     "read_asgi_body",
@@ -64,6 +74,12 @@ Send = Callable[[Message], Awaitable[None]]
 ENVIRON_AUTH = "hfauth"
 #: environ key of the request's :class:`~hfauth_mw.Principal`.
 ENVIRON_PRINCIPAL = "hfauth.principal"
+#: environ key set when a response started without the private marks because
+#: nobody had authenticated the request yet (a public path): a caller checked
+#: after that must not be handed to the body.
+ENVIRON_SENT_UNMARKED = "hfauth.sent_unmarked"
+#: ASGI scope key of the request's :class:`~hfauth_mw.RequestAuth`.
+SCOPE_AUTH = "hfauth"
 
 _perf_counter = time.perf_counter
 
@@ -220,6 +236,20 @@ def read_wsgi_body(environ: WSGIEnvironment, limit: int) -> bytes:
 
 # --- driving the decision -----------------------------------------------------------
 
+#: What :func:`carried_credentials` answers for credentials that do not parse.
+MALFORMED = Credentials("", "bearer", b"")
+
+
+def carried_credentials(guard: Guard, request: RequestContext) -> Credentials | None:
+    """The request's credentials, for a check the app asks for itself: ``None``
+    when it carries none (the caller is anonymous), :data:`MALFORMED` when they
+    do not parse (they count as credentials: the check that follows refuses
+    them, 400, audited and counted by the brute-force guard)."""
+    try:
+        return guard.credentials(request.authorization, request.query_tokens)
+    except AuthenticationError:
+        return MALFORMED
+
 
 def settle(guard: Guard, request: RequestContext, *, lazy: bool = False) -> RequestAuth | None:
     """:meth:`Guard.decide <hfauth_mw.Guard.decide>`, blocking for any I/O it needs.
@@ -354,13 +384,25 @@ class AsgiRequest(RequestContext, ResponseWatch):
 
 
 class SendWatch(ResponseWatch):
-    """A :class:`ResponseWatch` for a layer that reads the request elsewhere."""
+    """A :class:`ResponseWatch` for a layer that reads the request elsewhere.
 
-    __slots__ = ("downstream", "response_started")
+    Given the request's ``scope``, :meth:`send_marked` decides when the
+    response starts: private if by then the request was authenticated with
+    credentials (``scope["hfauth"]``, set by a Starlette backend that runs
+    after this layer, say)."""
 
-    def __init__(self, send: Send) -> None:
+    __slots__ = ("downstream", "response_started", "scope")
+
+    def __init__(self, send: Send, scope: Scope | None = None) -> None:
         self.downstream = send
         self.response_started = False
+        self.scope = scope
+
+    async def send_marked(self, message: Message) -> None:
+        if self.scope is not None and needs_private_marks(self.scope.get(SCOPE_AUTH)):
+            await self.send_private(message)
+        else:
+            await self.send_watched(message)
 
 
 def with_private_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -369,11 +411,22 @@ def with_private_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]
     return [*headers, *private_headers(has_cache_control)]
 
 
-def private_start_response(start_response: StartResponse) -> StartResponse:
-    """WSGI: ``start_response``, marking the response private."""
+def private_start_response(
+    start_response: StartResponse, environ: WSGIEnvironment | None = None
+) -> StartResponse:
+    """WSGI: ``start_response``, marking the response private.
+
+    Given the request's ``environ`` (a public path, which the app may check
+    lazily), it decides when the response starts: private if the request was
+    authenticated with credentials by then, else it notes in ``environ`` that
+    the response went out unmarked (:data:`ENVIRON_SENT_UNMARKED`)."""
 
     def start_private(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        return start_response(status, with_private_headers(headers), exc_info)
+        if environ is None or needs_private_marks(environ.get(ENVIRON_AUTH)):
+            headers = with_private_headers(headers)
+        else:
+            environ[ENVIRON_SENT_UNMARKED] = True
+        return start_response(status, headers, exc_info)
 
     return cast(StartResponse, start_private)
 

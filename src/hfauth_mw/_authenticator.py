@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ._audit import register_token_shape
+from ._audit import audit_logger, register_token_shape
 from ._authority import DecisionCache, HubAuthority, SharedDecisions
 from ._breaker_limiter import FailureLimiter, UpstreamBreaker
 from ._cache import Leader, TokenCache
@@ -60,7 +60,6 @@ from ._validation import require_bool, require_instance, require_int, shown
 __all__ = ["AuthFlow", "Authenticator"]
 
 logger = logging.getLogger("hfauth_mw")
-audit_logger = logging.getLogger("hfauth_mw.audit")
 shared_logger = logging.getLogger("hfauth_mw.shared")
 
 #: The decision for one token, as a generator of work for a driver.

@@ -51,7 +51,9 @@ __all__ = [
     "AsyncDriver",
     "Cleanup",
     "SyncDriver",
+    "Together",
     "TransportFailure",
+    "Work",
     "shared_async_client",
     "shared_sync_client",
 ]

@@ -40,7 +40,6 @@ from __future__ import annotations
 import re
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
 import httpx
@@ -51,6 +50,7 @@ from ._rules import (
     READ_PERMISSION,
     REPO_TYPES,
     WRITE_PERMISSION,
+    Access,
     Decision,
     Repo,
     RepoType,
@@ -79,7 +79,6 @@ __all__ = [
     "auth_check_path",
 ]
 
-Access = Literal["read", "write"]
 AuthCheckFlow = Generator[httpx.Request, httpx.Response, "HubAnswer"]
 
 #: ``X-Error-Code`` of a gated repository whose gate the caller has not passed.

@@ -969,7 +969,7 @@ class AccessPolicy:
             resource_group=self._group_of(principal, repo) if repo is not None else None,
         )
 
-    def check(self, principal: Principal, repo: Repo, access: Literal["read", "write"]) -> Decision:
+    def check(self, principal: Principal, repo: Repo, access: Access) -> Decision:
         if access == "read":
             return self.can_read(principal, repo)
         if access == "write":

@@ -38,7 +38,8 @@ What is kept where, and why:
   repository (type and id) and the access: same hash tag, same tombstone,
   values signed the same way (:meth:`SharedCache.encode_decision`). Positive
   decisions 60 s capped by the token's expiry, negative ones 10 s.
-* **Revocation**: :meth:`SharedCache.revoke` sets a tombstone on the token's
+* **Revocation**: :meth:`SharedCache.revoke_fingerprint` (through
+  :meth:`Authenticator.revoke <hfauth_mw.Authenticator.revoke>`) sets a tombstone on the token's
   tag (positive answers for it, and its positive repository decisions, are
   then neither read nor written by any process for ``revocation_ttl``) and
   publishes the tag; each process's subscriber thread drops matching

@@ -36,18 +36,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from http import HTTPStatus
-from typing import Any, Unpack, cast
+from typing import Unpack
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from ._adapters import (
     ENVIRON_AUTH,
     ENVIRON_PRINCIPAL,
+    ENVIRON_SENT_UNMARKED,
     needs_private_marks,
     private_start_response,
     read_environ,
     read_wsgi_body,
     settle,
-    with_private_headers,
+    take_body,
 )
 from ._exceptions import AuthenticationError
 from ._options import AdapterOptions, build_guard
@@ -65,9 +66,6 @@ __all__ = [
 # Set on public paths once the server reads the body: a lazy check from inside
 # it (a streamed body) could neither answer 401 nor mark the response private.
 _ENVIRON_STARTED = "hfauth.response_started"
-# Set on public paths whose headers went out without the private marks: a
-# caller checked after that must not be handed to the body.
-_ENVIRON_UNMARKED = "hfauth.sent_unmarked"
 
 
 def attach(environ: WSGIEnvironment, auth: RequestAuth) -> None:
@@ -88,7 +86,7 @@ def authenticate_lazily(guard: Guard, environ: WSGIEnvironment) -> RequestAuth:
     if isinstance(auth, RequestAuth) and not (
         # Checked on a public path after its headers went out unmarked (in a
         # teardown hook, say): not for a streamed body to show.
-        streaming and auth.scheme is not None and environ.get(_ENVIRON_UNMARKED)
+        streaming and auth.scheme is not None and environ.get(ENVIRON_SENT_UNMARKED)
     ):
         return auth
     if streaming:
@@ -106,16 +104,13 @@ def authenticate_lazily(guard: Guard, environ: WSGIEnvironment) -> RequestAuth:
 
 
 def refuse(
-    guard: Guard,
-    error: AuthenticationError,
-    environ: WSGIEnvironment,
-    start_response: StartResponse,
+    guard: Guard, error: AuthenticationError, method: str, start_response: StartResponse
 ) -> list[bytes]:
     """Answer a refused WSGI request with the guard's RFC 6750 response."""
     response = guard.error_response(error)
     headers = [*response.headers, ("content-length", str(len(response.body)))]
     start_response(f"{response.status} {HTTPStatus(response.status).phrase}", headers)
-    return [] if environ.get("REQUEST_METHOD") == "HEAD" else [response.body]
+    return [] if method == "HEAD" else [response.body]
 
 
 class HFAuthWSGIMiddleware:
@@ -147,41 +142,24 @@ class HFAuthWSGIMiddleware:
         environ.pop(ENVIRON_AUTH, None)
         environ.pop(ENVIRON_PRINCIPAL, None)
         environ.pop(_ENVIRON_STARTED, None)
-        environ.pop(_ENVIRON_UNMARKED, None)
+        environ.pop(ENVIRON_SENT_UNMARKED, None)
         guard = self.guard
+        request = read_environ(environ, guard.query_param)
         try:
-            request = read_environ(environ, guard.query_param)
-            if guard.routes.request_rules and guard.reads_body(request):
-                request.body = read_wsgi_body(environ, guard.max_body_bytes)
+            take_body(guard, request, lambda: read_wsgi_body(environ, guard.max_body_bytes))
             auth = settle(guard, request)
         except AuthenticationError as error:
-            return refuse(guard, error, environ, start_response)
+            return refuse(guard, error, request.method, start_response)
         if auth is None:  # a public path
-            body = self.app(
-                environ, _public_responses(environ, start_response, self.private_responses)
-            )
-            return _watched_body(body, environ)
+            # The app may check the caller lazily (Flask's current_principal):
+            # marked private if it did before the response started.
+            if self.private_responses:
+                start_response = private_start_response(start_response, environ)
+            return _watched_body(self.app(environ, start_response), environ)
         attach(environ, auth)
         if self.private_responses and needs_private_marks(auth):
             start_response = private_start_response(start_response)
         return self.app(environ, start_response)
-
-
-def _public_responses(
-    environ: WSGIEnvironment, start_response: StartResponse, private: bool
-) -> StartResponse:
-    """On a public path the app may authenticate lazily (Flask's ``current_principal``):
-    mark the response private if it did before the response started."""
-
-    def start_public(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        if private:
-            if needs_private_marks(environ.get(ENVIRON_AUTH)):
-                headers = with_private_headers(headers)
-            else:
-                environ[_ENVIRON_UNMARKED] = True
-        return start_response(status, headers, exc_info)
-
-    return cast(StartResponse, start_public)
 
 
 class _WatchedBody:

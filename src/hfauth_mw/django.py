@@ -209,12 +209,17 @@ def _attach(request: Request, auth: RequestAuth) -> RequestAuth:
 
 def _finish(request: Request, response: Any) -> Any:
     if needs_private_marks(getattr(request, "hfauth", None)) and _setup().private_responses:
-        mark_private(
-            response.has_header,
-            response.__setitem__,
-            lambda value: patch_vary_headers(response, (value,)),
-        )
+        mark_response_private(response)
     return response
+
+
+def mark_response_private(response: Any) -> None:
+    """Mark a Django response private, through Django's own header API."""
+    mark_private(
+        response.has_header,
+        response.__setitem__,
+        lambda value: patch_vary_headers(response, (value,)),
+    )
 
 
 def _facts(guard: Guard, request: Request) -> RequestContext:

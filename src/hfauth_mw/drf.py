@@ -73,7 +73,6 @@ from ._validation import missing_extra
 
 try:
     from django.http import HttpResponseBase  # type: ignore[import-untyped]
-    from django.utils.cache import patch_vary_headers  # type: ignore[import-untyped]
     from rest_framework import exceptions  # type: ignore[import-untyped]
     from rest_framework.authentication import (  # type: ignore[import-untyped]
         BaseAuthentication,
@@ -86,9 +85,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra("drf", "drf") from exc
 
-from ._adapters import mark_private, read_environ, settle, take_body
+from ._adapters import MALFORMED, carried_credentials, settle
 from ._answers import ErrorResponse
-from ._credentials import Credentials
 from ._exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -104,7 +102,7 @@ from ._principal import ANONYMOUS
 from ._request_auth import RequestAuth, as_repo
 from ._routes import RepoRequirement
 from ._rules import Access, Repo
-from .django import HubUser, _setup
+from .django import HubUser, _facts, _setup, mark_response_private
 from .django import guard as django_guard
 
 __all__ = [
@@ -119,8 +117,6 @@ __all__ = [
 Request = Any  # rest_framework.request.Request (DRF ships no type hints)
 View = Any
 RepoSource = Callable[[Request, View], "Repo | str"]
-
-_MALFORMED = Credentials("", "bearer", b"")  # stands for credentials that did not parse
 
 # On the Django request: the challenge a refused request is answered with
 # (authenticate_header reads it).
@@ -262,16 +258,12 @@ class HubTokenAuthentication(BaseAuthentication):  # type: ignore[misc]
                 self.enforce_csrf(request)  # DRF views are csrf_exempt for Django's check
             return HubUser(known.principal), known
         guard = django_guard()
-        context = read_environ(django_request.META, guard.query_param, django_request.path_info)
-        take_body(guard, context, lambda: bytes(django_request.body))  # a rule that reads it
-        try:
-            credentials = guard.credentials(context.authorization, context.query_tokens)
-        except AuthenticationError:
-            credentials = _MALFORMED  # settle() refuses them: audited, and counted
+        context = _facts(guard, django_request)
+        credentials = carried_credentials(guard, context)
         if credentials is None:
             return None
         if (
-            credentials is not _MALFORMED
+            credentials is not MALFORMED
             and credentials.scheme == "basic"
             and not self.claims_basic(credentials.username or "", credentials.token)
         ):
@@ -330,11 +322,7 @@ def _mark_private_later(request: Request) -> None:
     def finalize_private(request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         response = finalize(request, response, *args, **kwargs)
         if isinstance(response, HttpResponseBase) and not getattr(response, "exception", False):
-            mark_private(
-                response.has_header,
-                response.__setitem__,
-                lambda value: patch_vary_headers(response, (value,)),
-            )
+            mark_response_private(response)
         return response
 
     view.finalize_response = finalize_private

@@ -107,6 +107,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from ._adapters import (
     AsgiRequest,
+    carried_credentials,
     mark_private,
     needs_private_marks,
     settle_async,
@@ -121,7 +122,6 @@ from ._principal import ANONYMOUS
 from ._request_auth import RequestAuth
 from ._routes import RepoRequirement
 from ._rules import Access
-from .starlette import carries_credentials
 
 __all__ = [
     "OptionalToken",
@@ -503,7 +503,7 @@ class OptionalToken(RequireToken):
             return known  # the middleware's answer, anonymous ones included
         guard = _state(request).guard
         context = AsgiRequest(request.scope, guard.query_param)
-        if not carries_credentials(guard, context):
+        if carried_credentials(guard, context) is None:
             anonymous = RequestAuth(ANONYMOUS, guard.policy)
             request.scope["hfauth"] = anonymous
             return anonymous

@@ -63,12 +63,11 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse, Response
 
-from ._adapters import AsgiRequest, SendWatch, needs_private_marks, settle_async
+from ._adapters import AsgiRequest, SendWatch, carried_credentials, settle_async
 from ._asgi import HubAuthCredentials, HubUser, answer_denial, render, starlette_scopes
 from ._exceptions import AuthenticationError
 from ._options import AdapterOptions, build_guard
 from ._pipeline import Guard
-from ._request import RequestContext
 from ._request_auth import PrincipalMemo
 from ._validation import require_bool
 
@@ -79,15 +78,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def carries_credentials(guard: Guard, request: RequestContext) -> bool:
-    """Whether the request carries credentials. Malformed ones count: the check
-    that follows refuses them (400), audited and counted by the brute-force guard."""
-    try:
-        return guard.credentials(request.authorization, request.query_tokens) is not None
-    except AuthenticationError:
-        return True
 
 
 class TokenRefused(StarletteAuthenticationError):
@@ -125,7 +115,7 @@ class HubTokenBackend(AuthenticationBackend):
     ) -> tuple[HubAuthCredentials, BaseUser] | None:
         guard = self.guard
         request = AsgiRequest(conn.scope, guard.query_param)
-        if not carries_credentials(guard, request):
+        if carried_credentials(guard, request) is None:
             return None  # anonymous: Starlette's UnauthenticatedUser
         try:
             auth = await settle_async(guard, request, lazy=True)
@@ -175,18 +165,11 @@ class HubAuthenticationMiddleware(AuthenticationMiddleware):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        response = SendWatch(send)
-        private, watched = response.send_private, response.send_watched
-
-        async def send_marked(message: Message) -> None:
-            # The backend has run by the time the app answers.
-            if self.private_responses and needs_private_marks(scope.get("hfauth")):
-                await private(message)
-            else:
-                await watched(message)
-
+        # The backend has run by the time the app answers: marked then.
+        response = SendWatch(send, scope)
+        watched = response.send_marked if self.private_responses else response.send_watched
         try:
-            await super().__call__(scope, receive, send_marked)
+            await super().__call__(scope, receive, watched)
         except AuthenticationError as error:
             # A denial a route raised (auth.require(...)), past the app's own
             # handlers: answered as the backend's, unless the answer had started.
