@@ -5,6 +5,7 @@ whoami-v2 copy of a principal that must keep every fact that refuses access."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hfauth_mw._principal import (
+    HubAccountFields,
     OrgMembership,
     Principal,
     ResourceGroup,
@@ -216,3 +218,22 @@ def test_the_whoami_copy_of_a_principal_reads_back_equal(principal: Principal) -
     # Patterns that read back as "matches nothing" are the parser's fail-closed form.
     answer = copy.deepcopy(principal_as_whoami(principal))
     assert principal_from_whoami(answer) == principal
+
+
+@given(_principals, st.datetimes(timezones=st.just(UTC)))
+def test_the_hub_dialect_of_a_principal_reads_back_equal(
+    principal: Principal, created_at: datetime
+) -> None:
+    """A local hub writes what a principal holds the way the Hub does (the same
+    writer, with the account fields): nothing that grants or refuses is lost,
+    except what only a fine-grained token carries on the Hub."""
+    if principal.token_role != "fineGrained":
+        principal = dataclasses.replace(
+            principal, scoped=(), global_permissions=frozenset(), can_read_gated_repos=False
+        )
+    answer = principal_as_whoami(principal, HubAccountFields(created_at, "/avatars/x.svg"))
+    assert answer["auth"]["accessToken"]["createdAt"].endswith("Z")
+    assert ("fineGrained" in answer["auth"]["accessToken"]) is (
+        principal.token_role == "fineGrained"
+    )
+    assert principal_from_whoami(copy.deepcopy(answer)) == principal

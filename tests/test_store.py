@@ -185,7 +185,7 @@ def test_fine_grained_answer_shape(store: LocalTokenStore) -> None:
     assert access_token["role"] == "fineGrained"
     assert access_token["fineGrained"] == {
         "canReadGatedRepos": True,
-        "global": ["inference.serverless.write", "discussion.write"],
+        "global": ["discussion.write", "inference.serverless.write"],  # a set: sorted
         "scoped": [
             {
                 "entity": {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -18,13 +18,16 @@ from ._exceptions import MalformedAnswer
 
 __all__ = [
     "ANONYMOUS",
+    "HubAccountFields",
     "OrgMembership",
     "Principal",
     "ResourceGroup",
     "ResourcePattern",
     "ScopedGrant",
     "fingerprint_of",
+    "hub_timestamp",
     "is_app",
+    "org_restrictions_as_whoami",
     "principal_as_whoami",
     "principal_from_whoami",
     "token_digest",
@@ -503,76 +506,116 @@ def principal_from_whoami(data: object, *, fingerprint: str = "", source: str = 
     )
 
 
-def principal_as_whoami(principal: Principal) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class HubAccountFields:
+    """What a Hub's whoami-v2 answer carries beyond a :class:`Principal`: facts
+    this library never reads, written so that clients that do (huggingface_hub)
+    see a Hub-shaped answer from a local hub."""
+
+    token_created_at: datetime
+    avatar_url: str | None = None
+
+
+def hub_timestamp(value: datetime) -> str:
+    """The Hub's timestamp format: UTC, milliseconds, ``Z``."""
+    utc = value.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def principal_as_whoami(
+    principal: Principal, hub: HubAccountFields | None = None
+) -> dict[str, Any]:
     """``principal`` as a whoami-v2 answer that :func:`principal_from_whoami`
-    reads back into an equal principal (fingerprint and source aside, which
-    are arguments of the parser; ``oauth_scopes`` is not a whoami-v2 field
-    and is left to the caller). Every fact that can refuse access (security
-    restrictions, ``missingMFA``, ``pendingSSO``, ``patterns``) is kept: a copy
-    that dropped one would grant more than the original."""
+    reads back into an equal principal
+    (fingerprint and source aside, which are arguments of the parser;
+    ``oauth_scopes`` is not a whoami-v2 field and is left to the caller).
+    Every fact that can refuse access (security restrictions, ``missingMFA``,
+    ``pendingSSO``, ``patterns``) is kept: a copy that dropped one would grant
+    more than the original.
+
+    With ``hub``, the answer is written as the Hub writes it (a local hub's,
+    :class:`~hfauth_mw.LocalTokenStore`): its account fields, a token's
+    ``createdAt``, ``fineGrained`` only on a fine-grained token, and no key
+    for a fact that is not set (``email``, ``expiresAt``, an org's ``plan``).
+    """
     access_token: dict[str, Any] = {
-        "role": principal.token_role,
         "displayName": principal.token_name,
-        "fineGrained": {
-            "scoped": [
-                {
-                    "entity": {
-                        "_id": grant.entity_id,
-                        "type": grant.entity_type,
-                        "name": grant.entity_name,
-                    },
-                    "permissions": sorted(grant.permissions),
-                    **(
-                        {
-                            "patterns": [
-                                {
-                                    "resourceType": pattern.resource_type,
-                                    "wildcardPatterns": list(pattern.wildcards),
-                                }
-                                for pattern in grant.patterns
-                            ]
-                        }
-                        if grant.patterns
-                        else {}
-                    ),
-                }
-                for grant in principal.scoped
-            ],
-            "global": sorted(principal.global_permissions),
-            "canReadGatedRepos": principal.can_read_gated_repos,
-        },
+        "role": principal.token_role,
     }
-    orgs: list[dict[str, Any]] = []
-    for org in principal.orgs:
-        entry: dict[str, Any] = {
-            "type": "org",
-            "name": org.name,
-            "roleInOrg": org.role,
-            "id": org.id,
-            "plan": org.plan,
-            "isEnterprise": org.is_enterprise,
-            "resourceGroups": [
-                {"id": group.id, "name": group.name, "role": group.role}
-                for group in org.resource_groups
-            ],
+    if hub is not None:
+        access_token["createdAt"] = hub_timestamp(hub.token_created_at)
+    if hub is None or principal.token_role == "fineGrained":
+        access_token["fineGrained"] = {
+            "canReadGatedRepos": principal.can_read_gated_repos,
+            "global": sorted(principal.global_permissions),
+            "scoped": [_grant_as_whoami(grant) for grant in principal.scoped],
         }
-        if org.security_restrictions:
-            entry["securityRestrictions"] = list(org.security_restrictions)
-        if org.missing_mfa:
-            entry["missingMFA"] = True
-        if org.pending_sso:
-            entry["pendingSSO"] = True
-        orgs.append(entry)
-    return {
+    auth: dict[str, Any] = {"type": principal.auth_type, "accessToken": access_token}
+    if principal.expires_at is not None:
+        expires_at = principal.expires_at
+        # The round trip keeps microseconds; the Hub writes milliseconds.
+        auth["expiresAt"] = hub_timestamp(expires_at) if hub else expires_at.isoformat()
+    elif hub is None:
+        auth["expiresAt"] = None
+    answer: dict[str, Any] = {
         "type": principal.type,
         "id": principal.id,
         "name": principal.name,
         "fullname": principal.fullname,
-        "email": principal.email,
-        "orgs": orgs,
-        "auth": {
-            "type": principal.auth_type,
-            "accessToken": access_token,
-            "expiresAt": principal.expires_at.isoformat() if principal.expires_at else None,
-        },
     }
+    if hub is None:
+        answer["email"] = principal.email
+    else:
+        if principal.email:
+            answer["email"] = principal.email
+            answer["emailVerified"] = True
+        answer.update(isPro=False, canPay=False, periodEnd=None, avatarUrl=hub.avatar_url)
+    answer["orgs"] = [_org_as_whoami(org, hub is not None) for org in principal.orgs]
+    answer["auth"] = auth
+    return answer
+
+
+def _grant_as_whoami(grant: ScopedGrant) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "entity": {"_id": grant.entity_id, "type": grant.entity_type, "name": grant.entity_name},
+        "permissions": sorted(grant.permissions),
+    }
+    if grant.patterns:
+        entry["patterns"] = [
+            {"resourceType": pattern.resource_type, "wildcardPatterns": list(pattern.wildcards)}
+            for pattern in grant.patterns
+        ]
+    return entry
+
+
+def _org_as_whoami(org: OrgMembership, hub: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {"type": "org", "id": org.id, "name": org.name}
+    if hub:
+        entry["fullname"] = org.name
+    entry["roleInOrg"] = org.role
+    if not hub or org.plan is not None:
+        entry["plan"] = org.plan
+    if not hub or org.is_enterprise:
+        entry["isEnterprise"] = org.is_enterprise
+    entry["resourceGroups"] = [
+        {"id": group.id, "name": group.name, "role": group.role} for group in org.resource_groups
+    ]
+    entry.update(
+        org_restrictions_as_whoami(org.security_restrictions, org.missing_mfa, org.pending_sso)
+    )
+    return entry
+
+
+def org_restrictions_as_whoami(
+    security_restrictions: Sequence[str], missing_mfa: bool, pending_sso: bool
+) -> dict[str, Any]:
+    """The fields of an org entry that say the org refuses this token (only
+    those that are set), as :func:`principal_from_whoami` reads them."""
+    fields: dict[str, Any] = {}
+    if security_restrictions:
+        fields["securityRestrictions"] = list(security_restrictions)
+    if missing_mfa:
+        fields["missingMFA"] = True
+    if pending_sso:
+        fields["pendingSSO"] = True
+    return fields

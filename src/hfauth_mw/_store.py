@@ -61,7 +61,18 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 from ._exceptions import ConfigurationError, TokenStoreError
-from ._principal import ORG_ROLES, TOKEN_ROLES, fingerprint_of, token_digest
+from ._principal import (
+    ORG_ROLES,
+    TOKEN_ROLES,
+    HubAccountFields,
+    OrgMembership,
+    Principal,
+    ScopedGrant,
+    fingerprint_of,
+    hub_timestamp,
+    principal_as_whoami,
+    token_digest,
+)
 from ._validation import shown
 
 __all__ = [
@@ -183,19 +194,13 @@ def _entity_id(entity_type: str, name: str) -> str:
     return _stable_id(f"{entity_type}:{name}")
 
 
-def _hub_timestamp(value: datetime) -> str:
-    """The Hub's timestamp format: UTC, milliseconds, ``Z``."""
-    utc = value.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
-
 def _parse_stored_time(value: object) -> datetime:
     if not isinstance(value, str):
         raise TypeError("not text")
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ValueError("no time zone")
-    _hub_timestamp(parsed)  # raises OverflowError for years the Hub's format cannot show
+    hub_timestamp(parsed)  # raises OverflowError for years the Hub's format cannot show
     return parsed
 
 
@@ -1159,68 +1164,45 @@ class LocalTokenStore:
 
     @staticmethod
     def _answer(row: sqlite3.Row) -> dict[str, Any]:
+        """The row as the Hub answers whoami-v2 (the one writer, in ``_principal``)."""
         user = _column(row, "user", _text)
         role = _column(row, "role", _text)
-        fingerprint = fingerprint_of(bytes(row["digest"]))
-        access_token: dict[str, Any] = {
+        user_id = _column(row, "user_id", _text)
+        fine_grained = role == "fineGrained"
+        principal = Principal(
+            name=user,
+            id=user_id,
+            fullname=_column(row, "fullname", _optional_text) or user,
+            email=_column(row, "email", _optional_text),
+            token_role=role,
             # The Hub always names a token; an unnamed local one gets a stable name.
-            "displayName": _column(row, "display_name", _optional_text) or f"token-{fingerprint}",
-            "role": role,
-            "createdAt": _hub_timestamp(_column(row, "created_at", _parse_stored_time)),
-        }
-        if role == "fineGrained":
-            fine_grained: dict[str, Any] = {
-                "canReadGatedRepos": _column(row, "can_read_gated_repos", _flag),
-                "global": _column(
-                    row, "global_permissions", lambda value: _strings(_json_list(value))
-                ),
-                "scoped": [
-                    {
-                        "entity": {
-                            "_id": _entity_id(entry["type"], entry["name"]),
-                            "type": entry["type"],
-                            "name": entry["name"],
-                        },
-                        "permissions": entry["permissions"],
-                    }
-                    for entry in _column(row, "fine_grained", _entry_list)
-                ],
-            }
-            access_token["fineGrained"] = fine_grained
-        auth: dict[str, Any] = {"type": "access_token", "accessToken": access_token}
-        expires_at = _column(row, "expires_at", _optional_time)
-        if expires_at is not None:
-            auth["expiresAt"] = _hub_timestamp(expires_at)
-        orgs = _column(row, "orgs", _org_list)
-        fullname = _column(row, "fullname", _optional_text)
-        email = _column(row, "email", _optional_text)
-        answer: dict[str, Any] = {
-            "type": "user",
-            "id": _column(row, "user_id", _text),
-            "name": user,
-            "fullname": fullname or user,
-        }
-        if email:
-            answer["email"] = email
-            answer["emailVerified"] = True
-        answer.update(
-            {
-                "isPro": False,
-                "canPay": False,
-                "periodEnd": None,
-                "avatarUrl": f"/avatars/{row['user_id']}.svg",
-                "orgs": [
-                    {
-                        "type": "org",
-                        "id": _stable_id(org["name"]),
-                        "name": org["name"],
-                        "fullname": org["name"],
-                        "roleInOrg": org["role"],
-                        "resourceGroups": [],
-                    }
-                    for org in orgs
-                ],
-                "auth": auth,
-            }
+            token_name=_column(row, "display_name", _optional_text)
+            or f"token-{fingerprint_of(bytes(row['digest']))}",
+            orgs=tuple(
+                OrgMembership(org["name"], org["role"], id=_stable_id(org["name"]))
+                for org in _column(row, "orgs", _org_list)
+            ),
+            scoped=tuple(
+                ScopedGrant(
+                    entry["type"],
+                    entry["name"],
+                    frozenset(entry["permissions"]),
+                    entity_id=_entity_id(entry["type"], entry["name"]),
+                )
+                for entry in _column(row, "fine_grained", _entry_list)
+            )
+            if fine_grained
+            else (),
+            global_permissions=_column(
+                row, "global_permissions", lambda value: frozenset(_strings(_json_list(value)))
+            )
+            if fine_grained
+            else frozenset(),
+            can_read_gated_repos=fine_grained and _column(row, "can_read_gated_repos", _flag),
+            expires_at=_column(row, "expires_at", _optional_time),
         )
-        return answer
+        account = HubAccountFields(
+            token_created_at=_column(row, "created_at", _parse_stored_time),
+            avatar_url=f"/avatars/{user_id}.svg",
+        )
+        return principal_as_whoami(principal, account)

@@ -60,6 +60,7 @@ from ._principal import (
     ANONYMOUS,
     Principal,
     fingerprint_of,
+    org_restrictions_as_whoami,
     principal_from_whoami,
     token_digest,
 )
@@ -827,12 +828,11 @@ class HubEmulator:
                 entry["resourceGroups"] = kept + mine
             refused = restrictions.get(name) if isinstance(name, str) else None
             if refused is not None and (refused.users is None or user in refused.users):
-                if refused.security_restrictions:
-                    entry["securityRestrictions"] = list(refused.security_restrictions)
-                if refused.missing_mfa:
-                    entry["missingMFA"] = True
-                if refused.pending_sso:
-                    entry["pendingSSO"] = True
+                entry.update(
+                    org_restrictions_as_whoami(
+                        refused.security_restrictions, refused.missing_mfa, refused.pending_sso
+                    )
+                )
         return answer
 
     def _token_delay(self, authorization: list[str] | None) -> float:
