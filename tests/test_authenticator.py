@@ -94,6 +94,26 @@ async def test_revoked_token_refused_once_ttl_passed(
     assert hub_emulator.whoami_calls == 2
 
 
+@pytest.mark.parametrize("blocking", [False, True], ids=["arevoke", "revoke"])
+async def test_revoke_forgets_a_cached_token_at_once(
+    make_authenticator, hub_emulator, hub_store, alice, blocking
+):
+    """Revoked at its source, a token is refused on the next request once it is
+    revoked here too, however fresh its cached answer (no shared tier: 0 listeners)."""
+    authenticator = make_authenticator(ttl=60)
+    await authenticator.authenticate(alice)
+    hub_store.revoke(alice.fingerprint)
+    assert (await authenticator.authenticate(alice)).name == "alice"  # still cached
+    if blocking:
+        listeners = await asyncio.to_thread(authenticator.revoke, alice.token)
+    else:
+        listeners = await authenticator.arevoke(alice.token)
+    assert listeners == 0
+    with pytest.raises(InvalidToken):
+        await authenticator.authenticate(alice)
+    assert hub_emulator.whoami_calls == 2
+
+
 async def test_invalid_tokens_are_cached_negatively(make_authenticator, hub_emulator, clock):
     authenticator = make_authenticator(negative_ttl=10)
     bogus = Credentials.from_token("hf_" + "x" * 34)

@@ -35,6 +35,7 @@ from hfauth_mw import (
 )
 from hfauth_mw._credentials import CredentialsStep
 from hfauth_mw._principal import fingerprint_of, token_digest
+from hfauth_mw._request import RequestContext
 
 pytestmark = pytest.mark.anyio
 
@@ -707,3 +708,35 @@ def test_rules_match_with_or_without_one_trailing_slash(spec, path, matches):
     assert (match is not None) == matches
     if matches:
         assert (match["owner"], match["name"]) == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("path", "public"),
+    [
+        pytest.param("/health", True, id="exact"),
+        pytest.param("/docs/index.html", True, id="prefix"),
+        pytest.param("/docs/../x", False, id="dot-segments"),
+        pytest.param("/healthz", False, id="other"),
+    ],
+)
+def test_is_public_answers_as_the_path_step(local_guard, path, public):
+    guard = local_guard(public_paths=["/health", "/docs/*"])
+    assert guard.is_public(path) is public
+    if public:
+        assert guard.decide(RequestContext("GET", path, [])) is None  # served unchecked
+    else:
+        with pytest.raises(MissingCredentials):
+            guard.decide(RequestContext("GET", path, []))
+
+
+def test_request_flow_is_one_flow_cached_or_cold(local_guard, hub_store):
+    """For a caller that always drives a flow: the same RequestAuth either way."""
+    token = hub_store.create_token(user="bob").token
+    guard = local_guard()
+    header = [f"Bearer {token}".encode()]
+    cold = guard.authenticator.run_sync(guard.request_flow("GET", "/x", header))
+    cached = guard.authenticator.run_sync(guard.request_flow("GET", "/x", header))
+    assert cold.principal.name == cached.principal.name == "bob"
+    assert cached is cold  # memoised per cached principal (local rules)
+    with pytest.raises(MissingCredentials):
+        guard.authenticator.run_sync(guard.request_flow("GET", "/x", []))
