@@ -189,8 +189,8 @@ class HFAuthMiddleware:
             await self.app(scope, receive, send)
             return
         guard = self.guard
-        # take_body_async's and settle_async's work, written out: each would be
-        # one more coroutine on every request, and this is the hot path.
+        # The kit's body test (take_body's) and settle_async, written out: a call
+        # into either would be one more coroutine on every request.
         try:
             request = AsgiRequest(scope, guard.query_param, send)
             if guard.routes.request_rules and guard.reads_body(request):
