@@ -526,12 +526,11 @@ def principal_as_whoami(
     principal: Principal, hub: HubAccountFields | None = None
 ) -> dict[str, Any]:
     """``principal`` as a whoami-v2 answer that :func:`principal_from_whoami`
-    reads back into an equal principal
-    (fingerprint and source aside, which are arguments of the parser;
-    ``oauth_scopes`` is not a whoami-v2 field and is left to the caller).
-    Every fact that can refuse access (security restrictions, ``missingMFA``,
-    ``pendingSSO``, ``patterns``) is kept: a copy that dropped one would grant
-    more than the original.
+    reads back into an equal principal (fingerprint and source aside, which
+    are arguments of the parser; ``oauth_scopes`` is not a whoami-v2 field
+    and is left to the caller). Every fact that can refuse access (security
+    restrictions, ``missingMFA``, ``pendingSSO``, ``patterns``) is kept: a copy
+    that dropped one would grant more than the original.
 
     With ``hub``, the answer is written as the Hub writes it (a local hub's,
     :class:`~hfauth_mw.LocalTokenStore`): its account fields, a token's
