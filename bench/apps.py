@@ -188,10 +188,10 @@ class TokenCacheFloor:
             return
         added = self._PRIVATE
 
-        async def send_private(message: Any) -> None:
+        def send_private(message: Any) -> Any:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", ()), *added]}
-            await send(message)
+            return send(message)  # the server's own awaitable: no coroutine of ours
 
         await self.app(scope, receive, send_private)
 

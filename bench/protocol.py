@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any, ClassVar
+from typing import Any
 
 from .apps import ASGI_APPS, HOST, PATH, Fixture
 from .harness import interleaved_rounds
@@ -50,20 +50,14 @@ class _Transport(asyncio.Transport):
     """Keeps only the status codes of what the server writes; says where the client is."""
 
     def __init__(self) -> None:
-        super().__init__()
+        # BaseTransport keeps ``extra`` for get_extra_info: uvicorn reads the
+        # client's address from it, as from a socket's peer name.
+        super().__init__(extra={"peername": (HOST, 50000), "sockname": (HOST, 8000)})
         self.statuses: set[bytes] = set()
-
-    _extra: ClassVar[dict[str, tuple[str, int]]] = {
-        "peername": (HOST, 50000),
-        "sockname": (HOST, 8000),
-    }
 
     def write(self, data: Any) -> None:
         if data[:9] == b"HTTP/1.1 ":
             self.statuses.add(bytes(data[9:12]))
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._extra.get(name, default)
 
     def is_closing(self) -> bool:
         return False

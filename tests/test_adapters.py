@@ -121,7 +121,10 @@ def sent_through(watch_for, private, messages):
         assert asyncio.iscoroutinefunction(wrapped)
         assert watch.response_started is False
         for message in messages:
-            await wrapped(message)
+            awaitable = wrapped(message)
+            # The server's own coroutine, not one of ours around it (one per message).
+            assert awaitable.cr_code is send.__code__
+            await awaitable
         return watch.response_started
 
     return asyncio.run(run()), out

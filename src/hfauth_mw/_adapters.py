@@ -22,11 +22,13 @@ an environ, ``request.user``) and how an error response is sent.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import io
+import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl
 from wsgiref.types import StartResponse, WSGIEnvironment
 
@@ -293,6 +295,19 @@ def _asgi_lines(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+if sys.version_info >= (3, 12):
+    from inspect import markcoroutinefunction as _coroutine_function
+else:
+
+    def _coroutine_function(function: _Function) -> _Function:
+        """What ``inspect.markcoroutinefunction`` does on Python 3.12 and later
+        (asgiref's ``markcoroutinefunction`` does the same before it)."""
+        function._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+        return function
+
+
 # The same rule as ASGI header lines, encoded once. Lists: the start message
 # gets ``headers + added``, one new list.
 _VARY_ONLY = _asgi_lines(private_headers(True))
@@ -307,8 +322,14 @@ class ResponseWatch:
     A mixin without slots of its own: :class:`AsgiRequest` (the request
     context the ASGI middleware already builds) and :class:`SendWatch` (on its
     own) carry ``downstream`` and ``response_started``. The app gets
-    :meth:`send_private` or :meth:`send_watched`: a bound method, a coroutine
-    function as servers hand out, and no closure is made per request.
+    :meth:`send_private` or :meth:`send_watched`, a bound method: no closure
+    is made per request.
+
+    They are plain methods that hand back the server's own awaitable, not
+    coroutines of their own: a coroutine made and run per message costs more
+    than the check itself, and an inference server streaming tokens sends one
+    body message per token. They are marked as coroutine functions, as
+    asgiref marks its own, for code that checks ``iscoroutinefunction``.
     """
 
     # The slots are the concrete classes' (two slotted bases cannot be mixed).
@@ -316,12 +337,14 @@ class ResponseWatch:
     downstream: Send
     response_started: bool
 
-    async def send_watched(self, message: Message) -> None:
+    @_coroutine_function
+    def send_watched(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             self.response_started = True  # type: ignore[misc]
-        await self.downstream(message)
+        return self.downstream(message)
 
-    async def send_private(self, message: Message) -> None:
+    @_coroutine_function
+    def send_private(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             self.response_started = True  # type: ignore[misc]
             headers = message.get("headers", ())
@@ -336,7 +359,7 @@ class ResponseWatch:
             # New objects, never the app's: it may send one start message many times.
             message = dict(message)
             message["headers"] = headers + added
-        await self.downstream(message)
+        return self.downstream(message)
 
 
 # --- an ASGI request: its facts, and its response watched ------------------------------
@@ -398,11 +421,11 @@ class SendWatch(ResponseWatch):
         self.response_started = False
         self.scope = scope
 
-    async def send_marked(self, message: Message) -> None:
+    @_coroutine_function
+    def send_marked(self, message: Message) -> Awaitable[None]:
         if self.scope is not None and needs_private_marks(self.scope.get(SCOPE_AUTH)):
-            await self.send_private(message)
-        else:
-            await self.send_watched(message)
+            return self.send_private(message)
+        return self.send_watched(message)
 
 
 def with_private_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
