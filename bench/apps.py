@@ -26,6 +26,10 @@ CHAT_MODEL = "acme/bench-model"
 CHAT_PATH = "/v1/chat/completions"
 MODEL_CHAT_PATH = f"/v1/models/{CHAT_MODEL}/chat"
 CHAT_BODY_BYTES = 2048
+#: The streamed answer: ``GET`` of a server-sent-events stream, one body message
+#: per chunk, as an inference server streams tokens.
+STREAM_PATH = "/v1/stream"
+STREAM_CHUNKS = 64
 #: Other tokens in the comparators' dicts, so they look up in a realistic table.
 EXTRA_TOKENS = 999
 
@@ -292,6 +296,48 @@ def _hfauth_chat(fixture: Fixture, rules: list[Any]) -> ASGIApp:
 
     source = LocalStoreSource(LocalTokenStore(fixture.store_path))
     return _chat_starlette([Middleware(HFAuthMiddleware, source=source, rules=rules)])
+
+
+def _stream_starlette(middleware: list[Any]) -> ASGIApp:
+    """One route answering ``STREAM_CHUNKS`` server-sent events, one body message each."""
+    from collections.abc import AsyncIterator
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    async def events() -> AsyncIterator[bytes]:
+        for _ in range(STREAM_CHUNKS):
+            yield b"data: token\n\n"
+
+    async def stream(request: Request) -> StreamingResponse:
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route(STREAM_PATH, stream)], middleware=middleware)
+
+
+def bare_stream(fixture: Fixture) -> ASGIApp:
+    return _stream_starlette([])
+
+
+def hfauth_stream(fixture: Fixture) -> ASGIApp:
+    from starlette.middleware import Middleware
+
+    from hfauth_mw import HFAuthMiddleware, LocalStoreSource, LocalTokenStore
+
+    source = LocalStoreSource(LocalTokenStore(fixture.store_path))
+    return _stream_starlette([Middleware(HFAuthMiddleware, source=source)])
+
+
+def starlette_auth_stream(fixture: Fixture) -> ASGIApp:
+    from starlette.middleware import Middleware
+    from starlette.middleware.authentication import AuthenticationMiddleware
+
+    backend = _digest_backend(fixture.tokens)
+    return _stream_starlette(
+        [Middleware(AuthenticationMiddleware, backend=backend, on_error=_refuse)]
+    )
 
 
 def hfauth_body_rule(fixture: Fixture) -> ASGIApp:

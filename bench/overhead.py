@@ -31,7 +31,8 @@ class Variant:
     baseline: str | None  # key of the bare app it is compared with; None for a bare app
     needs: str | None = None  # importable module it needs
     #: The request timed: "ping" (GET /v1/ping), "chat" (POST /v1/chat/completions,
-    #: 2 KiB JSON) or "model-chat" (the same body, POST /v1/models/{owner}/{name}/chat).
+    #: 2 KiB JSON), "model-chat" (the same body, POST /v1/models/{owner}/{name}/chat)
+    #: or "stream" (GET /v1/stream, a streamed answer of 64 body messages).
     request: str = "ping"
 
 
@@ -99,6 +100,27 @@ ASGI_VARIANTS = [
         apps.hfauth_path_rule,
         "bare-model-chat",
         request="model-chat",
+    ),
+    Variant(
+        "bare-stream",
+        f"bare Starlette, GET of a streamed answer ({apps.STREAM_CHUNKS} chunks)",
+        apps.bare_stream,
+        None,
+        request="stream",
+    ),
+    Variant(
+        "hfauth-stream",
+        "hfauth-mw, cached token, the same streamed answer",
+        apps.hfauth_stream,
+        "bare-stream",
+        request="stream",
+    ),
+    Variant(
+        "starlette-auth-stream",
+        "Starlette AuthenticationMiddleware, the same streamed answer",
+        apps.starlette_auth_stream,
+        "bare-stream",
+        request="stream",
     ),
 ]
 
@@ -190,7 +212,11 @@ def run_asgi(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> Secti
             "compared with a bare FastAPI app. The body-rule rows time `POST` of a 2 KiB "
             "JSON chat request (the app reads the body): `openai_rules()` reads the model "
             "from the body, the path rule from `/v1/models/{owner}/{name}/chat`, each "
-            f"against the bare app on the same request. {rounds} rounds x {batch} requests; "
+            "against the bare app on the same request. The streamed rows time `GET` of a "
+            f"server-sent-events answer of {apps.STREAM_CHUNKS} body messages, as an "
+            "inference server streams tokens: hfauth-mw watches every message (for the "
+            "private headers and a denial raised mid-route), Starlette's middleware none. "
+            f"{rounds} rounds x {batch} requests; "
             "best round per variant (see the method below)."
         ),
     )
@@ -211,12 +237,22 @@ def run_asgi(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> Secti
     requests = {
         v.key: (asgi_scope(fixture.authorization, paths[v.request], body), body_receive(body))
         for v in variants
-        if v.request != "ping"
+        if v.request in paths
     }
+    streamed = asgi_scope(fixture.authorization, apps.STREAM_PATH)
+    requests.update(
+        {v.key: (streamed, body_receive(b"")) for v in variants if v.request == "stream"}
+    )
 
     async def verify() -> None:
         for variant in variants:
             app = built[variant.key]
+            if variant.request == "stream":
+                status, answer = await asgi_call(app, streamed)
+                _check((status, answer), variant.label, 200)
+                if answer.count(b"data: ") != apps.STREAM_CHUNKS:
+                    raise RuntimeError(f"{variant.label}: the stream came out cut ({answer!r})")
+                continue
             if variant.key in requests:
                 scope, receive = requests[variant.key]
                 answer = await asgi_call(app, scope, receive)
@@ -250,6 +286,14 @@ def run_asgi(fixture: Fixture, *, rounds: int, batch: int, warmup: int) -> Secti
             f"body rule vs path rule, cached token, {len(body):,}-byte JSON body: "
             f"{fmt(body_rule, 2)} µs vs {fmt(path_rule, 2)} µs overhead "
             f"({fmt(body_rule - path_rule, 2)} µs to read, parse and replay the body)"
+        )
+    stream, ping = over.get("hfauth-stream"), over.get("hfauth")
+    if stream is not None and ping is not None:
+        section.notes.append(
+            f"streamed answer, cached token: {fmt(stream, 2)} µs overhead for "
+            f"{apps.STREAM_CHUNKS} body messages vs {fmt(ping, 2)} µs for one; about "
+            f"{fmt(max(stream - ping, 0.0) * 1000 / (apps.STREAM_CHUNKS - 1), 0)} ns per "
+            "further message (the watched send; Starlette's middleware does not watch it)"
         )
     section.data.update(timings={k: t.best for k, t in timings.items()}, overhead=over)
     return section
