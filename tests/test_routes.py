@@ -306,6 +306,32 @@ def _request_with_body(body: bytes) -> RequestContext:
     return request
 
 
+PASTED_TOKEN = "hf_" + "Ab3" * 11  # a token pasted into the model field by mistake
+
+
+@pytest.mark.parametrize(
+    ("model", "shown"),
+    [
+        pytest.param("nobody/nothing", "'nobody/nothing'", id="plain-name"),
+        pytest.param(PASTED_TOKEN, "'<redacted>'", id="token"),
+        pytest.param(f"acme/{PASTED_TOKEN}", "'acme/<redacted>'", id="token-as-name"),
+        pytest.param("x" * 200 + PASTED_TOKEN, "'" + "x" * 96 + "...'", id="token-past-the-cut"),
+        pytest.param(
+            "x" * 90 + " " + PASTED_TOKEN, "'" + "x" * 90 + " <reda...'", id="token-at-the-cut"
+        ),
+        pytest.param("a\nb", "'a?b'", id="control-character"),
+    ],
+)
+def test_an_unknown_model_is_named_without_any_token(model, shown):
+    """The refusal's text goes to the audit log: a token a client pasted into
+    the model field must not reach it."""
+    with pytest.raises(UnknownModel) as refused:
+        from_body(served={"m": "acme/m"}).repo(
+            _request_with_body(json.dumps({"model": model}).encode()), "model"
+        )
+    assert refused.value.description == f"The model {shown} does not exist or is not served here"
+
+
 repo_ids = st.from_regex(
     r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}/[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True
 )

@@ -40,6 +40,7 @@ from ._rules import (
     AccessPolicy,
     Decision,
     Repo,
+    _line,
     can_write_somewhere,
 )
 
@@ -218,9 +219,12 @@ class RepoFrom:
 
 
 def _shown_name(value: str) -> str:
-    """A client's model name for a message: printable, short, quoted."""
-    text = "".join(char if char.isprintable() else "?" for char in value[:96])
-    return repr(text + ("..." if len(value) > 96 else ""))
+    """A client's model name for a message: printable, short, quoted, and with
+    anything shaped like a token cut out (the message reaches the audit log,
+    and a token pasted into the wrong field is a common slip)."""
+    # Cut out tokens before shortening: a token cut in two would no longer match.
+    text = _line(value[:256])
+    return repr(text[:96] + ("..." if len(text) > 96 or len(value) > 256 else ""))
 
 
 def _body_field(body: bytes | None, name: str) -> object:
