@@ -72,6 +72,13 @@ async def socket(websocket: WebSocket) -> None:
     await websocket.close()
 
 
+async def socket_write(websocket: WebSocket) -> None:
+    get_request_auth(websocket).require("model:acme/sentiment", "write")
+    await websocket.accept()
+    await websocket.send_text("written")
+    await websocket.close()
+
+
 ROUTES = [
     Route("/", home),
     Route("/whoami", whoami),
@@ -80,6 +87,7 @@ ROUTES = [
     Route("/v1/models/{owner}/{name}/infer", infer, methods=["POST"]),
     Route("/v1/models/{owner}/{name}", whoami, methods=["PUT"]),
     WebSocketRoute("/socket", socket),
+    WebSocketRoute("/socket-write", socket_write),
 ]
 
 
@@ -221,6 +229,60 @@ def test_websocket(authenticator, tokens, build):
         client.websocket_connect("/socket", headers=bearer(MADE_UP)) as websocket,
     ):
         websocket.receive_text()
+
+
+@pytest.mark.parametrize(
+    ("path", "who", "status", "error"),
+    [
+        pytest.param("/socket", "made-up", 401, "invalid_token", id="unknown-token"),
+        pytest.param("/socket", "malformed", 400, "invalid_request", id="malformed"),
+        pytest.param("/socket-write", "reader", 403, "insufficient_scope", id="route-denial"),
+    ],
+)
+def test_hub_middleware_refuses_a_websocket_with_the_http_denial(
+    authenticator, tokens, path, who, status, error
+):
+    """Not Starlette's close with 1000, a normal closure: the RFC 6750 denial on
+    the handshake, as HFAuthMiddleware answers it."""
+    from starlette.testclient import WebSocketDenialResponse
+
+    headers = {
+        "made-up": bearer(MADE_UP),
+        "malformed": {"Authorization": "Bearer a b"},
+        "reader": bearer(tokens["reader"]),
+    }[who]
+    client = TestClient(with_hub_middleware(authenticator))
+    with (
+        pytest.raises(WebSocketDenialResponse) as denied,
+        client.websocket_connect(path, headers=headers),
+    ):
+        pass
+    assert denied.value.status_code == status
+    assert f'error="{error}"' in denied.value.headers["www-authenticate"]
+
+
+async def test_hub_middleware_closes_a_refused_websocket_with_1008_without_denials(
+    authenticator,
+):
+    """A server without the denial-response extension: closed as a policy violation."""
+    sent = []
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "path": "/socket",
+        "root_path": "",
+        "headers": [(b"authorization", f"Bearer {MADE_UP}".encode())],
+        "query_string": b"",
+        "extensions": {},
+    }
+    await with_hub_middleware(authenticator)(scope, receive, send)
+    assert [(m["type"], m.get("code")) for m in sent] == [("websocket.close", 1008)]
 
 
 def test_backend_or_options_not_both(authenticator):

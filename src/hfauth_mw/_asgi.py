@@ -202,7 +202,7 @@ class HFAuthMiddleware:
             if scope_type == "http":
                 await self._refuse_http(error, send)
             else:
-                await self._refuse_websocket(scope, error, send)
+                await refuse_websocket(guard, scope, error, send)
             return
         if auth is None:
             # A public path: no token is checked, but request.user and @requires
@@ -217,7 +217,7 @@ class HFAuthMiddleware:
         )
         scope["hfauth"] = auth
         if scope_type != "http":
-            await self._websocket(scope, receive, send)
+            await serve_websocket(self.app, guard, scope, receive, send)
             return
         # A denial the route raises (auth.require(...)) is answered here, as
         # FastAPI's install() and the Flask and Django adapters answer it,
@@ -232,30 +232,6 @@ class HFAuthMiddleware:
             if request.response_started:
                 raise
             await self._refuse_http(error, send)
-
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The app on an authenticated WebSocket; a denial it raises (``auth.require``)
-        refuses the handshake, or closes with 1008 once accepted, instead of the
-        server's 1011 for an error."""
-        state: list[str] = []  # "accepted", then "closed", as the app sends them
-        # For the app's own exception handler (answer_denial): the WebSocket object
-        # Starlette hands it is new, and always looks unaccepted.
-        scope[WEBSOCKET_STATE] = state
-
-        async def send_watched(message: Message) -> None:
-            kind = message["type"]
-            if kind == "websocket.accept":
-                state.append("accepted")
-            elif kind == "websocket.close" or kind == "websocket.http.response.start":
-                state.append("closed")
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_watched)
-        except AuthenticationError as error:
-            if "closed" in state:
-                raise
-            await self._refuse_websocket(scope, error, send, accepted=bool(state))
 
     async def _render(self, conn: HTTPConnection, error: Exception) -> Response | None:
         assert isinstance(error, AuthenticationError)  # registered for it only
@@ -272,23 +248,53 @@ class HFAuthMiddleware:
         )
         await send({"type": "http.response.body", "body": response.body})
 
-    async def _refuse_websocket(
-        self, scope: Scope, error: AuthenticationError, send: Send, *, accepted: bool = False
-    ) -> None:
-        response = self.guard.error_response(error)
-        if not _must_close(scope, accepted):
-            await send(
-                {
-                    "type": "websocket.http.response.start",
-                    "status": response.status,
-                    "headers": _encode_headers(response.headers, len(response.body)),
-                }
-            )
-            await send({"type": "websocket.http.response.body", "body": response.body})
-        else:
-            await send(
-                {"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": _reason(error)}
-            )
+
+async def serve_websocket(
+    app: ASGIApp, guard: Guard, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """The app on an authenticated WebSocket; a denial it raises (``auth.require``)
+    refuses the handshake, or closes with 1008 once accepted, instead of the
+    server's 1011 for an error."""
+    state: list[str] = []  # "accepted", then "closed", as the app sends them
+    # For the app's own exception handler (answer_denial): the WebSocket object
+    # Starlette hands it is new, and always looks unaccepted.
+    scope[WEBSOCKET_STATE] = state
+
+    async def send_watched(message: Message) -> None:
+        kind = message["type"]
+        if kind == "websocket.accept":
+            state.append("accepted")
+        elif kind == "websocket.close" or kind == "websocket.http.response.start":
+            state.append("closed")
+        await send(message)
+
+    try:
+        await app(scope, receive, send_watched)
+    except AuthenticationError as error:
+        if "closed" in state:
+            raise
+        await refuse_websocket(guard, scope, error, send, accepted=bool(state))
+
+
+async def refuse_websocket(
+    guard: Guard, scope: Scope, error: AuthenticationError, send: Send, *, accepted: bool = False
+) -> None:
+    """Refuse a WebSocket: the HTTP denial (RFC 6750) on its handshake where the
+    server can send one, else a close with 1008 (policy violation)."""
+    response = guard.error_response(error)
+    if not _must_close(scope, accepted):
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": response.status,
+                "headers": _encode_headers(response.headers, len(response.body)),
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": response.body})
+    else:
+        await send(
+            {"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": _reason(error)}
+        )
 
 
 def _must_close(scope: Scope, accepted: bool) -> bool:

@@ -47,6 +47,10 @@ Security caveats, plainly:
   ``on_error=backend.on_error`` (Starlette's default answers 400 in plain
   text), and add ``Vary: Authorization`` yourself where caches sit in front;
   :class:`HubAuthenticationMiddleware` does both.
+* A refused WebSocket gets the RFC 6750 denial on its handshake (or a close
+  with 1008 where the server cannot send one) from
+  :class:`HubAuthenticationMiddleware`; Starlette's own middleware closes it
+  with 1000, a normal closure, which clients do not read as a refusal.
 * Denials raised in a route (``get_request_auth(request).require(...)``)
   need the app's exception handler: ``exception_handlers={AuthenticationError:
   backend.exception_handler}`` (:class:`~hfauth_mw.AuthenticationError`).
@@ -57,14 +61,27 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Unpack
 
-from starlette.authentication import AuthenticationBackend, BaseUser
+from starlette.authentication import (
+    AuthCredentials,
+    AuthenticationBackend,
+    BaseUser,
+    UnauthenticatedUser,
+)
 from starlette.authentication import AuthenticationError as StarletteAuthenticationError
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse, Response
 
 from ._adapters import AsgiRequest, SendWatch, carried_credentials, settle_async
-from ._asgi import HubAuthCredentials, HubUser, answer_denial, render, starlette_scopes
+from ._asgi import (
+    HubAuthCredentials,
+    HubUser,
+    answer_denial,
+    refuse_websocket,
+    render,
+    serve_websocket,
+    starlette_scopes,
+)
 from ._exceptions import AuthenticationError
 from ._options import AdapterOptions, build_guard
 from ._pipeline import Guard
@@ -162,6 +179,9 @@ class HubAuthenticationMiddleware(AuthenticationMiddleware):
         self.private_responses = require_bool("private_responses", private_responses)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
@@ -176,3 +196,19 @@ class HubAuthenticationMiddleware(AuthenticationMiddleware):
             if response.response_started:
                 raise
             await render(self.hub_backend.guard, error)(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Starlette's middleware closes a refused WebSocket with 1000, a normal
+        closure: here it gets the HTTP denial on its handshake (or 1008), and a
+        denial the route raises is answered, as :class:`~hfauth_mw.HFAuthMiddleware`
+        does."""
+        guard = self.hub_backend.guard
+        try:
+            result = await self.hub_backend.authenticate(HTTPConnection(scope))
+        except TokenRefused as refused:
+            await refuse_websocket(guard, scope, refused.error, send)
+            return
+        scope["auth"], scope["user"] = (
+            result if result is not None else (AuthCredentials(), UnauthenticatedUser())
+        )
+        await serve_websocket(self.app, guard, scope, receive, send)
