@@ -122,8 +122,9 @@ def sent_through(watch_for, private, messages):
         assert watch.response_started is False
         for message in messages:
             awaitable = wrapped(message)
-            # The server's own coroutine, not one of ours around it (one per message).
-            assert awaitable.cr_code is send.__code__
+            # After the start, the server's own coroutine, not one of ours around it.
+            starts = message["type"] == "http.response.start"
+            assert (awaitable.cr_code is send.__code__) is not starts
             await awaitable
         return watch.response_started
 
@@ -173,6 +174,25 @@ def test_send_watched_passes_messages_unchanged(watch_for):
     assert started is True
     assert out == [START, BODY]
     assert out[0] is START
+
+
+@pytest.mark.parametrize("private", [True, False], ids=["private", "watched"])
+def test_the_response_starts_when_the_app_awaits_the_start(private):
+    """An app may make the start's awaitable, then check its caller: a denial
+    raised before it awaits can still be answered."""
+
+    async def send(message):
+        pass
+
+    async def run():
+        watch = SendWatch(send)
+        wrapped = watch.send_private if private else watch.send_watched
+        pending = wrapped(START)
+        before = watch.response_started
+        await pending
+        return before, watch.response_started
+
+    assert asyncio.run(run()) == (False, True)
 
 
 @pytest.mark.parametrize("private", [True, False], ids=["private", "watched"])

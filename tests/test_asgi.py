@@ -512,6 +512,28 @@ async def test_raw_asgi_app_keeps_its_headers(hub_emulator, tokens, path):
     assert START_MESSAGE["headers"] == [(b"content-type", b"text/plain"), (b"x-app", b"kept")]
 
 
+async def checks_after_making_the_start(scope, receive, send):
+    """A plain ASGI app that makes its start's awaitable, then checks its caller."""
+    pending = send({"type": "http.response.start", "status": 200, "headers": []})
+    scope["hfauth"].require("model:acme/sentiment", "write")
+    await pending
+    await send({"type": "http.response.body", "body": b"written"})
+
+
+# The app drops the start it made when its check raises: Python says so.
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
+async def test_a_denial_raised_before_the_start_is_awaited_is_answered(hub_emulator, tokens):
+    authenticator = Authenticator(HubWhoamiSource(hub_emulator.url))
+    app = HFAuthMiddleware(checks_after_making_the_start, authenticator=authenticator)
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        denied = await client.get("/", headers=bearer(tokens["reader"]))
+        written = await client.get("/", headers=bearer(tokens["writer"]))
+    assert denied.status_code == 403
+    assert 'error="insufficient_scope"' in denied.headers["www-authenticate"]
+    assert (written.status_code, written.text) == (200, "written")
+
+
 async def test_route_helpers_explain_decisions(client, tokens):
     response = await client.get("/route-check", headers=bearer(tokens["reader"]))
     assert response.json() == {"allowed": False, "reason": "write denied: token role read"}

@@ -325,11 +325,13 @@ class ResponseWatch:
     :meth:`send_private` or :meth:`send_watched`, a bound method: no closure
     is made per request.
 
-    They are plain methods that hand back the server's own awaitable, not
-    coroutines of their own: a coroutine made and run per message costs more
-    than the check itself, and an inference server streaming tokens sends one
-    body message per token. They are marked as coroutine functions, as
-    asgiref marks its own, for code that checks ``iscoroutinefunction``.
+    The start message goes through a coroutine of ours: the response counts
+    as started when the app awaits it, not when it merely makes the
+    awaitable. Every later message is handed the server's own awaitable, with
+    no coroutine of ours around it: one would cost more than the check, and an
+    inference server streaming tokens sends one body message per token. The
+    methods are marked as coroutine functions, as asgiref marks its own, for
+    code that checks ``iscoroutinefunction``.
     """
 
     # The slots are the concrete classes' (two slotted bases cannot be mixed).
@@ -340,26 +342,34 @@ class ResponseWatch:
     @_coroutine_function
     def send_watched(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
-            self.response_started = True  # type: ignore[misc]
+            return self._start(message)
         return self.downstream(message)
 
     @_coroutine_function
     def send_private(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
-            self.response_started = True  # type: ignore[misc]
-            headers = message.get("headers", ())
-            if type(headers) is not list:
-                headers = list(headers)  # a tuple, or any iterable: a generator can be read once
-            for name, _ in headers:
-                if len(name) == 13 and name.lower() == b"cache-control":
-                    added = _VARY_ONLY
-                    break
-            else:
-                added = _PRIVATE_AND_VARY
-            # New objects, never the app's: it may send one start message many times.
-            message = dict(message)
-            message["headers"] = headers + added
+            return self._start_private(message)
         return self.downstream(message)
+
+    async def _start(self, message: Message) -> None:
+        self.response_started = True  # type: ignore[misc]
+        await self.downstream(message)
+
+    async def _start_private(self, message: Message) -> None:
+        self.response_started = True  # type: ignore[misc]
+        headers = message.get("headers", ())
+        if type(headers) is not list:
+            headers = list(headers)  # a tuple, or any iterable: a generator can be read once
+        for name, _ in headers:
+            if len(name) == 13 and name.lower() == b"cache-control":
+                added = _VARY_ONLY
+                break
+        else:
+            added = _PRIVATE_AND_VARY
+        # New objects, never the app's: it may send one start message many times.
+        message = dict(message)
+        message["headers"] = headers + added
+        await self.downstream(message)
 
 
 # --- an ASGI request: its facts, and its response watched ------------------------------
