@@ -5,6 +5,8 @@ carries credentials."""
 import asyncio
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hfauth_mw import (
     AccessPolicy,
@@ -22,6 +24,8 @@ from hfauth_mw._adapters import (
     SendWatch,
     carried_credentials,
     private_start_response,
+    varies_on_authorization,
+    with_private_headers,
 )
 from hfauth_mw._principal import ANONYMOUS, Principal
 from hfauth_mw._request import UNRESOLVED, RequestContext
@@ -154,6 +158,21 @@ WATCHES = [
             [(b"cache-control", b"private"), (b"vary", b"Authorization")],
             id="generator",
         ),
+        pytest.param(
+            [(b"Vary", b"Accept-Encoding, authorization")],
+            [(b"Vary", b"Accept-Encoding, authorization"), (b"cache-control", b"private")],
+            id="app-varies-on-it",
+        ),
+        pytest.param(
+            [(b"vary", b"*"), (b"cache-control", b"no-store")],
+            [(b"vary", b"*"), (b"cache-control", b"no-store")],
+            id="app-varies-on-all-and-chose",
+        ),
+        pytest.param(
+            [(b"vary", b"X-Authorization")],
+            [(b"cache-control", b"private"), (b"vary", b"Authorization")],
+            id="another-header",
+        ),
     ],
 )
 def test_send_private_marks_the_start_and_leaves_the_app_message_alone(watch_for, headers, added):
@@ -166,6 +185,50 @@ def test_send_private_marks_the_start_and_leaves_the_app_message_alone(watch_for
     assert out[1] is BODY
     if kept is not None:
         assert list(start["headers"]) == kept  # the app's own list is never changed
+
+
+@pytest.mark.parametrize(
+    ("value", "varies"),
+    [
+        pytest.param("Authorization", True, id="alone"),
+        pytest.param(b"accept-encoding,AUTHORIZATION", True, id="listed-bytes"),
+        pytest.param(" Origin ,  authorization ", True, id="spaced"),
+        pytest.param("*", True, id="everything"),
+        pytest.param("X-Authorization", False, id="another-header"),
+        pytest.param("Authorization-X, Origin", False, id="prefix"),
+        pytest.param("", False, id="empty"),
+    ],
+)
+def test_varies_on_authorization(value, varies):
+    assert varies_on_authorization(value) is varies
+
+
+field_names = st.sampled_from(["Accept", "Origin", "authorization", "Authorization", "*"]) | (
+    st.text("abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12)
+)
+
+
+@given(names=st.lists(field_names, max_size=5), space=st.sampled_from(["", " ", "  "]))
+def test_varies_on_authorization_reads_every_listed_name(names, space):
+    value = ("," + space).join(names)
+    listed = {name.lower() for name in names}
+    assert varies_on_authorization(value) is bool(listed & {"authorization", "*"})
+
+
+@pytest.mark.parametrize(
+    ("headers", "added"),
+    [
+        pytest.param([], [("Cache-Control", "private"), ("Vary", "Authorization")], id="none"),
+        pytest.param([("cache-control", "max-age=5")], [("Vary", "Authorization")], id="chose"),
+        pytest.param([("Vary", "authorization")], [("Cache-Control", "private")], id="varies"),
+        pytest.param([("Cache-Control", "no-store"), ("Vary", "*")], [], id="both"),
+    ],
+)
+def test_with_private_headers_adds_only_what_is_missing(headers, added):
+    """WSGI: the same rule over ``start_response``'s header list."""
+    marked = with_private_headers(headers)
+    assert marked == [*headers, *added]
+    assert marked is not headers
 
 
 @pytest.mark.parametrize("watch_for", WATCHES)

@@ -564,6 +564,43 @@ async def test_install_makes_the_docs_public_for_the_middleware(
     assert hub_emulator.whoami_calls == 0
 
 
+@pytest.mark.parametrize(
+    ("who", "marked"),
+    [
+        pytest.param("reader", True, id="token-checked-by-the-route"),
+        pytest.param(None, False, id="anonymous"),
+    ],
+)
+@pytest.mark.parametrize("answer", ["response-object", "returned-value"])
+async def test_a_public_path_checked_by_the_route_is_marked_private(
+    new_authenticator, tokens, who, marked, answer
+):
+    """On a public path the middleware checks nothing, but a route that checks a
+    token itself (RequireToken) answers that caller: marked private, once."""
+    from fastapi.responses import PlainTextResponse
+
+    app = FastAPI()
+    install(app, authenticator=new_authenticator(), allow_anonymous=True)
+    app.add_middleware(
+        HFAuthMiddleware, authenticator=new_authenticator(), public_paths=["/open/*"]
+    )
+
+    @app.get("/open/response-object")
+    async def response_object(auth: Caller) -> PlainTextResponse:
+        return PlainTextResponse(f"for {auth.principal.name}")
+
+    @app.get("/open/returned-value")
+    async def returned_value(auth: Caller) -> str:
+        return f"for {auth.principal.name}"
+
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get(f"/open/{answer}", headers=bearer(tokens[who]) if who else {})
+    assert response.status_code == 200
+    assert response.headers.get_list("vary") == (["Authorization"] if marked else [])
+    assert response.headers.get("cache-control") == ("private" if marked else None)
+
+
 async def test_docs_stay_guarded_when_told(new_authenticator):
     app = create_app()
     install(app, authenticator=new_authenticator(), docs_public=False)

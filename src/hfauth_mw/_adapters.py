@@ -65,6 +65,7 @@ __all__ = [
     "settle_async",
     "take_body",
     "take_body_async",
+    "varies_on_authorization",
     "with_private_headers",
 ]
 
@@ -282,13 +283,25 @@ async def drive_async(guard: Guard, flow: RequestFlow) -> RequestAuth:
 # --- private responses --------------------------------------------------------------
 
 
-def private_headers(has_cache_control: bool) -> tuple[tuple[str, str], ...]:
+def private_headers(
+    has_cache_control: bool, varies_on_authorization: bool = False
+) -> tuple[tuple[str, str], ...]:
     """What an authenticated answer gets, so that shared caches do not serve one
-    caller's answer to another: ``Vary: Authorization``, and ``Cache-Control:
-    private`` unless the app chose its own caching."""
-    if has_cache_control:
-        return (("Vary", "Authorization"),)
-    return (("Cache-Control", "private"), ("Vary", "Authorization"))
+    caller's answer to another: ``Cache-Control: private`` unless the app chose
+    its own caching, and ``Vary: Authorization`` unless the answer already
+    varies on it (:func:`varies_on_authorization`)."""
+    added: tuple[tuple[str, str], ...] = ()
+    if not has_cache_control:
+        added += (("Cache-Control", "private"),)
+    if not varies_on_authorization:
+        added += (("Vary", "Authorization"),)
+    return added
+
+
+def varies_on_authorization(value: str | bytes) -> bool:
+    """Whether a ``Vary`` field value names ``Authorization``, or is ``*``."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return any(part.strip().lower() in ("authorization", "*") for part in text.split(","))
 
 
 def _asgi_lines(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:
@@ -308,10 +321,13 @@ else:
         return function
 
 
-# The same rule as ASGI header lines, encoded once. Lists: the start message
-# gets ``headers + added``, one new list.
-_VARY_ONLY = _asgi_lines(private_headers(True))
-_PRIVATE_AND_VARY = _asgi_lines(private_headers(False))
+# The same rule as ASGI header lines, encoded once, by (has Cache-Control,
+# varies on Authorization). Lists: the start message gets ``headers + added``.
+_ASGI_PRIVATE_LINES = {
+    (has_cache_control, varies): _asgi_lines(private_headers(has_cache_control, varies))
+    for has_cache_control in (False, True)
+    for varies in (False, True)
+}
 
 
 class ResponseWatch:
@@ -360,15 +376,16 @@ class ResponseWatch:
         headers = message.get("headers", ())
         if type(headers) is not list:
             headers = list(headers)  # a tuple, or any iterable: a generator can be read once
-        for name, _ in headers:
-            if len(name) == 13 and name.lower() == b"cache-control":
-                added = _VARY_ONLY
-                break
-        else:
-            added = _PRIVATE_AND_VARY
+        has_cache_control = varies = False
+        for name, value in headers:
+            size = len(name)
+            if size == 13 and name.lower() == b"cache-control":
+                has_cache_control = True
+            elif size == 4 and name.lower() == b"vary" and varies_on_authorization(value):
+                varies = True
         # New objects, never the app's: it may send one start message many times.
         message = dict(message)
-        message["headers"] = headers + added
+        message["headers"] = headers + _ASGI_PRIVATE_LINES[has_cache_control, varies]
         await self.downstream(message)
 
 
@@ -440,8 +457,11 @@ class SendWatch(ResponseWatch):
 
 def with_private_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     has_cache_control = any(name.lower() == "cache-control" for name, _ in headers)
+    varies = any(
+        name.lower() == "vary" and varies_on_authorization(value) for name, value in headers
+    )
     # A new list, never the app's own (it may reuse one for many responses).
-    return [*headers, *private_headers(has_cache_control)]
+    return [*headers, *private_headers(has_cache_control, varies)]
 
 
 def private_start_response(

@@ -31,6 +31,7 @@ from starlette.websockets import WebSocket, WebSocketState
 from ._adapters import (
     AsgiRequest,
     PrincipalUser,
+    SendWatch,
     drive_async,
     read_asgi_body,
 )
@@ -209,6 +210,10 @@ class HFAuthMiddleware:
             # must still work (as under Starlette's AuthenticationMiddleware).
             scope.setdefault("user", _ANONYMOUS_USER)
             scope.setdefault("auth", _NO_SCOPES)
+            if self.private_responses:
+                # A route may still check a token itself (FastAPI's RequireToken):
+                # its answer is marked private if it did, by the time it starts.
+                send = SendWatch(send, scope).send_marked
             await self.app(scope, receive, send)
             return
         view = self._starlette_view.table.get(id(auth.principal))
