@@ -34,6 +34,7 @@ from hfauth_mw import (
     Valid,
     Visibility,
     get_request_auth,
+    openai_rules,
     require_read,
     require_write,
 )
@@ -141,6 +142,7 @@ ROUTES = [
     Route("/v1/models/{owner}/{name}/infer", ok, methods=["POST"]),
     Route("/v1/models/{owner}/{name}", ok, methods=["PUT"]),
     Route("/anything", ok, methods=["GET", "POST", "DELETE"]),
+    Route("/v1/chat/completions", ok, methods=["POST"]),
     Route("/v1/models/{owner}/{name}/files", ok, methods=["GET", "DELETE"]),
     WebSocketRoute("/v1/models/{owner}/{name}/stream", stream),
     WebSocketRoute("/socket-needs-write", socket_needs_write),
@@ -551,6 +553,42 @@ async def test_anonymous_mode(make_app, tokens):
         assert (await client.get("/needs-auth")).status_code == 403  # Starlette's own requires()
         bad = await client.get("/whoami", headers=bearer("hf_" + "Q" * 34))
         assert bad.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("method_policy", "rules", "answers"),
+    [
+        pytest.param(
+            True, RULES, {"GET": 200, "POST": 401, "DELETE": 401}, id="method-policy-path-rules"
+        ),
+        pytest.param(True, [], {"GET": 200, "POST": 401, "DELETE": 401}, id="method-policy"),
+        pytest.param(False, [], {"GET": 200, "POST": 200, "DELETE": 200}, id="no-method-policy"),
+    ],
+)
+async def test_anonymous_callers_get_only_safe_methods_where_no_rule_decides(
+    make_app, method_policy, rules, answers
+):
+    """A POST needs only a valid token (an inference is a read), but a token all
+    the same: the anonymous caller has none. With method_policy off, the route decides."""
+    app = make_app(allow_anonymous=True, method_policy=method_policy, rules=rules)
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        got = {
+            method: (await client.request(method, "/anything")).status_code for method in answers
+        }
+    assert got == answers
+
+
+@pytest.mark.parametrize(
+    ("model", "status"),
+    [pytest.param("acme/public-demo", 200, id="public"), pytest.param("acme/x", 401, id="private")],
+)
+async def test_anonymous_post_a_body_rule_covers_is_decided_by_the_rule(make_app, model, status):
+    app = make_app(allow_anonymous=True, rules=openai_rules())
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.post("/v1/chat/completions", json={"model": model})
+    assert response.status_code == status
 
 
 @pytest.mark.usefixtures("client_logs_urls_with_tokens")

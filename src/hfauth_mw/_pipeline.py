@@ -382,7 +382,12 @@ class Guard(CredentialsStep):
         routes = self.routes
         open_methods = routes.open_methods
         # Any valid token may: nothing to look up (the common inference request).
-        if (open_methods is None or method in open_methods) and path.isprintable():
+        # The anonymous caller has no token: the method map decides for it.
+        if (
+            (open_methods is None or method in open_methods)
+            and path.isprintable()
+            and not principal.is_anonymous
+        ):
             return
         routes.authorize(method, path, principal)
 

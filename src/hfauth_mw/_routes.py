@@ -501,6 +501,11 @@ class RouteRules:
         """Whether, with no rule, ``method`` needs nothing more than a valid token."""
         return self.method_access is None or self.method_access.get(method) == "read"
 
+    def allows_anonymous(self, method: str) -> bool:
+        """Whether, with no rule, the anonymous caller may use ``method``: a safe
+        one, or any while there is no method map (``method_policy=False``)."""
+        return self.method_access is None or method in SAFE_METHODS
+
     def authorize(self, method: str, path: str, principal: Principal) -> None:
         """Apply the rules, then the method map; raises the 400/401/403/503 to answer.
 
@@ -522,12 +527,14 @@ class RouteRules:
             raise InvalidRequest("The request path holds control characters")
         if not self.path_rules:
             method_access = self.method_access
-            if method_access is not None and method_access.get(method) != "read":
-                self._by_method(method, principal)
+            if method_access is not None and (
+                method_access.get(method) != "read" or principal.is_anonymous
+            ):
+                self._by_method(method, path, principal)
             return
         needed = self.path_requirement(method, path)
         if needed is None:
-            self._by_method(method, principal)
+            self._by_method(method, path, principal)
         elif self.decide_repos:
             self.require_repo(principal, *needed)
 
@@ -563,7 +570,13 @@ class RouteRules:
             return None
         return self.path_requirement(request.method, request.path)
 
-    def _by_method(self, method: str, principal: Principal) -> None:
+    def _by_method(self, method: str, path: str, principal: Principal) -> None:
+        if principal.is_anonymous:
+            # A rule that finds its repository in the request decides for it.
+            if self.allows_anonymous(method) or self.request_rule(method, path) is not None:
+                return
+            reason = f"{method} needs a valid token (only GET, HEAD and OPTIONS go without)"
+            raise denial(principal, Decision(False, reason, READ_PERMISSION))
         if self.allows_any_token(method) or can_write_somewhere(principal):
             return
         role = principal.token_role or principal.auth_type
