@@ -1,8 +1,9 @@
 """The demo: a toy model-inference server guarded by hfauth-mw, and its seeded users.
 
-:func:`build_app` is the whole server (``examples/inference_server.py`` runs
-it; ``hfauth-mw demo`` runs it too, so it lives inside the package). It uses
-only the public API of ``hfauth_mw`` and Starlette, and reads top to bottom:
+:func:`build_app` is the whole server (``hfauth-mw demo`` and ``make demo`` run
+it, so it lives inside the package; ``examples/inference_server.py`` is a
+similar server with routes of its own). It uses only the public API of
+``hfauth_mw`` and Starlette, and reads top to bottom:
 
 * ``GET /health``: public, no token.
 * ``GET /v1/whoami``: the caller, as the token source described them.

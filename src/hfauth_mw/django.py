@@ -18,12 +18,13 @@
 
 ``settings.HFAUTH`` holds the keyword options of
 :class:`~hfauth_mw.HFAuthWSGIMiddleware` upper-cased (``HUB_URL``, ``SOURCE``,
-``AUTHENTICATOR``, ``CACHE``, ``REALM``, ``PUBLIC_PATHS``, ``ALLOW_ANONYMOUS``,
-``ALLOW_BASIC``, ``QUERY_PARAM``, ``MAX_HEADER_BYTES``, ``RULES``,
-``METHOD_POLICY``, ``POLICY``, ``PRIVATE_RESPONSES``) plus ``SET_USER``; an
-unknown key is an error when the middleware loads. The options are read once
-per process (again when ``override_settings`` changes ``HFAUTH``), so one token
-cache serves every request.
+``AUTHENTICATOR``, ``CACHE``, ``REALM``, ``PUBLIC_PATHS``, ``OPTIONAL_PATHS``,
+``PROTECTED_PATHS``, ``ALLOW_ANONYMOUS``, ``ALLOW_BASIC``, ``QUERY_PARAM``,
+``MAX_HEADER_BYTES``, ``RULES``, ``METHOD_POLICY``, ``POLICY``, ``LIMITER``,
+``ERROR_FORMAT``, ``MAX_BODY_BYTES``, ``AUTHORITY``, ``PRIVATE_RESPONSES``)
+plus ``SET_USER``; an unknown key is an error when the middleware loads. The
+options are read once per process (again when ``override_settings`` changes
+``HFAUTH``), so one token cache serves every request.
 
 On success, ``request.hfauth`` is the :class:`~hfauth_mw.RequestAuth` and
 ``request.principal`` the :class:`~hfauth_mw.Principal`. ``request.user`` is

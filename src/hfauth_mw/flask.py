@@ -17,9 +17,12 @@
 Settings are the keyword options of :class:`~hfauth_mw.HFAuthWSGIMiddleware`
 upper-cased with an ``HFAUTH_`` prefix (``HFAUTH_HUB_URL``, ``HFAUTH_SOURCE``,
 ``HFAUTH_AUTHENTICATOR``, ``HFAUTH_CACHE``, ``HFAUTH_REALM``,
-``HFAUTH_PUBLIC_PATHS``, ``HFAUTH_ALLOW_ANONYMOUS``, ``HFAUTH_ALLOW_BASIC``,
-``HFAUTH_QUERY_PARAM``, ``HFAUTH_MAX_HEADER_BYTES``, ``HFAUTH_RULES``,
-``HFAUTH_METHOD_POLICY``, ``HFAUTH_POLICY``, ``HFAUTH_PRIVATE_RESPONSES``).
+``HFAUTH_PUBLIC_PATHS``, ``HFAUTH_OPTIONAL_PATHS``,
+``HFAUTH_PROTECTED_PATHS``, ``HFAUTH_ALLOW_ANONYMOUS``,
+``HFAUTH_ALLOW_BASIC``, ``HFAUTH_QUERY_PARAM``, ``HFAUTH_MAX_HEADER_BYTES``,
+``HFAUTH_RULES``, ``HFAUTH_METHOD_POLICY``, ``HFAUTH_POLICY``,
+``HFAUTH_LIMITER``, ``HFAUTH_ERROR_FORMAT``, ``HFAUTH_MAX_BODY_BYTES``,
+``HFAUTH_AUTHORITY``, ``HFAUTH_PRIVATE_RESPONSES``).
 ``app.config`` wins over options given to :class:`HFAuth` (a source named
 there replaces the one given to :class:`HFAuth`); an unknown
 ``HFAUTH_*`` key is an error at ``init_app``.

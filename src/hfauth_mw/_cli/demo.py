@@ -35,9 +35,9 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     """Add ``demo`` to the ``hfauth-mw`` parser's ``commands``."""
     demo = commands.add_parser(
         "demo",
-        help="run the example inference server with demo users",
-        description="Run the toy inference server (the app of the source tree's "
-        "examples/inference_server.py) under uvicorn and print curl lines to try it. "
+        help="run the demo inference server with demo users",
+        description="Run the demo inference server (hfauth_mw._demo) under uvicorn "
+        "and print curl lines to try it. "
         f"Without --hub-url it makes a demo store with four users in {DEMO_STORE} "
         "(once; it never seeds a store it did not make).",
     )
