@@ -352,6 +352,27 @@ def test_malformed_credentials_are_400(configure):
     assert 'error="invalid_request"' in response["WWW-Authenticate"]
 
 
+@pytest.mark.parametrize(
+    ("who", "padding", "status"),
+    [
+        pytest.param("reader", 0, 200, id="token-small-body"),
+        pytest.param("reader", 2000, 413, id="token-body-over-the-cap"),
+        pytest.param(None, 2000, 401, id="no-token-body-over-the-cap"),
+    ],
+)
+def test_a_body_rule_reads_the_body_only_for_credentials(configure, tokens, who, padding, status):
+    """A body over MAX_BODY_BYTES is 413 for a caller with a token, never a 500; a
+    request without one is not read at all (DRF's permission answers it)."""
+    from hfauth_mw import from_body, require_read
+
+    path = "/v1/models/acme/sentiment/infer"
+    configure(RULES=[require_read(f"POST {path}", repo=from_body("model"))], MAX_BODY_BYTES=1024)
+    body = json.dumps({"model": "acme/sentiment", "pad": "x" * padding})
+    headers = bearer(tokens[who]) if who else {}
+    response = APIClient().post(path, data=body, content_type="application/json", **headers)
+    assert response.status_code == status
+
+
 def test_without_the_handler_drf_default_shape_and_challenge(configure, tokens):
     configure(handler=False)
     client = APIClient()

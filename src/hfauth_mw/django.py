@@ -223,10 +223,17 @@ def mark_response_private(response: Any) -> None:
     )
 
 
-def _facts(guard: Guard, request: Request) -> RequestContext:
+def _facts(guard: Guard, request: Request, *, with_body: bool = True) -> RequestContext:
+    """The request facts; with ``with_body``, the body too where a rule reads it
+    (:func:`_take_body`, which may refuse it: BodyTooLarge)."""
     facts = read_environ(request.META, guard.query_param, request.path_info)
-    take_body(guard, facts, lambda: bytes(request.body))  # a rule that reads the body
+    if with_body:
+        _take_body(guard, facts, request)
     return facts
+
+
+def _take_body(guard: Guard, facts: RequestContext, request: Request) -> None:
+    take_body(guard, facts, lambda: bytes(request.body))  # a rule that reads the body
 
 
 class HFAuthMiddleware:

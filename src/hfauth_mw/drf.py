@@ -102,7 +102,7 @@ from ._principal import ANONYMOUS
 from ._request_auth import RequestAuth, as_repo
 from ._routes import RepoRequirement
 from ._rules import Access, Repo
-from .django import HubUser, _facts, _setup, mark_response_private
+from .django import HubUser, _facts, _setup, _take_body, mark_response_private
 from .django import guard as django_guard
 
 __all__ = [
@@ -258,7 +258,9 @@ class HubTokenAuthentication(BaseAuthentication):  # type: ignore[misc]
                 self.enforce_csrf(request)  # DRF views are csrf_exempt for Django's check
             return HubUser(known.principal), known
         guard = django_guard()
-        context = _facts(guard, django_request)
+        # The body only once there are credentials to check: a request without
+        # any is the next class's (or anonymous), whatever its size.
+        context = _facts(guard, django_request, with_body=False)
         credentials = carried_credentials(guard, context)
         if credentials is None:
             return None
@@ -269,8 +271,9 @@ class HubTokenAuthentication(BaseAuthentication):  # type: ignore[misc]
         ):
             return None  # a Django user's password: DRF's BasicAuthentication's
         try:
+            _take_body(guard, context, django_request)
             auth = settle(guard, context, lazy=True)
-        except AuthenticationError as error:
+        except AuthenticationError as error:  # BodyTooLarge (413) included
             raise _refuse(request, error) from None
         assert auth is not None  # a lazy check never skips the path
         django_request.hfauth = auth
