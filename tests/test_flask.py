@@ -101,6 +101,11 @@ def create_app(hfauth: HFAuth, **config) -> Flask:
         if request.path == "/public/teardown":
             app.config["TEARDOWN_SAW"] = current_principal.name
 
+    @app.post("/public/chat")
+    def public_chat():
+        # Checked lazily on a public path, then the body read by the view itself.
+        return {"user": current_principal.name, "model": request.get_json()["model"]}
+
     @app.get("/route-check")
     def route_check():
         current_auth.require("model:acme/sentiment", "write")
@@ -133,6 +138,31 @@ def client(make_app):
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize(
+    ("who", "model", "status"),
+    [
+        pytest.param("reader", "acme/sentiment", 200, id="allowed"),
+        pytest.param("reader", "other/private", 403, id="denied"),
+        pytest.param("reader", "acme/" + "x" * 2000, 413, id="body-over-the-cap"),
+        pytest.param(None, "acme/sentiment", 401, id="no-token"),
+    ],
+)
+def test_a_lazy_check_on_a_public_path_reads_the_body_for_a_body_rule(
+    make_app, tokens, who, model, status
+):
+    from hfauth_mw import from_body, require_read
+
+    app = make_app(
+        HFAUTH_RULES=[require_read("POST /public/chat", repo=from_body("model"))],
+        HFAUTH_MAX_BODY_BYTES=1024,
+    )
+    headers = bearer(tokens[who]) if who else {}
+    response = app.test_client().post("/public/chat", json={"model": model}, headers=headers)
+    assert response.status_code == status, response.get_data(as_text=True)
+    if status == 200:
+        assert response.get_json() == {"user": "bob", "model": model}
 
 
 def basic(token: str) -> dict[str, str]:

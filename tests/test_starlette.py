@@ -72,6 +72,12 @@ async def socket(websocket: WebSocket) -> None:
     await websocket.close()
 
 
+async def chat(request: Request) -> JSONResponse:
+    body = await request.json()  # the body reaches the route whole
+    user = request.user.display_name if request.user.is_authenticated else None
+    return JSONResponse({"user": user, "model": body["model"]})
+
+
 async def socket_write(websocket: WebSocket) -> None:
     get_request_auth(websocket).require("model:acme/sentiment", "write")
     await websocket.accept()
@@ -88,6 +94,7 @@ ROUTES = [
     Route("/v1/models/{owner}/{name}", whoami, methods=["PUT"]),
     WebSocketRoute("/socket", socket),
     WebSocketRoute("/socket-write", socket_write),
+    Route("/v1/chat/completions", chat, methods=["POST"]),
 ]
 
 
@@ -283,6 +290,48 @@ async def test_hub_middleware_closes_a_refused_websocket_with_1008_without_denia
     }
     await with_hub_middleware(authenticator)(scope, receive, send)
     assert [(m["type"], m.get("code")) for m in sent] == [("websocket.close", 1008)]
+
+
+@pytest.mark.parametrize(
+    ("who", "model", "status"),
+    [
+        pytest.param("reader", "acme/sentiment", 200, id="allowed"),
+        pytest.param("reader", "other/private", 403, id="denied"),
+        pytest.param("reader", "acme/" + "x" * 2000, 413, id="body-over-the-cap"),
+        pytest.param(None, "acme/sentiment", 200, id="anonymous-not-read"),
+    ],
+)
+async def test_hub_middleware_reads_the_body_for_a_body_rule(
+    authenticator, tokens, who, model, status
+):
+    """Starlette hands its backend no body: HubAuthenticationMiddleware reads it
+    first (capped), for a request with a token, and replays it to the route."""
+    from hfauth_mw import openai_rules
+
+    app = with_hub_middleware(authenticator, rules=openai_rules(), max_body_bytes=1024)
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"model": model},
+            headers=bearer(tokens[who]) if who else {},
+        )
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert response.json() == {"user": "bob" if who else None, "model": model}
+
+
+def test_the_backend_in_starlettes_middleware_says_a_body_rule_needs_ours(authenticator, tokens):
+    from hfauth_mw import openai_rules
+
+    app = with_starlettes_middleware(authenticator, rules=openai_rules())
+    client = TestClient(app)
+    with pytest.raises(RuntimeError, match="use HubAuthenticationMiddleware"):
+        client.post(
+            "/v1/chat/completions",
+            json={"model": "acme/sentiment"},
+            headers=bearer(tokens["reader"]),
+        )
 
 
 def test_backend_or_options_not_both(authenticator):

@@ -34,7 +34,7 @@ Security caveats, plainly:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import Unpack
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -73,10 +73,16 @@ def attach(environ: WSGIEnvironment, auth: RequestAuth) -> None:
     environ[ENVIRON_PRINCIPAL] = auth.principal
 
 
-def authenticate_lazily(guard: Guard, environ: WSGIEnvironment) -> RequestAuth:
+def authenticate_lazily(
+    guard: Guard, environ: WSGIEnvironment, read_body: Callable[[], bytes] | None = None
+) -> RequestAuth:
     """The request's :class:`~hfauth_mw.RequestAuth`: the middleware's, or, on a
     path the middleware let through unchecked (a public path), checked now,
     once, blocking. Raises AuthenticationError.
+
+    A rule that reads the body gets it from ``read_body`` (a framework that
+    keeps the body it read, such as Flask's ``request.get_data``), else from
+    ``wsgi.input``, which is put back for the app.
 
     Raises ``RuntimeError`` when asked for on a public path once its response
     is being streamed: too late to answer 401 or to mark the answer private.
@@ -97,7 +103,9 @@ def authenticate_lazily(guard: Guard, environ: WSGIEnvironment) -> RequestAuth:
             "response private. Read current_principal/current_auth in the view before it "
             "returns the stream, or take the path out of public_paths."
         )
-    auth = settle(guard, read_environ(environ, guard.query_param), lazy=True)
+    request = read_environ(environ, guard.query_param)
+    take_body(guard, request, read_body or (lambda: read_wsgi_body(environ, guard.max_body_bytes)))
+    auth = settle(guard, request, lazy=True)
     assert auth is not None  # a lazy check never skips the path
     attach(environ, auth)
     return auth

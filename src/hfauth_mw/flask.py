@@ -88,7 +88,9 @@ def _middleware(app: Flask) -> HFAuthWSGIMiddleware:
 def _current_auth() -> RequestAuth:
     # On a public path the middleware let the request through unchecked: then
     # it is checked now, and the middleware marks the response private.
-    return authenticate_lazily(_middleware(current_app).guard, request.environ)
+    return authenticate_lazily(
+        _middleware(current_app).guard, request.environ, lambda: request.get_data(cache=True)
+    )
 
 
 #: The request's :class:`~hfauth_mw.RequestAuth` (``.principal``, ``.can_read(repo)``,

@@ -47,6 +47,11 @@ Security caveats, plainly:
   ``on_error=backend.on_error`` (Starlette's default answers 400 in plain
   text), and add ``Vary: Authorization`` yourself where caches sit in front;
   :class:`HubAuthenticationMiddleware` does both.
+* A rule that reads the repository from the body (``from_body``,
+  ``openai_rules()``) needs :class:`HubAuthenticationMiddleware`, which reads
+  the body (at most ``max_body_bytes``) before the backend runs and replays
+  it to the app; Starlette's own middleware hands the backend no body, and
+  such a request is then an error (500), never let through.
 * A refused WebSocket gets the RFC 6750 denial on its handshake (or a close
   with 1008 where the server cannot send one) from
   :class:`HubAuthenticationMiddleware`; Starlette's own middleware closes it
@@ -72,7 +77,13 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse, Response
 
-from ._adapters import AsgiRequest, SendWatch, carried_credentials, settle_async
+from ._adapters import (
+    AsgiRequest,
+    SendWatch,
+    carried_credentials,
+    read_asgi_body,
+    settle_async,
+)
 from ._asgi import (
     HubAuthCredentials,
     HubUser,
@@ -89,6 +100,9 @@ from ._request_auth import PrincipalMemo
 from ._validation import require_bool
 
 __all__ = ["HubAuthenticationMiddleware", "HubTokenBackend", "TokenRefused"]
+
+#: Scope key of the body :class:`HubAuthenticationMiddleware` read for a rule.
+SCOPE_BODY = "hfauth.body"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -134,6 +148,14 @@ class HubTokenBackend(AuthenticationBackend):
         request = AsgiRequest(conn.scope, guard.query_param)
         if carried_credentials(guard, request) is None:
             return None  # anonymous: Starlette's UnauthenticatedUser
+        if guard.routes.request_rules and guard.reads_body(request):
+            request.body = conn.scope.get(SCOPE_BODY)
+            if request.body is None:
+                raise RuntimeError(
+                    "hfauth-mw: a rule reads this request's body (from_body, openai_rules), "
+                    "and Starlette's AuthenticationMiddleware hands its backend no body: "
+                    "use HubAuthenticationMiddleware, which reads it first"
+                )
         try:
             auth = await settle_async(guard, request, lazy=True)
         except AuthenticationError as error:
@@ -185,6 +207,12 @@ class HubAuthenticationMiddleware(AuthenticationMiddleware):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
+        if self.hub_backend.guard.routes.request_rules:
+            try:
+                receive = await self._read_body(scope, receive)
+            except AuthenticationError as error:  # BodyTooLarge
+                await render(self.hub_backend.guard, error)(scope, receive, send)
+                return
         # The backend has run by the time the app answers: marked then.
         response = SendWatch(send, scope)
         watched = response.send_marked if self.private_responses else response.send_watched
@@ -196,6 +224,15 @@ class HubAuthenticationMiddleware(AuthenticationMiddleware):
             if response.response_started:
                 raise
             await render(self.hub_backend.guard, error)(scope, receive, send)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> Receive:
+        """For a rule that reads the body: read it (capped) before the backend
+        runs, which Starlette hands no ``receive``, and replay it to the app."""
+        guard = self.hub_backend.guard
+        request = AsgiRequest(scope, guard.query_param)
+        if guard.reads_body(request) and carried_credentials(guard, request) is not None:
+            scope[SCOPE_BODY], receive = await read_asgi_body(scope, receive, guard.max_body_bytes)
+        return receive
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Starlette's middleware closes a refused WebSocket with 1000, a normal
