@@ -407,6 +407,53 @@ def serve():
         thread.join(timeout=10)
 
 
+def _checks_then_answers(environ, start_response):
+    environ["hfauth"].require("model:acme/sentiment", "write")
+    start_response("200 OK", [("content-type", "text/plain")])
+    return [b"written"]
+
+
+def _answers_then_checks(environ, start_response):
+    start_response("200 OK", [("content-type", "text/plain")])
+    environ["hfauth"].require("model:acme/sentiment", "write")
+    return [b"written"]
+
+
+def _checks_inside_the_body(environ, start_response):
+    start_response("200 OK", [("content-type", "text/plain")])
+    yield b"part "
+    environ["hfauth"].require("model:acme/sentiment", "write")
+    yield b"written"
+
+
+@pytest.mark.parametrize(
+    ("app", "reader_status"),
+    [
+        pytest.param(_checks_then_answers, 403, id="raised-before-start-response"),
+        pytest.param(_answers_then_checks, 403, id="raised-after-start-response"),
+        pytest.param(_checks_inside_the_body, None, id="raised-inside-the-body"),
+    ],
+)
+def test_a_denial_the_app_raises_is_answered_until_its_body_goes_out(
+    serve, make_middleware, tokens, app, reader_status
+):
+    """Over werkzeug's real server, as the ASGI middleware answers it: the RFC
+    6750 403, while the app has not returned its body; after that, too late."""
+    url = serve(make_middleware(app))
+    written = httpx.get(url + "/", headers=bearer(tokens["writer"]))
+    assert (written.status_code, written.text) == (
+        200,
+        "part written" if reader_status is None else "written",
+    )
+    if reader_status is None:
+        with pytest.raises(httpx.RemoteProtocolError):  # the half-sent answer is cut off
+            httpx.get(url + "/", headers=bearer(tokens["reader"]))
+        return
+    denied = httpx.get(url + "/", headers=bearer(tokens["reader"]))
+    assert denied.status_code == reader_status
+    assert 'error="insufficient_scope"' in denied.headers["www-authenticate"]
+
+
 def test_threaded_cold_token_makes_one_upstream_call(serve, make_middleware, hub_emulator, tokens):
     middleware = make_middleware()
     arrived = threading.Condition()

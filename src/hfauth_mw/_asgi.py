@@ -5,9 +5,11 @@ Security caveats, plainly:
 * Everything not listed in ``public_paths`` needs a valid token (default deny).
 * When the token source cannot answer, requests get 503 with ``Retry-After``:
   never 401, never let through.
-* The middleware decides from the request line and headers only; checks that
-  depend on the body or on the route's own logic belong in the route, through
-  ``request.scope["hfauth"]`` (a :class:`~hfauth_mw.RequestAuth`). A denial
+* The middleware decides from the request line, the headers and, for a rule
+  that reads it (``from_body``), the JSON body (at most ``max_body_bytes``,
+  replayed to the app unchanged); checks that depend on anything else belong
+  in the route, through ``request.scope["hfauth"]`` (a
+  :class:`~hfauth_mw.RequestAuth`). A denial
   the route raises (``RequestAuth.require``) is answered as the middleware's
   own, unless the response has already started; on a WebSocket, it refuses
   the handshake, or closes the socket with 1008 once accepted.

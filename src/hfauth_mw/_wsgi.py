@@ -21,12 +21,16 @@ Security caveats, plainly:
   token wait for one upstream call, and requests with other tokens are not
   held up. With one-thread workers (gunicorn ``sync``) a slow token source
   holds the whole worker: prefer ``gthread`` or more workers.
-* The middleware decides from the request line and headers only; checks that
-  depend on the body or on the route's own logic belong in the route, through
-  ``environ["hfauth"]`` (a :class:`~hfauth_mw.RequestAuth`; also
-  ``hfauth_mw.get_request_auth(environ)``). Those keys are removed from every
-  incoming environ first, so their presence always means this middleware
-  authenticated the request.
+* The middleware decides from the request line, the headers and, for a rule
+  that reads it (``from_body``), the JSON body (at most ``max_body_bytes``,
+  put back for the app unchanged); checks that depend on anything else belong
+  in the route, through ``environ["hfauth"]`` (a
+  :class:`~hfauth_mw.RequestAuth`; also ``hfauth_mw.get_request_auth(environ)``).
+  Those keys are removed from every incoming environ first, so their presence
+  always means this middleware authenticated the request. A denial the route
+  raises (``require``) is answered as the middleware's own until the app
+  returns its body; raised while the body is being sent, it is too late, and
+  goes on up as an error.
 * Responses to authenticated requests get ``Vary: Authorization`` and, unless
   the app set one, ``Cache-Control: private``, so shared caches do not serve
   one caller's answer to another.
@@ -34,9 +38,10 @@ Security caveats, plainly:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
-from typing import Unpack
+from typing import TYPE_CHECKING, Unpack
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from ._adapters import (
@@ -55,6 +60,9 @@ from ._options import AdapterOptions, build_guard
 from ._pipeline import Guard
 from ._request_auth import RequestAuth
 from ._validation import require_bool
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
 
 __all__ = [
     "ENVIRON_AUTH",
@@ -112,12 +120,21 @@ def authenticate_lazily(
 
 
 def refuse(
-    guard: Guard, error: AuthenticationError, method: str, start_response: StartResponse
+    guard: Guard,
+    error: AuthenticationError,
+    method: str,
+    start_response: StartResponse,
+    exc_info: OptExcInfo | None = None,
 ) -> list[bytes]:
-    """Answer a refused WSGI request with the guard's RFC 6750 response."""
+    """Answer a refused WSGI request with the guard's RFC 6750 response (given
+    ``exc_info``, in place of a start the app made before it raised)."""
     response = guard.error_response(error)
     headers = [*response.headers, ("content-length", str(len(response.body)))]
-    start_response(f"{response.status} {HTTPStatus(response.status).phrase}", headers)
+    status = f"{response.status} {HTTPStatus(response.status).phrase}"
+    if exc_info is None:
+        start_response(status, headers)
+    else:
+        start_response(status, headers, exc_info)
     return [] if method == "HEAD" else [response.body]
 
 
@@ -165,9 +182,22 @@ class HFAuthWSGIMiddleware:
                 start_response = private_start_response(start_response, environ)
             return _watched_body(self.app(environ, start_response), environ)
         attach(environ, auth)
+        answer = start_response
         if self.private_responses and needs_private_marks(auth):
-            start_response = private_start_response(start_response)
-        return self.app(environ, start_response)
+            answer = private_start_response(start_response)
+        try:
+            return self.app(environ, answer)
+        except AuthenticationError as error:
+            # A denial the app raised (environ["hfauth"].require(...)) before it
+            # returned its body: answered as the middleware's own. One raised
+            # from inside a body being sent is too late and goes on up.
+            raised = sys.exc_info()
+            try:
+                return refuse(guard, error, request.method, start_response)
+            except AssertionError:
+                # The app had called start_response: servers take a second call
+                # only with exc_info (PEP 3333), and re-raise it if headers went out.
+                return refuse(guard, error, request.method, start_response, raised)
 
 
 class _WatchedBody:
