@@ -407,6 +407,28 @@ def serve():
         thread.join(timeout=10)
 
 
+@pytest.mark.parametrize(
+    ("status", "line"),
+    [
+        pytest.param(429, "429 Too Many Requests", id="named"),
+        pytest.param(499, "499 Refused", id="unnamed"),
+    ],
+)
+def test_an_error_format_of_ones_own_may_pick_any_status(make_middleware, status, line):
+    from dataclasses import replace
+
+    lines = []
+
+    def start_response(status_line, headers, exc_info=None):
+        lines.append(status_line)
+
+    middleware = make_middleware(
+        error_format=lambda error, response: replace(response, status=status)
+    )
+    middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/x", "wsgi.input": None}, start_response)
+    assert lines == [line]
+
+
 def _checks_then_answers(environ, start_response):
     environ["hfauth"].require("model:acme/sentiment", "write")
     start_response("200 OK", [("content-type", "text/plain")])

@@ -130,12 +130,21 @@ def refuse(
     ``exc_info``, in place of a start the app made before it raised)."""
     response = guard.error_response(error)
     headers = [*response.headers, ("content-length", str(len(response.body)))]
-    status = f"{response.status} {HTTPStatus(response.status).phrase}"
+    status = f"{response.status} {_phrase(response.status)}"
     if exc_info is None:
         start_response(status, headers)
     else:
         start_response(status, headers, exc_info)
     return [] if method == "HEAD" else [response.body]
+
+
+def _phrase(status: int) -> str:
+    """The reason phrase of a status line; a status of an ``error_format`` of the
+    server's own that HTTP does not name (499, say) gets a neutral one."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Refused"
 
 
 class HFAuthWSGIMiddleware:
