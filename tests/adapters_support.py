@@ -74,3 +74,28 @@ async def wsgi_app(
 
 
 ADAPTERS = [pytest.param(asgi_app, id="asgi"), pytest.param(wsgi_app, id="wsgi")]
+
+
+async def websocket_without_denials(
+    app: Any, path: str, headers: list[tuple[bytes, bytes]]
+) -> list[dict[str, Any]]:
+    """What ``app`` sends on a WebSocket handshake to ``path`` from a server
+    without the denial-response extension (it can only accept or close)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "path": path,
+        "root_path": "",
+        "headers": headers,
+        "query_string": b"",
+        "extensions": {},
+    }
+    await app(scope, receive, send)
+    return sent

@@ -18,6 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
+from adapters_support import websocket_without_denials
 from hfauth_mw import (
     AccessPolicy,
     Authenticator,
@@ -691,26 +692,8 @@ def test_websocket_forbidden_for_unlisted_repo(make_app, tokens):
 
 
 async def test_websocket_closed_1008_without_denial_extension(make_app):
-    app = make_app()
-    sent = []
-
-    async def receive():
-        return {"type": "websocket.connect"}
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {
-        "type": "websocket",
-        "path": "/v1/models/acme/sentiment/stream",
-        "root_path": "",
-        "headers": [],
-        "query_string": b"",
-        "extensions": {},
-    }
-    await app(scope, receive, send)
-    assert sent[0]["type"] == "websocket.close"
-    assert sent[0]["code"] == 1008
+    sent = await websocket_without_denials(make_app(), "/v1/models/acme/sentiment/stream", [])
+    assert [(m["type"], m.get("code")) for m in sent] == [("websocket.close", 1008)]
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from adapters_support import websocket_without_denials
 from hfauth_mw import (
     AccessPolicy,
     AuthenticationError,
@@ -272,23 +273,8 @@ async def test_hub_middleware_closes_a_refused_websocket_with_1008_without_denia
     authenticator,
 ):
     """A server without the denial-response extension: closed as a policy violation."""
-    sent = []
-
-    async def receive():
-        return {"type": "websocket.connect"}
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {
-        "type": "websocket",
-        "path": "/socket",
-        "root_path": "",
-        "headers": [(b"authorization", f"Bearer {MADE_UP}".encode())],
-        "query_string": b"",
-        "extensions": {},
-    }
-    await with_hub_middleware(authenticator)(scope, receive, send)
+    headers = [(b"authorization", f"Bearer {MADE_UP}".encode())]
+    sent = await websocket_without_denials(with_hub_middleware(authenticator), "/socket", headers)
     assert [(m["type"], m.get("code")) for m in sent] == [("websocket.close", 1008)]
 
 
