@@ -321,13 +321,12 @@ else:
         return function
 
 
-# The same rule as ASGI header lines, encoded once, by (has Cache-Control,
-# varies on Authorization). Lists: the start message gets ``headers + added``.
-_ASGI_PRIVATE_LINES = {
-    (has_cache_control, varies): _asgi_lines(private_headers(has_cache_control, varies))
-    for has_cache_control in (False, True)
-    for varies in (False, True)
-}
+# The same rule as ASGI header lines, encoded once. Lists: the start message
+# gets ``headers + added``.
+_PRIVATE_AND_VARY = _asgi_lines(private_headers(False, False))
+_VARY_ONLY = _asgi_lines(private_headers(True, False))
+_PRIVATE_ONLY = _asgi_lines(private_headers(False, True))
+_NOTHING: list[tuple[bytes, bytes]] = []
 
 
 class ResponseWatch:
@@ -383,10 +382,12 @@ class ResponseWatch:
                 has_cache_control = True
             elif size == 4 and name.lower() == b"vary" and varies_on_authorization(value):
                 varies = True
+        if has_cache_control:
+            added = _NOTHING if varies else _VARY_ONLY
+        else:
+            added = _PRIVATE_ONLY if varies else _PRIVATE_AND_VARY
         # New objects, never the app's: it may send one start message many times.
-        message = dict(message)
-        message["headers"] = headers + _ASGI_PRIVATE_LINES[has_cache_control, varies]
-        await self.downstream(message)
+        await self.downstream({**message, "headers": headers + added})
 
 
 # --- an ASGI request: its facts, and its response watched ------------------------------
