@@ -284,6 +284,9 @@ def test_whoami_trouble_is_unavailable_never_invalid(response):
         pytest.param({"retry-after": "99999"}, 300, id="capped"),
         pytest.param({"retry-after": "soon"}, 5, id="garbage"),
         pytest.param({"ratelimit": '"api";r=0;t=42'}, 42, id="ratelimit-header"),
+        # t= is the window's reset, on every answer: a wait only once r=0.
+        pytest.param({"ratelimit": '"api";r=412;t=170'}, 5, id="ratelimit-with-requests-left"),
+        pytest.param({"ratelimit": '"api";t=170'}, 5, id="ratelimit-without-remaining"),
         pytest.param({"retry-after": "Thu, 01 Jan 2099 00:00:00 GMT"}, 300, id="http-date"),
         # Latin-1 header text: str.isdigit() takes these, int() does not.
         pytest.param({"retry-after": b"\xb2"}, 5, id="superscript-two"),

@@ -67,13 +67,14 @@ IDP_TOKEN_SHAPE = re.compile(
 IDP_MAX_TOKEN_BYTES = 4096
 
 _RATELIMIT_RESET = re.compile(r"(?:^|[;,\s])t=([0-9]+)")
+_RATELIMIT_REMAINING = re.compile(r"(?:^|[;,\s])r=([0-9]+)")
 # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
 _SECONDS = re.compile(r"[0-9]+")
 _USER_AGENT = "hfauth-mw"
 
 
 def retry_after_from(headers: httpx.Headers, now: float | None = None) -> int:
-    """Seconds to wait, from ``Retry-After`` (seconds or HTTP date) or ``RateLimit`` (t=).
+    """Seconds to wait, from ``Retry-After`` (seconds or HTTP date) or ``RateLimit`` (t=, once r=0).
 
     :data:`DEFAULT_RETRY_AFTER` when the upstream said nothing usable.
     """
@@ -95,8 +96,12 @@ def _upstream_retry_after(headers: httpx.Headers, now: float | None = None) -> i
             except (TypeError, ValueError, IndexError, OverflowError):
                 seconds = None
     if seconds is None:
-        match = _RATELIMIT_RESET.search(headers.get("ratelimit", ""))
-        if match:
+        # The Hub's RateLimit header is on every answer: its t= (the window's
+        # reset) means "wait" only once nothing remains (r=0).
+        ratelimit = headers.get("ratelimit", "")
+        remaining = _RATELIMIT_REMAINING.search(ratelimit)
+        match = _RATELIMIT_RESET.search(ratelimit)
+        if match and remaining is not None and int(remaining.group(1)) == 0:
             seconds = _bounded_int(match.group(1))
     if seconds is None:
         return None
