@@ -143,7 +143,8 @@ ROUTES = [
     Route("/v1/models/{owner}/{name}/infer", ok, methods=["POST"]),
     Route("/v1/models/{owner}/{name}", ok, methods=["PUT"]),
     Route("/anything", ok, methods=["GET", "POST", "DELETE"]),
-    Route("/v1/chat/completions", ok, methods=["POST"]),
+    Route("/v1/chat/completions", ok, methods=["GET", "POST", "PUT"]),
+    Route("/generate", ok, methods=["GET", "POST", "PUT", "DELETE"]),
     Route("/v1/models/{owner}/{name}/files", ok, methods=["GET", "DELETE"]),
     WebSocketRoute("/v1/models/{owner}/{name}/stream", stream),
     WebSocketRoute("/socket-needs-write", socket_needs_write),
@@ -578,6 +579,67 @@ async def test_anonymous_callers_get_only_safe_methods_where_no_rule_decides(
             method: (await client.request(method, "/anything")).status_code for method in answers
         }
     assert got == answers
+
+
+@pytest.mark.parametrize(
+    ("rules", "who", "method", "path", "status"),
+    [
+        pytest.param(
+            [require_read("POST /generate", repo="acme/sentiment")],
+            "capped",
+            "PUT",
+            "/generate",
+            403,
+            id="fixed-repo-other-unsafe-method-needs-write",
+        ),
+        pytest.param(
+            [require_read("POST /generate", repo="acme/sentiment")],
+            "writer",
+            "DELETE",
+            "/generate",
+            200,
+            id="fixed-repo-writer-may",
+        ),
+        pytest.param(
+            [require_read("POST /generate", repo="zoe/private")],
+            "reader",
+            "GET",
+            "/generate",
+            403,
+            id="fixed-repo-other-safe-method-needs-read",
+        ),
+        pytest.param(
+            [require_read("POST /generate", repo="zoe/private")],
+            None,
+            "GET",
+            "/generate",
+            401,
+            id="fixed-repo-anonymous",
+        ),
+        pytest.param(
+            openai_rules(),
+            "writer",
+            "PUT",
+            "/v1/chat/completions",
+            403,
+            id="body-rule-other-method",
+        ),
+        pytest.param(
+            openai_rules(), "writer", "GET", "/v1/chat/completions", 403, id="body-rule-safe-method"
+        ),
+    ],
+)
+async def test_a_rule_reading_the_request_guards_its_path_for_every_method(
+    make_app, tokens, rules, who, method, path, status
+):
+    """As on a path rule's path: another method needs the same repository, read
+    for a safe one, write for the others; a body is read only for the rule's own
+    methods, so there the request names no repository."""
+    app = make_app(rules=rules, allow_anonymous=who is None)
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.request(method, path, headers=bearer(tokens[who]) if who else {})
+    assert response.status_code == status, response.text
 
 
 @pytest.mark.parametrize(

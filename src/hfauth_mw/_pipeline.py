@@ -353,7 +353,7 @@ class Guard(CredentialsStep):
             if needed is not None:
                 repo, access = needed
                 if repo is None:
-                    reason = f"{access} denied: the path does not name a valid repository"
+                    reason = f"{access} denied: the request does not name a valid repository"
                     raise denial(principal, Decision(False, reason, _NEEDED[access]))
                 decision = (
                     decided

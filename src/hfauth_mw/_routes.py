@@ -491,11 +491,31 @@ class RouteRules:
         return rule is not None and rule.source is not None and rule.source.kind == "body"
 
     def authorize_request(self, request: RequestContext, principal: Principal) -> None:
-        """The rule that finds the repository in the request, if one matches:
-        raises the 400/401/403/404/503 to answer."""
-        rule = self.request_rule(request.method, request.path)
+        """The rule that finds the repository in the request, if one guards its
+        path: raises the 400/401/403/404/503 to answer."""
+        needed = self.request_requirement(request)
+        if needed is not None:
+            self.require_repo(principal, *needed)
+
+    def request_requirement(self, request: RequestContext) -> tuple[Repo | None, Access] | None:
+        """What a rule that finds its repository in the request needs: its
+        access, for the methods it names. On its path, another method needs the
+        same repository, read for a safe method and write for the others, as
+        on a path rule's path; a body is read only for the methods the rule
+        names, so there the request names no repository, and is refused."""
+        method, path = request.method, request.path
+        rule = self.request_rule(method, path)
         if rule is not None and rule.source is not None:
-            self.require_repo(principal, rule.source.repo(request, rule.repo_type), rule.access)
+            return rule.source.repo(request, rule.repo_type), rule.access
+        if "//" in path:
+            path = _SLASH_RUNS.sub("/", path)
+        for guarding in self.request_rules:
+            if guarding.source is not None and guarding.pattern.fullmatch(path):
+                access: Access = "read" if method in SAFE_METHODS else "write"
+                if guarding.source.kind == "body":
+                    return None, access
+                return guarding.source.repo(request, guarding.repo_type), access
+        return None
 
     def allows_any_token(self, method: str) -> bool:
         """Whether, with no rule, ``method`` needs nothing more than a valid token."""
@@ -563,9 +583,10 @@ class RouteRules:
         one in the request itself, else by the path rules; ``None`` if no rule
         guards it. Raises InvalidBody (400) or UnknownModel (404) for a body or
         header that names no repository this server serves."""
-        rule = self.request_rule(request.method, request.path) if self.request_rules else None
-        if rule is not None and rule.source is not None:
-            return rule.source.repo(request, rule.repo_type), rule.access
+        if self.request_rules:
+            needed = self.request_requirement(request)
+            if needed is not None:
+                return needed
         if not self.path_rules:
             return None
         return self.path_requirement(request.method, request.path)
@@ -592,7 +613,7 @@ class RouteRules:
     def require_repo(self, principal: Principal, repo: Repo | None, access: Access) -> None:
         needed = READ_PERMISSION if access == "read" else WRITE_PERMISSION
         if repo is None:
-            reason = f"{access} denied: the path does not name a valid repository"
+            reason = f"{access} denied: the request does not name a valid repository"
             raise denial(principal, Decision(False, reason, needed))
         try:
             decision = self.policy.check(principal, repo, access)
