@@ -263,7 +263,12 @@ def test_inspect_text_marks_who_decided(
             "repository check elsewhere", id="auth-check-redirected-away",
         ),
         pytest.param(
-            {"status": 401}, 3, "invalid token", id="auth-check-401",
+            {"status": 401, "headers": {"X-Error-Message": "Invalid credentials"}}, 3,
+            "invalid token", id="auth-check-401",
+        ),
+        pytest.param(
+            {"status": 401, "headers": {"WWW-Authenticate": 'Basic realm="sso"'}}, 4,
+            "that is not the hub's (a Basic challenge)", id="auth-check-proxy-401",
         ),
     ],
 )  # fmt: skip

@@ -42,6 +42,11 @@ def drive(flow: Any, client: httpx.Client) -> HubAnswer:
         return answer
 
 
+def hub_401() -> httpx.Response:
+    """The Hub's own 401 for a token it does not accept."""
+    return httpx.Response(401, json={"error": "Invalid credentials in Authorization header"})
+
+
 def mock(*responses: httpx.Response) -> tuple[httpx.Client, list[httpx.Request]]:
     """A client answering ``responses`` in order, and the list of requests it saw."""
     seen: list[httpx.Request] = []
@@ -312,10 +317,36 @@ def test_a_second_rename_is_not_followed() -> None:
     assert "renamed more than once" in answer.decision.reason
 
 
+@pytest.mark.parametrize(
+    "response",
+    [
+        pytest.param(
+            httpx.Response(
+                401,
+                headers={"WWW-Authenticate": 'Basic realm="sso"', "Content-Type": "text/html"},
+                text="<html>Sign in</html>",
+            ),
+            id="proxy-401-basic-challenge",
+        ),
+        pytest.param(httpx.Response(401), id="401-without-any-mark-of-the-hub"),
+        pytest.param(
+            httpx.Response(200, headers={"Content-Type": "text/html"}, text="<html>Hub</html>"),
+            id="web-page-200",
+        ),
+    ],
+)
+def test_an_answer_the_hub_did_not_give_is_503_never_a_decision(response) -> None:
+    """An SSO proxy's 401 says nothing about the token (it must not be dropped and
+    revoked everywhere), and a fallback web page must never grant."""
+    with pytest.raises(SourceUnavailable) as caught:
+        check(response)
+    assert caught.value.retry_after == 5
+
+
 def test_a_rename_then_an_invalid_token() -> None:
     answer, _ = check(
         httpx.Response(307, headers={"Location": "/api/models/meta/b/auth-check"}),
-        httpx.Response(401),
+        hub_401(),
     )
     assert answer.token_invalid
     assert not answer.allowed
@@ -392,7 +423,7 @@ def test_for_source_reuses_the_sources_hub_timeout_and_name() -> None:
 def test_repr_and_reasons_never_hold_the_token() -> None:
     access = HubAccessCheck(HUB)
     assert TOKEN not in repr(access)
-    for response in (httpx.Response(200), httpx.Response(401), httpx.Response(403)):
+    for response in (httpx.Response(200), hub_401(), httpx.Response(403)):
         answer, _ = check(response)
         assert TOKEN not in repr(answer)
 

@@ -61,11 +61,13 @@ from ._sources import (
     _USER_AGENT,
     _WHOAMI_PATH,
     DEFAULT_HUB_URL,
+    DEFAULT_RETRY_AFTER,
     DEFAULT_TIMEOUT,
     HubWhoamiSource,
     _timeout_extension,
     _wait_timeout,
     check_url,
+    foreign_401,
     request_timeout,
     unavailable_for,
 )
@@ -268,6 +270,7 @@ class HubAccessCheck:
                     307,
                     renamed_from=renamed_from,
                 )
+        _check_answer_is_the_hubs(response)
         return HubAnswer(
             self._decision(response, credentials, repo, access, user, renamed_from),
             repo,
@@ -320,6 +323,28 @@ class HubAccessCheck:
         # 429, 5xx, and any status the Hub does not document for auth-check: they
         # say nothing about the token or the repository.
         raise unavailable_for(response, self.name)
+
+
+def _check_answer_is_the_hubs(response: httpx.Response) -> None:
+    """Raise SourceUnavailable (503) for an answer the hub did not give: a 401
+    from an SSO or auth proxy in front of it (which says nothing about the
+    token, as for whoami-v2), or a web page with 200 (a fallback page for
+    unknown paths in front of a private hub), which must never grant."""
+    status = response.status_code
+    if status == 401:
+        foreign = foreign_401(response)
+        if foreign is not None:
+            raise SourceUnavailable(
+                f"The hub's repository check answered HTTP 401 that is not the hub's "
+                f"({foreign}); is an SSO or auth proxy in front of it?",
+                retry_after=DEFAULT_RETRY_AFTER,
+            )
+    elif status == 200 and "html" in response.headers.get("content-type", "").lower():
+        raise SourceUnavailable(
+            "The hub's repository check answered a web page, not the hub's answer; "
+            "is hub_url the hub's own address?",
+            retry_after=DEFAULT_RETRY_AFTER,
+        )
 
 
 def auth_check_flow(

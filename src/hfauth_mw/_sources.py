@@ -162,8 +162,8 @@ def foreign_401(response: httpx.Response) -> str | None:
     """Why a 401 is not the Hub's own "invalid token" answer, or None if it is.
 
     The Hub answers an unknown or revoked token with a JSON body carrying
-    ``error`` and/or an ``X-Error-Message`` header, and no challenge other than
-    ``Bearer``. An SSO or auth proxy in front of a private hub answers an HTML
+    ``error`` and/or an ``X-Error-Message`` or ``X-Error-Code`` header, and no
+    challenge other than ``Bearer``. An SSO or auth proxy in front of a private hub answers an HTML
     page with a ``Basic`` or ``Negotiate`` challenge: that says nothing about
     the token. The reason returned is log-safe (fixed words, no upstream text).
     """
@@ -174,7 +174,7 @@ def foreign_401(response: httpx.Response) -> str | None:
     if others:
         named = [_KNOWN_SCHEMES[s] for s in others if s in _KNOWN_SCHEMES]
         return f"a {'/'.join(named) or 'non-Bearer'} challenge"
-    if response.headers.get("x-error-message"):
+    if response.headers.get("x-error-message") or response.headers.get("x-error-code"):
         return None
     if "json" in response.headers.get("content-type", "").lower():
         try:
