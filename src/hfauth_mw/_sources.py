@@ -392,9 +392,11 @@ class OAuthIntrospectionSource:
 
     The answer must carry a boolean ``active``; a missing or non-boolean one is
     an upstream error (503), never "inactive". ``username`` (else ``sub``)
-    names the principal; ``exp`` caps caching; a token whose ``nbf`` is more
-    than :data:`NBF_LEEWAY` seconds ahead, or whose ``token_type`` is not an
-    access token's (``Bearer``, ``access_token``: a refresh or ID token, say), is
+    names the principal; with neither (a client-credentials token), it is
+    ``client:<client_id>``, which no namespace can match. ``exp`` caps
+    caching; a token whose ``nbf`` is more than :data:`NBF_LEEWAY` seconds
+    ahead, or whose ``token_type`` is not an access token's (``Bearer``,
+    ``access_token``: a refresh or ID token, say), is
     invalid; ``scope`` is split on spaces and
     mapped to a token role through ``scope_roles`` (default
     :data:`DEFAULT_SCOPE_ROLES`, Hub-named scopes only): the highest role
@@ -527,8 +529,14 @@ class OAuthIntrospectionSource:
         if not active:
             return Invalid("the introspection endpoint says the token is inactive")
         name = answer.get("username") or answer.get("sub")
-        if not isinstance(name, str) or not name:
-            raise MalformedAnswer("an active token has neither 'username' nor 'sub'")
+        if name is None or name == "":
+            # RFC 7662 makes both optional (a client-credentials token may carry
+            # neither): named after its client, in a form no repository owner can
+            # take, so that it owns no namespace.
+            client = answer.get("client_id") or answer.get("azp")
+            name = f"client:{client}" if isinstance(client, str) and client else "client:unknown"
+        elif not isinstance(name, str):
+            raise MalformedAnswer("'username' or 'sub' is not a string")
         token_type = answer.get("token_type")
         if token_type is not None:
             if not isinstance(token_type, str):
