@@ -1012,7 +1012,7 @@ def test_refusals_caused_by_the_token_are_told_apart(status, token_specific, kin
 @pytest.mark.parametrize(
     ("make", "limit"),
     [
-        pytest.param(lambda **o: HubWhoamiSource(**o), 256, id="hub"),
+        pytest.param(lambda **o: HubWhoamiSource(**o), 4096, id="hub"),
         pytest.param(
             lambda **o: OAuthIntrospectionSource(
                 "https://idp.example/introspect", client_id="a", client_secret="b", **o

@@ -30,10 +30,11 @@ __all__ = [
 
 #: OWASP advises refusing oversized Authorization headers before any hashing.
 DEFAULT_MAX_HEADER_BYTES = 8192
-#: The longest token sent upstream by default: a Hub token is 37 bytes, and a
-#: longer one can only make a proxy or WAF in front of the source refuse the
-#: request (see ``Authenticator(max_token_bytes=...)``).
-DEFAULT_MAX_TOKEN_BYTES = 256
+#: The longest token sent upstream by default: a Hub access token is 37 bytes,
+#: but a Hub OAuth token is ``hf_oauth_`` and a JWT (hundreds of bytes, more
+#: with many scopes); far longer ones can only make a proxy or WAF in front of
+#: the source refuse the request (see ``HubWhoamiSource(max_token_bytes=...)``).
+DEFAULT_MAX_TOKEN_BYTES = 4096
 
 # RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")

@@ -280,8 +280,9 @@ class HubWhoamiSource:
     ``http`` is refused unless the host is loopback or ``allow_insecure_http``
     is set, because the token travels in every request.
 
-    ``max_token_bytes`` (default 256; a Hub token is 37 bytes): a longer token
-    is invalid (401) without any call. A proxy or WAF in front of the Hub
+    ``max_token_bytes`` (default 4096: a Hub access token is 37 bytes, an
+    OAuth token ``hf_oauth_`` and a JWT): a longer token is invalid (401)
+    without any call. A proxy or WAF in front of the Hub
     would refuse it (nginx answers 400 to a long header line), and such a
     refusal says nothing about the token.
     """
