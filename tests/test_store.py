@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -143,6 +144,20 @@ def test_create_lookup_round_trip(
     assert re.fullmatch(r"[0-9a-f]{24}", answer["id"])
     assert principal.auth_type == "access_token"
     assert principal.expires_at is None
+
+
+def test_an_unnamed_token_is_named_without_anything_of_the_token(store: LocalTokenStore) -> None:
+    """The answer may be cached in Redis: not even the token's fingerprint in it."""
+    token = "hf_unnamed_" + "q" * 26
+    store.add_token(token, user="alice", role="read")
+    answer = store.lookup(token_digest(token))
+    assert answer is not None
+    name = answer["auth"]["accessToken"]["displayName"]
+    assert name.startswith("unnamed token created ")
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    text = json.dumps(answer)
+    assert token not in text
+    assert all(digest[:size] not in text for size in (8, 12, 16))
 
 
 def test_classic_answer_shape(store: LocalTokenStore) -> None:

@@ -1175,9 +1175,11 @@ class LocalTokenStore:
             fullname=_column(row, "fullname", _optional_text) or user,
             email=_column(row, "email", _optional_text),
             token_role=role,
-            # The Hub always names a token; an unnamed local one gets a stable name.
+            # The Hub always names a token; an unnamed local one gets a stable
+            # name, with nothing of the token in it (the answer may be cached in
+            # Redis, where even a fingerprint could be matched against a leak).
             token_name=_column(row, "display_name", _optional_text)
-            or f"token-{fingerprint_of(bytes(row['digest']))}",
+            or f"unnamed token created {_column(row, 'created_at', _text)}",
             orgs=tuple(
                 OrgMembership(org["name"], org["role"], id=_stable_id(org["name"]))
                 for org in _column(row, "orgs", _org_list)
