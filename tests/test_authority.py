@@ -282,6 +282,28 @@ async def test_a_token_the_hub_refuses_is_invalid_and_dropped(hub, callers, kind
     assert authenticator.cached(_credentials(token)) is None  # dropped from the token cache
 
 
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_made_up_token_is_cached_invalid_and_revokes_nothing(hub, callers, kind):
+    """Whoami-v2 answers for a cold token: the auth-check asked beside it must not
+    undo its negative entry, nor count as a revocation (a stream of made-up
+    tokens would otherwise cost the hub and the cluster one each)."""
+    made_up = "hf_" + "M" * 34
+    authenticator = Authenticator(HubWhoamiSource(hub.url))
+    options = {"authenticator": authenticator, "rules": RULES}
+    path = "/v1/models/acme/private/infer"
+    headers = {"Authorization": f"Bearer {made_up}"}
+    if kind == "asgi":
+        app = starlette_app(**options)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+            statuses = [(await c.post(path, headers=headers)).status_code for _ in range(5)]
+    else:
+        wsgi = Client(HFAuthWSGIMiddleware(wsgi_ok, **options))
+        statuses = [wsgi.post(path, headers=headers).status_code for _ in range(5)]
+    assert statuses == [401] * 5
+    assert (hub.whoami_calls, hub.auth_check_calls) == (1, 1)  # then the negative entry
+    assert authenticator.stats()["revocations_sent"] == 0
+
+
 def hub_check(hub):
     from hfauth_mw._hub_access import HubAccessCheck
 

@@ -375,8 +375,14 @@ class HubAuthority:
         expiry as far as it is known (:data:`_UNKNOWN` if not)."""
         if answer.token_invalid:
             assert credentials is not None
-            self._forget_token(credentials.digest)
-            self.forget(credentials.digest)
+            if principal is not None:
+                # The token was accepted, and the hub no longer accepts it: it is
+                # dropped as a revocation drops it. A cold token (asked together
+                # with whoami-v2) is whoami-v2's to answer for, and to cache as
+                # invalid: dropping it here would undo that negative entry, and a
+                # stream of made-up tokens would each cost a revocation.
+                self._forget_token(credentials.digest)
+                self.forget(credentials.digest)
             self.cache.complete(key, _TOKEN_INVALID, None)
             return _TOKEN_INVALID, _UNKNOWN
         expires = self._expiry(credentials, principal)
@@ -425,7 +431,7 @@ class HubAuthority:
                     yield from shared.call(release)
                 raise
             result, expires = self._settle(key, credentials, principal, answer)
-            if result == _TOKEN_INVALID and state != CLAIM_DOWN:
+            if result == _TOKEN_INVALID and state != CLAIM_DOWN and principal is not None:
                 # The hub no longer accepts the token: every process drops it (its
                 # answer and decisions), as a revocation does, not only this one.
                 yield from shared.call(shared.cache.revoke_op(credentials.fingerprint))

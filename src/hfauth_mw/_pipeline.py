@@ -59,6 +59,7 @@ from ._routes import (
 )
 from ._rules import READ_PERMISSION, WRITE_PERMISSION, Access, AccessPolicy, Decision, Repo
 from ._shared_tier import SharedFailureLimiter
+from ._source_protocol import Invalid
 from ._sources import HubWhoamiSource
 from ._validation import require_bool, require_instance, require_int, require_items, shown
 
@@ -292,6 +293,12 @@ class Guard(CredentialsStep):
         Writes are not asked ahead: a read token never writes, without a call."""
         if self.hub is None or not self.routes.rules:
             return None
+        credentials = request.credentials
+        authenticator = self.authenticator
+        if credentials is not None and isinstance(
+            authenticator.cache.get(authenticator.cache_key(credentials.digest)), Invalid
+        ):
+            return None  # known invalid a moment ago: no need to ask the hub anything
         try:
             needed = self.routes.requirement(request)
         except AuthenticationError:
