@@ -208,7 +208,26 @@ _principals = st.builds(
     global_permissions=st.frozensets(_names, max_size=3),
     can_read_gated_repos=st.booleans(),
     expires_at=st.none() | st.just(datetime(2030, 1, 1, tzinfo=UTC)),
+    bound_resource=st.none() | st.just("") | _names,
 )
+
+
+@pytest.mark.parametrize(
+    ("auth", "bound"),
+    [
+        pytest.param({"type": "access_token"}, None, id="not-bound"),
+        pytest.param(
+            {"resource": {"sub": "model:alice/only-this"}}, "model:alice/only-this", id="sub"
+        ),
+        pytest.param({"resource": {}}, "", id="no-sub"),
+        pytest.param({"resource": "model:alice/x"}, "", id="odd-shape-still-bound"),
+        pytest.param({"resource": {"sub": 7}}, "", id="sub-not-text"),
+    ],
+)
+def test_a_token_bound_to_a_resource_is_marked_whatever_the_shape(auth, bound) -> None:
+    principal = principal_from_whoami({"name": "alice", "auth": auth})
+    assert principal.bound_resource == bound
+    assert ("bound_resource" in principal.to_dict()) is (bound is not None)
 
 
 @given(_principals)

@@ -2203,6 +2203,29 @@ GOD = user("god", org("acme", "god"))
 APP_ONLY_PUBLIC = "app token: what an app's scope grants is not confirmed"
 
 
+BOUND = Principal(name="alice", token_role="write", bound_resource="model:alice/only-this")
+
+
+@pytest.mark.parametrize(
+    ("check", "allowed"),
+    [
+        pytest.param(lambda: can_write(BOUND, Repo.parse("model:alice/other")), False, id="own-ns"),
+        pytest.param(lambda: can_write(BOUND, Repo.parse("model:alice/only-this")), False, id="it"),
+        pytest.param(lambda: can_read(BOUND, Repo.parse("model:alice/x")), False, id="private"),
+        pytest.param(
+            lambda: can_read(BOUND, Repo.parse("model:zoe/x"), visibility=PUBLIC), True, id="public"
+        ),
+        pytest.param(
+            lambda: Decision(_rules.can_write_somewhere(BOUND), "", ""), False, id="anywhere"
+        ),
+    ],
+)
+def test_a_token_bound_to_a_resource_gets_public_repositories_only(check, allowed):
+    """What a bound token grants is not confirmed: the local rules give it what
+    an app gets, and leave the rest to the hub's auth-check."""
+    assert check().allowed is allowed
+
+
 @pytest.mark.parametrize(
     ("check", "allowed", "reason"),
     [

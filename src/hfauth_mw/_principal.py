@@ -167,6 +167,11 @@ class Principal:
     fingerprint: str = ""
     source: str = ""
     is_anonymous: bool = field(default=False, compare=False)
+    #: The resource the token is bound to (whoami-v2 ``auth.resource.sub``;
+    #: ``""`` when the answer names none it can read), or ``None``. What such a
+    #: token grants is not confirmed: the local rules give it public
+    #: repositories only, and the hub's auth-check decides the others.
+    bound_resource: str | None = None
 
     @property
     def is_authenticated(self) -> bool:
@@ -250,6 +255,8 @@ class Principal:
             "oauth_scopes": sorted(self.oauth_scopes),
             "source": self.source,
             "is_anonymous": self.is_anonymous,
+            # Only when set, as an org's restrictions.
+            **({"bound_resource": self.bound_resource} if self.bound_resource is not None else {}),
         }
 
 
@@ -503,7 +510,18 @@ def principal_from_whoami(data: object, *, fingerprint: str = "", source: str = 
         expires_at=parse_timestamp(auth.get("expiresAt"), "auth.expiresAt"),
         fingerprint=fingerprint,
         source=source,
+        bound_resource=_bound_resource(auth),
     )
+
+
+def _bound_resource(auth: Mapping[str, Any]) -> str | None:
+    """``auth.resource.sub``: any ``resource`` at all marks the token bound
+    (strict in what it grants), named by its ``sub`` where that is text."""
+    resource = auth.get("resource")
+    if resource is None:
+        return None
+    sub = resource.get("sub") if isinstance(resource, Mapping) else None
+    return sub if isinstance(sub, str) else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,6 +574,8 @@ def principal_as_whoami(
         auth["expiresAt"] = hub_timestamp(expires_at) if hub else expires_at.isoformat()
     elif hub is None:
         auth["expiresAt"] = None
+    if principal.bound_resource is not None:
+        auth["resource"] = {"sub": principal.bound_resource}
     answer: dict[str, Any] = {
         "type": principal.type,
         "id": principal.id,

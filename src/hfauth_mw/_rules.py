@@ -300,7 +300,7 @@ def _token_role(principal: Principal, oauth_grant: OAuthGrant | None = None) -> 
     An app never gets a role here (its scope is not confirmed); an OAuth token
     without one gets the operator's grant for this repository, if any.
     """
-    if is_app(principal):
+    if is_app(principal) or principal.bound_resource is not None:
         return None
     role = principal.token_role
     if role in _TOKEN_ROLES:
@@ -311,6 +311,11 @@ def _token_role(principal: Principal, oauth_grant: OAuthGrant | None = None) -> 
 
 
 def _role_text(principal: Principal) -> str:
+    if principal.bound_resource is not None:
+        return (
+            "token bound to a resource: what it grants is not confirmed, public "
+            "repositories only (the Hub's auth-check decides the others)"
+        )
     if is_app(principal):
         return (
             "app token: what an app's scope grants is not confirmed, public repositories "
@@ -979,7 +984,10 @@ class AccessPolicy:
 
 def can_write_somewhere(principal: Principal) -> bool:
     """Whether the token can write any repository at all: a write token, or a
-    fine-grained one with ``repo.write`` on some entry."""
+    fine-grained one with ``repo.write`` on some entry (not one bound to a
+    resource: what it grants is not confirmed)."""
+    if principal.bound_resource is not None:
+        return False
     if principal.token_role == "write":
         return True
     if principal.token_role == "fineGrained":
