@@ -17,6 +17,7 @@ from starlette.routing import Route
 from werkzeug.test import Client
 
 from hfauth_mw import (
+    AccessPolicy,
     Authenticator,
     ConfigurationError,
     FineGrainedEntry,
@@ -25,6 +26,7 @@ from hfauth_mw import (
     HubWhoamiSource,
     LocalStoreSource,
     OrgGrant,
+    RequestAuth,
     SourceUnavailable,
     from_body,
     require_read,
@@ -304,6 +306,33 @@ async def test_a_made_up_token_is_cached_invalid_and_revokes_nothing(hub, caller
     assert authenticator.stats()["revocations_sent"] == 0
 
 
+async def test_a_waiter_takes_over_a_repository_check_whose_leader_went_away(hub, callers):
+    """As for a token's flight: the request leading the hub's auth-check is
+    cancelled (its client went away), and one of those waiting asks instead of
+    every one of them answering 503."""
+    authenticator = Authenticator(HubWhoamiSource(hub.url))
+    credentials = _credentials(callers["writer"])
+    principal = await authenticator.authenticate(credentials)
+    authority = authenticator.hub_authority(hub_check(hub))
+    auth = RequestAuth(principal, AccessPolicy(), "bearer", authority, credentials)
+    hub.auth_check_delay = 30
+    leader = asyncio.create_task(auth.arequire("model:acme/private", "read"))
+    assert await asyncio.to_thread(hub.wait_for_held, 1)
+    waiters = [asyncio.create_task(auth.arequire("model:acme/private", "read")) for _ in range(3)]
+    for _ in range(100):  # yields to the loop, no timed sleep
+        if authority.cache.joins == 3:
+            break
+        await asyncio.sleep(0)
+    assert authority.cache.joins == 3
+    hub.auth_check_delay = 0  # the leader's call stays held; the next one answers at once
+    leader.cancel()
+    decisions = await asyncio.gather(*waiters)
+    assert all(decision.allowed for decision in decisions)
+    assert leader.cancelled()
+    assert hub.auth_check_calls == 2
+    hub.clear_faults()
+
+
 def hub_check(hub):
     from hfauth_mw._hub_access import HubAccessCheck
 
@@ -449,7 +478,6 @@ def test_blocking_route_code_asks_the_hub(hub, callers):
 async def test_fastapi_require_repo_asks_the_hub(hub, callers):
     from fastapi import FastAPI, Security
 
-    from hfauth_mw import RequestAuth
     from hfauth_mw.fastapi import RequireRepo, install
 
     app = FastAPI()

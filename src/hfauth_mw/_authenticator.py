@@ -53,7 +53,17 @@ from ._shared_tier import (
     SharedStore,
     claim,
 )
-from ._source_protocol import EXPIRED, Flow, IntrospectionSource, Invalid, Outcome, Valid, WaitFor
+from ._source_protocol import (
+    EXPIRED,
+    MAX_TAKEOVERS,
+    Flow,
+    IntrospectionSource,
+    Invalid,
+    LeaderCancelled,
+    Outcome,
+    Valid,
+    WaitFor,
+)
 from ._sources import DEFAULT_MAX_ANSWER_BYTES
 from ._validation import require_bool, require_instance, require_int, shown
 
@@ -65,16 +75,6 @@ shared_logger = logging.getLogger("hfauth_mw.shared")
 #: The decision for one token, as a generator of work for a driver.
 AuthFlow = Generator[Work, Any, Principal]
 T = TypeVar("T")
-
-#: How many times waiters may take over flights whose leading request went away.
-_MAX_TAKEOVERS = 3
-
-
-class LeaderCancelled(SourceUnavailable):
-    """The request leading a flight was cancelled; a waiting request takes over."""
-
-    def __init__(self) -> None:
-        super().__init__("The token check was interrupted")
 
 
 def _resumed(flow: Flow, first: httpx.Request) -> Generator[httpx.Request, Any, Outcome]:
@@ -229,7 +229,7 @@ class Authenticator:
         brute-force guard keys on, if known: a client whose own failures hold
         the breaker open is never served a stale answer."""
         key = self._namespace + credentials.digest
-        for _ in range(1 + _MAX_TAKEOVERS):  # the first try, then the takeovers
+        for _ in range(1 + MAX_TAKEOVERS):  # the first try, then the takeovers
             step = self.cache.begin(key)
             if isinstance(step, Valid | Invalid):
                 return self._settle(step)

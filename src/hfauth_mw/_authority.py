@@ -60,7 +60,7 @@ from ._shared_tier import (
     SharedStore,
     claim,
 )
-from ._source_protocol import Outcome, Valid, WaitFor
+from ._source_protocol import MAX_TAKEOVERS, LeaderCancelled, Outcome, Valid, WaitFor
 
 __all__ = [
     "DEFAULT_NEGATIVE_TTL",
@@ -114,6 +114,8 @@ class DecisionCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        #: Requests that waited for another request's flight instead of asking.
+        self.joins = 0
 
     def _lookup(self, key: bytes) -> Decision | None:
         # Called with self._lock held.
@@ -137,6 +139,7 @@ class DecisionCache:
                 return decision
             running = self._inflight.get(key)
             if running is not None:
+                self.joins += 1
                 return running[0]
             self.misses += 1
             self._inflight[key] = (Future(), self._generation)
@@ -335,13 +338,20 @@ class HubAuthority:
             if local is not None:
                 return local
         key = self._key(credentials, repo, access)
-        step = self.cache.begin(key)
-        if isinstance(step, Decision):
-            return step
-        if step is not None:  # another request's flight
-            result = yield WaitFor(step)
+        for _ in range(1 + MAX_TAKEOVERS):  # the first try, then the takeovers
+            step = self.cache.begin(key)
+            if isinstance(step, Decision):
+                return step
+            if step is None:
+                result = yield from self._lead(key, credentials, principal, repo, access)
+                break
+            try:  # another request's flight
+                result = yield WaitFor(step)
+                break
+            except LeaderCancelled:
+                continue  # the leading request went away: one of the waiters takes over
         else:
-            result = yield from self._lead(key, credentials, principal, repo, access)
+            raise SourceUnavailable("The repository could not be checked")
         if result == _TOKEN_INVALID:
             raise InvalidToken()
         assert isinstance(result, Decision)
@@ -415,7 +425,7 @@ class HubAuthority:
             # Cancelled (or a bug) while Redis may have granted us the lock.
             if isinstance(error, GeneratorExit):
                 shared.release_after_cancel(release)
-            self.cache.abandon(key, SourceUnavailable("The repository check was interrupted"))
+            self.cache.abandon(key, LeaderCancelled("The repository check was interrupted"))
             raise
         if found is not None:
             decision, remaining = found
@@ -487,7 +497,7 @@ class HubAuthority:
             raise unexpected from None
         except BaseException:  # cancelled: neither success nor failure
             self.breaker.cancel()
-            self.cache.abandon(key, SourceUnavailable("The repository check was interrupted"))
+            self.cache.abandon(key, LeaderCancelled("The repository check was interrupted"))
             raise
         self.breaker.release(None)
         return answer

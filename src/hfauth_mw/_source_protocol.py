@@ -20,9 +20,19 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from ._credentials import Credentials
+from ._exceptions import SourceUnavailable
 from ._principal import Principal
 
-__all__ = ["Flow", "IntrospectionSource", "Invalid", "Outcome", "Valid", "WaitFor"]
+__all__ = [
+    "MAX_TAKEOVERS",
+    "Flow",
+    "IntrospectionSource",
+    "Invalid",
+    "LeaderCancelled",
+    "Outcome",
+    "Valid",
+    "WaitFor",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +62,18 @@ class WaitFor:
     same token, or the hub's decision on the same repository) and take its result."""
 
     future: Future[Any]
+
+
+#: How many times waiters may take over flights whose leading request went away.
+MAX_TAKEOVERS = 3
+
+
+class LeaderCancelled(SourceUnavailable):
+    """The request leading a flight went away (cancelled): a request waiting
+    for it (:class:`WaitFor`) takes the flight over rather than fail."""
+
+    def __init__(self, message: str = "The token check was interrupted") -> None:
+        super().__init__(message)
 
 
 Flow = Generator[httpx.Request, httpx.Response, Outcome]
