@@ -52,7 +52,7 @@ def tripping_token(i: int) -> str:
         return f"hf_{i:06d}" + "A" * 150  # 160 bytes: under the cap, over nginx's line
     if kind == 1:
         return f"hf_../../{i}/etc/passwd"
-    return "hf_" + "B" * 4000  # over the 256-byte cap: never sent
+    return "hf_" + "B" * 5000  # over the 4096-byte cap: never sent
 
 
 @pytest.mark.parametrize("limited", [True, False], ids=["limiter", "no-limiter"])
