@@ -306,6 +306,36 @@ def _request_with_body(body: bytes) -> RequestContext:
     return request
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "needed"),
+    [
+        pytest.param("POST", "/api/infer", ("model:acme/m", "read"), id="its-own-method"),
+        pytest.param("PUT", "/api/infer", ("model:api/infer", "write"), id="path-rule-decides"),
+        pytest.param("GET", "/api/infer", ("model:api/infer", "read"), id="path-rule-guards"),
+        pytest.param("GET", "/v1/tgi/generate", ("model:acme/m", "read"), id="no-path-rule-safe"),
+        pytest.param("DELETE", "/v1/tgi/generate", ("model:acme/m", "write"), id="no-path-rule"),
+    ],
+)
+def test_a_request_rule_guards_only_what_no_path_rule_decides(method, path, needed):
+    """The header a caller sends must never replace the repository a path rule
+    names (what the hub is asked about is this requirement)."""
+    from hfauth_mw import AccessPolicy, from_header
+    from hfauth_mw._routes import RouteRules
+
+    rules = RouteRules(
+        [
+            require_write("PUT /{owner}/{name}"),
+            require_read("POST /api/infer", repo=from_header("X-Model")),
+            require_read("POST /v1/tgi/generate", repo=from_header("X-Model")),
+        ],
+        None,
+        AccessPolicy(),
+    )
+    request = RequestContext(method, path, [], headers=[(b"x-model", b"acme/m")])
+    repo, access = rules.requirement(request)
+    assert (f"{repo.type}:{repo.id}", access) == needed
+
+
 PASTED_TOKEN = "hf_" + "Ab3" * 11  # a token pasted into the model field by mistake
 
 

@@ -2215,8 +2215,9 @@ BOUND = Principal(name="alice", token_role="write", bound_resource="model:alice/
         pytest.param(
             lambda: can_read(BOUND, Repo.parse("model:zoe/x"), visibility=PUBLIC), True, id="public"
         ),
+        # It may write its own resource: the hub's auth-check decides, never refused unasked.
         pytest.param(
-            lambda: Decision(_rules.can_write_somewhere(BOUND), "", ""), False, id="anywhere"
+            lambda: Decision(_rules.can_write_somewhere(BOUND), "", ""), True, id="hub-asked"
         ),
     ],
 )

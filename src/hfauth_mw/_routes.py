@@ -499,14 +499,17 @@ class RouteRules:
 
     def request_requirement(self, request: RequestContext) -> tuple[Repo | None, Access] | None:
         """What a rule that finds its repository in the request needs: its
-        access, for the methods it names. On its path, another method needs the
-        same repository, read for a safe method and write for the others, as
-        on a path rule's path; a body is read only for the methods the rule
-        names, so there the request names no repository, and is refused."""
+        access, for the methods it names. On its path, another method that no
+        path rule guards needs the same repository, read for a safe method and
+        write for the others, as on a path rule's path; a body is read only for
+        the methods the rule names, so there the request names no repository,
+        and is refused."""
         method, path = request.method, request.path
         rule = self.request_rule(method, path)
         if rule is not None and rule.source is not None:
             return rule.source.repo(request, rule.repo_type), rule.access
+        if self.path_rules and self.path_requirement(method, path) is not None:
+            return None  # a path rule guards this method here, and decides it
         if "//" in path:
             path = _SLASH_RUNS.sub("/", path)
         for guarding in self.request_rules:

@@ -984,10 +984,8 @@ class AccessPolicy:
 
 def can_write_somewhere(principal: Principal) -> bool:
     """Whether the token can write any repository at all: a write token, or a
-    fine-grained one with ``repo.write`` on some entry (not one bound to a
-    resource: what it grants is not confirmed)."""
-    if principal.bound_resource is not None:
-        return False
+    fine-grained one with ``repo.write`` on some entry (one bound to a
+    resource too: it may write that one, which the hub's auth-check decides)."""
     if principal.token_role == "write":
         return True
     if principal.token_role == "fineGrained":
