@@ -88,6 +88,10 @@ ErrorFormat = (
 )
 
 
+#: How a 503 (the token could not be checked) begins, for the client.
+_CANNOT_CHECK = "The access token cannot be checked right now: "
+
+
 class Answers:
     """The answers of one middleware: its realm, Basic offered or not, the body format."""
 
@@ -113,7 +117,12 @@ class Answers:
             self._challenges.append(("www-authenticate", f'Basic realm="{realm}"'))
 
     def render(self, error: AuthenticationError) -> ErrorResponse:
-        description = _DESCRIPTION_UNSAFE.sub("?", error.description.replace('"', "'"))
+        text = error.description
+        if isinstance(error, SourceUnavailable):
+            # What a client of the server can act on first: its token is not at
+            # fault, and the answer may change soon (Retry-After says when).
+            text = f"{_CANNOT_CHECK}{text[:1].lower()}{text[1:]}"
+        description = _DESCRIPTION_UNSAFE.sub("?", text.replace('"', "'"))
         code = error.error or _BODY_ERROR.get(error.status_code, "unauthorized")
         headers = [("content-type", "application/json"), ("cache-control", "no-store")]
         if error.status_code == 401 and error.error is None:
@@ -133,16 +142,16 @@ class Answers:
             param = error.param if isinstance(error, UnknownModel) else None
             body = {
                 "error": {
-                    "message": error.description,
+                    "message": text,
                     "type": _OPENAI_TYPES.get(error.status_code, "invalid_request_error"),
                     "param": param,
                     "code": code,
                 }
             }
         elif error_format == "hub":
-            body = {"error": error.description}
+            body = {"error": text}
         else:
-            body = {"error": code, "error_description": error.description}
+            body = {"error": code, "error_description": text}
             if isinstance(error, InsufficientScope):
                 body["scope"] = error.scope
         response = ErrorResponse(error.status_code, headers, json.dumps(body).encode("utf-8"))
