@@ -505,20 +505,24 @@ class RouteRules:
         the methods the rule names, so there the request names no repository,
         and is refused."""
         method, path = request.method, request.path
-        rule = self.request_rule(method, path)
-        if rule is not None and rule.source is not None:
-            return rule.source.repo(request, rule.repo_type), rule.access
-        if self.path_rules and self.path_requirement(method, path) is not None:
-            return None  # a path rule guards this method here, and decides it
         if "//" in path:
             path = _SLASH_RUNS.sub("/", path)
-        for guarding in self.request_rules:
-            if guarding.source is not None and guarding.pattern.fullmatch(path):
-                access: Access = "read" if method in SAFE_METHODS else "write"
-                if guarding.source.kind == "body":
-                    return None, access
-                return guarding.source.repo(request, guarding.repo_type), access
-        return None
+        # One pass: the first rule on this path that names the method decides;
+        # else the first rule on this path guards it.
+        guarding: RepoRule | None = None
+        for rule in self.request_rules:
+            if rule.source is not None and rule.pattern.fullmatch(path):
+                if rule.accepts(method):
+                    return rule.source.repo(request, rule.repo_type), rule.access
+                guarding = guarding or rule
+        if guarding is None or guarding.source is None:
+            return None
+        if self.path_rules and self.path_requirement(method, path) is not None:
+            return None  # a path rule guards this method here, and decides it
+        access: Access = "read" if method in SAFE_METHODS else "write"
+        if guarding.source.kind == "body":
+            return None, access
+        return guarding.source.repo(request, guarding.repo_type), access
 
     def allows_any_token(self, method: str) -> bool:
         """Whether, with no rule, ``method`` needs nothing more than a valid token."""

@@ -74,7 +74,8 @@ _USER_AGENT = "hfauth-mw"
 
 
 def retry_after_from(headers: httpx.Headers, now: float | None = None) -> int:
-    """Seconds to wait, from ``Retry-After`` (seconds or HTTP date) or ``RateLimit`` (t=, once r=0).
+    """Seconds to wait, from ``Retry-After`` (seconds or HTTP date) or
+    ``RateLimit`` (``t=``, once ``r=0``).
 
     :data:`DEFAULT_RETRY_AFTER` when the upstream said nothing usable.
     """
@@ -163,9 +164,10 @@ def foreign_401(response: httpx.Response) -> str | None:
 
     The Hub answers an unknown or revoked token with a JSON body carrying
     ``error`` and/or an ``X-Error-Message`` or ``X-Error-Code`` header, and no
-    challenge other than ``Bearer``. An SSO or auth proxy in front of a private hub answers an HTML
-    page with a ``Basic`` or ``Negotiate`` challenge: that says nothing about
-    the token. The reason returned is log-safe (fixed words, no upstream text).
+    challenge other than ``Bearer``. An SSO or auth proxy in front of a private
+    hub answers an HTML page with a ``Basic`` or ``Negotiate`` challenge: that
+    says nothing about the token. The reason returned is log-safe (fixed words,
+    no upstream text).
     """
     schemes: set[str] = set()
     for value in response.headers.get_list("www-authenticate"):
@@ -397,9 +399,8 @@ class OAuthIntrospectionSource:
     ``client:<client_id>``, which no namespace can match. ``exp`` caps
     caching; a token whose ``nbf`` is more than :data:`NBF_LEEWAY` seconds
     ahead, or whose ``token_type`` is not an access token's (``Bearer``,
-    ``access_token``: a refresh or ID token, say), is
-    invalid; ``scope`` is split on spaces and
-    mapped to a token role through ``scope_roles`` (default
+    ``access_token``: a refresh or ID token, say), is invalid; ``scope`` is
+    split on spaces and mapped to a token role through ``scope_roles`` (default
     :data:`DEFAULT_SCOPE_ROLES`, Hub-named scopes only): the highest role
     listed wins, and a token with no mapped scope gets no role and can read
     public repositories only.
