@@ -366,18 +366,21 @@ def test_revoked_token_is_refused(store: LocalTokenStore, tokens: dict[str, str]
 
 
 @pytest.mark.parametrize(
-    ("repo", "status"),
+    ("repo", "admitted", "status"),
     [
         # The Hub documents a fine-grained entry naming a gated repo as the way to read it.
-        pytest.param("acme/sentiment", 200, id="entry-on-the-gated-repo-reads-it"),
+        pytest.param("acme/sentiment", ["carol"], 200, id="entry-on-the-gated-repo-reads-it"),
         # carol's token lacks canReadGatedRepos: another gated repo is refused.
-        pytest.param("acme/public-demo", 403, id="no-entry-no-gated-reads"),
+        pytest.param("acme/public-demo", ["carol"], 403, id="no-entry-no-gated-reads"),
+        # The gate comes first: without being let in, the entry reads nothing.
+        pytest.param("acme/sentiment", [], 403, id="not-admitted-through-the-gate"),
+        pytest.param("acme/sentiment", ["bob"], 403, id="someone-else-admitted"),
     ],
 )
 def test_gated_option_marks_repos_gated(
-    store: LocalTokenStore, tokens: dict[str, str], repo: str, status: int
+    store: LocalTokenStore, tokens: dict[str, str], repo: str, admitted: list[str], status: int
 ) -> None:
-    app = build_app(LocalStoreSource(store), gated=[repo])
+    app = build_app(LocalStoreSource(store), gated=[repo], admitted={repo: admitted})
     response = asyncio.run(send(app, Call("POST", INFER.format(repo), "carol"), tokens))
     assert response.status_code == status
     if status == 403:

@@ -203,7 +203,7 @@ _principals = st.builds(
     auth_type=st.sampled_from(["access_token", "oauth", "app_token"]),
     token_role=st.none() | _roles | st.just("fineGrained"),
     token_name=st.none() | _names,
-    orgs=st.lists(_orgs, max_size=3).map(tuple),
+    orgs=st.lists(_orgs, max_size=3, unique_by=lambda membership: membership.name).map(tuple),
     scoped=st.lists(_grants, max_size=3).map(tuple),
     global_permissions=st.frozensets(_names, max_size=3),
     can_read_gated_repos=st.booleans(),
@@ -256,3 +256,27 @@ def test_the_hub_dialect_of_a_principal_reads_back_equal(
         principal.token_role == "fineGrained"
     )
     assert principal_from_whoami(copy.deepcopy(answer)) == principal
+
+
+@pytest.mark.parametrize(
+    "orgs",
+    [
+        pytest.param(
+            [
+                {"name": "acme", "roleInOrg": "admin"},
+                {"name": "acme", "roleInOrg": "admin", "securityRestrictions": ["mfa"]},
+            ],
+            id="restricted-second",
+        ),
+        pytest.param(
+            [{"name": "acme", "roleInOrg": "admin"}, {"name": "acme", "roleInOrg": "read"}],
+            id="two-roles",
+        ),
+    ],
+)
+def test_an_org_listed_twice_is_malformed(orgs: list[dict[str, Any]]) -> None:
+    """Which entry held would depend on the order: refused (503), never the first."""
+    from hfauth_mw import MalformedAnswer
+
+    with pytest.raises(MalformedAnswer, match="lists the same organization twice"):
+        principal_from_whoami({**answer(), "orgs": orgs})

@@ -555,12 +555,50 @@ READ_ROWS = [
 def test_can_read(
     principal: Principal, repo: Repo, visibility: Visibility, allowed: bool, reason: str
 ) -> None:
-    decision = can_read(principal, repo, visibility=visibility)
+    # The rows are the token's rules: a gated repository's gate is taken as passed
+    # (test_a_gate_not_passed_is_read_by_the_owner_alone is the gate).
+    decision = can_read(principal, repo, visibility=visibility, gate_passed=True)
     assert decision.allowed is allowed
     assert bool(decision) is allowed
     assert reason in decision.reason
     assert decision.reason.startswith("read allowed:" if allowed else "read denied:")
     assert decision.needed == "repo.content.read"
+
+
+NOT_ADMITTED = "read denied: gated: {} has not been granted access to {}"
+
+
+@pytest.mark.parametrize(
+    ("principal", "repo", "allowed", "reason"),
+    [
+        pytest.param(READ, BOB, False, NOT_ADMITTED.format("alice", "bob/y"), id="classic-read"),
+        pytest.param(WRITE, BOB, False, NOT_ADMITTED.format("alice", "bob/y"), id="classic-write"),
+        pytest.param(
+            fine(gated=True), BOB, False, NOT_ADMITTED.format("alice", "bob/y"), id="canReadGated"
+        ),
+        pytest.param(
+            fine(scoped=(grant("model", "bob/y", "repo.content.read"),)),
+            BOB,
+            False,
+            NOT_ADMITTED.format("alice", "bob/y"),
+            id="entry-on-the-repo",
+        ),
+        pytest.param(
+            READ,
+            Repo("model", "alice", "mine"),
+            True,
+            "read allowed: gated repository, classic token",
+            id="owner-needs-no-gate",
+        ),
+        pytest.param(ANONYMOUS, BOB, False, "read denied: authentication required", id="anonymous"),
+    ],
+)
+def test_a_gate_not_passed_is_read_by_the_owner_alone(
+    principal: Principal, repo: Repo, allowed: bool, reason: str
+) -> None:
+    decision = can_read(principal, repo, visibility=GATED)
+    assert decision.allowed is allowed
+    assert decision.reason == reason
 
 
 @pytest.mark.parametrize(
@@ -1049,12 +1087,63 @@ PERMISSION_ROWS = [
         id="fine-not-global",
     ),
     pytest.param(
-        fine(global_=("discussion.write",)),
+        fine(org("acme", "write"), global_=("discussion.write",)),
         "discussion.write",
         ACME,
         True,
-        "is a global permission",
+        "global discussion.write on model acme/x, it is a global permission of the token, "
+        "role write in org acme",
         id="fine-global-with-entity",
+    ),
+    # A global permission on an entity stops where a classic token's rights stop.
+    pytest.param(
+        fine(global_=("discussion.write",)),
+        "discussion.write",
+        ACME,
+        False,
+        "permission denied: global discussion.write on model acme/x: not a member of acme",
+        id="fine-global-outside-the-orgs",
+    ),
+    pytest.param(
+        fine(org("acme", "read"), global_=("inference.endpoints.write",)),
+        "inference.endpoints.write",
+        Entity("org", "acme"),
+        False,
+        "role read in org acme caps the token",
+        id="fine-global-capped-by-the-org-role",
+    ),
+    pytest.param(
+        fine(global_=("user.webhooks.write",)),
+        "user.webhooks.write",
+        Entity("user", "bob"),
+        False,
+        "permission denied: global user.webhooks.write on user bob",
+        id="fine-global-on-another-user",
+    ),
+    pytest.param(
+        fine(global_=("user.webhooks.write",)),
+        "user.webhooks.write",
+        Entity("user", "alice"),
+        True,
+        "own namespace",
+        id="fine-global-on-the-user-self",
+    ),
+    # repo.write reads too, as can_read has it.
+    pytest.param(
+        fine(global_=("repo.write",)),
+        "repo.content.read",
+        None,
+        True,
+        "repo.content.read (through repo.write) is a global permission of the token",
+        id="fine-global-repo-write-reads",
+    ),
+    pytest.param(
+        fine(scoped=(grant("model", "alice/m", "repo.write"),)),
+        "repo.content.read",
+        Repo("model", "alice", "m"),
+        True,
+        "fine-grained token lists repo.write on model alice/m",
+        id="fine-entry-repo-write-reads",
     ),
     # A repo.* permission listed as global is still capped by the org role.
     pytest.param(
@@ -1264,7 +1353,7 @@ SETTINGS = "changes the org's settings, which needs role admin in org acme"
             fine(global_=("org.write",)),
             "org.write",
             False,
-            f"{SETTINGS} (not a member)",
+            "permission denied: global org.write on org acme: not a member of acme",
             id="global-not-a-member",
         ),
         pytest.param(
@@ -1544,12 +1633,42 @@ def test_policy_uses_the_visibility_callback() -> None:
         seen.append(repo)
         return {"x": PUBLIC, "y": GATED}.get(repo.name, PRIVATE)
 
-    policy = AccessPolicy(visibility=visibility)
+    admitted: list[tuple[str, Repo]] = []
+
+    def gate_passed(principal: Principal, repo: Repo) -> bool:
+        admitted.append((principal.name, repo))
+        return True
+
+    policy = AccessPolicy(visibility=visibility, gate_passed=gate_passed)
     assert policy.can_read(ANONYMOUS, ACME).reason == "read allowed: public repository"
     assert not policy.can_read(ANONYMOUS, BOB)
     assert policy.can_read(READ, BOB).reason == "read allowed: gated repository, classic token"
     assert not policy.can_read(FINE, BOB)
     assert seen == [ACME, BOB, BOB, BOB]
+    assert admitted == [("alice", BOB), ("alice", BOB)]  # gated repos only, callers known
+
+
+@pytest.mark.parametrize(
+    ("gate_passed", "allowed"),
+    [
+        pytest.param(None, False, id="no-callback-nobody-admitted"),
+        pytest.param(lambda principal, repo: True, True, id="admitted"),
+        pytest.param(lambda principal, repo: False, False, id="not-admitted"),
+        pytest.param(lambda principal, repo: "yes", False, id="only-True-counts"),
+    ],
+)
+def test_policy_asks_gate_passed_for_gated_repos(gate_passed: Any, allowed: bool) -> None:
+    policy = AccessPolicy(visibility=lambda repo: GATED, gate_passed=gate_passed)
+    assert policy.can_read(READ, BOB).allowed is allowed
+
+
+def test_a_failing_gate_passed_callback_is_unavailable_not_allowed() -> None:
+    def gate_passed(principal: Principal, repo: Repo) -> bool:
+        raise RuntimeError("gate service down")
+
+    policy = AccessPolicy(visibility=lambda repo: GATED, gate_passed=gate_passed)
+    with pytest.raises(SourceUnavailable):
+        policy.can_read(READ, BOB)
 
 
 def test_policy_visibility_callback_may_return_the_string_value() -> None:
@@ -2164,7 +2283,7 @@ def test_oauth_access_is_not_asked_for_tokens_with_a_role() -> None:
     ],
 )
 def test_a_fine_grained_entry_naming_a_gated_repo_reads_it(principal, allowed, reason):
-    decision = can_read(principal, ACME, visibility=GATED)
+    decision = can_read(principal, ACME, visibility=GATED, gate_passed=True)
     assert decision.allowed is allowed
     assert reason in decision.reason
 
@@ -2201,6 +2320,21 @@ APP_AS_USER = dataclasses.replace(
 )
 GOD = user("god", org("acme", "god"))
 APP_ONLY_PUBLIC = "app token: what an app's scope grants is not confirmed"
+
+
+@pytest.mark.parametrize(
+    ("principal", "can_write"),
+    [
+        pytest.param(user("write"), True, id="classic-write"),
+        pytest.param(user("read"), False, id="classic-read"),
+        pytest.param(P_APP, False, id="app-token-with-role-write"),
+        pytest.param(APP_AS_USER, False, id="app-token-as-user"),
+        pytest.param(fine(scoped=(grant("org", "acme", "repo.write"),)), True, id="fine-entry"),
+    ],
+)
+def test_can_write_somewhere(principal: Principal, can_write: bool) -> None:
+    """The method map's "a token that can write": an app's scope is not confirmed."""
+    assert _rules.can_write_somewhere(principal) is can_write
 
 
 BOUND = Principal(name="alice", token_role="write", bound_resource="model:alice/only-this")

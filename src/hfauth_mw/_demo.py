@@ -54,7 +54,7 @@ from . import (
     require_write,
 )
 from ._exceptions import TokenStoreError
-from ._principal import fingerprint_of, token_digest
+from ._principal import Principal, fingerprint_of, token_digest
 
 __all__ = [
     "DEMO_MODELS",
@@ -142,16 +142,24 @@ def build_app(
     *,
     repos: Iterable[DemoModel] = DEMO_MODELS,
     gated: Iterable[str] = (),
+    admitted: Mapping[str, Iterable[str]] | None = None,
     realm: str = "hfauth-mw demo",
 ) -> Starlette:
     """The toy inference server, guarded by :class:`~hfauth_mw.HFAuthMiddleware`.
 
     ``source`` checks tokens (``HubWhoamiSource(url)`` or
     ``LocalStoreSource(LocalTokenStore(path))``); ``repos`` are the models to
-    serve; ``gated`` names repositories (``owner/name``) to treat as gated.
+    serve; ``gated`` names repositories (``owner/name``) to treat as gated,
+    and ``admitted`` the users each one's gate let in (``{"acme/x": ["bob"]}``).
     """
     models = {spec.id: _LoadedModel(spec) for spec in repos}
     gated_ids = {Repo.parse(text).id for text in gated}
+    gate_grants = {
+        Repo.parse(text).id: frozenset(users) for text, users in (admitted or {}).items()
+    }
+
+    def gate_passed(principal: Principal, repo: Repo) -> bool:
+        return principal.name in gate_grants.get(repo.id, ())
 
     def visibility(repo: Repo) -> Visibility:
         # What only the server knows: which repositories are public or gated.
@@ -256,7 +264,7 @@ def build_app(
             require_read("GET /v1/models/{owner}/{name}/stream"),  # the WebSocket
             require_read("GET /v1/models/{owner}/{name}"),
         ],
-        policy=AccessPolicy(visibility=visibility),
+        policy=AccessPolicy(visibility=visibility, gate_passed=gate_passed),
     )
     return app
 

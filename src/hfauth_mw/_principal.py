@@ -500,7 +500,7 @@ def principal_from_whoami(data: object, *, fingerprint: str = "", source: str = 
         auth_type=_label(_optional_str(auth, "type", "auth")) or "access_token",
         token_role=_label(_optional_str(access_token, "role", "auth.accessToken")),
         token_name=_optional_str(access_token, "displayName", "auth.accessToken"),
-        orgs=tuple(_org(org, index) for index, org in enumerate(_list(root, "orgs", "answer"))),
+        orgs=_orgs(root),
         scoped=tuple(
             _grant(grant, index)
             for index, grant in enumerate(_list(fine_grained, "scoped", "fineGrained"))
@@ -512,6 +512,15 @@ def principal_from_whoami(data: object, *, fingerprint: str = "", source: str = 
         source=source,
         bound_resource=_bound_resource(auth),
     )
+
+
+def _orgs(root: Mapping[str, Any]) -> tuple[OrgMembership, ...]:
+    """``orgs``; one organization listed twice is malformed: which entry holds
+    (a role, security restrictions) would depend on the order."""
+    orgs = tuple(_org(org, index) for index, org in enumerate(_list(root, "orgs", "answer")))
+    if len({membership.name for membership in orgs}) != len(orgs):
+        raise MalformedAnswer("answer.orgs lists the same organization twice")
+    return orgs
 
 
 def _bound_resource(auth: Mapping[str, Any]) -> str | None:

@@ -559,8 +559,13 @@ def can_read(
     oauth_reads: bool = False,
     oauth_grant: OAuthGrant | None = None,
     resource_group: str | None = None,
+    gate_passed: bool = False,
 ) -> Decision:
     """May ``principal`` read the contents of ``repo``? Needs ``repo.content.read``.
+
+    ``gate_passed``: for a gated repository, whether the user was granted
+    access through its gate (what only the Hub, or the server, knows). Without
+    it, a gated repository is read by its owner alone, as on the Hub.
 
     ``resource_group``: the id (as whoami-v2 reports it) of the resource group
     holding ``repo``, if any: its members' group role replaces their org role
@@ -589,6 +594,13 @@ def can_read(
         refused = _refusal(principal, repo.owner)
         if refused is not None:
             return _decide(False, f"read denied: {refused}", needed)
+        if not gate_passed and principal.name != repo.owner:
+            return _decide(
+                False,
+                f"read denied: gated: {_safe(principal.name)} has not been granted access "
+                f"to {repo.id}",
+                needed,
+            )
         if role != "fineGrained":
             return _decide(True, "read allowed: gated repository, classic token", needed)
         # The Hub's checkbox: "read access to contents of all public gated repos
@@ -686,8 +698,11 @@ def can_write(
     return _decide(False, f"write denied: {reach.detail}", needed)
 
 
-#: Permissions on a repository's content or settings: capped by the org role even when global.
-_REPO_PERMISSION_PREFIX = "repo."
+def _holds(listed: frozenset[str], permission: str) -> bool:
+    """Whether ``listed`` grants ``permission``: ``repo.write`` reads too, as the Hub has it."""
+    if permission == READ_PERMISSION:
+        return not listed.isdisjoint(_WANTED["read"])
+    return permission in listed
 
 
 def _access_of(permission: str) -> Access:
@@ -717,9 +732,10 @@ def has_permission(
     Permissions ending in ``.read`` (and ``inference.serverless.write``, which
     the Hub grants read tokens) need read rights in the entity's namespace,
     every other permission needs write rights there (the org cap). A
-    fine-grained token's global permission holds on any entity, except a
-    ``repo.*`` one, which is still capped there as :func:`can_read` and
-    :func:`can_write` cap it. An ``org.*`` permission that is not a read, on
+    fine-grained token's global permission holds without an entity; on one,
+    only as far as the user's own rights reach there (their namespace, their
+    orgs, capped by the org role), as a classic token's do. ``repo.write``
+    grants ``repo.content.read`` too. An ``org.*`` permission that is not a read, on
     an organization, changes its settings: it needs the org role ``admin``
     (the Hub's rule), whatever grants it. An org whose security restrictions
     refuse the token grants nothing on its entities. ``oauth_grant`` and
@@ -778,16 +794,17 @@ def _permission(
         if refused is not None:
             return _decide(False, f"permission denied: {name} on {target}: {refused}", needed)
     if role == "fineGrained":
-        if permission in principal.global_permissions:
-            if target is None or not permission.startswith(_REPO_PERMISSION_PREFIX):
-                # discussion.write and the like reach any repo the caller can see.
+        if _holds(principal.global_permissions, permission):
+            if permission not in principal.global_permissions:
+                name = f"{name} (through repo.write)"
+            if target is None:
                 return _decide(
                     True,
                     f"permission allowed: {name} is a global permission of the token",
                     needed,
                 )
-            # A repository permission listed as global still stops where the
-            # user's own rights stop (the org role), as can_read/can_write do.
+            # A global permission on an entity still stops where the user's own
+            # rights stop (the namespace, the org role), as a classic token's does.
             return _within_reach(
                 principal,
                 target,
@@ -806,7 +823,7 @@ def _permission(
             target,
             verb="permission",
             needed=needed,
-            wanted=frozenset({permission}),
+            wanted=_WANTED["read"] if permission == READ_PERMISSION else frozenset({permission}),
             access=access,
             group=group,
         )
@@ -892,12 +909,23 @@ class AccessPolicy:
     ``None``; the org role still caps it, and any other answer grants nothing.
     It is asked only for OAuth principals without a token role.
 
+    ``gate_passed(principal, repo)``: for a repository ``visibility`` calls
+    gated, whether the caller was granted access through its gate (default:
+    nobody was, so a gated repository is read by its owner alone). Only
+    ``True`` counts; it is asked only for authenticated principals.
+
     ``oauth_reads`` is gone: ``True`` raises :class:`~hfauth_mw.ConfigurationError`
     naming ``oauth_access`` (it granted more than the Hub does); ``False`` is
     accepted and changes nothing.
     """
 
-    __slots__ = ("_caller_created", "_oauth_access", "_resource_group", "_visibility")
+    __slots__ = (
+        "_caller_created",
+        "_gate_passed",
+        "_oauth_access",
+        "_resource_group",
+        "_visibility",
+    )
 
     #: Always False: kept so that code reading it keeps working.
     oauth_reads = False
@@ -910,12 +938,14 @@ class AccessPolicy:
         resource_group: Callable[[Repo], str | None] | None = None,
         oauth_access: OAuthAccess | None = None,
         oauth_reads: bool = False,
+        gate_passed: Callable[[Principal, Repo], bool] | None = None,
     ) -> None:
         _refuse_oauth_reads(oauth_reads)
         self._visibility = visibility
         self._caller_created = caller_created
         self._resource_group = resource_group
         self._oauth_access = oauth_access
+        self._gate_passed = gate_passed
 
     def _visibility_of(self, repo: Repo) -> Visibility:
         if self._visibility is None:
@@ -926,6 +956,11 @@ class AccessPolicy:
         if self._caller_created is None or principal.is_anonymous:
             return False
         return _answer_of("caller_created", self._caller_created, principal, repo) is True
+
+    def _passed_gate(self, principal: Principal, repo: Repo) -> bool:
+        if self._gate_passed is None:
+            return False
+        return _answer_of("gate_passed", self._gate_passed, principal, repo) is True
 
     def _group_of(self, principal: Principal, repo: Repo) -> str | None:
         if self._resource_group is None or principal.is_anonymous:
@@ -951,6 +986,7 @@ class AccessPolicy:
             visibility=visibility,
             oauth_grant=self._oauth_grant(principal, repo),
             resource_group=self._group_of(principal, repo),
+            gate_passed=visibility is Visibility.GATED and self._passed_gate(principal, repo),
         )
 
     def can_write(self, principal: Principal, repo: Repo) -> Decision:
@@ -986,6 +1022,8 @@ def can_write_somewhere(principal: Principal) -> bool:
     """Whether the token can write any repository at all: a write token, or a
     fine-grained one with ``repo.write`` on some entry (one bound to a
     resource too: it may write that one, which the hub's auth-check decides)."""
+    if is_app(principal):
+        return False  # what an app's scope grants is not confirmed: strict
     if principal.token_role == "write":
         return True
     if principal.token_role == "fineGrained":

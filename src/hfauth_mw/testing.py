@@ -952,7 +952,9 @@ class HubEmulator:
             # confirmed otherwise) must have been granted access.
             if principal.name != repo.owner and principal.name not in passed:
                 return _error_reply(403, _GATED_MESSAGE.format(repo=repo.id), "GatedRepo")
-            read = can_read(principal, repo, visibility=Visibility.GATED, oauth_grant=grant)
+            read = can_read(
+                principal, repo, visibility=Visibility.GATED, oauth_grant=grant, gate_passed=True
+            )
             if read:
                 return _json_reply(200, {})
             return _error_reply(403, read.reason, "GatedRepo")

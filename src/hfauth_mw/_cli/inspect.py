@@ -97,7 +97,7 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         default=[],
         type=parse_repo,
         metavar="REPO",
-        help="treat as gated (local rules only)",
+        help="treat as gated, with the caller admitted through its gate (local rules only)",
     )
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(run=run)
@@ -328,7 +328,10 @@ def run(args: argparse.Namespace) -> int:
         decided_by = f"the hub's auth-check ({hub.check.hub_url})"
         decisions = _hub_decisions(authenticator, hub, credentials, principal, args.repo, which)
     else:
-        policy = AccessPolicy(visibility=visibility)
+        admitted = frozenset(args.gated)
+        policy = AccessPolicy(
+            visibility=visibility, gate_passed=lambda principal, repo: repo in admitted
+        )
         decided_by = "the local rules (--public, --gated; any other repository private)"
         decisions = [
             (repo, policy.can_read(principal, repo), policy.can_write(principal, repo))
