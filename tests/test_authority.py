@@ -7,6 +7,7 @@ Every test runs against the real hub emulator on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 
 import httpx
@@ -930,3 +931,41 @@ def test_a_decision_read_from_the_shared_tier_keeps_only_its_remaining_life(cloc
     assert cache.peek(key) is not None
     clock.advance(0.2)
     assert cache.peek(key) is None
+
+
+@pytest.mark.parametrize("app_kind", KINDS)
+@pytest.mark.parametrize(
+    ("password", "asked"),
+    [
+        # A site user's own password sent as Basic (Django users, DRF's
+        # BasicAuthentication): never the hub's to see.
+        pytest.param("dave-s3cret-django-pw", False, id="a-site-password"),
+        pytest.param("hf_notissuedbyanyhub000000000000000", True, id="hub-shaped"),
+        pytest.param("api_org_legacy000000000000000000", True, id="legacy-org-shaped"),
+    ],
+)
+@pytest.mark.parametrize(
+    "path", ["/v1/models/acme/public/infer", "/v1/chat/completions"], ids=["rule", "no-rule"]
+)
+def test_a_secret_not_shaped_as_a_hub_token_is_never_sent_to_the_hub(
+    app_kind, hub, password, asked, path
+):
+    basic = base64.b64encode(f"dave:{password}".encode()).decode()
+    authenticator = Authenticator(HubWhoamiSource(hub.url))
+    headers = {"Authorization": f"Basic {basic}"}
+    if app_kind == "wsgi":
+        wsgi = HFAuthWSGIMiddleware(wsgi_ok, authenticator=authenticator, rules=RULES)
+        status = Client(wsgi).post(path, headers=headers).status_code
+    else:
+        app = starlette_app(authenticator=authenticator, rules=RULES)
+
+        async def post() -> int:
+            transport = httpx.ASGITransport(app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                return (await client.post(path, headers=headers)).status_code
+
+        status = asyncio.run(post())
+    assert status == 401
+    assert (hub.whoami_calls + hub.auth_check_calls > 0) is asked
+    if not asked:
+        assert hub.whoami_calls == hub.auth_check_calls == 0

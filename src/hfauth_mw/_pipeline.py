@@ -295,10 +295,14 @@ class Guard(CredentialsStep):
             return None
         credentials = request.credentials
         authenticator = self.authenticator
-        if credentials is not None and isinstance(
-            authenticator.cache.get(authenticator.cache_key(credentials.digest)), Invalid
+        source = authenticator.source
+        cache = authenticator.cache
+        if credentials is not None and (
+            isinstance(cache.get(authenticator.cache_key(credentials.digest)), Invalid)
+            # Not a token the hub is ever sent (too long, or not shaped as one).
+            or (isinstance(source, HubWhoamiSource) and source.refuses_unasked(credentials))
         ):
-            return None  # known invalid a moment ago: no need to ask the hub anything
+            return None  # invalid without asking the hub anything
         try:
             needed = self.routes.requirement(request)
         except AuthenticationError:

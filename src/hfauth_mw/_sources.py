@@ -33,7 +33,7 @@ from ._exceptions import (
 )
 from ._principal import Principal, principal_from_whoami
 from ._source_protocol import Flow, IntrospectionSource, Invalid, Outcome, Valid
-from ._validation import require_bool, require_instance, require_int, shown
+from ._validation import require_bool, require_instance, require_int, require_items, shown
 
 __all__ = [
     "DEFAULT_HUB_URL",
@@ -189,6 +189,11 @@ def foreign_401(response: httpx.Response) -> str | None:
     return "no X-Error-Message and no JSON error body"
 
 
+#: What a Hub token begins with (hub-tokens.md): ``hf_`` (user, OAuth and
+#: trusted-publisher tokens) and ``api_org_`` (legacy organization tokens).
+HUB_TOKEN_PREFIXES = ("hf_", "api_org_")
+
+
 def too_long(limit: int) -> Invalid:
     """A token longer than a network source accepts: invalid, and never sent."""
     return Invalid(f"the token is longer than {limit} bytes (max_token_bytes)")
@@ -287,6 +292,13 @@ class HubWhoamiSource:
     without any call. A proxy or WAF in front of the Hub
     would refuse it (nginx answers 400 to a long header line), and such a
     refusal says nothing about the token.
+
+    ``token_prefixes`` (default ``("hf_", "api_org_")``: user, OAuth and
+    trusted-publisher tokens, and legacy organization tokens): a secret that
+    begins with none of them is invalid (401) without any call. It cannot be
+    a Hub token, and it may be something else entirely, such as a site
+    user's own password sent as HTTP Basic: it must not leave the process.
+    The prefix routes; it never proves a token valid.
     """
 
     #: Hub tokens are masked in audit lines anyway.
@@ -300,8 +312,15 @@ class HubWhoamiSource:
         allow_insecure_http: bool = False,
         name: str | None = None,
         max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+        token_prefixes: Sequence[str] = HUB_TOKEN_PREFIXES,
     ) -> None:
         self.max_token_bytes = require_int("max_token_bytes", max_token_bytes, 16, 65536)
+        prefixes = require_items("token_prefixes", token_prefixes, "('hf_', 'api_org_')")
+        if not prefixes or not all(isinstance(prefix, str) and prefix for prefix in prefixes):
+            raise ConfigurationError(
+                "token_prefixes must be non-empty strings, such as ('hf_', 'api_org_')"
+            )
+        self.token_prefixes = tuple(prefixes)
         self.hub_url = check_url(
             hub_url, allow_insecure_http=allow_insecure_http, what="hub_url"
         ).rstrip("/")
@@ -326,9 +345,19 @@ class HubWhoamiSource:
     def __repr__(self) -> str:
         return f"HubWhoamiSource({self.hub_url!r})"
 
-    def flow(self, credentials: Credentials) -> Flow:
+    def refuses_unasked(self, credentials: Credentials) -> Invalid | None:
+        """Why ``credentials`` are invalid without asking the hub (too long, or
+        no Hub token's prefix), else ``None``: nothing of theirs is sent then."""
         if credentials.size > self.max_token_bytes:
             return too_long(self.max_token_bytes)
+        if not credentials.token.startswith(self.token_prefixes):
+            return Invalid("the token does not begin as a Hub token does (token_prefixes)")
+        return None
+
+    def flow(self, credentials: Credentials) -> Flow:
+        refused = self.refuses_unasked(credentials)
+        if refused is not None:
+            return refused
         response = yield httpx.Request(
             "GET",
             self.whoami_url,
