@@ -36,3 +36,17 @@ def test_a_503_says_the_token_could_not_be_checked(error, message, error_format)
     response = Answers("hfauth-mw", True, error_format).render(error)
     assert _message(response.body, error_format) == message
     assert dict(response.headers)["x-error-message"] == message
+
+
+def test_a_reason_quoting_a_token_of_the_source_is_masked_in_every_part() -> None:
+    """A token of another source (an IdP's) pasted into a repository name must not
+    come back in a header a proxy logs, nor in the body."""
+    from hfauth_mw import InsufficientScope, OAuthIntrospectionSource
+
+    opaque = "Zx81kq0Pmw3Lr7Tn2Vb6Yc9Hd4Gf5Js1"
+    answers = Answers("hfauth-mw", True, "rfc6750", OAuthIntrospectionSource.token_shape)
+    error = InsufficientScope(f"write denied: not a member of {opaque}", scope="repo.write")
+    response = answers.render(error)
+    assert opaque not in response.body.decode()
+    assert not any(opaque in value for _, value in response.headers)
+    assert answers.message(error) == "write denied: not a member of ***"

@@ -18,8 +18,14 @@ import pytest
 
 from adapters_support import ADAPTERS, AppClient
 from faults import REFUSED, FaultServer
-from hfauth_mw import Authenticator, HubWhoamiSource, OAuthIntrospectionSource
-from hfauth_mw._audit import loggable, register_token_shape, write_event
+from hfauth_mw import (
+    Authenticator,
+    HubWhoamiSource,
+    InsufficientScope,
+    OAuthIntrospectionSource,
+    TransportFailure,
+)
+from hfauth_mw._audit import MAX_LOGGED_CHARS, loggable, register_token_shape, write_event
 
 pytestmark = pytest.mark.anyio
 
@@ -95,3 +101,61 @@ def test_write_event_uses_the_registered_shape(no_token_in_logs: list[logging.Lo
         started=0.0,
     )
     assert audit_messages(no_token_in_logs)[-1].startswith("allowed GET /x/***:")
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        pytest.param(
+            InsufficientScope(f"write denied: not a member of {OPAQUE}", scope="repo.write"),
+            "denied GET /x: write denied: not a member of ***",
+            id="a-reason-quoting-the-path",
+        ),
+        pytest.param(
+            TransportFailure("The token source timed out", f"GET /api/{JWT}: timeout"),
+            "unavailable GET /x: The token source timed out [test-idp-source: GET /api/***",
+            id="a-503-detail-naming-the-url",
+        ),
+        pytest.param(
+            InsufficientScope("write denied: " + "hf_" + "b" * 34, scope="repo.write"),
+            "denied GET /x: write denied: hf_***",
+            id="a-hub-token-in-a-reason",
+        ),
+    ],
+)
+def test_reasons_and_details_are_masked_as_the_path_is(
+    error: Any, shown: str, no_token_in_logs: list[logging.LogRecord]
+) -> None:
+    register_token_shape("test-idp-source", OAuthIntrospectionSource.token_shape)
+    write_event(
+        error,
+        method="GET",
+        path="/x",
+        client=None,
+        credentials=None,
+        principal=None,
+        source="test-idp-source",
+        started=0.0,
+    )
+    line = audit_messages(no_token_in_logs)[-1]
+    assert line.startswith(shown)
+    assert OPAQUE not in line
+    assert JWT not in line
+
+
+def test_a_long_text_is_cut_before_it_is_scanned() -> None:
+    """A 60 KiB path costs one audit line of bounded size (and a bounded regex scan)."""
+    text = loggable("/a" * 30_000, OAuthIntrospectionSource.token_shape)
+    assert text == "/a" * (MAX_LOGGED_CHARS // 2) + "..."
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        pytest.param(f"/files/{JWT}", True, id="a-jwt-segment"),
+        # Glued to a word, "eyJ..." does not begin a JWT: not matched from inside a run.
+        pytest.param("/files/xxeyJabc.def", False, id="eyJ-inside-a-word"),
+    ],
+)
+def test_the_jwt_shape_begins_at_a_word_boundary(text: str, masked: bool) -> None:
+    assert ("***" in loggable(text, OAuthIntrospectionSource.token_shape)) is masked

@@ -766,3 +766,24 @@ def test_the_authenticators_limiter_trusts_its_proxies(hub_store):
     assert Guard(authenticator).client_address("", "9.9.9.9") == "9.9.9.9"
     with pytest.raises(ConfigurationError, match="trusted proxy"):
         Authenticator(LocalStoreSource(hub_store), trusted_proxies=["proxy.internal"])
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param("hf_" + "Q" * 33 + "\u00e9", id="non-ascii"),
+        pytest.param("hf_abc def", id="space"),
+        pytest.param("", id="empty"),
+    ],
+)
+async def test_a_malformed_bare_token_is_refused_unasked(make_authenticator, hub_emulator, token):
+    """Held to a request's grammar: a pasted accent failed inside the source (a
+    503, its logged error holding the token)."""
+    from hfauth_mw import InvalidRequest
+
+    authenticator = make_authenticator()
+    with pytest.raises(InvalidRequest, match="not well formed"):
+        authenticator.authenticate_sync(token)
+    with pytest.raises(InvalidRequest, match="not well formed"):
+        await authenticator.authenticate(token)
+    assert hub_emulator.whoami_calls == 0

@@ -510,6 +510,24 @@ def test_token_on_the_command_line_is_impossible(
     assert "HF_TOKEN" in result.err
 
 
+@pytest.mark.parametrize(
+    "secret",
+    [
+        pytest.param("hf_" + "Q" * 33 + "\u00e9", id="a-pasted-accent"),
+        pytest.param("hf_abc def", id="a-space-inside"),
+    ],
+)
+def test_a_malformed_token_is_a_usage_error_never_sent(
+    cli: Cli, emulator: HubEmulator, secret: str
+) -> None:
+    result = cli("inspect", "--hub-url", emulator.url, env={"HF_TOKEN": secret})
+    assert result.code == 2
+    assert result.err.strip().endswith("no spaces")  # one line: what is wrong, no traceback
+    assert len(result.err.strip().splitlines()) == 1
+    assert secret not in result.err
+    assert emulator.whoami_calls == 0
+
+
 def test_inspect_without_a_token(cli: Cli, store_path: Path, alice: str) -> None:
     result = cli("inspect", "--store", str(store_path), stdin="")
     assert result.code == 2

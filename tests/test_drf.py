@@ -398,6 +398,11 @@ def test_hub_down_is_503_with_retry_after(client, hub_emulator, tokens, down):
     assert response.status_code == 503
     assert int(response["Retry-After"]) >= 1
     assert response["X-Error-Code"] == "temporarily_unavailable"
+    # The words every adapter's 503 begins with, in DRF's shape too.
+    body = response.json()  # DRF's shape, or the Django middleware's RFC 6750 one
+    detail = body.get("detail", body.get("error_description"))
+    assert detail.startswith("The access token cannot be checked right now: ")
+    assert response["X-Error-Message"] == detail
 
 
 def test_basic_with_the_token_as_password(client, tokens):

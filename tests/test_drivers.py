@@ -119,6 +119,13 @@ async def test_a_refused_port_names_the_url_and_the_error(
     assert caught.value.detail == f"GET {url}: ConnectError (connection refused)"
     # The client is told no more than before: no URL, no error class.
     assert caught.value.description == "The token source cannot be reached"
+    # Nor does the exception hold httpx's, whose request carries the token.
+    chained: list[BaseException] = []
+    error: BaseException | None = caught.value
+    while error is not None:
+        chained.append(error)
+        error = error.__cause__ or error.__context__
+    assert not any(isinstance(link, httpx.HTTPError) for link in chained), chained
     assert source_errors(no_token_in_logs) == [
         f"hfauth-mw: The token source cannot be reached: GET {url}: ConnectError "
         "(connection refused)"

@@ -651,6 +651,8 @@ def test_unknown_model_names_the_param(url: str, tokens: dict[str, str]) -> None
     [
         pytest.param(b"{not json", "The request body is not valid JSON", id="not-json"),
         pytest.param(b"[1, 2]", "The request body must be a JSON object", id="not-an-object"),
+        # 4 KiB were enough for a 500 (RecursionError in the JSON parser).
+        pytest.param(b"[" * 5000 + b"]" * 5000, "The request body nests too deeply", id="deep"),
         pytest.param(b'{"messages": []}', "The request body has no 'model' field", id="no-model"),
         pytest.param(
             b'{"model": 7}', "The 'model' field must be a non-empty string", id="model-not-text"

@@ -95,10 +95,14 @@ _CANNOT_CHECK = "The access token cannot be checked right now: "
 class Answers:
     """The answers of one middleware: its realm, Basic offered or not, the body format."""
 
-    __slots__ = ("_challenges", "_format", "realm")
+    __slots__ = ("_challenges", "_format", "_token_shape", "realm")
 
     def __init__(
-        self, realm: str, allow_basic: bool, error_format: ErrorFormat = "rfc6750"
+        self,
+        realm: str,
+        allow_basic: bool,
+        error_format: ErrorFormat = "rfc6750",
+        token_shape: re.Pattern[str] | None = None,
     ) -> None:
         if not isinstance(realm, str) or not _REALM.fullmatch(realm):
             raise ConfigurationError(
@@ -112,16 +116,26 @@ class Answers:
             )
         self.realm = realm
         self._format = error_format
+        #: The source's tokens besides the Hub's (which reasons mask already): a
+        #: reason quoting the request must not carry one into a header or a body.
+        self._token_shape = token_shape
         self._challenges = [("www-authenticate", f'Bearer realm="{realm}"')]
         if allow_basic:
             self._challenges.append(("www-authenticate", f'Basic realm="{realm}"'))
 
-    def render(self, error: AuthenticationError) -> ErrorResponse:
+    def message(self, error: AuthenticationError) -> str:
+        """What the answer to ``error`` tells the client, in every format."""
         text = error.description
         if isinstance(error, SourceUnavailable):
             # What a client of the server can act on first: its token is not at
             # fault, and the answer may change soon (Retry-After says when).
             text = f"{_CANNOT_CHECK}{text[:1].lower()}{text[1:]}"
+        if self._token_shape is not None:
+            text = self._token_shape.sub("***", text)
+        return text
+
+    def render(self, error: AuthenticationError) -> ErrorResponse:
+        text = self.message(error)
         description = _DESCRIPTION_UNSAFE.sub("?", text.replace('"', "'"))
         code = error.error or _BODY_ERROR.get(error.status_code, "unauthorized")
         headers = [("content-type", "application/json"), ("cache-control", "no-store")]

@@ -45,11 +45,17 @@ def register_token_shape(source: str, shape: re.Pattern[str] | None) -> None:
             _token_shapes[source] = shape
 
 
+#: The most of one client-given text (a path, a reason quoting it) an audit line holds.
+MAX_LOGGED_CHARS = 2048
+
+
 def loggable(text: str, shape: re.Pattern[str] | None = None) -> str:
     """``text`` for one audit line: control characters escaped (a decoded ``%0A``
     in a path would start a forged line of its own) and anything shaped like a
     token masked (a token pasted into a URL by mistake): Hub tokens always,
     and text of ``shape``, the tokens another source accepts."""
+    if len(text) > MAX_LOGGED_CHARS:  # a 60 KiB path is not read whole, by a person or a regex
+        text = text[:MAX_LOGGED_CHARS] + "..."
     if not text.isprintable():
         text = "".join(
             char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
@@ -89,6 +95,9 @@ def write_event(
     shape = _token_shapes.get(source)
     name = loggable(principal.name, shape) if principal else None
     method, path = loggable(method, shape), loggable(path, shape)
+    # A reason may quote the request (a repository in the path, a model in the
+    # body) and a 503's detail the URL it asked: masked as the path is.
+    reason = loggable(reason, shape)
     latency_ms = round((time.perf_counter() - started) * 1000, 3)
     audit_logger.log(
         level,

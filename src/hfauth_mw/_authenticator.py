@@ -26,7 +26,7 @@ from ._audit import audit_logger, register_token_shape
 from ._authority import DecisionCache, HubAuthority, SharedDecisions
 from ._breaker_limiter import FailureLimiter, UpstreamBreaker
 from ._cache import Leader, TokenCache
-from ._credentials import Credentials
+from ._credentials import Credentials, bare_credentials
 from ._drivers import AsyncDriver, Cleanup, SyncDriver, Work
 from ._exceptions import (
     ConfigurationError,
@@ -686,7 +686,7 @@ def _as_credentials(credentials: Credentials | str) -> Credentials:
     if isinstance(credentials, Credentials):
         return credentials
     if isinstance(credentials, str):
-        return Credentials.from_token(credentials)
+        return bare_credentials(credentials)
     raise TypeError(
         f"expected an access token (str) or hfauth_mw.Credentials, not {type(credentials).__name__}"
     )

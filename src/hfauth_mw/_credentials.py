@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_MAX_TOKEN_BYTES",
     "Credentials",
     "CredentialsStep",
+    "bare_credentials",
     "parse_credentials",
     "read_credentials",
 ]
@@ -242,6 +243,21 @@ def parse_credentials(
     malformed token.
     """
     return _Options(allow_basic, max_header_bytes).credentials(authorization, query_tokens)
+
+
+def bare_credentials(token: str) -> Credentials:
+    """A token given alone (by code outside a request, or the CLI) as Bearer
+    credentials, held to the grammar a request's token is held to: a
+    malformed one raises :class:`~hfauth_mw.InvalidRequest` and is never
+    sent anywhere (a pasted non-ASCII character failed inside the source)."""
+    if len(token) > DEFAULT_MAX_HEADER_BYTES:
+        raise InvalidRequest(f"The access token is longer than {DEFAULT_MAX_HEADER_BYTES} bytes")
+    if not _B64TOKEN.fullmatch(token):
+        raise InvalidRequest(
+            "The access token is not well formed: letters, digits and -._~+/ only "
+            "(RFC 6750), no spaces"
+        )
+    return Credentials.from_token(token)
 
 
 def read_credentials(

@@ -371,8 +371,12 @@ class SyncDriver(_DriverBase):
                 finally:
                     response.close()
         except _ANSWER_FAILURES as exc:
-            raise _transport_failure(exc, work) from None
-        return body.response(response)
+            failure = _transport_failure(exc, work)
+        else:
+            return body.response(response)
+        # Raised here, not in the except: there httpx's error would stay reachable
+        # as __context__, with the request that carries the token.
+        raise failure
 
 
 #: Waiting futures a flight's list holds before its first sweep of cancelled ones.
@@ -484,8 +488,12 @@ class AsyncDriver(_DriverBase):
                 finally:
                     await response.aclose()
         except _ANSWER_FAILURES as exc:
-            raise _transport_failure(exc, work) from None
-        return body.response(response)
+            failure = _transport_failure(exc, work)
+        else:
+            return body.response(response)
+        # Raised here, not in the except: there httpx's error would stay reachable
+        # as __context__, with the request that carries the token.
+        raise failure
 
     def _loop_waiter(self, flight: Future[Outcome]) -> asyncio.Future[Outcome]:
         """A future of this request's own for the flight's outcome. The

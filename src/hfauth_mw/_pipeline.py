@@ -178,7 +178,12 @@ class Guard(CredentialsStep):
         if isinstance(method_policy, bool):
             require_bool("method_policy", method_policy)
         self.authenticator = authenticator
-        self.answers = Answers(realm, require_bool("allow_basic", allow_basic), error_format)
+        self.answers = Answers(
+            realm,
+            require_bool("allow_basic", allow_basic),
+            error_format,
+            getattr(authenticator.source, "token_shape", None),
+        )
         self.realm = realm
         self.paths = PathRules(
             require_items("public_paths", public_paths, "['/health', '/docs/*']"),

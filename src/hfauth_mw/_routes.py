@@ -234,6 +234,8 @@ def _body_field(body: bytes | None, name: str) -> object:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise InvalidBody("The request body is not valid JSON") from None
+    except RecursionError:  # a few KiB of "[[[[...": the parser's stack, not the server's
+        raise InvalidBody("The request body nests too deeply") from None
     if not isinstance(document, dict):
         raise InvalidBody("The request body must be a JSON object")
     if name not in document:

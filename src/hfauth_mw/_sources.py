@@ -59,7 +59,9 @@ MIN_RETRY_AFTER, MAX_RETRY_AFTER, DEFAULT_RETRY_AFTER = 1, 300, 5
 #: a JWT (``eyJ...``), or an opaque run of 24 or more token characters holding a
 #: letter and a digit. Masking a long path segment too is the price.
 IDP_TOKEN_SHAPE = re.compile(
-    r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]*"
+    # Anchored on the left, as the opaque branch is: unanchored, "eyJ" repeated
+    # along a long path cost quadratic time.
+    r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]*"
     r"|(?<![A-Za-z0-9\-._~+])(?=[A-Za-z0-9\-._~+]*[0-9])(?=[A-Za-z0-9\-._~+]*[A-Za-z])"
     r"[A-Za-z0-9\-._~+]{24,}=*"
 )

@@ -171,23 +171,24 @@ class HubUnavailable(_HubError, exceptions.APIException):  # type: ignore[misc]
 def api_exception(guard: Guard, error: AuthenticationError) -> exceptions.APIException:
     """The DRF exception for a core error: the same status, reason and headers."""
     rendered = guard.error_response(error)
+    detail = guard.answers.message(error)  # what the other adapters' answers say
     code = error.error or ("unauthorized" if error.status_code == 401 else None)
     drf_error: exceptions.APIException
     if isinstance(error, TooManyFailures):
-        drf_error = HubThrottled(wait=error.retry_after, detail=error.description, code=code)
+        drf_error = HubThrottled(wait=error.retry_after, detail=detail, code=code)
     elif isinstance(error, SourceUnavailable):
-        drf_error = HubUnavailable(detail=error.description, code=code)
+        drf_error = HubUnavailable(detail=detail, code=code)
         drf_error.wait = error.retry_after
     elif isinstance(error, InsufficientScope):
-        drf_error = HubPermissionDenied(detail=error.description, code=code)
+        drf_error = HubPermissionDenied(detail=detail, code=code)
     elif isinstance(error, InvalidRequest):
-        drf_error = HubBadRequest(detail=error.description, code=code)
+        drf_error = HubBadRequest(detail=detail, code=code)
     elif isinstance(error, InvalidToken):
-        drf_error = HubAuthenticationFailed(detail=error.description, code=code)
+        drf_error = HubAuthenticationFailed(detail=detail, code=code)
     elif error.status_code == 401:
-        drf_error = HubNotAuthenticated(detail=error.description, code=code)
+        drf_error = HubNotAuthenticated(detail=detail, code=code)
     else:  # pragma: no cover - every AuthenticationError is one of the above
-        drf_error = exceptions.APIException(detail=error.description, code=code)
+        drf_error = exceptions.APIException(detail=detail, code=code)
         drf_error.status_code = error.status_code
     drf_error.hfauth_error = error
     drf_error.hfauth_response = rendered

@@ -30,8 +30,8 @@ from typing import Any, TextIO
 
 from .._authenticator import Authenticator
 from .._authority import HubAuthority
-from .._credentials import Credentials
-from .._exceptions import InvalidToken, SourceUnavailable, TokenStoreError
+from .._credentials import Credentials, bare_credentials
+from .._exceptions import InvalidRequest, InvalidToken, SourceUnavailable, TokenStoreError
 from .._hub_access import HubAccessCheck
 from .._principal import Principal
 from .._rules import AccessPolicy, Decision, Repo, Visibility
@@ -303,8 +303,12 @@ def run(args: argparse.Namespace) -> int:
     authority = _authority_of(args)
     source = _source_for(args)
     token, origin_key, origin = _read_token()
-    credentials = Credentials.from_token(token)
-    del token
+    try:
+        credentials = bare_credentials(token)
+    except InvalidRequest as exc:  # never sent anywhere: the message says what is wrong
+        raise UsageError(exc.description) from None
+    finally:
+        del token
     # Said in every outcome: which token (by fingerprint) went where.
     which = f"token {credentials.fingerprint} from {origin}"
     authenticator = Authenticator(source)
