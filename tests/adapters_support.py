@@ -34,19 +34,19 @@ PROXY = "127.0.0.1"
 
 class AppClient(Protocol):
     def __call__(
-        self, authenticator: Authenticator, limiter: FailureLimiter | None
+        self, authenticator: Authenticator, limiter: FailureLimiter | None, **options: Any
     ) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]: ...
 
 
 @contextlib.asynccontextmanager
 async def asgi_app(
-    authenticator: Authenticator, limiter: FailureLimiter | None
+    authenticator: Authenticator, limiter: FailureLimiter | None, **options: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
     async def whoami(request: Request) -> JSONResponse:
         return JSONResponse({"name": get_request_auth(request).principal.name})
 
     app = Starlette(routes=[Route("/whoami", whoami)])
-    app.add_middleware(HFAuthMiddleware, authenticator=authenticator, limiter=limiter)
+    app.add_middleware(HFAuthMiddleware, authenticator=authenticator, limiter=limiter, **options)
     transport = httpx.ASGITransport(app, client=(PROXY, 41000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield client
@@ -54,13 +54,13 @@ async def asgi_app(
 
 @contextlib.asynccontextmanager
 async def wsgi_app(
-    authenticator: Authenticator, limiter: FailureLimiter | None
+    authenticator: Authenticator, limiter: FailureLimiter | None, **options: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
     def whoami(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps({"name": environ["hfauth.principal"].name}).encode()]
 
-    wrapped = HFAuthWSGIMiddleware(whoami, authenticator=authenticator, limiter=limiter)
+    wrapped = HFAuthWSGIMiddleware(whoami, authenticator=authenticator, limiter=limiter, **options)
     server = make_server(PROXY, 0, wrapped, threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()

@@ -1120,3 +1120,51 @@ def test_a_denial_in_an_accepted_class_endpoint_closes_it_with_1008(hub_emulator
     assert (closed.value.code, closed.value.reason) == (1008, "insufficient_scope")
     with client.websocket_connect("/live", headers=bearer(tokens["writer"])) as websocket:
         assert websocket.receive_text() == "may write"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param([], 401, id="no-token"),
+        pytest.param([(b"authorization", b"Bearer not a token")], 400, id="malformed"),
+    ],
+)
+async def test_a_request_refused_whatever_its_body_says_is_refused_unread(
+    make_app, headers, status
+):
+    """On a body rule's route, a client without a token got its 401 only once
+    the whole body (up to 1 MiB) had trickled in: it held a connection and a
+    buffer meanwhile. It is answered at once now, before any body is asked for."""
+    app = make_app(rules=openai_rules())
+    asked_for_body = []
+
+    async def receive():
+        asked_for_body.append(True)
+        await asyncio.Event().wait()  # a client that never sends its body
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"900000"),
+            *headers,
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    await asyncio.wait_for(app(scope, receive, send), timeout=10)
+    assert sent[0]["status"] == status
+    assert asked_for_body == []

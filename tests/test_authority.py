@@ -303,7 +303,9 @@ async def test_a_made_up_token_is_cached_invalid_and_revokes_nothing(hub, caller
         wsgi = Client(HFAuthWSGIMiddleware(wsgi_ok, **options))
         statuses = [wsgi.post(path, headers=headers).status_code for _ in range(5)]
     assert statuses == [401] * 5
-    assert (hub.whoami_calls, hub.auth_check_calls) == (1, 1)  # then the negative entry
+    # Then the negative entry. ASGI asked both at once; blocking code stops at
+    # whoami-v2's refusal.
+    assert (hub.whoami_calls, hub.auth_check_calls) == (1, 1 if kind == "asgi" else 0)
     assert authenticator.stats()["revocations_sent"] == 0
 
 
@@ -403,6 +405,25 @@ async def test_a_cold_request_asks_whoami_and_auth_check_together(hub, callers):
     assert both_in_flight
     assert response.status_code == 200
     assert (hub.whoami_calls, hub.auth_check_calls) >= (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("trouble", "status"),
+    [
+        pytest.param(lambda hub: None, 401, id="whoami-refuses-the-token"),
+        pytest.param(lambda hub: hub.fail_next(500), 503, id="whoami-fails"),
+    ],
+)
+def test_blocking_code_asks_no_auth_check_once_whoami_failed(hub, trouble, status):
+    """WSGI runs the two in turn: a token whoami-v2 refused (or could not check)
+    is not sent to the auth-check as well, which doubled calls and deadlines."""
+    trouble(hub)
+    app = HFAuthWSGIMiddleware(wsgi_ok, hub_url=hub.url, rules=RULES)
+    made_up = {"Authorization": "Bearer hf_" + "M" * 34}
+    response = Client(app).post("/v1/models/acme/public/infer", headers=made_up)
+    assert response.status_code == status
+    assert hub.whoami_calls == 1
+    assert hub.auth_check_calls == 0
 
 
 async def test_a_gated_denial_asked_together_still_names_the_caller(hub, callers):

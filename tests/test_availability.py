@@ -25,6 +25,7 @@ from hfauth_mw import (
     FailureLimiter,
     HubWhoamiSource,
     TokenCache,
+    require_read,
 )
 
 pytestmark = pytest.mark.anyio
@@ -123,3 +124,21 @@ async def test_no_stale_answer_for_a_client_holding_the_breaker_open(
         assert served.status_code == 200
         assert served.json() == {"name": "victim"}
         assert authenticator.stats()["stale_served"] == 1
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_tokens_a_proxy_refuses_on_a_hub_decided_route_deny_nobody(
+    adapter: AppClient, gateway: Gateway, hub_emulator: Any, hub_store: Any
+) -> None:
+    """The hub's auth-check goes out with the token too (with whoami-v2, for a cold
+    token): a proxy's refusal of it must not count against the breaker either.
+    Before: five such tokens opened it, and every client got 503 for 10 s."""
+    hub_emulator.add_repo("model:acme/public", "public")
+    authenticator = Authenticator(HubWhoamiSource(gateway.url, timeout=5.0))
+    victim = hub_store.create_token(user="victim", role="read").token
+    rules = [require_read("GET /whoami", repo="acme/public")]
+    async with adapter(authenticator, None, rules=rules) as client:
+        attacker = [(await call(client, tripping_token(3 * i), ATTACKER)) for i in range(10)]
+        assert [response.status_code for response in attacker] == [503] * 10
+        assert authenticator.breaker.state == "closed"
+        assert (await call(client, victim, "198.51.100.9")).status_code == 200

@@ -184,7 +184,14 @@ def test_limiter_ignores_unknown_clients(clock):
             id="two-proxies",
         ),
         pytest.param("10.0.0.1", "junk, 9.9.9.9", {"10.0.0.1"}, "9.9.9.9", id="junk-left"),
-        pytest.param("10.0.0.1", "junk", {"10.0.0.1"}, "10.0.0.1", id="junk-only"),
+        # Unknown, not the proxy: as the proxy, every client behind it would share one count.
+        pytest.param("10.0.0.1", "junk", {"10.0.0.1"}, None, id="junk-only"),
+        pytest.param("10.0.0.1", "unknown", {"10.0.0.1"}, None, id="unknown"),
+        # Proxies that write the port (Azure Application Gateway: ip:port).
+        pytest.param("10.0.0.1", "9.9.9.9:51234", {"10.0.0.1"}, "9.9.9.9", id="ipv4-port"),
+        pytest.param("10.0.0.1", "[2001:db8::7]:443", {"10.0.0.1"}, "2001:db8::7", id="ipv6-port"),
+        pytest.param("10.0.0.1", "[2001:db8::7]", {"10.0.0.1"}, "2001:db8::7", id="ipv6-brackets"),
+        pytest.param("10.0.0.1", "[2001:db8::7", {"10.0.0.1"}, None, id="unclosed-bracket"),
         pytest.param(None, "9.9.9.9", set(), None, id="no-peer"),
         # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
         pytest.param("::ffff:9.9.9.9", None, set(), "9.9.9.9", id="mapped-peer"),
@@ -349,3 +356,19 @@ def test_unix_is_a_trusted_proxy_name():
     }
     with pytest.raises(ConfigurationError, match="unix"):
         FailureLimiter(trusted_proxies=["unix:/run/nginx.sock"])
+
+
+@pytest.mark.parametrize(
+    ("client", "key"),
+    [
+        pytest.param("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64", id="ipv6-per-64"),
+        # Every IPv4 client seen through NAT64 sat in one /64: one count for all.
+        pytest.param("64:ff9b::c633:6407", "198.51.100.7", id="nat64-by-its-ipv4"),
+        pytest.param("64:ff9b::cb00:7142", "203.0.113.66", id="nat64-another"),
+        pytest.param("9.9.9.9", "9.9.9.9", id="ipv4"),
+    ],
+)
+def test_what_the_guard_counts(client, key):
+    from hfauth_mw._breaker_limiter import _client_key
+
+    assert _client_key(client) == key

@@ -642,3 +642,32 @@ def test_public_body_is_closed_and_lists_and_files_pass_as_they_are(make_middlew
         {**environ, "PATH_INFO": "/docs/manual.pdf"}, lambda status, headers, exc_info=None: None
     )
     assert isinstance(file_body, FileWrapper)
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({}, 401, id="no-token"),
+        pytest.param({"Authorization": "Bearer not a token"}, 400, id="malformed"),
+    ],
+)
+def test_a_request_refused_whatever_its_body_says_is_refused_unread(
+    make_middleware, headers, status
+):
+    """A client without a token used to hold a worker while its body (up to
+    1 MiB) trickled in, only to get 401: it is answered before any is read."""
+    from hfauth_mw import openai_rules
+
+    class NeverRead:
+        def read(self, *args):
+            raise AssertionError("the body was read")
+
+        readline = read
+
+    middleware = make_middleware(rules=openai_rules())
+    response = Client(middleware).post(
+        "/v1/chat/completions",
+        headers={**headers, "Content-Type": "application/json"},
+        environ_overrides={"wsgi.input": NeverRead(), "CONTENT_LENGTH": "900000"},
+    )
+    assert response.status_code == status

@@ -44,7 +44,7 @@ from cachetools import TLRUCache
 from ._breaker_limiter import UpstreamBreaker
 from ._credentials import Credentials
 from ._drivers import AsyncDriver, SyncDriver, Work
-from ._exceptions import InvalidToken, SourceUnavailable
+from ._exceptions import InvalidToken, SourceUnavailable, TokenRefusedUpstream
 from ._hub_access import HubAccessCheck, HubAnswer
 from ._principal import Principal
 from ._rules import WRITE_PERMISSION, Access, Decision, Repo, _safe, can_write_somewhere
@@ -484,10 +484,15 @@ class HubAuthority:
             # when it is returned (personal()).
             answer = yield from self.check.flow(credentials, repo, access)
         except SourceUnavailable as failure:
-            self.breaker.release(
-                failure,
-                upstream_retry_after=failure.retry_after if failure.upstream_asked else None,
-            )
+            if isinstance(failure, TokenRefusedUpstream):
+                # A proxy's or WAF's refusal of this token says nothing about the
+                # hub: as for whoami-v2, not counted (the pipeline charges the client).
+                self.breaker.cancel()
+            else:
+                self.breaker.release(
+                    failure,
+                    upstream_retry_after=failure.retry_after if failure.upstream_asked else None,
+                )
             self.cache.abandon(key, failure)
             raise
         except Exception:

@@ -198,17 +198,35 @@ def client_address(
     if peer not in trusted_proxies or not forwarded_for:
         return peer
     client = peer
-    for hop in reversed([part.strip() for part in forwarded_for.split(",")]):
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
-            # Never "unix" itself: that would be one key for every client.
-            return None if client == UNIX_PEER else client
+    for part in reversed(forwarded_for.split(",")):
+        hop = _hop_address(part.strip())
+        if hop is None:
+            # Unknown: not counted. Never the proxy's own address (every client
+            # behind it would share one count, and 30 bad tokens lock out all),
+            # and never "unix" itself.
+            return None
         hop = unmapped(hop)
         client = hop
         if hop not in trusted_proxies:
             return hop
     return client
+
+
+def _hop_address(hop: str) -> str | None:
+    """The address of one ``X-Forwarded-For`` entry: ``a.b.c.d``, an IPv6
+    address, or either with a port as some proxies write it (``a.b.c.d:port``,
+    ``[v6]:port``, ``[v6]``); ``None`` for anything else (``unknown``, junk)."""
+    if hop.startswith("["):
+        hop, bracket, _ = hop[1:].partition("]")
+        if not bracket:
+            return None
+    elif hop.count(":") == 1:  # IPv4 with a port (an IPv6 address has two or more)
+        hop = hop.partition(":")[0]
+    try:
+        ipaddress.ip_address(hop)
+    except ValueError:
+        return None
+    return hop
 
 
 _warned: set[str] = set()
@@ -242,9 +260,16 @@ def _client_key(client: str) -> str:
     if ":" not in client:
         return client
     try:
-        return str(ipaddress.IPv6Network((client, 64), strict=False))
+        address = ipaddress.IPv6Address(client)
     except ValueError:
         return client
+    if address in _NAT64:  # an IPv4 client through NAT64: itself, not one /64 for all
+        return str(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
+#: The well-known NAT64 prefix (RFC 6052): the IPv4 address is the last 32 bits.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 class FailureLimiter:

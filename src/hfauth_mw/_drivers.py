@@ -67,7 +67,10 @@ class Together:
     """Work item: run these flows at the same time (one round trip for two
     upstream calls, e.g. whoami-v2 and the hub's auth-check of a cold token).
     The result is a tuple of each flow's value, or of the exception it raised,
-    in order: the yielding flow decides what a failure means."""
+    in order: the yielding flow decides what a failure means. A blocking
+    driver runs them one after the other and stops at the first failure: the
+    later flows are closed unrun, and their places hold that failure (a token
+    whoami-v2 refuses is not sent to the auth-check too)."""
 
     flows: tuple[Generator[Any, Any, Any], ...]
 
@@ -343,7 +346,18 @@ class SyncDriver(_DriverBase):
         if isinstance(work, Together):
             # Blocking code runs them one after the other (a thread each would
             # cost more than the round trip it saves under a WSGI server).
-            return tuple(_outcome_of(self.run, flow) for flow in work.flows)
+            outcomes: list[object] = []
+            failure: BaseException | None = None
+            for flow in work.flows:
+                if failure is not None:
+                    flow.close()  # never started: nothing to undo
+                    outcomes.append(failure)
+                    continue
+                outcome = _outcome_of(self.run, flow)
+                if isinstance(outcome, BaseException):
+                    failure = outcome
+                outcomes.append(outcome)
+            return tuple(outcomes)
         if isinstance(work, WaitFor):
             try:
                 return work.future.result(timeout=self.wait_timeout)

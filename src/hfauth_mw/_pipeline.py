@@ -408,9 +408,25 @@ class Guard(CredentialsStep):
         routes.authorize(method, path, principal)
 
     def reads_body(self, request: RequestContext) -> bool:
-        """Whether a rule needs this request's body (the adapter reads it first,
-        at most ``max_body_bytes``, and hands it to the app unchanged)."""
-        return self.routes.reads_body(request.method, request.path)
+        """Whether the adapter reads this request's body before :meth:`decide`
+        (at most ``max_body_bytes``, handed to the app unchanged): a rule needs
+        it, and the request can get as far as that rule. One refused whatever
+        its body says (no credentials where they are needed, malformed ones, a
+        locked-out client) is refused unread: a client without a token must
+        not hold a connection and a buffer while it trickles a body in."""
+        if not self.routes.reads_body(request.method, request.path):
+            return False
+        try:
+            if self.limiter is not None:
+                self.limiter.check(self.client(request))
+            credentials = self.credentials(request.authorization, request.query_tokens)
+        except AuthenticationError:
+            return False  # decide() refuses it, the same way, at step 2 or 3
+        return (
+            credentials is not None
+            or self.allow_anonymous
+            or (self._classify_paths and self.paths.classify(request.path) == "optional")
+        )
 
     def client(self, request: RequestContext) -> str | None:
         """The address the brute-force guard keys on, resolved once per request."""
