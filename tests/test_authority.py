@@ -990,3 +990,23 @@ def test_a_secret_not_shaped_as_a_hub_token_is_never_sent_to_the_hub(
     assert (hub.whoami_calls + hub.auth_check_calls > 0) is asked
     if not asked:
         assert hub.whoami_calls == hub.auth_check_calls == 0
+
+
+@pytest.mark.usefixtures("client_logs_urls_with_tokens")  # the test's own client logs the URL
+@pytest.mark.parametrize("app_kind", KINDS)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        pytest.param("POST", "/v1/models/acme/hf_{}/infer", id="read"),
+        pytest.param("PUT", "/v1/models/hf_{}/m", id="write"),
+    ],
+)
+async def test_a_token_pasted_as_a_repository_name_is_not_sent_to_the_hub(
+    app_kind, hub, callers, method, path
+):
+    """Asked, it would travel in the auth-check's URL, into the hub's access logs."""
+    pasted = path.format("Z" * 34)
+    status, headers, _ = await answer(app_kind, hub, callers, "writer", method, pasted)
+    assert status == 403
+    assert "looks like an access token" in headers["x-error-message"]
+    assert hub.auth_check_calls == 0

@@ -110,7 +110,10 @@ class FakeRedis:
             value = self.get(op.keys.entry)
             if value is not None and (value[:1] == b"-" or self.get(op.keys.tomb) is None):
                 return CLAIM_HIT, value
-            if self.get(op.keys.lock) is None:
+            held = self.data.get(op.keys.lock)
+            if self.get(op.keys.lock) is None or (
+                held is not None and held[1] - self.clock() > op.lock_ms / 1000
+            ):  # free, or planted to outlive any lock of ours: taken over
                 self.set(op.keys.lock, op.owner.encode(), op.lock_ms)
                 return CLAIM_LEAD, None
             return CLAIM_WAIT, None
@@ -403,6 +406,27 @@ def test_crashed_leader_is_taken_over_at_lock_expiry(fake_redis, clock):
     assert 2.0 <= waiter.paused <= 2.0 + waiter.shared.max_poll_interval
     stats = waiter.auth.stats()
     assert (stats["shared_takeovers"], stats["shared_stores"]) == (1, 1)
+
+
+@pytest.mark.redis
+def test_a_lock_planted_to_outlive_ours_is_taken_over_at_once(redis_url, prefix):
+    """Someone with access to Redis (not the secret) planted an hour-long lock
+    beside a token's entry: every cold lookup of it waited 10 s, again and again."""
+    import redis
+
+    source = FakeSource({ALICE_TOKEN: Valid(alice_principal())})
+    [auth, _] = _workers(redis_url, prefix, source)
+    try:
+        digest = hashlib.sha256(ALICE_TOKEN.encode()).digest()
+        keys = auth.shared.keys(auth._namespace, digest)
+        planted = redis.Redis.from_url(redis_url)
+        planted.set(keys.lock, b"planted", px=3600 * 1000)
+        assert auth.authenticate_sync(ALICE_TOKEN).name == "alice"
+        assert source.calls == 1
+        assert auth.stats()["shared_waits"] == 0  # taken over, not waited on
+        planted.close()
+    finally:
+        auth.shared.close()
 
 
 def test_one_process_makes_one_lock_attempt_per_cold_token(fake_redis, clock):
@@ -1264,6 +1288,29 @@ def test_failure_counts_are_cluster_wide(redis_url, prefix, clock):
     finally:
         first.shared.close()
         second.shared.close()
+
+
+@pytest.mark.redis
+def test_a_count_planted_in_redis_locks_out_for_one_window_at_most(redis_url, prefix):
+    """Someone with access to Redis (not the secret) gave a client's count a
+    year to live: its next typo locked it out for that year."""
+    import redis
+
+    [auth, _] = _workers(redis_url, prefix, FakeSource({}))
+    limiter = auth.limiter
+    try:
+        assert isinstance(limiter, SharedFailureLimiter)
+        planted = redis.Redis.from_url(redis_url)
+        year_ms = 365 * 24 * 3600 * 1000
+        planted.set(limiter.shared.failure_key("203.0.113.66"), 29, px=year_ms)
+        limiter.failed("203.0.113.66")
+        with pytest.raises(TooManyFailures) as locked:
+            limiter.check("203.0.113.66")
+        assert locked.value.retry_after <= limiter.window
+        assert planted.pttl(limiter.shared.failure_key("203.0.113.66")) <= limiter.window * 1000
+        planted.close()
+    finally:
+        auth.shared.close()
 
 
 @pytest.mark.redis

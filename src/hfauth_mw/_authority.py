@@ -47,7 +47,15 @@ from ._drivers import AsyncDriver, SyncDriver, Work
 from ._exceptions import InvalidToken, SourceUnavailable, TokenRefusedUpstream
 from ._hub_access import HubAccessCheck, HubAnswer
 from ._principal import Principal
-from ._rules import WRITE_PERMISSION, Access, Decision, Repo, _safe, can_write_somewhere
+from ._rules import (
+    READ_PERMISSION,
+    WRITE_PERMISSION,
+    Access,
+    Decision,
+    Repo,
+    _safe,
+    can_write_somewhere,
+)
 from ._shared_tier import (
     CLAIM_DOWN,
     CLAIM_HIT,
@@ -61,6 +69,7 @@ from ._shared_tier import (
     claim,
 )
 from ._source_protocol import MAX_TAKEOVERS, LeaderCancelled, Outcome, Valid, WaitFor
+from ._validation import LIKELY_TOKEN
 
 __all__ = [
     "DEFAULT_NEGATIVE_TTL",
@@ -255,6 +264,22 @@ def _certain_local_denial(principal: Principal, access: Access) -> Decision | No
     return None
 
 
+def _unsendable(repo: Repo, access: Access) -> Decision | None:
+    """A repository whose name holds what is almost surely a pasted token: denied
+    here. Asked, the token would travel in the auth-check's URL, into the hub's
+    access logs and ours."""
+    if LIKELY_TOKEN.search(repo.id) is None:
+        return None
+    return Decision(
+        False,
+        f"{access} denied: the repository name looks like an access token; "
+        "it is not sent to the Hub",
+        _NEEDED[access],
+        "local",
+    )
+
+
+_NEEDED: dict[str, str] = {"read": READ_PERMISSION, "write": WRITE_PERMISSION}
 _UNNAMED_CALLER = "gated: the caller has"
 
 
@@ -312,7 +337,7 @@ class HubAuthority:
         self, credentials: Credentials | None, principal: Principal, repo: Repo, access: Access
     ) -> Decision | None:
         """The decision without I/O, if the local rules or the cache know it."""
-        local = _certain_local_denial(principal, access)
+        local = _unsendable(repo, access) or _certain_local_denial(principal, access)
         if local is not None:
             return local
         decision = self.cache.peek(self._key(credentials, repo, access))
@@ -333,10 +358,11 @@ class HubAuthority:
         InvalidToken when the hub no longer accepts the token, SourceUnavailable
         (503) on upstream trouble. ``principal`` is ``None`` while whoami-v2 is
         asked at the same time (then see :func:`personal`)."""
-        if principal is not None:
+        local = _unsendable(repo, access)
+        if local is None and principal is not None:
             local = _certain_local_denial(principal, access)
-            if local is not None:
-                return local
+        if local is not None:
+            return local
         key = self._key(credentials, repo, access)
         for _ in range(1 + MAX_TAKEOVERS):  # the first try, then the takeovers
             step = self.cache.begin(key)

@@ -84,13 +84,20 @@ __all__ = ["RedisBackend", "RedisTarget", "masked_url", "parse_target"]
 logger = logging.getLogger("hfauth_mw.shared")
 
 # KEYS: entry, lock, tomb. ARGV: owner, lock ms.
-# A valid answer under a tombstone is not a hit; an invalid one still is.
+# A valid answer under a tombstone is not a hit; an invalid one still is. A lock that
+# outlives any we take (none of ours has no expiry or a longer one) was planted by
+# someone else with access to Redis: taken over, not waited on for every cold lookup.
 _CLAIM = """
 local value = redis.call('GET', KEYS[1])
 if value and (string.sub(value, 1, 1) == '-' or redis.call('EXISTS', KEYS[3]) == 0) then
   return {1, value}
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {2}
+end
+local left = redis.call('PTTL', KEYS[2])
+if left == -1 or left > tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
   return {2}
 end
 return {0}
@@ -119,11 +126,12 @@ _REVOKE = """
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 return redis.call('PUBLISH', ARGV[2], ARGV[3])
 """
-# KEYS: a client's failure count. ARGV: window ms. The window starts at the first failure.
+# KEYS: a client's failure count. ARGV: window ms. The window starts at the first failure;
+# a count given a longer life (by someone else with access to Redis) gets the window's.
 _COUNT = """
 local count = redis.call('INCR', KEYS[1])
 local left = redis.call('PTTL', KEYS[1])
-if left < 0 then
+if left < 0 or left > tonumber(ARGV[1]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
   left = tonumber(ARGV[1])
 end

@@ -736,7 +736,9 @@ class SharedFailureLimiter(FailureLimiter):
         count, remaining_ms = result
         if count >= self.max_failures:
             with self._lock:
-                until = self.timer() + max(remaining_ms, 1) / 1000
+                # Never past one window: a count key given a long life by someone
+                # with access to Redis must not lock a client out for a year.
+                until = self.timer() + min(max(remaining_ms, 1), self._window_ms) / 1000
                 if len(self.lockouts) >= self._maxsize and key not in self.lockouts:
                     self._make_room_for_lockout(self.timer())
                 self.lockouts[key] = max(self.lockouts.get(key, until), until)
