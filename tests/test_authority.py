@@ -174,10 +174,24 @@ async def test_a_gate_not_passed_says_so(hub, callers, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_local_denials_ask_the_hub_nothing(hub, callers, kind):
+@pytest.mark.parametrize(
+    ("who", "reason"),
+    [
+        pytest.param(
+            "reader", "write denied: this token cannot write (token role read)", id="read"
+        ),
+        pytest.param(
+            "fine-repo",
+            "write denied: this fine-grained token lists repo.write on no repository",
+            id="fine-grained-without-repo-write",
+        ),
+    ],
+)
+async def test_local_denials_ask_the_hub_nothing(hub, callers, kind, who, reason):
     hub.reset_counters()
-    status, _, _ = await answer(kind, hub, callers, "reader", "PUT", "/v1/models/bob/own")
+    status, headers, _ = await answer(kind, hub, callers, who, "PUT", "/v1/models/bob/own")
     assert status == 403
+    assert headers["x-error-message"] == reason
     assert hub.auth_check_calls == 0
 
 

@@ -255,12 +255,12 @@ def _certain_local_denial(principal: Principal, access: Access) -> Decision | No
     nowhere. (OAuth and app tokens carry no role here: the hub decides.)"""
     role = principal.token_role
     if access == "write" and role in ("read", "fineGrained") and not can_write_somewhere(principal):
-        return Decision(
-            False,
-            f"write denied: this token cannot write (token role {role})",
-            WRITE_PERMISSION,
-            "local",
+        reason = (
+            "write denied: this fine-grained token lists repo.write on no repository"
+            if role == "fineGrained"
+            else "write denied: this token cannot write (token role read)"
         )
+        return Decision(False, reason, WRITE_PERMISSION, "local")
     return None
 
 
