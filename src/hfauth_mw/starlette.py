@@ -150,7 +150,7 @@ class HubTokenBackend(AuthenticationBackend):
             return None  # anonymous: Starlette's UnauthenticatedUser
         if guard.routes.request_rules and guard.reads_body(request):
             request.body = conn.scope.get(SCOPE_BODY)
-            if request.body is None:
+            if request.body is None and SCOPE_BODY not in conn.scope:
                 raise RuntimeError(
                     "hfauth-mw: a rule reads this request's body (from_body, openai_rules), "
                     "and Starlette's AuthenticationMiddleware hands its backend no body: "
@@ -232,6 +232,10 @@ class HubAuthenticationMiddleware(AuthenticationMiddleware):
         request = AsgiRequest(scope, guard.query_param)
         if guard.reads_body(request) and carried_credentials(guard, request) is not None:
             scope[SCOPE_BODY], receive = await read_asgi_body(scope, receive, guard.max_body_bytes)
+        else:
+            # Not read: not needed, or the request is refused whatever it says (a
+            # locked-out client). The backend must not take this for a missing layer.
+            scope[SCOPE_BODY] = None
         return receive
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
