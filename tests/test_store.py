@@ -1012,6 +1012,31 @@ def test_the_directory_holding_the_store_must_be_safe(
 
 
 @pytest.mark.parametrize(
+    ("directory_mode", "owner", "present"),
+    [
+        pytest.param(0o777, None, False, id="world-writable-new-file"),
+        pytest.param(0o755, 54321, False, id="other-owner-new-file"),
+        pytest.param(0o777, None, True, id="world-writable-existing-empty-file-kept"),
+    ],
+)
+def test_a_refused_directory_is_left_as_it_was(
+    tmp_path: Path, directory_mode: int, owner: int | None, present: bool
+) -> None:
+    """The store file is created before its directory can be checked: removed again."""
+    directory = tmp_path / "stores"
+    directory.mkdir()
+    if present:
+        (directory / "tokens.sqlite3").touch(mode=0o600)
+    directory.chmod(directory_mode)
+    os.chown(directory, -1 if owner is None else owner, -1)
+
+    with pytest.raises(TokenStoreError, match="the directory"):
+        LocalTokenStore(directory / "tokens.sqlite3")
+
+    assert [path.name for path in directory.iterdir()] == (["tokens.sqlite3"] if present else [])
+
+
+@pytest.mark.parametrize(
     ("listed", "primary_of", "private"),
     [
         pytest.param([], ["me"], True, id="own-group-alone"),

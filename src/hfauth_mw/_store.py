@@ -329,6 +329,16 @@ def _check_resolved(named: Path, file: Path) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
+def _remove_if_empty(path: Path, identity: tuple[int, int]) -> None:
+    """Remove the empty file this process created at ``path``: only that one."""
+    try:
+        info = os.lstat(path)
+        if (info.st_dev, info.st_ino) == identity and info.st_size == 0:
+            os.unlink(path)
+    except OSError:
+        pass  # gone already, or not ours to remove
+
+
 def _private_group(gid: int) -> bool:
     """Whether ``gid`` is the user's own group, with no member but the user (a
     user private group, as Debian and Ubuntu give every user). Members are
@@ -668,14 +678,21 @@ class LocalTokenStore:
                 0o600,
             )
         except FileExistsError:
-            pass  # checked below, with whatever SQLite keeps beside it
+            created = None  # checked below, with whatever SQLite keeps beside it
         except OSError as exc:
             raise TokenStoreError(
                 f"cannot create token store {self._path}: {exc.strerror}"
             ) from None
         else:
+            info = os.fstat(fd)
+            created = info.st_dev, info.st_ino
             os.close(fd)
-        self._file, self._identity = self._checked_file()
+        try:
+            self._file, self._identity = self._checked_file()
+        except TokenStoreError:
+            if created is not None:  # refused (its directory, say): leave no empty file
+                _remove_if_empty(self._path, created)
+            raise
         self._mode = _open_mode(self._file)
         self._generation = 0
         try:
