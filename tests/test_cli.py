@@ -178,6 +178,34 @@ def test_token_shaped_names_already_stored_are_masked(
         assert secret not in result.out + result.err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["token", "create", "--user", "bob"], id="token-create"),
+        pytest.param(["token", "list"], id="token-list"),
+        pytest.param(["token", "revoke", "{fingerprint}"], id="token-revoke"),
+        pytest.param(["inspect"], id="inspect"),
+        pytest.param(["hub-emulator"], id="hub-emulator"),
+        pytest.param(["demo"], id="demo"),
+    ],
+)
+def test_an_empty_store_is_refused_not_taken_for_the_default(
+    cli: Cli, tmp_path: Path, argv: list[str], no_serve: None
+) -> None:
+    """``--store "$STORE"`` with STORE unset: the default store must not be used instead."""
+    with LocalTokenStore(tmp_path / "tokens.sqlite3") as store:
+        issued = store.create_token(user="alice")
+    argv = [arg.format(fingerprint=issued.record.fingerprint) for arg in argv]
+
+    result = cli(*argv, "--store", "", stdin=issued.token + "\n")
+
+    assert (result.code, result.out) == (2, "")
+    assert result.err == "hfauth-mw: error: --store is empty (is the variable you used set?)\n"
+    with LocalTokenStore(tmp_path / "tokens.sqlite3") as store:
+        assert [record.user for record in store.list_tokens()] == ["alice"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tokens.sqlite3"]
+
+
 def test_python_dash_m_runs_the_same_cli() -> None:
     """``python -m hfauth_mw._cli`` is the console script (``hfauth_mw._cli:main``)."""
     result = subprocess.run(

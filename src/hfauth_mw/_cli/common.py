@@ -132,8 +132,8 @@ def store_path(args: argparse.Namespace) -> Path:
     with a note on stderr: tokens made there keep working, and no second store
     starts beside it. Call it once per command: each call may print the note.
     """
-    if args.store:
-        return Path(args.store)
+    if (given := given_store(args)) is not None:
+        return given
     if from_env := os.environ.get("HFAUTH_STORE"):
         return Path(from_env)
     path, former = Path(DEFAULT_STORE), Path(FORMER_DEFAULT_STORE)
@@ -145,6 +145,17 @@ def store_path(args: argparse.Namespace) -> Path:
         file=sys.stderr,
     )
     return former
+
+
+def given_store(args: argparse.Namespace) -> Path | None:
+    """The path ``--store`` gives, None without ``--store``. An empty one is a
+    usage error: ``--store "$STORE"`` with ``STORE`` unset must not quietly mean
+    the default store."""
+    if args.store is None:
+        return None
+    if not args.store:
+        raise UsageError("--store is empty (is the variable you used set?)")
+    return Path(args.store)
 
 
 def existing_store(path: Path) -> LocalTokenStore:
