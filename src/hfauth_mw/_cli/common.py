@@ -9,6 +9,7 @@ messages mask the wider ``_validation.TOKEN_SHAPED``, so a name such as
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from collections.abc import Callable
@@ -91,6 +92,17 @@ class Parser(argparse.ArgumentParser):
         else:
             hint = f" (see {self.prog} --help)"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {redact(message)}{hint}\n")
+
+
+def discard_stdout() -> None:
+    """Point stdout at the null device, so what could not be written (a token, a
+    table into a closed pipe) is not retried at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # not a real file: nothing is written at exit
 
 
 def err(message: str) -> None:

@@ -30,6 +30,7 @@ from .common import (
     STORE_HELP,
     Failure,
     UsageError,
+    discard_stdout,
     existing_store,
     format_time,
     not_a_token,
@@ -255,7 +256,7 @@ def run_create(args: argparse.Namespace) -> int:
         sys.stdout.write(issued.token + "\n")
         sys.stdout.flush()
     except OSError as exc:
-        _discard_stdout()
+        discard_stdout()
         _revoke_unseen(path, record, exc.strerror or str(exc))
     name = f", name {record.display_name!r}" if record.display_name else ""
     print(
@@ -292,16 +293,6 @@ def _where_it_went(stdout: TextIO, path: Path, record: TokenRecord) -> str:
     else:
         where = "not a terminal"
     return f"The token went once to standard output, {where}; {kept}"
-
-
-def _discard_stdout() -> None:
-    """Point stdout at the null device, so the unwritten token is not retried at exit."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, io.UnsupportedOperation):
-        pass  # not a real file: nothing is written at exit
 
 
 def _revoke_unseen(path: Path, record: TokenRecord, why: str) -> NoReturn:
