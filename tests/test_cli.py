@@ -264,10 +264,22 @@ def test_console_script_into_a_closed_pipe_exits_quietly(tmp_path: Path, argv: l
     assert (result.returncode, result.stderr) == (141, "")
 
 
-def test_python_dash_m_runs_the_same_cli() -> None:
-    """``python -m hfauth_mw._cli`` is the console script (``hfauth_mw._cli:main``)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "hfauth_mw._cli", "--version"],
-        capture_output=True, text=True, env=subprocess_env(), timeout=60, check=False,
-    )  # fmt: skip
-    assert (result.returncode, result.stdout) == (0, f"hfauth-mw {__version__}\n")
+@pytest.mark.parametrize(
+    "module",
+    [
+        pytest.param("hfauth_mw._cli", id="the-cli-package"),
+        pytest.param("hfauth_mw", id="the-package"),
+    ],
+)
+def test_python_dash_m_runs_the_same_cli(module: str) -> None:
+    """``python -m hfauth_mw`` (and ``hfauth_mw._cli``) is the console script
+    (``hfauth_mw._cli:main``): its output and its exit codes."""
+    for argv, code, out in (
+        (["--version"], 0, f"hfauth-mw {__version__}\n"),
+        (["token", "list", "--store", ""], 2, ""),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", module, *argv],
+            capture_output=True, text=True, env=subprocess_env(), timeout=60, check=False,
+        )  # fmt: skip
+        assert (result.returncode, result.stdout) == (code, out), result.stderr
