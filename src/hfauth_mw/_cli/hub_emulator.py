@@ -119,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
     # An emulator on a new, empty store would answer 401 to every token: a
     # mistyped --store is a clear error instead.
     with existing_store(path) as store:
-        emulator = HubEmulator(store, host=host, port=args.port, repos=repos)
+        emulator = HubEmulator(
+            store, host=host, port=args.port, repos=repos, allow_remote=args.allow_remote
+        )
         for repo, user in args.gate_grant:
             emulator.grant_gate(str(repo), user)
         try:
