@@ -205,7 +205,18 @@ def test_names_that_merely_contain_hf_are_accepted(
     [
         pytest.param("terminal", "The token is shown once, above;", "standard output", id="tty"),
         pytest.param("pipe", "went once to standard output, a pipe", "above", id="captured"),
-        pytest.param("file", "went once to standard output, a file", "above", id="redirected"),
+        pytest.param(
+            "file",
+            "went once to standard output, a file (keep it private)",
+            "above",
+            id="redirected-private-file",
+        ),
+        pytest.param(
+            "open-file",
+            "{output} can be read by other users (mode 0644): run chmod 600 {output}",
+            "keep it private",
+            id="redirected-file-others-can-read",
+        ),
         pytest.param("null", "went to /dev/null: nobody can use it", "above", id="dev-null"),
     ],
 )
@@ -223,8 +234,9 @@ def test_create_says_where_the_token_went(
             stdout: Any = secondary
         elif destination == "pipe":
             stdout = subprocess.PIPE
-        elif destination == "file":
+        elif destination in ("file", "open-file"):
             stdout = stack.enter_context(output.open("w"))
+            output.chmod(0o600 if destination == "file" else 0o644)
         else:
             stdout = subprocess.DEVNULL
         result = subprocess.run(
@@ -235,13 +247,14 @@ def test_create_says_where_the_token_went(
             os.close(secondary)
             printed = os.read(primary, 4096).decode()
     assert result.returncode == 0, result.stderr
-    assert says in result.stderr
+    assert says.format(output=output) in result.stderr
     assert never not in result.stderr
     assert not ANY_TOKEN.search(result.stderr)
     token = {
         "terminal": lambda: printed.strip(),
         "pipe": lambda: result.stdout.strip(),
         "file": lambda: output.read_text().strip(),
+        "open-file": lambda: output.read_text().strip(),
         "null": lambda: None,
     }[destination]()
     with LocalTokenStore(store) as token_store:

@@ -288,11 +288,25 @@ def _where_it_went(stdout: TextIO, path: Path, record: TokenRecord) -> str:
         )
     if stat.S_ISFIFO(info.st_mode):
         where = "a pipe (as in TOKEN=$(hfauth-mw token create ...))"
+    elif stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
+        name = _file_name(stdout.fileno())
+        return (
+            f"The token went once to standard output, a file; {name} can be read by other "
+            f"users (mode {info.st_mode & 0o777:04o}): run chmod 600 {name}"
+        )
     elif stat.S_ISREG(info.st_mode):
         where = "a file (keep it private)"
     else:
         where = "not a terminal"
     return f"The token went once to standard output, {where}; {kept}"
+
+
+def _file_name(fd: int) -> str:
+    """The name of the file open as ``fd`` (Linux's /proc), else "the file"."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "the file"
 
 
 def _revoke_unseen(path: Path, record: TokenRecord, why: str) -> NoReturn:
