@@ -7,13 +7,14 @@ Real parts only: real SQLite stores in ``tmp_path``, real subprocesses of
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from cli_fixtures import Cli, subprocess_env
+from cli_fixtures import CONSOLE_SCRIPT, Cli, subprocess_env
 from hfauth_mw import LocalTokenStore, __version__
 
 pytest_plugins = ["cli_fixtures"]
@@ -178,10 +179,107 @@ def test_token_shaped_names_already_stored_are_masked(
         assert secret not in result.out + result.err
 
 
-def test_python_dash_m_runs_the_same_cli() -> None:
-    """``python -m hfauth_mw._cli`` is the console script (``hfauth_mw._cli:main``)."""
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["token", "create", "--user", "bob"], id="token-create"),
+        pytest.param(["token", "list"], id="token-list"),
+        pytest.param(["token", "revoke", "{fingerprint}"], id="token-revoke"),
+        pytest.param(["inspect"], id="inspect"),
+        pytest.param(["hub-emulator"], id="hub-emulator"),
+        pytest.param(["demo"], id="demo"),
+    ],
+)
+def test_an_empty_store_is_refused_not_taken_for_the_default(
+    cli: Cli, tmp_path: Path, argv: list[str], no_serve: None
+) -> None:
+    """``--store "$STORE"`` with STORE unset: the default store must not be used instead."""
+    with LocalTokenStore(tmp_path / "tokens.sqlite3") as store:
+        issued = store.create_token(user="alice")
+    argv = [arg.format(fingerprint=issued.record.fingerprint) for arg in argv]
+
+    result = cli(*argv, "--store", "", stdin=issued.token + "\n")
+
+    assert (result.code, result.out) == (2, "")
+    assert result.err == "hfauth-mw: error: --store is empty (is the variable you used set?)\n"
+    with LocalTokenStore(tmp_path / "tokens.sqlite3") as store:
+        assert [record.user for record in store.list_tokens()] == ["alice"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tokens.sqlite3"]
+
+
+def _stdout_tests(tmp_path: Path) -> tuple[Path, str, str]:
+    """A store with one token: its path, the token, its fingerprint."""
+    store = tmp_path / "cli.sqlite3"
+    with LocalTokenStore(store) as token_store:
+        issued = token_store.create_token(user="alice", role="write")
+    return store, issued.token, issued.record.fingerprint
+
+
+STDOUT_COMMANDS = [
+    pytest.param(["token", "list", "--store", "{store}"], id="token-list"),
+    pytest.param(["token", "list", "--json", "--store", "{store}"], id="token-list-json"),
+    pytest.param(["token", "revoke", "--store", "{store}", "{fingerprint}"], id="token-revoke"),
+    pytest.param(["inspect", "--store", "{store}"], id="inspect"),
+    pytest.param(["inspect", "--json", "--store", "{store}"], id="inspect-json"),
+]
+
+
+@pytest.mark.parametrize("argv", STDOUT_COMMANDS)
+def test_console_script_with_stdout_closed_says_so_and_changes_nothing(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    store, token, fingerprint = _stdout_tests(tmp_path)
+    argv = [arg.format(store=store, fingerprint=fingerprint) for arg in argv]
     result = subprocess.run(
-        [sys.executable, "-m", "hfauth_mw._cli", "--version"],
-        capture_output=True, text=True, env=subprocess_env(), timeout=60, check=False,
+        ["sh", "-c", '"$0" "$@" >&-', str(CONSOLE_SCRIPT), *argv],
+        input=token + "\n", stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+        timeout=60, check=False,
     )  # fmt: skip
-    assert (result.returncode, result.stdout) == (0, f"hfauth-mw {__version__}\n")
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"hfauth-mw: error: standard output is closed: `hfauth-mw {' '.join(argv[:2])}"
+        if argv[0] == "token"
+        else "hfauth-mw: error: standard output is closed: `hfauth-mw inspect`"
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+    with LocalTokenStore(store) as token_store:
+        assert [record.user for record in token_store.list_tokens()] == ["alice"]
+
+
+@pytest.mark.parametrize("argv", STDOUT_COMMANDS)
+def test_console_script_into_a_closed_pipe_exits_quietly(tmp_path: Path, argv: list[str]) -> None:
+    """`hfauth-mw token list | head -1`: the reader went away; no error, as Unix tools."""
+    store, token, fingerprint = _stdout_tests(tmp_path)
+    argv = [arg.format(store=store, fingerprint=fingerprint) for arg in argv]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    try:
+        result = subprocess.run(
+            [str(CONSOLE_SCRIPT), *argv],
+            input=token + "\n", stdout=write_end, stderr=subprocess.PIPE, text=True,
+            env=subprocess_env(), timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        pytest.param("hfauth_mw._cli", id="the-cli-package"),
+        pytest.param("hfauth_mw", id="the-package"),
+    ],
+)
+def test_python_dash_m_runs_the_same_cli(module: str) -> None:
+    """``python -m hfauth_mw`` (and ``hfauth_mw._cli``) is the console script
+    (``hfauth_mw._cli:main``): its output and its exit codes."""
+    for argv, code, out in (
+        (["--version"], 0, f"hfauth-mw {__version__}\n"),
+        (["token", "list", "--store", ""], 2, ""),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", module, *argv],
+            capture_output=True, text=True, env=subprocess_env(), timeout=60, check=False,
+        )  # fmt: skip
+        assert (result.returncode, result.stdout) == (code, out), result.stderr

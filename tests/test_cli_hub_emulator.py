@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 
 from cli_fixtures import CONSOLE_SCRIPT, TOKEN_LINE, Cli, subprocess_env
+from hfauth_mw._cli import hub_emulator
 
 pytest_plugins = ["cli_fixtures"]
 pytestmark = pytest.mark.usefixtures("cli_env")
@@ -134,3 +137,34 @@ def test_console_script_create_then_inspect_through_emulator(tmp_path: Path) -> 
     assert "invalid token" in invalid.stderr
     assert hub.returncode == 0
     assert token not in hub_err
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        pytest.param("[::1]", r"http://\[::1\]:\d+", id="bracketed-ipv6-loopback"),
+        pytest.param("::1", r"http://\[::1\]:\d+", id="bare-ipv6-loopback"),
+        pytest.param("127.0.0.1", r"http://127\.0\.0\.1:\d+", id="ipv4-loopback"),
+    ],
+)
+def test_hub_emulator_serves_on_the_loopback_host_given(
+    cli: Cli, store_path: Path, alice: str, host: str, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--host [::1]`` (as in a URL) passed the loopback check but could not bind."""
+    answers: list[int] = []
+
+    class Serving:  # the command's wait for Ctrl-C: ask the emulator, then stop it
+        def wait(self) -> None:
+            printed = sys.stdout.getvalue()  # type: ignore[attr-defined]  # capsys's
+            whoami = f"{printed.strip()}/api/whoami-v2"
+            answers.append(
+                httpx.get(whoami, headers={"Authorization": f"Bearer {alice}"}).status_code
+            )
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(hub_emulator, "threading", SimpleNamespace(Event=Serving))
+    result = cli("hub-emulator", "--store", str(store_path), "--host", host)
+
+    assert result.code == 0, result.err
+    assert re.fullmatch(url, result.out.strip()), result.out
+    assert answers == [200]

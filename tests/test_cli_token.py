@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from cli_fixtures import ANY_TOKEN, CONSOLE_SCRIPT, TOKEN_LINE, Cli, subprocess_env
+from cli_fixtures import ANY_TOKEN, CONSOLE_SCRIPT, TOKEN_LINE, Cli, closed_port, subprocess_env
 from hfauth_mw import LocalTokenStore
 from hfauth_mw._cli import main
 
@@ -205,7 +205,18 @@ def test_names_that_merely_contain_hf_are_accepted(
     [
         pytest.param("terminal", "The token is shown once, above;", "standard output", id="tty"),
         pytest.param("pipe", "went once to standard output, a pipe", "above", id="captured"),
-        pytest.param("file", "went once to standard output, a file", "above", id="redirected"),
+        pytest.param(
+            "file",
+            "went once to standard output, a file (keep it private)",
+            "above",
+            id="redirected-private-file",
+        ),
+        pytest.param(
+            "open-file",
+            "{output} can be read by other users (mode 0644): run chmod 600 {output}",
+            "keep it private",
+            id="redirected-file-others-can-read",
+        ),
         pytest.param("null", "went to /dev/null: nobody can use it", "above", id="dev-null"),
     ],
 )
@@ -223,8 +234,9 @@ def test_create_says_where_the_token_went(
             stdout: Any = secondary
         elif destination == "pipe":
             stdout = subprocess.PIPE
-        elif destination == "file":
+        elif destination in ("file", "open-file"):
             stdout = stack.enter_context(output.open("w"))
+            output.chmod(0o600 if destination == "file" else 0o644)
         else:
             stdout = subprocess.DEVNULL
         result = subprocess.run(
@@ -235,13 +247,14 @@ def test_create_says_where_the_token_went(
             os.close(secondary)
             printed = os.read(primary, 4096).decode()
     assert result.returncode == 0, result.stderr
-    assert says in result.stderr
+    assert says.format(output=output) in result.stderr
     assert never not in result.stderr
     assert not ANY_TOKEN.search(result.stderr)
     token = {
         "terminal": lambda: printed.strip(),
         "pipe": lambda: result.stdout.strip(),
         "file": lambda: output.read_text().strip(),
+        "open-file": lambda: output.read_text().strip(),
         "null": lambda: None,
     }[destination]()
     with LocalTokenStore(store) as token_store:
@@ -281,7 +294,6 @@ def test_create_revokes_the_token_it_could_not_print(
     broken = BrokenStdout(fail_on)
     monkeypatch.setattr(sys, "stdout", broken)
     code = main(["token", "create", "--store", str(store_path), "--user", "alice"])
-    monkeypatch.undo()
     err = capsys.readouterr().err
     assert code == 1
     assert "cannot write the token to standard output" in err
@@ -488,3 +500,132 @@ def test_revoke_broadcast_without_its_secret_names_the_variable_not_the_value(
     assert shown in result.err
     if hidden is not None:
         assert hidden not in result.err
+
+
+def _fingerprint_of(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize(
+    ("url", "secret", "code", "message"),
+    [
+        pytest.param(
+            "redis://127.0.0.1:{closed}/9",
+            "s" * 32,
+            4,
+            "cannot reach Redis at redis://127.0.0.1:",
+            id="redis-down",
+        ),
+        pytest.param(
+            "redis://127.0.0.1:{closed}/9", "s" * 8, 2, "at least 16 bytes", id="short-secret"
+        ),
+        pytest.param("http://127.0.0.1:{closed}/9", "s" * 32, 2, "redis://", id="not-a-redis-url"),
+    ],
+)
+def test_revoke_broadcast_changes_nothing_when_it_cannot_broadcast(
+    cli: Cli, store_path: Path, alice: str, url: str, secret: str, code: int, message: str
+) -> None:
+    """Deleting first would lose the broadcast for good: a rerun finds no token."""
+    result = cli(
+        "token", "revoke", "--store", str(store_path),
+        "--redis-url", url.format(closed=closed_port()), _fingerprint_of(alice),
+        env={"HFAUTH_REDIS_SECRET": secret},
+    )  # fmt: skip
+
+    assert (result.code, result.out) == (code, ""), result.err
+    assert message in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert [r.user for r in LocalTokenStore(store_path).list_tokens()] == ["alice"]
+
+
+def _tombstones(redis_url: str, prefix: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return len(list(client.scan_iter(match=f"{prefix}:*:revoked")))
+    finally:
+        client.close()
+
+
+def test_revoke_broadcasts_a_token_already_gone_from_the_store(
+    cli: Cli, store_path: Path, alice: str, redis_url: str, prefix: str
+) -> None:
+    """The rerun after a lost broadcast (or a revoke without --redis-url) still reaches Redis."""
+    fingerprint = _fingerprint_of(alice)
+    assert cli("token", "revoke", "--store", str(store_path), fingerprint).code == 0
+
+    result = cli(
+        "token", "revoke", "--store", str(store_path), "--redis-url", redis_url,
+        "--redis-prefix", prefix, fingerprint, env={"HFAUTH_REDIS_SECRET": "s" * 32},
+    )  # fmt: skip
+
+    assert result.code == 0, result.err
+    assert result.out.splitlines() == [
+        f"token {fingerprint} is not in {store_path} (already revoked?); "
+        "its revocation was broadcast anyway",
+        "Broadcast the revocation through Redis: 0 process(es) listening.",
+    ]
+    assert _tombstones(redis_url, prefix) == 1
+
+
+@pytest.mark.parametrize(
+    ("with_redis", "note"),
+    [
+        pytest.param(False, True, id="store-only-says-servers-keep-it-cached"),
+        pytest.param(True, False, id="broadcast-no-note"),
+    ],
+)
+def test_revoke_says_how_long_servers_keep_the_token(
+    cli: Cli,
+    store_path: Path,
+    alice: str,
+    redis_url: str,
+    prefix: str,
+    with_redis: bool,
+    note: bool,
+) -> None:
+    redis_args = ["--redis-url", redis_url, "--redis-prefix", prefix] if with_redis else []
+    result = cli(
+        "token", "revoke", "--store", str(store_path), *redis_args, _fingerprint_of(alice),
+        env={"HFAUTH_REDIS_SECRET": "s" * 32},
+    )  # fmt: skip
+
+    assert result.code == 0, result.err
+    assert result.out.startswith(f"Revoked write token {_fingerprint_of(alice)} of alice")
+    said = (
+        "servers using this store keep accepting the token until their cache entry ends "
+        "(60 s by default); use --redis-url to drop it at once"
+    )
+    assert (said in result.err) is note
+    assert len(result.err.strip().splitlines()) == int(note)
+    assert _tombstones(redis_url, prefix) == int(with_redis)
+
+
+def test_revoke_says_to_rerun_when_redis_fails_after_the_store_changed(
+    cli: Cli,
+    store_path: Path,
+    alice: str,
+    redis_url: str,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis answered, then failed before the broadcast: the rerun broadcasts it."""
+    from hfauth_mw._shared_tier import RevocationBroadcast, SharedCacheUnavailable
+
+    def down(self: RevocationBroadcast, fingerprint: str) -> int:
+        raise SharedCacheUnavailable("the revocation could not be broadcast: Redis failed (X)")
+
+    args = ["--store", str(store_path), "--redis-url", redis_url, "--redis-prefix", prefix]
+    env = {"HFAUTH_REDIS_SECRET": "s" * 32}
+    with monkeypatch.context() as patch:
+        patch.setattr(RevocationBroadcast, "__call__", down)
+        result = cli("token", "revoke", *args, _fingerprint_of(alice), env=env)
+
+    assert result.code == 4
+    assert result.out.startswith("Revoked write token")
+    assert "run the same command again to broadcast it" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    rerun = cli("token", "revoke", *args, _fingerprint_of(alice), env=env)
+    assert rerun.code == 0, rerun.err
+    assert _tombstones(redis_url, prefix) == 1

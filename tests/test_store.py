@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import re
 import shutil
 import sqlite3
@@ -681,6 +682,56 @@ def test_unsafe_store_file_is_refused(
 
 
 @pytest.mark.parametrize(
+    ("content", "mode", "link"),
+    [
+        pytest.param(b"root:x:0:0:root:/root:/bin/sh\n", 0o644, False, id="a-text-file"),
+        pytest.param(b"# hfauth-mw\n\nA README.\n", 0o644, True, id="a-link-to-a-text-file"),
+        pytest.param(b"hello\n", 0o600, False, id="shorter-than-a-header"),
+        pytest.param(b"SQLite format 2\x00" + bytes(100), 0o666, False, id="not-sqlite-3"),
+    ],
+)
+def test_a_file_that_is_not_sqlite_is_refused_without_chmod(
+    tmp_path: Path, db_path: Path, content: bytes, mode: int, link: bool
+) -> None:
+    """Whatever file --store names (/etc/passwd, a README), never "chmod 600" it."""
+    target = tmp_path / "README.md" if link else db_path
+    target.write_bytes(content)
+    target.chmod(mode)
+    if link:
+        db_path.symlink_to(target)
+    with pytest.raises(TokenStoreError) as caught:
+        LocalTokenStore(db_path)
+    assert str(caught.value) == f"{db_path} is not an hfauth-mw token store; check the path"
+    assert target.read_bytes() == content
+    assert target.stat().st_mode & 0o777 == mode
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted({db_path.name, target.name})
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "fix"),
+    [
+        pytest.param(0o644, None, "run: chmod 600 {target}", id="open-mode"),
+        pytest.param(0o600, 54321, "if it is yours, run: chown {user} {target}", id="other-owner"),
+    ],
+)
+def test_the_fix_for_a_linked_store_names_the_file_it_resolves_to(
+    tmp_path: Path, db_path: Path, mode: int, owner: int | None, fix: str
+) -> None:
+    target = tmp_path / "..data" / "tokens.sqlite3"
+    target.parent.mkdir()
+    LocalTokenStore(target).close()
+    target.chmod(mode)
+    if owner is not None:
+        os.chown(target, owner, -1)
+    db_path.symlink_to(target)
+    with pytest.raises(TokenStoreError) as caught:
+        LocalTokenStore(db_path)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    assert f"token store {db_path} (a link to {target})" in str(caught.value)
+    assert fix.format(target=target, user=user) in str(caught.value)
+
+
+@pytest.mark.parametrize(
     ("mode", "link"),
     [
         pytest.param(0o600, False, id="private"),
@@ -958,6 +1009,31 @@ def test_the_directory_holding_the_store_must_be_safe(
             LocalTokenStore(path)
         assert refused in str(caught.value)
         assert f"the directory {directory} of token store {path}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("directory_mode", "owner", "present"),
+    [
+        pytest.param(0o777, None, False, id="world-writable-new-file"),
+        pytest.param(0o755, 54321, False, id="other-owner-new-file"),
+        pytest.param(0o777, None, True, id="world-writable-existing-empty-file-kept"),
+    ],
+)
+def test_a_refused_directory_is_left_as_it_was(
+    tmp_path: Path, directory_mode: int, owner: int | None, present: bool
+) -> None:
+    """The store file is created before its directory can be checked: removed again."""
+    directory = tmp_path / "stores"
+    directory.mkdir()
+    if present:
+        (directory / "tokens.sqlite3").touch(mode=0o600)
+    directory.chmod(directory_mode)
+    os.chown(directory, -1 if owner is None else owner, -1)
+
+    with pytest.raises(TokenStoreError, match="the directory"):
+        LocalTokenStore(directory / "tokens.sqlite3")
+
+    assert [path.name for path in directory.iterdir()] == (["tokens.sqlite3"] if present else [])
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,31 @@ def test_constructor_validation(
         HubEmulator(hub_store, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("host", "allow_remote", "refused", "url"),
+    [
+        pytest.param("0.0.0.0", False, True, None, id="all-interfaces-refused"),
+        pytest.param("::", False, True, None, id="all-ipv6-interfaces-refused"),
+        pytest.param("example.com", False, True, None, id="a-host-name-refused"),
+        pytest.param("0.0.0.0", True, False, "http://0.0.0.0:", id="all-interfaces-allowed"),
+        pytest.param("127.0.0.1", False, False, "http://127.0.0.1:", id="ipv4-loopback"),
+        pytest.param("localhost", False, False, "http://", id="localhost"),
+        pytest.param("[::1]", False, False, "http://[::1]:", id="bracketed-ipv6-loopback"),
+    ],
+)
+def test_a_non_loopback_host_needs_allow_remote(
+    hub_store: LocalTokenStore, host: str, allow_remote: bool, refused: bool, url: str | None
+) -> None:
+    """It tells anyone who asks whose each token is: all interfaces only when asked for."""
+    if refused:
+        with pytest.raises(ConfigurationError, match="pass allow_remote=True to insist"):
+            HubEmulator(hub_store, host=host, allow_remote=allow_remote)
+        return
+    with HubEmulator(hub_store, host=host, allow_remote=allow_remote) as emulator:
+        assert url is not None
+        assert emulator.url.startswith(url)
+
+
 # --- whoami-v2 ---------------------------------------------------------------------------
 
 

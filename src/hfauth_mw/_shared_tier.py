@@ -106,6 +106,7 @@ __all__ = [
     "CLAIM_WAIT",
     "MIN_SECRET_BYTES",
     "Pause",
+    "RevocationBroadcast",
     "SharedBackend",
     "SharedCache",
     "SharedCacheUnavailable",
@@ -619,12 +620,45 @@ def claim(
         interval = min(interval * 2, tier.max_poll_interval)
 
 
+class RevocationBroadcast:
+    """One Redis connection for ``hfauth-mw token revoke --redis-url``, made by
+    :func:`revocation_broadcaster` once Redis has answered: call it with a
+    fingerprint to broadcast that token's revocation; close it when done
+    (it is a context manager)."""
+
+    def __init__(self, shared: SharedCache) -> None:
+        self.shared = shared
+
+    def describe(self) -> str:
+        """Where the Redis is, without any password."""
+        return self.shared.backend.describe()
+
+    def __call__(self, fingerprint: str) -> int:
+        """Broadcast the revocation of ``fingerprint``; how many processes listened.
+        Raises :class:`SharedCacheUnavailable` if Redis failed meanwhile."""
+        return self.shared.revoke_fingerprint(fingerprint)
+
+    def close(self) -> None:
+        self.shared.close()
+
+    def __enter__(self) -> RevocationBroadcast:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def revocation_broadcaster(
     url: str, secret_env: str, prefix: str = "hfauth"
-) -> Callable[[str], int]:
-    """For ``hfauth-mw token revoke --redis-url``: check the configuration now
-    (the secret comes from the environment variable ``secret_env``, never the
-    command line) and return a function that broadcasts one fingerprint."""
+) -> RevocationBroadcast:
+    """For ``hfauth-mw token revoke --redis-url``: check the configuration and
+    reach Redis now, before the store changes (the secret comes from the
+    environment variable ``secret_env``, never the command line).
+
+    Raises :class:`~hfauth_mw.ConfigurationError` for a missing or short
+    secret or a URL that is not a Redis URL, and :class:`SharedCacheUnavailable`
+    when Redis does not answer: then nothing was done anywhere.
+    """
     secret = os.environ.get(secret_env, "")
     if not secret:
         # Echo only a conventional variable name: what was typed may be the secret itself.
@@ -633,15 +667,18 @@ def revocation_broadcaster(
             f"--redis-url needs the deployment secret in the environment variable {named} "
             "(give the variable's name, never the secret itself)"
         )
-
-    def broadcast(fingerprint: str) -> int:
-        shared = SharedCache.from_url(url, secret=secret, prefix=prefix, socket_timeout=2.0)
-        try:
-            return shared.revoke_fingerprint(fingerprint)
-        finally:
-            shared.close()
-
-    return broadcast
+    shared = SharedCache.from_url(url, secret=secret, prefix=prefix, socket_timeout=2.0)
+    # One round trip that changes nothing (release a lock nobody holds) through the
+    # same connection, authentication and scripts as the broadcast itself.
+    probe = f"{shared.prefix}:probe"
+    answer = shared.backend.execute(
+        SharedRelease(SharedKeys(probe, probe + ":lock", probe + ":revoked"), os.urandom(8).hex())
+    )
+    if isinstance(answer, SharedDown):
+        where = shared.backend.describe()
+        shared.close()
+        raise SharedCacheUnavailable(f"cannot reach Redis at {where} ({answer.reason})")
+    return RevocationBroadcast(shared)
 
 
 class SharedFailureLimiter(FailureLimiter):

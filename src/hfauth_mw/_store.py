@@ -104,6 +104,8 @@ _MIN_PREFIX = 8
 
 #: The files SQLite keeps beside a store; the same rules apply to them.
 _SIDECARS = ("-wal", "-shm", "-journal")
+#: How every SQLite database file begins.
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 _T = TypeVar("_T")
 
@@ -243,24 +245,44 @@ def _check_file(path: Path, *, store: bool) -> None:
             f"{path} beside the token store is a symbolic link, which could point "
             "anywhere; remove it"
         )
+    if store:
+        _check_sqlite_header(path, info)
     _check_owner_and_mode(path, info)
+
+
+def _check_sqlite_header(path: Path, info: os.stat_result) -> None:
+    """Refuse a non-empty file that does not begin as every SQLite database does
+    (``/etc/passwd``, a README): no store, so no ``chmod`` to suggest for it.
+    An unreadable file passes here: the owner and mode checks say why."""
+    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+        return
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(_SQLITE_HEADER))
+    except OSError:
+        return
+    if head != _SQLITE_HEADER:
+        raise TokenStoreError(f"{path} is not an hfauth-mw token store; check the path")
 
 
 def _check_owner_and_mode(path: Path, info: os.stat_result) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise TokenStoreError(f"token store {path} is not a regular file; give a file's path")
+    # The file to chown or chmod is the one a link resolves to: name it.
+    file = os.path.realpath(path)
+    named = str(path) if file == str(path) else f"{path} (a link to {file})"
     uid = os.geteuid()
     if info.st_uid not in (uid, 0):
         raise TokenStoreError(
-            f"token store {path} belongs to another user (uid {info.st_uid}); if it is "
-            f"yours, run: chown {_user_name(uid)} {path}"
+            f"token store {named} belongs to another user (uid {info.st_uid}); if it is "
+            f"yours, run: chown {_user_name(uid)} {file}"
         )
     # Group read is allowed (Kubernetes' fsGroup gives it); writes by others, or
     # reads by everyone, are not.
     if info.st_mode & 0o026:
         raise TokenStoreError(
-            f"token store {path} is open to other users (mode {info.st_mode & 0o777:04o}); "
-            f"run: chmod 600 {path} (for a Kubernetes Secret: defaultMode 0400)"
+            f"token store {named} is open to other users (mode {info.st_mode & 0o777:04o}); "
+            f"run: chmod 600 {file} (for a Kubernetes Secret: defaultMode 0400)"
         )
 
 
@@ -305,6 +327,16 @@ def _check_resolved(named: Path, file: Path) -> tuple[int, int]:
             f"run: chmod go-w {directory}"
         )
     return info.st_dev, info.st_ino
+
+
+def _remove_if_empty(path: Path, identity: tuple[int, int]) -> None:
+    """Remove the empty file this process created at ``path``: only that one."""
+    try:
+        info = os.lstat(path)
+        if (info.st_dev, info.st_ino) == identity and info.st_size == 0:
+            os.unlink(path)
+    except OSError:
+        pass  # gone already, or not ours to remove
 
 
 def _private_group(gid: int) -> bool:
@@ -646,14 +678,21 @@ class LocalTokenStore:
                 0o600,
             )
         except FileExistsError:
-            pass  # checked below, with whatever SQLite keeps beside it
+            created = None  # checked below, with whatever SQLite keeps beside it
         except OSError as exc:
             raise TokenStoreError(
                 f"cannot create token store {self._path}: {exc.strerror}"
             ) from None
         else:
+            info = os.fstat(fd)
+            created = info.st_dev, info.st_ino
             os.close(fd)
-        self._file, self._identity = self._checked_file()
+        try:
+            self._file, self._identity = self._checked_file()
+        except TokenStoreError:
+            if created is not None:  # refused (its directory, say): leave no empty file
+                _remove_if_empty(self._path, created)
+            raise
         self._mode = _open_mode(self._file)
         self._generation = 0
         try:

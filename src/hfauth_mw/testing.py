@@ -73,6 +73,7 @@ from ._rules import (
     can_read,
     can_write,
 )
+from ._sources import _is_loopback
 from ._store import LocalTokenStore
 
 __all__ = ["INVALID_CREDENTIALS", "HubEmulator"]
@@ -353,6 +354,9 @@ class HubEmulator:
     apply to whoami-v2 (:attr:`delay`, :meth:`delay_token`) and auth-check
     (:attr:`auth_check_delay`).
 
+    ``host`` must be a loopback address (or ``localhost``) unless
+    ``allow_remote=True``: anyone who can reach it learns whose each token is.
+
     Caveat: plain HTTP on loopback, for tests only; it never logs.
     """
 
@@ -368,11 +372,19 @@ class HubEmulator:
         port: int = 0,
         repos: Mapping[str, str] | None = None,
         unknown_repos: Literal["private", "missing"] = "private",
+        allow_remote: bool = False,
     ) -> None:
         if not isinstance(store, LocalTokenStore):
             raise ConfigurationError("HubEmulator needs a LocalTokenStore")
         if not isinstance(host, str) or not host:
             raise ConfigurationError("host must be a non-empty string")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]  # "[::1]", as in a URL: bind "::1"
+        if not allow_remote and not _is_loopback(host):
+            raise ConfigurationError(
+                f"HubEmulator refuses to serve on non-loopback host {host!r}: it tells anyone "
+                "who asks whose each token is, over plain HTTP; pass allow_remote=True to insist"
+            )
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigurationError("port must be an integer from 0 to 65535")
         if unknown_repos not in ("private", "missing"):

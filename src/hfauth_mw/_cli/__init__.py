@@ -5,7 +5,9 @@ each adding its parser and the function that runs it; ``common`` holds what
 they share. This module builds the parser and maps errors to exit codes.
 
 Exit codes: 0 success, 1 failure, 2 usage error, 3 invalid token (``inspect``),
-4 token source unavailable (``inspect``). Errors are one line on stderr.
+4 token source unavailable (``inspect``; Redis for ``token revoke --redis-url``),
+141 standard output's reader went away (quietly, as Unix tools). Errors are one
+line on stderr.
 Tokens are printed only by ``token create`` (once, alone on stdout) and by
 ``demo`` (its own throwaway demo tokens); ``inspect`` reads the token from
 ``HF_TOKEN`` or standard input, never from the command line. A free-text
@@ -18,15 +20,20 @@ may print partly masked.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
 from .. import __version__
 from .._exceptions import ConfigurationError, HFAuthError, TokenStoreError
 from . import demo, hub_emulator, inspect, token
-from .common import EXIT_FAILURE, EXIT_USAGE, Failure, Parser, UsageError, err
+from .common import EXIT_FAILURE, EXIT_USAGE, Failure, Parser, UsageError, discard_stdout, err
 
 __all__ = ["main"]
+
+#: The exit code of a command whose reader went away (``| head``): 128 + SIGPIPE,
+#: as a shell reports a Unix tool that SIGPIPE ended.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +62,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return run(args)
+        if sys.stdout is None and run is not token.run_create:  # create says why itself
+            command = " ".join(filter(None, (args.command, getattr(args, "token_command", ""))))
+            raise UsageError(
+                f"standard output is closed: `hfauth-mw {command}` has nowhere to print; "
+                "redirect it (>/dev/null) instead of closing it (>&-)"
+            )
+        code = run(args)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:  # `hfauth-mw token list | head -1`: quiet, as Unix tools are
+        discard_stdout()
+        return EXIT_BROKEN_PIPE
     except UsageError as exc:
         err(str(exc))
         return EXIT_USAGE

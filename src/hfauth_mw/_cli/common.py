@@ -9,6 +9,7 @@ messages mask the wider ``_validation.TOKEN_SHAPED``, so a name such as
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from collections.abc import Callable
@@ -93,6 +94,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {redact(message)}{hint}\n")
 
 
+def discard_stdout() -> None:
+    """Point stdout at the null device, so what could not be written (a token, a
+    table into a closed pipe) is not retried at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # not a real file: nothing is written at exit
+
+
 def err(message: str) -> None:
     print(f"hfauth-mw: error: {redact(message)}", file=sys.stderr)
 
@@ -132,8 +144,8 @@ def store_path(args: argparse.Namespace) -> Path:
     with a note on stderr: tokens made there keep working, and no second store
     starts beside it. Call it once per command: each call may print the note.
     """
-    if args.store:
-        return Path(args.store)
+    if (given := given_store(args)) is not None:
+        return given
     if from_env := os.environ.get("HFAUTH_STORE"):
         return Path(from_env)
     path, former = Path(DEFAULT_STORE), Path(FORMER_DEFAULT_STORE)
@@ -145,6 +157,17 @@ def store_path(args: argparse.Namespace) -> Path:
         file=sys.stderr,
     )
     return former
+
+
+def given_store(args: argparse.Namespace) -> Path | None:
+    """The path ``--store`` gives, None without ``--store``. An empty one is a
+    usage error: ``--store "$STORE"`` with ``STORE`` unset must not quietly mean
+    the default store."""
+    if args.store is None:
+        return None
+    if not args.store:
+        raise UsageError("--store is empty (is the variable you used set?)")
+    return Path(args.store)
 
 
 def existing_store(path: Path) -> LocalTokenStore:

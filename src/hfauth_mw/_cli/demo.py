@@ -21,6 +21,7 @@ from .._store import LocalTokenStore
 from .common import (
     EXIT_OK,
     Failure,
+    given_store,
     parse_bind_host,
     parse_hub_url,
     parse_port,
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         source = HubWhoamiSource(args.hub_url)
         where = f"tokens checked by {source.hub_url}/api/whoami-v2"
     else:
-        path = Path(args.store) if args.store else DEMO_STORE
+        path = given_store(args) or DEMO_STORE
         tokens = seed_demo_store(path)  # refuses a store that is not a demo store
         if not tokens:
             raise Failure(

@@ -101,8 +101,10 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..testing import HubEmulator
 
-    # The same test as the library's for plain-http hubs; "[::1]" is loopback here too.
-    if not _is_loopback(args.host.strip("[]")) and not args.allow_remote:
+    # "[::1]" as in a URL: the address to bind is "::1" (the URL shows it bracketed).
+    host = args.host[1:-1] if args.host.startswith("[") and args.host.endswith("]") else args.host
+    # The same test as the library's for plain-http hubs.
+    if not _is_loopback(host) and not args.allow_remote:
         raise UsageError(
             f"refusing to serve on non-loopback host {args.host!r}: the emulator tells anyone "
             "who asks whose each token is, over plain HTTP. Pass --allow-remote to insist."
@@ -117,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
     # An emulator on a new, empty store would answer 401 to every token: a
     # mistyped --store is a clear error instead.
     with existing_store(path) as store:
-        emulator = HubEmulator(store, host=args.host, port=args.port, repos=repos)
+        emulator = HubEmulator(
+            store, host=host, port=args.port, repos=repos, allow_remote=args.allow_remote
+        )
         for repo, user in args.gate_grant:
             emulator.grant_gate(str(repo), user)
         try:

@@ -25,7 +25,6 @@ import select
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 from .._authenticator import Authenticator
@@ -45,6 +44,7 @@ from .common import (
     Failure,
     UsageError,
     format_time,
+    given_store,
     parse_hub_url,
     parse_repo,
     redact,
@@ -290,8 +290,8 @@ def _principal_lines(principal: Principal) -> list[tuple[str, str]]:
 def _source_for(args: argparse.Namespace) -> IntrospectionSource:
     if args.hub_url:
         return HubWhoamiSource(args.hub_url)
-    path = Path(args.store)
-    if not path.is_file():
+    path = given_store(args)
+    if path is None or not path.is_file():
         raise Failure(f"no token store at {path}", EXIT_UNAVAILABLE)
     try:
         return LocalStoreSource(LocalTokenStore(path))

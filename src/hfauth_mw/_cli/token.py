@@ -8,6 +8,7 @@ unseen. ``list`` and ``revoke`` show fingerprints, never tokens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -21,12 +22,15 @@ from typing import Any, NoReturn, TextIO
 
 from .._exceptions import ConfigurationError, TokenStoreError
 from .._principal import FINGERPRINT_LENGTH, ORG_ROLES
+from .._shared_tier import RevocationBroadcast, SharedCacheUnavailable, revocation_broadcaster
 from .._store import FineGrainedEntry, LocalTokenStore, OrgGrant, TokenRecord
 from .common import (
     EXIT_OK,
+    EXIT_UNAVAILABLE,
     STORE_HELP,
     Failure,
     UsageError,
+    discard_stdout,
     existing_store,
     format_time,
     not_a_token,
@@ -252,7 +256,7 @@ def run_create(args: argparse.Namespace) -> int:
         sys.stdout.write(issued.token + "\n")
         sys.stdout.flush()
     except OSError as exc:
-        _discard_stdout()
+        discard_stdout()
         _revoke_unseen(path, record, exc.strerror or str(exc))
     name = f", name {record.display_name!r}" if record.display_name else ""
     print(
@@ -284,6 +288,12 @@ def _where_it_went(stdout: TextIO, path: Path, record: TokenRecord) -> str:
         )
     if stat.S_ISFIFO(info.st_mode):
         where = "a pipe (as in TOKEN=$(hfauth-mw token create ...))"
+    elif stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
+        name = _file_name(stdout.fileno())
+        return (
+            f"The token went once to standard output, a file; {name} can be read by other "
+            f"users (mode {info.st_mode & 0o777:04o}): run chmod 600 {name}"
+        )
     elif stat.S_ISREG(info.st_mode):
         where = "a file (keep it private)"
     else:
@@ -291,14 +301,12 @@ def _where_it_went(stdout: TextIO, path: Path, record: TokenRecord) -> str:
     return f"The token went once to standard output, {where}; {kept}"
 
 
-def _discard_stdout() -> None:
-    """Point stdout at the null device, so the unwritten token is not retried at exit."""
+def _file_name(fd: int) -> str:
+    """The name of the file open as ``fd`` (Linux's /proc), else "the file"."""
     try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, io.UnsupportedOperation):
-        pass  # not a real file: nothing is written at exit
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "the file"
 
 
 def _revoke_unseen(path: Path, record: TokenRecord, why: str) -> NoReturn:
@@ -373,36 +381,78 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_revoke(args: argparse.Namespace) -> int:
     prefix = args.fingerprint.strip().lower()
-    broadcast = None
-    if args.redis_url:  # checked before anything changes
-        from .._shared_tier import revocation_broadcaster
-
-        broadcast = revocation_broadcaster(args.redis_url, args.redis_secret_env, args.redis_prefix)
     path = store_path(args)
-    with existing_store(path) as store:
+    with existing_store(path) as store, contextlib.ExitStack() as stack:
         try:
             record = store.find_token(args.fingerprint)
+            unknown = record is None
         except TokenStoreError:
             # Its entry does not parse (revoke deletes it all the same), or several
             # tokens match (revoke refuses, deleting nothing): only the message is poorer.
-            record = None
+            record, unknown = None, False
         fingerprint = record.fingerprint if record else prefix[:FINGERPRINT_LENGTH]
-        if broadcast is not None and len(fingerprint) < FINGERPRINT_LENGTH:
-            raise UsageError(
-                f"the store cannot tell which token {prefix} is (several match, or its "
-                f"entry does not parse): give its full {FINGERPRINT_LENGTH}-digit fingerprint "
-                "to revoke it and broadcast the revocation"
-            )
+        broadcast = None
+        if args.redis_url:
+            if len(fingerprint) < FINGERPRINT_LENGTH and unknown:
+                raise Failure(
+                    f"no token with fingerprint {prefix} in {path} (give its full "
+                    f"{FINGERPRINT_LENGTH}-digit fingerprint to broadcast its revocation anyway)"
+                )
+            if len(fingerprint) < FINGERPRINT_LENGTH:
+                raise UsageError(
+                    f"the store cannot tell which token {prefix} is (several match, or its "
+                    f"entry does not parse): give its full {FINGERPRINT_LENGTH}-digit "
+                    "fingerprint to revoke it and broadcast the revocation"
+                )
+            # Redis must answer before anything changes.
+            broadcast = stack.enter_context(_broadcaster(args))
         revoked = store.revoke(args.fingerprint)
-    if not revoked:
-        raise Failure(f"no token with fingerprint {prefix} in {path}")
-    if record is not None:
-        name = f" ({record.display_name!r})" if record.display_name else ""
-        what = f"{record.role} token {record.fingerprint} of {record.user}{name}"
-    else:
-        what = f"token {fingerprint} (its entry did not parse)"
-    print(redact(f"Revoked {what} from {path}."))
-    if broadcast is not None:
-        reached = broadcast(fingerprint)
-        print(f"Broadcast the revocation through Redis: {reached} process(es) listening.")
+        if not revoked and broadcast is None:
+            raise Failure(f"no token with fingerprint {prefix} in {path}")
+        if not revoked:
+            print(
+                redact(
+                    f"token {fingerprint} is not in {path} (already revoked?); "
+                    "its revocation was broadcast anyway"
+                )
+            )
+        elif record is not None:
+            name = f" ({record.display_name!r})" if record.display_name else ""
+            print(
+                redact(
+                    f"Revoked {record.role} token {record.fingerprint} of {record.user}{name} "
+                    f"from {path}."
+                )
+            )
+        else:
+            print(redact(f"Revoked token {fingerprint} (its entry did not parse) from {path}."))
+        sys.stdout.flush()
+        if broadcast is None:
+            print(
+                "hfauth-mw: note: servers using this store keep accepting the token until "
+                "their cache entry ends (60 s by default); use --redis-url to drop it at once",
+                file=sys.stderr,
+            )
+            return EXIT_OK
+        try:
+            reached = broadcast(fingerprint)
+        except SharedCacheUnavailable as exc:
+            raise Failure(
+                f"{exc}; the token is out of {path} but servers may keep it until their "
+                "cache entry ends: run the same command again to broadcast it",
+                EXIT_UNAVAILABLE,
+            ) from None
+    print(f"Broadcast the revocation through Redis: {reached} process(es) listening.")
     return EXIT_OK
+
+
+def _broadcaster(args: argparse.Namespace) -> RevocationBroadcast:
+    """The revocation broadcast of ``--redis-url``, with Redis reached: else a
+    one-line failure (exit 4), and nothing changed."""
+    try:
+        return revocation_broadcaster(args.redis_url, args.redis_secret_env, args.redis_prefix)
+    except SharedCacheUnavailable as exc:
+        raise Failure(
+            f"{exc}: nothing was revoked; try again once Redis answers",
+            EXIT_UNAVAILABLE,
+        ) from None
