@@ -40,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("cli_env")
         ),
         pytest.param(
             ["inspect", "--hub-url", "http://hub.example.com"],
-            "plain http on a non-loopback",
+            "is plain http to another machine",
             id="clear-http",
         ),
         pytest.param(["hub-emulator", "--host", "0.0.0.0"], "--allow-remote", id="emulator-remote"),

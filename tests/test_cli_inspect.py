@@ -340,6 +340,14 @@ def test_inspect_authority_misuse_is_a_usage_error(
     assert decisions_hub.whoami_calls == 0
 
 
+def test_inspect_a_plain_http_hub_is_refused_in_the_cli_s_words(cli: Cli, alice: str) -> None:
+    """Not the library's "pass allow_insecure_http=True", which no option here gives."""
+    result = cli("inspect", "--hub-url", "http://example.com", env={"HF_TOKEN": alice})
+    assert (result.code, result.out) == (2, "")
+    assert "--hub-url http://example.com is plain http to another machine" in result.err
+    assert "allow_insecure_http" not in result.err
+
+
 @pytest.mark.parametrize(
     ("piped", "env", "user", "token_from", "shown"),
     [

@@ -171,6 +171,17 @@ def test_the_default_store_is_the_readme_s_tokens_sqlite3(
             ["--user", "a", "--org", "ac\x07me:read"], "control characters", id="org-with-bell"
         ),
         pytest.param([], "--user", id="user-missing"),
+        pytest.param(["--user", ""], "--user is empty", id="user-empty"),
+        pytest.param(
+            ["--user", "a", "--org", "acme:read", "--org", "acme:write"],
+            "--org acme is given twice",
+            id="org-twice",
+        ),
+        pytest.param(
+            ["--user", "a", "--expires", "0001-01-01T00:00:00+14:00"],
+            "already in the past",
+            id="expires-before-year-1-in-utc",
+        ),
     ],
 )
 def test_create_usage_errors(cli: Cli, store_path: Path, args: list[str], message: str) -> None:
@@ -180,6 +191,22 @@ def test_create_usage_errors(cli: Cli, store_path: Path, args: list[str], messag
     assert message in result.err
     assert len(result.err.strip().splitlines()) == 1
     assert result.err.startswith("hfauth-mw")
+
+
+def test_create_says_when_org_changes_the_user_s_other_tokens(cli: Cli, store_path: Path) -> None:
+    """The orgs are the user's, shared by all their tokens: a new --org changes
+    what the older tokens grant, and a person in a hurry should hear it."""
+    first = cli("token", "create", "--store", str(store_path), "--user", "alice")
+    assert "Note:" not in first.err
+    second = cli(
+        "token", "create", "--store", str(store_path), "--user", "alice", "--org", "newco:read"
+    )
+    assert second.code == 0
+    assert (
+        "Note: orgs are the user's: alice's 1 other token now has newco (read) too." in second.err
+    )
+    third = cli("token", "create", "--store", str(store_path), "--user", "alice")
+    assert "Note:" not in third.err  # no --org: nothing changed
 
 
 @pytest.mark.parametrize(

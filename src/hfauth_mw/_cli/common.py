@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
+from .._exceptions import ConfigurationError
 from .._rules import Repo
+from .._sources import HubWhoamiSource
 from .._store import LocalTokenStore
 from .._validation import LIKELY_TOKEN, TOKEN_SHAPED
 
@@ -176,3 +178,18 @@ def existing_store(path: Path) -> LocalTokenStore:
     if not path.is_file():
         raise Failure(f"no token store at {path} (create one with `hfauth-mw token create`)")
     return LocalTokenStore(path)
+
+
+def hub_source(url: str) -> HubWhoamiSource:
+    """The hub of ``--hub-url``, its refusals worded for the command line (the
+    library's name the keyword arguments a program would pass instead)."""
+    try:
+        return HubWhoamiSource(url)
+    except ConfigurationError as exc:
+        if "plain http" in str(exc):
+            raise UsageError(
+                f"--hub-url {url} is plain http to another machine: the token would cross "
+                "the network in clear text. Use https (http only to 127.0.0.1, ::1 or "
+                "localhost)"
+            ) from None
+        raise UsageError(str(exc).replace("hub_url", "--hub-url", 1)) from None

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from .._source_protocol import IntrospectionSource
-from .._sources import HubWhoamiSource, LocalStoreSource
+from .._sources import LocalStoreSource
 from .._store import LocalTokenStore
 from .common import (
     EXIT_OK,
     Failure,
     given_store,
+    hub_source,
     parse_bind_host,
     parse_hub_url,
     parse_port,
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     source: IntrospectionSource
     tokens: dict[str, str] | None = None
     if args.hub_url:
-        source = HubWhoamiSource(args.hub_url)
+        source = hub_source(args.hub_url)
         where = f"tokens checked by {source.hub_url}/api/whoami-v2"
     else:
         path = given_store(args) or DEMO_STORE

@@ -45,6 +45,7 @@ from .common import (
     UsageError,
     format_time,
     given_store,
+    hub_source,
     parse_hub_url,
     parse_repo,
     redact,
@@ -289,7 +290,7 @@ def _principal_lines(principal: Principal) -> list[tuple[str, str]]:
 
 def _source_for(args: argparse.Namespace) -> IntrospectionSource:
     if args.hub_url:
-        return HubWhoamiSource(args.hub_url)
+        return hub_source(args.hub_url)
     path = given_store(args)
     if path is None or not path.is_file():
         raise Failure(f"no token store at {path}", EXIT_UNAVAILABLE)

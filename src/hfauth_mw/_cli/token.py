@@ -48,7 +48,9 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 
 def _user(text: str) -> str:
     not_a_token(text, "the user's name")
-    if not text or "/" in text or any(ch.isspace() for ch in text):
+    if not text:
+        raise argparse.ArgumentTypeError("--user is empty (is the variable you used set?)")
+    if "/" in text or any(ch.isspace() for ch in text):
         raise argparse.ArgumentTypeError(f"user name {text!r} must not contain '/' or whitespace")
     return text
 
@@ -101,7 +103,10 @@ def _expiry(text: str, now: datetime | None = None) -> datetime:
     try:
         when.astimezone(UTC)  # what the store keeps: years 1 to 9999 in UTC
     except OverflowError:
-        raise argparse.ArgumentTypeError(_too_far(text)) from None
+        past = when.year == 1  # before year 1 in UTC: long past, not "too far"
+        raise argparse.ArgumentTypeError(
+            f"expiry {text!r} is already in the past" if past else _too_far(text)
+        ) from None
     if when <= now:
         raise argparse.ArgumentTypeError(f"expiry {text!r} is already in the past")
     return when
@@ -237,10 +242,17 @@ def run_create(args: argparse.Namespace) -> int:
         raise UsageError(f"--grant, --global and --gated need --role fineGrained, not {role}")
     if role == "fineGrained" and not (args.grant or args.global_permissions):
         raise UsageError("a fineGrained token needs at least one --grant or --global")
+    named = [grant.name for grant in args.org]
+    twice = sorted({name for name in named if named.count(name) > 1})
+    if twice:
+        raise UsageError(f"--org {twice[0]} is given twice: give each organization once")
     path = store_path(args)
     if sys.stdout is None:  # started with standard output closed (>&-)
         raise UsageError("standard output is closed: the new token could not be shown")
     with LocalTokenStore(path) as store:
+        # --org sets the user's orgs, shared by all their tokens: say so when it
+        # changes tokens other than this one.
+        others = len(store.list_tokens(args.user)) if args.org else 0
         issued = store.create_token(
             user=args.user,
             role=role,
@@ -267,6 +279,10 @@ def run_create(args: argparse.Namespace) -> int:
         ),
         file=sys.stderr,
     )
+    if others:
+        orgs = ", ".join(f"{grant.name} ({grant.role})" for grant in args.org)
+        tokens = "1 other token now has" if others == 1 else f"{others} other tokens now have"
+        print(f"Note: orgs are the user's: {record.user}'s {tokens} {orgs} too.", file=sys.stderr)
     return EXIT_OK
 
 
