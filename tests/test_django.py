@@ -2,6 +2,7 @@
 against the hub emulator over loopback. The URL conf is this module."""
 
 import base64
+import io
 import json
 import os
 import subprocess
@@ -660,3 +661,66 @@ def test_a_body_rule_reads_django_s_request_body(hfauth_settings, tokens, body, 
         headers={"Authorization": f"Bearer {tokens['reader']}"},
     )
     assert response.status_code == status
+
+
+class CountingInput(io.BytesIO):
+    """A ``wsgi.input`` that counts the bytes the app reads from it."""
+
+    read_bytes = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        self.read_bytes += len(chunk)
+        return chunk
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = super().readline(size)
+        self.read_bytes += len(line)
+        return line
+
+
+SMALL_JSON = b'{"model": "acme/sentiment", "pad": "' + b"x" * 700 + b'"}'
+
+
+@pytest.mark.parametrize(
+    ("options", "django_settings", "environ", "status", "description", "read_bytes"),
+    [
+        pytest.param(
+            {"MAX_BODY_BYTES": 1024},
+            {},
+            {"CONTENT_LENGTH": "200000000"},  # 200 MB declared, 736 bytes sent so far
+            413,
+            "The request body is larger than 1024 bytes",
+            0,
+            id="declared-over-the-cap-refused-unread",
+        ),
+        pytest.param(
+            {"MAX_BODY_BYTES": 1_000_000},
+            {"DATA_UPLOAD_MAX_MEMORY_SIZE": 512},
+            {},
+            413,
+            "The request body is larger than 512 bytes",
+            0,  # Django refuses from CONTENT_LENGTH too
+            id="over-djangos-data-upload-max-memory-size",
+        ),
+    ],
+)
+def test_a_body_rule_refuses_what_it_cannot_read(
+    hfauth_settings, tokens, options, django_settings, environ, status, description, read_bytes
+):
+    from hfauth_mw import from_body, require_read
+
+    hfauth_settings(RULES=[require_read("POST /whoami", repo=from_body("model"))], **options)
+    stream = CountingInput(SMALL_JSON)
+    with override_settings(**django_settings):
+        response = Client().generic(
+            "POST",
+            "/whoami",
+            SMALL_JSON,
+            "application/json",
+            headers=bearer(tokens["reader"]),
+            **{"wsgi.input": stream, **environ},
+        )
+    assert response.status_code == status, response.content
+    assert response.json()["error_description"] == description
+    assert stream.read_bytes == read_bytes

@@ -73,6 +73,7 @@ from ._validation import missing_extra
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
     from django.conf import settings  # type: ignore[import-untyped]
+    from django.core.exceptions import RequestDataTooBig  # type: ignore[import-untyped]
     from django.core.signals import setting_changed  # type: ignore[import-untyped]
     from django.http import HttpResponse  # type: ignore[import-untyped]
     from django.utils.cache import patch_vary_headers  # type: ignore[import-untyped]
@@ -88,7 +89,7 @@ from ._adapters import (
     settle_async,
     take_body,
 )
-from ._exceptions import AuthenticationError, ConfigurationError
+from ._exceptions import AuthenticationError, BodyTooLarge, ConfigurationError
 from ._options import AdapterOptions, build_guard, options_from_config
 from ._pipeline import Guard
 from ._request import RequestContext
@@ -233,7 +234,17 @@ def _facts(guard: Guard, request: Request, *, with_body: bool = True) -> Request
 
 
 def _take_body(guard: Guard, facts: RequestContext, request: Request) -> None:
-    take_body(guard, facts, lambda: bytes(request.body))  # a rule that reads the body
+    take_body(guard, facts, lambda: _body(request))  # a rule that reads the body
+
+
+def _body(request: Request) -> bytes:
+    """``request.body``, with Django's own refusal as the library's: a body over
+    ``DATA_UPLOAD_MAX_MEMORY_SIZE`` is a 413, not Django's 400 page and a traceback."""
+    try:
+        return bytes(request.body)
+    except RequestDataTooBig:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raise BodyTooLarge(f"The request body is larger than {limit} bytes") from None
 
 
 class HFAuthMiddleware:
