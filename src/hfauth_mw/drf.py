@@ -214,6 +214,9 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Any:
     """DRF's exception handler, plus the headers hfauth-mw answers carry: the
     RFC 6750 ``WWW-Authenticate`` on 400 and 403 (DRF sets it on 401 only),
     ``X-Error-Code`` and ``X-Error-Message``, ``Cache-Control: no-store``.
+    A core :class:`~hfauth_mw.AuthenticationError` raised in a view
+    (``request.auth.require(repo, "write")``) is answered as the permission
+    classes answer it, in DRF's shape.
     Set ``REST_FRAMEWORK["EXCEPTION_HANDLER"] = "hfauth_mw.drf.exception_handler"``."""
     # Imported here: rest_framework.views loads the authentication classes named in
     # the settings (this module), so importing it at the top would be circular.
@@ -221,6 +224,14 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Any:
         exception_handler as drf_exception_handler,
     )
 
+    if isinstance(exc, AuthenticationError):
+        # Raised by the view itself (request.auth.require(...)): the core's error,
+        # which DRF's handler knows nothing of (a 500). DRF's own exception, with
+        # the challenge a 401 is answered with.
+        drf_error = api_exception(django_guard(), exc)
+        if drf_error.status_code == 401:
+            drf_error.auth_header = _challenge(drf_error.hfauth_response)
+        exc = drf_error
     response = drf_exception_handler(exc, context)
     rendered = getattr(exc, "hfauth_response", None)
     if response is None or not isinstance(rendered, ErrorResponse):
