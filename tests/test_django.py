@@ -355,15 +355,27 @@ def test_decorators_alone_answer_as_the_middleware_would(hfauth_settings, tokens
         pytest.param("basic", 403, id="basic-keeps-the-csrf-check"),
     ],
 )
+@pytest.mark.parametrize(
+    ("options", "path"),
+    [
+        pytest.param({}, "/v1/models/acme/sentiment/infer", id="checked-path"),
+        # The middleware skips these paths; the decorator checks the token, after
+        # CsrfViewMiddleware (Django's CSRF 403 page before, for Bearer too).
+        pytest.param({}, "/public/models/acme/sentiment", id="public-path"),
+        pytest.param(
+            {"PUBLIC_PATHS": [], "PROTECTED_PATHS": ["/v1/*"]},
+            "/public/models/acme/sentiment",
+            id="outside-protected-paths",
+        ),
+    ],
+)
 def test_csrf_is_skipped_for_bearer_tokens_only(
-    hfauth_settings, tokens, middleware, scheme, status
+    hfauth_settings, tokens, middleware, scheme, status, options, path
 ):
-    hfauth_settings()
+    hfauth_settings(**options)
     headers = bearer(tokens["reader"]) if scheme == "bearer" else basic(tokens["reader"])
     with override_settings(MIDDLEWARE=middleware):
-        response = Client(enforce_csrf_checks=True).post(
-            "/v1/models/acme/sentiment/infer", headers=headers
-        )
+        response = Client(enforce_csrf_checks=True).post(path, headers=headers)
     assert response.status_code == status
     if status == 403:
         assert b"CSRF" in response.content

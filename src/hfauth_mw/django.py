@@ -51,8 +51,9 @@ Security caveats, plainly:
   browsers replay Basic credentials like cookies: a Basic client (git,
   ``curl -u``) reads, but its POST and PUT get Django's CSRF 403. Do not
   ``@csrf_exempt`` token views unless you mean to let Basic clients write.
-  The exemption is set by the middleware, before Django's CSRF check runs; a
-  decorator alone comes too late for it.
+  The exemption is set by the middleware for every request with a Bearer
+  header, on every path (public ones too, for the decorators there), before
+  Django's CSRF check runs; a decorator alone comes too late for it.
 * Under ASGI the middleware runs async and checks tokens without blocking the
   event loop; under WSGI it blocks the serving thread, for at most the
   source's timeout.
@@ -247,6 +248,18 @@ def _body(request: Request) -> bytes:
         raise BodyTooLarge(f"The request body is larger than {limit} bytes") from None
 
 
+def _skip_csrf_for_bearer(request: Request) -> None:
+    """Exempt a request carrying a Bearer ``Authorization`` header from Django's
+    CSRF check, on every path: a browser never adds that header by itself, so
+    such a request cannot be forged cross-site. Set here, before Django's view
+    middleware (``CsrfViewMiddleware.process_view``) runs, so that a decorator
+    checking the token on a path the middleware skips is not too late for it.
+    Basic credentials (replayed by browsers, like cookies) keep the check."""
+    authorization = request.META.get("HTTP_AUTHORIZATION")
+    if isinstance(authorization, str) and authorization[:7].lower() == "bearer ":
+        request._dont_enforce_csrf_checks = True
+
+
 class HFAuthMiddleware:
     """Django middleware accepting Hugging Face access tokens (sync and async)."""
 
@@ -265,6 +278,7 @@ class HFAuthMiddleware:
             return self.__acall__(request)
         guard = _setup().guard
         request.hfauth = request.principal = None
+        _skip_csrf_for_bearer(request)
         try:
             auth = settle(guard, _facts(guard, request))
         except AuthenticationError as error:
@@ -276,6 +290,7 @@ class HFAuthMiddleware:
     async def __acall__(self, request: Request) -> Any:
         guard = _setup().guard
         request.hfauth = request.principal = None
+        _skip_csrf_for_bearer(request)
         try:
             auth = await settle_async(guard, _facts(guard, request))
         except AuthenticationError as error:
