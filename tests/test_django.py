@@ -736,3 +736,36 @@ def test_a_body_rule_refuses_what_it_cannot_read(
     assert response.status_code == status, response.content
     assert response.json()["error_description"] == description
     assert stream.read_bytes == read_bytes
+
+
+_SESSIONS = "django.contrib.sessions.middleware.SessionMiddleware"
+_AUTHENTICATION = "django.contrib.auth.middleware.AuthenticationMiddleware"
+_HFAUTH = "hfauth_mw.django.HFAuthMiddleware"
+
+
+@pytest.mark.parametrize(
+    ("set_user", "middleware", "django_user"),
+    [
+        pytest.param(True, [_SESSIONS, _AUTHENTICATION, _HFAUTH], "HubUser", id="after-auth"),
+        pytest.param(True, [_HFAUTH, _SESSIONS, _AUTHENTICATION], None, id="before-auth"),
+        # Without SET_USER this middleware leaves request.user alone: any order.
+        pytest.param(
+            False, [_HFAUTH, _SESSIONS, _AUTHENTICATION], "SimpleLazyObject", id="no-set-user"
+        ),
+    ],
+)
+def test_set_user_before_django_s_authentication_middleware_fails_to_load(
+    hfauth_settings, tokens, set_user, middleware, django_user
+):
+    """request.user silently became Django's AnonymousUser before."""
+    hfauth_settings(SET_USER=set_user)
+    apps = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions"]
+    with override_settings(INSTALLED_APPS=apps, MIDDLEWARE=middleware):
+        client = Client()
+        if django_user is None:
+            with pytest.raises(ConfigurationError, match=f"move the line '{_HFAUTH}' after"):
+                client.get("/whoami", headers=bearer(tokens["reader"]))
+            return
+        response = client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.status_code == 200
+    assert response.json()["django_user"] == django_user

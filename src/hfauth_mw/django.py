@@ -30,7 +30,8 @@ On success, ``request.hfauth`` is the :class:`~hfauth_mw.RequestAuth` and
 ``request.principal`` the :class:`~hfauth_mw.Principal`. ``request.user`` is
 left to Django's own authentication unless ``HFAUTH["SET_USER"]`` is true; then
 it becomes a :class:`HubUser` (put this middleware *after*
-``AuthenticationMiddleware``, which would otherwise replace it).
+``AuthenticationMiddleware``, which would otherwise replace it: the wrong
+order is a :class:`~hfauth_mw.ConfigurationError` when the middleware loads).
 
 Security caveats, plainly:
 
@@ -78,6 +79,7 @@ try:
     from django.core.signals import setting_changed  # type: ignore[import-untyped]
     from django.http import HttpResponse  # type: ignore[import-untyped]
     from django.utils.cache import patch_vary_headers  # type: ignore[import-untyped]
+    from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra("django", "django") from exc
 
@@ -248,6 +250,41 @@ def _body(request: Request) -> bytes:
         raise BodyTooLarge(f"The request body is larger than {limit} bytes") from None
 
 
+_AUTHENTICATION_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+
+
+def _check_order(middleware: type) -> None:
+    """With ``SET_USER``, this middleware must come after Django's
+    ``AuthenticationMiddleware`` in ``settings.MIDDLEWARE``: placed before it,
+    its ``request.user`` is replaced by Django's (``AnonymousUser``), silently."""
+    listed = getattr(settings, "MIDDLEWARE", None) or ()
+    entries = [entry for entry in listed if isinstance(entry, str)]
+    name = f"{middleware.__module__}.{middleware.__qualname__}"
+    if name not in entries:  # made outside settings.MIDDLEWARE (a test, a wrapper)
+        return
+    ours = entries.index(name)
+    for entry in entries[ours + 1 :]:
+        loaded = _loads(entry)
+        if isinstance(loaded, type) and any(
+            f"{cls.__module__}.{cls.__qualname__}" == _AUTHENTICATION_MIDDLEWARE
+            for cls in loaded.__mro__
+        ):
+            raise ConfigurationError(
+                f"HFAUTH['SET_USER'] is on, but {entries[ours]!r} comes before {entry!r} in "
+                f"settings.MIDDLEWARE, which would replace request.user with Django's own: "
+                f"move the line {entries[ours]!r} after {entry!r}"
+            )
+
+
+def _loads(entry: str) -> object:
+    """What a ``settings.MIDDLEWARE`` entry after this middleware's names (Django
+    imported it already: it loads the list from the end); ``None`` if it does not import."""
+    try:
+        return import_string(entry)
+    except (ImportError, RuntimeError):
+        return None
+
+
 def _skip_csrf_for_bearer(request: Request) -> None:
     """Exempt a request carrying a Bearer ``Authorization`` header from Django's
     CSRF check, on every path: a browser never adds that header by itself, so
@@ -271,7 +308,9 @@ class HFAuthMiddleware:
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
-        _setup()  # bad settings fail when Django loads the middleware
+        # Bad settings fail when Django loads the middleware.
+        if _setup().set_user:
+            _check_order(type(self))
 
     def __call__(self, request: Request) -> Any:
         if self.is_async:
