@@ -7,9 +7,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import django
+import httpx
 import pytest
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
@@ -494,6 +496,7 @@ import json, os, sys
 sys.path.insert(0, sys.argv[1])
 os.environ["DJANGO_SETTINGS_MODULE"] = "toyhub.settings"
 import django
+import httpx
 django.setup()
 from django.test import Client
 client = Client(HTTP_HOST="localhost", enforce_csrf_checks=True)
@@ -769,3 +772,52 @@ def test_set_user_before_django_s_authentication_middleware_fails_to_load(
         response = client.get("/whoami", headers=bearer(tokens["reader"]))
     assert response.status_code == 200
     assert response.json()["django_user"] == django_user
+
+
+@pytest.fixture
+def werkzeug_server(hfauth_settings):
+    """This project under werkzeug's WSGI server (it accepts chunked bodies and
+    sets wsgi.input_terminated), in a thread."""
+    from django.core.handlers.wsgi import WSGIHandler
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, WSGIHandler(), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("chunked", "status", "description"),
+    [
+        pytest.param(False, 200, None, id="content-length"),
+        pytest.param(
+            True,
+            400,
+            "Send Content-Length: Django reads no chunked request body",
+            id="chunked-says-so",  # was 400 "The request body is not valid JSON"
+        ),
+    ],
+)
+def test_a_body_rule_and_a_chunked_body_under_wsgi(
+    hfauth_settings, werkzeug_server, tokens, chunked, status, description
+):
+    from hfauth_mw import from_body, require_read
+
+    hfauth_settings(RULES=[require_read("POST /whoami", repo=from_body("model"))])
+    body = b'{"model": "acme/sentiment"}'
+    response = httpx.post(
+        werkzeug_server + "/whoami",
+        content=iter([body]) if chunked else body,  # an iterator: sent chunked
+        headers={**bearer(tokens["reader"]), "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert ("transfer-encoding" in response.request.headers) is chunked
+    assert response.status_code == status, response.content
+    if description is not None:
+        assert response.json() == {"error": "invalid_request", "error_description": description}

@@ -92,7 +92,7 @@ from ._adapters import (
     settle_async,
     take_body,
 )
-from ._exceptions import AuthenticationError, BodyTooLarge, ConfigurationError
+from ._exceptions import AuthenticationError, BodyTooLarge, ConfigurationError, InvalidBody
 from ._options import AdapterOptions, build_guard, options_from_config
 from ._pipeline import Guard
 from ._request import RequestContext
@@ -241,8 +241,19 @@ def _take_body(guard: Guard, facts: RequestContext, request: Request) -> None:
 
 
 def _body(request: Request) -> bytes:
-    """``request.body``, with Django's own refusal as the library's: a body over
-    ``DATA_UPLOAD_MAX_MEMORY_SIZE`` is a 413, not Django's 400 page and a traceback."""
+    """``request.body``, with Django's own refusals as the library's: a body over
+    ``DATA_UPLOAD_MAX_MEMORY_SIZE`` is a 413, not Django's 400 page and a
+    traceback; a chunked body under WSGI, which Django reads as empty, a 400
+    that says so."""
+    meta = request.META
+    if (
+        "wsgi.input" in meta  # WSGI: Django reads CONTENT_LENGTH bytes, none without it
+        and not meta.get("CONTENT_LENGTH")
+        and "chunked" in str(meta.get("HTTP_TRANSFER_ENCODING", "")).lower()
+    ):
+        # The server took the chunked body (wsgi.input_terminated), but Django
+        # ignores it: the rule would see an empty body ("not valid JSON").
+        raise InvalidBody("Send Content-Length: Django reads no chunked request body")
     try:
         return bytes(request.body)
     except RequestDataTooBig:
