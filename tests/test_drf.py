@@ -58,7 +58,9 @@ from hfauth_mw.django import require_repo
 from hfauth_mw.drf import (
     HasRepoAccess,
     HasTokenPermission,
+    HubScopedRateThrottle,
     HubTokenAuthentication,
+    HubUserRateThrottle,
     IsHubAuthenticated,
 )
 
@@ -178,7 +180,30 @@ class RequireInView(HubAPIView):
         return Response(caller(request))
 
 
+class ThreeAMinute(HubUserRateThrottle):
+    rate = "3/min"
+
+
+class ThreeAMinuteScoped(HubScopedRateThrottle):
+    THROTTLE_RATES: ClassVar[dict[str, str]] = {"infer": "3/min"}
+
+
+class UserThrottled(HubAPIView):
+    permission_classes = ()
+    throttle_classes = (ThreeAMinute,)
+
+    def get(self, request):
+        return Response(caller(request))
+
+
+class ScopeThrottled(UserThrottled):
+    throttle_classes = (ThreeAMinuteScoped,)
+    throttle_scope = "infer"
+
+
 urlpatterns = [
+    path("v1/throttled/user", UserThrottled.as_view()),
+    path("v1/throttled/scoped", ScopeThrottled.as_view()),
     path("v1/require-in-view", RequireInView.as_view()),
     path("v1/models/<str:owner>/<str:name>/infer", Infer.as_view()),
     path("v1/models/<str:owner>/<str:name>", Upload.as_view()),
@@ -672,3 +697,23 @@ def test_malformed_credentials_count_as_failures(configure, tokens, clock):
     assert locked.status_code == 429
     assert int(locked["Retry-After"]) >= 1
     assert set(locked.json()) == {"detail"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/v1/throttled/user", id="user-rate"),
+        pytest.param("/v1/throttled/scoped", id="scoped-rate"),
+    ],
+)
+def test_throttles_keep_one_bucket_per_hub_account(client, tokens, path):
+    """DRF's UserRateThrottle keys on request.user.pk, None for every HubUser:
+    alice's three requests used to throttle bob and carol too."""
+    from django.core.cache import cache
+
+    cache.clear()
+    callers = ["writer", "writer", "writer", "writer", "reader", "fine", None]
+    statuses = [
+        client.get(path, **(bearer(tokens[who]) if who else {})).status_code for who in callers
+    ]
+    assert statuses == [200, 200, 200, 429, 200, 200, 200]
