@@ -11,10 +11,13 @@ from hypothesis import strategies as st
 from hfauth_mw import (
     AccessPolicy,
     Authenticator,
+    BodyTooLarge,
     Guard,
     LocalStoreSource,
     LocalTokenStore,
     RequestAuth,
+    from_body,
+    require_read,
 )
 from hfauth_mw._adapters import (
     ENVIRON_AUTH,
@@ -24,6 +27,9 @@ from hfauth_mw._adapters import (
     SendWatch,
     carried_credentials,
     private_start_response,
+    read_environ,
+    take_body,
+    take_body_async,
     varies_on_authorization,
     with_private_headers,
 )
@@ -351,3 +357,53 @@ def test_carried_credentials(guard, headers, expected):
         assert found.scheme == expected
     else:
         assert found is expected
+
+
+def _never_read() -> bytes:
+    raise AssertionError("the body was read")
+
+
+async def _never_read_async() -> bytes:
+    raise AssertionError("the body was read")
+
+
+@pytest.mark.parametrize(
+    "request_of",
+    [
+        pytest.param(
+            lambda length: read_environ(
+                {
+                    "REQUEST_METHOD": "POST",
+                    "PATH_INFO": "/v1/chat",
+                    "CONTENT_LENGTH": length.decode(),
+                },
+                None,
+            ),
+            id="wsgi-environ",  # and Django's request.META: CONTENT_LENGTH, no HTTP_ prefix
+        ),
+        pytest.param(
+            lambda length: AsgiRequest(
+                scope(method="POST", path="/v1/chat", headers=[(b"content-length", length)]),
+                None,
+            ),
+            id="asgi-scope",
+        ),
+    ],
+)
+@pytest.mark.parametrize("blocking", [True, False], ids=["take_body", "take_body_async"])
+def test_a_declared_length_over_the_cap_is_refused_before_the_body_is_read(
+    tmp_path, request_of, blocking
+):
+    store = LocalTokenStore(tmp_path / "tokens.db")
+    rules = [require_read("POST /v1/chat", repo=from_body("model"))]
+    guard = Guard(Authenticator(LocalStoreSource(store)), rules=rules, max_body_bytes=1024)
+    request = request_of(b"200000000")
+
+    def take() -> None:
+        if blocking:
+            take_body(guard, request, _never_read)
+        else:
+            asyncio.run(take_body_async(guard, request, _never_read_async))
+
+    with pytest.raises(BodyTooLarge, match="larger than 1024 bytes"):
+        take()

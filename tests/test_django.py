@@ -2,13 +2,16 @@
 against the hub emulator over loopback. The URL conf is this module."""
 
 import base64
+import io
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import django
+import httpx
 import pytest
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
@@ -354,15 +357,27 @@ def test_decorators_alone_answer_as_the_middleware_would(hfauth_settings, tokens
         pytest.param("basic", 403, id="basic-keeps-the-csrf-check"),
     ],
 )
+@pytest.mark.parametrize(
+    ("options", "path"),
+    [
+        pytest.param({}, "/v1/models/acme/sentiment/infer", id="checked-path"),
+        # The middleware skips these paths; the decorator checks the token, after
+        # CsrfViewMiddleware (Django's CSRF 403 page before, for Bearer too).
+        pytest.param({}, "/public/models/acme/sentiment", id="public-path"),
+        pytest.param(
+            {"PUBLIC_PATHS": [], "PROTECTED_PATHS": ["/v1/*"]},
+            "/public/models/acme/sentiment",
+            id="outside-protected-paths",
+        ),
+    ],
+)
 def test_csrf_is_skipped_for_bearer_tokens_only(
-    hfauth_settings, tokens, middleware, scheme, status
+    hfauth_settings, tokens, middleware, scheme, status, options, path
 ):
-    hfauth_settings()
+    hfauth_settings(**options)
     headers = bearer(tokens["reader"]) if scheme == "bearer" else basic(tokens["reader"])
     with override_settings(MIDDLEWARE=middleware):
-        response = Client(enforce_csrf_checks=True).post(
-            "/v1/models/acme/sentiment/infer", headers=headers
-        )
+        response = Client(enforce_csrf_checks=True).post(path, headers=headers)
     assert response.status_code == status
     if status == 403:
         assert b"CSRF" in response.content
@@ -481,6 +496,7 @@ import json, os, sys
 sys.path.insert(0, sys.argv[1])
 os.environ["DJANGO_SETTINGS_MODULE"] = "toyhub.settings"
 import django
+import httpx
 django.setup()
 from django.test import Client
 client = Client(HTTP_HOST="localhost", enforce_csrf_checks=True)
@@ -660,3 +676,148 @@ def test_a_body_rule_reads_django_s_request_body(hfauth_settings, tokens, body, 
         headers={"Authorization": f"Bearer {tokens['reader']}"},
     )
     assert response.status_code == status
+
+
+class CountingInput(io.BytesIO):
+    """A ``wsgi.input`` that counts the bytes the app reads from it."""
+
+    read_bytes = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        self.read_bytes += len(chunk)
+        return chunk
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = super().readline(size)
+        self.read_bytes += len(line)
+        return line
+
+
+SMALL_JSON = b'{"model": "acme/sentiment", "pad": "' + b"x" * 700 + b'"}'
+
+
+@pytest.mark.parametrize(
+    ("options", "django_settings", "environ", "status", "description", "read_bytes"),
+    [
+        pytest.param(
+            {"MAX_BODY_BYTES": 1024},
+            {},
+            {"CONTENT_LENGTH": "200000000"},  # 200 MB declared, 736 bytes sent so far
+            413,
+            "The request body is larger than 1024 bytes",
+            0,
+            id="declared-over-the-cap-refused-unread",
+        ),
+        pytest.param(
+            {"MAX_BODY_BYTES": 1_000_000},
+            {"DATA_UPLOAD_MAX_MEMORY_SIZE": 512},
+            {},
+            413,
+            "The request body is larger than 512 bytes",
+            0,  # Django refuses from CONTENT_LENGTH too
+            id="over-djangos-data-upload-max-memory-size",
+        ),
+    ],
+)
+def test_a_body_rule_refuses_what_it_cannot_read(
+    hfauth_settings, tokens, options, django_settings, environ, status, description, read_bytes
+):
+    from hfauth_mw import from_body, require_read
+
+    hfauth_settings(RULES=[require_read("POST /whoami", repo=from_body("model"))], **options)
+    stream = CountingInput(SMALL_JSON)
+    with override_settings(**django_settings):
+        response = Client().generic(
+            "POST",
+            "/whoami",
+            SMALL_JSON,
+            "application/json",
+            headers=bearer(tokens["reader"]),
+            **{"wsgi.input": stream, **environ},
+        )
+    assert response.status_code == status, response.content
+    assert response.json()["error_description"] == description
+    assert stream.read_bytes == read_bytes
+
+
+_SESSIONS = "django.contrib.sessions.middleware.SessionMiddleware"
+_AUTHENTICATION = "django.contrib.auth.middleware.AuthenticationMiddleware"
+_HFAUTH = "hfauth_mw.django.HFAuthMiddleware"
+
+
+@pytest.mark.parametrize(
+    ("set_user", "middleware", "django_user"),
+    [
+        pytest.param(True, [_SESSIONS, _AUTHENTICATION, _HFAUTH], "HubUser", id="after-auth"),
+        pytest.param(True, [_HFAUTH, _SESSIONS, _AUTHENTICATION], None, id="before-auth"),
+        # Without SET_USER this middleware leaves request.user alone: any order.
+        pytest.param(
+            False, [_HFAUTH, _SESSIONS, _AUTHENTICATION], "SimpleLazyObject", id="no-set-user"
+        ),
+    ],
+)
+def test_set_user_before_django_s_authentication_middleware_fails_to_load(
+    hfauth_settings, tokens, set_user, middleware, django_user
+):
+    """request.user silently became Django's AnonymousUser before."""
+    hfauth_settings(SET_USER=set_user)
+    apps = ["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions"]
+    with override_settings(INSTALLED_APPS=apps, MIDDLEWARE=middleware):
+        client = Client()
+        if django_user is None:
+            with pytest.raises(ConfigurationError, match=f"move the line '{_HFAUTH}' after"):
+                client.get("/whoami", headers=bearer(tokens["reader"]))
+            return
+        response = client.get("/whoami", headers=bearer(tokens["reader"]))
+    assert response.status_code == 200
+    assert response.json()["django_user"] == django_user
+
+
+@pytest.fixture
+def werkzeug_server(hfauth_settings):
+    """This project under werkzeug's WSGI server (it accepts chunked bodies and
+    sets wsgi.input_terminated), in a thread."""
+    from django.core.handlers.wsgi import WSGIHandler
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, WSGIHandler(), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("chunked", "status", "description"),
+    [
+        pytest.param(False, 200, None, id="content-length"),
+        pytest.param(
+            True,
+            400,
+            "Send Content-Length: Django reads no chunked request body",
+            id="chunked-says-so",  # was 400 "The request body is not valid JSON"
+        ),
+    ],
+)
+def test_a_body_rule_and_a_chunked_body_under_wsgi(
+    hfauth_settings, werkzeug_server, tokens, chunked, status, description
+):
+    from hfauth_mw import from_body, require_read
+
+    hfauth_settings(RULES=[require_read("POST /whoami", repo=from_body("model"))])
+    body = b'{"model": "acme/sentiment"}'
+    response = httpx.post(
+        werkzeug_server + "/whoami",
+        content=iter([body]) if chunked else body,  # an iterator: sent chunked
+        headers={**bearer(tokens["reader"]), "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert ("transfer-encoding" in response.request.headers) is chunked
+    assert response.status_code == status, response.content
+    if description is not None:
+        assert response.json() == {"error": "invalid_request", "error_description": description}

@@ -49,6 +49,7 @@ from hfauth_mw import (
     Authenticator,
     ConfigurationError,
     HubWhoamiSource,
+    MissingCredentials,
     Repo,
     TokenCache,
     Visibility,
@@ -57,7 +58,9 @@ from hfauth_mw.django import require_repo
 from hfauth_mw.drf import (
     HasRepoAccess,
     HasTokenPermission,
+    HubScopedRateThrottle,
     HubTokenAuthentication,
+    HubUserRateThrottle,
     IsHubAuthenticated,
 )
 
@@ -165,7 +168,43 @@ class DecoratedMethods(HubAPIView):
         return Response({"by": request.principal.name})
 
 
+class RequireInView(HubAPIView):
+    """The view checks the repository itself (request.auth is the RequestAuth)."""
+
+    permission_classes = ()
+
+    def put(self, request):
+        if request.auth is None:
+            raise MissingCredentials()
+        request.auth.require("model:acme/sentiment", "write")
+        return Response(caller(request))
+
+
+class ThreeAMinute(HubUserRateThrottle):
+    rate = "3/min"
+
+
+class ThreeAMinuteScoped(HubScopedRateThrottle):
+    THROTTLE_RATES: ClassVar[dict[str, str]] = {"infer": "3/min"}
+
+
+class UserThrottled(HubAPIView):
+    permission_classes = ()
+    throttle_classes = (ThreeAMinute,)
+
+    def get(self, request):
+        return Response(caller(request))
+
+
+class ScopeThrottled(UserThrottled):
+    throttle_classes = (ThreeAMinuteScoped,)
+    throttle_scope = "infer"
+
+
 urlpatterns = [
+    path("v1/throttled/user", UserThrottled.as_view()),
+    path("v1/throttled/scoped", ScopeThrottled.as_view()),
+    path("v1/require-in-view", RequireInView.as_view()),
     path("v1/models/<str:owner>/<str:name>/infer", Infer.as_view()),
     path("v1/models/<str:owner>/<str:name>", Upload.as_view()),
     path("v1/whoami", DrfIsAuthenticated.as_view()),
@@ -327,6 +366,36 @@ def test_access_table(client, tokens, who, method, path, status, detail):
 def test_request_user_and_auth(client, tokens, who, expected):
     headers = bearer(tokens[who]) if who else {}
     assert client.get("/v1/optional", **headers).json() == expected
+
+
+@pytest.mark.parametrize(
+    ("who", "status", "challenge"),
+    [
+        pytest.param("writer", 200, None, id="may-write"),
+        pytest.param(
+            "reader",
+            403,
+            'Bearer realm="hfauth-mw", error="insufficient_scope", scope="repo.write", '
+            'error_description="write denied: ',
+            id="may-not-write",
+        ),
+        pytest.param(None, 401, 'Bearer realm="hfauth-mw", Basic realm="hfauth-mw"', id="no-token"),
+    ],
+)
+def test_a_core_error_raised_in_the_view_is_answered_in_drf_s_shape(
+    client, tokens, who, status, challenge
+):
+    """A 500 before without the Django middleware (its RFC 6750 JSON with it)."""
+    headers = bearer(tokens[who]) if who else {}
+    response = client.put("/v1/require-in-view", **headers)
+    assert response.status_code == status, response.content
+    if status == 200:
+        assert response.json()["user"] == "alice"
+        return
+    assert set(response.json()) == {"detail"}
+    assert response["WWW-Authenticate"].startswith(challenge)
+    assert response["X-Error-Code"] == ("insufficient_scope" if status == 403 else "unauthorized")
+    assert response["Cache-Control"] == "no-store"
 
 
 def test_no_token_challenge_lists_both_schemes(client):
@@ -628,3 +697,23 @@ def test_malformed_credentials_count_as_failures(configure, tokens, clock):
     assert locked.status_code == 429
     assert int(locked["Retry-After"]) >= 1
     assert set(locked.json()) == {"detail"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/v1/throttled/user", id="user-rate"),
+        pytest.param("/v1/throttled/scoped", id="scoped-rate"),
+    ],
+)
+def test_throttles_keep_one_bucket_per_hub_account(client, tokens, path):
+    """DRF's UserRateThrottle keys on request.user.pk, None for every HubUser:
+    alice's three requests used to throttle bob and carol too."""
+    from django.core.cache import cache
+
+    cache.clear()
+    callers = ["writer", "writer", "writer", "writer", "reader", "fine", None]
+    statuses = [
+        client.get(path, **(bearer(tokens[who]) if who else {})).status_code for who in callers
+    ]
+    assert statuses == [200, 200, 200, 429, 200, 200, 200]

@@ -27,7 +27,7 @@ import collections
 import io
 import sys
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl
 from wsgiref.types import StartResponse, WSGIEnvironment
@@ -158,6 +158,16 @@ def _declared_length(value: str | bytes | None, limit: int) -> int | None:
     return declared
 
 
+def _content_length(request: RequestContext) -> str | bytes | None:
+    """The ``Content-Length`` a request declares: a WSGI environ (and Django's
+    ``request.META``) keeps it as ``CONTENT_LENGTH``, not ``HTTP_CONTENT_LENGTH``."""
+    headers = request.headers
+    if isinstance(headers, Mapping):
+        value = headers.get("CONTENT_LENGTH")
+        return None if value is None else str(value)
+    return request.header("content-length")
+
+
 def _capped(body: bytes, limit: int) -> bytes:
     if len(body) > limit:
         raise _too_large(limit)
@@ -196,8 +206,10 @@ async def read_asgi_body(scope: Scope, receive: Receive, limit: int) -> tuple[by
 
 def take_body(guard: Guard, request: RequestContext, read: Callable[[], bytes]) -> None:
     """For an adapter whose framework reads (and keeps) the body itself (Django's
-    ``request.body``): hand it to a rule that needs it, capped like the others."""
+    ``request.body``): hand it to a rule that needs it, capped like the others
+    (a declared ``Content-Length`` over the cap is refused before ``read``)."""
     if guard.routes.request_rules and guard.reads_body(request):
+        _declared_length(_content_length(request), guard.max_body_bytes)
         request.body = _capped(read(), guard.max_body_bytes)
 
 
@@ -207,7 +219,7 @@ async def take_body_async(
     """:func:`take_body` for a framework that reads the body with ``await``
     (Starlette's and FastAPI's ``await request.body()``, which keeps it)."""
     if guard.routes.request_rules and guard.reads_body(request):
-        _declared_length(request.header("content-length"), guard.max_body_bytes)
+        _declared_length(_content_length(request), guard.max_body_bytes)
         request.body = _capped(await read(), guard.max_body_bytes)
 
 

@@ -30,7 +30,8 @@ On success, ``request.hfauth`` is the :class:`~hfauth_mw.RequestAuth` and
 ``request.principal`` the :class:`~hfauth_mw.Principal`. ``request.user`` is
 left to Django's own authentication unless ``HFAUTH["SET_USER"]`` is true; then
 it becomes a :class:`HubUser` (put this middleware *after*
-``AuthenticationMiddleware``, which would otherwise replace it).
+``AuthenticationMiddleware``, which would otherwise replace it: the wrong
+order is a :class:`~hfauth_mw.ConfigurationError` when the middleware loads).
 
 Security caveats, plainly:
 
@@ -51,8 +52,9 @@ Security caveats, plainly:
   browsers replay Basic credentials like cookies: a Basic client (git,
   ``curl -u``) reads, but its POST and PUT get Django's CSRF 403. Do not
   ``@csrf_exempt`` token views unless you mean to let Basic clients write.
-  The exemption is set by the middleware, before Django's CSRF check runs; a
-  decorator alone comes too late for it.
+  The exemption is set by the middleware for every request with a Bearer
+  header, on every path (public ones too, for the decorators there), before
+  Django's CSRF check runs; a decorator alone comes too late for it.
 * Under ASGI the middleware runs async and checks tokens without blocking the
   event loop; under WSGI it blocks the serving thread, for at most the
   source's timeout.
@@ -73,9 +75,11 @@ from ._validation import missing_extra
 try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
     from django.conf import settings  # type: ignore[import-untyped]
+    from django.core.exceptions import RequestDataTooBig  # type: ignore[import-untyped]
     from django.core.signals import setting_changed  # type: ignore[import-untyped]
     from django.http import HttpResponse  # type: ignore[import-untyped]
     from django.utils.cache import patch_vary_headers  # type: ignore[import-untyped]
+    from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra("django", "django") from exc
 
@@ -88,7 +92,7 @@ from ._adapters import (
     settle_async,
     take_body,
 )
-from ._exceptions import AuthenticationError, ConfigurationError
+from ._exceptions import AuthenticationError, BodyTooLarge, ConfigurationError, InvalidBody
 from ._options import AdapterOptions, build_guard, options_from_config
 from ._pipeline import Guard
 from ._request import RequestContext
@@ -233,7 +237,75 @@ def _facts(guard: Guard, request: Request, *, with_body: bool = True) -> Request
 
 
 def _take_body(guard: Guard, facts: RequestContext, request: Request) -> None:
-    take_body(guard, facts, lambda: bytes(request.body))  # a rule that reads the body
+    take_body(guard, facts, lambda: _body(request))  # a rule that reads the body
+
+
+def _body(request: Request) -> bytes:
+    """``request.body``, with Django's own refusals as the library's: a body over
+    ``DATA_UPLOAD_MAX_MEMORY_SIZE`` is a 413, not Django's 400 page and a
+    traceback; a chunked body under WSGI, which Django reads as empty, a 400
+    that says so."""
+    meta = request.META
+    if (
+        "wsgi.input" in meta  # WSGI: Django reads CONTENT_LENGTH bytes, none without it
+        and not meta.get("CONTENT_LENGTH")
+        and "chunked" in str(meta.get("HTTP_TRANSFER_ENCODING", "")).lower()
+    ):
+        # The server took the chunked body (wsgi.input_terminated), but Django
+        # ignores it: the rule would see an empty body ("not valid JSON").
+        raise InvalidBody("Send Content-Length: Django reads no chunked request body")
+    try:
+        return bytes(request.body)
+    except RequestDataTooBig:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raise BodyTooLarge(f"The request body is larger than {limit} bytes") from None
+
+
+_AUTHENTICATION_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+
+
+def _check_order(middleware: type) -> None:
+    """With ``SET_USER``, this middleware must come after Django's
+    ``AuthenticationMiddleware`` in ``settings.MIDDLEWARE``: placed before it,
+    its ``request.user`` is replaced by Django's (``AnonymousUser``), silently."""
+    listed = getattr(settings, "MIDDLEWARE", None) or ()
+    entries = [entry for entry in listed if isinstance(entry, str)]
+    name = f"{middleware.__module__}.{middleware.__qualname__}"
+    if name not in entries:  # made outside settings.MIDDLEWARE (a test, a wrapper)
+        return
+    ours = entries.index(name)
+    for entry in entries[ours + 1 :]:
+        loaded = _loads(entry)
+        if isinstance(loaded, type) and any(
+            f"{cls.__module__}.{cls.__qualname__}" == _AUTHENTICATION_MIDDLEWARE
+            for cls in loaded.__mro__
+        ):
+            raise ConfigurationError(
+                f"HFAUTH['SET_USER'] is on, but {entries[ours]!r} comes before {entry!r} in "
+                f"settings.MIDDLEWARE, which would replace request.user with Django's own: "
+                f"move the line {entries[ours]!r} after {entry!r}"
+            )
+
+
+def _loads(entry: str) -> object:
+    """What a ``settings.MIDDLEWARE`` entry after this middleware's names (Django
+    imported it already: it loads the list from the end); ``None`` if it does not import."""
+    try:
+        return import_string(entry)
+    except (ImportError, RuntimeError):
+        return None
+
+
+def _skip_csrf_for_bearer(request: Request) -> None:
+    """Exempt a request carrying a Bearer ``Authorization`` header from Django's
+    CSRF check, on every path: a browser never adds that header by itself, so
+    such a request cannot be forged cross-site. Set here, before Django's view
+    middleware (``CsrfViewMiddleware.process_view``) runs, so that a decorator
+    checking the token on a path the middleware skips is not too late for it.
+    Basic credentials (replayed by browsers, like cookies) keep the check."""
+    authorization = request.META.get("HTTP_AUTHORIZATION")
+    if isinstance(authorization, str) and authorization[:7].lower() == "bearer ":
+        request._dont_enforce_csrf_checks = True
 
 
 class HFAuthMiddleware:
@@ -247,13 +319,16 @@ class HFAuthMiddleware:
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
-        _setup()  # bad settings fail when Django loads the middleware
+        # Bad settings fail when Django loads the middleware.
+        if _setup().set_user:
+            _check_order(type(self))
 
     def __call__(self, request: Request) -> Any:
         if self.is_async:
             return self.__acall__(request)
         guard = _setup().guard
         request.hfauth = request.principal = None
+        _skip_csrf_for_bearer(request)
         try:
             auth = settle(guard, _facts(guard, request))
         except AuthenticationError as error:
@@ -265,6 +340,7 @@ class HFAuthMiddleware:
     async def __acall__(self, request: Request) -> Any:
         guard = _setup().guard
         request.hfauth = request.principal = None
+        _skip_csrf_for_bearer(request)
         try:
             auth = await settle_async(guard, _facts(guard, request))
         except AuthenticationError as error:

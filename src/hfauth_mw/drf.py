@@ -62,6 +62,10 @@ Security caveats, plainly:
   the view set one), through the view's ``finalize_response``.
 * :class:`~hfauth_mw.django.HubUser` is not a database user: no permissions,
   never staff, and Django's ``login()`` and sessions do not apply to it.
+* Throttling: DRF's ``UserRateThrottle`` and ``ScopedRateThrottle`` key on
+  ``request.user.pk``, which a ``HubUser`` does not have (``None``): every Hub
+  user would share one bucket. Use :class:`HubUserRateThrottle` and
+  :class:`HubScopedRateThrottle`, keyed on the Hub account.
 """
 
 from __future__ import annotations
@@ -81,6 +85,10 @@ try:
     from rest_framework.permissions import (  # type: ignore[import-untyped]
         BasePermission,
         OperationHolderMixin,
+    )
+    from rest_framework.throttling import (  # type: ignore[import-untyped]
+        ScopedRateThrottle,
+        UserRateThrottle,
     )
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise missing_extra("drf", "drf") from exc
@@ -108,7 +116,9 @@ from .django import guard as django_guard
 __all__ = [
     "HasRepoAccess",
     "HasTokenPermission",
+    "HubScopedRateThrottle",
     "HubTokenAuthentication",
+    "HubUserRateThrottle",
     "IsHubAuthenticated",
     "api_exception",
     "exception_handler",
@@ -214,6 +224,9 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Any:
     """DRF's exception handler, plus the headers hfauth-mw answers carry: the
     RFC 6750 ``WWW-Authenticate`` on 400 and 403 (DRF sets it on 401 only),
     ``X-Error-Code`` and ``X-Error-Message``, ``Cache-Control: no-store``.
+    A core :class:`~hfauth_mw.AuthenticationError` raised in a view
+    (``request.auth.require(repo, "write")``) is answered as the permission
+    classes answer it, in DRF's shape.
     Set ``REST_FRAMEWORK["EXCEPTION_HANDLER"] = "hfauth_mw.drf.exception_handler"``."""
     # Imported here: rest_framework.views loads the authentication classes named in
     # the settings (this module), so importing it at the top would be circular.
@@ -221,6 +234,14 @@ def exception_handler(exc: Exception, context: Mapping[str, Any]) -> Any:
         exception_handler as drf_exception_handler,
     )
 
+    if isinstance(exc, AuthenticationError):
+        # Raised by the view itself (request.auth.require(...)): the core's error,
+        # which DRF's handler knows nothing of (a 500). DRF's own exception, with
+        # the challenge a 401 is answered with.
+        drf_error = api_exception(django_guard(), exc)
+        if drf_error.status_code == 401:
+            drf_error.auth_header = _challenge(drf_error.hfauth_response)
+        exc = drf_error
     response = drf_exception_handler(exc, context)
     rendered = getattr(exc, "hfauth_response", None)
     if response is None or not isinstance(rendered, ErrorResponse):
@@ -436,3 +457,34 @@ def _invalid_repo(auth: RequestAuth, requirement: RepoRequirement) -> Authentica
     if auth.principal.is_anonymous:
         return MissingCredentials(reason)
     return InsufficientScope(reason, scope=requirement.needed)
+
+
+# --- throttling -----------------------------------------------------------------------
+
+
+class _HubAccountKey:
+    """The cache key of DRF's user throttles, per Hub account for a token
+    (``HubUser.pk`` is ``None``: DRF would put every Hub user in one bucket)
+    and as DRF keys it otherwise (a Django user's ``pk``, else the address)."""
+
+    cache_format: str
+    scope: str
+
+    def get_cache_key(self, request: Request, view: View) -> str | None:
+        user = getattr(request, "user", None)
+        if isinstance(user, HubUser) and user.is_authenticated:
+            # "hub:" keeps a Hub account apart from a Django user's numeric pk.
+            ident = f"hub:{user.identity}"
+            return self.cache_format % {"scope": self.scope, "ident": ident}
+        key: str | None = super().get_cache_key(request, view)  # type: ignore[misc]
+        return key
+
+
+class HubUserRateThrottle(_HubAccountKey, UserRateThrottle):  # type: ignore[misc]
+    """DRF's ``UserRateThrottle`` (rate ``DEFAULT_THROTTLE_RATES["user"]``), one
+    bucket per Hub account; a Django user's or an anonymous caller's as DRF's."""
+
+
+class HubScopedRateThrottle(_HubAccountKey, ScopedRateThrottle):  # type: ignore[misc]
+    """DRF's ``ScopedRateThrottle`` (the view's ``throttle_scope``), one bucket per
+    Hub account and scope; a Django user's or an anonymous caller's as DRF's."""
