@@ -376,6 +376,8 @@ async def _never_read_async() -> bytes:
                     "REQUEST_METHOD": "POST",
                     "PATH_INFO": "/v1/chat",
                     "CONTENT_LENGTH": length.decode(),
+                    # With credentials: a request without any is refused unread.
+                    "HTTP_AUTHORIZATION": "Bearer hf_" + "T" * 34,
                 },
                 None,
             ),
@@ -383,7 +385,14 @@ async def _never_read_async() -> bytes:
         ),
         pytest.param(
             lambda length: AsgiRequest(
-                scope(method="POST", path="/v1/chat", headers=[(b"content-length", length)]),
+                scope(
+                    method="POST",
+                    path="/v1/chat",
+                    headers=[
+                        (b"content-length", length),
+                        (b"authorization", b"Bearer hf_" + b"T" * 34),
+                    ],
+                ),
                 None,
             ),
             id="asgi-scope",
