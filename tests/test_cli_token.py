@@ -172,6 +172,11 @@ def test_the_default_store_is_the_readme_s_tokens_sqlite3(
         ),
         pytest.param([], "--user", id="user-missing"),
         pytest.param(["--user", ""], "--user is empty", id="user-empty"),
+        # The options' names, not the library's keyword arguments.
+        pytest.param(["--user", "a", "--name", "a\tb"], "--name 'a", id="name-in-cli-words"),
+        pytest.param(
+            ["--user", "a", "--global", ""], "--global: permission ''", id="global-in-cli-words"
+        ),
         pytest.param(
             ["--user", "a", "--org", "acme:read", "--org", "acme:write"],
             "--org acme is given twice",
@@ -191,6 +196,40 @@ def test_create_usage_errors(cli: Cli, store_path: Path, args: list[str], messag
     assert message in result.err
     assert len(result.err.strip().splitlines()) == 1
     assert result.err.startswith("hfauth-mw")
+
+
+@pytest.mark.parametrize(
+    ("grant", "notes"),
+    [
+        pytest.param("model:acme/open:repo.write", [], id="known-names"),
+        pytest.param(
+            "models:acme/open:repo.write",
+            [
+                "--grant type 'models' is not one Hub tokens are known to use "
+                "(did you mean 'model'?)"
+            ],
+            id="type-typo",
+        ),
+        pytest.param(
+            "model:acme/open:repo.wirte",
+            [
+                "permission 'repo.wirte' is not one Hub tokens are known to use "
+                "(did you mean 'repo.write'?)"
+            ],
+            id="permission-typo",
+        ),
+    ],
+)
+def test_create_notes_names_the_hub_does_not_use(
+    cli: Cli, store_path: Path, grant: str, notes: list[str]
+) -> None:
+    """Accepted (the Hub may add names), but a typo grants nothing: said at once."""
+    result = cli("token", "create", "--store", str(store_path), "--user", "a", "--grant", grant)
+    assert result.code == 0
+    said = [
+        line.removeprefix("Note: ") for line in result.err.splitlines() if "known to use" in line
+    ]
+    assert [line.split(";")[0] for line in said] == notes
 
 
 def test_create_says_when_org_changes_the_user_s_other_tokens(cli: Cli, store_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import io
 import json
 import os
@@ -78,6 +79,78 @@ def _grant(text: str) -> FineGrainedEntry:
             f"(e.g. model:acme/sentiment:repo.content.read), got {text!r}"
         )
     return FineGrainedEntry(kind, name, permissions)
+
+
+#: What the Hub's fine-grained tokens name (hub-tokens.md). Others are accepted, as the
+#: Hub may add some, but a typo among them grants nothing: create says so.
+_ENTITY_TYPES = (
+    "model",
+    "dataset",
+    "space",
+    "org",
+    "user",
+    "collection",
+    "resource-group",
+    "bucket",
+    "kernel",
+    "oauth-app",
+)
+_PERMISSIONS = (
+    "repo.content.read",
+    "repo.write",
+    "repo.access.read",
+    "discussion.write",
+    "post.write",
+    "collection.read",
+    "collection.write",
+    "inference.serverless.write",
+    "inference.endpoints.infer.write",
+    "inference.endpoints.write",
+    "user.webhooks.read",
+    "user.webhooks.write",
+    "user.billing.read",
+    "org.read",
+    "org.write",
+    "job.write",
+)
+
+
+#: The store's keyword arguments, as the options of `token create` that give them.
+_OPTION_OF = {
+    "display_name": "--name",
+    "global_permissions": "--global",
+    "fine_grained": "--grant",
+    "orgs": "--org",
+    "expires_at": "--expires",
+}
+
+
+def _in_cli_words(message: str) -> str:
+    for keyword, option in _OPTION_OF.items():
+        message = re.sub(rf"\b{keyword}\b", option, message)
+    return message
+
+
+def _unknown_names(args: argparse.Namespace) -> list[str]:
+    """Notes on --grant types and permissions the Hub is not known to use."""
+    notes = []
+    for grant in args.grant:
+        if grant.entity_type not in _ENTITY_TYPES:
+            notes.append(_unknown("--grant type", grant.entity_type, _ENTITY_TYPES))
+    asked = [perm for grant in args.grant for perm in grant.permissions]
+    for permission in dict.fromkeys([*asked, *args.global_permissions]):
+        if permission not in _PERMISSIONS:
+            notes.append(_unknown("permission", permission, _PERMISSIONS))
+    return notes
+
+
+def _unknown(what: str, name: str, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return (
+        f"Note: {what} {name!r} is not one Hub tokens are known to use{hint}; "
+        "kept as given, it grants only what a server of yours checks by that name."
+    )
 
 
 def _expiry(text: str, now: datetime | None = None) -> datetime:
@@ -253,16 +326,19 @@ def run_create(args: argparse.Namespace) -> int:
         # --org sets the user's orgs, shared by all their tokens: say so when it
         # changes tokens other than this one.
         others = len(store.list_tokens(args.user)) if args.org else 0
-        issued = store.create_token(
-            user=args.user,
-            role=role,
-            orgs=args.org,
-            fine_grained=args.grant,
-            global_permissions=args.global_permissions,
-            can_read_gated_repos=args.gated,
-            expires_at=args.expires,
-            display_name=args.name,
-        )
+        try:
+            issued = store.create_token(
+                user=args.user,
+                role=role,
+                orgs=args.org,
+                fine_grained=args.grant,
+                global_permissions=args.global_permissions,
+                can_read_gated_repos=args.gated,
+                expires_at=args.expires,
+                display_name=args.name,
+            )
+        except ConfigurationError as exc:  # in the options' words, not the library's
+            raise UsageError(_in_cli_words(str(exc))) from None
     record = issued.record
     try:
         sys.stdout.write(issued.token + "\n")
@@ -279,6 +355,8 @@ def run_create(args: argparse.Namespace) -> int:
         ),
         file=sys.stderr,
     )
+    for note in _unknown_names(args):
+        print(redact(note), file=sys.stderr)
     if others:
         orgs = ", ".join(f"{grant.name} ({grant.role})" for grant in args.org)
         tokens = "1 other token now has" if others == 1 else f"{others} other tokens now have"
