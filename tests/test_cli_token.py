@@ -686,11 +686,12 @@ def test_revoke_says_to_rerun_when_redis_fails_after_the_store_changed(
     env = {"HFAUTH_REDIS_SECRET": "s" * 32}
     with monkeypatch.context() as patch:
         patch.setattr(RevocationBroadcast, "__call__", down)
-        result = cli("token", "revoke", *args, _fingerprint_of(alice), env=env)
+        # The 8-digit prefix `token list` shows: the retry needs the full fingerprint.
+        result = cli("token", "revoke", *args, _fingerprint_of(alice)[:8], env=env)
 
     assert result.code == 4
     assert result.out.startswith("Revoked write token")
-    assert "run the same command again to broadcast it" in result.err
+    assert f"--redis-url URL {_fingerprint_of(alice)}`" in result.err
     assert len(result.err.strip().splitlines()) == 1
     rerun = cli("token", "revoke", *args, _fingerprint_of(alice), env=env)
     assert rerun.code == 0, rerun.err

@@ -350,7 +350,7 @@ def test_decorators_alone_answer_as_the_middleware_would(hfauth_settings, tokens
     ],
 )
 @pytest.mark.parametrize(
-    ("scheme", "status"),
+    ("scheme", "checked_status"),
     [
         pytest.param("bearer", 200, id="bearer-needs-no-csrf-token"),
         # Browsers replay Basic credentials cross-site, as they do cookies.
@@ -358,22 +358,25 @@ def test_decorators_alone_answer_as_the_middleware_would(hfauth_settings, tokens
     ],
 )
 @pytest.mark.parametrize(
-    ("options", "path"),
+    ("options", "path", "checked"),
     [
-        pytest.param({}, "/v1/models/acme/sentiment/infer", id="checked-path"),
-        # The middleware skips these paths; the decorator checks the token, after
-        # CsrfViewMiddleware (Django's CSRF 403 page before, for Bearer too).
-        pytest.param({}, "/public/models/acme/sentiment", id="public-path"),
+        pytest.param({}, "/v1/models/acme/sentiment/infer", True, id="checked-path"),
+        # The middleware skips these paths: it validates no token there, so no
+        # Bearer header lifts Django's CSRF check (a session view would lose it
+        # to "Bearer junk"); the decorator comes after CsrfViewMiddleware.
+        pytest.param({}, "/public/models/acme/sentiment", False, id="public-path"),
         pytest.param(
             {"PUBLIC_PATHS": [], "PROTECTED_PATHS": ["/v1/*"]},
             "/public/models/acme/sentiment",
+            False,
             id="outside-protected-paths",
         ),
     ],
 )
-def test_csrf_is_skipped_for_bearer_tokens_only(
-    hfauth_settings, tokens, middleware, scheme, status, options, path
+def test_csrf_is_skipped_for_validated_bearer_tokens_only(
+    hfauth_settings, tokens, middleware, scheme, checked_status, options, path, checked
 ):
+    status = checked_status if checked else 403
     hfauth_settings(**options)
     headers = bearer(tokens["reader"]) if scheme == "bearer" else basic(tokens["reader"])
     with override_settings(MIDDLEWARE=middleware):

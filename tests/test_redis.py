@@ -112,8 +112,8 @@ class FakeRedis:
                 return CLAIM_HIT, value
             held = self.data.get(op.keys.lock)
             if self.get(op.keys.lock) is None or (
-                held is not None and held[1] - self.clock() > op.lock_ms / 1000
-            ):  # free, or planted to outlive any lock of ours: taken over
+                held is not None and held[1] - self.clock() > 60
+            ):  # free, or planted to outlive any lock_ttl allowed: taken over
                 self.set(op.keys.lock, op.owner.encode(), op.lock_ms)
                 return CLAIM_LEAD, None
             return CLAIM_WAIT, None
@@ -424,6 +424,13 @@ def test_a_lock_planted_to_outlive_ours_is_taken_over_at_once(redis_url, prefix)
         assert auth.authenticate_sync(ALICE_TOKEN).name == "alice"
         assert source.calls == 1
         assert auth.stats()["shared_waits"] == 0  # taken over, not waited on
+        # Another process's live lock, longer than ours but within lock_ttl's
+        # limit (60 s), is waited on: its holder is asking the source.
+        other = hashlib.sha256(b"hf_other").digest()
+        other_keys = auth.shared.keys(auth._namespace, other)
+        planted.set(other_keys.lock, b"another-process", px=30_000)
+        claim = auth.shared.backend.execute(SharedClaim(other_keys, "me", 10_000))
+        assert claim[0] == CLAIM_WAIT
         planted.close()
     finally:
         auth.shared.close()

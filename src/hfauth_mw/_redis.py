@@ -85,8 +85,9 @@ logger = logging.getLogger("hfauth_mw.shared")
 
 # KEYS: entry, lock, tomb. ARGV: owner, lock ms.
 # A valid answer under a tombstone is not a hit; an invalid one still is. A lock that
-# outlives any we take (none of ours has no expiry or a longer one) was planted by
-# someone else with access to Redis: taken over, not waited on for every cold lookup.
+# outlives any lock_ttl allowed (60 s; processes may differ below it) or has no expiry
+# was planted by someone else with access to Redis: taken over, not waited on for
+# every cold lookup.
 _CLAIM = """
 local value = redis.call('GET', KEYS[1])
 if value and (string.sub(value, 1, 1) == '-' or redis.call('EXISTS', KEYS[3]) == 0) then
@@ -96,7 +97,7 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {2}
 end
 local left = redis.call('PTTL', KEYS[2])
-if left == -1 or left > tonumber(ARGV[2]) then
+if left == -1 or left > 60000 then
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
   return {2}
 end

@@ -52,9 +52,11 @@ Security caveats, plainly:
   browsers replay Basic credentials like cookies: a Basic client (git,
   ``curl -u``) reads, but its POST and PUT get Django's CSRF 403. Do not
   ``@csrf_exempt`` token views unless you mean to let Basic clients write.
-  The exemption is set by the middleware for every request with a Bearer
-  header, on every path (public ones too, for the decorators there), before
-  Django's CSRF check runs; a decorator alone comes too late for it.
+  The exemption is set by the middleware once it has validated the Bearer
+  token, before Django's CSRF check runs; on a path the middleware does not
+  check, a decorator comes too late for it, so a Bearer POST there meets
+  Django's CSRF check (keep token views on checked paths). An unvalidated
+  Bearer header never lifts the check: a session view would lose it.
 * Under ASGI the middleware runs async and checks tokens without blocking the
   event loop; under WSGI it blocks the serving thread, for at most the
   source's timeout.
@@ -296,18 +298,6 @@ def _loads(entry: str) -> object:
         return None
 
 
-def _skip_csrf_for_bearer(request: Request) -> None:
-    """Exempt a request carrying a Bearer ``Authorization`` header from Django's
-    CSRF check, on every path: a browser never adds that header by itself, so
-    such a request cannot be forged cross-site. Set here, before Django's view
-    middleware (``CsrfViewMiddleware.process_view``) runs, so that a decorator
-    checking the token on a path the middleware skips is not too late for it.
-    Basic credentials (replayed by browsers, like cookies) keep the check."""
-    authorization = request.META.get("HTTP_AUTHORIZATION")
-    if isinstance(authorization, str) and authorization[:7].lower() == "bearer ":
-        request._dont_enforce_csrf_checks = True
-
-
 class HFAuthMiddleware:
     """Django middleware accepting Hugging Face access tokens (sync and async)."""
 
@@ -328,7 +318,6 @@ class HFAuthMiddleware:
             return self.__acall__(request)
         guard = _setup().guard
         request.hfauth = request.principal = None
-        _skip_csrf_for_bearer(request)
         try:
             auth = settle(guard, _facts(guard, request))
         except AuthenticationError as error:
@@ -340,7 +329,6 @@ class HFAuthMiddleware:
     async def __acall__(self, request: Request) -> Any:
         guard = _setup().guard
         request.hfauth = request.principal = None
-        _skip_csrf_for_bearer(request)
         try:
             auth = await settle_async(guard, _facts(guard, request))
         except AuthenticationError as error:

@@ -533,7 +533,8 @@ def run_revoke(args: argparse.Namespace) -> int:
         except SharedCacheUnavailable as exc:
             raise Failure(
                 f"{exc}; the token is out of {path} but servers may keep it until their "
-                "cache entry ends: run the same command again to broadcast it",
+                "cache entry ends: broadcast it once Redis answers with "
+                f"`hfauth-mw token revoke --store {path} --redis-url URL {fingerprint}`",
                 EXIT_UNAVAILABLE,
             ) from None
     print(f"Broadcast the revocation through Redis: {reached} process(es) listening.")
