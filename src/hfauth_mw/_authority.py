@@ -48,7 +48,7 @@ from ._exceptions import InvalidToken, SourceUnavailable, TokenRefusedUpstream
 from ._hub_access import HubAccessCheck, HubAnswer
 from ._principal import Principal
 from ._rules import (
-    READ_PERMISSION,
+    NEEDED_PERMISSION,
     WRITE_PERMISSION,
     Access,
     Decision,
@@ -274,12 +274,11 @@ def _unsendable(repo: Repo, access: Access) -> Decision | None:
         False,
         f"{access} denied: the repository name looks like an access token; "
         "it is not sent to the Hub",
-        _NEEDED[access],
+        NEEDED_PERMISSION[access],
         "local",
     )
 
 
-_NEEDED: dict[str, str] = {"read": READ_PERMISSION, "write": WRITE_PERMISSION}
 _UNNAMED_CALLER = "gated: the caller has"
 
 
@@ -337,7 +336,7 @@ class HubAuthority:
         self, credentials: Credentials | None, principal: Principal, repo: Repo, access: Access
     ) -> Decision | None:
         """The decision without I/O, if the local rules or the cache know it."""
-        local = _unsendable(repo, access) or _certain_local_denial(principal, access)
+        local = _certain_local_denial(principal, access)
         if local is not None:
             return local
         decision = self.cache.peek(self._key(credentials, repo, access))

@@ -47,9 +47,8 @@ import httpx
 from ._credentials import Credentials
 from ._exceptions import ConfigurationError, SourceUnavailable
 from ._rules import (
-    READ_PERMISSION,
+    NEEDED_PERMISSION,
     REPO_TYPES,
-    WRITE_PERMISSION,
     Access,
     Decision,
     Repo,
@@ -142,8 +141,7 @@ class HubAnswer:
 
 
 def _hub_decision(allowed: bool, reason: str, access: Access) -> Decision:
-    needed = READ_PERMISSION if access == "read" else WRITE_PERMISSION
-    return Decision(allowed, _line(reason), needed, "hub")
+    return Decision(allowed, _line(reason), NEEDED_PERMISSION[access], "hub")
 
 
 class HubAccessCheck:

@@ -56,8 +56,9 @@ from ._routes import (
     RepoRule,
     RouteRules,
     method_access_map,
+    named_repo,
 )
-from ._rules import READ_PERMISSION, WRITE_PERMISSION, Access, AccessPolicy, Decision, Repo
+from ._rules import Access, AccessPolicy, Decision, Repo
 from ._shared_tier import SharedFailureLimiter
 from ._source_protocol import Invalid
 from ._sources import HubWhoamiSource
@@ -367,10 +368,8 @@ class Guard(CredentialsStep):
         if hub is not None and routes.rules:
             needed = routes.requirement(request)
             if needed is not None:
-                repo, access = needed
-                if repo is None:
-                    reason = f"{access} denied: the request does not name a valid repository"
-                    raise denial(principal, Decision(False, reason, _NEEDED[access]))
+                access = needed[1]
+                repo = named_repo(principal, needed[0], access)
                 decision = (
                     decided
                     if decided is not None
@@ -504,9 +503,6 @@ class Guard(CredentialsStep):
     def error_response(self, error: AuthenticationError) -> ErrorResponse:
         """The RFC 6750 answer to ``error``."""
         return self.answers.render(error)
-
-
-_NEEDED: dict[str, str] = {"read": READ_PERMISSION, "write": WRITE_PERMISSION}
 
 
 def _hub_authority(

@@ -33,6 +33,7 @@ from ._exceptions import (
 from ._principal import Principal
 from ._request_auth import RequestAuth
 from ._rules import (
+    NEEDED_PERMISSION,
     READ_PERMISSION,
     REPO_TYPES,
     WRITE_PERMISSION,
@@ -620,22 +621,28 @@ class RouteRules:
         )
 
     def require_repo(self, principal: Principal, repo: Repo | None, access: Access) -> None:
-        needed = READ_PERMISSION if access == "read" else WRITE_PERMISSION
-        if repo is None:
-            reason = f"{access} denied: the request does not name a valid repository"
-            raise denial(principal, Decision(False, reason, needed))
+        named = named_repo(principal, repo, access)
         try:
-            decision = self.policy.check(principal, repo, access)
+            decision = self.policy.check(principal, named, access)
         except AuthenticationError:
             raise  # the policy's callbacks failed: a 503 already
         except Exception:
             # A policy of the server's own failed in the middleware's rules: 503.
-            logger.exception("hfauth-mw: the access policy failed on %s", repo)
+            logger.exception("hfauth-mw: the access policy failed on %s", named)
             raise SourceUnavailable(
                 "Access to this repository cannot be checked right now"
             ) from None
         if not decision:
             raise denial(principal, decision)
+
+
+def named_repo(principal: Principal, repo: Repo | None, access: Access) -> Repo:
+    """The repository a rule found in the request: denied (403, 401 for the
+    anonymous caller) when the request names no valid one, whoever decides."""
+    if repo is None:
+        reason = f"{access} denied: the request does not name a valid repository"
+        raise denial(principal, Decision(False, reason, NEEDED_PERMISSION[access]))
+    return repo
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,7 +665,7 @@ class RepoRequirement:
     @property
     def needed(self) -> str:
         """The permission this needs: ``repo.content.read`` or ``repo.write``."""
-        return WRITE_PERMISSION if self.access == "write" else READ_PERMISSION
+        return NEEDED_PERMISSION[self.access]
 
     def repo_from(self, auth: RequestAuth, params: Mapping[str, object]) -> Repo:
         """The repository the route's parameters name; refused (401/403) when

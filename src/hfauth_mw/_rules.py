@@ -86,6 +86,8 @@ _TOKEN_ROLES = frozenset({"read", "write", "fineGrained"})
 _ORG_ROLES = frozenset({"no_access", "read", "contributor", "write", "admin"})
 _ORG_READ_ROLES = frozenset({"read", "contributor", "write", "admin"})
 _ORG_WRITE_ROLES = frozenset({"write", "admin"})
+#: The permission a read or a write of a repository needs (a Decision's ``needed``).
+NEEDED_PERMISSION: dict[Access, str] = {"read": READ_PERMISSION, "write": WRITE_PERMISSION}
 _WANTED: dict[Access, frozenset[str]] = {
     "read": frozenset({READ_PERMISSION, WRITE_PERMISSION}),
     "write": frozenset({WRITE_PERMISSION}),
