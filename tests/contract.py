@@ -17,3 +17,13 @@ ADAPTER_ACCESS_ROWS = [
         "writer", "PUT", "/v1/models/other/x", 403, "insufficient_scope", id="write-foreign"
     ),
 ]
+
+
+#: A lazy check of a body rule (``from_body("model")``, max_body_bytes 1024) on a
+#: path the middleware let through: (who, model in the body, status). Each
+#: adapter adds what a request without a token gets there.
+BODY_RULE_ROWS = [
+    pytest.param("reader", "acme/sentiment", 200, id="allowed"),
+    pytest.param("reader", "other/private", 403, id="denied"),
+    pytest.param("reader", "acme/" + "x" * 2000, 413, id="body-over-the-cap"),
+]

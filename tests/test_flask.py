@@ -14,7 +14,7 @@ from flask import (
     stream_with_context,
 )
 
-from contract import ADAPTER_ACCESS_ROWS
+from contract import ADAPTER_ACCESS_ROWS, BODY_RULE_ROWS
 from hfauth_mw import (
     AccessPolicy,
     AuthenticationError,
@@ -143,9 +143,7 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("who", "model", "status"),
     [
-        pytest.param("reader", "acme/sentiment", 200, id="allowed"),
-        pytest.param("reader", "other/private", 403, id="denied"),
-        pytest.param("reader", "acme/" + "x" * 2000, 413, id="body-over-the-cap"),
+        *BODY_RULE_ROWS,
         pytest.param(None, "acme/sentiment", 401, id="no-token"),
     ],
 )

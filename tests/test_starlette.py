@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from adapters_support import websocket_without_denials
+from contract import BODY_RULE_ROWS
 from hfauth_mw import (
     AccessPolicy,
     AuthenticationError,
@@ -281,9 +282,7 @@ async def test_hub_middleware_closes_a_refused_websocket_with_1008_without_denia
 @pytest.mark.parametrize(
     ("who", "model", "status"),
     [
-        pytest.param("reader", "acme/sentiment", 200, id="allowed"),
-        pytest.param("reader", "other/private", 403, id="denied"),
-        pytest.param("reader", "acme/" + "x" * 2000, 413, id="body-over-the-cap"),
+        *BODY_RULE_ROWS,
         pytest.param(None, "acme/sentiment", 200, id="anonymous-not-read"),
     ],
 )
